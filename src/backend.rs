@@ -1,0 +1,177 @@
+//! Where leases live.
+//!
+//! A backend is a small trait; the concrete backends form a closed set behind [`AnyBackend`], so
+//! a `match` over them stays exhaustive, while the lease keeper and `run` stay generic over the
+//! trait and their tests drive a scripted fake.
+//!
+//! The URL scheme picks the backend: `file://` (or no URL) for the local lock file, `redis://` /
+//! `rediss://`, `etcd://` / `etcds://`, `postgres://` / `postgresql://`.
+
+pub mod file;
+mod url;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use self::url::{redact, BackendUrl, Scheme};
+use crate::exit::{code, Failure};
+use crate::lease::{Acquire, HolderInfo, Lease, LockName, LockState, Renewal};
+
+/// What an acquire asks for.
+#[derive(Debug, Clone)]
+pub struct AcquireRequest {
+    pub name: LockName,
+    /// Metadata to record; the backend fills in the token.
+    pub holder: HolderInfo,
+    pub ttl: Duration,
+}
+
+/// Whether an acquire gives up at once or blocks until the lock is free.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitMode {
+    NoWait,
+    /// Block until acquired. The caller bounds the wait by dropping the future.
+    Wait,
+}
+
+/// Whether a backend's leases expire by their ttl when not renewed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// The backend expires a lease `ttl` after its last renew: the job must die by the deadline.
+    Ttl,
+    /// The lease is a kernel lock held by open files (elect's and its watchdog's): it cannot expire
+    /// while the job runs, so there is no deadline to enforce.
+    HeldByProcess,
+}
+
+/// Settings shared by the network backends that are not part of a URL.
+#[derive(Debug, Clone, Default)]
+pub struct BackendOptions {
+    /// CA bundle that verifies the server (TLS URLs).
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate and key (TLS URLs that require one).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The URL or options are wrong: a usage error.
+    #[error("{0}")]
+    Config(String),
+    /// The backend cannot be used: unreachable, refused us, auth, TLS, permissions, bad state.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl BackendError {
+    pub fn unavailable(about: impl std::fmt::Display, err: impl std::fmt::Display) -> Self {
+        Self::Unavailable(format!("{about}: {err}"))
+    }
+
+    /// The failure to report, naming the backend (redacted) and what to do.
+    pub fn into_failure(self, backend: &str) -> Failure {
+        match self {
+            Self::Config(msg) => Failure::usage(format!("{msg} (backend {backend})")),
+            Self::Unavailable(msg) => Failure::new(
+                code::UNAVAILABLE,
+                format!("backend {backend} unavailable: {msg}"),
+            ),
+        }
+    }
+}
+
+pub type Result<T, E = BackendError> = std::result::Result<T, E>;
+
+/// The operations every backend offers.
+///
+/// Every method bounds its own network time; the caller adds an outer timeout where the lease
+/// rule needs one (renew attempts).
+pub trait Backend {
+    /// The URL as it may be printed and passed to the child: credentials redacted.
+    fn describe(&self) -> &str;
+
+    fn expiry(&self) -> Expiry;
+
+    /// Take the lease, or report who holds it. A successful lease carries the time its winning
+    /// request was sent.
+    fn acquire(
+        &mut self,
+        req: &AcquireRequest,
+        wait: WaitMode,
+    ) -> impl Future<Output = Result<Acquire>>;
+
+    /// Extend the lease. `Lost` when the backend says outright it is gone or someone else's.
+    fn renew(&mut self, lease: &Lease) -> impl Future<Output = Result<Renewal>>;
+
+    /// Give the lease up, only if it is still ours.
+    fn release(&mut self, lease: &Lease) -> impl Future<Output = Result<()>>;
+
+    fn inspect(&mut self, name: &LockName) -> impl Future<Output = Result<LockState>>;
+
+    /// Every elect lock under this backend's namespace, sorted by name.
+    fn list(&mut self) -> impl Future<Output = Result<Vec<LockState>>>;
+}
+
+/// The closed set of backends.
+#[derive(Debug)]
+pub enum AnyBackend {
+    File(file::FileBackend),
+}
+
+impl AnyBackend {
+    /// Connects to (or opens) the backend a URL names. `None` means the default file backend.
+    pub async fn open(url: Option<&str>, options: &BackendOptions) -> Result<Self> {
+        let url = match url {
+            None => return Ok(Self::File(file::FileBackend::open_default()?)),
+            Some(url) => BackendUrl::parse(url)?,
+        };
+        let _ = options;
+        match url.scheme() {
+            Scheme::File => Ok(Self::File(file::FileBackend::open(&url)?)),
+            other => Err(BackendError::Config(format!(
+                "the {} backend is not built into this elect",
+                other.name()
+            ))),
+        }
+    }
+}
+
+macro_rules! dispatch {
+    ($self:ident, $b:ident => $e:expr) => {
+        match $self {
+            AnyBackend::File($b) => $e,
+        }
+    };
+}
+
+impl Backend for AnyBackend {
+    fn describe(&self) -> &str {
+        dispatch!(self, b => b.describe())
+    }
+
+    fn expiry(&self) -> Expiry {
+        dispatch!(self, b => b.expiry())
+    }
+
+    async fn acquire(&mut self, req: &AcquireRequest, wait: WaitMode) -> Result<Acquire> {
+        dispatch!(self, b => b.acquire(req, wait).await)
+    }
+
+    async fn renew(&mut self, lease: &Lease) -> Result<Renewal> {
+        dispatch!(self, b => b.renew(lease).await)
+    }
+
+    async fn release(&mut self, lease: &Lease) -> Result<()> {
+        dispatch!(self, b => b.release(lease).await)
+    }
+
+    async fn inspect(&mut self, name: &LockName) -> Result<LockState> {
+        dispatch!(self, b => b.inspect(name).await)
+    }
+
+    async fn list(&mut self) -> Result<Vec<LockState>> {
+        dispatch!(self, b => b.list().await)
+    }
+}

@@ -1,0 +1,455 @@
+//! The file backend: one lock file per lock name, locked with flock(2).
+//!
+//! # How it works
+//! - `<dir>/<name>.lock` is opened with `O_NOFOLLOW | O_CLOEXEC` (a symlink planted at the path is
+//!   refused, never followed) and never truncated or deleted: deleting a lock file would let two
+//!   processes lock two different files under one name.
+//! - The lease is an exclusive flock on the open file. The kernel releases it when every file
+//!   descriptor of that open file is closed; elect hands one to its watchdog, so the lock outlives
+//!   a killed elect until the last process of the job is gone. It cannot expire, so there is no
+//!   deadline to enforce ([`Expiry::HeldByProcess`]).
+//! - After locking, elect checks that the path still names the file it locked (someone may have
+//!   replaced it in between) and writes a fixed-size record at offset 0: the holder metadata and
+//!   the fencing token, which is the previous record's token plus one.
+//! - A renew checks that the path still names the locked file: a holder whose file was deleted or
+//!   replaced has lost the lease, since a newcomer can lock the new file.
+//! - `status` learns whether a file is locked from `/proc/locks`, never by taking the lock itself
+//!   (a probing status would make a contender see the lock as busy).
+//! - Waiting is a blocking flock(2) on a thread: the kernel wakes the waiter when the holder's
+//!   lock goes, with no polling.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, ErrorKind};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::{AcquireRequest, Backend, BackendError, BackendUrl, Expiry, Result, WaitMode};
+use crate::clock::BootTime;
+use crate::lease::{Acquire, FencingToken, HolderInfo, Lease, LockName, LockState, Renewal};
+
+/// Size of the record at the start of a lock file: written in one `pwrite`, padded with spaces,
+/// so that the file never needs truncating.
+const RECORD_LEN: usize = 1024;
+const SUFFIX: &str = ".lock";
+
+#[derive(Debug)]
+pub struct FileBackend {
+    dir: PathBuf,
+    describe: String,
+}
+
+impl FileBackend {
+    /// `$ELECT_LOCK_DIR`, else `/run/lock/elect` where it can be used, else a private directory.
+    pub fn open_default() -> Result<Self> {
+        if let Some(dir) = std::env::var_os("ELECT_LOCK_DIR").filter(|d| !d.is_empty()) {
+            return Self::in_dir(PathBuf::from(dir));
+        }
+        let shared = Path::new("/run/lock/elect");
+        if let Ok(backend) = Self::shared_dir(shared) {
+            return Ok(backend);
+        }
+        Self::private_dir()
+    }
+
+    pub fn open(url: &BackendUrl) -> Result<Self> {
+        if url.path.is_empty() {
+            return Err(BackendError::Config(
+                "a file URL needs a directory: file:///path/to/dir".into(),
+            ));
+        }
+        Self::in_dir(PathBuf::from(&url.path))
+    }
+
+    fn in_dir(dir: PathBuf) -> Result<Self> {
+        if let Err(err) = fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&dir)
+        {
+            return Err(BackendError::unavailable(
+                format_args!("cannot create lock directory {}", dir.display()),
+                err,
+            ));
+        }
+        let meta = fs::metadata(&dir).map_err(|e| {
+            BackendError::unavailable(format_args!("lock directory {}", dir.display()), e)
+        })?;
+        if !meta.is_dir() {
+            return Err(BackendError::Unavailable(format!(
+                "lock directory {} is not a directory",
+                dir.display()
+            )));
+        }
+        check_not_open_to_all(&dir, &meta)?;
+        warn_if_network_fs(&dir);
+        Ok(Self::at(dir))
+    }
+
+    /// The machine-wide directory: sticky and world-writable like `/run/lock`, so that every user
+    /// locks the same files.
+    fn shared_dir(dir: &Path) -> Result<Self> {
+        let parent = dir.parent().expect("an absolute path");
+        if nix::unistd::access(parent, nix::unistd::AccessFlags::W_OK).is_err() {
+            return Err(BackendError::Unavailable("not writable".into()));
+        }
+        match fs::DirBuilder::new().mode(0o1777).create(dir) {
+            Ok(()) => {
+                // The umask trims the mode given to mkdir.
+                let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o1777));
+            }
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(BackendError::unavailable("create", e)),
+        }
+        let meta = fs::symlink_metadata(dir).map_err(|e| BackendError::unavailable("stat", e))?;
+        let me = nix::unistd::geteuid().as_raw();
+        if !meta.is_dir() || (meta.uid() != 0 && meta.uid() != me) {
+            return Err(BackendError::Unavailable("not a trusted directory".into()));
+        }
+        check_not_open_to_all(dir, &meta)?;
+        if nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_err() {
+            return Err(BackendError::Unavailable("not writable".into()));
+        }
+        Ok(Self::at(dir.to_owned()))
+    }
+
+    /// `$XDG_RUNTIME_DIR/elect`, else `/tmp/elect-$UID`: mode 0700, owned by us, not a symlink.
+    fn private_dir() -> Result<Self> {
+        let uid = nix::unistd::geteuid().as_raw();
+        let dir = match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+            Some(runtime) => PathBuf::from(runtime).join("elect"),
+            None => PathBuf::from(format!("/tmp/elect-{uid}")),
+        };
+        match fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(BackendError::unavailable(
+                    format_args!("cannot create lock directory {}", dir.display()),
+                    e,
+                ))
+            }
+        }
+        let meta = fs::symlink_metadata(&dir).map_err(|e| {
+            BackendError::unavailable(format_args!("lock directory {}", dir.display()), e)
+        })?;
+        if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
+            return Err(BackendError::Unavailable(format!(
+                "lock directory {} must be a directory owned by uid {uid} with mode 0700; \
+                 remove it or set ELECT_LOCK_DIR",
+                dir.display()
+            )));
+        }
+        Ok(Self::at(dir))
+    }
+
+    fn at(dir: PathBuf) -> Self {
+        let describe = format!("file://{}", dir.display());
+        Self { dir, describe }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, name: &LockName) -> PathBuf {
+        self.dir.join(format!("{name}{SUFFIX}"))
+    }
+
+    /// Opens (creating if needed) the lock file, refusing symlinks and anything not a file.
+    fn open_lock_file(&self, path: &Path) -> Result<File> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(0o660)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| open_error(path, e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| BackendError::unavailable(format_args!("stat {}", path.display()), e))?;
+        if !meta.is_file() {
+            return Err(BackendError::Unavailable(format!(
+                "{} is not a regular file; refusing to use it as a lock file",
+                path.display()
+            )));
+        }
+        Ok(file)
+    }
+
+    /// Locks the file, in the way `wait` asks. `Ok(None)` when it is busy and we must not wait.
+    async fn lock(file: File, wait: WaitMode) -> Result<Option<File>> {
+        match wait {
+            WaitMode::NoWait => match file.try_lock() {
+                Ok(()) => Ok(Some(file)),
+                Err(fs::TryLockError::WouldBlock) => Ok(None),
+                Err(fs::TryLockError::Error(e)) => Err(BackendError::unavailable("flock", e)),
+            },
+            WaitMode::Wait => {
+                // A plain thread rather than tokio's blocking pool: a runtime shutting down waits
+                // for its pool, and an abandoned wait must not hold the process.
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                std::thread::Builder::new()
+                    .name("flock-wait".into())
+                    .spawn(move || {
+                        let _ = tx.send(file.lock().map(|()| file));
+                    })
+                    .map_err(|e| BackendError::unavailable("spawn a waiting thread", e))?;
+                match rx.await {
+                    Ok(Ok(file)) => Ok(Some(file)),
+                    Ok(Err(e)) => Err(BackendError::unavailable("flock", e)),
+                    Err(_) => Err(BackendError::Unavailable("the waiting thread died".into())),
+                }
+            }
+        }
+    }
+
+    fn read_record(file: &File, path: &Path) -> Result<Option<HolderInfo>> {
+        let mut buf = vec![0u8; RECORD_LEN];
+        let n = read_at_full(file, &mut buf)
+            .map_err(|e| BackendError::unavailable(format_args!("read {}", path.display()), e))?;
+        parse_record(&buf[..n]).map_err(|why| {
+            BackendError::Unavailable(format!(
+                "{} is not an elect lock file ({why}); if no job uses it, move it away",
+                path.display()
+            ))
+        })
+    }
+
+    fn write_record(file: &File, path: &Path, holder: &HolderInfo) -> Result<()> {
+        let mut record = serde_json::to_vec(holder).expect("holder metadata serializes");
+        if record.len() >= RECORD_LEN {
+            return Err(BackendError::Config(
+                "holder metadata is too long for a lock file; use a shorter --id".into(),
+            ));
+        }
+        record.resize(RECORD_LEN - 1, b' ');
+        record.push(b'\n');
+        file.write_all_at(&record, 0)
+            .map_err(|e| BackendError::unavailable(format_args!("write {}", path.display()), e))
+    }
+}
+
+impl Backend for FileBackend {
+    fn describe(&self) -> &str {
+        &self.describe
+    }
+
+    fn expiry(&self) -> Expiry {
+        Expiry::HeldByProcess
+    }
+
+    async fn acquire(&mut self, req: &AcquireRequest, wait: WaitMode) -> Result<Acquire> {
+        let path = self.path(&req.name);
+        loop {
+            let file = self.open_lock_file(&path)?;
+            let Some(file) = Self::lock(file, wait).await? else {
+                let file = self.open_lock_file(&path)?;
+                return Ok(Acquire::Held(Self::read_record(&file, &path).ok().flatten()));
+            };
+            let sent_at = BootTime::now();
+            // The path may have been replaced between open and lock: then we hold a lock on a
+            // file nobody else will look at, and must start over.
+            if !still_named(&file, &path) {
+                continue;
+            }
+            let previous = Self::read_record(&file, &path)?;
+            let mut holder = req.holder.clone();
+            holder.token = FencingToken(previous.map_or(0, |p| p.token.0) + 1);
+            Self::write_record(&file, &path, &holder)?;
+            return Ok(Acquire::Acquired(Lease {
+                name: req.name.clone(),
+                holder,
+                sent_at,
+                secret: String::new(),
+                kernel_lock: Some(Arc::new(file)),
+            }));
+        }
+    }
+
+    async fn renew(&mut self, lease: &Lease) -> Result<Renewal> {
+        let file = lease.kernel_lock.as_ref().expect("a file lease has its file");
+        let path = self.path(&lease.name);
+        if still_named(file, &path) {
+            Ok(Renewal::Renewed)
+        } else {
+            Ok(Renewal::Lost(format!(
+                "lock file {} was deleted or replaced",
+                path.display()
+            )))
+        }
+    }
+
+    async fn release(&mut self, lease: &Lease) -> Result<()> {
+        if let Some(file) = &lease.kernel_lock {
+            file.unlock()
+                .map_err(|e| BackendError::unavailable("unlock", e))?;
+        }
+        Ok(())
+    }
+
+    async fn inspect(&mut self, name: &LockName) -> Result<LockState> {
+        let path = self.path(name);
+        let file = match OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+            .open(&path)
+        {
+            Ok(file) => file,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(free(name)),
+            Err(e) => return Err(open_error(&path, e)),
+        };
+        let meta = file
+            .metadata()
+            .map_err(|e| BackendError::unavailable("stat", e))?;
+        let locks = fs::read_to_string("/proc/locks")
+            .map_err(|e| BackendError::unavailable("read /proc/locks", e))?;
+        if !is_flocked(&locks, meta.dev(), meta.ino()) {
+            return Ok(free(name));
+        }
+        Ok(LockState {
+            holder: Self::read_record(&file, &path)?,
+            ..free(name)
+        })
+    }
+
+    async fn list(&mut self) -> Result<Vec<LockState>> {
+        let entries = fs::read_dir(&self.dir).map_err(|e| {
+            BackendError::unavailable(format_args!("read {}", self.dir.display()), e)
+        })?;
+        let mut names: Vec<LockName> = entries
+            .filter_map(|entry| {
+                let name = entry.ok()?.file_name().into_string().ok()?;
+                LockName::new(name.strip_suffix(SUFFIX)?).ok()
+            })
+            .collect();
+        names.sort();
+        let mut states = Vec::with_capacity(names.len());
+        for name in &names {
+            states.push(self.inspect(name).await?);
+        }
+        Ok(states)
+    }
+}
+
+fn free(name: &LockName) -> LockState {
+    LockState {
+        lock: name.clone(),
+        holder: None,
+        expires_in: None,
+        waiters: None,
+    }
+}
+
+fn open_error(path: &Path, err: io::Error) -> BackendError {
+    if err.raw_os_error() == Some(nix::libc::ELOOP) {
+        return BackendError::Unavailable(format!(
+            "{} is a symlink; refusing to follow it (remove it if you did not put it there)",
+            path.display()
+        ));
+    }
+    BackendError::unavailable(format_args!("cannot open {}", path.display()), err)
+}
+
+/// Whether `path` still names the open `file` (same device and inode).
+fn still_named(file: &File, path: &Path) -> bool {
+    match (file.metadata(), fs::symlink_metadata(path)) {
+        (Ok(held), Ok(named)) => held.dev() == named.dev() && held.ino() == named.ino(),
+        _ => false,
+    }
+}
+
+/// A world-writable directory is acceptable only with the sticky bit (nobody can replace
+/// another user's lock file).
+fn check_not_open_to_all(dir: &Path, meta: &fs::Metadata) -> Result<()> {
+    if meta.mode() & 0o002 != 0 && meta.mode() & 0o1000 == 0 {
+        return Err(BackendError::Unavailable(format!(
+            "lock directory {} is world-writable without the sticky bit; anyone could replace \
+             its lock files (chmod +t or o-w it)",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+fn warn_if_network_fs(dir: &Path) {
+    const NFS: i64 = 0x6969;
+    const SMB: i64 = 0x517b;
+    const CIFS: i64 = 0xff53_4d42;
+    const SMB2: i64 = 0xfe53_4d42;
+    const FUSE: i64 = 0x6573_5546;
+    if let Ok(stat) = nix::sys::statfs::statfs(dir) {
+        let kind = stat.filesystem_type().0 as i64;
+        if [NFS, SMB, CIFS, SMB2, FUSE].contains(&kind) {
+            tracing::warn!(
+                dir = %dir.display(),
+                "the lock directory is on a network or FUSE filesystem: flock there may not \
+                 exclude processes on other machines (see the README)"
+            );
+        }
+    }
+}
+
+fn read_at_full(file: &File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// An empty file is a lock never held; anything else must be a record we wrote.
+fn parse_record(bytes: &[u8]) -> std::result::Result<Option<HolderInfo>, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "it is not text".to_owned())?;
+    let text = text.trim_matches(|c: char| c.is_ascii_whitespace() || c == '\0');
+    if text.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_str(text)
+        .map(Some)
+        .map_err(|e| format!("unreadable record: {e}"))
+}
+
+/// Whether `/proc/locks` lists a flock on the file `dev`/`ino`.
+fn is_flocked(proc_locks: &str, dev: u64, ino: u64) -> bool {
+    let wanted = format!(
+        "{:02x}:{:02x}:{ino}",
+        nix::sys::stat::major(dev),
+        nix::sys::stat::minor(dev)
+    );
+    proc_locks.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // "1: FLOCK  ADVISORY  WRITE 4242 fd:01:123 0 EOF"; waiters are "1: -> FLOCK ...".
+        fields.get(1) == Some(&"FLOCK") && fields.get(5) == Some(&wanted.as_str())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_locks_lines() {
+        let text = "1: FLOCK  ADVISORY  WRITE 4242 fd:01:123 0 EOF\n\
+                    1: -> FLOCK  ADVISORY  WRITE 4243 fd:01:456 0 EOF\n\
+                    2: POSIX  ADVISORY  WRITE 99 fd:01:789 0 EOF\n";
+        let dev = nix::sys::stat::makedev(0xfd, 0x01);
+        assert!(is_flocked(text, dev, 123));
+        assert!(!is_flocked(text, dev, 456), "a waiter is not a holder");
+        assert!(!is_flocked(text, dev, 789), "a POSIX lock is not ours");
+    }
+
+    #[test]
+    fn records() {
+        assert_eq!(parse_record(b"").unwrap(), None);
+        assert_eq!(parse_record(&[b' '; 64]).unwrap(), None);
+        assert!(parse_record(b"garbage").is_err());
+        assert!(parse_record(&[0xff, 0xfe]).is_err());
+    }
+}

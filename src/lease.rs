@@ -1,0 +1,245 @@
+//! The vocabulary every backend shares: lock names, fencing tokens, holder metadata, leases.
+
+use std::fmt;
+use std::fs::File;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::BootTime;
+
+/// A validated lock name: `[A-Za-z0-9][A-Za-z0-9._-]{0,127}`.
+///
+/// The pattern keeps names safe as a file name (no `/`, no `..` component, no leading dot), as a
+/// Redis hash tag (no braces) and as an etcd key segment, so no backend needs its own escaping.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct LockName(String);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid lock name {name:?}: {why} (allowed: a letter or digit, then up to 127 of A-Z a-z 0-9 . _ -)")]
+pub struct InvalidLockName {
+    name: String,
+    why: &'static str,
+}
+
+impl LockName {
+    pub const MAX_LEN: usize = 128;
+
+    pub fn new(name: &str) -> Result<Self, InvalidLockName> {
+        let invalid = |why| {
+            Err(InvalidLockName {
+                name: name.to_owned(),
+                why,
+            })
+        };
+        let Some(first) = name.chars().next() else {
+            return invalid("it is empty");
+        };
+        if name.len() > Self::MAX_LEN {
+            return invalid("it is longer than 128 characters");
+        }
+        if !first.is_ascii_alphanumeric() {
+            return invalid("it must start with a letter or digit");
+        }
+        if name.contains('/') {
+            return invalid("it contains '/'");
+        }
+        if name.contains("..") {
+            return invalid("it contains '..'");
+        }
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return invalid("it contains a character outside the allowed set");
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for LockName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Grows on every acquisition of a lock and never repeats, so that a downstream system can reject
+/// writes from a holder that has been superseded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct FencingToken(pub u64);
+
+impl fmt::Display for FencingToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Who holds a lease, as recorded on the backend so that `elect status` and contenders can name
+/// the holder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HolderInfo {
+    pub id: String,
+    pub host: String,
+    pub pid: u32,
+    /// Wall clock at acquisition, for people reading status; never used for lease decisions.
+    #[serde(with = "rfc3339")]
+    pub acquired_at: SystemTime,
+    #[serde(with = "millis")]
+    pub ttl: Duration,
+    pub token: FencingToken,
+    pub version: String,
+}
+
+impl HolderInfo {
+    /// Metadata for this process, before the backend has assigned a token.
+    pub fn this_process(id: Option<String>, ttl: Duration) -> Self {
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".to_owned());
+        let pid = std::process::id();
+        Self {
+            id: id.unwrap_or_else(|| format!("{host}:{pid}")),
+            host,
+            pid,
+            acquired_at: SystemTime::now(),
+            ttl,
+            token: FencingToken(0),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for HolderInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (host {}, pid {}, token {}, since {})",
+            self.id,
+            self.host,
+            self.pid,
+            self.token,
+            humantime::format_rfc3339_millis(self.acquired_at)
+        )
+    }
+}
+
+/// A lease this process holds.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub name: LockName,
+    pub holder: HolderInfo,
+    /// Local time at which the request that won (or last renewed) the lease was sent: the backend
+    /// cannot expire the lease before `sent_at + ttl`.
+    pub sent_at: BootTime,
+    /// Backend-specific proof of ownership (a random value, a lease id, a row token).
+    pub secret: String,
+    /// The open lock file of the file backend. The watchdog keeps a copy of it, so that the
+    /// kernel lock outlives elect for as long as any process of the job runs.
+    pub kernel_lock: Option<Arc<File>>,
+}
+
+impl Lease {
+    pub fn token(&self) -> FencingToken {
+        self.holder.token
+    }
+}
+
+/// The answer to an acquire: enums, not booleans.
+#[derive(Debug)]
+pub enum Acquire {
+    Acquired(Lease),
+    /// Someone else holds it; `None` when the holder is known to exist but left no metadata
+    /// (an `etcdctl lock` holder, a file locked by another tool).
+    Held(Option<HolderInfo>),
+}
+
+/// The answer to a renew.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Renewal {
+    Renewed,
+    /// The backend says outright that the lease is gone or belongs to someone else.
+    Lost(String),
+}
+
+/// What `elect status` reports for one lock.
+#[derive(Debug, Clone, Serialize)]
+pub struct LockState {
+    pub lock: LockName,
+    pub holder: Option<HolderInfo>,
+    /// Remaining time on the backend, where the backend keeps one.
+    pub expires_in: Option<Duration>,
+    /// Waiters queued behind the holder, where the backend knows.
+    pub waiters: Option<u64>,
+}
+
+mod rfc3339 {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::SystemTime;
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_millis(*t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_rfc3339_weak(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+mod millis {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_names() {
+        for good in ["billing", "a", "A-1.b_c", &"x".repeat(128)] {
+            assert!(LockName::new(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "a/b",
+            "..",
+            "a..b",
+            ".hidden",
+            "-x",
+            "a b",
+            "{x}",
+            "é",
+            &"x".repeat(129),
+        ] {
+            assert!(LockName::new(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn holder_round_trips_through_json() {
+        let mut h = HolderInfo::this_process(Some("web-1:1".into()), Duration::from_secs(15));
+        h.token = FencingToken(17);
+        let text = serde_json::to_string(&h).unwrap();
+        let back: HolderInfo = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.token, FencingToken(17));
+        assert_eq!(back.id, "web-1:1");
+        assert_eq!(back.ttl, Duration::from_secs(15));
+    }
+}

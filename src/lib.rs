@@ -1,0 +1,24 @@
+//! elect: run a command under a named lease, so that one holder at a time runs it.
+//!
+//! # Layout
+//! - [`cli`]: the clap definition; its doc comments are the `--help` text.
+//! - [`config`]: raw arguments validated once into settings in which invalid states cannot exist.
+//! - [`exit`]: the one table of exit codes.
+//! - [`lease`]: lock names, fencing tokens, holder metadata, leases.
+//! - [`clock`]: CLOCK_BOOTTIME, the clock of every lease deadline.
+//! - [`timing`]: the lease math of the safety rule (deadline, SIGTERM and SIGKILL times).
+//! - [`backend`]: the backend trait, the closed set of backends, URL parsing and redaction.
+//! - [`keeper`]: the renew loop; turns renewals into deadlines, or declares the lease lost.
+//! - [`watchdog`]: a forked helper process that owns the job: spawns it in its own process group,
+//!   reaps it as a subreaper, and kills it by the deadline on its own even if elect is stopped.
+//! - [`supervisor`]: elect's side of the job: starts it through the watchdog, forwards signals,
+//!   feeds deadlines, collects the exit status.
+//! - [`run`]: `elect run`: acquire, supervise, release.
+//! - [`status`]: `elect status`, text and JSON.
+//! - [`logging`]: one line per event on stderr, text or JSON.
+
+pub mod backend;
+pub mod clock;
+pub mod exit;
+pub mod lease;
+pub mod timing;

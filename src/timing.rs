@@ -1,0 +1,188 @@
+//! The lease math of the safety rule, in one place.
+//!
+//! Let `s` be the local time at which the last successful acquire or renew was *sent*. The backend
+//! cannot expire the lease before `s + ttl`, so the holder owns it until its local deadline
+//! `D = s + ttl - margin`, where `margin = max(250ms, ttl / 50)` covers clock-rate drift between
+//! this machine and the backend. Without a successful renew, the job gets SIGTERM at `D - grace`
+//! and SIGKILL at `D`: it is dead before anyone else can acquire. For that to leave room for a
+//! renew, the settings must satisfy `renew + grace + margin < ttl`.
+
+use std::time::Duration;
+
+use crate::clock::BootTime;
+
+/// Validated lease settings; an instance cannot break `renew + grace + margin < ttl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseTiming {
+    ttl: Duration,
+    renew: Duration,
+    grace: Duration,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TimingError {
+    #[error("--ttl must be at least 1s (got {0})")]
+    TtlTooShort(Fmt),
+    #[error("--renew ({renew}) must be below --ttl ({ttl})")]
+    RenewNotBelowTtl { renew: Fmt, ttl: Fmt },
+    #[error("--renew must be above zero")]
+    RenewZero,
+    #[error(
+        "lease settings leave no room to renew: renew {renew} + grace {grace} + margin {margin} \
+         must be below ttl {ttl}; raise --ttl or lower --renew or --grace"
+    )]
+    NoRoom {
+        renew: Fmt,
+        grace: Fmt,
+        margin: Fmt,
+        ttl: Fmt,
+    },
+}
+
+/// A duration printed the way the user wrote it (`15s`, `500ms`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Fmt(pub Duration);
+
+impl std::fmt::Display for Fmt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        humantime::format_duration(self.0).fmt(f)
+    }
+}
+
+impl LeaseTiming {
+    pub const MIN_TTL: Duration = Duration::from_secs(1);
+    const MIN_MARGIN: Duration = Duration::from_millis(250);
+    /// The longest a failed renew waits before trying again.
+    const MAX_RETRY: Duration = Duration::from_secs(1);
+
+    /// `renew` defaults to `ttl / 3`.
+    pub fn new(
+        ttl: Duration,
+        renew: Option<Duration>,
+        grace: Duration,
+    ) -> Result<Self, TimingError> {
+        if ttl < Self::MIN_TTL {
+            return Err(TimingError::TtlTooShort(Fmt(ttl)));
+        }
+        let renew = renew.unwrap_or(ttl / 3);
+        if renew.is_zero() {
+            return Err(TimingError::RenewZero);
+        }
+        if renew >= ttl {
+            return Err(TimingError::RenewNotBelowTtl {
+                renew: Fmt(renew),
+                ttl: Fmt(ttl),
+            });
+        }
+        let timing = Self { ttl, renew, grace };
+        if renew + grace + timing.margin() >= ttl {
+            return Err(TimingError::NoRoom {
+                renew: Fmt(renew),
+                grace: Fmt(grace),
+                margin: Fmt(timing.margin()),
+                ttl: Fmt(ttl),
+            });
+        }
+        Ok(timing)
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    pub fn renew(&self) -> Duration {
+        self.renew
+    }
+
+    pub fn grace(&self) -> Duration {
+        self.grace
+    }
+
+    /// Covers clock-rate drift between this machine and the backend.
+    pub fn margin(&self) -> Duration {
+        Self::MIN_MARGIN.max(self.ttl / 50)
+    }
+
+    /// The local deadline `D` of a lease whose last successful request was sent at `sent_at`.
+    pub fn deadline(&self, sent_at: BootTime) -> BootTime {
+        sent_at + (self.ttl - self.margin())
+    }
+
+    /// When the job gets SIGTERM if no renew succeeds before: `D - grace`.
+    pub fn term_at(&self, deadline: BootTime) -> BootTime {
+        deadline - self.grace
+    }
+
+    /// A freshly acquired lease may start the job only if it would survive one failed renew.
+    pub fn may_start(&self, now: BootTime, deadline: BootTime) -> bool {
+        now.until(deadline) > self.grace + self.renew
+    }
+
+    /// How long to wait after a failed renew before trying again.
+    pub fn retry_interval(&self) -> Duration {
+        (self.renew / 2).clamp(Duration::from_millis(50), Self::MAX_RETRY)
+    }
+
+    /// The timeout of one renew attempt: never past the point where the job gets SIGTERM, so a
+    /// hung request cannot make the keeper miss it.
+    pub fn attempt_timeout(&self, now: BootTime, deadline: BootTime) -> Duration {
+        self.renew.min(now.until(self.term_at(deadline)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const fn s(secs: u64) -> Duration {
+        Duration::from_secs(secs)
+    }
+    const fn ms(millis: u64) -> Duration {
+        Duration::from_millis(millis)
+    }
+
+    #[test]
+    fn defaults_fit() {
+        let t = LeaseTiming::new(s(15), None, s(3)).unwrap();
+        assert_eq!(t.renew(), s(5));
+        assert_eq!(t.margin(), ms(300));
+    }
+
+    #[test]
+    fn margin_has_a_floor() {
+        let t = LeaseTiming::new(s(2), None, ms(500)).unwrap();
+        assert_eq!(t.margin(), ms(250));
+    }
+
+    #[test]
+    fn rejects_settings_without_room() {
+        assert!(matches!(
+            LeaseTiming::new(s(2), None, s(3)),
+            Err(TimingError::NoRoom { .. })
+        ));
+        assert!(matches!(
+            LeaseTiming::new(s(10), Some(s(10)), s(1)),
+            Err(TimingError::RenewNotBelowTtl { .. })
+        ));
+        assert!(matches!(
+            LeaseTiming::new(ms(500), None, ms(10)),
+            Err(TimingError::TtlTooShort(_))
+        ));
+        let err = LeaseTiming::new(s(10), Some(s(6)), s(4)).unwrap_err();
+        assert!(err.to_string().contains("raise --ttl"), "{err}");
+    }
+
+    #[test]
+    fn deadline_and_schedule() {
+        let t = LeaseTiming::new(s(15), None, s(3)).unwrap();
+        let sent = BootTime::from_nanos(1_000_000_000);
+        let d = t.deadline(sent);
+        assert_eq!(d, sent + ms(14_700));
+        assert_eq!(t.term_at(d), sent + ms(11_700));
+        assert!(t.may_start(sent, d));
+        assert!(!t.may_start(sent + s(7), d));
+        assert_eq!(t.attempt_timeout(sent, d), s(5));
+        assert_eq!(t.attempt_timeout(sent + s(10), d), ms(1_700));
+        assert_eq!(t.attempt_timeout(sent + s(20), d), Duration::ZERO);
+    }
+}

@@ -23,7 +23,8 @@ pub fn init(args: &LogArgs) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(false);
     let _ = match args.log_format {
         LogFormat::Text => builder.event_format(Text).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -174,12 +174,14 @@ impl Runner {
         let acquired = match cfg.wait_limit() {
             Some(limit) => match tokio::time::timeout(limit, wait).await {
                 Ok(result) => result,
-                Err(_) => return Err(self.conflict(format!(
+                Err(_) => {
+                    return Err(self.conflict(format!(
                     "lock {} is still held after waiting {}; not running {} (backend {describe})",
                     cfg.lock,
                     humantime::format_duration(limit),
                     cfg.command[0].to_string_lossy()
-                ))),
+                )))
+                }
             },
             None => wait.await,
         };

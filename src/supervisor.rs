@@ -139,7 +139,7 @@ pub async fn supervise<B: Backend, C: Clock>(
                 Ok(None) | Err(_) => return Ending::WatchdogGone,
             },
             lost = &mut keeper, if loss.is_none() => {
-                tracing::error!(lock = %lock, "lease lost: {lost}; stopping the job");
+                tracing::debug!(lock = %lock, "lease lost: {lost}; stopping the job");
                 if watchdog.order(&Order::Stop).is_err() {
                     return Ending::WatchdogGone;
                 }

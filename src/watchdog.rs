@@ -369,10 +369,19 @@ impl Watchdog {
     /// Reaps every child that has ended. True when no process of the job is left.
     fn reap(&mut self) -> bool {
         loop {
-            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            match waitpid(
+                Pid::from_raw(-1),
+                Some(WaitPidFlag::WNOHANG | WaitPidFlag::WUNTRACED),
+            ) {
                 Ok(WaitStatus::Exited(pid, code)) => self.ended(pid, JobExit::Code(code)),
                 Ok(WaitStatus::Signaled(pid, sig, _)) => {
                     self.ended(pid, JobExit::Signal(sig as i32))
+                }
+                Ok(WaitStatus::Stopped(pid, Signal::SIGTSTP)) if Some(pid) == self.job => {
+                    // Ctrl-Z at a terminal. elect cannot stop along with the job without also
+                    // stopping its renewals, so the job is continued rather than left stopped
+                    // in the terminal's foreground, where nothing could resume it.
+                    let _ = killpg(pid, Signal::SIGCONT);
                 }
                 Ok(WaitStatus::StillAlive) => return false,
                 Ok(_) => {}

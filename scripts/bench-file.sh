@@ -40,7 +40,7 @@ for i in $(seq 1 20); do
   "$elect" run --lock hand -- sh -c "sleep 0.2; date +%s%N > $work/end" &
   holder=$!
   sleep 0.05
-  "$elect" run --lock hand --wait -- sh -c "date +%s%N > $work/start"
+  "$elect" run -q --lock hand --wait -- sh -c "date +%s%N > $work/start"
   wait $holder
   echo $(( ($(cat "$work/start") - $(cat "$work/end")) / 1000 ))
 done | sort -n | awk '{a[NR]=$1} END {printf "min %.2f ms  median %.2f ms  max %.2f ms\n", a[1]/1000, a[int((NR+1)/2)]/1000, a[NR]/1000}'

@@ -35,6 +35,12 @@ pub enum Command {
     Run(RunArgs),
     /// Show who holds which lock. Exit 0 if held, 3 if free, 69 backend unavailable.
     Status(StatusArgs),
+    /// Write the man page and shell completions under DIR (for packaging).
+    #[command(hide = true)]
+    Generate {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -16,15 +16,18 @@
 //! - [`run`]: `elect run`: acquire, supervise, release.
 //! - [`status`]: `elect status`, text and JSON.
 //! - [`logging`]: one line per event on stderr, text or JSON.
+//! - [`generate`], [`manual`]: the man page and shell completions, generated from [`cli`].
 
 pub mod backend;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod exit;
+pub mod generate;
 pub mod keeper;
 pub mod lease;
 pub mod logging;
+pub mod manual;
 pub mod run;
 pub mod status;
 pub mod supervisor;

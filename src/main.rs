@@ -14,8 +14,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => err.exit(),
     };
-    let (name, sub) = matches.subcommand().expect("a subcommand is required");
-    debug_assert!(matches!(name, "run" | "status"));
+    let (_, sub) = matches.subcommand().expect("a subcommand is required");
     let outcome = match cli.command {
         Command::Run(args) => {
             elect::logging::init(&args.backend.log);
@@ -26,6 +25,9 @@ fn main() -> ExitCode {
             BackendConfig::from_args(&args.backend, sub)
                 .and_then(|backend| elect::status::status(backend, args.lock, args.json))
         }
+        Command::Generate { dir } => elect::generate::write_all(&dir)
+            .map(|()| 0)
+            .map_err(|e| Failure::new(1, format!("cannot write under {}: {e}", dir.display()))),
     };
     ExitCode::from(outcome.unwrap_or_else(report))
 }

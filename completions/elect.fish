@@ -27,7 +27,7 @@ end
 complete -c elect -n "__fish_elect_needs_command" -s h -l help -d 'Print help'
 complete -c elect -n "__fish_elect_needs_command" -s V -l version -d 'Print version'
 complete -c elect -n "__fish_elect_needs_command" -f -a "run" -d 'Take the lease, run COMMAND, release the lease when it exits'
-complete -c elect -n "__fish_elect_needs_command" -f -a "status" -d 'Show who holds which lock. Exit 0 if held, 3 if free, 69 backend unavailable'
+complete -c elect -n "__fish_elect_needs_command" -f -a "status" -d 'Show who holds which lock (exit 0 held, 3 free, 69 backend unavailable)'
 complete -c elect -n "__fish_elect_needs_command" -f -a "generate" -d 'Write the man page and shell completions under DIR (for packaging)'
 complete -c elect -n "__fish_elect_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c elect -n "__fish_elect_using_subcommand run" -l lock -d 'Lease name: a letter or digit, then up to 127 of A-Z a-z 0-9 . _ -' -r
@@ -46,7 +46,7 @@ complete -c elect -n "__fish_elect_using_subcommand run" -l log-format -d 'Log l
 json\t''"
 complete -c elect -n "__fish_elect_using_subcommand run" -s q -l quiet -d 'Only errors on stderr (ELECT_LOG takes a tracing filter instead)'
 complete -c elect -n "__fish_elect_using_subcommand run" -s v -l verbose -d 'More detail on stderr: -v every lease event, -vv everything'
-complete -c elect -n "__fish_elect_using_subcommand run" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c elect -n "__fish_elect_using_subcommand run" -s h -l help -d 'Print help'
 complete -c elect -n "__fish_elect_using_subcommand status" -l lock -d 'Show only this lock' -r
 complete -c elect -n "__fish_elect_using_subcommand status" -l backend -d 'Where leases live: file:///DIR, redis://, rediss://, etcd://, etcds://, postgres:// [default: the local lock directory]' -r
 complete -c elect -n "__fish_elect_using_subcommand status" -l backend-file -d 'Read the backend URL from a file, so that secrets stay out of argv' -r -F
@@ -61,6 +61,6 @@ complete -c elect -n "__fish_elect_using_subcommand status" -s v -l verbose -d '
 complete -c elect -n "__fish_elect_using_subcommand status" -s h -l help -d 'Print help'
 complete -c elect -n "__fish_elect_using_subcommand generate" -s h -l help -d 'Print help'
 complete -c elect -n "__fish_elect_using_subcommand help; and not __fish_seen_subcommand_from run status generate help" -f -a "run" -d 'Take the lease, run COMMAND, release the lease when it exits'
-complete -c elect -n "__fish_elect_using_subcommand help; and not __fish_seen_subcommand_from run status generate help" -f -a "status" -d 'Show who holds which lock. Exit 0 if held, 3 if free, 69 backend unavailable'
+complete -c elect -n "__fish_elect_using_subcommand help; and not __fish_seen_subcommand_from run status generate help" -f -a "status" -d 'Show who holds which lock (exit 0 held, 3 free, 69 backend unavailable)'
 complete -c elect -n "__fish_elect_using_subcommand help; and not __fish_seen_subcommand_from run status generate help" -f -a "generate" -d 'Write the man page and shell completions under DIR (for packaging)'
 complete -c elect -n "__fish_elect_using_subcommand help; and not __fish_seen_subcommand_from run status generate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -15,6 +15,15 @@ Examples:
   ELECT_BACKEND=redis://cache:6379 elect run --lock db-migrate -- ./migrate
   elect status --lock billing --json";
 
+const RUN_AFTER_HELP: &str = "\
+Exit codes: COMMAND's own, 128+N if killed by signal N; 2 usage; 69 backend unavailable;
+  75 held elsewhere; 76 lease lost while running; 126/127 COMMAND not executable / not found
+
+Examples:
+  elect run --lock billing -- ./bill-customers.sh     # skip (exit 75) if held
+  elect run --lock billing --wait=10m -- ./bill.sh    # wait up to 10 minutes
+  ELECT_BACKEND=redis://cache:6379 elect run --lock db-migrate -- ./migrate";
+
 /// Run a command under a named lease, so that one holder at a time runs it, on one machine or
 /// across many.
 #[derive(Debug, Parser)]
@@ -26,14 +35,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Take the lease, run COMMAND, release the lease when it exits.
-    ///
-    /// Exit codes: COMMAND's own; 128+N if it was killed by signal N; 2 usage error; 69 backend
-    /// unavailable; 75 lock held elsewhere; 76 lease lost while running; 126/127 COMMAND not
-    /// executable / not found.
-    #[command(after_help = EXAMPLES)]
+    /// Take the lease, run COMMAND, release the lease when it exits
+    #[command(after_help = RUN_AFTER_HELP)]
     Run(RunArgs),
-    /// Show who holds which lock. Exit 0 if held, 3 if free, 69 backend unavailable.
+    /// Show who holds which lock (exit 0 held, 3 free, 69 backend unavailable)
     Status(StatusArgs),
     /// Write the man page and shell completions under DIR (for packaging).
     #[command(hide = true)]

@@ -18,7 +18,15 @@
 //! - [`logging`]: one line per event on stderr, text or JSON.
 
 pub mod backend;
+pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod exit;
+pub mod keeper;
 pub mod lease;
+pub mod logging;
+pub mod run;
+pub mod status;
+pub mod supervisor;
 pub mod timing;
+pub mod watchdog;

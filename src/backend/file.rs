@@ -385,7 +385,7 @@ fn warn_if_network_fs(dir: &Path) {
     const SMB2: i64 = 0xfe53_4d42;
     const FUSE: i64 = 0x6573_5546;
     if let Ok(stat) = nix::sys::statfs::statfs(dir) {
-        let kind = stat.filesystem_type().0 as i64;
+        let kind = stat.filesystem_type().0;
         if [NFS, SMB, CIFS, SMB2, FUSE].contains(&kind) {
             tracing::warn!(
                 dir = %dir.display(),

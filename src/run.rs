@@ -1,0 +1,321 @@
+//! `elect run`: acquire, supervise, release.
+//!
+//! The watchdog is forked first, while elect is still single-threaded; then the async runtime
+//! (one thread) opens the backend, takes the lease (waiting if asked), has the watchdog start the
+//! job, and supervises it until every process of the job is gone; then the lease is released and
+//! elect exits with the job's code.
+
+use std::ffi::OsString;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::backend::{AcquireRequest, AnyBackend, Backend, Expiry, WaitMode};
+use crate::cli::Wait;
+use crate::clock::{Clock, SystemClock};
+use crate::config::RunConfig;
+use crate::exit::{code, Failure};
+use crate::lease::{Acquire, HolderInfo, Lease, Renewal};
+use crate::supervisor::{self, Ending, Watchdog};
+use crate::watchdog::protocol::{JobExit, Order};
+use crate::watchdog::{self, FORWARDED};
+
+/// How long a release may take before elect gives up on it (the lease then expires by its ttl).
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Environment variables that may carry a secret elect read itself; the job does not inherit them.
+const SECRET_VARIABLES: [&str; 2] = ["ELECT_ETCD_PASSWORD", "ELECT_REDIS_PASSWORD"];
+
+pub fn run(cfg: RunConfig) -> Result<u8, Failure> {
+    let link = watchdog::fork(cfg.command.clone(), cfg.timing.grace())
+        .map_err(|e| Failure::new(code::INTERNAL, format!("cannot fork the watchdog: {e}")))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(code::INTERNAL, format!("cannot start: {e}")))?;
+    runtime.block_on(async move {
+        let watchdog = Watchdog::new(link)
+            .map_err(|e| Failure::new(code::INTERNAL, format!("watchdog socket: {e}")))?;
+        let mut signals = supervisor::forward_signals()
+            .map_err(|e| Failure::new(code::INTERNAL, format!("cannot handle signals: {e}")))?;
+        Runner { cfg, watchdog }.run(&mut signals).await
+    })
+}
+
+struct Runner {
+    cfg: RunConfig,
+    watchdog: Watchdog,
+}
+
+impl Runner {
+    async fn run(self, signals: &mut mpsc::UnboundedReceiver<i32>) -> Result<u8, Failure> {
+        let cfg = &self.cfg;
+        let lock = &cfg.lock;
+        let mut backend = tokio::select! {
+            opened = AnyBackend::open(cfg.backend.url.as_deref(), &cfg.backend.options) => {
+                opened.map_err(|e| e.into_failure(&cfg.backend.describe()))?
+            }
+            sig = stop_signal(signals) => return Err(interrupted(lock, sig, "connecting")),
+        };
+        let describe = backend.describe().to_owned();
+        let req = AcquireRequest {
+            name: lock.clone(),
+            holder: HolderInfo::this_process(cfg.id.clone(), cfg.timing.ttl()),
+            ttl: cfg.timing.ttl(),
+        };
+        let mut lease = tokio::select! {
+            lease = self.acquire(&mut backend, &req) => lease?,
+            sig = stop_signal(signals) => return Err(interrupted(lock, sig, "waiting for the lock")),
+        };
+        tracing::debug!(lock = %lock, token = %lease.token(), holder = %lease.holder.id, backend = %describe, "acquired");
+
+        self.ensure_time_to_start(&mut backend, &mut lease).await?;
+        let clock = SystemClock;
+        let deadline =
+            (backend.expiry() == Expiry::Ttl).then(|| cfg.timing.deadline(lease.sent_at));
+        let start = Order::Start {
+            deadline,
+            env: child_env(&lease, &describe),
+        };
+        let started = Instant::now();
+        if let Err(e) = self.watchdog.start(&start, &lease) {
+            release(&mut backend, &lease).await;
+            return Err(Failure::new(
+                code::INTERNAL,
+                format!("cannot reach the watchdog: {e}"),
+            ));
+        }
+        let ending = match self.watchdog.report().await {
+            Ok(Some(crate::watchdog::protocol::Report::Started { pid })) => {
+                tracing::debug!(lock = %lock, pid, "job started");
+                supervisor::supervise(
+                    &mut backend,
+                    &mut lease,
+                    cfg.timing,
+                    &clock,
+                    &self.watchdog,
+                    signals,
+                )
+                .await
+            }
+            Ok(Some(crate::watchdog::protocol::Report::SpawnFailed { errno })) => {
+                Ending::SpawnFailed(std::io::Error::from_raw_os_error(errno))
+            }
+            _ => Ending::WatchdogGone,
+        };
+        let elapsed = started.elapsed();
+        match ending {
+            Ending::Finished(exit) => {
+                release(&mut backend, &lease).await;
+                tracing::debug!(lock = %lock, exit = ?exit, elapsed = ?elapsed, "job exited; lease released");
+                Ok(exit_code(exit))
+            }
+            Ending::SpawnFailed(err) => {
+                release(&mut backend, &lease).await;
+                let program = cfg.command[0].to_string_lossy();
+                let (status, what) = if err.kind() == std::io::ErrorKind::NotFound {
+                    (code::NOT_FOUND, "command not found")
+                } else {
+                    (code::NOT_EXECUTABLE, "cannot execute the command")
+                };
+                Err(Failure::new(
+                    status,
+                    format!("{what}: {program}: {err} (lock {lock} released)"),
+                ))
+            }
+            Ending::Lost(loss, exit) => {
+                // Best effort: if the lease is still ours somewhere, free it for the next holder.
+                release(&mut backend, &lease).await;
+                Err(Failure::new(
+                    code::LOST,
+                    format!(
+                        "lease on lock {lock} lost while the job ran ({loss}); the job was stopped ({}); backend {describe}",
+                        describe_exit(exit)
+                    ),
+                ))
+            }
+            Ending::WatchdogGone => Err(Failure::new(
+                code::INTERNAL,
+                format!(
+                    "elect's watchdog for lock {lock} vanished; the job may not have been stopped"
+                ),
+            )),
+        }
+    }
+
+    /// Takes the lease, waiting as configured.
+    async fn acquire(
+        &self,
+        backend: &mut AnyBackend,
+        req: &AcquireRequest,
+    ) -> Result<Lease, Failure> {
+        let cfg = &self.cfg;
+        let describe = backend.describe().to_owned();
+        let failure = |e: crate::backend::BackendError| e.into_failure(&describe);
+        let holder = match backend
+            .acquire(req, WaitMode::NoWait)
+            .await
+            .map_err(failure)?
+        {
+            Acquire::Acquired(lease) => return Ok(lease),
+            Acquire::Held(holder) => holder,
+        };
+        let held_by = holder.map_or_else(|| "another process".to_owned(), |h| h.to_string());
+        if cfg.wait == Wait::No {
+            return Err(self.conflict(format!(
+                "lock {} is held by {held_by}; not running {} (backend {describe})",
+                cfg.lock,
+                cfg.command[0].to_string_lossy()
+            )));
+        }
+        tracing::info!(lock = %cfg.lock, "waiting: held by {held_by}");
+        let waited = Instant::now();
+        let wait = backend.acquire(req, WaitMode::Wait);
+        let acquired = match cfg.wait_limit() {
+            Some(limit) => match tokio::time::timeout(limit, wait).await {
+                Ok(result) => result,
+                Err(_) => {
+                    return Err(self.conflict(format!(
+                    "lock {} is still held after waiting {}; not running {} (backend {describe})",
+                    cfg.lock,
+                    humantime::format_duration(limit),
+                    cfg.command[0].to_string_lossy()
+                )))
+                }
+            },
+            None => wait.await,
+        };
+        match acquired.map_err(failure)? {
+            Acquire::Acquired(lease) => {
+                tracing::info!(lock = %cfg.lock, token = %lease.token(), waited = ?round(waited.elapsed()), "acquired after waiting");
+                Ok(lease)
+            }
+            Acquire::Held(_) => {
+                Err(self.conflict(format!("lock {} is held (backend {describe})", cfg.lock)))
+            }
+        }
+    }
+
+    fn conflict(&self, message: String) -> Failure {
+        if self.cfg.conflict_exit_code == 0 {
+            tracing::debug!("{message}");
+            Failure::new(0, String::new())
+        } else {
+            Failure::new(self.cfg.conflict_exit_code, message)
+        }
+    }
+
+    /// A slow acquire must not start a job that would be killed before its first renew: renew
+    /// once more if too little time is left, and give up if that does not help.
+    async fn ensure_time_to_start(
+        &self,
+        backend: &mut AnyBackend,
+        lease: &mut Lease,
+    ) -> Result<(), Failure> {
+        if backend.expiry() != Expiry::Ttl {
+            return Ok(());
+        }
+        let timing = self.cfg.timing;
+        let clock = SystemClock;
+        if timing.may_start(clock.now(), timing.deadline(lease.sent_at)) {
+            return Ok(());
+        }
+        let sent = clock.now();
+        if let Ok(Ok(Renewal::Renewed)) =
+            tokio::time::timeout(timing.renew(), backend.renew(lease)).await
+        {
+            lease.sent_at = sent;
+            if timing.may_start(clock.now(), timing.deadline(sent)) {
+                return Ok(());
+            }
+        }
+        release(backend, lease).await;
+        Err(Failure::new(
+            code::UNAVAILABLE,
+            format!(
+                "lock {}: the backend {} answered too slowly to start the job safely within the ttl ({}); raise --ttl",
+                self.cfg.lock,
+                backend.describe(),
+                humantime::format_duration(timing.ttl())
+            ),
+        ))
+    }
+}
+
+async fn release(backend: &mut AnyBackend, lease: &Lease) {
+    match tokio::time::timeout(RELEASE_TIMEOUT, backend.release(lease)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(lock = %lease.name, "release failed ({e}); the lease will expire by its ttl")
+        }
+        Err(_) => {
+            tracing::warn!(lock = %lease.name, "release timed out; the lease will expire by its ttl")
+        }
+    }
+}
+
+/// Waits for a signal that should end elect before the job started (TERM, INT, HUP, QUIT).
+async fn stop_signal(signals: &mut mpsc::UnboundedReceiver<i32>) -> i32 {
+    let stopping = [
+        nix::libc::SIGTERM,
+        nix::libc::SIGINT,
+        nix::libc::SIGHUP,
+        nix::libc::SIGQUIT,
+    ];
+    loop {
+        match signals.recv().await {
+            Some(sig) if stopping.contains(&sig) => return sig,
+            Some(_) => {}
+            None => std::future::pending::<()>().await,
+        }
+    }
+}
+
+fn interrupted(lock: &crate::lease::LockName, sig: i32, doing: &str) -> Failure {
+    let name = FORWARDED
+        .iter()
+        .find(|s| **s as i32 == sig)
+        .map_or("a signal", |s| s.as_str());
+    Failure::new(
+        code::signaled(sig),
+        format!("stopped by {name} while {doing} (lock {lock}); the job did not run"),
+    )
+}
+
+fn child_env(lease: &Lease, describe: &str) -> Vec<(OsString, Option<OsString>)> {
+    let mut env: Vec<(OsString, Option<OsString>)> = vec![
+        ("ELECT_LOCK".into(), Some(lease.name.as_str().into())),
+        (
+            "ELECT_FENCING_TOKEN".into(),
+            Some(lease.token().to_string().into()),
+        ),
+        (
+            "ELECT_HOLDER_ID".into(),
+            Some(lease.holder.id.clone().into()),
+        ),
+        ("ELECT_BACKEND".into(), Some(describe.into())),
+    ];
+    env.extend(SECRET_VARIABLES.iter().map(|k| (OsString::from(k), None)));
+    env
+}
+
+pub fn exit_code(exit: JobExit) -> u8 {
+    match exit {
+        JobExit::Code(c) => c as u8,
+        JobExit::Signal(n) => code::signaled(n),
+    }
+}
+
+fn describe_exit(exit: JobExit) -> String {
+    match exit {
+        JobExit::Code(c) => format!("it exited with {c}"),
+        JobExit::Signal(n) => match nix::sys::signal::Signal::try_from(n) {
+            Ok(sig) => format!("killed by {}", sig.as_str()),
+            Err(_) => format!("killed by signal {n}"),
+        },
+    }
+}
+
+fn round(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64)
+}

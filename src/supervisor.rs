@@ -1,0 +1,162 @@
+//! elect's side of the job: one `select!` over the watchdog's reports, the keeper, and the
+//! signals elect receives.
+//!
+//! The watchdog (see [`crate::watchdog`]) spawns, stops and reaps the job; this side feeds it the
+//! deadlines the keeper produces, forwards signals, tells it to stop the job when the lease is
+//! lost, and waits until it reports that every process of the job is gone.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, watch};
+
+use crate::backend::Backend;
+use crate::clock::Clock;
+use crate::keeper::{self, Deadline, Loss};
+use crate::lease::Lease;
+use crate::timing::LeaseTiming;
+use crate::watchdog::protocol::{JobExit, Order, Report};
+use crate::watchdog::{send_order, WatchdogLink, FORWARDED};
+
+/// How a supervised job ended.
+#[derive(Debug)]
+pub enum Ending {
+    /// The job ended by itself (or by a signal someone sent it).
+    Finished(JobExit),
+    /// The command could not be executed.
+    SpawnFailed(io::Error),
+    /// The lease was lost; the job was stopped and ended this way.
+    Lost(Loss, JobExit),
+    /// The watchdog vanished (killed by someone); the job's fate is unknown.
+    WatchdogGone,
+}
+
+/// The socket to the watchdog, registered with tokio.
+pub struct Watchdog {
+    socket: AsyncFd<OwnedFd>,
+}
+
+impl Watchdog {
+    pub fn new(link: WatchdogLink) -> io::Result<Self> {
+        let fd = link.socket;
+        nix::fcntl::fcntl(
+            &fd,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )?;
+        // SAFETY: an OwnedFd is a valid descriptor that stays open, naming the same socket, for
+        // as long as the AsyncFd owns it.
+        let socket = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
+        Ok(Self { socket })
+    }
+
+    pub fn order(&self, order: &Order) -> io::Result<()> {
+        send_order(self.socket.get_ref().as_fd(), order, None)
+    }
+
+    /// Starts the job; the open lock file, if any, goes along so the watchdog holds it too.
+    pub fn start(&self, order: &Order, lease: &Lease) -> io::Result<()> {
+        let fd = lease.kernel_lock.as_ref().map(|f| f.as_fd());
+        send_order(self.socket.get_ref().as_fd(), order, fd)
+    }
+
+    /// The next report; `None` when the watchdog has gone.
+    pub async fn report(&self) -> io::Result<Option<Report>> {
+        loop {
+            let mut guard = self.socket.readable().await?;
+            let mut buf = [0u8; 256];
+            match guard.try_io(|fd| {
+                nix::sys::socket::recv(
+                    fd.get_ref().as_raw_fd(),
+                    &mut buf,
+                    nix::sys::socket::MsgFlags::empty(),
+                )
+                .map_err(io::Error::from)
+            }) {
+                Ok(Ok(0)) => return Ok(None),
+                Ok(Ok(n)) => {
+                    if let Some(report) = Report::decode(&buf[..n]) {
+                        return Ok(Some(report));
+                    }
+                }
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => {}
+            }
+        }
+    }
+}
+
+/// Forwards the signals of [`FORWARDED`] into a channel.
+pub fn forward_signals() -> io::Result<mpsc::UnboundedReceiver<i32>> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    for sig in FORWARDED {
+        let mut stream = signal(SignalKind::from_raw(sig as i32))?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                if tx.send(sig as i32).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    Ok(rx)
+}
+
+/// Runs the started job to its end, keeping the lease meanwhile.
+pub async fn supervise<B: Backend, C: Clock>(
+    backend: &mut B,
+    lease: &mut Lease,
+    timing: LeaseTiming,
+    clock: &C,
+    watchdog: &Watchdog,
+    signals: &mut mpsc::UnboundedReceiver<i32>,
+) -> Ending {
+    let (deadline_tx, mut deadline_rx) = watch::channel::<Deadline>(None);
+    deadline_rx.mark_unchanged();
+    let lock = lease.name.clone();
+    let keeper = keeper::keep(backend, lease, timing, clock, &deadline_tx);
+    tokio::pin!(keeper);
+    let mut loss: Option<Loss> = None;
+    loop {
+        tokio::select! {
+            biased;
+            report = watchdog.report() => match report {
+                Ok(Some(Report::Finished(exit))) => {
+                    return match loss {
+                        Some(loss) => Ending::Lost(loss, exit),
+                        None => Ending::Finished(exit),
+                    };
+                }
+                Ok(Some(Report::DeadlinePassed)) => {
+                    tracing::error!(lock = %lock, "lease deadline reached without a renew; stopping the job");
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return Ending::WatchdogGone,
+            },
+            lost = &mut keeper, if loss.is_none() => {
+                tracing::debug!(lock = %lock, "lease lost: {lost}; stopping the job");
+                if watchdog.order(&Order::Stop).is_err() {
+                    return Ending::WatchdogGone;
+                }
+                loss = Some(lost);
+            },
+            Ok(()) = deadline_rx.changed() => {
+                let deadline = *deadline_rx.borrow_and_update();
+                if watchdog.order(&Order::Deadline(deadline)).is_err() {
+                    return Ending::WatchdogGone;
+                }
+            },
+            Some(sig) = signals.recv() => {
+                tracing::debug!(lock = %lock, signal = sig, "forwarding signal to the job");
+                if watchdog.order(&Order::Signal(sig)).is_err() {
+                    return Ending::WatchdogGone;
+                }
+            },
+        }
+    }
+}

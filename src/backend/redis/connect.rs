@@ -22,6 +22,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 const DEFAULT_PORT: u16 = 6379;
+/// The password when the URL has none: it keeps the secret out of argv and out of URL files.
+/// `elect run` does not pass this variable on to the job.
+pub const PASSWORD_VARIABLE: &str = "ELECT_REDIS_PASSWORD";
 
 /// Where to connect, parsed from the URL; `client` carries the credentials.
 #[derive(Debug, Clone)]
@@ -60,7 +63,10 @@ impl Target {
         if let Some(user) = &url.user {
             redis = redis.set_username(user);
         }
-        if let Some(password) = &url.password {
+        let from_env = std::env::var(PASSWORD_VARIABLE)
+            .ok()
+            .filter(|p| !p.is_empty());
+        if let Some(password) = url.password.as_ref().or(from_env.as_ref()) {
             redis = redis.set_password(password);
         }
         let addr = if tls {
@@ -187,9 +193,9 @@ pub fn describe(err: &RedisError) -> String {
         || lower.contains("wrongpass")
         || lower.contains("invalid password")
     {
-        "check the user and password in the URL"
+        "check the user and password in the URL or ELECT_REDIS_PASSWORD"
     } else if lower.contains("noauth") {
-        "the server requires a password: redis://user:password@host/"
+        "the server requires a password: redis://user:password@host/ or ELECT_REDIS_PASSWORD"
     } else if lower.contains("db index") || lower.contains("select") {
         "check the database number in the URL path"
     } else if err.is_connection_refusal() {

@@ -74,6 +74,7 @@ impl BackendError {
     /// The failure to report, naming the backend (redacted) and what to do.
     pub fn into_failure(self, backend: &str) -> Failure {
         match self {
+            Self::Config(msg) if msg.contains(backend) => Failure::usage(msg),
             Self::Config(msg) => Failure::usage(format!("{msg} (backend {backend})")),
             Self::Unavailable(msg) => Failure::new(
                 code::UNAVAILABLE,

@@ -56,7 +56,7 @@ impl BackendConfig {
     pub fn describe(&self) -> String {
         self.url
             .as_deref()
-            .map_or_else(|| "the default file backend".to_owned(), redact)
+            .map_or_else(|| "file (default lock directory)".to_owned(), redact)
     }
 }
 

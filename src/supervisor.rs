@@ -57,6 +57,14 @@ impl Watchdog {
         send_order(self.socket.get_ref().as_fd(), order, None)
     }
 
+    /// Sends an order whose failure needs no action here: a watchdog that cannot take orders
+    /// has finished or died, and its report (or its absence) says which.
+    fn order_or_log(&self, order: &Order) {
+        if let Err(e) = self.order(order) {
+            tracing::debug!("watchdog did not take {order:?}: {e}");
+        }
+    }
+
     /// Starts the job; the open lock file, if any, goes along so the watchdog holds it too.
     pub fn start(&self, order: &Order, lease: &Lease) -> io::Result<()> {
         let fd = lease.kernel_lock.as_ref().map(|f| f.as_fd());
@@ -140,22 +148,16 @@ pub async fn supervise<B: Backend, C: Clock>(
             },
             lost = &mut keeper, if loss.is_none() => {
                 tracing::debug!(lock = %lock, "lease lost: {lost}; stopping the job");
-                if watchdog.order(&Order::Stop).is_err() {
-                    return Ending::WatchdogGone;
-                }
+                watchdog.order_or_log(&Order::Stop);
                 loss = Some(lost);
             },
             Ok(()) = deadline_rx.changed() => {
                 let deadline = *deadline_rx.borrow_and_update();
-                if watchdog.order(&Order::Deadline(deadline)).is_err() {
-                    return Ending::WatchdogGone;
-                }
+                watchdog.order_or_log(&Order::Deadline(deadline));
             },
             Some(sig) = signals.recv() => {
                 tracing::debug!(lock = %lock, signal = sig, "forwarding signal to the job");
-                if watchdog.order(&Order::Signal(sig)).is_err() {
-                    return Ending::WatchdogGone;
-                }
+                watchdog.order_or_log(&Order::Signal(sig));
             },
         }
     }

@@ -229,6 +229,7 @@ impl Watchdog {
                 if let Some(exit) = self.exit {
                     self.report(Report::Finished(exit));
                 }
+                self.linger();
                 return Ok(());
             }
         }
@@ -443,6 +444,18 @@ impl Watchdog {
             return Ok(None);
         }
         Ok(Order::decode(&buf[..len]))
+    }
+
+    /// Waits for elect to hang up after the last report. Closing a socket with orders still
+    /// unread would reset the connection, and elect could lose the report instead of reading it.
+    fn linger(&mut self) {
+        self._kernel_lock = None;
+        while self.elect_alive {
+            match self.receive() {
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => self.elect_alive = false,
+            }
+        }
     }
 
     fn report(&self, report: Report) {

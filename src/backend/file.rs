@@ -258,6 +258,7 @@ impl Backend for FileBackend {
             }
             let previous = Self::read_record(&file, &path)?;
             let mut holder = req.holder.clone();
+            holder.acquired_at = std::time::SystemTime::now();
             holder.token = FencingToken(previous.map_or(0, |p| p.token.0) + 1);
             Self::write_record(&file, &path, &holder)?;
             return Ok(Acquire::Acquired(Lease {

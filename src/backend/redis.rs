@@ -4,7 +4,7 @@
 //! A lease is one string key with a PX expiry, `elect:{NAME}`, holding a random secret and the
 //! holder metadata; the fencing token comes from a counter key in the same hash slot. Acquire,
 //! renew and release are Lua scripts, so each is one atomic step on the server and a holder can
-//! never extend or delete a lease that is not its own ([`scripts`] has the key layout and the
+//! never extend or delete a lease that is not its own (`redis/scripts.rs` has the key layout and the
 //! scripts).
 //!
 //! - **Waiting**: a waiter subscribes to `elect:{NAME}:released` *before* each acquire attempt,

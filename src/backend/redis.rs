@@ -4,11 +4,12 @@
 //! A lease is one string key with a PX expiry, `elect:{NAME}`, holding a random secret and the
 //! holder metadata; the fencing token comes from a counter key in the same hash slot. Acquire,
 //! renew and release are Lua scripts, so each is one atomic step on the server and a holder can
-//! never extend or delete a lease that is not its own (`redis/scripts.rs` has the key layout and the
-//! scripts).
+//! never extend or delete a lease that is not its own (`redis/scripts.rs` has the key layout and
+//! the scripts).
 //!
-//! - **Waiting**: a waiter subscribes to `elect:{NAME}:released` *before* each acquire attempt,
-//!   so a release between its attempt and its sleep still wakes it. When no release comes (the
+//! - **Waiting**: a waiter subscribes to `elect:{NAME}:released` *before* its first acquire
+//!   attempt and stays subscribed, so a release between an attempt and the sleep after it still
+//!   wakes it. When no release comes (the
 //!   holder crashed and its key is left to expire), it sleeps until the key's PTTL runs out plus
 //!   a little jitter, and re-checks at least every ~1.5 s anyway (a missed publish, a renewed
 //!   lease). Many waiters thus cost one script call each per release or per ~1.5 s, not a loop.

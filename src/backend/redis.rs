@@ -9,10 +9,10 @@
 //!
 //! - **Waiting**: a waiter subscribes to `elect:{NAME}:released` *before* its first acquire
 //!   attempt and stays subscribed, so a release between an attempt and the sleep after it still
-//!   wakes it. When no release comes (the
-//!   holder crashed and its key is left to expire), it sleeps until the key's PTTL runs out plus
-//!   a little jitter, and re-checks at least every ~1.5 s anyway (a missed publish, a renewed
-//!   lease). Many waiters thus cost one script call each per release or per ~1.5 s, not a loop.
+//!   wakes it. When no release comes (the holder crashed and its key is left to expire), it
+//!   sleeps until the key's PTTL runs out plus a little jitter, and re-checks at least every
+//!   ~1.5 s anyway (a missed publish, a renewed lease). Many waiters thus cost one script call
+//!   each per release or per ~1.5 s, not a loop.
 //! - **Timeouts**: every call is bounded (connect 3 s, response 2 s), so a stopped or
 //!   unreachable server makes calls fail rather than hang; the lease keeper decides what a
 //!   failed renew means. A connection that failed is replaced on the next call.

@@ -8,6 +8,7 @@
 //! `rediss://`, `etcd://` / `etcds://`, `postgres://` / `postgresql://`.
 
 pub mod file;
+pub mod redis;
 mod url;
 
 use std::future::Future;
@@ -119,6 +120,7 @@ pub trait Backend {
 #[derive(Debug)]
 pub enum AnyBackend {
     File(file::FileBackend),
+    Redis(redis::RedisBackend),
 }
 
 impl AnyBackend {
@@ -128,9 +130,11 @@ impl AnyBackend {
             None => return Ok(Self::File(file::FileBackend::open_default()?)),
             Some(url) => BackendUrl::parse(url)?,
         };
-        let _ = options;
         match url.scheme() {
             Scheme::File => Ok(Self::File(file::FileBackend::open(&url)?)),
+            Scheme::Redis | Scheme::Rediss => {
+                Ok(Self::Redis(redis::RedisBackend::open(&url, options).await?))
+            }
             other => Err(BackendError::Config(format!(
                 "the {} backend is not built into this elect",
                 other.name()
@@ -143,6 +147,7 @@ macro_rules! dispatch {
     ($self:ident, $b:ident => $e:expr) => {
         match $self {
             AnyBackend::File($b) => $e,
+            AnyBackend::Redis($b) => $e,
         }
     };
 }

@@ -142,6 +142,12 @@ pub async fn supervise<B: Backend, C: Clock>(
                 }
                 Ok(Some(Report::DeadlinePassed)) => {
                     tracing::error!(lock = %lock, "lease deadline reached without a renew; stopping the job");
+                    // The watchdog's timer and the keeper's own check fire at the same moment;
+                    // whichever is seen first, the job is being stopped because the lease is
+                    // lost, and elect must exit 76 rather than pass on the job's SIGTERM status.
+                    loss.get_or_insert(Loss::DeadlinePassed {
+                        last_error: "the watchdog reached the deadline first".into(),
+                    });
                 }
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => return Ending::WatchdogGone,

@@ -124,8 +124,8 @@ impl Runner {
                 ))
             }
             Ending::Lost(loss, exit) => {
-                // Best effort: if the lease is still ours somewhere, free it for the next holder.
-                release(&mut backend, &lease).await;
+                // No release: the lease is someone else's, or the backend did not answer in time
+                // and would only delay elect's exit; either way it is gone or about to expire.
                 Err(Failure::new(
                     code::LOST,
                     format!(

@@ -170,18 +170,16 @@ impl Runner {
         }
         tracing::info!(lock = %cfg.lock, "waiting: held by {held_by}");
         let waited = Instant::now();
-        let wait = backend.acquire(req, WaitMode::Wait);
+        let wait = wait_out_outages(backend, req);
         let acquired = match cfg.wait_limit() {
             Some(limit) => match tokio::time::timeout(limit, wait).await {
                 Ok(result) => result,
-                Err(_) => {
-                    return Err(self.conflict(format!(
+                Err(_) => return Err(self.conflict(format!(
                     "lock {} is still held after waiting {}; not running {} (backend {describe})",
                     cfg.lock,
                     humantime::format_duration(limit),
                     cfg.command[0].to_string_lossy()
-                )))
-                }
+                ))),
             },
             None => wait.await,
         };
@@ -239,6 +237,24 @@ impl Runner {
                 humantime::format_duration(timing.ttl())
             ),
         ))
+    }
+}
+
+/// Waits for the lock. A backend that becomes unreachable while we wait is waited out too (with
+/// a warning): a singleton service in `--wait` should not die because its backend restarted.
+async fn wait_out_outages(
+    backend: &mut AnyBackend,
+    req: &AcquireRequest,
+) -> crate::backend::Result<Acquire> {
+    const RETRY: Duration = Duration::from_secs(1);
+    loop {
+        match backend.acquire(req, WaitMode::Wait).await {
+            Err(crate::backend::BackendError::Unavailable(why)) => {
+                tracing::warn!(lock = %req.name, "backend unavailable while waiting ({why}); retrying");
+                tokio::time::sleep(RETRY).await;
+            }
+            other => return other,
+        }
     }
 }
 

@@ -174,12 +174,14 @@ impl Runner {
         let acquired = match cfg.wait_limit() {
             Some(limit) => match tokio::time::timeout(limit, wait).await {
                 Ok(result) => result,
-                Err(_) => return Err(self.conflict(format!(
+                Err(_) => {
+                    return Err(self.conflict(format!(
                     "lock {} is still held after waiting {}; not running {} (backend {describe})",
                     cfg.lock,
                     humantime::format_duration(limit),
                     cfg.command[0].to_string_lossy()
-                ))),
+                )))
+                }
             },
             None => wait.await,
         };
@@ -249,7 +251,11 @@ async fn wait_out_outages(
     const RETRY: Duration = Duration::from_secs(1);
     loop {
         match backend.acquire(req, WaitMode::Wait).await {
-            Err(crate::backend::BackendError::Unavailable(why)) => {
+            // Network backends only: the file backend's errors (a planted symlink, a foreign
+            // file) do not go away by waiting.
+            Err(crate::backend::BackendError::Unavailable(why))
+                if backend.expiry() == Expiry::Ttl =>
+            {
                 tracing::warn!(lock = %req.name, "backend unavailable while waiting ({why}); retrying");
                 tokio::time::sleep(RETRY).await;
             }

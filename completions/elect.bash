@@ -145,7 +145,7 @@ _elect() {
             return 0
             ;;
         elect__subcmd__run)
-            opts="-q -v -h --lock --ttl --renew --grace --wait --conflict-exit-code --id --backend --backend-file --tls-ca --tls-cert --tls-key --quiet --verbose --log-format --help"
+            opts="-q -v -h --lock --ttl --renew --grace --wait --conflict-exit-code --max-runtime --on-acquired --on-busy --on-lost --hook-timeout --metrics-file --id --backend --backend-file --tls-ca --tls-cert --tls-key --quiet --verbose --log-format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -172,6 +172,30 @@ _elect() {
                     return 0
                     ;;
                 --conflict-exit-code)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-runtime)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --on-acquired)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --on-busy)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --on-lost)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --hook-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

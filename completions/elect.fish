@@ -36,6 +36,12 @@ complete -c elect -n "__fish_elect_using_subcommand run" -l renew -d 'How often 
 complete -c elect -n "__fish_elect_using_subcommand run" -l grace -d 'SIGTERM-to-SIGKILL grace when the job must stop' -r
 complete -c elect -n "__fish_elect_using_subcommand run" -l wait -d 'Wait for the lock instead of exiting 75: for ever, or at most DURATION (--wait=30s)' -r
 complete -c elect -n "__fish_elect_using_subcommand run" -l conflict-exit-code -d 'Exit code when the lock is held elsewhere (0 makes a skip silent, for cron)' -r
+complete -c elect -n "__fish_elect_using_subcommand run" -l max-runtime -d 'Stop the job after DURATION (SIGTERM, SIGKILL after --grace) and exit 124' -r
+complete -c elect -n "__fish_elect_using_subcommand run" -l on-acquired -d 'Run CMD (with sh -c) when the lease is taken' -r
+complete -c elect -n "__fish_elect_using_subcommand run" -l on-busy -d 'Run CMD when the run is skipped because the lock is held' -r
+complete -c elect -n "__fish_elect_using_subcommand run" -l on-lost -d 'Run CMD when the lease is lost while the job runs' -r
+complete -c elect -n "__fish_elect_using_subcommand run" -l hook-timeout -d 'How long a hook may run before it is killed' -r
+complete -c elect -n "__fish_elect_using_subcommand run" -l metrics-file -d 'Write Prometheus metrics of the run to PATH at exit (textfile collector)' -r -F
 complete -c elect -n "__fish_elect_using_subcommand run" -l id -d 'Holder identity recorded with the lease [default: HOSTNAME:PID]' -r
 complete -c elect -n "__fish_elect_using_subcommand run" -l backend -d 'Where leases live: file:///DIR, redis://, rediss://, etcd://, etcds://, postgres:// [default: the local lock directory]' -r
 complete -c elect -n "__fish_elect_using_subcommand run" -l backend-file -d 'Read the backend URL from a file, so that secrets stay out of argv' -r -F
@@ -46,7 +52,7 @@ complete -c elect -n "__fish_elect_using_subcommand run" -l log-format -d 'Log l
 json\t''"
 complete -c elect -n "__fish_elect_using_subcommand run" -s q -l quiet -d 'Only errors on stderr (ELECT_LOG takes a tracing filter instead)'
 complete -c elect -n "__fish_elect_using_subcommand run" -s v -l verbose -d 'More detail on stderr: -v every lease event, -vv everything'
-complete -c elect -n "__fish_elect_using_subcommand run" -s h -l help -d 'Print help'
+complete -c elect -n "__fish_elect_using_subcommand run" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c elect -n "__fish_elect_using_subcommand status" -l lock -d 'Show only this lock' -r
 complete -c elect -n "__fish_elect_using_subcommand status" -l backend -d 'Where leases live: file:///DIR, redis://, rediss://, etcd://, etcds://, postgres:// [default: the local lock directory]' -r
 complete -c elect -n "__fish_elect_using_subcommand status" -l backend-file -d 'Read the backend URL from a file, so that secrets stay out of argv' -r -F
@@ -58,7 +64,7 @@ json\t''"
 complete -c elect -n "__fish_elect_using_subcommand status" -l json -d 'Print JSON instead of a table'
 complete -c elect -n "__fish_elect_using_subcommand status" -s q -l quiet -d 'Only errors on stderr (ELECT_LOG takes a tracing filter instead)'
 complete -c elect -n "__fish_elect_using_subcommand status" -s v -l verbose -d 'More detail on stderr: -v every lease event, -vv everything'
-complete -c elect -n "__fish_elect_using_subcommand status" -s h -l help -d 'Print help'
+complete -c elect -n "__fish_elect_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c elect -n "__fish_elect_using_subcommand generate" -s h -l help -d 'Print help'
 complete -c elect -n "__fish_elect_using_subcommand help; and not __fish_seen_subcommand_from run status generate help" -f -a "run" -d 'Take the lease, run COMMAND, release the lease when it exits'
 complete -c elect -n "__fish_elect_using_subcommand help; and not __fish_seen_subcommand_from run status generate help" -f -a "status" -d 'Show who holds which lock (exit 0 held, 3 free, 69 backend unavailable)'

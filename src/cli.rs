@@ -17,7 +17,8 @@ Examples:
 
 const RUN_AFTER_HELP: &str = "\
 Exit codes: COMMAND's own, 128+N if killed by signal N; 2 usage; 69 backend unavailable;
-  75 held elsewhere; 76 lease lost while running; 126/127 COMMAND not executable / not found
+  75 held elsewhere; 76 lease lost while running; 124 --max-runtime reached;
+  126/127 COMMAND not executable / not found
 
 Examples:
   elect run --lock billing -- ./bill-customers.sh     # skip (exit 75) if held
@@ -37,7 +38,7 @@ pub struct Cli {
 pub enum Command {
     /// Take the lease, run COMMAND, release the lease when it exits
     #[command(after_help = RUN_AFTER_HELP)]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show who holds which lock (exit 0 held, 3 free, 69 backend unavailable)
     Status(StatusArgs),
     /// Write the man page and shell completions under DIR (for packaging).
@@ -65,15 +66,30 @@ pub struct BackendArgs {
     pub backend_file: Option<PathBuf>,
 
     /// CA certificate that verifies a TLS backend
-    #[arg(long, env = "ELECT_TLS_CA", value_name = "PATH")]
+    #[arg(
+        long,
+        env = "ELECT_TLS_CA",
+        value_name = "PATH",
+        hide_short_help = true
+    )]
     pub tls_ca: Option<PathBuf>,
 
     /// Client certificate for a TLS backend
-    #[arg(long, env = "ELECT_TLS_CERT", value_name = "PATH")]
+    #[arg(
+        long,
+        env = "ELECT_TLS_CERT",
+        value_name = "PATH",
+        hide_short_help = true
+    )]
     pub tls_cert: Option<PathBuf>,
 
     /// Client key for a TLS backend
-    #[arg(long, env = "ELECT_TLS_KEY", value_name = "PATH")]
+    #[arg(
+        long,
+        env = "ELECT_TLS_KEY",
+        value_name = "PATH",
+        hide_short_help = true
+    )]
     pub tls_key: Option<PathBuf>,
 
     #[command(flatten)]
@@ -91,7 +107,7 @@ pub struct LogArgs {
     pub verbose: u8,
 
     /// Log line format on stderr
-    #[arg(long, env = "ELECT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, env = "ELECT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, hide_short_help = true)]
     pub log_format: LogFormat,
 }
 
@@ -139,6 +155,30 @@ pub struct RunArgs {
         default_value_t = 75
     )]
     pub conflict_exit_code: u8,
+
+    /// Stop the job after DURATION (SIGTERM, SIGKILL after --grace) and exit 124
+    #[arg(long, env = "ELECT_MAX_RUNTIME", value_name = "DURATION", value_parser = parse_duration)]
+    pub max_runtime: Option<Duration>,
+
+    /// Run CMD (with sh -c) when the lease is taken
+    #[arg(long, env = "ELECT_ON_ACQUIRED", value_name = "CMD")]
+    pub on_acquired: Option<String>,
+
+    /// Run CMD when the run is skipped because the lock is held
+    #[arg(long, env = "ELECT_ON_BUSY", value_name = "CMD")]
+    pub on_busy: Option<String>,
+
+    /// Run CMD when the lease is lost while the job runs
+    #[arg(long, env = "ELECT_ON_LOST", value_name = "CMD")]
+    pub on_lost: Option<String>,
+
+    /// How long a hook may run before it is killed
+    #[arg(long, env = "ELECT_HOOK_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_duration, hide_short_help = true)]
+    pub hook_timeout: Duration,
+
+    /// Write Prometheus metrics of the run to PATH at exit (textfile collector)
+    #[arg(long, env = "ELECT_METRICS_FILE", value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
 
     /// Holder identity recorded with the lease [default: HOSTNAME:PID]
     #[arg(long, env = "ELECT_ID", value_name = "ID", value_parser = parse_id)]

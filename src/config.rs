@@ -1,6 +1,7 @@
 //! Raw arguments, validated once into settings in which invalid states cannot exist.
 
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::parser::ValueSource;
@@ -9,6 +10,7 @@ use clap::ArgMatches;
 use crate::backend::{redact, BackendOptions};
 use crate::cli::{BackendArgs, RunArgs, Wait};
 use crate::exit::Failure;
+use crate::hooks::Hooks;
 use crate::lease::LockName;
 use crate::timing::LeaseTiming;
 
@@ -79,6 +81,9 @@ pub struct RunConfig {
     pub id: Option<String>,
     pub command: Vec<OsString>,
     pub backend: BackendConfig,
+    pub max_runtime: Option<Duration>,
+    pub hooks: Hooks,
+    pub metrics_file: Option<PathBuf>,
 }
 
 impl RunConfig {
@@ -94,6 +99,14 @@ impl RunConfig {
             id: args.id,
             command: args.command,
             backend,
+            max_runtime: args.max_runtime,
+            hooks: Hooks {
+                on_acquired: args.on_acquired,
+                on_busy: args.on_busy,
+                on_lost: args.on_lost,
+                timeout: args.hook_timeout,
+            },
+            metrics_file: args.metrics_file,
         })
     }
 

@@ -46,6 +46,15 @@ impl std::fmt::Display for Loss {
 /// The deadline of a held lease: `None` where the backend cannot expire it.
 pub type Deadline = Option<BootTime>;
 
+/// How the renewals went, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RenewStats {
+    pub ok: u64,
+    pub failed: u64,
+    /// The slowest renew, successful or not.
+    pub worst: Duration,
+}
+
 /// Keeps `lease` alive until it is lost; never returns otherwise. Each new deadline is sent on
 /// `deadlines`. Cancel by dropping the future.
 pub async fn keep<B: Backend, C: Clock>(
@@ -54,6 +63,7 @@ pub async fn keep<B: Backend, C: Clock>(
     timing: LeaseTiming,
     clock: &C,
     deadlines: &watch::Sender<Deadline>,
+    stats: &mut RenewStats,
 ) -> Loss {
     let expires = backend.expiry() == Expiry::Ttl;
     let deadline_of = |sent: BootTime| expires.then(|| timing.deadline(sent));
@@ -73,8 +83,11 @@ pub async fn keep<B: Backend, C: Clock>(
             Some(d) => timing.attempt_timeout(now, d),
             None => timing.renew(),
         };
-        match tokio::time::timeout(attempt, backend.renew(lease)).await {
+        let result = tokio::time::timeout(attempt, backend.renew(lease)).await;
+        stats.worst = stats.worst.max(now.until(clock.now()));
+        match result {
             Ok(Ok(Renewal::Renewed)) => {
+                stats.ok += 1;
                 lease.sent_at = now;
                 deadline = deadline_of(now);
                 deadlines.send_replace(deadline);
@@ -85,12 +98,16 @@ pub async fn keep<B: Backend, C: Clock>(
                 }
                 continue;
             }
-            Ok(Ok(Renewal::Lost(why))) => return Loss::Revoked(why),
+            Ok(Ok(Renewal::Lost(why))) => {
+                stats.failed += 1;
+                return Loss::Revoked(why);
+            }
             Ok(Err(err)) => last_error = err.to_string(),
             Err(_) => {
                 last_error = format!("no answer within {}", humantime::format_duration(attempt))
             }
         }
+        stats.failed += 1;
         let now = clock.now();
         next = now + timing.retry_interval();
         match deadline {

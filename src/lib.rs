@@ -14,6 +14,9 @@
 //! - [`supervisor`]: elect's side of the job: starts it through the watchdog, forwards signals,
 //!   feeds deadlines, collects the exit status.
 //! - [`run`]: `elect run`: acquire, supervise, release.
+//! - [`hooks`]: `--on-acquired`, `--on-busy`, `--on-lost` commands.
+//! - [`notify`]: systemd readiness, status and watchdog notifications.
+//! - [`metrics`]: `--metrics-file`, Prometheus text format.
 //! - [`status`]: `elect status`, text and JSON.
 //! - [`logging`]: one line per event on stderr, text or JSON.
 //! - [`generate`], [`manual`]: the man page and shell completions, generated from [`cli`].
@@ -24,10 +27,13 @@ pub mod clock;
 pub mod config;
 pub mod exit;
 pub mod generate;
+pub mod hooks;
 pub mod keeper;
 pub mod lease;
 pub mod logging;
 pub mod manual;
+pub mod metrics;
+pub mod notify;
 pub mod run;
 pub mod status;
 pub mod supervisor;

@@ -18,7 +18,7 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Run(args) => {
             elect::logging::init(&args.backend.log);
-            RunConfig::from_args(args, sub).and_then(elect::run::run)
+            RunConfig::from_args(*args, sub).and_then(elect::run::run)
         }
         Command::Status(args) => {
             elect::logging::init(&args.backend.log);

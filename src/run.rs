@@ -3,28 +3,37 @@
 //! The watchdog is forked first, while elect is still single-threaded; then the async runtime
 //! (one thread) opens the backend, takes the lease (waiting if asked), has the watchdog start the
 //! job, and supervises it until every process of the job is gone; then the lease is released and
-//! elect exits with the job's code.
+//! elect exits with the job's code. Hooks, systemd notifications and metrics hang off the same
+//! steps.
 
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::backend::{AcquireRequest, AnyBackend, Backend, Expiry, WaitMode};
+use crate::backend::{AcquireRequest, AnyBackend, Backend, BackendError, Expiry, WaitMode};
 use crate::cli::Wait;
 use crate::clock::{Clock, SystemClock};
 use crate::config::RunConfig;
 use crate::exit::{code, Failure};
-use crate::lease::{Acquire, HolderInfo, Lease, Renewal};
-use crate::supervisor::{self, Ending, Watchdog};
-use crate::watchdog::protocol::{JobExit, Order};
+use crate::hooks::{self, Event as HookEvent, Running};
+use crate::lease::{Acquire, HolderInfo, Lease, LockName, Renewal};
+use crate::metrics::{self, Outcome, RunRecord};
+use crate::notify::Notifier;
+use crate::supervisor::{self, Ending, Supervision, Watchdog};
+use crate::watchdog::protocol::{JobExit, Order, Report};
 use crate::watchdog::{self, FORWARDED};
 
 /// How long a release may take before elect gives up on it (the lease then expires by its ttl).
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Environment variables that may carry a secret elect read itself; the job does not inherit them.
-const SECRET_VARIABLES: [&str; 2] = ["ELECT_ETCD_PASSWORD", "ELECT_REDIS_PASSWORD"];
+/// Environment variables the job does not inherit: secrets elect read itself, and systemd's
+/// notification socket (elect speaks for the unit).
+const WITHHELD_VARIABLES: [&str; 3] = [
+    "ELECT_ETCD_PASSWORD",
+    "ELECT_REDIS_PASSWORD",
+    "NOTIFY_SOCKET",
+];
 
 pub fn run(cfg: RunConfig) -> Result<u8, Failure> {
     let link = watchdog::fork(cfg.command.clone(), cfg.timing.grace())
@@ -33,24 +42,44 @@ pub fn run(cfg: RunConfig) -> Result<u8, Failure> {
         .enable_all()
         .build()
         .map_err(|e| Failure::new(code::INTERNAL, format!("cannot start: {e}")))?;
-    runtime.block_on(async move {
+    let mut record = RunRecord::default();
+    let result = runtime.block_on(async {
         let watchdog = Watchdog::new(link)
             .map_err(|e| Failure::new(code::INTERNAL, format!("watchdog socket: {e}")))?;
         let mut signals = supervisor::forward_signals()
             .map_err(|e| Failure::new(code::INTERNAL, format!("cannot handle signals: {e}")))?;
-        Runner { cfg, watchdog }.run(&mut signals).await
-    })
+        let runner = Runner {
+            cfg: &cfg,
+            watchdog,
+            notifier: Notifier::from_env(),
+        };
+        runner.run(&mut signals, &mut record).await
+    });
+    if let Some(path) = &cfg.metrics_file {
+        let exit = match &result {
+            Ok(code) => *code,
+            Err(failure) => failure.code,
+        };
+        metrics::write(path, &cfg.lock, &record, exit);
+    }
+    result
 }
 
-struct Runner {
-    cfg: RunConfig,
+struct Runner<'a> {
+    cfg: &'a RunConfig,
     watchdog: Watchdog,
+    notifier: Notifier,
 }
 
-impl Runner {
-    async fn run(self, signals: &mut mpsc::UnboundedReceiver<i32>) -> Result<u8, Failure> {
-        let cfg = &self.cfg;
+impl Runner<'_> {
+    async fn run(
+        &self,
+        signals: &mut mpsc::UnboundedReceiver<i32>,
+        record: &mut RunRecord,
+    ) -> Result<u8, Failure> {
+        let cfg = self.cfg;
         let lock = &cfg.lock;
+        record.outcome = Some(Outcome::Error);
         let mut backend = tokio::select! {
             opened = AnyBackend::open(cfg.backend.url.as_deref(), &cfg.backend.options) => {
                 opened.map_err(|e| e.into_failure(&cfg.backend.describe()))?
@@ -63,19 +92,34 @@ impl Runner {
             holder: HolderInfo::this_process(cfg.id.clone(), cfg.timing.ttl()),
             ttl: cfg.timing.ttl(),
         };
-        let mut lease = tokio::select! {
-            lease = self.acquire(&mut backend, &req) => lease?,
+        let waited = Instant::now();
+        let acquired = tokio::select! {
+            lease = self.acquire(&mut backend, &req) => lease,
             sig = stop_signal(signals) => return Err(interrupted(lock, sig, "waiting for the lock")),
+        };
+        record.wait = waited.elapsed();
+        let mut lease = match acquired {
+            Ok(lease) => lease,
+            Err(failure) => {
+                if failure.code == cfg.conflict_exit_code {
+                    record.outcome = Some(Outcome::Skipped);
+                }
+                return Err(failure);
+            }
         };
         tracing::debug!(lock = %lock, token = %lease.token(), holder = %lease.holder.id, backend = %describe, "acquired");
 
         self.ensure_time_to_start(&mut backend, &mut lease).await?;
-        let clock = SystemClock;
         let deadline =
             (backend.expiry() == Expiry::Ttl).then(|| cfg.timing.deadline(lease.sent_at));
+        let job_env = child_env(&lease, &describe);
         let start = Order::Start {
             deadline,
-            env: child_env(&lease, &describe),
+            env: job_env
+                .iter()
+                .map(|(k, v)| (OsString::from(k), Some(OsString::from(v))))
+                .chain(WITHHELD_VARIABLES.iter().map(|k| (OsString::from(k), None)))
+                .collect(),
         };
         let started = Instant::now();
         if let Err(e) = self.watchdog.start(&start, &lease) {
@@ -85,34 +129,79 @@ impl Runner {
                 format!("cannot reach the watchdog: {e}"),
             ));
         }
-        let ending = match self.watchdog.report().await {
-            Ok(Some(crate::watchdog::protocol::Report::Started { pid })) => {
+        let (ending, lost_hook) = match self.watchdog.report().await {
+            Ok(Some(Report::Started { pid })) => {
                 tracing::debug!(lock = %lock, pid, "job started");
-                supervisor::supervise(
+                let holding = format!("holding {lock}, token {}", lease.token());
+                self.notifier.ready(&holding);
+                let acquired_hook = cfg.hooks.start(HookEvent::Acquired, job_env.clone());
+                let ctx = Supervision {
+                    timing: cfg.timing,
+                    max_runtime: cfg.max_runtime,
+                    notifier: &self.notifier,
+                    hooks: &cfg.hooks,
+                    hook_env: job_env,
+                };
+                let clock = SystemClock;
+                let ending = supervisor::supervise(
                     &mut backend,
                     &mut lease,
-                    cfg.timing,
+                    &ctx,
                     &clock,
                     &self.watchdog,
                     signals,
+                    &mut record.renewals,
                 )
-                .await
+                .await;
+                acquired_hook.finish().await;
+                ending
             }
-            Ok(Some(crate::watchdog::protocol::Report::SpawnFailed { errno })) => {
-                Ending::SpawnFailed(std::io::Error::from_raw_os_error(errno))
-            }
-            _ => Ending::WatchdogGone,
+            Ok(Some(Report::SpawnFailed { errno })) => (
+                Ending::SpawnFailed(std::io::Error::from_raw_os_error(errno)),
+                Running::none(),
+            ),
+            _ => (Ending::WatchdogGone, Running::none()),
         };
-        let elapsed = started.elapsed();
+        record.hold = started.elapsed();
+        self.notifier.stopping();
+        let result = self.finish(ending, &mut backend, &lease, record).await;
+        lost_hook.finish().await;
+        result
+    }
+
+    /// Turns how the job ended into elect's exit, releasing the lease where it is still ours.
+    async fn finish(
+        &self,
+        ending: Ending,
+        backend: &mut AnyBackend,
+        lease: &Lease,
+        record: &mut RunRecord,
+    ) -> Result<u8, Failure> {
+        let lock = &self.cfg.lock;
+        let describe = backend.describe().to_owned();
         match ending {
             Ending::Finished(exit) => {
-                release(&mut backend, &lease).await;
-                tracing::debug!(lock = %lock, exit = ?exit, elapsed = ?elapsed, "job exited; lease released");
+                record.outcome = Some(Outcome::Ran);
+                release(backend, lease).await;
+                tracing::debug!(lock = %lock, exit = ?exit, elapsed = ?round(record.hold), "job exited; lease released");
                 Ok(exit_code(exit))
             }
+            Ending::TimedOut(exit) => {
+                record.outcome = Some(Outcome::TimedOut);
+                release(backend, lease).await;
+                Err(Failure::new(
+                    code::TIMED_OUT,
+                    format!(
+                        "the job under lock {lock} ran longer than --max-runtime {} and was stopped ({}); lease released",
+                        humantime::format_duration(self.cfg.max_runtime.unwrap_or_default()),
+                        describe_exit(exit)
+                    ),
+                ))
+            }
             Ending::SpawnFailed(err) => {
-                release(&mut backend, &lease).await;
-                let program = cfg.command[0].to_string_lossy();
+                record.outcome = Some(Outcome::Error);
+                release(backend, lease).await;
+                let program = self.cfg.command[0].to_string_lossy();
                 let (status, what) = if err.kind() == std::io::ErrorKind::NotFound {
                     (code::NOT_FOUND, "command not found")
                 } else {
@@ -124,6 +213,7 @@ impl Runner {
                 ))
             }
             Ending::Lost(loss, exit) => {
+                record.outcome = Some(Outcome::Lost);
                 // No release: the lease is someone else's, or the backend did not answer in time
                 // and would only delay elect's exit; either way it is gone or about to expire.
                 Err(Failure::new(
@@ -149,9 +239,9 @@ impl Runner {
         backend: &mut AnyBackend,
         req: &AcquireRequest,
     ) -> Result<Lease, Failure> {
-        let cfg = &self.cfg;
+        let cfg = self.cfg;
         let describe = backend.describe().to_owned();
-        let failure = |e: crate::backend::BackendError| e.into_failure(&describe);
+        let failure = |e: BackendError| e.into_failure(&describe);
         let holder = match backend
             .acquire(req, WaitMode::NoWait)
             .await
@@ -160,27 +250,43 @@ impl Runner {
             Acquire::Acquired(lease) => return Ok(lease),
             Acquire::Held(holder) => holder,
         };
-        let held_by = holder.map_or_else(|| "another process".to_owned(), |h| h.to_string());
+        let held_by = holder
+            .as_ref()
+            .map_or_else(|| "another process".to_owned(), |h| h.to_string());
         if cfg.wait == Wait::No {
-            return Err(self.conflict(format!(
-                "lock {} is held by {held_by}; not running {} (backend {describe})",
-                cfg.lock,
-                cfg.command[0].to_string_lossy()
-            )));
+            return Err(self
+                .busy(
+                    holder.as_ref(),
+                    format!(
+                        "lock {} is held by {held_by}; not running {} (backend {describe})",
+                        cfg.lock,
+                        cfg.command[0].to_string_lossy()
+                    ),
+                )
+                .await);
         }
         tracing::info!(lock = %cfg.lock, "waiting: held by {held_by}");
+        let host = holder
+            .as_ref()
+            .map_or("another process", |h| h.host.as_str());
+        self.notifier
+            .status(&format!("waiting for {} held by {host}", cfg.lock));
         let waited = Instant::now();
         let wait = wait_out_outages(backend, req);
         let acquired = match cfg.wait_limit() {
             Some(limit) => match tokio::time::timeout(limit, wait).await {
                 Ok(result) => result,
                 Err(_) => {
-                    return Err(self.conflict(format!(
-                    "lock {} is still held after waiting {}; not running {} (backend {describe})",
-                    cfg.lock,
-                    humantime::format_duration(limit),
-                    cfg.command[0].to_string_lossy()
-                )))
+                    return Err(self.busy(
+                        holder.as_ref(),
+                        format!(
+                            "lock {} is still held after waiting {}; not running {} (backend {describe})",
+                            cfg.lock,
+                            humantime::format_duration(limit),
+                            cfg.command[0].to_string_lossy()
+                        ),
+                    )
+                    .await)
                 }
             },
             None => wait.await,
@@ -190,13 +296,20 @@ impl Runner {
                 tracing::info!(lock = %cfg.lock, token = %lease.token(), waited = ?round(waited.elapsed()), "acquired after waiting");
                 Ok(lease)
             }
-            Acquire::Held(_) => {
-                Err(self.conflict(format!("lock {} is held (backend {describe})", cfg.lock)))
-            }
+            Acquire::Held(holder) => Err(self
+                .busy(
+                    holder.as_ref(),
+                    format!("lock {} is held (backend {describe})", cfg.lock),
+                )
+                .await),
         }
     }
 
-    fn conflict(&self, message: String) -> Failure {
+    /// The run is skipped because the lock is held: the on-busy hook, then the conflict exit.
+    async fn busy(&self, holder: Option<&HolderInfo>, message: String) -> Failure {
+        let mut env = vec![("ELECT_LOCK".to_owned(), self.cfg.lock.to_string())];
+        env.extend(hooks::holder_env(holder));
+        self.cfg.hooks.start(HookEvent::Busy, env).finish().await;
         if self.cfg.conflict_exit_code == 0 {
             tracing::debug!("{message}");
             Failure::new(0, String::new())
@@ -242,8 +355,9 @@ impl Runner {
     }
 }
 
-/// Waits for the lock. A backend that becomes unreachable while we wait is waited out too (with
-/// a warning): a singleton service in `--wait` should not die because its backend restarted.
+/// Waits for the lock. A network backend that becomes unreachable while we wait is waited out
+/// too (with a warning): a singleton service in `--wait` should not die because its backend
+/// restarted.
 async fn wait_out_outages(
     backend: &mut AnyBackend,
     req: &AcquireRequest,
@@ -251,11 +365,9 @@ async fn wait_out_outages(
     const RETRY: Duration = Duration::from_secs(1);
     loop {
         match backend.acquire(req, WaitMode::Wait).await {
-            // Network backends only: the file backend's errors (a planted symlink, a foreign
-            // file) do not go away by waiting.
-            Err(crate::backend::BackendError::Unavailable(why))
-                if backend.expiry() == Expiry::Ttl =>
-            {
+            // The file backend's errors (a planted symlink, a foreign file) do not go away by
+            // waiting.
+            Err(BackendError::Unavailable(why)) if backend.expiry() == Expiry::Ttl => {
                 tracing::warn!(lock = %req.name, "backend unavailable while waiting ({why}); retrying");
                 tokio::time::sleep(RETRY).await;
             }
@@ -293,7 +405,7 @@ async fn stop_signal(signals: &mut mpsc::UnboundedReceiver<i32>) -> i32 {
     }
 }
 
-fn interrupted(lock: &crate::lease::LockName, sig: i32, doing: &str) -> Failure {
+fn interrupted(lock: &LockName, sig: i32, doing: &str) -> Failure {
     let name = FORWARDED
         .iter()
         .find(|s| **s as i32 == sig)
@@ -304,21 +416,14 @@ fn interrupted(lock: &crate::lease::LockName, sig: i32, doing: &str) -> Failure 
     )
 }
 
-fn child_env(lease: &Lease, describe: &str) -> Vec<(OsString, Option<OsString>)> {
-    let mut env: Vec<(OsString, Option<OsString>)> = vec![
-        ("ELECT_LOCK".into(), Some(lease.name.as_str().into())),
-        (
-            "ELECT_FENCING_TOKEN".into(),
-            Some(lease.token().to_string().into()),
-        ),
-        (
-            "ELECT_HOLDER_ID".into(),
-            Some(lease.holder.id.clone().into()),
-        ),
-        ("ELECT_BACKEND".into(), Some(describe.into())),
-    ];
-    env.extend(SECRET_VARIABLES.iter().map(|k| (OsString::from(k), None)));
-    env
+/// The variables the job (and the hooks) get.
+fn child_env(lease: &Lease, describe: &str) -> Vec<(String, String)> {
+    vec![
+        ("ELECT_LOCK".into(), lease.name.to_string()),
+        ("ELECT_FENCING_TOKEN".into(), lease.token().to_string()),
+        ("ELECT_HOLDER_ID".into(), lease.holder.id.clone()),
+        ("ELECT_BACKEND".into(), describe.to_owned()),
+    ]
 }
 
 pub fn exit_code(exit: JobExit) -> u8 {

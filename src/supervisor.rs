@@ -7,6 +7,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -15,8 +16,10 @@ use tokio::sync::{mpsc, watch};
 
 use crate::backend::Backend;
 use crate::clock::Clock;
-use crate::keeper::{self, Deadline, Loss};
+use crate::hooks::{Event as HookEvent, Hooks, Running};
+use crate::keeper::{self, Deadline, Loss, RenewStats};
 use crate::lease::Lease;
+use crate::notify::Notifier;
 use crate::timing::LeaseTiming;
 use crate::watchdog::protocol::{JobExit, Order, Report};
 use crate::watchdog::{send_order, WatchdogLink, FORWARDED};
@@ -30,6 +33,8 @@ pub enum Ending {
     SpawnFailed(io::Error),
     /// The lease was lost; the job was stopped and ended this way.
     Lost(Loss, JobExit),
+    /// `--max-runtime` came; the job was stopped and ended this way.
+    TimedOut(JobExit),
     /// The watchdog vanished (killed by someone); the job's fate is unknown.
     WatchdogGone,
 }
@@ -115,51 +120,85 @@ pub fn forward_signals() -> io::Result<mpsc::UnboundedReceiver<i32>> {
     Ok(rx)
 }
 
-/// Runs the started job to its end, keeping the lease meanwhile.
+/// What supervision needs besides the lease.
+pub struct Supervision<'a> {
+    pub timing: LeaseTiming,
+    pub max_runtime: Option<Duration>,
+    pub notifier: &'a Notifier,
+    pub hooks: &'a Hooks,
+    /// The variables a hook gets (the job's `ELECT_*`).
+    pub hook_env: Vec<(String, String)>,
+}
+
+/// Runs the started job to its end, keeping the lease meanwhile. Returns how it ended, and the
+/// on-lost hook if one was started (to be awaited before exiting).
 pub async fn supervise<B: Backend, C: Clock>(
     backend: &mut B,
     lease: &mut Lease,
-    timing: LeaseTiming,
+    ctx: &Supervision<'_>,
     clock: &C,
     watchdog: &Watchdog,
     signals: &mut mpsc::UnboundedReceiver<i32>,
-) -> Ending {
+    stats: &mut RenewStats,
+) -> (Ending, Running) {
     let (deadline_tx, mut deadline_rx) = watch::channel::<Deadline>(None);
     deadline_rx.mark_unchanged();
     let lock = lease.name.clone();
-    let keeper = keeper::keep(backend, lease, timing, clock, &deadline_tx);
+    let keeper = keeper::keep(backend, lease, ctx.timing, clock, &deadline_tx, stats);
     tokio::pin!(keeper);
+    let max_runtime = async {
+        match ctx.max_runtime {
+            Some(limit) => tokio::time::sleep(limit).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(max_runtime);
     let mut loss: Option<Loss> = None;
+    let mut timed_out = false;
+    let mut lost_hook = Running::none();
     loop {
         tokio::select! {
             biased;
             report = watchdog.report() => match report {
                 Ok(Some(Report::Finished(exit))) => {
-                    return match loss {
+                    let ending = match loss {
                         Some(loss) => Ending::Lost(loss, exit),
+                        None if timed_out => Ending::TimedOut(exit),
                         None => Ending::Finished(exit),
                     };
+                    return (ending, lost_hook);
                 }
                 Ok(Some(Report::DeadlinePassed)) => {
-                    tracing::error!(lock = %lock, "lease deadline reached without a renew; stopping the job");
                     // The watchdog's timer and the keeper's own check fire at the same moment;
                     // whichever is seen first, the job is being stopped because the lease is
                     // lost, and elect must exit 76 rather than pass on the job's SIGTERM status.
-                    loss.get_or_insert(Loss::DeadlinePassed {
-                        last_error: "the watchdog reached the deadline first".into(),
-                    });
+                    if loss.is_none() {
+                        let lost = Loss::DeadlinePassed {
+                            last_error: "no renew succeeded in time".into(),
+                        };
+                        lost_hook = on_lost(ctx, &lost);
+                        loss = Some(lost);
+                    }
                 }
                 Ok(Some(_)) => {}
-                Ok(None) | Err(_) => return Ending::WatchdogGone,
+                Ok(None) | Err(_) => return (Ending::WatchdogGone, lost_hook),
             },
             lost = &mut keeper, if loss.is_none() => {
                 tracing::debug!(lock = %lock, "lease lost: {lost}; stopping the job");
+                // Stop first: a hook must never delay it.
                 watchdog.order_or_log(&Order::Stop);
+                lost_hook = on_lost(ctx, &lost);
                 loss = Some(lost);
+            },
+            () = &mut max_runtime, if !timed_out && loss.is_none() => {
+                tracing::debug!(lock = %lock, "the job reached --max-runtime; stopping it");
+                watchdog.order_or_log(&Order::Stop);
+                timed_out = true;
             },
             Ok(()) = deadline_rx.changed() => {
                 let deadline = *deadline_rx.borrow_and_update();
                 watchdog.order_or_log(&Order::Deadline(deadline));
+                ctx.notifier.alive();
             },
             Some(sig) = signals.recv() => {
                 tracing::debug!(lock = %lock, signal = sig, "forwarding signal to the job");
@@ -167,4 +206,11 @@ pub async fn supervise<B: Backend, C: Clock>(
             },
         }
     }
+}
+
+fn on_lost(ctx: &Supervision<'_>, loss: &Loss) -> Running {
+    ctx.notifier.status(&format!("lease lost: {loss}"));
+    let mut env = ctx.hook_env.clone();
+    env.push(("ELECT_LOSS_REASON".into(), loss.to_string()));
+    ctx.hooks.start(HookEvent::Lost, env)
 }

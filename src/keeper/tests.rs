@@ -128,7 +128,14 @@ async fn healthy_renewals_keep_the_lease() {
     let start = clock.now();
     let kept = tokio::time::timeout(
         secs(60.0),
-        keep(&mut fake, &mut lease, timing(), &clock, &tx),
+        keep(
+            &mut fake,
+            &mut lease,
+            timing(),
+            &clock,
+            &tx,
+            &mut RenewStats::default(),
+        ),
     )
     .await;
     assert!(kept.is_err(), "the lease must not be lost: {kept:?}");
@@ -143,7 +150,15 @@ async fn failing_renewals_lose_the_lease_at_the_sigterm_time() {
     let (mut fake, mut lease, clock) = setup(&[], Step::Fail);
     let (tx, rx) = watch::channel(None);
     let start = clock.now();
-    let loss = keep(&mut fake, &mut lease, timing(), &clock, &tx).await;
+    let loss = keep(
+        &mut fake,
+        &mut lease,
+        timing(),
+        &clock,
+        &tx,
+        &mut RenewStats::default(),
+    )
+    .await;
     assert!(
         matches!(loss, Loss::DeadlinePassed { ref last_error } if last_error.contains("refused"))
     );
@@ -164,7 +179,15 @@ async fn a_slow_renew_counts_as_failed_and_cannot_overrun_the_deadline() {
     let (mut fake, mut lease, clock) = setup(&[], Step::Slow(secs(30.0)));
     let (tx, _rx) = watch::channel(None);
     let start = clock.now();
-    let loss = keep(&mut fake, &mut lease, timing(), &clock, &tx).await;
+    let loss = keep(
+        &mut fake,
+        &mut lease,
+        timing(),
+        &clock,
+        &tx,
+        &mut RenewStats::default(),
+    )
+    .await;
     assert!(matches!(loss, Loss::DeadlinePassed { .. }), "{loss:?}");
     assert_eq!(clock.now(), start + secs(11.7));
 }
@@ -176,7 +199,14 @@ async fn a_renew_that_recovers_moves_the_deadline_from_its_send_time() {
     let start = clock.now();
     let _ = tokio::time::timeout(
         secs(7.5),
-        keep(&mut fake, &mut lease, timing(), &clock, &tx),
+        keep(
+            &mut fake,
+            &mut lease,
+            timing(),
+            &clock,
+            &tx,
+            &mut RenewStats::default(),
+        ),
     )
     .await;
     // Renews at 5 (fail), 6 (fail), 7 (ok): D = 7 + 14.7.
@@ -189,7 +219,15 @@ async fn an_explicit_loss_is_immediate() {
     let (mut fake, mut lease, clock) = setup(&[Step::Ok, Step::Lost], Step::Ok);
     let (tx, _rx) = watch::channel(None);
     let start = clock.now();
-    let loss = keep(&mut fake, &mut lease, timing(), &clock, &tx).await;
+    let loss = keep(
+        &mut fake,
+        &mut lease,
+        timing(),
+        &clock,
+        &tx,
+        &mut RenewStats::default(),
+    )
+    .await;
     assert_eq!(loss, Loss::Revoked("held by someone else".into()));
     assert_eq!(clock.now(), start + secs(10.0));
 }
@@ -201,7 +239,15 @@ async fn resuming_from_suspend_past_the_deadline_loses_without_renewing() {
     let start = clock.now();
     // The machine sleeps for a minute right after the acquire; tokio's timers do not advance.
     clock.suspend(secs(60.0));
-    let loss = keep(&mut fake, &mut lease, timing(), &clock, &tx).await;
+    let loss = keep(
+        &mut fake,
+        &mut lease,
+        timing(),
+        &clock,
+        &tx,
+        &mut RenewStats::default(),
+    )
+    .await;
     assert!(matches!(loss, Loss::DeadlinePassed { .. }), "{loss:?}");
     assert!(
         fake.renews.is_empty(),

@@ -8,6 +8,7 @@
 //! `rediss://`, `etcd://` / `etcds://`, `postgres://` / `postgresql://`.
 
 pub mod file;
+pub mod postgres;
 pub mod redis;
 mod url;
 
@@ -121,6 +122,7 @@ pub trait Backend {
 pub enum AnyBackend {
     File(file::FileBackend),
     Redis(redis::RedisBackend),
+    Postgres(postgres::PostgresBackend),
 }
 
 impl AnyBackend {
@@ -135,6 +137,9 @@ impl AnyBackend {
             Scheme::Redis | Scheme::Rediss => {
                 Ok(Self::Redis(redis::RedisBackend::open(&url, options).await?))
             }
+            Scheme::Postgres => Ok(Self::Postgres(
+                postgres::PostgresBackend::open(&url, options).await?,
+            )),
             other => Err(BackendError::Config(format!(
                 "the {} backend is not built into this elect",
                 other.name()
@@ -148,6 +153,7 @@ macro_rules! dispatch {
         match $self {
             AnyBackend::File($b) => $e,
             AnyBackend::Redis($b) => $e,
+            AnyBackend::Postgres($b) => $e,
         }
     };
 }

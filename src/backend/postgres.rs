@@ -199,10 +199,13 @@ impl PostgresBackend {
                     self.conn = Some(conn);
                     return Ok((rows, sent_at));
                 }
-                Ok(Err(err)) if err.is_closed() && !retried => retried = true,
+                Ok(Err(err)) if session_ended(&err) && !retried => retried = true,
                 Ok(Err(err)) => {
                     // A server error leaves the session usable; anything else may not.
-                    if err.as_db_error().is_some() && !conn.client.is_closed() {
+                    if err.as_db_error().is_some()
+                        && !session_ended(&err)
+                        && !conn.client.is_closed()
+                    {
                         self.conn = Some(conn);
                     }
                     return Err(QueryError::Client(err));
@@ -332,6 +335,16 @@ impl PostgresBackend {
         while conn.released.try_recv().is_ok() {}
         self.conn = Some(conn);
     }
+}
+
+/// Whether an error says the session is gone rather than that the statement failed: the client
+/// found it closed, or the server ended it (pg_terminate_backend, a restart) with a FATAL error
+/// that arrived as the answer to our statement.
+fn session_ended(err: &tokio_postgres::Error) -> bool {
+    err.is_closed()
+        || err
+            .as_db_error()
+            .is_some_and(|db| matches!(db.severity(), "FATAL" | "PANIC"))
 }
 
 /// Why a statement failed.

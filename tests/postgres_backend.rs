@@ -402,3 +402,82 @@ async fn the_password_can_come_from_a_pgpass_file() {
     assert!(msg.contains("password"), "{msg}");
     std::env::remove_var("PGPASSFILE");
 }
+
+#[tokio::test]
+async fn tls_modes_verify_what_they_promise() {
+    // The certificate names another host than the 127.0.0.1 elect connects to.
+    let server = PostgresServer::start_tls("DNS:db.example");
+    let base = format!(
+        "postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{DATABASE}",
+        server.port
+    );
+    let with_ca = BackendOptions {
+        tls_ca: Some(server.ca_file()),
+        ..BackendOptions::default()
+    };
+    let open_with = |url: String, options: BackendOptions| async move {
+        AnyBackend::open(Some(&url), &options).await
+    };
+
+    // require: encrypted, nothing verified.
+    let mut a = open_with(format!("{base}?sslmode=require"), BackendOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("require: {e}"));
+    take(&mut a, "tls", "a", Duration::from_secs(5)).await;
+    assert_eq!(
+        server.psql(
+            "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+                     WHERE ssl AND usename = 'elect'"
+        ),
+        "1",
+        "the session is encrypted"
+    );
+    // verify-ca: the chain is checked (CA from --tls-ca or sslrootcert=), the name is not.
+    open_with(format!("{base}?sslmode=verify-ca"), with_ca.clone())
+        .await
+        .unwrap_or_else(|e| panic!("verify-ca with the CA: {e}"));
+    let ca = server.ca_file().display().to_string();
+    open_with(
+        format!("{base}?sslmode=verify-ca&sslrootcert={ca}"),
+        BackendOptions::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("verify-ca with sslrootcert: {e}"));
+    // verify-full: the name must match too.
+    match open_with(format!("{base}?sslmode=verify-full"), with_ca).await {
+        Err(BackendError::Unavailable(msg)) => {
+            eprintln!("unavailable: {msg}");
+            assert!(msg.contains("TLS"), "{msg}");
+        }
+        other => panic!("verify-full against a certificate for another name: {other:?}"),
+    }
+    // verify-ca without our CA: the system's roots do not know it.
+    match open_with(
+        format!("{base}?sslmode=verify-ca"),
+        BackendOptions::default(),
+    )
+    .await
+    {
+        Err(BackendError::Unavailable(msg)) => {
+            eprintln!("unavailable: {msg}");
+            assert!(msg.contains("TLS"), "{msg}");
+        }
+        other => panic!("verify-ca with an unknown CA: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn verify_full_accepts_a_certificate_for_the_host() {
+    let server = PostgresServer::start_tls("IP:127.0.0.1,DNS:localhost");
+    let url = format!(
+        "postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{DATABASE}?sslmode=verify-full",
+        server.port
+    );
+    let options = BackendOptions {
+        tls_ca: Some(server.ca_file()),
+        ..BackendOptions::default()
+    };
+    AnyBackend::open(Some(&url), &options)
+        .await
+        .unwrap_or_else(|e| panic!("verify-full: {e}"));
+}

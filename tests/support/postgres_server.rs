@@ -31,6 +31,16 @@ pub struct PostgresServer {
 impl PostgresServer {
     /// A fresh cluster with the role `elect` (password [`PASSWORD`]) owning the database `elect`.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Like [`start`](Self::start), with TLS on: a certificate for `san` (an openssl
+    /// subjectAltName such as `DNS:db.example`), signed by a CA in [`ca_file`](Self::ca_file).
+    pub fn start_tls(san: &str) -> Self {
+        Self::start_with(Some(san))
+    }
+
+    fn start_with(tls_san: Option<&str>) -> Self {
         let bin = binaries();
         let dir = tempfile::Builder::new()
             .prefix("elect-pg-")
@@ -56,7 +66,21 @@ impl PostgresServer {
              host all all 127.0.0.1/32 scram-sha-256\n",
         )
         .expect("write pg_hba.conf");
-        let server = Self::launch(bin, dir);
+        let mut extra = Vec::new();
+        if let Some(san) = tls_san {
+            make_certificates(dir.path(), san);
+            for name in ["server.crt", "server.key"] {
+                std::fs::copy(dir.path().join(name), data.join(name)).expect("copy certificate");
+            }
+            hand_over(&data.join("server.crt"));
+            hand_over(&data.join("server.key"));
+            extra.extend([
+                "ssl=on",
+                "ssl_cert_file=server.crt",
+                "ssl_key_file=server.key",
+            ]);
+        }
+        let server = Self::launch(bin, dir, &extra);
         server.psql(&format!("CREATE ROLE {USER} LOGIN PASSWORD '{PASSWORD}'"));
         // CREATE DATABASE cannot share a transaction (one `psql -c`) with anything.
         server.psql(&format!("CREATE DATABASE {DATABASE} OWNER {USER}"));
@@ -64,7 +88,7 @@ impl PostgresServer {
     }
 
     /// Starts the cluster in `dir/data` on a free port and waits until it accepts connections.
-    fn launch(bin: PathBuf, dir: tempfile::TempDir) -> Self {
+    fn launch(bin: PathBuf, dir: tempfile::TempDir, settings: &[&str]) -> Self {
         let port = free_port();
         let log = std::fs::File::create(dir.path().join("server.log")).expect("create log");
         let child = as_postgres(&bin.join("postgres"))
@@ -94,6 +118,7 @@ impl PostgresServer {
                 "-c",
                 "max_wal_senders=4",
             ])
+            .args(settings.iter().flat_map(|s| ["-c", s]))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -158,10 +183,15 @@ impl PostgresServer {
             "pg_basebackup failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        Self::launch(self.bin.clone(), dir)
+        Self::launch(self.bin.clone(), dir, &[])
     }
 
-    /// `postgres://elect:PASSWORD@127.0.0.1:PORT/elect`.
+    /// The CA that signed the certificate of a [`start_tls`](Self::start_tls) server.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    /// `postgres://elect:PASSWORD@127.0.0.1:PORT/elect?sslmode=disable`.
     pub fn url(&self) -> String {
         self.url_for(USER, PASSWORD, DATABASE)
     }
@@ -304,8 +334,9 @@ fn as_postgres(program: &Path) -> Command {
     cmd
 }
 
-/// Gives the directory to the server's account; the temporary directory is created 0700 for
-/// root, which the server could not enter.
+/// Gives a directory or file to the server's account, mode 0700: the temporary directory is
+/// created 0700 for root, which the server could not enter, and the server refuses a key file
+/// that others may read.
 fn hand_over(dir: &Path) {
     let status = Command::new("chown")
         .arg(format!("{OS_USER}:"))
@@ -325,4 +356,72 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
+}
+
+/// A CA and a server certificate for `san` signed by it, made with the `openssl` command.
+fn make_certificates(dir: &Path, san: &str) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap_or_else(|e| panic!("run openssl ({e}): install the openssl package"));
+        assert!(
+            out.status.success(),
+            "openssl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("server.ext"),
+        format!(
+            "subjectAltName={san}\nbasicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+        ),
+    )
+    .expect("write server.ext");
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=elect test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=elect test server",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.crt",
+    ]);
 }

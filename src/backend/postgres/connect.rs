@@ -283,6 +283,8 @@ pub fn describe(err: &tokio_postgres::Error) -> String {
         " (is PostgreSQL running there and listening on TCP?)"
     } else if lower.contains("password missing") {
         " (the server asks for a password: give it in the URL, PGPASSWORD or ~/.pgpass)"
+    } else if lower.contains("server does not support tls") {
+        " (the server does not offer TLS: turn ssl on there, or use sslmode=prefer or disable)"
     } else if lower.contains("tls") || lower.contains("certificate") || lower.contains("handshake")
     {
         " (TLS failed: check sslmode, the CA (--tls-ca or sslrootcert=) and the host name)"

@@ -148,6 +148,17 @@ impl AnyBackend {
     }
 }
 
+impl AnyBackend {
+    /// Environment variables that hold a secret this backend reads and that are not elect's own
+    /// (`ELECT_*`): the job must not inherit them either.
+    pub fn secret_variables(&self) -> &'static [&'static str] {
+        match self {
+            Self::Postgres(_) => postgres::SECRET_VARIABLES,
+            Self::File(_) | Self::Redis(_) => &[],
+        }
+    }
+}
+
 macro_rules! dispatch {
     ($self:ident, $b:ident => $e:expr) => {
         match $self {

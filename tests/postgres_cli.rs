@@ -247,3 +247,23 @@ fn status_shows_a_held_lock_and_exits_3_for_a_free_one() {
     let _ = holder.kill();
     let _ = holder.wait();
 }
+
+#[test]
+fn pgpassword_is_used_and_not_passed_on_to_the_job() {
+    let server = PostgresServer::start();
+    let out = elect(&server)
+        .env(
+            "ELECT_BACKEND",
+            format!(
+                "postgres://{USER}@127.0.0.1:{}/{DATABASE}?sslmode=disable",
+                server.port
+            ),
+        )
+        .env("PGPASSWORD", postgres_server::PASSWORD)
+        .args(["run", "--lock", "pgpassword", "--", "sh", "-c"])
+        .arg("echo \"[${PGPASSWORD-unset}]\"")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[unset]");
+}

@@ -58,6 +58,9 @@ const RACE_RETRIES: usize = 3;
 /// The oldest server with everything the statements use.
 const MIN_SERVER_VERSION: i32 = 120_000;
 
+/// libpq's password variable, which elect reads like libpq does; the job does not inherit it.
+pub const SECRET_VARIABLES: &[&str] = &["PGPASSWORD"];
+
 type Params<'a> = [(&'a (dyn ToSql + Sync), Type)];
 
 #[derive(Debug)]

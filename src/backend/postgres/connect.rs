@@ -65,6 +65,14 @@ pub struct Conn {
     task: JoinHandle<()>,
 }
 
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("listening", &self.listening)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Drop for Conn {
     /// Ends the driving task, which closes the socket: a session that failed or timed out is
     /// never reused.
@@ -95,6 +103,12 @@ impl Target {
                 "a PostgreSQL URL needs a host: postgres://user@host[:port]/database".into(),
             ));
         };
+        if url.hosts.len() > 1 {
+            // With several servers, skip standbys and take the primary, as libpq does with
+            // target_session_attrs=read-write. With one, the standby check at open time says
+            // plainly what is wrong.
+            config.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
+        }
         let port = first.port.unwrap_or(DEFAULT_PORT);
         let user = match url.user.clone().or_else(|| env("PGUSER")) {
             Some(user) => user,
@@ -281,6 +295,8 @@ pub fn describe(err: &tokio_postgres::Error) -> String {
     let lower = text.to_ascii_lowercase();
     let hint = if lower.contains("connection refused") {
         " (is PostgreSQL running there and listening on TCP?)"
+    } else if lower.contains("does not allow writes") {
+        " (every server listed is a standby; point elect at the primary)"
     } else if lower.contains("password missing") {
         " (the server asks for a password: give it in the URL, PGPASSWORD or ~/.pgpass)"
     } else if lower.contains("server does not support tls") {

@@ -60,15 +60,9 @@ pub fn find(text: &str, lookup: Lookup<'_>) -> Option<String> {
             fields[..4]
                 .iter()
                 .zip(wanted)
-                .all(|(field, want)| field == "*" || field == want || is_local(field, want))
+                .all(|(field, want)| field == "*" || field == want)
         })
         .map(|mut fields| fields.swap_remove(4))
-}
-
-/// libpq matches `localhost` in the file against a connection over the default Unix socket; a
-/// TCP connection to the loopback address is the nearest thing elect makes.
-fn is_local(field: &str, want: &str) -> bool {
-    field == "localhost" && (want == "127.0.0.1" || want == "::1")
 }
 
 /// Splits a line into its five fields, undoing `\:` and `\\`. Lines with fewer fields are
@@ -129,14 +123,5 @@ mod tests {
             ..LOOKUP
         };
         assert_eq!(find("a\\:b:*:*:*:y", escaped_host).as_deref(), Some("y"));
-    }
-
-    #[test]
-    fn localhost_matches_loopback() {
-        let local = Lookup {
-            host: "127.0.0.1",
-            ..LOOKUP
-        };
-        assert_eq!(find("localhost:*:*:*:z", local).as_deref(), Some("z"));
     }
 }

@@ -325,9 +325,16 @@ fn binaries() -> PathBuf {
     }
 }
 
+/// A command that runs as the server's account: through runuser when the tests run as root,
+/// directly otherwise (an unprivileged user may run its own cluster).
 fn as_postgres(program: &Path) -> Command {
-    let mut cmd = Command::new("runuser");
-    cmd.args(["-u", OS_USER, "--"]).arg(program);
+    let mut cmd = if nix::unistd::geteuid().is_root() {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", OS_USER, "--"]).arg(program);
+        cmd
+    } else {
+        Command::new(program)
+    };
     // The server and its tools run in the temporary directory's world, not in the test's cwd,
     // which the postgres user may not be allowed to enter.
     cmd.current_dir("/tmp");
@@ -338,6 +345,9 @@ fn as_postgres(program: &Path) -> Command {
 /// created 0700 for root, which the server could not enter, and the server refuses a key file
 /// that others may read.
 fn hand_over(dir: &Path) {
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
     let status = Command::new("chown")
         .arg(format!("{OS_USER}:"))
         .arg(dir)

@@ -481,3 +481,42 @@ async fn verify_full_accepts_a_certificate_for_the_host() {
         .await
         .unwrap_or_else(|e| panic!("verify-full: {e}"));
 }
+
+#[tokio::test]
+async fn works_through_pgbouncer_in_transaction_mode() {
+    let server = PostgresServer::start();
+    // The table is created through the pooler too.
+    let bouncer = postgres_server::PgBouncer::start(&server);
+    let mut a = open(&bouncer.url()).await;
+    let mut b = open(&bouncer.url()).await;
+    let ttl = Duration::from_secs(10);
+    let lease = take(&mut a, "pooled", "a", ttl).await;
+    match b
+        .acquire(&request("pooled", "b", ttl), WaitMode::NoWait)
+        .await
+        .unwrap()
+    {
+        Acquire::Held(Some(holder)) => assert_eq!(holder.id, "a"),
+        other => panic!("expected held by a, got {other:?}"),
+    }
+    for _ in 0..3 {
+        assert_eq!(a.renew(&lease).await.unwrap(), Renewal::Renewed);
+        assert!(b.list().await.unwrap()[0].holder.is_some());
+    }
+
+    // A waiter behind the pooler may not hear the release, but finds the lock free at its next
+    // re-check.
+    let waiter = tokio::spawn(async move {
+        b.acquire(&request("pooled", "b", ttl), WaitMode::Wait)
+            .await
+            .map(acquired)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.release(&lease).await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(4), waiter)
+        .await
+        .expect("the waiter acquires within one re-check")
+        .unwrap()
+        .unwrap();
+    assert!(next.token() > lease.token());
+}

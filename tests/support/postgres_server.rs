@@ -435,3 +435,99 @@ fn make_certificates(dir: &Path, san: &str) {
         "server.crt",
     ]);
 }
+
+/// PgBouncer in transaction mode in front of a [`PostgresServer`]: consecutive statements of one
+/// client may run on different server sessions, and prepared statements do not survive.
+pub struct PgBouncer {
+    child: Child,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl PgBouncer {
+    pub fn start(server: &PostgresServer) -> Self {
+        let binary = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| {
+                panic!("pgbouncer not found: install the pgbouncer package (apt-get install pgbouncer)")
+            });
+        let dir = tempfile::Builder::new()
+            .prefix("elect-pgbouncer-")
+            .tempdir_in("/tmp")
+            .expect("temporary directory");
+        let port = free_port();
+        let d = dir.path().display();
+        std::fs::write(
+            dir.path().join("userlist.txt"),
+            format!("\"{USER}\" \"{PASSWORD}\"\n"),
+        )
+        .expect("write userlist");
+        // One server connection for everyone: any session state would leak between clients.
+        std::fs::write(
+            dir.path().join("pgbouncer.ini"),
+            format!(
+                "[databases]\n\
+                 {DATABASE} = host=127.0.0.1 port={pg} dbname={DATABASE}\n\
+                 [pgbouncer]\n\
+                 listen_addr = 127.0.0.1\n\
+                 listen_port = {port}\n\
+                 unix_socket_dir =\n\
+                 auth_type = scram-sha-256\n\
+                 auth_file = {d}/userlist.txt\n\
+                 pool_mode = transaction\n\
+                 default_pool_size = 1\n\
+                 max_client_conn = 20\n\
+                 logfile = {d}/pgbouncer.log\n\
+                 pidfile = {d}/pgbouncer.pid\n",
+                pg = server.port,
+            ),
+        )
+        .expect("write pgbouncer.ini");
+        hand_over(dir.path());
+        let child = as_postgres(&binary)
+            .arg(dir.path().join("pgbouncer.ini"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start pgbouncer");
+        let bouncer = Self { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "pgbouncer did not start on port {port}; its log:\n{}",
+                std::fs::read_to_string(bouncer.dir.path().join("pgbouncer.log"))
+                    .unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bouncer
+    }
+
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{DATABASE}?sslmode=disable",
+            self.port
+        )
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        let pid = std::fs::read_to_string(self.dir.path().join("pgbouncer.pid"))
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok());
+        if let Some(pid) = pid {
+            let _ = Command::new("kill")
+                .arg("-INT")
+                .arg(pid.to_string())
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -19,14 +19,15 @@
 //! - **Waiting**: a waiter runs `LISTEN elect_released` on its session before each attempt and
 //!   retries when its lock name is notified. Without a notification (the holder died, or LISTEN
 //!   does not reach it through a pooler) it sleeps until the holder's expiry as the server
-//!   reports it, at most [`RECHECK`].
+//!   reports it, at most 2 s (`RECHECK`).
 //! - **Sessions**: holding needs no session state (no advisory lock, no open transaction, no
 //!   prepared statement left on the server), so it works through PgBouncer in transaction mode,
 //!   and a dropped session loses nothing: the next call reconnects and the row is still ours.
 //! - **Timeouts**: connect 3 s (TCP, TLS, authentication), every statement 2 s, measured here so
 //!   that a stopped server makes calls fail rather than hang. A session that failed or timed out
 //!   is closed and replaced on the next call.
-//! - **Standbys** are refused at open time: a lease written to a replica would not exist.
+//! - **Standbys** are refused at open time: a standby takes no writes, and what it shows of the
+//!   leases may lag behind the primary.
 
 mod connect;
 mod pgpass;

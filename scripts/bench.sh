@@ -212,10 +212,10 @@ out ""
 # --------------------------------------------------------------------------------- 7. diagnostics
 out "## 7. Where the time of one run goes"
 out ""
-out "\`strace -c -f\` of one \`elect run --lock x -- true\` on the file backend (elect, its watchdog and \`true\`):"
+out "\`strace -c -w -f\` (wall time in each call) of one \`elect run --lock x -- true\` on the file backend (elect, its watchdog and \`true\`):"
 out ""
 out '```'
-strace -c -f -o "$BENCH_WORK/strace-c.txt" "$elect" run --lock x -- true
+strace -c -w -f -o "$BENCH_WORK/strace-c.txt" "$elect" run --lock x -- true
 head -n 18 "$BENCH_WORK/strace-c.txt" | emit
 tail -n 2 "$BENCH_WORK/strace-c.txt" | emit
 out '```'

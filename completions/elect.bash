@@ -16,6 +16,9 @@ _elect() {
             ",$1")
                 cmd="elect"
                 ;;
+            elect,config)
+                cmd="elect__subcmd__config"
+                ;;
             elect,generate)
                 cmd="elect__subcmd__generate"
                 ;;
@@ -27,6 +30,9 @@ _elect() {
                 ;;
             elect,status)
                 cmd="elect__subcmd__status"
+                ;;
+            elect__subcmd__help,config)
+                cmd="elect__subcmd__help__subcmd__config"
                 ;;
             elect__subcmd__help,generate)
                 cmd="elect__subcmd__help__subcmd__generate"
@@ -47,12 +53,34 @@ _elect() {
 
     case "${cmd}" in
         elect)
-            opts="-h -V --help --version run status generate help"
+            opts="-h -V --config --help --version run status config generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        elect__subcmd__config)
+            opts="-h --config --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -61,7 +89,25 @@ _elect() {
             return 0
             ;;
         elect__subcmd__generate)
-            opts="-h --help"
+            opts="-h --config --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        elect__subcmd__help)
+            opts="run status config generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -74,9 +120,9 @@ _elect() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        elect__subcmd__help)
-            opts="run status generate help"
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+        elect__subcmd__help__subcmd__config)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -145,7 +191,7 @@ _elect() {
             return 0
             ;;
         elect__subcmd__run)
-            opts="-q -v -h --lock --ttl --renew --grace --wait --conflict-exit-code --max-runtime --on-acquired --on-busy --on-lost --hook-timeout --metrics-file --id --backend --backend-file --tls-ca --tls-cert --tls-key --quiet --verbose --log-format --help"
+            opts="-q -v -h --lock --ttl --renew --grace --wait --conflict-exit-code --max-runtime --on-acquired --on-busy --on-lost --hook-timeout --metrics-file --id --backend --backend-file --tls-ca --tls-cert --tls-key --quiet --verbose --log-format --config --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -227,6 +273,10 @@ _elect() {
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
                     ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -235,7 +285,7 @@ _elect() {
             return 0
             ;;
         elect__subcmd__status)
-            opts="-q -v -h --lock --json --backend --backend-file --tls-ca --tls-cert --tls-key --quiet --verbose --log-format --help"
+            opts="-q -v -h --lock --json --backend --backend-file --tls-ca --tls-cert --tls-key --quiet --verbose --log-format --config --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -267,6 +317,10 @@ _elect() {
                     ;;
                 --log-format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 *)

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_elect_global_optspecs
-    string join \n h/help V/version
+    string join \n config= h/help V/version
 end
 
 function __fish_elect_needs_command
@@ -24,10 +24,12 @@ function __fish_elect_using_subcommand
     contains -- $cmd[1] $argv
 end
 
+complete -c elect -n "__fish_elect_needs_command" -l config -d 'Read settings from this file instead of /etc/elect.conf and ~/.config/elect.conf' -r -F
 complete -c elect -n "__fish_elect_needs_command" -s h -l help -d 'Print help'
 complete -c elect -n "__fish_elect_needs_command" -s V -l version -d 'Print version'
 complete -c elect -n "__fish_elect_needs_command" -f -a "run" -d 'Take the lease, run COMMAND, release the lease when it exits'
 complete -c elect -n "__fish_elect_needs_command" -f -a "status" -d 'Show who holds which lock (exit 0 held, 3 free, 69 backend unavailable)'
+complete -c elect -n "__fish_elect_needs_command" -f -a "config" -d 'Show every setting, its value and where it came from (flag > environment > file > default)'
 complete -c elect -n "__fish_elect_needs_command" -f -a "generate" -d 'Write the man page and shell completions under DIR (for packaging)'
 complete -c elect -n "__fish_elect_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c elect -n "__fish_elect_using_subcommand run" -l lock -d 'Lease name: a letter or digit, then up to 127 of A-Z a-z 0-9 . _ -' -r
@@ -50,6 +52,7 @@ complete -c elect -n "__fish_elect_using_subcommand run" -l tls-cert -d 'Client 
 complete -c elect -n "__fish_elect_using_subcommand run" -l tls-key -d 'Client key for a TLS backend' -r -F
 complete -c elect -n "__fish_elect_using_subcommand run" -l log-format -d 'Log line format on stderr' -r -f -a "text\t''
 json\t''"
+complete -c elect -n "__fish_elect_using_subcommand run" -l config -d 'Read settings from this file instead of /etc/elect.conf and ~/.config/elect.conf' -r -F
 complete -c elect -n "__fish_elect_using_subcommand run" -s q -l quiet -d 'Only errors on stderr (ELECT_LOG takes a tracing filter instead)'
 complete -c elect -n "__fish_elect_using_subcommand run" -s v -l verbose -d 'More detail on stderr: -v every lease event, -vv everything'
 complete -c elect -n "__fish_elect_using_subcommand run" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -61,12 +64,17 @@ complete -c elect -n "__fish_elect_using_subcommand status" -l tls-cert -d 'Clie
 complete -c elect -n "__fish_elect_using_subcommand status" -l tls-key -d 'Client key for a TLS backend' -r -F
 complete -c elect -n "__fish_elect_using_subcommand status" -l log-format -d 'Log line format on stderr' -r -f -a "text\t''
 json\t''"
+complete -c elect -n "__fish_elect_using_subcommand status" -l config -d 'Read settings from this file instead of /etc/elect.conf and ~/.config/elect.conf' -r -F
 complete -c elect -n "__fish_elect_using_subcommand status" -l json -d 'Print JSON instead of a table'
 complete -c elect -n "__fish_elect_using_subcommand status" -s q -l quiet -d 'Only errors on stderr (ELECT_LOG takes a tracing filter instead)'
 complete -c elect -n "__fish_elect_using_subcommand status" -s v -l verbose -d 'More detail on stderr: -v every lease event, -vv everything'
 complete -c elect -n "__fish_elect_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c elect -n "__fish_elect_using_subcommand config" -l config -d 'Read settings from this file instead of /etc/elect.conf and ~/.config/elect.conf' -r -F
+complete -c elect -n "__fish_elect_using_subcommand config" -s h -l help -d 'Print help'
+complete -c elect -n "__fish_elect_using_subcommand generate" -l config -d 'Read settings from this file instead of /etc/elect.conf and ~/.config/elect.conf' -r -F
 complete -c elect -n "__fish_elect_using_subcommand generate" -s h -l help -d 'Print help'
-complete -c elect -n "__fish_elect_using_subcommand help; and not __fish_seen_subcommand_from run status generate help" -f -a "run" -d 'Take the lease, run COMMAND, release the lease when it exits'
-complete -c elect -n "__fish_elect_using_subcommand help; and not __fish_seen_subcommand_from run status generate help" -f -a "status" -d 'Show who holds which lock (exit 0 held, 3 free, 69 backend unavailable)'
-complete -c elect -n "__fish_elect_using_subcommand help; and not __fish_seen_subcommand_from run status generate help" -f -a "generate" -d 'Write the man page and shell completions under DIR (for packaging)'
-complete -c elect -n "__fish_elect_using_subcommand help; and not __fish_seen_subcommand_from run status generate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c elect -n "__fish_elect_using_subcommand help; and not __fish_seen_subcommand_from run status config generate help" -f -a "run" -d 'Take the lease, run COMMAND, release the lease when it exits'
+complete -c elect -n "__fish_elect_using_subcommand help; and not __fish_seen_subcommand_from run status config generate help" -f -a "status" -d 'Show who holds which lock (exit 0 held, 3 free, 69 backend unavailable)'
+complete -c elect -n "__fish_elect_using_subcommand help; and not __fish_seen_subcommand_from run status config generate help" -f -a "config" -d 'Show every setting, its value and where it came from (flag > environment > file > default)'
+complete -c elect -n "__fish_elect_using_subcommand help; and not __fish_seen_subcommand_from run status config generate help" -f -a "generate" -d 'Write the man page and shell completions under DIR (for packaging)'
+complete -c elect -n "__fish_elect_using_subcommand help; and not __fish_seen_subcommand_from run status config generate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

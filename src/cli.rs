@@ -30,6 +30,10 @@ Examples:
 #[derive(Debug, Parser)]
 #[command(name = "elect", version, after_help = EXAMPLES, max_term_width = 100)]
 pub struct Cli {
+    /// Read settings from this file instead of /etc/elect.conf and ~/.config/elect.conf
+    #[arg(long, global = true, env = "ELECT_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -41,6 +45,8 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Show who holds which lock (exit 0 held, 3 free, 69 backend unavailable)
     Status(StatusArgs),
+    /// Show every setting, its value and where it came from (flag > environment > file > default)
+    Config,
     /// Write the man page and shell completions under DIR (for packaging).
     #[command(hide = true)]
     Generate {

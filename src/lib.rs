@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`cli`]: the clap definition; its doc comments are the `--help` text.
+//! - [`conffile`]: `/etc/elect.conf` and friends: settings that sit under the environment.
 //! - [`config`]: raw arguments validated once into settings in which invalid states cannot exist.
 //! - [`exit`]: the one table of exit codes.
 //! - [`lease`]: lock names, fencing tokens, holder metadata, leases.
@@ -24,6 +25,7 @@
 pub mod backend;
 pub mod cli;
 pub mod clock;
+pub mod conffile;
 pub mod config;
 pub mod exit;
 pub mod generate;

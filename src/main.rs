@@ -9,7 +9,15 @@ use elect::config::{BackendConfig, RunConfig};
 use elect::exit::Failure;
 
 fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let sources = match elect::conffile::load_into_env(&args) {
+        Ok(sources) => sources,
+        Err(failure) => {
+            eprintln!("elect: error: {}", failure.message);
+            return ExitCode::from(failure.code);
+        }
+    };
+    let matches = Cli::command().get_matches_from(args);
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(err) => err.exit(),
@@ -24,6 +32,10 @@ fn main() -> ExitCode {
             elect::logging::init(&args.backend.log);
             BackendConfig::from_args(&args.backend, sub)
                 .and_then(|backend| elect::status::status(backend, args.lock, args.json))
+        }
+        Command::Config => {
+            print!("{}", elect::conffile::show(&sources));
+            Ok(0)
         }
         Command::Generate { dir } => elect::generate::write_all(&dir)
             .map(|()| 0)

@@ -164,11 +164,7 @@ async fn failing_renewals_lose_the_lease_at_the_sigterm_time() {
     );
     // D - grace = 14.7 - 3 = 11.7 s after the acquire was sent.
     assert_eq!(clock.now(), start + secs(11.7));
-    assert_eq!(
-        *rx.borrow(),
-        Some(start + secs(14.7)),
-        "the deadline never moved"
-    );
+    assert!(!rx.has_changed().unwrap(), "the deadline never moved");
     // First renew at 5 s, then retries every second until 11.7 s.
     assert_eq!(fake.renews.first(), Some(&(start + secs(5.0))));
     assert_eq!(fake.renews.len(), 7, "{:?}", fake.renews);

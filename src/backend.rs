@@ -18,7 +18,7 @@ use std::time::Duration;
 
 pub use self::url::{redact, BackendUrl, Scheme};
 use crate::exit::{code, Failure};
-use crate::lease::{Acquire, HolderInfo, Lease, LockName, LockState, Renewal};
+use crate::lease::{Acquire, FencingToken, HolderInfo, Lease, LockName, LockState, Renewal};
 
 /// What an acquire asks for.
 #[derive(Debug, Clone)]
@@ -115,6 +115,27 @@ pub trait Backend {
 
     /// Every elect lock under this backend's namespace, sorted by name.
     fn list(&mut self) -> impl Future<Output = Result<Vec<LockState>>>;
+
+    /// An operator frees `name`, but only if its holder still has `token` (compare-and-delete):
+    /// for a holder known to be dead whose lease has not expired yet.
+    fn force_release(
+        &mut self,
+        name: &LockName,
+        token: FencingToken,
+    ) -> impl Future<Output = Result<ForcedRelease>>;
+}
+
+/// What an operator's forced release found.
+#[derive(Debug)]
+pub enum ForcedRelease {
+    /// The lease with that token is gone; the lock is free.
+    Released,
+    /// The lock was free already.
+    NotHeld,
+    /// Another lease holds the lock now (or the token was wrong): nothing was done.
+    Mismatch(Option<HolderInfo>),
+    /// The backend cannot take the lease from its holder (the file backend's kernel lock).
+    Refused(String),
 }
 
 /// The closed set of backends.
@@ -196,5 +217,13 @@ impl Backend for AnyBackend {
 
     async fn list(&mut self) -> Result<Vec<LockState>> {
         dispatch!(self, b => b.list().await)
+    }
+
+    async fn force_release(
+        &mut self,
+        name: &LockName,
+        token: FencingToken,
+    ) -> Result<ForcedRelease> {
+        dispatch!(self, b => b.force_release(name, token).await)
     }
 }

@@ -43,4 +43,5 @@ battery_tests!(
     status_lists_every_lock,
     sigterm_stops_a_wait,
     bad_input_is_a_usage_error,
+    forced_release_frees_a_dead_holders_lease,
 );

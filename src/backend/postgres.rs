@@ -46,7 +46,8 @@ use self::connect::{Conn, Target};
 use self::session::QueryError;
 use self::sql::{lost_create_race, Statements};
 use super::{
-    AcquireRequest, Backend, BackendError, BackendOptions, BackendUrl, Expiry, Result, WaitMode,
+    AcquireRequest, Backend, BackendError, BackendOptions, BackendUrl, Expiry, ForcedRelease,
+    Result, WaitMode,
 };
 use crate::lease::{Acquire, FencingToken, HolderInfo, Lease, LockName, LockState, Renewal};
 
@@ -285,6 +286,30 @@ impl Backend for PostgresBackend {
         )
         .await?;
         Ok(())
+    }
+
+    async fn force_release(
+        &mut self,
+        name: &LockName,
+        token: FencingToken,
+    ) -> Result<ForcedRelease> {
+        let statements = Arc::clone(&self.statements);
+        let token = i64::try_from(token.0)
+            .map_err(|_| BackendError::Config(format!("token {token} is out of range")))?;
+        let (rows, _) = self
+            .query(
+                "force release",
+                &statements.force_release,
+                &[(&name.as_str(), Type::TEXT), (&token, Type::INT8)],
+            )
+            .await?;
+        if !rows.is_empty() {
+            return Ok(ForcedRelease::Released);
+        }
+        Ok(match self.inspect(name).await?.holder {
+            None => ForcedRelease::NotHeld,
+            holder => ForcedRelease::Mismatch(holder),
+        })
     }
 
     async fn inspect(&mut self, name: &LockName) -> Result<LockState> {

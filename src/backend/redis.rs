@@ -41,7 +41,8 @@ use self::baton::Waiter;
 use self::connect::{breaks_connection, describe, Target};
 use self::scripts::SCRIPTS;
 use super::{
-    AcquireRequest, Backend, BackendError, BackendOptions, BackendUrl, Expiry, Result, WaitMode,
+    AcquireRequest, Backend, BackendError, BackendOptions, BackendUrl, Expiry, ForcedRelease,
+    Result, WaitMode,
 };
 use crate::clock::BootTime;
 use crate::lease::{Acquire, FencingToken, HolderInfo, Lease, LockName, LockState, Renewal};
@@ -230,6 +231,24 @@ impl Backend for RedisBackend {
             );
         }
         Ok(())
+    }
+
+    async fn force_release(
+        &mut self,
+        name: &LockName,
+        token: FencingToken,
+    ) -> Result<ForcedRelease> {
+        let mut call = SCRIPTS.force_release.prepare_invoke();
+        call.key(scripts::lease_key(name))
+            .key(scripts::baton_key(name))
+            .arg(token.0)
+            .arg(millis(scripts::BATON_TTL));
+        let answer: (i64, Option<Vec<u8>>) = self.invoke("force release", &call).await?;
+        Ok(match answer {
+            (1, _) => ForcedRelease::Released,
+            (0, _) => ForcedRelease::NotHeld,
+            (_, value) => ForcedRelease::Mismatch(value.as_deref().and_then(parse_holder)),
+        })
     }
 
     async fn inspect(&mut self, name: &LockName) -> Result<LockState> {

@@ -59,6 +59,7 @@ pub struct Statements {
     pub acquire: String,
     pub renew: String,
     pub release: String,
+    pub force_release: String,
     pub inspect: String,
     pub list: String,
 }
@@ -121,6 +122,14 @@ impl Statements {
                     UPDATE {t} SET expires_at = NULL
                     WHERE name = $1 AND secret = $2 AND token = $3
                       AND expires_at > clock_timestamp()
+                    RETURNING name)
+                 SELECT pg_notify('{CHANNEL}', name) FROM released"
+            ),
+            // An operator's compare-and-delete: by token alone, for a holder known to be dead.
+            force_release: format!(
+                "WITH released AS (
+                    UPDATE {t} SET expires_at = NULL
+                    WHERE name = $1 AND token = $2 AND expires_at > clock_timestamp()
                     RETURNING name)
                  SELECT pg_notify('{CHANNEL}', name) FROM released"
             ),

@@ -24,6 +24,7 @@
 //! - **hand on** pushes the baton again, only if the lease key is absent: a woken waiter that
 //!   could not acquire for a network error passes its turn on instead of losing it.
 //! - **inspect** reads the lease value and its PTTL together, for `status`.
+//! - **force release** (`elect release --token N`) deletes the lease only if its token is N.
 //!
 //! The secret is 128 random bits in hex, fresh for each acquisition; it never appears in logs or
 //! in status output.
@@ -132,6 +133,26 @@ redis.call('PEXPIRE', KEYS[2], ARGV[1])
 return 1
 "#;
 
+/// KEYS: lease, baton. ARGV: token, baton ttl in ms. An operator's compare-and-delete: deletes
+/// the lease only if its holder JSON carries this token (the acquire script writes it first).
+/// Returns `{1, nil}` released, `{0, nil}` free already, `{-1, value}` held under another token
+/// (Lua `false` is a nil reply, and keeps the array two long).
+const FORCE_RELEASE: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if not current then
+  return {0, false}
+end
+if string.match(current, '\n{"token":(%d+),') ~= ARGV[1] then
+  return {-1, current}
+end
+redis.call('DEL', KEYS[1])
+if redis.call('RPUSH', KEYS[2], '1') > 1 then
+  redis.call('LTRIM', KEYS[2], 0, 0)
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return {1, false}
+"#;
+
 /// KEYS: lease. Returns `{value or nil, pttl}` read atomically.
 const INSPECT: &str = r#"
 return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
@@ -145,6 +166,7 @@ pub struct Scripts {
     pub release: Script,
     pub hand_on: Script,
     pub inspect: Script,
+    pub force_release: Script,
 }
 
 pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -153,6 +175,7 @@ pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     release: Script::new(RELEASE),
     hand_on: Script::new(HAND_ON),
     inspect: Script::new(INSPECT),
+    force_release: Script::new(FORCE_RELEASE),
 });
 
 #[cfg(test)]

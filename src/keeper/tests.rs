@@ -64,6 +64,13 @@ impl Backend for Fake {
     async fn list(&mut self) -> crate::backend::Result<Vec<LockState>> {
         unreachable!()
     }
+    async fn force_release(
+        &mut self,
+        _: &LockName,
+        _: FencingToken,
+    ) -> crate::backend::Result<crate::backend::ForcedRelease> {
+        unreachable!()
+    }
 }
 
 /// Paused tokio time, plus jumps that tokio's timers do not see (a suspend).

@@ -1,0 +1,174 @@
+//! The fault-injection suite: contenders loop on one lock while faults are injected, and a
+//! checker judges every run (see `tests/support/fault_env.rs` for the invariants and
+//! `tests/support/witness.rs` for how job lifetimes are observed).
+//!
+//! Each scenario × backend is its own test, with its own server, so that they run in parallel.
+//! The short form (the default) injects faults for a few seconds per test; `scripts/faults.sh
+//! --soak 10m` sets `ELECT_FAULTS_SECS` for a long form and prints one table for the whole run.
+
+#[path = "support/fault_env.rs"]
+mod fault_env;
+#[path = "support/postgres_server.rs"]
+mod postgres_server;
+#[path = "support/proxy.rs"]
+mod proxy;
+#[path = "support/witness.rs"]
+mod witness;
+
+use std::time::Duration;
+
+use fault_env::{run, BackendKind, Fault, Setup};
+
+macro_rules! on_backends {
+    ($name:ident, [$($backend:ident),*], $setup:expr) => {
+        mod $name {
+            use super::*;
+            $(
+                #[test]
+                #[allow(non_snake_case)]
+                fn $backend() {
+                    let kind = BackendKind::$backend;
+                    let make: fn(BackendKind) -> Setup = $setup;
+                    run(make(kind));
+                }
+            )*
+        }
+    };
+}
+
+// 1. kill -9 of the holding elect.
+on_backends!(kill_holder, [File, Redis, Postgres], |k| Setup::new(
+    "kill-9-holder",
+    k,
+    &[Fault::KillHolder]
+));
+
+// 2. kill -STOP of the holding elect for longer than the ttl; a job longer than the ttl.
+on_backends!(stop_holder, [File, Redis, Postgres], |k| Setup::new(
+    "stop-holder",
+    k,
+    &[Fault::StopHolder]
+)
+.work(Duration::from_secs(3)));
+
+// 3. kill -STOP of the server.
+on_backends!(stop_server, [Redis, Postgres], |k| Setup::new(
+    "stop-server",
+    k,
+    &[Fault::StopServer]
+)
+.work(Duration::from_secs(2)));
+
+// 4. kill -9 of the server and a restart on the same data.
+on_backends!(kill_server, [Redis, Postgres], |k| Setup::new(
+    "kill-9-server",
+    k,
+    &[Fault::RestartServer]
+));
+
+// 5. The proxy: blackhole both ways, replies only, latency, resets.
+on_backends!(proxy_blackhole, [Redis, Postgres], |k| Setup::new(
+    "proxy-blackhole",
+    k,
+    &[Fault::Blackhole]
+)
+.work(Duration::from_secs(2)));
+on_backends!(proxy_drop_replies, [Redis, Postgres], |k| Setup::new(
+    "proxy-drop-replies",
+    k,
+    &[Fault::DropReplies]
+)
+.work(Duration::from_secs(2)));
+on_backends!(proxy_latency, [Redis, Postgres], |k| Setup::new(
+    "proxy-latency",
+    k,
+    &[Fault::Latency]
+)
+.work(Duration::from_secs(2)));
+on_backends!(proxy_reset, [Redis, Postgres], |k| Setup::new(
+    "proxy-reset",
+    k,
+    &[Fault::Reset]
+));
+
+// 6. A job that ignores SIGTERM, stopped by each fault that stops a job.
+on_backends!(ignore_term, [File, Redis, Postgres], |k| {
+    let mut faults = vec![Fault::KillHolder, Fault::StopHolder];
+    if k != BackendKind::File {
+        faults.push(Fault::Blackhole);
+    }
+    Setup::new("job-ignores-sigterm", k, &faults)
+        .mode("ignore-term")
+        .work(Duration::from_secs(3))
+});
+
+// 7. A job with children and grandchildren, one of which calls setsid.
+on_backends!(forks, [File, Redis, Postgres], |k| Setup::new(
+    "job-forks-setsid",
+    k,
+    &[Fault::KillHolder, Fault::StopHolder]
+)
+.mode("forks")
+.work(Duration::from_millis(1500)));
+
+// 8. The lock file deleted or replaced (file backend).
+on_backends!(lock_file_deleted, [File], |k| Setup::new(
+    "lock-file-deleted",
+    k,
+    &[Fault::DeleteLockFile]
+)
+.work(Duration::from_secs(2)));
+on_backends!(lock_file_replaced, [File], |k| Setup::new(
+    "lock-file-replaced",
+    k,
+    &[Fault::ReplaceLockFile]
+)
+.work(Duration::from_secs(2)));
+
+// 9. Clock-rate skew of 1% both ways (libfaketime), within the drift margin.
+on_backends!(clock_skew, [File, Redis, Postgres], |k| Setup::new(
+    "clock-skew-1pct",
+    k,
+    &[Fault::KillHolder]
+)
+.skew());
+
+// 10. pg_terminate_backend of elect's sessions.
+on_backends!(pg_terminate, [Postgres], |k| Setup::new(
+    "pg-terminate-backend",
+    k,
+    &[Fault::TerminateBackend]
+)
+.work(Duration::from_millis(1500)));
+
+// Every applicable fault, at random.
+on_backends!(random_mix, [File, Redis, Postgres], |k| Setup::new(
+    "random-mix",
+    k,
+    &Fault::all_for(k)
+)
+.random()
+.duration(Duration::from_secs(15)));
+
+// 11. Ctrl-Z and fg at a terminal (tmux), for longer than the ttl.
+mod ctrl_z {
+    use super::*;
+
+    #[test]
+    #[allow(non_snake_case)]
+    fn File() {
+        fault_env::ctrl_z(BackendKind::File);
+    }
+
+    #[test]
+    #[allow(non_snake_case)]
+    fn Redis() {
+        fault_env::ctrl_z(BackendKind::Redis);
+    }
+
+    #[test]
+    #[allow(non_snake_case)]
+    fn Postgres() {
+        fault_env::ctrl_z(BackendKind::Postgres);
+    }
+}

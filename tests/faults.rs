@@ -148,7 +148,7 @@ on_backends!(random_mix, [File, Redis, Postgres], |k| Setup::new(
     &Fault::all_for(k)
 )
 .random()
-.duration(Duration::from_secs(15)));
+.duration(Duration::from_secs(12)));
 
 // 11. Ctrl-Z and fg at a terminal (tmux), for longer than the ttl.
 mod ctrl_z {
@@ -171,4 +171,36 @@ mod ctrl_z {
     fn Postgres() {
         fault_env::ctrl_z(BackendKind::Postgres);
     }
+}
+
+/// The checker itself: two jobs started at once without elect must be caught overlapping, by the
+/// witness and by the flock probe, and a job left running must be caught outliving its parent.
+#[test]
+fn checker_sees_an_overlap_without_elect() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let job = dir.path().join("job.pl");
+    std::fs::write(&job, witness::JOB).expect("write job");
+    let w = witness::Witness::start(&dir.path().join("w.sock"));
+    let start = |run: u64| {
+        std::process::Command::new("perl")
+            .arg(&job)
+            .env("FAULT_WITNESS", w.path())
+            .env("FAULT_PROBE", dir.path().join("probe"))
+            .env("FAULT_RUN", run.to_string())
+            .env("FAULT_WORK_MS", "600")
+            .env("ELECT_FENCING_TOKEN", "7")
+            .spawn()
+            .expect("start perl")
+    };
+    let mut a = start(1);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut b = start(2);
+    assert_eq!(a.wait().unwrap().code(), Some(fault_env::JOB_CODE));
+    assert_eq!(b.wait().unwrap().code(), Some(fault_env::JOB_CODE));
+    std::thread::sleep(Duration::from_millis(100));
+    let record = w.snapshot();
+    assert_eq!(record.lives.len(), 2, "{record:?}");
+    assert_eq!(record.overlaps, vec![(0, 1)], "{record:?}");
+    assert!(record.lives[1].busy, "the probe must see the overlap too");
+    assert!(record.lives.iter().all(|l| l.done && l.close.is_some()));
 }

@@ -163,7 +163,7 @@ impl Setup {
             work: Duration::from_millis(800),
             skew: false,
             contenders: 3,
-            duration: Duration::from_secs(9),
+            duration: Duration::from_secs(6),
         }
     }
 
@@ -417,10 +417,12 @@ impl Server {
                 proc.start();
                 Inner::Etcd(Mutex::new(proc))
             }
-            BackendKind::Postgres => Inner::Postgres {
-                server: PostgresServer::start(),
-                restarted: Mutex::new(None),
-            },
+            BackendKind::Postgres => {
+                let server = PostgresServer::start();
+                let restarted = Mutex::new(None);
+                relaunch_postgres(&server, &restarted, false);
+                Inner::Postgres { server, restarted }
+            }
         };
         let proxy = match &inner {
             Inner::File { .. } => None,
@@ -495,83 +497,9 @@ impl Server {
                 std::thread::sleep(Duration::from_millis(200));
                 p.start();
             }
-            Inner::Postgres { server, restarted } => {
-                let data = server.psql("SHOW data_directory");
-                let pids = server.processes();
-                for pid in &pids {
-                    kill(*pid, "KILL");
-                }
-                let gone = Instant::now() + Duration::from_secs(10);
-                while pids.iter().any(|p| alive(*p)) && Instant::now() < gone {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                let mut restarted = restarted.lock().unwrap();
-                if let Some(mut old) = restarted.take() {
-                    let _ = old.wait();
-                }
-                let sockets = Path::new(&data)
-                    .parent()
-                    .expect("data directory has a parent")
-                    .to_owned();
-                let bin = postgres_bin();
-                let mut cmd = if nix::unistd::geteuid().is_root() {
-                    let mut c = Command::new("runuser");
-                    c.args(["-u", "postgres", "--"]).arg(bin.join("postgres"));
-                    c
-                } else {
-                    Command::new(bin.join("postgres"))
-                };
-                let child = cmd
-                    .current_dir("/tmp")
-                    .arg("-D")
-                    .arg(&data)
-                    .arg("-p")
-                    .arg(server.port.to_string())
-                    .arg("-k")
-                    .arg(&sockets)
-                    .args([
-                        "-c",
-                        "listen_addresses=127.0.0.1",
-                        "-c",
-                        "password_encryption=scram-sha-256",
-                        "-c",
-                        "fsync=off",
-                        "-c",
-                        "synchronous_commit=off",
-                        "-c",
-                        "full_page_writes=off",
-                        "-c",
-                        "max_connections=50",
-                        "-c",
-                        "shared_buffers=16MB",
-                    ])
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("restart postgres");
-                *restarted = Some(child);
-                let deadline = Instant::now() + Duration::from_secs(30);
-                loop {
-                    let ok = Command::new(bin.join("pg_isready"))
-                        .arg("-h")
-                        .arg(&sockets)
-                        .arg("-p")
-                        .arg(server.port.to_string())
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null())
-                        .status()
-                        .is_ok_and(|s| s.success());
-                    if ok {
-                        break;
-                    }
-                    assert!(Instant::now() < deadline, "postgres did not come back");
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            }
+            Inner::Postgres { server, restarted } => relaunch_postgres(server, restarted, true),
         }
     }
-
     /// pg_terminate_backend of every session of elect's role.
     pub fn terminate_sessions(&self) {
         if let Inner::Postgres { server, .. } = &self.inner {
@@ -589,6 +517,103 @@ impl Drop for Server {
         // A frozen server cannot be stopped. A restarted postmaster is stopped by the
         // PostgresServer's own drop (pg_ctl stop), after which its runuser exits.
         self.thaw();
+    }
+}
+
+/// Starts the cluster again on the same data and port: after a kill -9 of every process of it
+/// (`crash`), or after a clean stop. The harness's own launch turns synchronous_commit off for
+/// speed, which lets a kill -9 lose acknowledged commits (and so fencing tokens); this launch
+/// keeps PostgreSQL's default (on), as a deployment would.
+fn relaunch_postgres(server: &PostgresServer, restarted: &Mutex<Option<Child>>, crash: bool) {
+    let data = server.psql("SHOW data_directory");
+    let bin = postgres_bin();
+    let pids = server.processes();
+    if crash {
+        for pid in &pids {
+            kill(*pid, "KILL");
+        }
+    } else {
+        let mut cmd = if nix::unistd::geteuid().is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(bin.join("pg_ctl"));
+            c
+        } else {
+            Command::new(bin.join("pg_ctl"))
+        };
+        let _ = cmd
+            .current_dir("/tmp")
+            .args(["stop", "-m", "fast", "-w", "-t", "20", "-D"])
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    let gone = Instant::now() + Duration::from_secs(10);
+    while pids.iter().any(|p| alive(*p)) && Instant::now() < gone {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut restarted = restarted.lock().unwrap();
+    if let Some(mut old) = restarted.take() {
+        let _ = old.wait();
+    }
+    let sockets = Path::new(&data)
+        .parent()
+        .expect("data directory has a parent")
+        .to_owned();
+    let bin = postgres_bin();
+    let mut cmd = if nix::unistd::geteuid().is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin.join("postgres"));
+        c
+    } else {
+        Command::new(bin.join("postgres"))
+    };
+    let child = cmd
+        .current_dir("/tmp")
+        .arg("-D")
+        .arg(&data)
+        .arg("-p")
+        .arg(server.port.to_string())
+        .arg("-k")
+        .arg(&sockets)
+        .args([
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "password_encryption=scram-sha-256",
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=on",
+            "-c",
+            "full_page_writes=off",
+            "-c",
+            "max_connections=50",
+            "-c",
+            "shared_buffers=16MB",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("restart postgres");
+    *restarted = Some(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ok = Command::new(bin.join("pg_isready"))
+            .arg("-h")
+            .arg(&sockets)
+            .arg("-p")
+            .arg(server.port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "postgres did not come back");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -632,6 +657,8 @@ pub struct RunRec {
 pub struct Shared {
     pub runs: Mutex<Vec<RunRec>>,
     pub killed: Mutex<HashSet<u64>>,
+    /// Runs sent SIGTERM at the end while still waiting for the lease.
+    pub terminated: Mutex<HashSet<u64>>,
     pub hung: Mutex<Vec<u64>>,
     next_run: AtomicU64,
     stop: AtomicBool,
@@ -672,6 +699,7 @@ impl Arena {
             shared: Arc::new(Shared {
                 runs: Mutex::new(Vec::new()),
                 killed: Mutex::new(HashSet::new()),
+                terminated: Mutex::new(HashSet::new()),
                 hung: Mutex::new(Vec::new()),
                 next_run: AtomicU64::new(1),
                 stop: AtomicBool::new(false),
@@ -1013,6 +1041,7 @@ pub fn run(setup: Setup) -> Row {
         }
         order.clear();
         arena.shared.stop.store(true, Ordering::SeqCst);
+        drain(&arena);
     });
     // Every contender has returned: each run ended by itself (or was killed as hung).
     std::thread::sleep(Duration::from_millis(100));
@@ -1032,6 +1061,33 @@ pub fn run(setup: Setup) -> Row {
         );
     }
     row
+}
+
+/// Ends the test's contention: every elect still waiting for the lease gets SIGTERM (which
+/// stops a wait cleanly, exit 143); the holder finishes its job.
+fn drain(arena: &Arena) {
+    let deadline = Instant::now() + RUN_LIMIT;
+    while Instant::now() < deadline {
+        let record = arena.witness.snapshot();
+        let runs = arena.shared.runs.lock().unwrap().clone();
+        let running: Vec<&RunRec> = runs.iter().filter(|r| r.status.is_none()).collect();
+        if running.is_empty() {
+            return;
+        }
+        let mut terminated = arena.shared.terminated.lock().unwrap();
+        for r in running {
+            let has_job = record.lives.iter().any(|l| l.run == Some(r.run));
+            if !has_job
+                && !terminated.contains(&r.run)
+                && r.started.elapsed() > Duration::from_millis(200)
+            {
+                terminated.insert(r.run);
+                kill(r.pid, "TERM");
+            }
+        }
+        drop(terminated);
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn wait_holder(arena: &Arena, timeout: Duration) -> Option<(u64, usize, i32)> {
@@ -1060,6 +1116,7 @@ pub fn check(setup: &Setup, arena: &Arena, events: &[Event]) -> Row {
     let record = arena.witness.snapshot();
     let runs = arena.shared.runs.lock().unwrap().clone();
     let killed = arena.shared.killed.lock().unwrap().clone();
+    let terminated = arena.shared.terminated.lock().unwrap().clone();
     let mut v: Vec<String> = Vec::new();
     let lives = &record.lives;
     let t0 = lives.first().map_or_else(Instant::now, |l| l.connect);
@@ -1163,6 +1220,22 @@ pub fn check(setup: &Setup, arena: &Arena, events: &[Event]) -> Row {
                 v.push(format!(
                     "run {} was killed with SIGKILL but ended with {status:?}",
                     r.run
+                ));
+            }
+            continue;
+        }
+        if terminated.contains(&r.run) {
+            // SIGTERM while waiting; if it had just acquired, the job got the SIGTERM.
+            let ok = match (life, status.code()) {
+                (Some(l), Some(code)) if l.done => code == JOB_CODE || code == 143,
+                (_, Some(code)) => code == 143 || code == 76,
+                (_, None) => false,
+            };
+            if !ok {
+                v.push(format!(
+                    "EXIT CODE: run {} got SIGTERM while waiting and ended with {status:?}{}",
+                    r.run,
+                    stderr_of(Some(r.run))
                 ));
             }
             continue;

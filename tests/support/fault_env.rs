@@ -249,7 +249,7 @@ impl Proc {
 
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = kill(child.id() as i32, "CONT");
+            kill(child.id() as i32, "CONT");
             let _ = child.kill();
             let _ = child.wait();
         }

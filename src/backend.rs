@@ -7,6 +7,7 @@
 //! The URL scheme picks the backend: `file://` (or no URL) for the local lock file, `redis://` /
 //! `rediss://`, `etcd://` / `etcds://`, `postgres://` / `postgresql://`.
 
+pub mod etcd;
 pub mod file;
 mod url;
 
@@ -118,6 +119,8 @@ pub trait Backend {
 #[derive(Debug)]
 pub enum AnyBackend {
     File(file::FileBackend),
+    /// Boxed: the etcd client is a few kilobytes, the other variants a few words.
+    Etcd(Box<etcd::EtcdBackend>),
 }
 
 impl AnyBackend {
@@ -127,9 +130,11 @@ impl AnyBackend {
             None => return Ok(Self::File(file::FileBackend::open_default()?)),
             Some(url) => BackendUrl::parse(url)?,
         };
-        let _ = options;
         match url.scheme() {
             Scheme::File => Ok(Self::File(file::FileBackend::open(&url)?)),
+            Scheme::Etcd | Scheme::Etcds => Ok(Self::Etcd(Box::new(
+                etcd::EtcdBackend::open(&url, options).await?,
+            ))),
             other => Err(BackendError::Config(format!(
                 "the {} backend is not built into this elect",
                 other.name()
@@ -142,6 +147,7 @@ macro_rules! dispatch {
     ($self:ident, $b:ident => $e:expr) => {
         match $self {
             AnyBackend::File($b) => $e,
+            AnyBackend::Etcd($b) => $e,
         }
     };
 }

@@ -246,7 +246,9 @@ impl Backend for FileBackend {
             let file = self.open_lock_file(&path)?;
             let Some(file) = Self::lock(file, wait).await? else {
                 let file = self.open_lock_file(&path)?;
-                return Ok(Acquire::Held(Self::read_record(&file, &path).ok().flatten()));
+                return Ok(Acquire::Held(
+                    Self::read_record(&file, &path).ok().flatten(),
+                ));
             };
             let sent_at = BootTime::now();
             // The path may have been replaced between open and lock: then we hold a lock on a
@@ -269,7 +271,10 @@ impl Backend for FileBackend {
     }
 
     async fn renew(&mut self, lease: &Lease) -> Result<Renewal> {
-        let file = lease.kernel_lock.as_ref().expect("a file lease has its file");
+        let file = lease
+            .kernel_lock
+            .as_ref()
+            .expect("a file lease has its file");
         let path = self.path(&lease.name);
         if still_named(file, &path) {
             Ok(Renewal::Renewed)

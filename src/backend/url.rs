@@ -201,7 +201,9 @@ pub fn redact(text: &str) -> String {
 /// Hides everything between `://` and the last `@` of text that does not parse as a URL.
 fn redact_raw(text: &str) -> String {
     match (text.find("://"), text.rfind('@')) {
-        (Some(start), Some(at)) if at > start => format!("{}***{}", &text[..start + 3], &text[at..]),
+        (Some(start), Some(at)) if at > start => {
+            format!("{}***{}", &text[..start + 3], &text[at..])
+        }
         _ => text.to_owned(),
     }
 }
@@ -282,11 +284,15 @@ mod tests {
 
     #[test]
     fn several_hosts_and_query() {
-        let url = BackendUrl::parse("etcd://a:2379,b:2379,[::1]:2379?prefix=/x/&password=p").unwrap();
+        let url =
+            BackendUrl::parse("etcd://a:2379,b:2379,[::1]:2379?prefix=/x/&password=p").unwrap();
         assert_eq!(url.hosts.len(), 3);
         assert_eq!(url.hosts[2].host, "::1");
         assert_eq!(url.query_value("prefix"), Some("/x/"));
-        assert_eq!(url.redacted(), "etcd://a:2379,b:2379,[::1]:2379?prefix=/x/&password=***");
+        assert_eq!(
+            url.redacted(),
+            "etcd://a:2379,b:2379,[::1]:2379?prefix=/x/&password=***"
+        );
     }
 
     #[test]
@@ -301,7 +307,9 @@ mod tests {
         for bad in ["zk://x", "redis://", "redis:/x", "redis://h:99999", "nope"] {
             assert!(BackendUrl::parse(bad).is_err(), "{bad}");
         }
-        let err = BackendUrl::parse("mysql://u:pw@h/db").unwrap_err().to_string();
+        let err = BackendUrl::parse("mysql://u:pw@h/db")
+            .unwrap_err()
+            .to_string();
         assert!(!err.contains("pw"), "{err}");
     }
 }

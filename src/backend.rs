@@ -9,6 +9,7 @@
 
 pub mod etcd;
 pub mod file;
+pub mod redis;
 mod url;
 
 use std::future::Future;
@@ -74,6 +75,7 @@ impl BackendError {
     /// The failure to report, naming the backend (redacted) and what to do.
     pub fn into_failure(self, backend: &str) -> Failure {
         match self {
+            Self::Config(msg) if msg.contains(backend) => Failure::usage(msg),
             Self::Config(msg) => Failure::usage(format!("{msg} (backend {backend})")),
             Self::Unavailable(msg) => Failure::new(
                 code::UNAVAILABLE,
@@ -121,6 +123,7 @@ pub enum AnyBackend {
     File(file::FileBackend),
     /// Boxed: the etcd client is a few kilobytes, the other variants a few words.
     Etcd(Box<etcd::EtcdBackend>),
+    Redis(redis::RedisBackend),
 }
 
 impl AnyBackend {
@@ -135,6 +138,9 @@ impl AnyBackend {
             Scheme::Etcd | Scheme::Etcds => Ok(Self::Etcd(Box::new(
                 etcd::EtcdBackend::open(&url, options).await?,
             ))),
+            Scheme::Redis | Scheme::Rediss => {
+                Ok(Self::Redis(redis::RedisBackend::open(&url, options).await?))
+            }
             other => Err(BackendError::Config(format!(
                 "the {} backend is not built into this elect",
                 other.name()
@@ -148,6 +154,7 @@ macro_rules! dispatch {
         match $self {
             AnyBackend::File($b) => $e,
             AnyBackend::Etcd($b) => $e,
+            AnyBackend::Redis($b) => $e,
         }
     };
 }

@@ -11,6 +11,8 @@ pub mod code {
     pub const UNAVAILABLE: u8 = 69;
     /// EX_SOFTWARE: elect itself failed (its watchdog died, a system call that cannot fail did).
     pub const INTERNAL: u8 = 70;
+    /// `--max-runtime` stopped the job (as timeout(1) exits).
+    pub const TIMED_OUT: u8 = 124;
     /// EX_TEMPFAIL: the lease is held elsewhere; `--conflict-exit-code` changes it.
     pub const CONFLICT: u8 = 75;
     /// EX_PROTOCOL: the lease was lost while the child ran; the child was stopped.

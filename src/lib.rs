@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`cli`]: the clap definition; its doc comments are the `--help` text.
+//! - [`conffile`]: `/etc/elect.conf` and friends: settings that sit under the environment.
 //! - [`config`]: raw arguments validated once into settings in which invalid states cannot exist.
 //! - [`exit`]: the one table of exit codes.
 //! - [`lease`]: lock names, fencing tokens, holder metadata, leases.
@@ -14,11 +15,29 @@
 //! - [`supervisor`]: elect's side of the job: starts it through the watchdog, forwards signals,
 //!   feeds deadlines, collects the exit status.
 //! - [`run`]: `elect run`: acquire, supervise, release.
+//! - [`hooks`]: `--on-acquired`, `--on-busy`, `--on-lost` commands.
+//! - [`notify`]: systemd readiness, status and watchdog notifications.
+//! - [`metrics`]: `--metrics-file`, Prometheus text format.
 //! - [`status`]: `elect status`, text and JSON.
 //! - [`logging`]: one line per event on stderr, text or JSON.
+//! - [`generate`], [`manual`]: the man page and shell completions, generated from [`cli`].
 
 pub mod backend;
+pub mod cli;
 pub mod clock;
+pub mod conffile;
+pub mod config;
 pub mod exit;
+pub mod generate;
+pub mod hooks;
+pub mod keeper;
 pub mod lease;
+pub mod logging;
+pub mod manual;
+pub mod metrics;
+pub mod notify;
+pub mod run;
+pub mod status;
+pub mod supervisor;
 pub mod timing;
+pub mod watchdog;

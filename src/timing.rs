@@ -45,7 +45,8 @@ pub struct Fmt(pub Duration);
 
 impl std::fmt::Display for Fmt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        humantime::format_duration(self.0).fmt(f)
+        let millis = Duration::from_millis(self.0.as_millis() as u64);
+        humantime::format_duration(millis).fmt(f)
     }
 }
 

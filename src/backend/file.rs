@@ -258,6 +258,7 @@ impl Backend for FileBackend {
             }
             let previous = Self::read_record(&file, &path)?;
             let mut holder = req.holder.clone();
+            holder.acquired_at = std::time::SystemTime::now();
             holder.token = FencingToken(previous.map_or(0, |p| p.token.0) + 1);
             Self::write_record(&file, &path, &holder)?;
             return Ok(Acquire::Acquired(Lease {
@@ -385,7 +386,7 @@ fn warn_if_network_fs(dir: &Path) {
     const SMB2: i64 = 0xfe53_4d42;
     const FUSE: i64 = 0x6573_5546;
     if let Ok(stat) = nix::sys::statfs::statfs(dir) {
-        let kind = stat.filesystem_type().0 as i64;
+        let kind = stat.filesystem_type().0;
         if [NFS, SMB, CIFS, SMB2, FUSE].contains(&kind) {
             tracing::warn!(
                 dir = %dir.display(),

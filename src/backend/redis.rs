@@ -1,0 +1,428 @@
+//! The Redis backend: `redis://[user:password@]host[:port][/db]` and `rediss://` (TLS).
+//!
+//! # How it works
+//! A lease is one string key with a PX expiry, `elect:{NAME}`, holding a random secret and the
+//! holder metadata; the fencing token comes from a counter key in the same hash slot. Acquire,
+//! renew and release are Lua scripts, so each is one atomic step on the server and a holder can
+//! never extend or delete a lease that is not its own (`redis/scripts.rs` has the key layout and
+//! the scripts).
+//!
+//! - **Waiting**: a waiter subscribes to `elect:{NAME}:released` *before* its first acquire
+//!   attempt and stays subscribed, so a release between an attempt and the sleep after it still
+//!   wakes it. When no release comes (the holder crashed and its key is left to expire), it
+//!   sleeps until the key's PTTL runs out plus a little jitter, and re-checks at least every
+//!   ~1.5 s anyway (a missed publish, a renewed lease). Many waiters thus cost one script call
+//!   each per release or per ~1.5 s, not a loop.
+//! - **Timeouts**: every call is bounded (connect 3 s, response 2 s), so a stopped or
+//!   unreachable server makes calls fail rather than hang; the lease keeper decides what a
+//!   failed renew means. A connection that failed is replaced on the next call.
+//! - **Listing**: `list` SCANs for `elect:{*` and takes the lock name from both lease keys and
+//!   counters, so a lock that is free but was used before (only its counter is left) is listed
+//!   as free. No registry of names is kept: it would live in one slot of a cluster, apart from
+//!   the locks' own keys, and could not be updated atomically with them.
+
+mod connect;
+mod scripts;
+
+use std::io::Read;
+use std::time::Duration;
+
+use ::redis::aio::MultiplexedConnection;
+use ::redis::{RedisError, Value};
+use futures_util::StreamExt;
+
+use self::connect::{breaks_connection, describe, Target};
+use self::scripts::SCRIPTS;
+use super::{
+    AcquireRequest, Backend, BackendError, BackendOptions, BackendUrl, Expiry, Result, WaitMode,
+};
+use crate::clock::BootTime;
+use crate::lease::{Acquire, FencingToken, HolderInfo, Lease, LockName, LockState, Renewal};
+
+/// The longest a waiter sleeps between two attempts when no release wakes it.
+const RECHECK: Duration = Duration::from_millis(1500);
+/// Spread added to each waiter's sleep, so that waiters behind an expired lease do not all
+/// arrive in the same millisecond.
+const JITTER_MS: u64 = 100;
+/// SCAN batch size: large enough to make few round trips, small enough not to block the server.
+const SCAN_COUNT: u32 = 500;
+
+#[derive(Debug)]
+pub struct RedisBackend {
+    /// Boxed: the client's connection details are large, and `AnyBackend` is moved around.
+    target: Box<Target>,
+    describe: String,
+    /// The open connection, if the last call left a good one. Dropped after a network error so
+    /// that the next call connects afresh instead of reusing a connection in an unknown state.
+    conn: Option<MultiplexedConnection>,
+}
+
+/// What one acquire attempt found.
+enum Attempt {
+    Acquired(Lease),
+    Held {
+        holder: Option<HolderInfo>,
+        /// Remaining time of the holder's lease; `None` when the key has no expiry.
+        pttl: Option<Duration>,
+    },
+}
+
+impl RedisBackend {
+    /// Connects and checks the connection (PING), so that a wrong address, password, database or
+    /// TLS setup is reported before any job starts.
+    pub async fn open(url: &BackendUrl, options: &BackendOptions) -> Result<Self> {
+        let target = Box::new(Target::from_url(url, options)?);
+        let mut backend = Self {
+            target,
+            describe: url.redacted(),
+            conn: None,
+        };
+        backend
+            .connection()
+            .await
+            .map_err(|e| backend.unavailable("cannot connect", &e))?;
+        Ok(backend)
+    }
+
+    async fn connection(&mut self) -> std::result::Result<MultiplexedConnection, RedisError> {
+        if let Some(conn) = &self.conn {
+            // A clone shares the one connection; it is cheap.
+            return Ok(conn.clone());
+        }
+        let conn = self.target.connect().await?;
+        self.conn = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Turns a client error into a one-line `Unavailable`, and forgets a connection it broke.
+    fn unavailable(&mut self, doing: &str, err: &RedisError) -> BackendError {
+        if breaks_connection(err) {
+            self.conn = None;
+        }
+        BackendError::Unavailable(format!(
+            "{doing} (Redis at {}): {}",
+            self.target.addr,
+            describe(err)
+        ))
+    }
+
+    /// Runs one script call on the shared connection, mapping errors with `doing`.
+    async fn invoke<T: ::redis::FromRedisValue>(
+        &mut self,
+        doing: &str,
+        call: &::redis::ScriptInvocation<'_>,
+    ) -> Result<T> {
+        let mut conn = match self.connection().await {
+            Ok(conn) => conn,
+            Err(e) => return Err(self.unavailable(doing, &e)),
+        };
+        match call.invoke_async::<T>(&mut conn).await {
+            Ok(value) => Ok(value),
+            Err(e) => Err(self.unavailable(doing, &e)),
+        }
+    }
+
+    async fn try_acquire(&mut self, req: &AcquireRequest) -> Result<Attempt> {
+        let secret = random_secret()?;
+        let mut holder = req.holder.clone();
+        holder.ttl = req.ttl;
+        let mut call = SCRIPTS.acquire.prepare_invoke();
+        call.key(scripts::lease_key(&req.name))
+            .key(scripts::token_key(&req.name))
+            .arg(&secret)
+            .arg(millis(req.ttl))
+            .arg(holder_without_token(&holder)?);
+        let mut conn = match self.connection().await {
+            Ok(conn) => conn,
+            Err(e) => return Err(self.unavailable("acquire", &e)),
+        };
+        // The backend cannot expire the lease before `sent_at + ttl` only if `sent_at` is taken
+        // before the request leaves: taken after, a slow answer would stretch the deadline.
+        let sent_at = BootTime::now();
+        let reply: Value = match call.invoke_async(&mut conn).await {
+            Ok(value) => value,
+            Err(e) => return Err(self.unavailable("acquire", &e)),
+        };
+        parse_acquire_reply(reply, &req.name, holder, secret, sent_at)
+    }
+}
+
+impl Backend for RedisBackend {
+    fn describe(&self) -> &str {
+        &self.describe
+    }
+
+    fn expiry(&self) -> Expiry {
+        Expiry::Ttl
+    }
+
+    async fn acquire(&mut self, req: &AcquireRequest, wait: WaitMode) -> Result<Acquire> {
+        if wait == WaitMode::NoWait {
+            return Ok(match self.try_acquire(req).await? {
+                Attempt::Acquired(lease) => Acquire::Acquired(lease),
+                Attempt::Held { holder, .. } => Acquire::Held(holder),
+            });
+        }
+        let channel = scripts::released_channel(&req.name);
+        let mut pubsub = self
+            .target
+            .pubsub()
+            .await
+            .map_err(|e| self.unavailable("subscribe for releases", &e))?;
+        match tokio::time::timeout(connect::RESPONSE_TIMEOUT, pubsub.subscribe(&channel)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(self.unavailable("subscribe for releases", &e)),
+            Err(_) => {
+                return Err(self.unavailable("subscribe for releases", &connect::timeout_error()))
+            }
+        }
+        let mut released = pubsub.on_message();
+        loop {
+            // Subscribed before this attempt: a release that lands after it still wakes us.
+            let pttl = match self.try_acquire(req).await? {
+                Attempt::Acquired(lease) => return Ok(Acquire::Acquired(lease)),
+                Attempt::Held { pttl, .. } => pttl,
+            };
+            let sleep = pttl.map_or(RECHECK, |left| left.min(RECHECK)) + jitter();
+            tokio::select! {
+                message = released.next() => {
+                    if message.is_none() {
+                        return Err(BackendError::Unavailable(format!(
+                            "the subscription for releases of lock {} was closed (Redis at {})",
+                            req.name, self.target.addr
+                        )));
+                    }
+                }
+                () = tokio::time::sleep(sleep) => {}
+            }
+        }
+    }
+
+    async fn renew(&mut self, lease: &Lease) -> Result<Renewal> {
+        let key = scripts::lease_key(&lease.name);
+        let mut call = SCRIPTS.renew.prepare_invoke();
+        call.key(&key)
+            .arg(&lease.secret)
+            .arg(millis(lease.holder.ttl));
+        let answer: i64 = self.invoke("renew", &call).await?;
+        Ok(match answer {
+            1 => Renewal::Renewed,
+            0 => Renewal::Lost(format!("the lease key {key} is gone (expired or deleted)")),
+            _ => Renewal::Lost(format!("the lease key {key} now belongs to another holder")),
+        })
+    }
+
+    async fn release(&mut self, lease: &Lease) -> Result<()> {
+        let key = scripts::lease_key(&lease.name);
+        let mut call = SCRIPTS.release.prepare_invoke();
+        call.key(&key)
+            .arg(&lease.secret)
+            .arg(scripts::released_channel(&lease.name));
+        let released: i64 = self.invoke("release", &call).await?;
+        if released != 1 {
+            tracing::warn!(
+                lock = %lease.name,
+                "the lease was no longer ours at release (it expired, or another holder has it)"
+            );
+        }
+        Ok(())
+    }
+
+    async fn inspect(&mut self, name: &LockName) -> Result<LockState> {
+        let key = scripts::lease_key(name);
+        let mut call = SCRIPTS.inspect.prepare_invoke();
+        call.key(&key);
+        let (value, pttl): (Option<Vec<u8>>, i64) = self.invoke("inspect", &call).await?;
+        let Some(value) = value else {
+            return Ok(free(name));
+        };
+        Ok(LockState {
+            lock: name.clone(),
+            holder: Some(parse_holder(&value).unwrap_or_else(|| unknown_holder(name))),
+            expires_in: pttl_duration(pttl),
+            waiters: None,
+        })
+    }
+
+    async fn list(&mut self) -> Result<Vec<LockState>> {
+        let mut names = std::collections::BTreeSet::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let mut conn = match self.connection().await {
+                Ok(conn) => conn,
+                Err(e) => return Err(self.unavailable("list locks", &e)),
+            };
+            let reply: std::result::Result<(u64, Vec<String>), _> = ::redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(scripts::SCAN_PATTERN)
+                .arg("COUNT")
+                .arg(SCAN_COUNT)
+                .query_async(&mut conn)
+                .await;
+            let (next, keys) = reply.map_err(|e| self.unavailable("list locks", &e))?;
+            names.extend(keys.iter().filter_map(|k| scripts::lock_of_key(k)));
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        let mut states = Vec::with_capacity(names.len());
+        for name in &names {
+            states.push(self.inspect(name).await?);
+        }
+        Ok(states)
+    }
+}
+
+/// Reads the acquire script's answer: `{1, token}` or `{0, value, pttl}`.
+fn parse_acquire_reply(
+    reply: Value,
+    name: &LockName,
+    mut holder: HolderInfo,
+    secret: String,
+    sent_at: BootTime,
+) -> Result<Attempt> {
+    let unexpected = || {
+        BackendError::Unavailable(format!(
+            "unexpected answer from the acquire script for lock {name}"
+        ))
+    };
+    let Value::Array(items) = reply else {
+        return Err(unexpected());
+    };
+    match items.as_slice() {
+        [Value::Int(1), Value::Int(token)] => {
+            let token = u64::try_from(*token).map_err(|_| unexpected())?;
+            holder.token = FencingToken(token);
+            Ok(Attempt::Acquired(Lease {
+                name: name.clone(),
+                holder,
+                sent_at,
+                secret,
+                kernel_lock: None,
+            }))
+        }
+        [Value::Int(0), Value::BulkString(value), Value::Int(pttl)] => Ok(Attempt::Held {
+            holder: Some(parse_holder(value).unwrap_or_else(|| unknown_holder(name))),
+            pttl: pttl_duration(*pttl),
+        }),
+        _ => Err(unexpected()),
+    }
+}
+
+/// The holder metadata of a lease value `<secret>\n<holder JSON>`; `None` if it is not one.
+fn parse_holder(value: &[u8]) -> Option<HolderInfo> {
+    let newline = value.iter().position(|&b| b == b'\n')?;
+    serde_json::from_slice(&value[newline + 1..]).ok()
+}
+
+/// A lease key whose value elect cannot read (written by something else): held, by nobody we
+/// can name. Reporting it as free would invite a contender to believe it could take it.
+fn unknown_holder(name: &LockName) -> HolderInfo {
+    HolderInfo {
+        id: "unknown".into(),
+        host: "unknown".into(),
+        pid: 0,
+        acquired_at: std::time::UNIX_EPOCH,
+        ttl: Duration::ZERO,
+        token: FencingToken(0),
+        version: format!("unreadable lease value for lock {name}"),
+    }
+}
+
+/// The holder's JSON object without its `token` field, which the acquire script fills in.
+fn holder_without_token(holder: &HolderInfo) -> Result<String> {
+    let mut value = serde_json::to_value(holder)
+        .map_err(|e| BackendError::Config(format!("holder metadata: {e}")))?;
+    match value.as_object_mut() {
+        Some(object) => {
+            object.remove("token");
+            if object.is_empty() {
+                return Err(BackendError::Config("empty holder metadata".into()));
+            }
+        }
+        None => {
+            return Err(BackendError::Config(
+                "holder metadata is not an object".into(),
+            ))
+        }
+    }
+    Ok(value.to_string())
+}
+
+/// PTTL answers -2 (no key) and -1 (no expiry) besides a time.
+fn pttl_duration(pttl: i64) -> Option<Duration> {
+    u64::try_from(pttl).ok().map(Duration::from_millis)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+fn free(name: &LockName) -> LockState {
+    LockState {
+        lock: name.clone(),
+        holder: None,
+        expires_in: None,
+        waiters: None,
+    }
+}
+
+/// 128 random bits in hex: the proof that a lease is ours.
+fn random_secret() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| BackendError::unavailable("read /dev/urandom", e))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Up to [`JITTER_MS`], from the sub-second part of the wall clock: enough to spread waiters,
+/// and it needs no random source.
+fn jitter() -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()));
+    Duration::from_millis(nanos % JITTER_MS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holder_json_drops_only_the_token() {
+        let holder = HolderInfo::this_process(Some("web-1:7".into()), Duration::from_secs(5));
+        let json = holder_without_token(&holder).unwrap();
+        assert!(json.starts_with('{'));
+        assert!(!json.contains("\"token\""));
+        // What the acquire script stores, read back.
+        let value = format!("abc\n{{\"token\":17,{}", &json[1..]);
+        let back = parse_holder(value.as_bytes()).unwrap();
+        assert_eq!(back.token, FencingToken(17));
+        assert_eq!(back.id, "web-1:7");
+    }
+
+    #[test]
+    fn unreadable_values() {
+        assert!(parse_holder(b"no newline").is_none());
+        assert!(parse_holder(b"s\nnot json").is_none());
+    }
+
+    #[test]
+    fn pttl_answers() {
+        assert_eq!(pttl_duration(-2), None);
+        assert_eq!(pttl_duration(-1), None);
+        assert_eq!(pttl_duration(1500), Some(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn secrets_are_fresh_hex() {
+        let a = random_secret().unwrap();
+        let b = random_secret().unwrap();
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+}

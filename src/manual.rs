@@ -1,0 +1,70 @@
+//! The man page sections that are not flags: exit status, environment, backends, examples.
+//! In roff, appended after the sections generated from the clap definition.
+
+pub const SECTIONS: &str = r#".SH "EXIT STATUS"
+.TP
+\fIthe job's code\fR
+The job exited by itself.
+.TP
+\fB128+N\fR
+The job was killed by signal N (or elect was stopped by signal N while waiting; the job did not run).
+.TP
+\fB2\fR
+Usage error: bad flag, duration, lock name, URL, inconsistent lease settings.
+.TP
+\fB3\fR
+\fBelect status\fR: the lock is free.
+.TP
+\fB69\fR
+The backend could not be reached or refused us (auth, TLS, permissions), before the job started.
+.TP
+\fB70\fR
+elect itself failed (its watchdog process was killed).
+.TP
+\fB75\fR
+The lock is held elsewhere (no wait, or the wait timed out); \fB\-\-conflict\-exit\-code\fR changes it.
+.TP
+\fB76\fR
+The lease was lost while the job ran; the job was stopped.
+.TP
+\fB126\fR, \fB127\fR
+The command is not executable, or not found.
+.SH ENVIRONMENT
+Every flag can also be set by its variable (the flag wins):
+\fBELECT_BACKEND\fR, \fBELECT_BACKEND_FILE\fR, \fBELECT_LOCK\fR, \fBELECT_TTL\fR, \fBELECT_RENEW\fR,
+\fBELECT_GRACE\fR, \fBELECT_WAIT\fR, \fBELECT_CONFLICT_EXIT_CODE\fR, \fBELECT_ID\fR,
+\fBELECT_TLS_CA\fR, \fBELECT_TLS_CERT\fR, \fBELECT_TLS_KEY\fR, \fBELECT_LOG_FORMAT\fR.
+.TP
+\fBELECT_LOG\fR
+A tracing filter for the log lines on stderr (\fBinfo\fR by default; \fB\-q\fR and \fB\-v\fR override it).
+.TP
+\fBELECT_LOCK_DIR\fR
+The file backend's directory when no URL is given.
+.PP
+The job gets \fBELECT_LOCK\fR, \fBELECT_FENCING_TOKEN\fR (grows on every acquisition of the lock),
+\fBELECT_HOLDER_ID\fR and \fBELECT_BACKEND\fR (credentials redacted).
+.SH "THE LEASE RULE"
+The holder owns the lease until D = s + ttl \- margin, where s is the time the last successful
+acquire or renew was sent and margin = max(250ms, ttl/50). Without a successful renew the job gets
+SIGTERM at D \- grace and SIGKILL at D, from a watchdog process that works even while elect is
+stopped. The settings must satisfy renew + grace + margin < ttl.
+.SH BACKENDS
+.TP
+\fBfile:///DIR\fR (default)
+flock(2) on DIR/NAME.lock; the directory is \fBELECT_LOCK_DIR\fR, else /run/lock/elect, else a
+private directory. The fencing token is kept in the lock file. Lock files are never deleted; a
+holder whose lock file is deleted or replaced loses the lease.
+.SH EXAMPLES
+.TP
+Run once across machines from cron, skipping quietly when another machine runs it:
+\fBelect run \-\-lock billing \-\-conflict\-exit\-code 0 \-\- /opt/billing/run.sh\fR
+.TP
+Wait up to ten minutes for the lock:
+\fBelect run \-\-lock migrate \-\-wait=10m \-\- ./migrate.sh\fR
+.TP
+A singleton service under systemd:
+\fBExecStart=/usr/local/bin/elect run \-\-lock scheduler \-\-wait \-\- /usr/local/bin/scheduler\fR
+.TP
+Who holds billing:
+\fBelect status \-\-lock billing \-\-json\fR
+"#;

@@ -1,0 +1,174 @@
+//! `--metrics-file`: Prometheus text-format metrics of one run, written at exit for
+//! node_exporter's textfile collector (atomically: a temporary file renamed over the old one).
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use crate::keeper::RenewStats;
+use crate::lease::LockName;
+
+/// How a run ended, as operators count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The job ran (whatever its exit code).
+    Ran,
+    /// The lock was held elsewhere.
+    Skipped,
+    /// The lease was lost while the job ran.
+    Lost,
+    /// `--max-runtime` stopped the job.
+    TimedOut,
+    /// elect could not run the job (backend unavailable, bad command, ...).
+    Error,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 5] = [
+        Outcome::Ran,
+        Outcome::Skipped,
+        Outcome::Lost,
+        Outcome::TimedOut,
+        Outcome::Error,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Ran => "ran",
+            Outcome::Skipped => "skipped",
+            Outcome::Lost => "lost",
+            Outcome::TimedOut => "timed_out",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// What one run measured.
+#[derive(Debug, Clone, Default)]
+pub struct RunRecord {
+    pub wait: Duration,
+    pub hold: Duration,
+    pub renewals: RenewStats,
+    pub outcome: Option<Outcome>,
+}
+
+pub fn render(lock: &LockName, record: &RunRecord, exit_code: u8) -> String {
+    let l = format!("lock=\"{lock}\"");
+    let outcome = record.outcome.unwrap_or(Outcome::Error);
+    let mut out = String::new();
+    let mut metric = |name: &str, help: &str, kind: &str, lines: Vec<String>| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for line in lines {
+            out.push_str(&line);
+            out.push('\n');
+        }
+    };
+    metric(
+        "elect_wait_seconds",
+        "Time spent waiting for the lease.",
+        "gauge",
+        vec![format!(
+            "elect_wait_seconds{{{l}}} {:.6}",
+            record.wait.as_secs_f64()
+        )],
+    );
+    metric(
+        "elect_hold_seconds",
+        "Time the lease was held while the job ran.",
+        "gauge",
+        vec![format!(
+            "elect_hold_seconds{{{l}}} {:.6}",
+            record.hold.as_secs_f64()
+        )],
+    );
+    metric(
+        "elect_renewals_total",
+        "Lease renewals by result.",
+        "counter",
+        vec![
+            format!(
+                "elect_renewals_total{{{l},result=\"ok\"}} {}",
+                record.renewals.ok
+            ),
+            format!(
+                "elect_renewals_total{{{l},result=\"failed\"}} {}",
+                record.renewals.failed
+            ),
+        ],
+    );
+    metric(
+        "elect_renew_latency_max_seconds",
+        "The slowest renewal of the run.",
+        "gauge",
+        vec![format!(
+            "elect_renew_latency_max_seconds{{{l}}} {:.6}",
+            record.renewals.worst.as_secs_f64()
+        )],
+    );
+    metric(
+        "elect_outcome",
+        "How the run ended (1 for the outcome that happened).",
+        "gauge",
+        Outcome::ALL
+            .iter()
+            .map(|o| {
+                format!(
+                    "elect_outcome{{{l},outcome=\"{}\"}} {}",
+                    o.label(),
+                    u8::from(*o == outcome)
+                )
+            })
+            .collect(),
+    );
+    metric(
+        "elect_exit_code",
+        "elect's exit code.",
+        "gauge",
+        vec![format!("elect_exit_code{{{l}}} {exit_code}")],
+    );
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    metric(
+        "elect_last_run_timestamp_seconds",
+        "When the run ended (Unix time).",
+        "gauge",
+        vec![format!(
+            "elect_last_run_timestamp_seconds{{{l}}} {}",
+            now.as_secs()
+        )],
+    );
+    out
+}
+
+/// Writes the metrics atomically; a failure is logged, never fatal.
+pub fn write(path: &Path, lock: &LockName, record: &RunRecord, exit_code: u8) {
+    let text = render(lock, record, exit_code);
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let result = std::fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        tracing::warn!("cannot write metrics to {}: {e}", path.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_one_hot_outcome() {
+        let record = RunRecord {
+            wait: Duration::from_millis(1500),
+            outcome: Some(Outcome::Lost),
+            ..Default::default()
+        };
+        let text = render(&LockName::new("billing").unwrap(), &record, 76);
+        assert!(text.contains("elect_wait_seconds{lock=\"billing\"} 1.500000"));
+        assert!(text.contains("elect_outcome{lock=\"billing\",outcome=\"lost\"} 1"));
+        assert!(text.contains("elect_outcome{lock=\"billing\",outcome=\"ran\"} 0"));
+        assert!(text.contains("elect_exit_code{lock=\"billing\"} 76"));
+    }
+}

@@ -1,0 +1,448 @@
+//! `elect run`: acquire, supervise, release.
+//!
+//! The watchdog is forked first, while elect is still single-threaded; then the async runtime
+//! (one thread) opens the backend, takes the lease (waiting if asked), has the watchdog start the
+//! job, and supervises it until every process of the job is gone; then the lease is released and
+//! elect exits with the job's code. Hooks, systemd notifications and metrics hang off the same
+//! steps.
+
+use std::ffi::OsString;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::backend::{AcquireRequest, AnyBackend, Backend, BackendError, Expiry, WaitMode};
+use crate::cli::Wait;
+use crate::clock::{Clock, SystemClock};
+use crate::config::RunConfig;
+use crate::exit::{code, Failure};
+use crate::hooks::{self, Event as HookEvent, Running};
+use crate::lease::{Acquire, HolderInfo, Lease, LockName, Renewal};
+use crate::metrics::{self, Outcome, RunRecord};
+use crate::notify::Notifier;
+use crate::supervisor::{self, Ending, Supervision, Watchdog};
+use crate::watchdog::protocol::{JobExit, Order, Report};
+use crate::watchdog::{self, FORWARDED};
+
+/// How long a release may take before elect gives up on it (the lease then expires by its ttl).
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Environment variables the job does not inherit: secrets elect read itself, and systemd's
+/// notification socket (elect speaks for the unit).
+const WITHHELD_VARIABLES: [&str; 3] = [
+    "ELECT_ETCD_PASSWORD",
+    "ELECT_REDIS_PASSWORD",
+    "NOTIFY_SOCKET",
+];
+
+pub fn run(cfg: RunConfig) -> Result<u8, Failure> {
+    let link = watchdog::fork(cfg.command.clone(), cfg.timing.grace())
+        .map_err(|e| Failure::new(code::INTERNAL, format!("cannot fork the watchdog: {e}")))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(code::INTERNAL, format!("cannot start: {e}")))?;
+    let mut record = RunRecord::default();
+    let result = runtime.block_on(async {
+        let watchdog = Watchdog::new(link)
+            .map_err(|e| Failure::new(code::INTERNAL, format!("watchdog socket: {e}")))?;
+        let mut signals = supervisor::forward_signals()
+            .map_err(|e| Failure::new(code::INTERNAL, format!("cannot handle signals: {e}")))?;
+        let runner = Runner {
+            cfg: &cfg,
+            watchdog,
+            notifier: Notifier::from_env(),
+        };
+        runner.run(&mut signals, &mut record).await
+    });
+    if let Some(path) = &cfg.metrics_file {
+        let exit = match &result {
+            Ok(code) => *code,
+            Err(failure) => failure.code,
+        };
+        metrics::write(path, &cfg.lock, &record, exit);
+    }
+    result
+}
+
+struct Runner<'a> {
+    cfg: &'a RunConfig,
+    watchdog: Watchdog,
+    notifier: Notifier,
+}
+
+impl Runner<'_> {
+    async fn run(
+        &self,
+        signals: &mut mpsc::UnboundedReceiver<i32>,
+        record: &mut RunRecord,
+    ) -> Result<u8, Failure> {
+        let cfg = self.cfg;
+        let lock = &cfg.lock;
+        record.outcome = Some(Outcome::Error);
+        let mut backend = tokio::select! {
+            opened = AnyBackend::open(cfg.backend.url.as_deref(), &cfg.backend.options) => {
+                opened.map_err(|e| e.into_failure(&cfg.backend.describe()))?
+            }
+            sig = stop_signal(signals) => return Err(interrupted(lock, sig, "connecting")),
+        };
+        let describe = backend.describe().to_owned();
+        let req = AcquireRequest {
+            name: lock.clone(),
+            holder: HolderInfo::this_process(cfg.id.clone(), cfg.timing.ttl()),
+            ttl: cfg.timing.ttl(),
+        };
+        let waited = Instant::now();
+        let acquired = tokio::select! {
+            lease = self.acquire(&mut backend, &req) => lease,
+            sig = stop_signal(signals) => return Err(interrupted(lock, sig, "waiting for the lock")),
+        };
+        record.wait = waited.elapsed();
+        let mut lease = match acquired {
+            Ok(lease) => lease,
+            Err(failure) => {
+                if failure.code == cfg.conflict_exit_code {
+                    record.outcome = Some(Outcome::Skipped);
+                }
+                return Err(failure);
+            }
+        };
+        tracing::debug!(lock = %lock, token = %lease.token(), holder = %lease.holder.id, backend = %describe, "acquired");
+
+        self.ensure_time_to_start(&mut backend, &mut lease).await?;
+        let deadline =
+            (backend.expiry() == Expiry::Ttl).then(|| cfg.timing.deadline(lease.sent_at));
+        let job_env = child_env(&lease, &describe);
+        let start = Order::Start {
+            deadline,
+            env: job_env
+                .iter()
+                .map(|(k, v)| (OsString::from(k), Some(OsString::from(v))))
+                .chain(WITHHELD_VARIABLES.iter().map(|k| (OsString::from(k), None)))
+                .collect(),
+        };
+        let started = Instant::now();
+        if let Err(e) = self.watchdog.start(&start, &lease) {
+            release(&mut backend, &lease).await;
+            return Err(Failure::new(
+                code::INTERNAL,
+                format!("cannot reach the watchdog: {e}"),
+            ));
+        }
+        let (ending, lost_hook) = match self.watchdog.report().await {
+            Ok(Some(Report::Started { pid })) => {
+                tracing::debug!(lock = %lock, pid, "job started");
+                let holding = format!("holding {lock}, token {}", lease.token());
+                self.notifier.ready(&holding);
+                let acquired_hook = cfg.hooks.start(HookEvent::Acquired, job_env.clone());
+                let ctx = Supervision {
+                    timing: cfg.timing,
+                    max_runtime: cfg.max_runtime,
+                    notifier: &self.notifier,
+                    hooks: &cfg.hooks,
+                    hook_env: job_env,
+                };
+                let clock = SystemClock;
+                let ending = supervisor::supervise(
+                    &mut backend,
+                    &mut lease,
+                    &ctx,
+                    &clock,
+                    &self.watchdog,
+                    signals,
+                    &mut record.renewals,
+                )
+                .await;
+                acquired_hook.finish().await;
+                ending
+            }
+            Ok(Some(Report::SpawnFailed { errno })) => (
+                Ending::SpawnFailed(std::io::Error::from_raw_os_error(errno)),
+                Running::none(),
+            ),
+            _ => (Ending::WatchdogGone, Running::none()),
+        };
+        record.hold = started.elapsed();
+        self.notifier.stopping();
+        let result = self.finish(ending, &mut backend, &lease, record).await;
+        lost_hook.finish().await;
+        result
+    }
+
+    /// Turns how the job ended into elect's exit, releasing the lease where it is still ours.
+    async fn finish(
+        &self,
+        ending: Ending,
+        backend: &mut AnyBackend,
+        lease: &Lease,
+        record: &mut RunRecord,
+    ) -> Result<u8, Failure> {
+        let lock = &self.cfg.lock;
+        let describe = backend.describe().to_owned();
+        match ending {
+            Ending::Finished(exit) => {
+                record.outcome = Some(Outcome::Ran);
+                release(backend, lease).await;
+                tracing::debug!(lock = %lock, exit = ?exit, elapsed = ?round(record.hold), "job exited; lease released");
+                Ok(exit_code(exit))
+            }
+            Ending::TimedOut(exit) => {
+                record.outcome = Some(Outcome::TimedOut);
+                release(backend, lease).await;
+                Err(Failure::new(
+                    code::TIMED_OUT,
+                    format!(
+                        "the job under lock {lock} ran longer than --max-runtime {} and was stopped ({}); lease released",
+                        humantime::format_duration(self.cfg.max_runtime.unwrap_or_default()),
+                        describe_exit(exit)
+                    ),
+                ))
+            }
+            Ending::SpawnFailed(err) => {
+                record.outcome = Some(Outcome::Error);
+                release(backend, lease).await;
+                let program = self.cfg.command[0].to_string_lossy();
+                let (status, what) = if err.kind() == std::io::ErrorKind::NotFound {
+                    (code::NOT_FOUND, "command not found")
+                } else {
+                    (code::NOT_EXECUTABLE, "cannot execute the command")
+                };
+                Err(Failure::new(
+                    status,
+                    format!("{what}: {program}: {err} (lock {lock} released)"),
+                ))
+            }
+            Ending::Lost(loss, exit) => {
+                record.outcome = Some(Outcome::Lost);
+                // No release: the lease is someone else's, or the backend did not answer in time
+                // and would only delay elect's exit; either way it is gone or about to expire.
+                Err(Failure::new(
+                    code::LOST,
+                    format!(
+                        "lease on lock {lock} lost while the job ran ({loss}); the job was stopped ({}); backend {describe}",
+                        describe_exit(exit)
+                    ),
+                ))
+            }
+            Ending::WatchdogGone => Err(Failure::new(
+                code::INTERNAL,
+                format!(
+                    "elect's watchdog for lock {lock} vanished; the job may not have been stopped"
+                ),
+            )),
+        }
+    }
+
+    /// Takes the lease, waiting as configured.
+    async fn acquire(
+        &self,
+        backend: &mut AnyBackend,
+        req: &AcquireRequest,
+    ) -> Result<Lease, Failure> {
+        let cfg = self.cfg;
+        let describe = backend.describe().to_owned();
+        let failure = |e: BackendError| e.into_failure(&describe);
+        let holder = match backend
+            .acquire(req, WaitMode::NoWait)
+            .await
+            .map_err(failure)?
+        {
+            Acquire::Acquired(lease) => return Ok(lease),
+            Acquire::Held(holder) => holder,
+        };
+        let held_by = holder
+            .as_ref()
+            .map_or_else(|| "another process".to_owned(), |h| h.to_string());
+        if cfg.wait == Wait::No {
+            return Err(self
+                .busy(
+                    holder.as_ref(),
+                    format!(
+                        "lock {} is held by {held_by}; not running {} (backend {describe})",
+                        cfg.lock,
+                        cfg.command[0].to_string_lossy()
+                    ),
+                )
+                .await);
+        }
+        tracing::info!(lock = %cfg.lock, "waiting: held by {held_by}");
+        let host = holder
+            .as_ref()
+            .map_or("another process", |h| h.host.as_str());
+        self.notifier
+            .status(&format!("waiting for {} held by {host}", cfg.lock));
+        let waited = Instant::now();
+        let wait = wait_out_outages(backend, req);
+        let acquired = match cfg.wait_limit() {
+            Some(limit) => match tokio::time::timeout(limit, wait).await {
+                Ok(result) => result,
+                Err(_) => {
+                    return Err(self.busy(
+                        holder.as_ref(),
+                        format!(
+                            "lock {} is still held after waiting {}; not running {} (backend {describe})",
+                            cfg.lock,
+                            humantime::format_duration(limit),
+                            cfg.command[0].to_string_lossy()
+                        ),
+                    )
+                    .await)
+                }
+            },
+            None => wait.await,
+        };
+        match acquired.map_err(failure)? {
+            Acquire::Acquired(lease) => {
+                tracing::info!(lock = %cfg.lock, token = %lease.token(), waited = ?round(waited.elapsed()), "acquired after waiting");
+                Ok(lease)
+            }
+            Acquire::Held(holder) => Err(self
+                .busy(
+                    holder.as_ref(),
+                    format!("lock {} is held (backend {describe})", cfg.lock),
+                )
+                .await),
+        }
+    }
+
+    /// The run is skipped because the lock is held: the on-busy hook, then the conflict exit.
+    async fn busy(&self, holder: Option<&HolderInfo>, message: String) -> Failure {
+        let mut env = vec![("ELECT_LOCK".to_owned(), self.cfg.lock.to_string())];
+        env.extend(hooks::holder_env(holder));
+        self.cfg.hooks.start(HookEvent::Busy, env).finish().await;
+        if self.cfg.conflict_exit_code == 0 {
+            tracing::debug!("{message}");
+            Failure::new(0, String::new())
+        } else {
+            Failure::new(self.cfg.conflict_exit_code, message)
+        }
+    }
+
+    /// A slow acquire must not start a job that would be killed before its first renew: renew
+    /// once more if too little time is left, and give up if that does not help.
+    async fn ensure_time_to_start(
+        &self,
+        backend: &mut AnyBackend,
+        lease: &mut Lease,
+    ) -> Result<(), Failure> {
+        if backend.expiry() != Expiry::Ttl {
+            return Ok(());
+        }
+        let timing = self.cfg.timing;
+        let clock = SystemClock;
+        if timing.may_start(clock.now(), timing.deadline(lease.sent_at)) {
+            return Ok(());
+        }
+        let sent = clock.now();
+        if let Ok(Ok(Renewal::Renewed)) =
+            tokio::time::timeout(timing.renew(), backend.renew(lease)).await
+        {
+            lease.sent_at = sent;
+            if timing.may_start(clock.now(), timing.deadline(sent)) {
+                return Ok(());
+            }
+        }
+        release(backend, lease).await;
+        Err(Failure::new(
+            code::UNAVAILABLE,
+            format!(
+                "lock {}: the backend {} answered too slowly to start the job safely within the ttl ({}); raise --ttl",
+                self.cfg.lock,
+                backend.describe(),
+                humantime::format_duration(timing.ttl())
+            ),
+        ))
+    }
+}
+
+/// Waits for the lock. A network backend that becomes unreachable while we wait is waited out
+/// too (with a warning): a singleton service in `--wait` should not die because its backend
+/// restarted.
+async fn wait_out_outages(
+    backend: &mut AnyBackend,
+    req: &AcquireRequest,
+) -> crate::backend::Result<Acquire> {
+    const RETRY: Duration = Duration::from_secs(1);
+    loop {
+        match backend.acquire(req, WaitMode::Wait).await {
+            // The file backend's errors (a planted symlink, a foreign file) do not go away by
+            // waiting.
+            Err(BackendError::Unavailable(why)) if backend.expiry() == Expiry::Ttl => {
+                tracing::warn!(lock = %req.name, "backend unavailable while waiting ({why}); retrying");
+                tokio::time::sleep(RETRY).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn release(backend: &mut AnyBackend, lease: &Lease) {
+    match tokio::time::timeout(RELEASE_TIMEOUT, backend.release(lease)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(lock = %lease.name, "release failed ({e}); the lease will expire by its ttl")
+        }
+        Err(_) => {
+            tracing::warn!(lock = %lease.name, "release timed out; the lease will expire by its ttl")
+        }
+    }
+}
+
+/// Waits for a signal that should end elect before the job started (TERM, INT, HUP, QUIT).
+async fn stop_signal(signals: &mut mpsc::UnboundedReceiver<i32>) -> i32 {
+    let stopping = [
+        nix::libc::SIGTERM,
+        nix::libc::SIGINT,
+        nix::libc::SIGHUP,
+        nix::libc::SIGQUIT,
+    ];
+    loop {
+        match signals.recv().await {
+            Some(sig) if stopping.contains(&sig) => return sig,
+            Some(_) => {}
+            None => std::future::pending::<()>().await,
+        }
+    }
+}
+
+fn interrupted(lock: &LockName, sig: i32, doing: &str) -> Failure {
+    let name = FORWARDED
+        .iter()
+        .find(|s| **s as i32 == sig)
+        .map_or("a signal", |s| s.as_str());
+    Failure::new(
+        code::signaled(sig),
+        format!("stopped by {name} while {doing} (lock {lock}); the job did not run"),
+    )
+}
+
+/// The variables the job (and the hooks) get.
+fn child_env(lease: &Lease, describe: &str) -> Vec<(String, String)> {
+    vec![
+        ("ELECT_LOCK".into(), lease.name.to_string()),
+        ("ELECT_FENCING_TOKEN".into(), lease.token().to_string()),
+        ("ELECT_HOLDER_ID".into(), lease.holder.id.clone()),
+        ("ELECT_BACKEND".into(), describe.to_owned()),
+    ]
+}
+
+pub fn exit_code(exit: JobExit) -> u8 {
+    match exit {
+        JobExit::Code(c) => c as u8,
+        JobExit::Signal(n) => code::signaled(n),
+    }
+}
+
+fn describe_exit(exit: JobExit) -> String {
+    match exit {
+        JobExit::Code(c) => format!("it exited with {c}"),
+        JobExit::Signal(n) => match nix::sys::signal::Signal::try_from(n) {
+            Ok(sig) => format!("killed by {}", sig.as_str()),
+            Err(_) => format!("killed by signal {n}"),
+        },
+    }
+}
+
+fn round(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64)
+}

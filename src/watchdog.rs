@@ -1,0 +1,518 @@
+//! The watchdog: the process that owns the job.
+//!
+//! # Why a separate process
+//! The safety rule needs the job dead by the lease deadline even when elect cannot run: stopped
+//! with SIGSTOP, starved, or killed. So elect forks this watchdog at start-up, before it creates
+//! any thread (a fork is then safe, and costs no exec). The watchdog is single-threaded, has no
+//! async runtime and does nothing but wait in poll(2) on three descriptors:
+//! - the socket to elect: orders (start, new deadline, forward a signal, stop), and end-of-file
+//!   when elect dies;
+//! - a signalfd for SIGCHLD;
+//! - a timerfd on CLOCK_BOOTTIME with an absolute expiry at the next deadline action, so that a
+//!   suspend cannot postpone it.
+//!
+//! # What it does
+//! - Spawns the job in its own process group with signal mask and dispositions reset, gives it
+//!   the terminal's foreground when elect had it (Ctrl-C then reaches the job straight from the
+//!   kernel, once, and the job can read the terminal), and sets PR_SET_PDEATHSIG so that the job
+//!   dies if the watchdog itself is killed.
+//! - Is a child subreaper: orphans of the job are re-parented to it, so it can reap them and knows
+//!   when every process of the job is gone.
+//! - Stops the job (SIGTERM and SIGCONT to the group and every descendant, SIGKILL after the
+//!   grace) when the deadline's SIGTERM time passes, when elect orders it, or when elect dies.
+//!   After the job's main process exits, whatever it left running is stopped the same way.
+//! - Reports `Finished` only when no process of the job is left; elect releases the lease only
+//!   then. On the file backend it also holds a copy of the lock file descriptor, so the kernel lock
+//!   stays until the last process is gone, even if elect was killed.
+
+pub mod protocol;
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{self, killpg, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockFlag, SockType,
+};
+use nix::sys::time::TimeSpec;
+use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{getpgrp, Pid};
+
+use self::protocol::{JobExit, Order, Report};
+use crate::clock::BootTime;
+
+/// elect's end of the watchdog: its pid and the socket.
+#[derive(Debug)]
+pub struct WatchdogLink {
+    pub pid: Pid,
+    pub socket: OwnedFd,
+}
+
+/// Signals elect forwards; the watchdog ignores them so that only forwarding delivers them.
+pub const FORWARDED: [Signal; 8] = [
+    Signal::SIGHUP,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGTERM,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+    Signal::SIGALRM,
+];
+
+/// Forks the watchdog. Must be called while the process has a single thread.
+pub fn fork(command: Vec<OsString>, grace: Duration) -> io::Result<WatchdogLink> {
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    // SAFETY: elect calls this before it starts any thread (the async runtime comes later), so
+    // the child is a complete copy of a single-threaded process and may run ordinary code.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Child => {
+            drop(ours);
+            let code = match Watchdog::new(theirs, grace).and_then(|w| w.serve(command)) {
+                Ok(()) => 0,
+                Err(err) => {
+                    eprintln!("elect: watchdog: {err}");
+                    70
+                }
+            };
+            std::process::exit(code)
+        }
+        nix::unistd::ForkResult::Parent { child } => Ok(WatchdogLink {
+            pid: child,
+            socket: ours,
+        }),
+    }
+}
+
+/// Where the stop of the job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    /// SIGTERM sent; SIGKILL at `kill_at`.
+    Terminating {
+        kill_at: BootTime,
+    },
+    Killing,
+}
+
+struct Watchdog {
+    socket: OwnedFd,
+    signals: SignalFd,
+    timer: TimerFd,
+    grace: Duration,
+    /// The job's main process, which is also its process group id.
+    job: Option<Pid>,
+    /// How the main process ended, once it has.
+    exit: Option<JobExit>,
+    deadline: Option<BootTime>,
+    phase: Phase,
+    /// Whether elect is still there to order and to report to.
+    elect_alive: bool,
+    /// Whether the job was given the terminal, which must then be taken back.
+    took_terminal: bool,
+    /// The lock file of the file backend, kept open so the lock outlives elect.
+    _kernel_lock: Option<File>,
+}
+
+impl Watchdog {
+    fn new(socket: OwnedFd, grace: Duration) -> io::Result<Self> {
+        for sig in FORWARDED.iter().chain(&[
+            Signal::SIGTSTP,
+            Signal::SIGTTIN,
+            Signal::SIGTTOU,
+            Signal::SIGPIPE,
+        ]) {
+            // SAFETY: SIG_IGN installs no handler code.
+            unsafe { signal::signal(*sig, SigHandler::SigIgn) }?;
+        }
+        let mut chld = SigSet::empty();
+        chld.add(Signal::SIGCHLD);
+        chld.thread_block()?;
+        let signals = SignalFd::with_flags(&chld, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+        let timer = TimerFd::new(
+            ClockId::CLOCK_BOOTTIME,
+            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+        )?;
+        nix::sys::prctl::set_child_subreaper(true)?;
+        Ok(Self {
+            socket,
+            signals,
+            timer,
+            grace,
+            job: None,
+            exit: None,
+            deadline: None,
+            phase: Phase::Running,
+            elect_alive: true,
+            took_terminal: false,
+            _kernel_lock: None,
+        })
+    }
+
+    fn serve(mut self, command: Vec<OsString>) -> io::Result<()> {
+        let (deadline, env) = loop {
+            match self.receive()? {
+                None => return Ok(()), // elect ended without starting a job.
+                Some(Order::Start { deadline, env }) => break (deadline, env),
+                Some(_) => continue,
+            }
+        };
+        self.deadline = deadline;
+        match self.spawn(&command, env) {
+            Ok(pid) => {
+                self.job = Some(pid);
+                self.report(Report::Started { pid: pid.as_raw() });
+            }
+            Err(err) => {
+                self.report(Report::SpawnFailed {
+                    errno: err.raw_os_error().unwrap_or(nix::libc::ENOENT),
+                });
+                return Ok(());
+            }
+        }
+        loop {
+            self.arm_timer()?;
+            let (socket_ready, signal_ready, timer_ready) = {
+                let mut fds = [
+                    PollFd::new(self.socket.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(self.timer.as_fd(), PollFlags::POLLIN),
+                ];
+                if !self.elect_alive {
+                    fds[0] = PollFd::new(self.socket.as_fd(), PollFlags::empty());
+                }
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Ok(_) => {}
+                    Err(Errno::EINTR) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+                let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+                (
+                    self.elect_alive && ready(&fds[0]),
+                    ready(&fds[1]),
+                    ready(&fds[2]),
+                )
+            };
+            if signal_ready {
+                while let Ok(Some(_)) = self.signals.read_signal() {}
+            }
+            if timer_ready {
+                let mut buf = [0u8; 8];
+                let _ = nix::unistd::read(&self.timer, &mut buf);
+                self.on_time();
+            }
+            if socket_ready {
+                match self.receive()? {
+                    Some(order) => self.obey(order),
+                    None => {
+                        self.elect_alive = false;
+                        self.stop_by(self.grace);
+                    }
+                }
+            }
+            if self.reap() {
+                if let Some(exit) = self.exit {
+                    self.report(Report::Finished(exit));
+                }
+                self.linger();
+                return Ok(());
+            }
+        }
+    }
+
+    fn spawn(
+        &mut self,
+        command: &[OsString],
+        env: Vec<(OsString, Option<OsString>)>,
+    ) -> io::Result<Pid> {
+        let stdin = io::stdin();
+        let foreground = nix::unistd::isatty(stdin.as_fd()).unwrap_or(false)
+            && nix::unistd::tcgetpgrp(stdin.as_fd()).ok() == Some(getpgrp());
+        let mut cmd = Command::new(&command[0]);
+        cmd.args(&command[1..]).process_group(0);
+        for (key, value) in env {
+            match value {
+                Some(value) => cmd.env(key, value),
+                None => cmd.env_remove(key),
+            };
+        }
+        // SAFETY: the closure runs in the forked child before exec and makes only system calls
+        // (setpgid, tcsetpgrp, sigaction, sigprocmask, prctl), which are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))?;
+                if foreground {
+                    // SIGTTOU is still ignored here, so a background group may take the terminal.
+                    let tty = BorrowedFd::borrow_raw(0);
+                    let _ = nix::unistd::tcsetpgrp(tty, getpgrp());
+                }
+                for n in 1..32 {
+                    if let Ok(sig) = Signal::try_from(n) {
+                        if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
+                            let _ = signal::signal(sig, SigHandler::SigDfl);
+                        }
+                    }
+                }
+                signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+                Ok(())
+            });
+        }
+        let child = cmd.spawn()?;
+        let pid = Pid::from_raw(child.id() as i32);
+        if foreground {
+            // Also from this side, as shells do: whichever runs first wins the race harmlessly.
+            let _ = nix::unistd::tcsetpgrp(stdin.as_fd(), pid);
+            self.took_terminal = true;
+        }
+        Ok(pid)
+    }
+
+    fn obey(&mut self, order: Order) {
+        match order {
+            Order::Start { .. } => {}
+            Order::Deadline(deadline) => {
+                if self.phase == Phase::Running {
+                    self.deadline = deadline;
+                }
+            }
+            Order::Signal(n) => {
+                if let (Some(job), Ok(sig)) = (self.job, Signal::try_from(n)) {
+                    let _ = killpg(job, sig);
+                }
+            }
+            Order::Stop => self.stop_by(self.grace),
+        }
+    }
+
+    /// Starts stopping the job, with SIGKILL after `grace` but never after the deadline.
+    fn stop_by(&mut self, grace: Duration) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        let mut kill_at = BootTime::now() + grace;
+        if let Some(deadline) = self.deadline {
+            kill_at = kill_at.min(deadline);
+        }
+        self.phase = Phase::Terminating { kill_at };
+        self.signal_all(Signal::SIGTERM);
+        self.signal_all(Signal::SIGCONT);
+        self.on_time();
+    }
+
+    fn on_time(&mut self) {
+        let now = BootTime::now();
+        match self.phase {
+            Phase::Running => {
+                if let Some(deadline) = self.deadline {
+                    if now >= deadline - self.grace {
+                        self.report(Report::DeadlinePassed);
+                        self.stop_by(self.grace);
+                    }
+                }
+            }
+            Phase::Terminating { kill_at } if now >= kill_at => {
+                self.phase = Phase::Killing;
+                self.signal_all(Signal::SIGKILL);
+            }
+            Phase::Terminating { .. } | Phase::Killing => {}
+        }
+    }
+
+    fn arm_timer(&self) -> io::Result<()> {
+        let at = match self.phase {
+            Phase::Running => self.deadline.map(|d| d - self.grace),
+            Phase::Terminating { kill_at } => Some(kill_at),
+            Phase::Killing => None,
+        };
+        match at {
+            Some(at) => {
+                // Zero would disarm the timer; a passed time must still fire.
+                let nanos = at.as_nanos().max(1);
+                let spec = TimeSpec::from_duration(Duration::from_nanos(nanos));
+                self.timer
+                    .set(
+                        Expiration::OneShot(spec),
+                        TimerSetTimeFlags::TFD_TIMER_ABSTIME,
+                    )
+                    .map_err(io::Error::from)
+            }
+            None => self.timer.unset().map_err(io::Error::from),
+        }
+    }
+
+    /// Signals the job's process group and every descendant (some may have left the group with
+    /// setsid, but they remain our descendants).
+    fn signal_all(&self, sig: Signal) {
+        if let Some(job) = self.job {
+            let _ = killpg(job, sig);
+        }
+        for pid in descendants(Pid::this()) {
+            let _ = signal::kill(pid, sig);
+        }
+    }
+
+    /// Reaps every child that has ended. True when no process of the job is left.
+    fn reap(&mut self) -> bool {
+        loop {
+            match waitpid(
+                Pid::from_raw(-1),
+                Some(WaitPidFlag::WNOHANG | WaitPidFlag::WUNTRACED),
+            ) {
+                Ok(WaitStatus::Exited(pid, code)) => self.ended(pid, JobExit::Code(code)),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                    self.ended(pid, JobExit::Signal(sig as i32))
+                }
+                Ok(WaitStatus::Stopped(pid, Signal::SIGTSTP)) if Some(pid) == self.job => {
+                    // Ctrl-Z at a terminal. elect cannot stop along with the job without also
+                    // stopping its renewals, so the job is continued rather than left stopped
+                    // in the terminal's foreground, where nothing could resume it.
+                    let _ = killpg(pid, Signal::SIGCONT);
+                }
+                Ok(WaitStatus::StillAlive) => return false,
+                Ok(_) => {}
+                Err(Errno::EINTR) => {}
+                Err(_) => return true, // ECHILD: nothing left.
+            }
+            if self.phase == Phase::Killing {
+                // A process may have forked between the last SIGKILL and now.
+                self.signal_all(Signal::SIGKILL);
+            }
+        }
+    }
+
+    fn ended(&mut self, pid: Pid, how: JobExit) {
+        if Some(pid) != self.job || self.exit.is_some() {
+            return;
+        }
+        self.exit = Some(how);
+        if self.took_terminal {
+            let stdin = io::stdin();
+            let _ = nix::unistd::tcsetpgrp(stdin.as_fd(), getpgrp());
+            self.took_terminal = false;
+        }
+        // Whatever the job left behind must not run on without the lease.
+        if !descendants(Pid::this()).is_empty() {
+            self.stop_by(self.grace);
+        }
+    }
+
+    fn receive(&mut self) -> io::Result<Option<Order>> {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let (len, fd) = loop {
+            let mut iov = [io::IoSliceMut::new(&mut buf)];
+            match recvmsg::<()>(
+                self.socket.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Ok(msg) => {
+                    let mut fd = None;
+                    for c in msg.cmsgs()? {
+                        if let ControlMessageOwned::ScmRights(fds) = c {
+                            fd = fds.first().copied();
+                        }
+                    }
+                    break (msg.bytes, fd);
+                }
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if let Some(fd) = fd {
+            // SAFETY: the kernel just installed this descriptor for us; nobody else owns it.
+            self._kernel_lock = Some(unsafe { File::from_raw_fd(fd) });
+        }
+        if len == 0 {
+            return Ok(None);
+        }
+        Ok(Order::decode(&buf[..len]))
+    }
+
+    /// Waits for elect to hang up after the last report. Closing a socket with orders still
+    /// unread would reset the connection, and elect could lose the report instead of reading it.
+    fn linger(&mut self) {
+        self._kernel_lock = None;
+        while self.elect_alive {
+            match self.receive() {
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => self.elect_alive = false,
+            }
+        }
+    }
+
+    fn report(&self, report: Report) {
+        if self.elect_alive {
+            let bytes = report.encode();
+            let _ = nix::sys::socket::send(self.socket.as_raw_fd(), &bytes, MsgFlags::MSG_NOSIGNAL);
+        }
+    }
+}
+
+/// Sends an order, with a file descriptor attached when given.
+pub fn send_order(
+    socket: BorrowedFd<'_>,
+    order: &Order,
+    fd: Option<BorrowedFd<'_>>,
+) -> io::Result<()> {
+    let bytes = order.encode();
+    let iov = [io::IoSlice::new(&bytes)];
+    let raw;
+    let cmsgs: &[ControlMessage<'_>] = match fd {
+        Some(fd) => {
+            raw = [fd.as_raw_fd()];
+            &[ControlMessage::ScmRights(&raw)]
+        }
+        None => &[],
+    };
+    sendmsg::<()>(
+        socket.as_raw_fd(),
+        &iov,
+        cmsgs,
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )?;
+    Ok(())
+}
+
+/// Every descendant of `root`, from `/proc/<pid>/task/<tid>/children`.
+fn descendants(root: Pid) -> Vec<Pid> {
+    let mut found = Vec::new();
+    let mut queue = vec![root];
+    while let Some(pid) = queue.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let path = task.path().join("children");
+            let Ok(text) = std::fs::read_to_string(path) else {
+                continue;
+            };
+            for child in text.split_whitespace().filter_map(|p| p.parse().ok()) {
+                let child = Pid::from_raw(child);
+                if !found.contains(&child) {
+                    found.push(child);
+                    queue.push(child);
+                }
+            }
+        }
+    }
+    found
+}

@@ -1,0 +1,184 @@
+//! Messages between elect and its watchdog, one per SOCK_SEQPACKET packet.
+//!
+//! Text, so that a trace of the socket reads like a log: a verb, space-separated numbers, and for
+//! `start` the environment to add, NUL-separated.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
+use crate::clock::BootTime;
+
+/// elect to watchdog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Order {
+    /// Spawn the job with these variables set (`Some`) or removed (`None`), under this
+    /// deadline (none: no deadline).
+    Start {
+        deadline: Option<BootTime>,
+        env: Vec<(OsString, Option<OsString>)>,
+    },
+    /// A renew succeeded: the job may live until this new deadline.
+    Deadline(Option<BootTime>),
+    /// Forward a signal to the job's process group.
+    Signal(i32),
+    /// The lease is lost or elect is shutting down: stop the job now.
+    Stop,
+}
+
+/// Watchdog to elect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    Started {
+        pid: i32,
+    },
+    /// The command could not be executed (errno of the exec).
+    SpawnFailed {
+        errno: i32,
+    },
+    /// The deadline came without a renew: the job is being stopped.
+    DeadlinePassed,
+    /// The job's main process ended this way, and every process of the job is gone.
+    Finished(JobExit),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobExit {
+    Code(i32),
+    Signal(i32),
+}
+
+fn deadline_text(d: Option<BootTime>) -> String {
+    d.map_or_else(|| "-".to_owned(), |d| d.as_nanos().to_string())
+}
+
+fn parse_deadline(text: &str) -> Option<Option<BootTime>> {
+    match text {
+        "-" => Some(None),
+        n => n.parse().ok().map(|n| Some(BootTime::from_nanos(n))),
+    }
+}
+
+impl Order {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Order::Start { deadline, env } => {
+                let mut out = format!("start {}", deadline_text(*deadline)).into_bytes();
+                for (k, v) in env {
+                    out.push(0);
+                    out.extend_from_slice(k.as_bytes());
+                    if let Some(v) = v {
+                        out.push(b'=');
+                        out.extend_from_slice(v.as_bytes());
+                    }
+                }
+                out
+            }
+            Order::Deadline(d) => format!("deadline {}", deadline_text(*d)).into_bytes(),
+            Order::Signal(n) => format!("signal {n}").into_bytes(),
+            Order::Stop => b"stop".to_vec(),
+        }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let mut parts = bytes.split(|b| *b == 0);
+        let head = std::str::from_utf8(parts.next()?).ok()?;
+        let (verb, arg) = head.split_once(' ').unwrap_or((head, ""));
+        Some(match verb {
+            "start" => Order::Start {
+                deadline: parse_deadline(arg)?,
+                env: parts
+                    .map(|kv| match kv.iter().position(|b| *b == b'=') {
+                        Some(eq) => (
+                            OsString::from_vec(kv[..eq].to_vec()),
+                            Some(OsString::from_vec(kv[eq + 1..].to_vec())),
+                        ),
+                        None => (OsString::from_vec(kv.to_vec()), None),
+                    })
+                    .collect(),
+            },
+            "deadline" => Order::Deadline(parse_deadline(arg)?),
+            "signal" => Order::Signal(arg.parse().ok()?),
+            "stop" => Order::Stop,
+            _ => return None,
+        })
+    }
+}
+
+impl Report {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Report::Started { pid } => format!("started {pid}"),
+            Report::SpawnFailed { errno } => format!("spawn-failed {errno}"),
+            Report::DeadlinePassed => "deadline-passed".to_owned(),
+            Report::Finished(JobExit::Code(c)) => format!("finished code {c}"),
+            Report::Finished(JobExit::Signal(s)) => format!("finished signal {s}"),
+        }
+        .into_bytes()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let mut words = text.split(' ');
+        let verb = words.next()?;
+        let mut num = || words.next()?.parse::<i32>().ok();
+        Some(match verb {
+            "started" => Report::Started { pid: num()? },
+            "spawn-failed" => Report::SpawnFailed { errno: num()? },
+            "deadline-passed" => Report::DeadlinePassed,
+            "finished" => {
+                let how = text.split(' ').nth(1)?;
+                let n = text.split(' ').nth(2)?.parse().ok()?;
+                match how {
+                    "code" => Report::Finished(JobExit::Code(n)),
+                    "signal" => Report::Finished(JobExit::Signal(n)),
+                    _ => return None,
+                }
+            }
+            _ => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orders_round_trip() {
+        let orders = [
+            Order::Start {
+                deadline: Some(BootTime::from_nanos(42)),
+                env: vec![
+                    ("A".into(), Some("b=c".into())),
+                    ("E".into(), Some("".into())),
+                    ("GONE".into(), None),
+                ],
+            },
+            Order::Start {
+                deadline: None,
+                env: vec![],
+            },
+            Order::Deadline(Some(BootTime::from_nanos(7))),
+            Order::Deadline(None),
+            Order::Signal(15),
+            Order::Stop,
+        ];
+        for order in orders {
+            assert_eq!(Order::decode(&order.encode()), Some(order.clone()));
+        }
+        assert_eq!(Order::decode(b"bogus"), None);
+    }
+
+    #[test]
+    fn reports_round_trip() {
+        for report in [
+            Report::Started { pid: 9 },
+            Report::SpawnFailed { errno: 2 },
+            Report::DeadlinePassed,
+            Report::Finished(JobExit::Code(3)),
+            Report::Finished(JobExit::Signal(9)),
+        ] {
+            assert_eq!(Report::decode(&report.encode()), Some(report));
+        }
+    }
+}

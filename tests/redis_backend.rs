@@ -1,0 +1,475 @@
+//! The Redis backend against a real redis-server, through the library API.
+
+#[path = "support/redis_server.rs"]
+mod redis_server;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use elect::backend::{AcquireRequest, AnyBackend, Backend, BackendError, BackendOptions, WaitMode};
+use elect::lease::{Acquire, HolderInfo, Lease, LockName, Renewal};
+use redis_server::{free_port, Options, RedisServer};
+
+fn request(name: &str, id: &str, ttl: Duration) -> AcquireRequest {
+    AcquireRequest {
+        name: LockName::new(name).unwrap(),
+        holder: HolderInfo::this_process(Some(id.into()), ttl),
+        ttl,
+    }
+}
+
+async fn open(url: &str) -> AnyBackend {
+    AnyBackend::open(Some(url), &BackendOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("open {url}: {e}"))
+}
+
+async fn open_err(url: &str, options: &BackendOptions) -> String {
+    let started = Instant::now();
+    match AnyBackend::open(Some(url), options).await {
+        Ok(_) => panic!("{url} should be unavailable"),
+        Err(BackendError::Unavailable(msg)) => {
+            assert!(
+                started.elapsed() < Duration::from_secs(8),
+                "took {:?}",
+                started.elapsed()
+            );
+            assert!(!msg.contains('\n'), "one line: {msg}");
+            msg
+        }
+        Err(other) => panic!("{url}: expected Unavailable, got {other:?}"),
+    }
+}
+
+fn acquired(a: Acquire) -> Lease {
+    match a {
+        Acquire::Acquired(lease) => lease,
+        Acquire::Held(h) => panic!("expected to acquire, held by {h:?}"),
+    }
+}
+
+#[tokio::test]
+async fn acquire_hold_renew_release() {
+    let server = RedisServer::start();
+    let mut a = open(&server.url()).await;
+    let mut b = open(&server.url()).await;
+    let ttl = Duration::from_secs(10);
+
+    let before = elect::clock::BootTime::now();
+    let lease = acquired(
+        a.acquire(&request("billing", "a", ttl), WaitMode::NoWait)
+            .await
+            .unwrap(),
+    );
+    assert!(lease.sent_at >= before && lease.sent_at <= elect::clock::BootTime::now());
+    assert_eq!(lease.secret.len(), 32);
+
+    match b
+        .acquire(&request("billing", "b", ttl), WaitMode::NoWait)
+        .await
+        .unwrap()
+    {
+        Acquire::Held(Some(holder)) => {
+            assert_eq!(holder.id, "a");
+            assert_eq!(holder.token, lease.token());
+        }
+        other => panic!("expected held by a, got {other:?}"),
+    }
+    assert_eq!(a.renew(&lease).await.unwrap(), Renewal::Renewed);
+    a.release(&lease).await.unwrap();
+
+    let second = acquired(
+        b.acquire(&request("billing", "b", ttl), WaitMode::NoWait)
+            .await
+            .unwrap(),
+    );
+    assert!(second.token() > lease.token());
+    // The old holder's renew after a release: the key belongs to b now.
+    assert!(matches!(a.renew(&lease).await.unwrap(), Renewal::Lost(_)));
+}
+
+#[tokio::test]
+async fn tokens_strictly_increase() {
+    let server = RedisServer::start();
+    let mut backend = open(&server.url()).await;
+    let mut last = 0;
+    for _ in 0..20 {
+        let lease = acquired(
+            backend
+                .acquire(
+                    &request("tokens", "t", Duration::from_secs(5)),
+                    WaitMode::NoWait,
+                )
+                .await
+                .unwrap(),
+        );
+        assert!(lease.token().0 > last, "{} after {last}", lease.token());
+        last = lease.token().0;
+        backend.release(&lease).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn another_holders_secret_can_neither_renew_nor_release() {
+    let server = RedisServer::start();
+    let mut backend = open(&server.url()).await;
+    let lease = acquired(
+        backend
+            .acquire(
+                &request("mine", "a", Duration::from_secs(10)),
+                WaitMode::NoWait,
+            )
+            .await
+            .unwrap(),
+    );
+    let mut forged = lease.clone();
+    forged.secret = "0".repeat(32);
+    assert!(matches!(
+        backend.renew(&forged).await.unwrap(),
+        Renewal::Lost(_)
+    ));
+    backend.release(&forged).await.unwrap();
+    let state = backend.inspect(&lease.name).await.unwrap();
+    assert_eq!(
+        state.holder.map(|h| h.id).as_deref(),
+        Some("a"),
+        "still held by a"
+    );
+    assert_eq!(backend.renew(&lease).await.unwrap(), Renewal::Renewed);
+}
+
+#[tokio::test]
+async fn renew_after_expiry_is_lost() {
+    let server = RedisServer::start();
+    let mut backend = open(&server.url()).await;
+    let lease = acquired(
+        backend
+            .acquire(
+                &request("short", "a", Duration::from_millis(200)),
+                WaitMode::NoWait,
+            )
+            .await
+            .unwrap(),
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(matches!(
+        backend.renew(&lease).await.unwrap(),
+        Renewal::Lost(_)
+    ));
+}
+
+#[tokio::test]
+async fn a_release_wakes_a_waiter_at_once() {
+    let server = RedisServer::start();
+    let mut holder = open(&server.url()).await;
+    let mut waiter = open(&server.url()).await;
+    let lease = acquired(
+        holder
+            .acquire(
+                &request("wake", "a", Duration::from_secs(30)),
+                WaitMode::NoWait,
+            )
+            .await
+            .unwrap(),
+    );
+    let req = request("wake", "b", Duration::from_secs(30));
+    let wait = async {
+        let got = waiter.acquire(&req, WaitMode::Wait).await.unwrap();
+        (Instant::now(), got)
+    };
+    let release = async {
+        // Long enough for the waiter to subscribe, try, and go to sleep.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let at = Instant::now();
+        holder.release(&lease).await.unwrap();
+        at
+    };
+    let ((woke, got), released) = tokio::join!(wait, release);
+    let second = acquired(got);
+    assert!(second.token() > lease.token());
+    let delay = woke.duration_since(released);
+    assert!(delay < Duration::from_millis(200), "woken after {delay:?}");
+}
+
+#[tokio::test]
+async fn a_crashed_holder_is_taken_over_after_its_ttl() {
+    let server = RedisServer::start();
+    let mut crashed = open(&server.url()).await;
+    let mut waiter = open(&server.url()).await;
+    let ttl = Duration::from_secs(2);
+    let started = Instant::now();
+    // Acquired and never released nor renewed: the key is left to expire.
+    let lease = acquired(
+        crashed
+            .acquire(&request("crash", "a", ttl), WaitMode::NoWait)
+            .await
+            .unwrap(),
+    );
+    let taken = acquired(
+        waiter
+            .acquire(&request("crash", "b", ttl), WaitMode::Wait)
+            .await
+            .unwrap(),
+    );
+    let waited = started.elapsed();
+    assert!(taken.token() > lease.token());
+    assert!(
+        waited >= Duration::from_millis(1900),
+        "took over after {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_millis(3000),
+        "took over only after {waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn many_waiters_do_not_hammer_the_server() {
+    let server = RedisServer::start();
+    let mut holder = open(&server.url()).await;
+    let lease = acquired(
+        holder
+            .acquire(
+                &request("herd", "h", Duration::from_secs(30)),
+                WaitMode::NoWait,
+            )
+            .await
+            .unwrap(),
+    );
+    let calls_before = command_calls(&server);
+    let mut waiters = Vec::new();
+    for _ in 0..10 {
+        waiters.push(open(&server.url()).await);
+    }
+    let req = request("herd", "w", Duration::from_secs(30));
+    let waiting = futures_util::future::select_all(waiters.iter_mut().map(|w| {
+        Box::pin(tokio::time::timeout(
+            Duration::from_secs(3),
+            w.acquire(&req, WaitMode::Wait),
+        ))
+    }));
+    let (first, _, _) = waiting.await;
+    assert!(first.is_err(), "nobody should acquire a held lock");
+    let calls = command_calls(&server) - calls_before;
+    // Each waiter: connect, subscribe, one attempt, then one re-check per ~1.5 s.
+    assert!(calls < 10 * 12, "{calls} commands in 3 s from 10 waiters");
+    holder.release(&lease).await.unwrap();
+}
+
+/// Total commands the server has processed, from INFO stats.
+fn command_calls(server: &RedisServer) -> u64 {
+    let info = server.command(&["INFO", "stats"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_commands_processed:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no total_commands_processed in {info}"))
+}
+
+#[tokio::test]
+async fn status_lists_locks_with_their_remaining_ttl() {
+    let server = RedisServer::start();
+    let mut backend = open(&server.url()).await;
+    let held = acquired(
+        backend
+            .acquire(
+                &request("held-one", "a", Duration::from_secs(10)),
+                WaitMode::NoWait,
+            )
+            .await
+            .unwrap(),
+    );
+    let used = acquired(
+        backend
+            .acquire(
+                &request("used-once", "a", Duration::from_secs(10)),
+                WaitMode::NoWait,
+            )
+            .await
+            .unwrap(),
+    );
+    backend.release(&used).await.unwrap();
+    // A key that is not an elect lock must not show up.
+    server.command(&["SET", "elect:{x}:other", "1"]);
+    server.command(&["SET", "unrelated", "1"]);
+
+    let states = backend.list().await.unwrap();
+    let names: Vec<&str> = states.iter().map(|s| s.lock.as_str()).collect();
+    assert_eq!(names, ["held-one", "used-once"]);
+    let held_state = &states[0];
+    assert_eq!(
+        held_state.holder.as_ref().map(|h| h.token),
+        Some(held.token())
+    );
+    let left = held_state.expires_in.expect("a remaining ttl");
+    assert!(
+        left > Duration::from_secs(8) && left <= Duration::from_secs(10),
+        "{left:?}"
+    );
+    assert!(states[1].holder.is_none(), "a released lock is free");
+
+    let unknown = backend
+        .inspect(&LockName::new("never").unwrap())
+        .await
+        .unwrap();
+    assert!(unknown.holder.is_none());
+}
+
+#[tokio::test]
+async fn wrong_password_is_unavailable_and_not_printed() {
+    let server = RedisServer::with(Options {
+        password: Some("right-pass".into()),
+        ..Options::default()
+    });
+    let good = open(&server.url()).await;
+    drop(good);
+    let url = format!("redis://:wrong-pass@127.0.0.1:{}", server.port);
+    let msg = open_err(&url, &BackendOptions::default()).await;
+    assert!(!msg.contains("wrong-pass"), "{msg}");
+    let missing = open_err(
+        &format!("redis://127.0.0.1:{}", server.port),
+        &BackendOptions::default(),
+    )
+    .await;
+    assert!(missing.to_lowercase().contains("auth"), "{missing}");
+}
+
+#[tokio::test]
+async fn wrong_database_is_unavailable() {
+    let server = RedisServer::start();
+    let msg = open_err(
+        &format!("redis://127.0.0.1:{}/99", server.port),
+        &BackendOptions::default(),
+    )
+    .await;
+    assert!(msg.contains("database"), "{msg}");
+    open(&format!("redis://127.0.0.1:{}/3", server.port)).await;
+}
+
+#[tokio::test]
+async fn connection_refused_is_unavailable() {
+    let port = free_port();
+    let msg = open_err(
+        &format!("redis://127.0.0.1:{port}"),
+        &BackendOptions::default(),
+    )
+    .await;
+    assert!(msg.contains("refused"), "{msg}");
+}
+
+/// A TCP server that speaks something else: it answers `greeting` (if any) and then holds the
+/// connection open without a word.
+fn fake_server(greeting: &'static [u8]) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let _ = stream.write_all(greeting);
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn a_port_that_is_not_redis_is_unavailable() {
+    for greeting in [
+        &b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n"[..],
+        &b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"[..],
+        &b""[..],
+    ] {
+        let port = fake_server(greeting);
+        open_err(
+            &format!("redis://127.0.0.1:{port}"),
+            &BackendOptions::default(),
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn tls_with_the_ca_works_and_without_it_is_refused() {
+    let server = RedisServer::with(Options {
+        tls: true,
+        ..Options::default()
+    });
+    let with_ca = BackendOptions {
+        tls_ca: Some(server.ca_file()),
+        ..BackendOptions::default()
+    };
+    let mut backend = AnyBackend::open(Some(&server.url()), &with_ca)
+        .await
+        .unwrap_or_else(|e| panic!("TLS with the CA: {e}"));
+    let lease = acquired(
+        backend
+            .acquire(
+                &request("tls", "a", Duration::from_secs(5)),
+                WaitMode::NoWait,
+            )
+            .await
+            .unwrap(),
+    );
+    assert_eq!(backend.renew(&lease).await.unwrap(), Renewal::Renewed);
+    backend.release(&lease).await.unwrap();
+
+    let msg = open_err(&server.url(), &BackendOptions::default()).await;
+    assert!(
+        msg.to_lowercase().contains("tls") || msg.contains("certificate"),
+        "{msg}"
+    );
+    // Plain text against the TLS port must fail too, not hang.
+    open_err(
+        &format!("redis://127.0.0.1:{}", server.port),
+        &BackendOptions::default(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_stopped_server_makes_renew_fail_in_bounded_time() {
+    let server = RedisServer::start();
+    let mut backend = open(&server.url()).await;
+    let lease = acquired(
+        backend
+            .acquire(
+                &request("frozen", "a", Duration::from_secs(10)),
+                WaitMode::NoWait,
+            )
+            .await
+            .unwrap(),
+    );
+    server.stop();
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), backend.renew(&lease)).await;
+    let took = started.elapsed();
+    // A second call reconnects, and must be bounded as well.
+    let again = tokio::time::timeout(Duration::from_secs(10), backend.renew(&lease)).await;
+    let took_again = started.elapsed() - took;
+    server.resume();
+    assert!(
+        matches!(outcome, Ok(Err(BackendError::Unavailable(_)))),
+        "{outcome:?}"
+    );
+    assert!(
+        took < Duration::from_secs(4),
+        "renew failed only after {took:?}"
+    );
+    assert!(
+        matches!(again, Ok(Err(BackendError::Unavailable(_)))),
+        "{again:?}"
+    );
+    assert!(
+        took_again < Duration::from_secs(5),
+        "second renew failed after {took_again:?}"
+    );
+    // Once the server answers again, so does the backend.
+    assert_eq!(backend.renew(&lease).await.unwrap(), Renewal::Renewed);
+}

@@ -1,0 +1,903 @@
+//! Scenarios every backend must pass, each a function of a [`TestEnv`]: a backend's test file
+//! calls each one from a `#[test]` with an environment for that backend.
+//!
+//! They drive real `elect` processes and real jobs (shell and perl scripts that write marker and
+//! pid files into the environment's directory). Lock names come from [`TestEnv::lock`], so the
+//! scenarios may run in parallel on one shared server. Bounds on time are generous: a scenario
+//! fails when elect misbehaves, not when the machine is slow.
+
+use std::time::{Duration, Instant};
+
+use super::{
+    becomes, dies_within, is_alive, proc_stat, until_exists, wait_all, write_pid, Json, Outcome,
+    Running, TestEnv,
+};
+
+/// Short lease settings that satisfy `renew + grace + margin < ttl` (renew defaults to ttl / 3).
+const SHORT: [&str; 4] = ["--ttl", "2s", "--grace", "500ms"];
+const SHORT_GRACE: Duration = Duration::from_millis(500);
+
+/// How long a marker written by a job may take to appear.
+const APPEAR: Duration = Duration::from_secs(10);
+
+/// Starts `elect run --lock LOCK ARGS... -- sh -c 'write NAME.pid; wait for NAME.go'` and
+/// returns once the job runs (the lock is held). Touch `NAME.go` to let the job end.
+fn hold(env: &TestEnv, lock: &str, name: &str, extra: &[&str]) -> Running {
+    let script = format!(
+        "{}; {}; echo {name} >> order",
+        write_pid(&format!("{name}.pid")),
+        until_exists(&format!("{name}.go"))
+    );
+    let mut args = vec!["run", "--lock", lock];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", "sh", "-c", &script]);
+    let holder = env.spawn(&args);
+    env.read_pid(&format!("{name}.pid"));
+    holder
+}
+
+/// Lets a job started by [`hold`] end, and checks that its elect exits 0.
+fn release(env: &TestEnv, holder: &mut Running, name: &str) -> Outcome {
+    touch(env, &format!("{name}.go"));
+    let out = holder.wait();
+    out.assert_code(0);
+    out
+}
+
+fn touch(env: &TestEnv, name: &str) {
+    std::fs::write(env.file(name), "").expect("touch");
+}
+
+fn exists(env: &TestEnv, name: &str) -> bool {
+    env.file(name).exists()
+}
+
+/// Five concurrent `elect run` on one lock: exactly one runs the job; the four others exit 75
+/// quickly with one stderr line that names the holder.
+pub fn five_concurrent_runs_run_the_job_once(env: &TestEnv) {
+    let lock = env.lock("race");
+    let mut racers: Vec<Running> = (0..5)
+        .map(|i| {
+            env.spawn([
+                "run",
+                "--lock",
+                &lock,
+                "--id",
+                &format!("racer-{i}"),
+                "--",
+                "sh",
+                "-c",
+                "touch started.$$; sleep 2",
+            ])
+        })
+        .collect();
+    let outcomes = wait_all(&mut racers);
+    let started = std::fs::read_dir(env.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("started.")
+        })
+        .count();
+    assert_eq!(
+        started, 1,
+        "exactly one job must run; outcomes:\n{outcomes:#?}"
+    );
+    let winners: Vec<usize> = (0..5).filter(|&i| outcomes[i].code() == 0).collect();
+    assert_eq!(winners.len(), 1, "exactly one elect exits 0: {outcomes:#?}");
+    let winner = winners[0];
+    for (i, out) in outcomes.iter().enumerate().filter(|(i, _)| *i != winner) {
+        out.assert_code(75).assert_no_panic();
+        assert!(
+            out.elapsed < Duration::from_secs(1),
+            "a contender that does not wait must exit at once: {out}"
+        );
+        let line = out.one_error_line();
+        assert!(
+            line.contains(&format!("held by racer-{winner}")) && line.contains(&lock),
+            "racer {i}'s line must name the lock and its holder racer-{winner}: {line}"
+        );
+    }
+}
+
+/// `--conflict-exit-code 0`: a skipped run exits 0 and prints nothing.
+pub fn conflict_exit_code_zero_skips_silently(env: &TestEnv) {
+    let lock = env.lock("skip");
+    let mut holder = hold(env, &lock, "holder", &[]);
+    let skipped = env.run([
+        "run",
+        "--lock",
+        &lock,
+        "--conflict-exit-code",
+        "0",
+        "--",
+        "touch",
+        "skipped",
+    ]);
+    skipped.assert_code(0);
+    assert!(
+        skipped.stderr.is_empty(),
+        "a silent skip prints nothing: {skipped}"
+    );
+    // The same run without the option proves that the lock was held at the time.
+    let conflict = env.run(["run", "--lock", &lock, "--", "touch", "skipped"]);
+    conflict.assert_code(75);
+    conflict.one_error_line();
+    let other_code = env.run([
+        "run",
+        "--lock",
+        &lock,
+        "--conflict-exit-code",
+        "9",
+        "--",
+        "touch",
+        "skipped",
+    ]);
+    other_code.assert_code(9);
+    assert!(!exists(env, "skipped"), "a skipped job must not run");
+    release(env, &mut holder, "holder");
+}
+
+/// `--wait`: a contender blocks while the lock is held and runs its job after the holder's job
+/// has ended.
+pub fn wait_runs_the_job_after_the_holder(env: &TestEnv) {
+    let lock = env.lock("wait");
+    let mut holder = hold(env, &lock, "holder", &[]);
+    let mut waiter = env.spawn([
+        "run",
+        "--lock",
+        &lock,
+        "--wait",
+        "--",
+        "sh",
+        "-c",
+        "echo waiter >> order",
+    ]);
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        waiter.is_running(),
+        "a --wait contender must block while the lock is held: {}",
+        waiter.wait()
+    );
+    assert!(env.lines("order").is_empty(), "the waiter ran too early");
+    release(env, &mut holder, "holder");
+    let out = waiter.wait_timeout(Duration::from_secs(10));
+    out.assert_code(0);
+    assert_eq!(
+        env.lines("order"),
+        ["holder", "waiter"],
+        "the waiter's job runs after the holder's"
+    );
+}
+
+/// `--wait=300ms` gives up with 75 after about 300 ms, without running the job.
+pub fn bounded_wait_gives_up_with_75(env: &TestEnv) {
+    let lock = env.lock("bounded");
+    let mut holder = hold(env, &lock, "holder", &[]);
+    let out = env.run([
+        "run",
+        "--lock",
+        &lock,
+        "--wait=300ms",
+        "--",
+        "touch",
+        "waiter.ran",
+    ]);
+    out.assert_code(75).assert_no_panic();
+    assert!(
+        out.elapsed >= Duration::from_millis(300) && out.elapsed < Duration::from_millis(1800),
+        "--wait=300ms must give up after about 300 ms, not after {:?}: {out}",
+        out.elapsed
+    );
+    let lines = out.stderr_lines();
+    let errors: Vec<_> = lines
+        .iter()
+        .filter(|l| l.starts_with("elect: error: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "one error line: {out}");
+    assert!(errors[0].contains(&lock), "the line names the lock: {out}");
+    assert!(!exists(env, "waiter.ran"), "the job must not run");
+    release(env, &mut holder, "holder");
+}
+
+/// The job's exit code is elect's, and elect says nothing about it.
+pub fn exit_codes_pass_through(env: &TestEnv) {
+    let lock = env.lock("codes");
+    for code in [0, 3, 42] {
+        let out = env.run([
+            "run",
+            "--lock",
+            &lock,
+            "--",
+            "sh",
+            "-c",
+            &format!("exit {code}"),
+        ]);
+        out.assert_code(code);
+        assert!(
+            out.stderr.is_empty(),
+            "elect is silent about a job's own exit: {out}"
+        );
+    }
+}
+
+/// A job killed by signal N makes elect exit 128 + N.
+pub fn signal_deaths_exit_128_plus_n(env: &TestEnv) {
+    let lock = env.lock("killed");
+    for (sig, code) in [("KILL", 137), ("TERM", 143), ("SEGV", 139)] {
+        let out = env.run([
+            "run",
+            "--lock",
+            &lock,
+            "--",
+            "sh",
+            "-c",
+            &format!("kill -s {sig} $$; sleep 5"),
+        ]);
+        out.assert_code(code).assert_no_panic();
+    }
+}
+
+/// A command that does not exist exits 127 with one line, and the lock is released.
+pub fn missing_command_exits_127(env: &TestEnv) {
+    let lock = env.lock("missing");
+    for command in ["no-such-command-for-elect", "/nonexistent/dir/command"] {
+        let out = env.run(["run", "--lock", &lock, "--", command]);
+        out.assert_code(127).assert_no_panic();
+        let line = out.one_error_line();
+        assert!(line.contains(command), "the line names the command: {line}");
+    }
+    env.run(["run", "--lock", &lock, "--", "true"])
+        .assert_code(0);
+}
+
+/// A command that is not executable (a file without the x bit, a directory) exits 126.
+pub fn non_executable_command_exits_126(env: &TestEnv) {
+    let lock = env.lock("noexec");
+    let path = env.file("not-executable.sh");
+    std::fs::write(&path, "#!/bin/sh\ntouch ran\n").unwrap();
+    let dir = env.file("a-directory");
+    std::fs::create_dir(&dir).unwrap();
+    for command in [&path, &dir] {
+        let mut cmd = env.elect();
+        cmd.args(["run", "--lock", &lock, "--"]).arg(command);
+        let out = env.run_command(cmd);
+        out.assert_code(126).assert_no_panic();
+        out.one_error_line();
+    }
+    assert!(!exists(env, "ran"));
+    env.run(["run", "--lock", &lock, "--", "true"])
+        .assert_code(0);
+}
+
+/// The job gets ELECT_LOCK, ELECT_FENCING_TOKEN, ELECT_HOLDER_ID (from `--id`, else
+/// HOSTNAME:PID) and ELECT_BACKEND without a password, and not elect's secret variables.
+pub fn job_environment(env: &TestEnv) {
+    let lock = env.lock("env");
+    let report = "printf '%s\\n' \"$ELECT_LOCK\" \"$ELECT_FENCING_TOKEN\" \"$ELECT_HOLDER_ID\" \
+                  \"$ELECT_BACKEND\" \"${ELECT_REDIS_PASSWORD-unset}\" \
+                  \"${ELECT_ETCD_PASSWORD-unset}\" > env.out";
+    let mut cmd = env.elect();
+    cmd.args([
+        "run",
+        "--lock",
+        &lock,
+        "--id",
+        "job-env-id",
+        "--",
+        "sh",
+        "-c",
+        report,
+    ]);
+    // Secret variables of the backends not under test (setting the one in use would change
+    // how it connects).
+    if !env.scheme().starts_with("redis") {
+        cmd.env("ELECT_REDIS_PASSWORD", "redis-secret-for-elect");
+    }
+    if !env.scheme().starts_with("etcd") {
+        cmd.env("ELECT_ETCD_PASSWORD", "etcd-secret-for-elect");
+    }
+    env.run_command(cmd).assert_code(0);
+    let lines = env.lines("env.out");
+    assert_eq!(lines.len(), 6, "env.out: {lines:?}");
+    assert_eq!(lines[0], lock, "ELECT_LOCK");
+    let token: u64 = lines[1]
+        .parse()
+        .unwrap_or_else(|_| panic!("ELECT_FENCING_TOKEN is not a number: {:?}", lines[1]));
+    assert!(token >= 1, "a fencing token is positive: {token}");
+    assert_eq!(lines[2], "job-env-id", "ELECT_HOLDER_ID honours --id");
+    let backend = &lines[3];
+    assert!(
+        backend.starts_with(&format!("{}://", env.scheme())),
+        "ELECT_BACKEND names the backend: {backend:?}"
+    );
+    if let Some(dir) = env.lock_dir() {
+        assert_eq!(
+            *backend,
+            format!("file://{}", dir.display()),
+            "ELECT_BACKEND"
+        );
+    }
+    if let Some(password) = env.backend_password() {
+        assert!(
+            !backend.contains(password),
+            "ELECT_BACKEND must not carry the password: {backend:?}"
+        );
+    }
+    assert_eq!(
+        lines[4..],
+        ["unset", "unset"],
+        "elect's secret variables must not reach the job"
+    );
+
+    // Without --id: HOSTNAME:PID of elect.
+    let mut run = env.spawn([
+        "run",
+        "--lock",
+        &lock,
+        "--",
+        "sh",
+        "-c",
+        "echo \"$ELECT_HOLDER_ID\" > id.out",
+    ]);
+    let pid = run.pid();
+    run.wait().assert_code(0);
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(
+        env.lines("id.out"),
+        [format!("{}:{pid}", host.trim())],
+        "the default holder id is HOSTNAME:PID"
+    );
+}
+
+/// ELECT_FENCING_TOKEN strictly increases over three sequential runs.
+pub fn fencing_token_increases(env: &TestEnv) {
+    let lock = env.lock("token");
+    for _ in 0..3 {
+        env.run([
+            "run",
+            "--lock",
+            &lock,
+            "--",
+            "sh",
+            "-c",
+            "echo \"$ELECT_FENCING_TOKEN\" >> tokens",
+        ])
+        .assert_code(0);
+    }
+    let tokens: Vec<u64> = env
+        .lines("tokens")
+        .iter()
+        .map(|t| t.parse().unwrap_or_else(|_| panic!("not a token: {t:?}")))
+        .collect();
+    assert_eq!(tokens.len(), 3, "{tokens:?}");
+    assert!(
+        tokens[0] < tokens[1] && tokens[1] < tokens[2],
+        "tokens must strictly increase: {tokens:?}"
+    );
+}
+
+/// A job (perl, which may trap any signal) that forks a child in its own process group; both
+/// append the signal's name to `TAG.got.main` / `TAG.got.child` each time it arrives, and end
+/// when `TAG.done` appears.
+const TRAP_PL: &str = r#"
+use strict;
+use warnings;
+my ($sig, $tag) = @ARGV;
+my $kid = fork();
+die "fork: $!" unless defined $kid;
+my $who = $kid ? "main" : "child";
+$SIG{$sig} = sub {
+    open(my $f, '>>', "$tag.got.$who") or die "open: $!";
+    print $f "$sig\n";
+    close $f;
+};
+open(my $r, '>', "$tag.ready.$who.tmp") or die "open: $!";
+print $r "$$\n";
+close $r;
+rename("$tag.ready.$who.tmp", "$tag.ready.$who") or die "rename: $!";
+for (1 .. 3000) {
+    last if -e "$tag.done";
+    select(undef, undef, undef, 0.01);
+}
+waitpid($kid, 0) if $kid;
+exit 0;
+"#;
+
+/// Each of HUP INT QUIT TERM USR1 USR2 WINCH ALRM sent to elect reaches the job exactly once,
+/// and the job's child in its process group too.
+pub fn signals_reach_the_job_group_once(env: &TestEnv) {
+    std::fs::write(env.file("trap.pl"), TRAP_PL).unwrap();
+    let signals = [
+        "HUP", "INT", "QUIT", "TERM", "USR1", "USR2", "WINCH", "ALRM",
+    ];
+    let results: Vec<(String, Result<(), String>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = signals
+            .iter()
+            .map(|sig| (sig, scope.spawn(move || forward_one(env, sig))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|(sig, h)| {
+                let result = h.join().unwrap_or_else(|panic| {
+                    Err(panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "panicked".into()))
+                });
+                (sig.to_string(), result)
+            })
+            .collect()
+    });
+    let failures: Vec<String> = results
+        .into_iter()
+        .filter_map(|(sig, r)| r.err().map(|e| format!("SIG{sig}: {e}")))
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+fn forward_one(env: &TestEnv, sig: &str) -> Result<(), String> {
+    let lock = env.lock(&format!("sig-{sig}"));
+    let mut run = env.spawn(["run", "--lock", &lock, "--", "perl", "trap.pl", sig, sig]);
+    env.read_pid(&format!("{sig}.ready.main"));
+    env.read_pid(&format!("{sig}.ready.child"));
+    run.signal(sig);
+    let arrived = becomes(Duration::from_secs(5), || {
+        !env.lines(&format!("{sig}.got.main")).is_empty()
+            && !env.lines(&format!("{sig}.got.child")).is_empty()
+    });
+    // Time for a second delivery, if there is one, before the job ends.
+    std::thread::sleep(Duration::from_millis(300));
+    touch(env, &format!("{sig}.done"));
+    let out = run.wait();
+    let main = env.lines(&format!("{sig}.got.main")).len();
+    let child = env.lines(&format!("{sig}.got.child")).len();
+    if !arrived || main != 1 || child != 1 || out.status.code() != Some(0) {
+        return Err(format!(
+            "expected the job and its child to get the signal once each and elect to exit 0; \
+             the job got it {main} times, its child {child} times; {out}"
+        ));
+    }
+    Ok(())
+}
+
+/// elect killed with SIGKILL while the job runs: the job and its background grandchild die
+/// within grace + 1 s.
+pub fn job_dies_when_elect_is_killed(env: &TestEnv) {
+    let lock = env.lock("kill9");
+    let script = format!(
+        "sleep 100 & echo $! > gc.pid.tmp && mv gc.pid.tmp gc.pid; {}; wait",
+        write_pid("main.pid")
+    );
+    let mut args = vec!["run", "--lock", &lock];
+    args.extend(SHORT);
+    args.extend(["--", "sh", "-c", &script]);
+    let mut run = env.spawn(&args);
+    let main = env.read_pid("main.pid");
+    let gc = env.read_pid("gc.pid");
+    assert!(is_alive(main) && is_alive(gc));
+    run.signal("KILL");
+    let killed_at = Instant::now();
+    let out = run.wait();
+    assert_eq!(out.killed_by(), Some(9), "{out}");
+    let limit = SHORT_GRACE + Duration::from_secs(1);
+    assert!(
+        dies_within(main, limit.saturating_sub(killed_at.elapsed())),
+        "the job (pid {main}) outlived a SIGKILLed elect by more than {limit:?}"
+    );
+    assert!(
+        dies_within(gc, limit.saturating_sub(killed_at.elapsed())),
+        "the job's grandchild (pid {gc}) outlived a SIGKILLed elect by more than {limit:?}"
+    );
+}
+
+/// elect killed with SIGKILL while a grandchild of the job ignores SIGTERM and lives until the
+/// SIGKILL after the grace: meanwhile the lock is not free (a contender gets 75); once every
+/// process of the job is gone, a contender gets the lock.
+pub fn lock_stays_held_while_a_job_process_lives(env: &TestEnv) {
+    let lock = env.lock("outlive");
+    let grace = Duration::from_secs(3);
+    let script = format!(
+        "(trap '' TERM; exec sleep 100) & echo $! > gc.pid.tmp && mv gc.pid.tmp gc.pid; {}; wait",
+        write_pid("main.pid")
+    );
+    let mut run = env.spawn([
+        "run", "--lock", &lock, "--ttl", "10s", "--grace", "3s", "--", "sh", "-c", &script,
+    ]);
+    let main = env.read_pid("main.pid");
+    let gc = env.read_pid("gc.pid");
+    run.signal("KILL");
+    let killed_at = Instant::now();
+    assert_eq!(run.wait().killed_by(), Some(9));
+    assert!(
+        dies_within(main, Duration::from_secs(2)),
+        "the job's main process should have died of SIGTERM"
+    );
+    assert!(
+        is_alive(gc),
+        "the grandchild ignores SIGTERM and should live until the grace ends"
+    );
+    let contender = env.run(["run", "--lock", &lock, "--", "touch", "contender.ran"]);
+    let still_alive = is_alive(gc);
+    assert!(
+        still_alive,
+        "inconclusive: the grandchild died during the check ({:?} after the kill)",
+        killed_at.elapsed()
+    );
+    assert_eq!(
+        contender.status.code(),
+        Some(75),
+        "the lock must stay held while a process of the job runs (grandchild {gc} alive): \
+         {contender}"
+    );
+    assert!(!exists(env, "contender.ran"));
+    assert!(
+        dies_within(
+            gc,
+            (grace + Duration::from_secs(1)).saturating_sub(killed_at.elapsed())
+        ),
+        "the grandchild outlived the grace ({grace:?}) after elect was killed"
+    );
+    // Once everything is gone the lock is free (a ttl backend frees it by its ttl at the latest).
+    let after = env.run([
+        "run",
+        "--lock",
+        &lock,
+        "--wait=15s",
+        "--",
+        "touch",
+        "contender.ran",
+    ]);
+    after.assert_code(0);
+    assert!(exists(env, "contender.ran"));
+}
+
+/// What the job leaves running when its main process exits is stopped before elect exits, and
+/// elect exits only when no process of the job remains, with the main process's code.
+pub fn leftovers_are_stopped_before_elect_exits(env: &TestEnv) {
+    let lock = env.lock("leftover");
+    env.script(
+        "slow-to-stop.sh",
+        &format!(
+            "trap 'sleep 0.5; echo stopped > slow.done; exit 0' TERM\n{}\n{}",
+            write_pid("slow.pid"),
+            until_exists("never")
+        ),
+    );
+    let script = format!(
+        "sleep 100 & echo $! > bg.pid.tmp && mv bg.pid.tmp bg.pid; ./slow-to-stop.sh & {}; exit 7",
+        until_exists("slow.pid")
+    );
+    let mut run = env.spawn(["run", "--lock", &lock, "--", "sh", "-c", &script]);
+    let bg = env.read_pid("bg.pid");
+    let slow = env.read_pid("slow.pid");
+    let out = run.wait();
+    out.assert_code(7);
+    assert!(
+        !is_alive(bg),
+        "a background process of the job (pid {bg}) still ran when elect exited: {out}"
+    );
+    assert!(
+        !is_alive(slow),
+        "a background process of the job (pid {slow}) still ran when elect exited"
+    );
+    assert!(
+        exists(env, "slow.done"),
+        "elect exited before the job's last process had finished stopping"
+    );
+    // And the lock is free again at once.
+    env.run(["run", "--lock", &lock, "--", "true"])
+        .assert_code(0);
+}
+
+/// A grandchild that left the job's process group and session (setsid) is stopped too: when
+/// the main process exits, and when elect is killed.
+pub fn setsid_grandchild_is_stopped(env: &TestEnv) {
+    let lock = env.lock("setsid");
+    env.script(
+        "escape.sh",
+        &format!("{}\n{}", write_pid("$1"), until_exists("never")),
+    );
+    // 1. The main process exits, leaving the setsid'd grandchild.
+    let script = format!(
+        "setsid ./escape.sh gc1.pid & {}; exit 0",
+        until_exists("main.go")
+    );
+    let mut run = env.spawn(["run", "--lock", &lock, "--", "sh", "-c", &script]);
+    let gc = env.read_pid("gc1.pid");
+    let stat = proc_stat(gc).expect("the grandchild runs");
+    assert_eq!(
+        stat.session, gc,
+        "the grandchild should lead its own session"
+    );
+    touch(env, "main.go");
+    let out = run.wait();
+    out.assert_code(0);
+    assert!(
+        !is_alive(gc),
+        "a setsid'd grandchild (pid {gc}) still ran when elect exited: {out}"
+    );
+
+    // 2. elect is killed while the main process waits.
+    let script = format!(
+        "setsid ./escape.sh gc2.pid & {}; {}",
+        write_pid("main.pid"),
+        until_exists("never")
+    );
+    let mut args = vec!["run", "--lock", &lock];
+    args.extend(SHORT);
+    args.extend(["--", "sh", "-c", &script]);
+    let mut run = env.spawn(&args);
+    env.read_pid("main.pid");
+    let gc = env.read_pid("gc2.pid");
+    run.signal("KILL");
+    let killed_at = Instant::now();
+    assert_eq!(run.wait().killed_by(), Some(9));
+    let limit = SHORT_GRACE + Duration::from_secs(1);
+    assert!(
+        dies_within(gc, limit.saturating_sub(killed_at.elapsed())),
+        "a setsid'd grandchild (pid {gc}) outlived a SIGKILLed elect by more than {limit:?}"
+    );
+}
+
+/// `elect status --lock L`: 0 with the holder's id, pid and token while held; 3 when free; the
+/// JSON document has the fields of the contract.
+pub fn status_of_one_lock(env: &TestEnv) {
+    let lock = env.lock("status");
+    let id = format!("status-holder-{}", std::process::id());
+    let mut holder = env.spawn([
+        "run",
+        "--lock",
+        &lock,
+        "--id",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        &format!(
+            "echo $ELECT_FENCING_TOKEN > token; {}; {}",
+            write_pid("holder.pid"),
+            until_exists("holder.go")
+        ),
+    ]);
+    env.read_pid("holder.pid");
+    let pid = holder.pid();
+    let token = env.lines("token")[0].clone();
+
+    let text = env.status(["--lock", &lock]);
+    text.assert_code(0).assert_no_panic();
+    let row = text
+        .stdout
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(lock.as_str()))
+        .unwrap_or_else(|| panic!("no row for {lock}: {text}"));
+    let fields: Vec<&str> = row.split_whitespace().collect();
+    for want in ["held", id.as_str(), &pid.to_string(), token.as_str()] {
+        assert!(fields.contains(&want), "the row must show {want:?}: {text}");
+    }
+
+    let json = env.status(["--lock", &lock, "--json"]);
+    json.assert_code(0);
+    let doc = Json::parse(json.stdout.trim())
+        .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {json}"));
+    assert_eq!(doc.get("lock").as_str(), Some(lock.as_str()), "{json}");
+    assert_eq!(doc.get("state").as_str(), Some("held"), "{json}");
+    assert_eq!(
+        doc.get("holder").get("id").as_str(),
+        Some(id.as_str()),
+        "{json}"
+    );
+    assert_eq!(
+        doc.get("holder").get("pid").as_u64(),
+        Some(pid as u64),
+        "{json}"
+    );
+    assert!(doc.get("holder").get("host").as_str().is_some(), "{json}");
+    assert_eq!(
+        doc.get("token").as_u64().map(|t| t.to_string()),
+        Some(token.clone()),
+        "{json}"
+    );
+    let acquired = doc.get("acquired_at").as_str().unwrap_or("");
+    assert!(
+        acquired.len() >= 20 && acquired.as_bytes()[4] == b'-' && acquired.ends_with('Z'),
+        "acquired_at must be an RFC 3339 UTC time: {json}"
+    );
+    let backend = doc.get("backend").as_str().unwrap_or("");
+    assert!(
+        backend.starts_with(&format!("{}://", env.scheme())),
+        "backend: {json}"
+    );
+    if let Some(password) = env.backend_password() {
+        assert!(
+            !json.stdout.contains(password),
+            "status printed the password"
+        );
+    }
+    assert!(doc.has("expires_at"), "expires_at must be present: {json}");
+
+    release(env, &mut holder, "holder");
+    let free = env.status(["--lock", &lock]);
+    free.assert_code(3).assert_no_panic();
+    let free_json = env.status(["--lock", &lock, "--json"]);
+    free_json.assert_code(3);
+    let doc = Json::parse(free_json.stdout.trim())
+        .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {free_json}"));
+    assert_eq!(doc.get("state").as_str(), Some("free"), "{free_json}");
+    assert_eq!(doc.get("holder"), &Json::Null, "{free_json}");
+
+    // A lock never used is free too.
+    env.status(["--lock", &env.lock("never-used")])
+        .assert_code(3);
+}
+
+/// `elect status` without `--lock` lists every lock, held and free, as a table and as JSON.
+pub fn status_lists_every_lock(env: &TestEnv) {
+    let held = env.lock("list-held");
+    let free = env.lock("list-free");
+    env.run(["run", "--lock", &free, "--", "true"])
+        .assert_code(0);
+    let mut holder = hold(env, &held, "holder", &[]);
+
+    let text = env.status::<[&str; 0], &str>([]);
+    text.assert_code(0);
+    let state_of = |name: &str| {
+        text.stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .map(str::to_owned)
+    };
+    assert_eq!(state_of(&held).as_deref(), Some("held"), "{text}");
+    assert_eq!(state_of(&free).as_deref(), Some("free"), "{text}");
+
+    let json = env.status(["--json"]);
+    json.assert_code(0);
+    let doc = Json::parse(json.stdout.trim())
+        .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {json}"));
+    let docs = doc
+        .as_array()
+        .unwrap_or_else(|| panic!("status --json without --lock is an array: {json}"));
+    let state = |name: &str| {
+        docs.iter()
+            .find(|d| d.get("lock").as_str() == Some(name))
+            .and_then(|d| d.get("state").as_str())
+    };
+    assert_eq!(state(&held), Some("held"), "{json}");
+    assert_eq!(state(&free), Some("free"), "{json}");
+
+    release(env, &mut holder, "holder");
+    if env.is_private() {
+        env.status::<[&str; 0], &str>([]).assert_code(3);
+    }
+}
+
+/// SIGTERM to an elect that waits for the lock: it exits 143 promptly without running the job.
+pub fn sigterm_stops_a_wait(env: &TestEnv) {
+    let lock = env.lock("term-wait");
+    let mut holder = hold(env, &lock, "holder", &[]);
+    let mut waiter = env.spawn([
+        "run",
+        "--lock",
+        &lock,
+        "--wait",
+        "--",
+        "touch",
+        "waiter.ran",
+    ]);
+    waiter.wait_for_stderr("waiting", Duration::from_secs(10));
+    waiter.signal("TERM");
+    let sent = Instant::now();
+    let out = waiter.wait();
+    out.assert_code(143).assert_no_panic();
+    let took = out.finished_at.duration_since(sent);
+    assert!(
+        took < Duration::from_secs(2),
+        "a waiting elect must stop promptly on SIGTERM, took {took:?}: {out}"
+    );
+    assert!(!exists(env, "waiter.ran"), "the job must not run");
+    let errors: Vec<_> = out
+        .stderr_lines()
+        .into_iter()
+        .filter(|l| l.starts_with("elect: error: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "one error line: {out}");
+    // The holder is undisturbed.
+    assert!(holder.is_running());
+    release(env, &mut holder, "holder");
+    assert!(
+        !exists(env, "waiter.ran"),
+        "the job must not run later either"
+    );
+}
+
+/// Where a usage error comes from: clap (its own format) or elect (one `elect: error:` line).
+#[derive(Debug, Clone, Copy)]
+enum Says {
+    Clap,
+    Elect,
+}
+
+/// Bad input exits 2 with a short message, never a panic, and runs nothing.
+pub fn bad_input_is_a_usage_error(env: &TestEnv) {
+    let job = ["touch", "should-not-run"];
+    let with_job = |args: &[&str]| -> Vec<String> {
+        args.iter()
+            .chain(["--"].iter())
+            .chain(job.iter())
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let cases: Vec<(Vec<String>, Says, &str)> = vec![
+        (with_job(&["run", "--lock", "a/b"]), Says::Clap, "a/b"),
+        (with_job(&["run", "--lock", ".."]), Says::Clap, ".."),
+        (with_job(&["run", "--lock", "a..b"]), Says::Clap, "a..b"),
+        (with_job(&["run", "--lock", ""]), Says::Clap, "lock"),
+        (
+            with_job(&["run", "--lock", "x", "--ttl", "abc"]),
+            Says::Clap,
+            "abc",
+        ),
+        (
+            with_job(&["run", "--lock", "x", "--renew", "5s", "--ttl", "5s"]),
+            Says::Elect,
+            "renew",
+        ),
+        (
+            with_job(&["run", "--lock", "x", "--ttl", "2s", "--grace", "3s"]),
+            Says::Elect,
+            "grace",
+        ),
+        (
+            vec!["run".into(), "--lock".into(), "x".into(), "--".into()],
+            Says::Clap,
+            "COMMAND",
+        ),
+        (with_job(&["run"]), Says::Clap, "--lock"),
+        (
+            with_job(&["run", "--lock", "x", "--backend", "zk://x"]),
+            Says::Elect,
+            "zk",
+        ),
+        (
+            with_job(&["run", "--lock", "x", "--wait=soon"]),
+            Says::Clap,
+            "soon",
+        ),
+        (
+            vec!["status".into(), "--lock".into(), "a/b".into()],
+            Says::Clap,
+            "a/b",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (args, says, mention) in &cases {
+        let out = env.run(args);
+        let lines = out.stderr_lines();
+        let panicked = out.stderr.contains("panicked") || out.stderr.contains("backtrace");
+        let shape_ok = match says {
+            Says::Elect => {
+                lines.len() == 1
+                    && lines[0].starts_with("elect: error: ")
+                    && lines[0].contains(mention)
+            }
+            Says::Clap => {
+                !lines.is_empty()
+                    && lines[0].starts_with("error: ")
+                    && out.stderr.contains(mention)
+                    && lines.len() <= 6
+            }
+        };
+        if out.status.code() != Some(2) || panicked || !shape_ok {
+            failures.push(format!(
+                "expected exit 2 and {says:?}'s short message mentioning {mention:?}: {out}"
+            ));
+        }
+    }
+    assert!(!exists(env, "should-not-run"), "a usage error ran the job");
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}

@@ -1,0 +1,799 @@
+//! A harness for driving the built `elect` binary end to end, in the manner of fd's `TestEnv`.
+//!
+//! A [`TestEnv`] is a temporary directory and a backend: the file backend in a lock directory
+//! of its own ([`TestEnv::new`]), or any backend URL ([`TestEnv::with_backend`]), so that the
+//! backend-independent scenarios of [`battery`] run unchanged on every backend. Every `elect`
+//! it starts runs in that directory (jobs write their marker files there), with the inherited
+//! `ELECT_*` variables removed, stdin from /dev/null, and stdout and stderr sent to files rather
+//! than pipes: a job process that outlives elect must not be able to hang a test that reads
+//! elect's output.
+//!
+//! Nothing here waits for ever: every wait has a deadline and fails the test when it passes, and
+//! a test that ends early kills what it started (elect on drop of [`Running`], recorded job
+//! processes on drop of the [`TestEnv`]).
+
+#![allow(dead_code)]
+
+pub mod battery;
+
+use std::ffi::OsStr;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The longest any single `elect` may run in a test before it is killed and the test fails.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often the polling helpers look again.
+const POLL: Duration = Duration::from_millis(10);
+
+/// Where leases live for one test.
+#[derive(Debug, Clone)]
+enum Backend {
+    /// The file backend, through `ELECT_LOCK_DIR`.
+    File { lock_dir: PathBuf },
+    /// Any backend, through `ELECT_BACKEND`.
+    Url(String),
+}
+
+/// A process a job reported (by pid file), killed on drop of the environment if still alive.
+#[derive(Debug, Clone, Copy)]
+struct Tracked {
+    pid: i32,
+    /// Start time from `/proc/PID/stat`, so that a reused pid is never killed by mistake.
+    start: u64,
+}
+
+pub struct TestEnv {
+    dir: tempfile::TempDir,
+    backend: Backend,
+    /// Whether no other test uses this backend's namespace (then "every lock" means ours).
+    private: bool,
+    /// Makes lock names unique across environments that share a backend.
+    tag: String,
+    outputs: AtomicUsize,
+    tracked: Mutex<Vec<Tracked>>,
+}
+
+impl TestEnv {
+    /// The file backend, in a lock directory of this environment's own.
+    pub fn new() -> Self {
+        let dir = tempdir();
+        let lock_dir = dir.path().join("locks");
+        Self::build(dir, Backend::File { lock_dir }, true)
+    }
+
+    /// Any backend by URL (`ELECT_BACKEND`). Its namespace is taken to be shared with other
+    /// tests; see [`TestEnv::private`].
+    pub fn with_backend(url: &str) -> Self {
+        Self::build(tempdir(), Backend::Url(url.to_owned()), false)
+    }
+
+    /// Declares that no other test uses this backend's namespace, so that a scenario may expect
+    /// `elect status` without `--lock` to see only its own locks.
+    pub fn private(mut self) -> Self {
+        self.private = true;
+        self
+    }
+
+    fn build(dir: tempfile::TempDir, backend: Backend, private: bool) -> Self {
+        std::fs::create_dir_all(dir.path().join(".io")).expect("output directory");
+        let tag = dir
+            .path()
+            .file_name()
+            .and_then(OsStr::to_str)
+            .unwrap_or("env")
+            .trim_start_matches('.')
+            .replace(|c: char| !c.is_ascii_alphanumeric(), "");
+        Self {
+            dir,
+            backend,
+            private,
+            tag,
+            outputs: AtomicUsize::new(0),
+            tracked: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The working directory of every elect (and so of every job) this environment starts.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A path in the working directory.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The lock directory of the file backend; `None` for a backend given by URL.
+    pub fn lock_dir(&self) -> Option<&Path> {
+        match &self.backend {
+            Backend::File { lock_dir } => Some(lock_dir),
+            Backend::Url(_) => None,
+        }
+    }
+
+    /// The backend URL given to [`TestEnv::with_backend`].
+    pub fn backend_url(&self) -> Option<&str> {
+        match &self.backend {
+            Backend::File { .. } => None,
+            Backend::Url(url) => Some(url),
+        }
+    }
+
+    /// The scheme elect should report in `ELECT_BACKEND` and `status` (`file`, `redis`, ...).
+    pub fn scheme(&self) -> &str {
+        match &self.backend {
+            Backend::File { .. } => "file",
+            Backend::Url(url) => url.split_once("://").map_or(url.as_str(), |(s, _)| s),
+        }
+    }
+
+    /// The password in the backend URL, if it has one: it must never reach a job or an output.
+    pub fn backend_password(&self) -> Option<&str> {
+        let url = self.backend_url()?;
+        let (_, rest) = url.split_once("://")?;
+        let authority = rest.split(['/', '?']).next()?;
+        let (userinfo, _) = authority.rsplit_once('@')?;
+        let (_, password) = userinfo.split_once(':')?;
+        (!password.is_empty()).then_some(password)
+    }
+
+    pub fn is_private(&self) -> bool {
+        self.private
+    }
+
+    /// A lock name unique to this environment, starting with `base`.
+    pub fn lock(&self, base: &str) -> String {
+        format!("{base}-{}", self.tag)
+    }
+
+    /// `elect` with this environment's backend, in its directory, without inherited `ELECT_*`
+    /// variables, stdin from /dev/null.
+    pub fn elect(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_elect"));
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("ELECT_") {
+                cmd.env_remove(key);
+            }
+        }
+        match &self.backend {
+            Backend::File { lock_dir } => cmd.env("ELECT_LOCK_DIR", lock_dir),
+            Backend::Url(url) => cmd.env("ELECT_BACKEND", url),
+        };
+        cmd.current_dir(self.path()).stdin(Stdio::null());
+        cmd
+    }
+
+    /// `elect ARGS...` run to completion (killed, and the test failed, after [`RUN_TIMEOUT`]).
+    pub fn run<I, S>(&self, args: I) -> Outcome
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = self.elect();
+        cmd.args(args);
+        self.run_command(cmd)
+    }
+
+    /// A prepared command (from [`TestEnv::elect`]) run to completion.
+    pub fn run_command(&self, cmd: Command) -> Outcome {
+        self.spawn_command(cmd).wait()
+    }
+
+    /// `elect ARGS...` started in the background.
+    pub fn spawn<I, S>(&self, args: I) -> Running
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = self.elect();
+        cmd.args(args);
+        self.spawn_command(cmd)
+    }
+
+    /// A prepared command started in the background, its output going to files.
+    pub fn spawn_command(&self, mut cmd: Command) -> Running {
+        let n = self.outputs.fetch_add(1, Ordering::SeqCst);
+        let out = self.path().join(".io").join(format!("{n}.out"));
+        let err = self.path().join(".io").join(format!("{n}.err"));
+        let what = describe(&cmd);
+        cmd.stdout(std::fs::File::create(&out).expect("stdout file"))
+            .stderr(std::fs::File::create(&err).expect("stderr file"));
+        let started = Instant::now();
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        Running {
+            child,
+            out,
+            err,
+            started,
+            what,
+            outcome: None,
+        }
+    }
+
+    /// Writes an executable `#!/bin/sh` script into the working directory; returns its path.
+    pub fn script(&self, name: &str, body: &str) -> PathBuf {
+        let path = self.file(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write script");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod script");
+        path
+    }
+
+    /// Waits for the job to write its pid into `name` (a whole line), and remembers the process
+    /// so that it is killed if the test ends while it still runs.
+    pub fn read_pid(&self, name: &str) -> i32 {
+        let path = self.file(name);
+        let mut text = String::new();
+        wait_for(&format!("a pid in {}", path.display()), RUN_TIMEOUT, || {
+            text = std::fs::read_to_string(&path).unwrap_or_default();
+            text.ends_with('\n')
+        });
+        let pid: i32 = text
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{} does not hold a pid: {text:?}", path.display()));
+        self.track(pid);
+        pid
+    }
+
+    /// Remembers a process to kill on drop of the environment if it is still alive then.
+    pub fn track(&self, pid: i32) {
+        if let Some(stat) = proc_stat(pid) {
+            self.tracked.lock().unwrap().push(Tracked {
+                pid,
+                start: stat.start,
+            });
+        }
+    }
+
+    /// Waits until `name` exists in the working directory.
+    pub fn wait_for_file(&self, name: &str, timeout: Duration) {
+        wait_for_file(&self.file(name), timeout);
+    }
+
+    /// The non-empty lines of a file in the working directory (none if it does not exist).
+    pub fn lines(&self, name: &str) -> Vec<String> {
+        std::fs::read_to_string(self.file(name))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// `elect status ARGS...` for this backend.
+    pub fn status<I, S>(&self, args: I) -> Outcome
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = self.elect();
+        cmd.arg("status").args(args);
+        self.run_command(cmd)
+    }
+}
+
+impl Default for TestEnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        for t in self.tracked.lock().unwrap().iter() {
+            if proc_stat(t.pid).is_some_and(|s| s.start == t.start && s.state != 'Z') {
+                signal(t.pid, "KILL");
+            }
+        }
+    }
+}
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("elect-test")
+        .tempdir()
+        .expect("temporary directory")
+}
+
+fn describe(cmd: &Command) -> String {
+    let mut text = String::from("elect");
+    for arg in cmd.get_args() {
+        text.push(' ');
+        text.push_str(&arg.to_string_lossy());
+    }
+    text
+}
+
+/// An `elect` started in the background. Killed (SIGKILL) on drop if it still runs.
+pub struct Running {
+    child: Child,
+    out: PathBuf,
+    err: PathBuf,
+    started: Instant,
+    what: String,
+    outcome: Option<Outcome>,
+}
+
+impl Running {
+    /// elect's pid.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends a signal by name (`TERM`, `KILL`, ...) to elect.
+    pub fn signal(&self, sig: &str) {
+        signal(self.pid(), sig);
+    }
+
+    /// When elect was started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// The outcome if elect has exited.
+    pub fn try_finish(&mut self) -> Option<&Outcome> {
+        if self.outcome.is_none() {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                self.outcome = Some(self.collect(status));
+            }
+        }
+        self.outcome.as_ref()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.try_finish().is_none()
+    }
+
+    /// Waits for elect to exit (at most [`RUN_TIMEOUT`]).
+    pub fn wait(&mut self) -> Outcome {
+        self.wait_timeout(RUN_TIMEOUT)
+    }
+
+    /// Waits for elect to exit; kills it and fails the test if it runs past `timeout`.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Outcome {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(outcome) = self.try_finish() {
+                return outcome.clone();
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "{} still ran after {timeout:?} and was killed; stderr so far:\n{}",
+                    self.what,
+                    self.stderr_so_far()
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// What elect has written on stderr so far.
+    pub fn stderr_so_far(&self) -> String {
+        std::fs::read_to_string(&self.err).unwrap_or_default()
+    }
+
+    /// Waits until elect's stderr contains `needle`.
+    pub fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.stderr_so_far().contains(needle) {
+            if let Some(outcome) = self.try_finish() {
+                panic!("elect exited before writing {needle:?}: {outcome}");
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "{} did not write {needle:?} within {timeout:?}; stderr:\n{}",
+                    self.what,
+                    self.stderr_so_far()
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    fn collect(&self, status: ExitStatus) -> Outcome {
+        Outcome {
+            what: self.what.clone(),
+            status,
+            elapsed: self.started.elapsed(),
+            finished_at: Instant::now(),
+            stdout: std::fs::read_to_string(&self.out).unwrap_or_default(),
+            stderr: std::fs::read_to_string(&self.err).unwrap_or_default(),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.outcome.is_none() && matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Waits for every one of `runs` at once, so that each outcome's `elapsed` is its own.
+pub fn wait_all(runs: &mut [Running]) -> Vec<Outcome> {
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    // Every one is polled each round (no short circuit), so that each exit is seen promptly.
+    while runs
+        .iter_mut()
+        .map(Running::is_running)
+        .fold(false, |any, running| any | running)
+    {
+        if Instant::now() >= deadline {
+            for run in runs.iter_mut() {
+                if run.is_running() {
+                    run.wait_timeout(Duration::ZERO);
+                }
+            }
+        }
+        std::thread::sleep(POLL);
+    }
+    runs.iter_mut().map(Running::wait).collect()
+}
+
+/// How an `elect` ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub what: String,
+    pub status: ExitStatus,
+    /// From start to the moment the exit was seen (within [`POLL`]).
+    pub elapsed: Duration,
+    pub finished_at: Instant,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Outcome {
+    /// The exit code; fails the test if elect was killed by a signal.
+    pub fn code(&self) -> i32 {
+        self.status
+            .code()
+            .unwrap_or_else(|| panic!("elect was killed by a signal: {self}"))
+    }
+
+    /// The signal that killed elect, if one did.
+    pub fn killed_by(&self) -> Option<i32> {
+        self.status.signal()
+    }
+
+    /// The non-empty lines elect wrote on stderr.
+    pub fn stderr_lines(&self) -> Vec<&str> {
+        self.stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect()
+    }
+
+    /// Fails the test unless elect exited with `code`.
+    pub fn assert_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.status.code(),
+            Some(code),
+            "expected exit {code}: {self}"
+        );
+        self
+    }
+
+    /// Fails the test unless stderr is exactly one `elect: error: ...` line; returns it.
+    pub fn one_error_line(&self) -> &str {
+        let lines = self.stderr_lines();
+        assert!(
+            lines.len() == 1 && lines[0].starts_with("elect: error: "),
+            "expected exactly one `elect: error:` line on stderr: {self}"
+        );
+        lines[0]
+    }
+
+    /// Fails the test if elect panicked or printed a backtrace.
+    pub fn assert_no_panic(&self) -> &Self {
+        assert!(
+            !self.stderr.contains("panicked") && !self.stderr.contains("stack backtrace"),
+            "elect panicked: {self}"
+        );
+        self
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "`{}` ended with {:?} after {:?}\n--- stdout ---\n{}--- stderr ---\n{}--------------",
+            self.what, self.status, self.elapsed, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Polls `done` every 10 ms; fails the test, naming `what`, if it is not true within `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Polls `done` every 10 ms; whether it became true within `timeout`.
+pub fn becomes(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Waits until `path` exists.
+pub fn wait_for_file(path: &Path, timeout: Duration) {
+    wait_for(&format!("{} to appear", path.display()), timeout, || {
+        path.exists()
+    });
+}
+
+/// The fields of `/proc/PID/stat` that the tests look at.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcStat {
+    pub state: char,
+    pub pgrp: i32,
+    pub session: i32,
+    pub start: u64,
+}
+
+/// `/proc/PID/stat`, or `None` when there is no such process.
+pub fn proc_stat(pid: i32) -> Option<ProcStat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces; the fields after it are fixed.
+    let (_, rest) = text.rsplit_once(") ")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(ProcStat {
+        state: fields.first()?.chars().next()?,
+        pgrp: fields.get(2)?.parse().ok()?,
+        session: fields.get(3)?.parse().ok()?,
+        start: fields.get(19)?.parse().ok()?,
+    })
+}
+
+/// Whether a process exists and is not a zombie (a zombie runs nothing).
+pub fn is_alive(pid: i32) -> bool {
+    proc_stat(pid).is_some_and(|s| s.state != 'Z' && s.state != 'X')
+}
+
+/// Waits up to `timeout` for `pid` to be gone; whether it is.
+pub fn dies_within(pid: i32, timeout: Duration) -> bool {
+    becomes(timeout, || !is_alive(pid))
+}
+
+/// Sends signal `sig` (a name such as `TERM`) to `pid` with kill(1).
+pub fn signal(pid: i32, sig: &str) {
+    let status = Command::new("kill")
+        .args(["-s", sig, &pid.to_string()])
+        .stderr(Stdio::null())
+        .status()
+        .expect("run kill(1)");
+    // A process that has just exited is not a failure of the harness; the test's assertions say
+    // what should have happened.
+    let _ = status;
+}
+
+/// A shell loop that waits (at most 30 s, so nothing lingers after a failed test) for `file`.
+pub fn until_exists(file: &str) -> String {
+    format!("i=0; while [ ! -e {file} ] && [ $i -lt 1500 ]; do sleep 0.02; i=$((i+1)); done")
+}
+
+/// A shell command that writes its shell's pid into `file` atomically (a whole line or nothing).
+pub fn write_pid(file: &str) -> String {
+    format!("echo $$ > {file}.tmp && mv {file}.tmp {file}")
+}
+
+/// A minimal JSON value, enough to check `elect status --json` without a JSON dependency.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Json {
+    Null,
+    Bool(bool),
+    Number(f64),
+    String(String),
+    Array(Vec<Json>),
+    Object(Vec<(String, Json)>),
+}
+
+impl Json {
+    /// Parses a whole document; an error names the byte offset.
+    pub fn parse(text: &str) -> Result<Json, String> {
+        let mut p = JsonParser {
+            bytes: text.as_bytes(),
+            at: 0,
+        };
+        let value = p.value()?;
+        p.space();
+        if p.at != p.bytes.len() {
+            return Err(format!("trailing characters at byte {}", p.at));
+        }
+        Ok(value)
+    }
+
+    /// The member `key` of an object (`Json::Null` if absent or not an object).
+    pub fn get(&self, key: &str) -> &Json {
+        match self {
+            Json::Object(members) => members
+                .iter()
+                .find(|(k, _)| k == key)
+                .map_or(&Json::Null, |(_, v)| v),
+            _ => &Json::Null,
+        }
+    }
+
+    pub fn has(&self, key: &str) -> bool {
+        matches!(self, Json::Object(m) if m.iter().any(|(k, _)| k == key))
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Json::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_u64(&self) -> Option<u64> {
+        match self {
+            Json::Number(n) if *n >= 0.0 && n.fract() == 0.0 => Some(*n as u64),
+            _ => None,
+        }
+    }
+
+    pub fn as_array(&self) -> Option<&[Json]> {
+        match self {
+            Json::Array(items) => Some(items),
+            _ => None,
+        }
+    }
+}
+
+struct JsonParser<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl JsonParser<'_> {
+    fn space(&mut self) {
+        while self.bytes.get(self.at).is_some_and(u8::is_ascii_whitespace) {
+            self.at += 1;
+        }
+    }
+
+    fn expect(&mut self, word: &str) -> Result<(), String> {
+        if self.bytes[self.at..].starts_with(word.as_bytes()) {
+            self.at += word.len();
+            Ok(())
+        } else {
+            Err(format!("expected {word} at byte {}", self.at))
+        }
+    }
+
+    fn value(&mut self) -> Result<Json, String> {
+        self.space();
+        match self.bytes.get(self.at) {
+            Some(b'n') => self.expect("null").map(|()| Json::Null),
+            Some(b't') => self.expect("true").map(|()| Json::Bool(true)),
+            Some(b'f') => self.expect("false").map(|()| Json::Bool(false)),
+            Some(b'"') => self.string().map(Json::String),
+            Some(b'[') => {
+                self.at += 1;
+                let mut items = Vec::new();
+                self.space();
+                if self.bytes.get(self.at) == Some(&b']') {
+                    self.at += 1;
+                    return Ok(Json::Array(items));
+                }
+                loop {
+                    items.push(self.value()?);
+                    self.space();
+                    match self.bytes.get(self.at) {
+                        Some(b',') => self.at += 1,
+                        Some(b']') => {
+                            self.at += 1;
+                            return Ok(Json::Array(items));
+                        }
+                        _ => return Err(format!("expected , or ] at byte {}", self.at)),
+                    }
+                }
+            }
+            Some(b'{') => {
+                self.at += 1;
+                let mut members = Vec::new();
+                self.space();
+                if self.bytes.get(self.at) == Some(&b'}') {
+                    self.at += 1;
+                    return Ok(Json::Object(members));
+                }
+                loop {
+                    self.space();
+                    let key = self.string()?;
+                    self.space();
+                    self.expect(":")?;
+                    members.push((key, self.value()?));
+                    self.space();
+                    match self.bytes.get(self.at) {
+                        Some(b',') => self.at += 1,
+                        Some(b'}') => {
+                            self.at += 1;
+                            return Ok(Json::Object(members));
+                        }
+                        _ => return Err(format!("expected , or }} at byte {}", self.at)),
+                    }
+                }
+            }
+            Some(c) if *c == b'-' || c.is_ascii_digit() => {
+                let start = self.at;
+                while self
+                    .bytes
+                    .get(self.at)
+                    .is_some_and(|c| c.is_ascii_digit() || b"+-.eE".contains(c))
+                {
+                    self.at += 1;
+                }
+                let text = std::str::from_utf8(&self.bytes[start..self.at]).unwrap();
+                text.parse()
+                    .map(Json::Number)
+                    .map_err(|_| format!("bad number {text:?} at byte {start}"))
+            }
+            _ => Err(format!("unexpected input at byte {}", self.at)),
+        }
+    }
+
+    fn string(&mut self) -> Result<String, String> {
+        self.expect("\"")?;
+        let mut out = String::new();
+        loop {
+            let rest = std::str::from_utf8(&self.bytes[self.at..])
+                .map_err(|_| "invalid UTF-8".to_owned())?;
+            let mut chars = rest.chars();
+            let c = chars
+                .next()
+                .ok_or_else(|| "unterminated string".to_owned())?;
+            self.at += c.len_utf8();
+            match c {
+                '"' => return Ok(out),
+                '\\' => {
+                    let e = chars
+                        .next()
+                        .ok_or_else(|| "unterminated escape".to_owned())?;
+                    self.at += 1;
+                    match e {
+                        '"' | '\\' | '/' => out.push(e),
+                        'n' => out.push('\n'),
+                        't' => out.push('\t'),
+                        'r' => out.push('\r'),
+                        'b' => out.push('\u{8}'),
+                        'f' => out.push('\u{c}'),
+                        'u' => {
+                            let hex = rest.get(2..6).ok_or("short \\u escape")?;
+                            let n = u32::from_str_radix(hex, 16).map_err(|e| e.to_string())?;
+                            out.push(char::from_u32(n).unwrap_or('\u{fffd}'));
+                            self.at += 4;
+                        }
+                        _ => return Err(format!("bad escape at byte {}", self.at)),
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+    }
+}

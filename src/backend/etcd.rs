@@ -55,7 +55,13 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct EtcdBackend {
+    /// A client of one endpoint: `endpoint` in `target.endpoints`.
     client: Client,
+    endpoint: usize,
+    /// Set when a call failed for want of an answer: the next call tries the next endpoint.
+    failed: bool,
+    target: Target,
+    options: BackendOptions,
     settings: Settings,
     describe: String,
     /// The keepalive stream of the lease held, reused from one renewal to the next.
@@ -93,12 +99,16 @@ impl EtcdBackend {
     /// endpoints, credentials or TLS shows up here, before any child starts.
     pub async fn open(url: &BackendUrl, options: &BackendOptions) -> Result<Self> {
         let target = Target::from_url(url)?;
-        let client = connect::connect(&target, options).await?;
+        let (client, endpoint) = connect::connect_any(&target, options, 0).await?;
         Ok(Self {
             client,
+            endpoint,
+            failed: false,
             settings: Settings {
-                prefix: target.prefix,
+                prefix: target.prefix.clone(),
             },
+            target,
+            options: options.clone(),
             describe: url.redacted(),
             keepalive: None,
             pending: None,
@@ -113,6 +123,28 @@ impl EtcdBackend {
     /// The key of a lease's place in a lock's queue.
     pub fn key_of(&self, lease: &Lease) -> String {
         format!("{}{}", self.settings.prefix_of(&lease.name), lease.secret)
+    }
+
+    /// Moves to the next endpoint that answers, after a call failed (with several endpoints).
+    async fn ready(&mut self) -> Result<()> {
+        if self.failed && self.target.endpoints.len() > 1 {
+            let (client, endpoint) =
+                connect::connect_any(&self.target, &self.options, self.endpoint + 1).await?;
+            self.client = client;
+            self.endpoint = endpoint;
+            // The open keepalive stream belongs to the old connection.
+            self.keepalive = None;
+        }
+        self.failed = false;
+        Ok(())
+    }
+
+    /// Notes a failure that another endpoint might not have.
+    fn note<T>(&mut self, result: Result<T>) -> Result<T> {
+        if let Err(BackendError::Unavailable(_)) = &result {
+            self.failed = true;
+        }
+        result
     }
 
     async fn revoke_pending(&mut self) {
@@ -258,6 +290,43 @@ impl Backend for EtcdBackend {
     }
 
     async fn acquire(&mut self, req: &AcquireRequest, wait: WaitMode) -> Result<Acquire> {
+        self.ready().await?;
+        let result = self.acquire_here(req, wait).await;
+        self.note(result)
+    }
+
+    async fn renew(&mut self, lease: &Lease) -> Result<Renewal> {
+        self.ready().await?;
+        let result = self.renew_here(lease).await;
+        self.note(result)
+    }
+
+    async fn release(&mut self, lease: &Lease) -> Result<()> {
+        self.ready().await?;
+        let result = self.release_here(lease).await;
+        self.note(result)
+    }
+
+    async fn inspect(&mut self, name: &LockName) -> Result<LockState> {
+        self.ready().await?;
+        let queue = self.settings.prefix_of(name);
+        let result = match queue::members(&mut self.client, &queue).await {
+            Ok(members) => self.state_of(name, &members).await,
+            Err(err) => Err(err),
+        };
+        self.note(result)
+    }
+
+    async fn list(&mut self) -> Result<Vec<LockState>> {
+        self.ready().await?;
+        let result = self.list_here().await;
+        self.note(result)
+    }
+}
+
+/// The operations, on the current endpoint.
+impl EtcdBackend {
+    async fn acquire_here(&mut self, req: &AcquireRequest, wait: WaitMode) -> Result<Acquire> {
         self.revoke_pending().await;
         loop {
             match self.attempt(req, wait).await {
@@ -273,7 +342,7 @@ impl Backend for EtcdBackend {
         }
     }
 
-    async fn renew(&mut self, lease: &Lease) -> Result<Renewal> {
+    async fn renew_here(&mut self, lease: &Lease) -> Result<Renewal> {
         let id = lease_id(lease)?;
         let mut keepalive = match self.keepalive.take() {
             Some(k) if k.id() == id => k,
@@ -302,7 +371,7 @@ impl Backend for EtcdBackend {
         }
     }
 
-    async fn release(&mut self, lease: &Lease) -> Result<()> {
+    async fn release_here(&mut self, lease: &Lease) -> Result<()> {
         let id = lease_id(lease)?;
         if self.keepalive.as_ref().is_some_and(|k| k.id() == id) {
             self.keepalive = None;
@@ -310,13 +379,7 @@ impl Backend for EtcdBackend {
         revoke(&mut self.client, id).await
     }
 
-    async fn inspect(&mut self, name: &LockName) -> Result<LockState> {
-        let queue = self.settings.prefix_of(name);
-        let members = queue::members(&mut self.client, &queue).await?;
-        self.state_of(name, &members).await
-    }
-
-    async fn list(&mut self) -> Result<Vec<LockState>> {
+    async fn list_here(&mut self) -> Result<Vec<LockState>> {
         let options = GetOptions::new().with_prefix();
         let resp = timed(
             "list the locks",
@@ -349,9 +412,7 @@ impl Backend for EtcdBackend {
         }
         Ok(states)
     }
-}
 
-impl EtcdBackend {
     /// A lock's state from its queue members, owner first.
     async fn state_of(&mut self, name: &LockName, members: &[KeyValue]) -> Result<LockState> {
         let Some(owner) = members.first() else {

@@ -107,13 +107,46 @@ fn credentials(
     }
 }
 
-/// Connects and proves the connection usable with one read of the prefix.
-pub(super) async fn connect(target: &Target, options: &BackendOptions) -> Result<Client> {
+/// Connects to the first endpoint, from `first` on in turn, that answers a read of the prefix,
+/// and says which one it was.
+///
+/// One client per endpoint, not the client's own balancing over all of them: that balancer
+/// spreads requests over every endpoint, the dead ones included, so that with one endpoint down
+/// about every other request (renewals too) would fail.
+pub(super) async fn connect_any(
+    target: &Target,
+    options: &BackendOptions,
+    first: usize,
+) -> Result<(Client, usize)> {
+    let count = target.endpoints.len();
+    let mut failures = Vec::with_capacity(count);
+    for i in (0..count).map(|k| (first + k) % count) {
+        let endpoint = &target.endpoints[i];
+        match connect(target, endpoint, options).await {
+            Ok(client) => {
+                if !failures.is_empty() {
+                    tracing::warn!(endpoint = %endpoint, skipped = %failures.join("; "), "using the next etcd endpoint");
+                }
+                return Ok((client, i));
+            }
+            // Configuration mistakes are the same for every endpoint.
+            Err(BackendError::Config(msg)) => return Err(BackendError::Config(msg)),
+            Err(BackendError::Unavailable(msg)) => failures.push(format!("{endpoint}: {msg}")),
+        }
+    }
+    Err(BackendError::Unavailable(format!(
+        "{}; {}",
+        failures.join("; "),
+        hint(target, &failures.join(" ").to_ascii_lowercase())
+    )))
+}
+
+/// Connects to one endpoint and proves the connection usable with one read of the prefix.
+async fn connect(target: &Target, endpoint: &str, options: &BackendOptions) -> Result<Client> {
     let mut connect = ConnectOptions::new()
         .with_connect_timeout(CONNECT_TIMEOUT)
         .with_timeout(REQUEST_TIMEOUT)
-        // HTTP/2 pings find a frozen or vanished server on an idle connection, so that the next
-        // request goes to another endpoint instead of waiting on a dead socket.
+        // HTTP/2 pings find a frozen or vanished server on an idle connection.
         .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
         .with_keep_alive_while_idle(true)
         // etcd's auth tokens expire (5 minutes by default); a holder runs for hours.
@@ -133,13 +166,13 @@ pub(super) async fn connect(target: &Target, options: &BackendOptions) -> Result
     // Connecting authenticates when credentials are set, which is a request of its own.
     let client = tokio::time::timeout(
         CONNECT_TIMEOUT + REQUEST_TIMEOUT,
-        Client::connect(&target.endpoints, Some(connect)),
+        Client::connect([endpoint], Some(connect)),
     )
     .await
-    .map_err(|_| unreachable_error(target))?
-    .map_err(|e| open_error(target, &e))?;
+    .map_err(|_| no_answer())?
+    .map_err(|e| BackendError::Unavailable(describe(&e)))?;
     let mut probe = client.clone();
-    let read = tokio::time::timeout(
+    tokio::time::timeout(
         CONNECT_TIMEOUT + REQUEST_TIMEOUT,
         probe.get(
             target.prefix.as_str(),
@@ -147,8 +180,8 @@ pub(super) async fn connect(target: &Target, options: &BackendOptions) -> Result
         ),
     )
     .await
-    .map_err(|_| unreachable_error(target))?;
-    read.map_err(|e| open_error(target, &e))?;
+    .map_err(|_| no_answer())?
+    .map_err(|e| BackendError::Unavailable(describe(&e)))?;
     Ok(client)
 }
 
@@ -182,20 +215,16 @@ fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>> {
     })
 }
 
-fn unreachable_error(target: &Target) -> BackendError {
+fn no_answer() -> BackendError {
     BackendError::Unavailable(format!(
-        "no etcd endpoint answered within {}s ({}); check that etcd runs there and that the \
-         port and scheme (etcd:// or etcds://) are right",
-        (CONNECT_TIMEOUT + REQUEST_TIMEOUT).as_secs(),
-        target.endpoints.join(", ")
+        "no answer within {}s",
+        (CONNECT_TIMEOUT + REQUEST_TIMEOUT).as_secs()
     ))
 }
 
-/// One line for an error met while opening, with what to do about it.
-fn open_error(target: &Target, err: &etcd_client::Error) -> BackendError {
-    let text = describe(err);
-    let lower = text.to_ascii_lowercase();
-    let hint = if lower.contains("authentication failed") || lower.contains("invalid user") {
+/// What to do about the errors met while opening (`lower`: their text in lower case).
+fn hint(target: &Target, lower: &str) -> String {
+    if lower.contains("authentication failed") || lower.contains("invalid user") {
         format!("check the user and password (URL, or {USER_ENV} / {PASSWORD_ENV})")
     } else if lower.contains("permission denied") {
         format!(
@@ -211,12 +240,8 @@ fn open_error(target: &Target, err: &etcd_client::Error) -> BackendError {
     {
         "check --tls-ca / --tls-cert / --tls-key and the server's certificate".to_owned()
     } else {
-        format!(
-            "check that etcd runs at {} and that the scheme (etcd:// or etcds://) is right",
-            target.endpoints.join(", ")
-        )
-    };
-    BackendError::Unavailable(format!("{text}; {hint}"))
+        "check that etcd runs there and that the scheme (etcd:// or etcds://) is right".to_owned()
+    }
 }
 
 /// An etcd client error as one line: the gRPC message, or the chain of transport causes.

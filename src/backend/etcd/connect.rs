@@ -246,17 +246,20 @@ fn hint(target: &Target, lower: &str) -> String {
 
 /// An etcd client error as one line: the gRPC message, or the chain of transport causes.
 pub(super) fn describe(err: &etcd_client::Error) -> String {
-    let mut text = match err {
-        etcd_client::Error::GRpcStatus(status) => {
+    use std::error::Error as _;
+    // etcd_client's error keeps its cause inside the variant, not as its `source`.
+    let (mut text, mut source) = match err {
+        etcd_client::Error::GRpcStatus(status) => (
             if status.message().is_empty() {
                 format!("{:?}", status.code())
             } else {
                 status.message().to_owned()
-            }
-        }
-        other => other.to_string(),
+            },
+            status.source(),
+        ),
+        etcd_client::Error::TransportError(e) => (e.to_string(), e.source()),
+        other => (other.to_string(), other.source()),
     };
-    let mut source = std::error::Error::source(err);
     while let Some(cause) = source {
         let cause_text = cause.to_string();
         if !text.contains(&cause_text) {

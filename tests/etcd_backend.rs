@@ -89,7 +89,7 @@ async fn acquire_renew_release() {
     let lease = take(&mut backend, "billing", "a").await;
     assert!(lease.sent_at >= started);
     let key = format!("elect/billing/{}", lease.secret);
-    assert_eq!(server.keys("elect/billing/"), [key.clone()]);
+    assert_eq!(server.keys("elect/billing/"), std::slice::from_ref(&key));
     let value = server.etcdctl_ok(&["get", "--print-value-only", &key]);
     assert!(value.contains("\"id\":\"a\""), "{value}");
 

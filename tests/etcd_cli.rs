@@ -260,3 +260,20 @@ fn a_wrong_password_exits_69_and_is_not_printed() {
     let job_env = std::fs::read_to_string(env.file("job.env")).unwrap();
     assert!(!job_env.contains("right"), "the password reached the job");
 }
+
+#[test]
+fn a_bounded_wait_that_gives_up_leaves_no_key_behind() {
+    let server = EtcdServer::start();
+    let env = TestEnv::with_backend(&server.url()).private();
+    let lock = env.lock("gives-up");
+    let script = format!("{}; {}", write_pid("job.pid"), until_exists("go"));
+    let mut holder = env.spawn(["run", "--lock", &lock, "--", "sh", "-c", &script]);
+    env.read_pid("job.pid");
+    env.run(["run", "--lock", &lock, "--wait=1s", "--", "true"])
+        .assert_code(75);
+    // Checked right after the exit, well within the ttl: only the holder's key remains, so
+    // waiters that come later are not held up by an abandoned one.
+    assert_eq!(server.keys(&format!("elect/{lock}/")).len(), 1);
+    std::fs::write(env.file("go"), "").unwrap();
+    holder.wait().assert_code(0);
+}

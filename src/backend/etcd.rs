@@ -26,7 +26,7 @@
 //! - Release: revoke the lease, which deletes the key in the same step.
 //! - A wait that is abandoned (its future dropped, e.g. by `--wait=10s`) leaves its key in the
 //!   queue; the next call on this backend revokes that lease, and so does dropping the backend
-//!   inside a tokio runtime, best effort. Otherwise the lease expires by its ttl.
+//!   (bounded to one second). If both fail, the lease expires by its ttl.
 //! - Every request has its own timeout ([`REQUEST_TIMEOUT`]), and connecting one of its own, so a
 //!   stopped or unreachable etcd makes calls fail rather than hang.
 
@@ -53,6 +53,8 @@ use crate::lease::{Acquire, FencingToken, HolderInfo, Lease, LockName, LockState
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Bound on any one request. The core gives renewals a tighter bound of its own.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long dropping the backend may take to revoke the lease of an abandoned wait.
+const DROP_REVOKE_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub struct EtcdBackend {
     /// A client of one endpoint: `endpoint` in `target.endpoints`.
@@ -248,17 +250,40 @@ impl EtcdBackend {
 }
 
 impl Drop for EtcdBackend {
+    /// Revokes the lease of an abandoned wait (its future was dropped: `--wait=DURATION` ran
+    /// out), so that its key does not hold up the waiters behind it until its ttl ends.
+    ///
+    /// The client cannot be used here: its connection is driven by the runtime that is running
+    /// this drop, or is already gone. So a thread of its own connects afresh and revokes, and the
+    /// drop waits for it at most [`DROP_REVOKE_TIMEOUT`]; past that the lease expires by its ttl.
     fn drop(&mut self) {
-        // Best effort: an abandoned wait's key would otherwise stand in the queue until its ttl
-        // ends, and make the waiters behind it wait that long. Nothing can be done outside a
-        // runtime, and a runtime that is shutting down may cancel the task: the ttl then does it.
-        if let (Some(id), Ok(runtime)) =
-            (self.pending.take(), tokio::runtime::Handle::try_current())
-        {
-            let mut client = self.client.clone();
-            runtime.spawn(async move {
-                let _ = revoke(&mut client, id).await;
+        let Some(id) = self.pending.take() else {
+            return;
+        };
+        let (target, options) = (self.target.clone(), self.options.clone());
+        let (done, finished) = std::sync::mpsc::channel();
+        let revoker = std::thread::Builder::new()
+            .name("etcd-revoke".into())
+            .spawn(move || {
+                if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    runtime.block_on(async {
+                        let _ = tokio::time::timeout(DROP_REVOKE_TIMEOUT, async {
+                            if let Ok((mut client, _)) =
+                                connect::connect_any(&target, &options, 0).await
+                            {
+                                let _ = revoke(&mut client, id).await;
+                            }
+                        })
+                        .await;
+                    });
+                }
+                let _ = done.send(());
             });
+        if revoker.is_ok() {
+            let _ = finished.recv_timeout(DROP_REVOKE_TIMEOUT + Duration::from_millis(100));
         }
     }
 }
@@ -482,13 +507,12 @@ fn holder_of(kv: &KeyValue) -> Option<HolderInfo> {
     Some(holder)
 }
 
-/// What `status` can say about a holder that left no metadata (an `etcdctl lock`).
+/// What `status` can say about a holder that left no metadata (an `etcdctl lock`). A lock state
+/// without a holder means free, so one is made up: its acquired-at is the epoch, as nobody knows.
 fn unknown_holder(kv: &KeyValue) -> HolderInfo {
     HolderInfo {
-        id: format!(
-            "unknown (key {} without elect metadata, e.g. etcdctl lock)",
-            String::from_utf8_lossy(kv.key())
-        ),
+        // The key names the lease, which `etcdctl lease timetolive` can tell more about.
+        id: format!("unknown ({})", String::from_utf8_lossy(kv.key())),
         host: String::new(),
         pid: 0,
         acquired_at: SystemTime::UNIX_EPOCH,

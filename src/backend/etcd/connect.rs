@@ -23,6 +23,7 @@ pub const PASSWORD_ENV: &str = "ELECT_ETCD_PASSWORD";
 const DEFAULT_PREFIX: &str = "elect/";
 
 /// The parts of a URL the etcd backend uses, checked.
+#[derive(Clone)]
 pub(super) struct Target {
     pub endpoints: Vec<String>,
     pub tls: bool,

@@ -474,3 +474,58 @@ fn etcd_server_signal(child: &Child, sig: &str) {
         .unwrap();
     assert!(status.success());
 }
+
+#[tokio::test]
+async fn fails_over_when_its_member_dies() {
+    let mut members = EtcdServer::cluster(3);
+    let endpoints: Vec<String> = members.iter().map(EtcdServer::endpoint).collect();
+    let url = format!("etcd://{}", endpoints.join(","));
+    let mut backend = open(&url).await;
+    // A longer ttl than elsewhere: a leader election may come in between.
+    let ttl = Duration::from_secs(5);
+    let req = AcquireRequest {
+        ttl,
+        ..request("cluster", "a")
+    };
+    let lease = match backend.acquire(&req, WaitMode::NoWait).await {
+        Ok(Acquire::Acquired(lease)) => lease,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(backend.renew(&lease).await.unwrap(), Renewal::Renewed);
+    // The backend talks to the first endpoint; it goes away.
+    members[0].kill();
+    let killed = Instant::now();
+    let mut failures = 0;
+    loop {
+        match backend.renew(&lease).await {
+            Ok(Renewal::Renewed) => {
+                eprintln!(
+                    "renewed through another member after {failures} failures, {:?}",
+                    killed.elapsed()
+                );
+                break;
+            }
+            Ok(Renewal::Lost(why)) => panic!("lost: {why}"),
+            Err(e) => {
+                failures += 1;
+                assert!(
+                    killed.elapsed() < ttl,
+                    "no renewal after {failures} tries: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    // Still the holder, as seen through the surviving members.
+    let mut other = open(&format!("etcd://{}", endpoints[1..].join(","))).await;
+    match other
+        .acquire(&request("cluster", "b"), WaitMode::NoWait)
+        .await
+    {
+        Ok(Acquire::Held(Some(holder))) => assert_eq!(holder.token, lease.token()),
+        other => panic!("{other:?}"),
+    }
+    backend.release(&lease).await.unwrap();
+    let again = take(&mut other, "cluster", "b").await;
+    other.release(&again).await.unwrap();
+}

@@ -277,3 +277,69 @@ fn a_bounded_wait_that_gives_up_leaves_no_key_behind() {
     std::fs::write(env.file("go"), "").unwrap();
     holder.wait().assert_code(0);
 }
+
+#[test]
+fn a_stopped_etcd_stops_the_job_before_the_lease_can_expire() {
+    let server = EtcdServer::start();
+    let env = TestEnv::with_backend(&server.url()).private();
+    let lock = env.lock("frozen");
+    let script = format!("{}; {}", write_pid("job.pid"), until_exists("never"));
+    let mut run = env.spawn(
+        ["run", "--lock", &lock, "--ttl", "3s", "--grace", "500ms"]
+            .into_iter()
+            .chain(["--", "sh", "-c", &script]),
+    );
+    let job = env.read_pid("job.pid");
+    server.stop();
+    let stopped = Instant::now();
+    let out = run.wait_timeout(Duration::from_secs(15));
+    let took = stopped.elapsed();
+    server.resume();
+    out.assert_code(76);
+    // The deadline counts from the last renewal, before the stop: within the ttl.
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert!(!support::is_alive(job), "the job outlived the lease");
+}
+
+#[test]
+fn tls_with_a_client_certificate_from_flags() {
+    let server = EtcdServer::with(etcd_server::Options {
+        root_password: None,
+        tls: true,
+    });
+    let env = TestEnv::with_backend(&server.url()).private();
+    let ca = server.ca_file();
+    let cert = server.client_cert();
+    let key = server.client_key();
+    let out = env.run([
+        "run",
+        "--lock",
+        "tls",
+        "--tls-ca",
+        ca.to_str().unwrap(),
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--",
+        "true",
+    ]);
+    out.assert_code(0);
+    // Without the CA the server is not trusted: 69, one line, before the job.
+    let out = env.run([
+        "run",
+        "--lock",
+        "tls",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--",
+        "touch",
+        "ran",
+    ]);
+    out.assert_code(69);
+    let line = out.one_error_line();
+    assert!(line.contains("certificate"), "{line}");
+    assert!(!env.file("ran").exists());
+}

@@ -36,12 +36,52 @@ impl EtcdServer {
     }
 
     pub fn with(options: Options) -> Self {
+        let (port, peer_port) = (free_port(), free_port());
+        let cluster = format!("m0=http://127.0.0.1:{peer_port}");
+        let mut server = Self::spawn("m0", port, peer_port, &cluster, &options);
+        server.wait_ready();
+        if let Some(password) = options.root_password {
+            server.etcdctl_ok(&["user", "add", &format!("root:{password}")]);
+            server.etcdctl_ok(&["auth", "enable"]);
+            server.password = Some(password);
+        }
+        server
+    }
+
+    /// A cluster of `n` members on loopback (plain, no auth), every member ready.
+    pub fn cluster(n: usize) -> Vec<Self> {
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        // All members must run before any can become ready: a quorum is needed.
+        let mut members: Vec<Self> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (port, peer))| {
+                Self::spawn(
+                    &format!("m{i}"),
+                    *port,
+                    *peer,
+                    &cluster,
+                    &Options::default(),
+                )
+            })
+            .collect();
+        for member in &mut members {
+            member.wait_ready();
+        }
+        members
+    }
+
+    fn spawn(name: &str, port: u16, peer_port: u16, cluster: &str, options: &Options) -> Self {
         let binary = which("etcd").unwrap_or_else(|| {
             panic!("etcd not found on PATH: install the etcd-server package (apt-get install etcd-server etcd-client)")
         });
         let dir = tempfile::tempdir().expect("temporary directory");
-        let port = free_port();
-        let peer_port = free_port();
         let scheme = if options.tls { "https" } else { "http" };
         let client_url = format!("{scheme}://127.0.0.1:{port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
@@ -50,7 +90,7 @@ impl EtcdServer {
         }
         let mut cmd = Command::new(binary);
         cmd.arg("--name")
-            .arg("test")
+            .arg(name)
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .arg("--listen-client-urls")
@@ -62,7 +102,11 @@ impl EtcdServer {
             .arg("--initial-advertise-peer-urls")
             .arg(&peer_url)
             .arg("--initial-cluster")
-            .arg(format!("test={peer_url}"))
+            .arg(cluster)
+            // One token per cluster (its member list is unique: free ports), the same for all
+            // members.
+            .arg("--initial-cluster-token")
+            .arg(format!("elect-test-{:x}", fnv(cluster)))
             .arg("--log-outputs")
             .arg(dir.path().join("etcd.log"))
             .arg("--logger")
@@ -82,21 +126,14 @@ impl EtcdServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("start etcd");
-        let mut server = Self {
+        Self {
             child: Some(child),
             port,
             peer_port,
             dir,
             password: None,
             tls: options.tls,
-        };
-        server.wait_ready();
-        if let Some(password) = options.root_password {
-            server.etcdctl_ok(&["user", "add", &format!("root:{password}")]);
-            server.etcdctl_ok(&["auth", "enable"]);
-            server.password = Some(password);
         }
-        server
     }
 
     fn wait_ready(&mut self) {
@@ -231,6 +268,13 @@ fn signal(pid: i32, sig: &str) {
         .status()
         .expect("run kill");
     assert!(status.success(), "kill {sig} {pid}");
+}
+
+/// A small stable hash, to name a cluster.
+fn fnv(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// A port nobody listens on right now.

@@ -36,10 +36,13 @@ impl EtcdServer {
     }
 
     pub fn with(options: Options) -> Self {
-        let (port, peer_port) = (free_port(), free_port());
-        let cluster = format!("m0=http://127.0.0.1:{peer_port}");
-        let mut server = Self::spawn("m0", port, peer_port, &cluster, &options);
-        server.wait_ready();
+        let mut server = retry(|| {
+            let (port, peer_port) = (free_port(), free_port());
+            let name = format!("m0-{port}");
+            let cluster = format!("{name}=http://127.0.0.1:{peer_port}");
+            let mut server = Self::spawn(&name, port, peer_port, &cluster, &options);
+            server.wait_ready(&name).map(|()| server)
+        });
         if let Some(password) = options.root_password {
             server.etcdctl_ok(&["user", "add", &format!("root:{password}")]);
             server.etcdctl_ok(&["auth", "enable"]);
@@ -50,31 +53,28 @@ impl EtcdServer {
 
     /// A cluster of `n` members on loopback (plain, no auth), every member ready.
     pub fn cluster(n: usize) -> Vec<Self> {
-        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
-        let cluster = ports
-            .iter()
-            .enumerate()
-            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        // All members must run before any can become ready: a quorum is needed.
-        let mut members: Vec<Self> = ports
-            .iter()
-            .enumerate()
-            .map(|(i, (port, peer))| {
-                Self::spawn(
-                    &format!("m{i}"),
-                    *port,
-                    *peer,
-                    &cluster,
-                    &Options::default(),
-                )
-            })
-            .collect();
-        for member in &mut members {
-            member.wait_ready();
-        }
-        members
+        retry(|| {
+            let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+            let names: Vec<String> = ports.iter().map(|(port, _)| format!("m-{port}")).collect();
+            let cluster = names
+                .iter()
+                .zip(&ports)
+                .map(|(name, (_, peer))| format!("{name}=http://127.0.0.1:{peer}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            // All members must run before any can become ready: a quorum is needed.
+            let mut members: Vec<Self> = names
+                .iter()
+                .zip(&ports)
+                .map(|(name, (port, peer))| {
+                    Self::spawn(name, *port, *peer, &cluster, &Options::default())
+                })
+                .collect();
+            for (member, name) in members.iter_mut().zip(&names) {
+                member.wait_ready(name)?;
+            }
+            Ok(members)
+        })
     }
 
     fn spawn(name: &str, port: u16, peer_port: u16, cluster: &str, options: &Options) -> Self {
@@ -136,24 +136,38 @@ impl EtcdServer {
         }
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits until the server answers as the member `name`. A free port can be taken by
+    /// another test's server between choosing it and etcd binding it: then this etcd exits, and
+    /// the port answers as someone else. Either is an `Err`, for [`retry`] to start afresh.
+    fn wait_ready(&mut self, name: &str) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                return Err(format!(
+                    "etcd exited at start ({status}); its log:\n{}",
+                    self.log()
+                ));
+            }
             if TcpStream::connect(("127.0.0.1", self.port)).is_ok()
                 && self.etcdctl(&["endpoint", "health"]).status.success()
             {
-                return;
-            }
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("etcd exited at start ({status}); its log:\n{}", self.log());
+                let members = self.etcdctl(&["member", "list"]);
+                let members = String::from_utf8_lossy(&members.stdout);
+                if !members.contains(&format!(", {name}, ")) {
+                    return Err(format!(
+                        "port {} answers as another etcd: {members}",
+                        self.port
+                    ));
+                }
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!(
+        Err(format!(
             "etcd did not become ready on port {}; its log:\n{}",
             self.port,
             self.log()
-        );
+        ))
     }
 
     pub fn log(&self) -> String {
@@ -268,6 +282,18 @@ fn signal(pid: i32, sig: &str) {
         .status()
         .expect("run kill");
     assert!(status.success(), "kill {sig} {pid}");
+}
+
+/// Starts servers until one attempt succeeds (a few tries: a chosen free port may be taken).
+fn retry<T>(mut start: impl FnMut() -> Result<T, String>) -> T {
+    let mut last = String::new();
+    for _ in 0..5 {
+        match start() {
+            Ok(started) => return started,
+            Err(why) => last = why,
+        }
+    }
+    panic!("{last}");
 }
 
 /// A small stable hash, to name a cluster.

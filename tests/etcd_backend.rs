@@ -529,3 +529,53 @@ async fn fails_over_when_its_member_dies() {
     let again = take(&mut other, "cluster", "b").await;
     other.release(&again).await.unwrap();
 }
+
+/// With many waiters, a release wakes only the next one: the others watch keys that did not
+/// change, so they send nothing. Counted with etcd's own request counters.
+#[tokio::test]
+async fn a_release_wakes_one_waiter_not_all() {
+    const WAITERS: usize = 20;
+    let server = EtcdServer::start();
+    let mut holder = open(&server.url()).await;
+    let lease = take(&mut holder, "herd", "holder").await;
+    let (acquired_tx, mut acquired) = tokio::sync::mpsc::unbounded_channel();
+    let (may_release, release_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    for i in 0..WAITERS {
+        let mut backend = open(&server.url()).await;
+        let (acquired_tx, mut release_rx) = (acquired_tx.clone(), release_rx.clone());
+        tasks.push(tokio::spawn(async move {
+            let lease = wait_take(&mut backend, "herd", &format!("w{i}")).await;
+            acquired_tx.send(i).unwrap();
+            release_rx.wait_for(|go| *go).await.unwrap();
+            backend.release(&lease).await.unwrap();
+        }));
+    }
+    wait_queue_len(&server, "herd", WAITERS + 1).await;
+    let requests = || server.metric("etcd_mvcc_range_total") + server.metric("etcd_mvcc_txn_total");
+    let before = requests();
+    holder.release(&lease).await.unwrap();
+    assert_eq!(
+        acquired.recv().await,
+        Some(0),
+        "the first in line goes first"
+    );
+    // Time for a herd to show itself, if there were one.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = requests();
+    assert!(
+        after - before < 5.0,
+        "{} reads and transactions for one hand-over among {WAITERS} waiters",
+        after - before
+    );
+    assert_eq!(server.keys("elect/herd/").len(), WAITERS);
+    may_release.send(true).unwrap();
+    let mut order = vec![0];
+    for _ in 1..WAITERS {
+        order.push(acquired.recv().await.unwrap());
+    }
+    assert_eq!(order, (0..WAITERS).collect::<Vec<_>>());
+    for t in tasks {
+        t.await.unwrap();
+    }
+}

@@ -247,6 +247,24 @@ impl EtcdServer {
             .collect()
     }
 
+    /// A counter from the server's Prometheus endpoint (plain servers only).
+    pub fn metric(&self, name: &str) -> f64 {
+        use std::io::{Read, Write};
+        assert!(!self.tls, "metric() speaks plain HTTP only");
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to etcd");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("set timeout");
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .expect("send");
+        let mut text = String::new();
+        stream.read_to_string(&mut text).expect("read metrics");
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name}"))
+    }
+
     /// Freezes the server: it keeps its sockets but answers nothing.
     pub fn stop(&self) {
         signal(self.pid(), "-STOP");

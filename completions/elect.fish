@@ -29,6 +29,7 @@ complete -c elect -n "__fish_elect_needs_command" -s h -l help -d 'Print help'
 complete -c elect -n "__fish_elect_needs_command" -s V -l version -d 'Print version'
 complete -c elect -n "__fish_elect_needs_command" -f -a "run" -d 'Take the lease, run COMMAND, release the lease when it exits'
 complete -c elect -n "__fish_elect_needs_command" -f -a "status" -d 'Show who holds which lock (exit 0 held, 3 free, 69 backend unavailable)'
+complete -c elect -n "__fish_elect_needs_command" -f -a "release" -d 'Free a lock whose holder is known dead, only if its fencing token is still N'
 complete -c elect -n "__fish_elect_needs_command" -f -a "config" -d 'Show every setting, its value and where it came from (flag > environment > file > default)'
 complete -c elect -n "__fish_elect_needs_command" -f -a "generate" -d 'Write the man page and shell completions under DIR (for packaging)'
 complete -c elect -n "__fish_elect_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -69,12 +70,26 @@ complete -c elect -n "__fish_elect_using_subcommand status" -l json -d 'Print JS
 complete -c elect -n "__fish_elect_using_subcommand status" -s q -l quiet -d 'Only errors on stderr (ELECT_LOG takes a tracing filter instead)'
 complete -c elect -n "__fish_elect_using_subcommand status" -s v -l verbose -d 'More detail on stderr: -v every lease event, -vv everything'
 complete -c elect -n "__fish_elect_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c elect -n "__fish_elect_using_subcommand release" -l lock -d 'The lock to free' -r
+complete -c elect -n "__fish_elect_using_subcommand release" -l token -d 'Free it only if its holder\'s fencing token is N (see `elect status`)' -r
+complete -c elect -n "__fish_elect_using_subcommand release" -l backend -d 'Where leases live: file:///DIR, redis://, rediss://, etcd://, etcds://, postgres:// [default: the local lock directory]' -r
+complete -c elect -n "__fish_elect_using_subcommand release" -l backend-file -d 'Read the backend URL from a file, so that secrets stay out of argv' -r -F
+complete -c elect -n "__fish_elect_using_subcommand release" -l tls-ca -d 'CA certificate that verifies a TLS backend' -r -F
+complete -c elect -n "__fish_elect_using_subcommand release" -l tls-cert -d 'Client certificate for a TLS backend' -r -F
+complete -c elect -n "__fish_elect_using_subcommand release" -l tls-key -d 'Client key for a TLS backend' -r -F
+complete -c elect -n "__fish_elect_using_subcommand release" -l log-format -d 'Log line format on stderr' -r -f -a "text\t''
+json\t''"
+complete -c elect -n "__fish_elect_using_subcommand release" -l config -d 'Read settings from this file instead of /etc/elect.conf and ~/.config/elect.conf' -r -F
+complete -c elect -n "__fish_elect_using_subcommand release" -s q -l quiet -d 'Only errors on stderr (ELECT_LOG takes a tracing filter instead)'
+complete -c elect -n "__fish_elect_using_subcommand release" -s v -l verbose -d 'More detail on stderr: -v every lease event, -vv everything'
+complete -c elect -n "__fish_elect_using_subcommand release" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c elect -n "__fish_elect_using_subcommand config" -l config -d 'Read settings from this file instead of /etc/elect.conf and ~/.config/elect.conf' -r -F
 complete -c elect -n "__fish_elect_using_subcommand config" -s h -l help -d 'Print help'
 complete -c elect -n "__fish_elect_using_subcommand generate" -l config -d 'Read settings from this file instead of /etc/elect.conf and ~/.config/elect.conf' -r -F
 complete -c elect -n "__fish_elect_using_subcommand generate" -s h -l help -d 'Print help'
-complete -c elect -n "__fish_elect_using_subcommand help; and not __fish_seen_subcommand_from run status config generate help" -f -a "run" -d 'Take the lease, run COMMAND, release the lease when it exits'
-complete -c elect -n "__fish_elect_using_subcommand help; and not __fish_seen_subcommand_from run status config generate help" -f -a "status" -d 'Show who holds which lock (exit 0 held, 3 free, 69 backend unavailable)'
-complete -c elect -n "__fish_elect_using_subcommand help; and not __fish_seen_subcommand_from run status config generate help" -f -a "config" -d 'Show every setting, its value and where it came from (flag > environment > file > default)'
-complete -c elect -n "__fish_elect_using_subcommand help; and not __fish_seen_subcommand_from run status config generate help" -f -a "generate" -d 'Write the man page and shell completions under DIR (for packaging)'
-complete -c elect -n "__fish_elect_using_subcommand help; and not __fish_seen_subcommand_from run status config generate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c elect -n "__fish_elect_using_subcommand help; and not __fish_seen_subcommand_from run status release config generate help" -f -a "run" -d 'Take the lease, run COMMAND, release the lease when it exits'
+complete -c elect -n "__fish_elect_using_subcommand help; and not __fish_seen_subcommand_from run status release config generate help" -f -a "status" -d 'Show who holds which lock (exit 0 held, 3 free, 69 backend unavailable)'
+complete -c elect -n "__fish_elect_using_subcommand help; and not __fish_seen_subcommand_from run status release config generate help" -f -a "release" -d 'Free a lock whose holder is known dead, only if its fencing token is still N'
+complete -c elect -n "__fish_elect_using_subcommand help; and not __fish_seen_subcommand_from run status release config generate help" -f -a "config" -d 'Show every setting, its value and where it came from (flag > environment > file > default)'
+complete -c elect -n "__fish_elect_using_subcommand help; and not __fish_seen_subcommand_from run status release config generate help" -f -a "generate" -d 'Write the man page and shell completions under DIR (for packaging)'
+complete -c elect -n "__fish_elect_using_subcommand help; and not __fish_seen_subcommand_from run status release config generate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -24,9 +24,9 @@ case "${1:-}" in
   *) echo "usage: scripts/bench.sh [--quick]" >&2; exit 2 ;;
 esac
 if [ "$mode" = quick ]; then
-  file_runs=150 net_runs=30 hand_rounds=5 take_rounds=2 herd_n=50 herd_n_etcd=50 herd_window=2
+  rounds=2 file_runs=75 net_runs=15 hand_rounds=5 take_rounds=2 herd_n=50 herd_n_etcd=50 herd_window=2
 else
-  file_runs=1000 net_runs=200 hand_rounds=20 take_rounds=10 herd_n=200 herd_n_etcd=200 herd_window=5
+  rounds=5 file_runs=200 net_runs=40 hand_rounds=20 take_rounds=10 herd_n=200 herd_n_etcd=200 herd_window=5
 fi
 
 for tool in hyperfine flock python3 strace; do
@@ -40,6 +40,7 @@ fi
 elect=$root/target/release/elect
 measure=(python3 "$root/scripts/bench/measure.py")
 
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 BENCH_WORK=$(mktemp -d /tmp/elect-bench.XXXXXX)
 # shellcheck source=bench/servers.sh
 source "$root/scripts/bench/servers.sh"
@@ -56,6 +57,17 @@ report=$BENCH_WORK/report.md
 # out TEXT...: one line to stdout and to the report; `... | emit`: the same for a command's output.
 out() { printf '%s\n' "$*" | tee -a "$report"; }
 emit() { tee -a "$report"; }
+
+# hyper NAME RUNS HYPERFINE-ARGS...: ROUNDS rounds of hyperfine over the same commands, one after
+# the other, exported to NAME-1.json ... (measure.py wall merges them).
+hyper() {
+  local name=$1 runs=$2 r
+  shift 2
+  for (( r = 1; r <= rounds; r++ )); do
+    hyperfine -N --style none --warmup 5 --runs "$runs" --export-json "$BENCH_WORK/$name-$r.json" "$@" \
+      >/dev/null 2>"$BENCH_WORK/$name-$r.err" || { cat "$BENCH_WORK/$name-$r.err" >&2; return 1; }
+  done
+}
 
 # supports SCHEME: this elect was built with that backend (an unbuilt one exits 2 and says so).
 supports() {
@@ -78,13 +90,13 @@ for s in "${skipped[@]}"; do echo "skipped: $s" >&2; done
 # ---------------------------------------------------------------------------------- 1. wall time
 out "## 1. Wall time per run, file backend"
 out ""
-hyperfine -N --style none --warmup 50 --runs "$file_runs" --export-json "$BENCH_WORK/wall-file.json" \
+hyper wall-file "$file_runs" \
   -n "elect run --lock x -- true" "$elect run --lock x -- true" \
   -n "flock -n FILE true" "flock -n $BENCH_WORK/flock.lock true" \
-  -n "true" "true" >/dev/null
-"${measure[@]}" wall "$BENCH_WORK/wall-file.json" --target "flock -n FILE true=1.3" 2>/dev/null | emit
+  -n "true" "true"
+"${measure[@]}" wall "$BENCH_WORK"/wall-file-*.json --target "flock -n FILE true=1.3" 2>/dev/null | emit
 out ""
-out "One process start each, no shell (hyperfine -N); times in ms. Target: elect ≤ 1.3× flock(1)."
+out "One process start each, no shell (hyperfine -N), in $rounds rounds of all commands one after the other (so that a change of load hits every command alike); times in ms. Target: elect ≤ 1.3× flock(1)."
 out ""
 
 # ------------------------------------------------------------------- 2. wall time, network backends
@@ -93,34 +105,32 @@ out ""
 if [ $have_etcd = 1 ]; then
   out "### etcd"
   out ""
-  hyperfine -N --style none --warmup 5 --runs "$net_runs" --export-json "$BENCH_WORK/wall-etcd.json" \
+  hyper wall-etcd "$net_runs" \
     -n "elect run --backend etcd://… --lock x -- true" "$elect run --backend $etcd_url --lock x -- true" \
-    -n "etcdctl lock x true" "etcdctl --endpoints http://127.0.0.1:$ETCD_PORT lock x true" >/dev/null
-  "${measure[@]}" wall "$BENCH_WORK/wall-etcd.json" --target "etcdctl lock x true=0.5" 2>/dev/null | emit
+    -n "etcdctl lock x true" "etcdctl --endpoints http://127.0.0.1:$ETCD_PORT lock x true"
+  "${measure[@]}" wall "$BENCH_WORK"/wall-etcd-*.json --target "etcdctl lock x true=0.5" 2>/dev/null | emit
   out ""
 fi
 if [ $have_redis = 1 ]; then
   out "### Redis"
   out ""
-  hyperfine -N --style none --warmup 5 --runs "$net_runs" --export-json "$BENCH_WORK/wall-redis.json" \
+  hyper wall-redis "$net_runs" \
     -n "elect run --backend redis://… --lock x -- true" "$elect run --backend $redis_url --lock x -- true" \
     -n "sh: redis-cli SET NX PX, true, DEL" \
-    "sh -c 'redis-cli -p $REDIS_PORT SET lock:x \$\$ NX PX 15000 | grep -q OK && { true; redis-cli -p $REDIS_PORT DEL lock:x >/dev/null; }'" \
-    >/dev/null
-  "${measure[@]}" wall "$BENCH_WORK/wall-redis.json" --target "sh: redis-cli SET NX PX, true, DEL=0.5" 2>/dev/null | emit
+    "sh -c 'redis-cli -p $REDIS_PORT SET lock:x \$\$ NX PX 15000 | grep -q OK && { true; redis-cli -p $REDIS_PORT DEL lock:x >/dev/null; }'"
+  "${measure[@]}" wall "$BENCH_WORK"/wall-redis-*.json --target "sh: redis-cli SET NX PX, true, DEL=0.5" 2>/dev/null | emit
   out ""
 fi
 if [ $have_pg = 1 ]; then
   out "### PostgreSQL"
   out ""
   psql_args="-h 127.0.0.1 -p $PG_PORT -U $PG_USER -d $PG_DB -qAt"
-  hyperfine -N --style none --warmup 5 --runs "$net_runs" --export-json "$BENCH_WORK/wall-pg.json" \
+  hyper wall-pg "$net_runs" \
     -n "elect run --backend postgres://… --lock x -- true" "$elect run --backend $pg_url --lock x -- true" \
     -n "psql: pg_advisory_lock, \\! true, pg_advisory_unlock" \
     "psql $psql_args -c 'select pg_advisory_lock(42)' -c '\\! true' -c 'select pg_advisory_unlock(42)'" \
-    -n "psql: pg_try_advisory_lock only" "psql $psql_args -c 'select pg_try_advisory_lock(42)'" \
-    >/dev/null
-  "${measure[@]}" wall "$BENCH_WORK/wall-pg.json" \
+    -n "psql: pg_try_advisory_lock only" "psql $psql_args -c 'select pg_try_advisory_lock(42)'"
+  "${measure[@]}" wall "$BENCH_WORK"/wall-pg-*.json \
     --target "psql: pg_advisory_lock, \\! true, pg_advisory_unlock=0.5" 2>/dev/null | emit
   out ""
 fi
@@ -202,10 +212,10 @@ out ""
 # --------------------------------------------------------------------------------- 7. diagnostics
 out "## 7. Where the time of one run goes"
 out ""
-out "\`strace -c -f\` of one \`elect run --lock x -- true\` on the file backend (elect, its watchdog and \`true\`):"
+out "\`strace -c -w -f\` (wall time in each call) of one \`elect run --lock x -- true\` on the file backend (elect, its watchdog and \`true\`):"
 out ""
 out '```'
-strace -c -f -o "$BENCH_WORK/strace-c.txt" "$elect" run --lock x -- true
+strace -c -w -f -o "$BENCH_WORK/strace-c.txt" "$elect" run --lock x -- true
 head -n 18 "$BENCH_WORK/strace-c.txt" | emit
 tail -n 2 "$BENCH_WORK/strace-c.txt" | emit
 out '```'
@@ -228,6 +238,7 @@ missed=$(grep -c -F '**missed**' "$report" || true)
   echo "Produced by \`scripts/bench.sh$([ "$mode" = quick ] && echo " --quick")\` on $(date -u +%Y-%m-%d) (elect $(git rev-parse --short HEAD 2>/dev/null || echo unknown); $mode run). Every ratio compares two commands measured in the same run on the same machine; re-run the script rather than comparing figures across machines."
   echo ""
   echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')), $(free -g | awk '/^Mem/ {print $2}') GiB RAM, Linux $(uname -r), $(. /etc/os-release; echo "$PRETTY_NAME")."
+  echo "Load average (1, 5, 15 min) at the start: $load_start; at the end: $(cut -d' ' -f1-3 /proc/loadavg). Other work on the machine widens the spreads; the ratios hold up better than the absolute times."
   echo "Versions: $(hyperfine --version), $(flock --version | head -1), redis-server $(redis-server --version | sed 's/.* v=\([^ ]*\).*/\1/'), etcd $(etcd --version | sed -n 's/etcd Version: //p'), PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'), $(rustc --version | cut -d' ' -f1-2)."
   echo ""
   if [ ${#skipped[@]} -gt 0 ]; then

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine with a Rust toolchain: installs the servers
-# the integration tests start (redis-server, etcd, PostgreSQL) and the build tools (protoc) when
+# the integration tests start (redis-server, etcd, PostgreSQL, PgBouncer) and the build tools (protoc) when
 # they are missing, then checks formatting and lints and runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +12,7 @@ have redis-cli || missing+=(redis-tools)
 have etcd || missing+=(etcd-server)
 have etcdctl || missing+=(etcd-client)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+[ -x /usr/sbin/pgbouncer ] || have pgbouncer || missing+=(pgbouncer)
 have protoc || missing+=(protobuf-compiler)
 have openssl || missing+=(openssl)
 have tmux || missing+=(tmux)

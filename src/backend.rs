@@ -9,6 +9,7 @@
 
 pub mod etcd;
 pub mod file;
+pub mod postgres;
 pub mod redis;
 mod url;
 
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 pub use self::url::{redact, BackendUrl, Scheme};
 use crate::exit::{code, Failure};
-use crate::lease::{Acquire, HolderInfo, Lease, LockName, LockState, Renewal};
+use crate::lease::{Acquire, FencingToken, HolderInfo, Lease, LockName, LockState, Renewal};
 
 /// What an acquire asks for.
 #[derive(Debug, Clone)]
@@ -115,6 +116,27 @@ pub trait Backend {
 
     /// Every elect lock under this backend's namespace, sorted by name.
     fn list(&mut self) -> impl Future<Output = Result<Vec<LockState>>>;
+
+    /// An operator frees `name`, but only if its holder still has `token` (compare-and-delete):
+    /// for a holder known to be dead whose lease has not expired yet.
+    fn force_release(
+        &mut self,
+        name: &LockName,
+        token: FencingToken,
+    ) -> impl Future<Output = Result<ForcedRelease>>;
+}
+
+/// What an operator's forced release found.
+#[derive(Debug)]
+pub enum ForcedRelease {
+    /// The lease with that token is gone; the lock is free.
+    Released,
+    /// The lock was free already.
+    NotHeld,
+    /// Another lease holds the lock now (or the token was wrong): nothing was done.
+    Mismatch(Option<HolderInfo>),
+    /// The backend cannot take the lease from its holder (the file backend's kernel lock).
+    Refused(String),
 }
 
 /// The closed set of backends.
@@ -124,6 +146,7 @@ pub enum AnyBackend {
     /// Boxed: the etcd client is a few kilobytes, the other variants a few words.
     Etcd(Box<etcd::EtcdBackend>),
     Redis(redis::RedisBackend),
+    Postgres(postgres::PostgresBackend),
 }
 
 impl AnyBackend {
@@ -141,10 +164,21 @@ impl AnyBackend {
             Scheme::Redis | Scheme::Rediss => {
                 Ok(Self::Redis(redis::RedisBackend::open(&url, options).await?))
             }
-            other => Err(BackendError::Config(format!(
-                "the {} backend is not built into this elect",
-                other.name()
-            ))),
+            Scheme::Postgres => Ok(Self::Postgres(
+                postgres::PostgresBackend::open(&url, options).await?,
+            )),
+        }
+    }
+}
+
+impl AnyBackend {
+    /// Environment variables that hold a secret this backend reads and that are not elect's own
+    /// (`ELECT_*`): the job must not inherit them either.
+    pub fn secret_variables(&self) -> &'static [&'static str] {
+        match self {
+            Self::Postgres(_) => postgres::SECRET_VARIABLES,
+            // ELECT_ETCD_PASSWORD is one of elect's own variables, withheld with the others.
+            Self::File(_) | Self::Etcd(_) | Self::Redis(_) => &[],
         }
     }
 }
@@ -155,6 +189,7 @@ macro_rules! dispatch {
             AnyBackend::File($b) => $e,
             AnyBackend::Etcd($b) => $e,
             AnyBackend::Redis($b) => $e,
+            AnyBackend::Postgres($b) => $e,
         }
     };
 }
@@ -186,5 +221,13 @@ impl Backend for AnyBackend {
 
     async fn list(&mut self) -> Result<Vec<LockState>> {
         dispatch!(self, b => b.list().await)
+    }
+
+    async fn force_release(
+        &mut self,
+        name: &LockName,
+        token: FencingToken,
+    ) -> Result<ForcedRelease> {
+        dispatch!(self, b => b.force_release(name, token).await)
     }
 }

@@ -45,6 +45,8 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Show who holds which lock (exit 0 held, 3 free, 69 backend unavailable)
     Status(StatusArgs),
+    /// Free a lock whose holder is known dead, only if its fencing token is still N
+    Release(ReleaseArgs),
     /// Show every setting, its value and where it came from (flag > environment > file > default)
     Config,
     /// Write the man page and shell completions under DIR (for packaging).
@@ -213,6 +215,20 @@ pub struct StatusArgs {
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,
+
+    #[command(flatten)]
+    pub backend: BackendArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ReleaseArgs {
+    /// The lock to free
+    #[arg(long, env = "ELECT_LOCK", value_name = "NAME", value_parser = parse_lock)]
+    pub lock: LockName,
+
+    /// Free it only if its holder's fencing token is N (see `elect status`)
+    #[arg(long, value_name = "N")]
+    pub token: u64,
 
     #[command(flatten)]
     pub backend: BackendArgs,

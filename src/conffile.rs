@@ -22,10 +22,11 @@ use crate::cli::Cli;
 use crate::exit::Failure;
 
 /// Variables elect reads that are not flags.
-const EXTRA_KEYS: [&str; 4] = [
+const EXTRA_KEYS: [&str; 5] = [
     "ELECT_LOG",
     "ELECT_LOCK_DIR",
     "ELECT_REDIS_PASSWORD",
+    "ELECT_ETCD_USER",
     "ELECT_ETCD_PASSWORD",
 ];
 
@@ -37,12 +38,10 @@ pub struct Entry {
     pub file: PathBuf,
 }
 
-/// Where each setting came from, for `elect config`.
+/// Where each setting came from, for `elect config`: the settings taken from files (those the
+/// environment did not override); anything else set came from the environment.
 #[derive(Debug, Default)]
 pub struct Sources {
-    /// Keys present in the environment before any file was read.
-    pub environment: Vec<String>,
-    /// Settings taken from files (those the environment did not override).
     pub files: Vec<Entry>,
 }
 
@@ -85,12 +84,6 @@ pub fn explicit_path(args: &[OsString]) -> Option<PathBuf> {
 /// Reads the files and puts their settings into the environment where it has none.
 /// Must run before any thread starts (it changes the environment).
 pub fn load_into_env(args: &[OsString]) -> Result<Sources, Failure> {
-    let known = known_keys();
-    let environment: Vec<String> = known
-        .iter()
-        .filter(|k| std::env::var_os(k).is_some())
-        .cloned()
-        .collect();
     let paths = match explicit_path(args) {
         Some(path) => vec![(path, true)],
         None => default_paths().into_iter().map(|p| (p, false)).collect(),
@@ -107,6 +100,9 @@ pub fn load_into_env(args: &[OsString]) -> Result<Sources, Failure> {
                 )))
             }
         };
+        // Built only when there is a file: most runs have none, and building the clap
+        // definition is not free.
+        let known = known_keys();
         let entries = parse(&text, &path, &known)?;
         check_secret_permissions(&path, &entries)?;
         for entry in entries {
@@ -115,14 +111,14 @@ pub fn load_into_env(args: &[OsString]) -> Result<Sources, Failure> {
     }
     let mut files = Vec::new();
     for (key, entry) in merged {
-        if !environment.contains(&key) {
+        if std::env::var_os(&key).is_none() {
             // SAFETY: called from main before any other thread exists, so nothing reads the
             // environment concurrently.
             unsafe { std::env::set_var(&key, &entry.value) };
             files.push(entry);
         }
     }
-    Ok(Sources { environment, files })
+    Ok(Sources { files })
 }
 
 fn default_paths() -> Vec<PathBuf> {
@@ -225,10 +221,10 @@ pub fn show(sources: &Sources) -> String {
     let mut rows = vec![("KEY".to_owned(), "VALUE".to_owned(), "SOURCE".to_owned())];
     for key in known_keys() {
         let value = std::env::var(&key).ok();
-        let source = if sources.environment.contains(&key) {
-            "environment".to_owned()
-        } else if let Some(entry) = sources.files.iter().find(|e| e.key == key) {
+        let source = if let Some(entry) = sources.files.iter().find(|e| e.key == key) {
             format!("file {}", entry.file.display())
+        } else if value.is_some() {
+            "environment".to_owned()
         } else if defaults.contains_key(&key) {
             "default".to_owned()
         } else {

@@ -55,8 +55,8 @@ pub struct RenewStats {
     pub worst: Duration,
 }
 
-/// Keeps `lease` alive until it is lost; never returns otherwise. Each new deadline is sent on
-/// `deadlines`. Cancel by dropping the future.
+/// Keeps `lease` alive until it is lost; never returns otherwise. Each renewal's deadline is
+/// sent on `deadlines`. Cancel by dropping the future.
 pub async fn keep<B: Backend, C: Clock>(
     backend: &mut B,
     lease: &mut Lease,
@@ -67,8 +67,8 @@ pub async fn keep<B: Backend, C: Clock>(
 ) -> Loss {
     let expires = backend.expiry() == Expiry::Ttl;
     let deadline_of = |sent: BootTime| expires.then(|| timing.deadline(sent));
+    // The first deadline went out with the job's start; only renewals publish.
     let mut deadline = deadline_of(lease.sent_at);
-    deadlines.send_replace(deadline);
     let mut next = lease.sent_at + timing.renew();
     let mut last_error = String::new();
     loop {

@@ -19,6 +19,7 @@
 //! - [`notify`]: systemd readiness, status and watchdog notifications.
 //! - [`metrics`]: `--metrics-file`, Prometheus text format.
 //! - [`status`]: `elect status`, text and JSON.
+//! - [`release`]: `elect release --token N`, an operator's compare-and-delete.
 //! - [`logging`]: one line per event on stderr, text or JSON.
 //! - [`generate`], [`manual`]: the man page and shell completions, generated from [`cli`].
 
@@ -36,6 +37,7 @@ pub mod logging;
 pub mod manual;
 pub mod metrics;
 pub mod notify;
+pub mod release;
 pub mod run;
 pub mod status;
 pub mod supervisor;

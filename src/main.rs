@@ -33,6 +33,12 @@ fn main() -> ExitCode {
             BackendConfig::from_args(&args.backend, sub)
                 .and_then(|backend| elect::status::status(backend, args.lock, args.json))
         }
+        Command::Release(args) => {
+            elect::logging::init(&args.backend.log);
+            BackendConfig::from_args(&args.backend, sub).and_then(|backend| {
+                elect::release::release(backend, args.lock, elect::lease::FencingToken(args.token))
+            })
+        }
         Command::Config => {
             print!("{}", elect::conffile::show(&sources));
             Ok(0)

@@ -118,7 +118,12 @@ impl Runner<'_> {
             env: job_env
                 .iter()
                 .map(|(k, v)| (OsString::from(k), Some(OsString::from(v))))
-                .chain(WITHHELD_VARIABLES.iter().map(|k| (OsString::from(k), None)))
+                .chain(
+                    WITHHELD_VARIABLES
+                        .iter()
+                        .chain(backend.secret_variables())
+                        .map(|k| (OsString::from(k), None)),
+                )
                 .collect(),
         };
         let started = Instant::now();

@@ -413,7 +413,9 @@ impl Watchdog {
     }
 
     fn receive(&mut self) -> io::Result<Option<Order>> {
-        let mut buf = vec![0u8; 64 * 1024];
+        // Orders are small (the largest, `start`, carries a few ELECT_* variables); a stack
+        // buffer spares the watchdog the page faults of a large heap one.
+        let mut buf = [0u8; 8 * 1024];
         let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
         let (len, fd) = loop {
             let mut iov = [io::IoSliceMut::new(&mut buf)];
@@ -429,6 +431,9 @@ impl Watchdog {
                         if let ControlMessageOwned::ScmRights(fds) = c {
                             fd = fds.first().copied();
                         }
+                    }
+                    if msg.flags.contains(MsgFlags::MSG_TRUNC) {
+                        return Err(io::Error::other("an order from elect was too long"));
                     }
                     break (msg.bytes, fd);
                 }

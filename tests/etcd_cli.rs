@@ -13,13 +13,17 @@ use std::time::{Duration, Instant};
 use etcd_server::EtcdServer;
 use support::{battery, until_exists, wait_for, write_pid, Json, TestEnv};
 
-/// One `#[test]` per battery scenario, each on an etcd of its own.
+/// One `#[test]` per battery scenario, each on an etcd of its own, with authentication on (so
+/// that the password's redaction is checked too).
 macro_rules! battery_tests {
     ($($scenario:ident),* $(,)?) => {
         $(
             #[test]
             fn $scenario() {
-                let server = EtcdServer::start();
+                let server = EtcdServer::with(etcd_server::Options {
+                    root_password: Some("battery-secret".into()),
+                    tls: false,
+                });
                 battery::$scenario(&TestEnv::with_backend(&server.url()).private());
             }
         )*
@@ -45,6 +49,7 @@ battery_tests!(
     status_of_one_lock,
     sigterm_stops_a_wait,
     bad_input_is_a_usage_error,
+    forced_release_frees_a_dead_holders_lease,
 );
 
 const SHORT: [&str; 4] = ["--ttl", "2s", "--grace", "500ms"];
@@ -99,7 +104,8 @@ fn a_waiter_takes_over_within_ttl_after_the_holder_is_killed() {
             .chain(SHORT)
             .chain(["--", "sh", "-c", waiter_script]),
     );
-    // The waiter is queued behind the holder.
+    // The waiter is queued behind the holder (past its first try, which does not wait).
+    waiter.wait_for_stderr("waiting", Duration::from_secs(10));
     wait_for("the waiter to queue", Duration::from_secs(10), || {
         server.keys(&format!("elect/{lock}/")).len() == 2
     });
@@ -201,17 +207,28 @@ fn status_counts_the_waiters() {
     let script = format!("{}; {}", write_pid("job.pid"), until_exists("go"));
     let mut holder = env.spawn(["run", "--lock", &lock, "--", "sh", "-c", &script]);
     env.read_pid("job.pid");
-    let mut waiters: Vec<_> = (0..2)
-        .map(|_| env.spawn(["run", "--lock", &lock, "--wait", "--", "true"]))
-        .collect();
-    wait_for("the waiters to queue", Duration::from_secs(10), || {
-        server.keys(&format!("elect/{lock}/")).len() == 3
-    });
-    let out = env.status(["--lock", &lock, "--json"]);
-    out.assert_code(0);
-    let json = Json::parse(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
-    assert_eq!(json.get("waiters").as_u64(), Some(2), "{}", out.stdout);
-    assert_eq!(json.get("state").as_str(), Some("held"), "{}", out.stdout);
+    // One after the other: a contender first tries without waiting (a key that comes and goes),
+    // logs that it waits, then queues.
+    let mut waiters = Vec::new();
+    for n in 1..=2 {
+        let mut waiter = env.spawn(["run", "--lock", &lock, "--wait", "--", "true"]);
+        // Past its first try: from now on its only key is its place in the line.
+        waiter.wait_for_stderr("waiting", Duration::from_secs(10));
+        waiters.push(waiter);
+        wait_for("a waiter to queue", Duration::from_secs(10), || {
+            let out = env.status(["--lock", &lock, "--json"]);
+            out.assert_code(0);
+            let json =
+                Json::parse(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
+            assert_eq!(json.get("state").as_str(), Some("held"), "{}", out.stdout);
+            assert_eq!(
+                json.get("holder").get("pid").as_u64(),
+                Some(u64::from(holder.pid() as u32))
+            );
+            json.get("waiters").as_u64() == Some(n)
+        });
+    }
+    assert_eq!(server.keys(&format!("elect/{lock}/")).len(), 3);
     std::fs::write(env.file("go"), "").unwrap();
     holder.wait().assert_code(0);
     for w in &mut waiters {

@@ -394,3 +394,28 @@ fn ctrl_c_reaches_the_job_once() {
     );
     assert_eq!(env.lines("code"), ["0"]);
 }
+
+/// A file lock belongs to the kernel: `elect release` cannot take it from a live holder, says
+/// so, and finds nothing to do once the holder is gone.
+#[test]
+fn forced_release_of_a_file_lock_is_refused_while_held() {
+    let env = TestEnv::new();
+    let lock = env.lock("forced");
+    let mut holder = env.spawn([
+        "run",
+        "--lock",
+        &lock,
+        "--",
+        "sh",
+        "-c",
+        "touch started; exec sleep 100",
+    ]);
+    env.wait_for_file("started", Duration::from_secs(10));
+    let refused = env.run(["release", "--lock", &lock, "--token", "1"]);
+    refused.assert_code(75).assert_no_panic();
+    assert!(refused.one_error_line().contains("kernel"), "{refused}");
+    holder.signal("TERM");
+    holder.wait();
+    env.run(["release", "--lock", &lock, "--token", "1"])
+        .assert_code(3);
+}

@@ -141,16 +141,29 @@ def verdict(value, target, unit=""):
 
 
 def cmd_wall(args):
-    with open(args.json) as f:
-        results = json.load(f)["results"]
+    # Several hyperfine exports of the same commands (rounds run one after the other, so that
+    # a change of load on the machine hits every command alike): merge them by command name.
+    results = []
+    for path in args.json:
+        with open(path) as f:
+            for r in json.load(f)["results"]:
+                same = [m for m in results if m["command"] == r["command"]]
+                if same:
+                    m = same[0]
+                    n, k = len(m["times"]), len(r["times"])
+                    m["user"] = (m["user"] * n + r["user"] * k) / (n + k)
+                    m["system"] = (m["system"] * n + r["system"] * k) / (n + k)
+                    m["times"] += r["times"]
+                else:
+                    results.append(r)
     targets = dict(t.split("=", 1) for t in args.target)
     first = results[0]
     fmin, fmed, fmax = summary(first["times"])
-    print(f"| command | runs | min ms | median ms | max ms | {first['command']} ÷ this (min / median / max) | target (median) |")
-    print("|---|---:|---:|---:|---:|---|---|")
+    print(f"| command | runs | min ms | median ms | max ms | CPU ms (user + sys, mean) | {first['command']} ÷ this (min / median / max) | target (median) |")
+    print("|---|---:|---:|---:|---:|---:|---|---|")
     for r in results:
         mn, md, mx = summary(r["times"])
-        row = f"| `{r['command']}` | {len(r['times'])} | {mn * 1e3:.2f} | {md * 1e3:.2f} | {mx * 1e3:.2f} |"
+        row = f"| `{r['command']}` | {len(r['times'])} | {mn * 1e3:.2f} | {md * 1e3:.2f} | {mx * 1e3:.2f} | {r['user'] * 1e3:.2f} + {r['system'] * 1e3:.2f} |"
         if r is first:
             row += " — | — |"
         else:
@@ -385,7 +398,7 @@ def main():
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("wall")
-    p.add_argument("json")
+    p.add_argument("json", nargs="+")
     p.add_argument("--target", action="append", default=[], help="NAME=RATIO: the first row ÷ NAME should not exceed RATIO")
 
     def common(p):

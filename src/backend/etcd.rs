@@ -24,6 +24,8 @@
 //!   or re-created by someone else: lost). A lease can outlive its key when someone deletes the
 //!   key (`etcdctl del`), and then the lock is free for the next in line.
 //! - Release: revoke the lease, which deletes the key in the same step.
+//! - Forced release (`elect release --token N`): delete the owner's key if its create revision is
+//!   `N`, in one transaction, then revoke its lease.
 //! - A wait that is abandoned (its future dropped, e.g. by `--wait=10s`) leaves its key in the
 //!   queue; the next call on this backend revokes that lease, and so does dropping the backend
 //!   (bounded to one second). If both fail, the lease expires by its ttl.
@@ -44,7 +46,8 @@ pub use self::connect::{PASSWORD_ENV, USER_ENV};
 use self::keepalive::{Alive, KeepAlive};
 use self::queue::Turn;
 use super::{
-    AcquireRequest, Backend, BackendError, BackendOptions, BackendUrl, Expiry, Result, WaitMode,
+    AcquireRequest, Backend, BackendError, BackendOptions, BackendUrl, Expiry, ForcedRelease,
+    Result, WaitMode,
 };
 use crate::clock::BootTime;
 use crate::lease::{Acquire, FencingToken, HolderInfo, Lease, LockName, LockState, Renewal};
@@ -347,6 +350,16 @@ impl Backend for EtcdBackend {
         let result = self.list_here().await;
         self.note(result)
     }
+
+    async fn force_release(
+        &mut self,
+        name: &LockName,
+        token: FencingToken,
+    ) -> Result<ForcedRelease> {
+        self.ready().await?;
+        let result = self.force_release_here(name, token).await;
+        self.note(result)
+    }
 }
 
 /// The operations, on the current endpoint.
@@ -436,6 +449,37 @@ impl EtcdBackend {
             states.push(self.state_of(&name, &members).await?);
         }
         Ok(states)
+    }
+
+    /// Deletes the owner's key only if its create revision is `token` (one transaction), then
+    /// revokes its lease, so that a holder that is still alive learns at its next renewal that
+    /// it lost the lock. The next in line gets the lock when the key goes.
+    async fn force_release_here(
+        &mut self,
+        name: &LockName,
+        token: FencingToken,
+    ) -> Result<ForcedRelease> {
+        let queue = self.settings.prefix_of(name);
+        let members = queue::members(&mut self.client, &queue).await?;
+        let Some(owner) = members.first() else {
+            return Ok(ForcedRelease::NotHeld);
+        };
+        if token_of(owner.create_revision()) != token {
+            return Ok(ForcedRelease::Mismatch(Some(
+                holder_of(owner).unwrap_or_else(|| unknown_holder(owner)),
+            )));
+        }
+        let key = owner.key().to_vec();
+        if !queue::delete_if_created_at(&mut self.client, key, owner.create_revision()).await? {
+            // Gone between the read and the delete: released or expired meanwhile.
+            return Ok(ForcedRelease::Released);
+        }
+        if owner.lease() != 0 {
+            if let Err(err) = revoke(&mut self.client, owner.lease()).await {
+                tracing::debug!(error = %err, "revoking the released holder's lease failed; it expires by its ttl");
+            }
+        }
+        Ok(ForcedRelease::Released)
     }
 
     /// A lock's state from its queue members, owner first.

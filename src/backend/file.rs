@@ -24,7 +24,9 @@ use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, Per
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{AcquireRequest, Backend, BackendError, BackendUrl, Expiry, Result, WaitMode};
+use super::{
+    AcquireRequest, Backend, BackendError, BackendUrl, Expiry, ForcedRelease, Result, WaitMode,
+};
 use crate::clock::BootTime;
 use crate::lease::{Acquire, FencingToken, HolderInfo, Lease, LockName, LockState, Renewal};
 
@@ -317,6 +319,24 @@ impl Backend for FileBackend {
         Ok(LockState {
             holder: Self::read_record(&file, &path)?,
             ..free(name)
+        })
+    }
+
+    /// A kernel lock cannot be taken from a live process, and a dead holder's is already gone.
+    async fn force_release(
+        &mut self,
+        name: &LockName,
+        token: FencingToken,
+    ) -> Result<ForcedRelease> {
+        let state = self.inspect(name).await?;
+        Ok(match state.holder {
+            None => ForcedRelease::NotHeld,
+            Some(holder) if holder.token == token => ForcedRelease::Refused(format!(
+                "a file lock is held by the kernel for its holder's processes (pid {} on {}) and \
+                 is freed when they exit; stop them instead",
+                holder.pid, holder.host
+            )),
+            Some(holder) => ForcedRelease::Mismatch(Some(holder)),
         })
     }
 

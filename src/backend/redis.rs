@@ -7,12 +7,18 @@
 //! never extend or delete a lease that is not its own (`redis/scripts.rs` has the key layout and
 //! the scripts).
 //!
-//! - **Waiting**: a waiter subscribes to `elect:{NAME}:released` *before* its first acquire
-//!   attempt and stays subscribed, so a release between an attempt and the sleep after it still
-//!   wakes it. When no release comes (the holder crashed and its key is left to expire), it
-//!   sleeps until the key's PTTL runs out plus a little jitter, and re-checks at least every
-//!   ~1.5 s anyway (a missed publish, a renewed lease). Many waiters thus cost one script call
-//!   each per release or per ~1.5 s, not a loop.
+//! - **Waiting**: a release by the holder also pushes one element on the list
+//!   `elect:{NAME}:baton` (unless one is there already; it expires after a few seconds if nobody
+//!   takes it). A waiter whose attempt finds the lock held blocks on that list with `BLPOP`, on a
+//!   connection of its own; the server hands the element to the client that has blocked longest,
+//!   so a release wakes exactly one waiter, first come, first served, and the others send
+//!   nothing. The woken waiter tries to acquire; if a contender that does not wait took the lock
+//!   in between, it blocks again. A block also ends just past the holder's expiry (the PTTL its
+//!   attempt saw, plus jitter), so a holder that died without releasing is taken over within about
+//!   its ttl, and after at most 10 s anyway, which bounds what a lost baton costs (a waiter killed
+//!   between taking it and acquiring). A waiter thus costs one attempt and one `BLPOP` per
+//!   release that reaches it, per expiry of the lease it waits behind, or per 10 s, whichever
+//!   comes first. `redis/baton.rs` has the details.
 //! - **Timeouts**: every call is bounded (connect 3 s, response 2 s), so a stopped or
 //!   unreachable server makes calls fail rather than hang; the lease keeper decides what a
 //!   failed renew means. A connection that failed is replaced on the next call.
@@ -21,6 +27,7 @@
 //!   as free. No registry of names is kept: it would live in one slot of a cluster, apart from
 //!   the locks' own keys, and could not be updated atomically with them.
 
+mod baton;
 mod connect;
 mod scripts;
 
@@ -29,21 +36,17 @@ use std::time::Duration;
 
 use ::redis::aio::MultiplexedConnection;
 use ::redis::{RedisError, Value};
-use futures_util::StreamExt;
 
+use self::baton::Waiter;
 use self::connect::{breaks_connection, describe, Target};
 use self::scripts::SCRIPTS;
 use super::{
-    AcquireRequest, Backend, BackendError, BackendOptions, BackendUrl, Expiry, Result, WaitMode,
+    AcquireRequest, Backend, BackendError, BackendOptions, BackendUrl, Expiry, ForcedRelease,
+    Result, WaitMode,
 };
 use crate::clock::BootTime;
 use crate::lease::{Acquire, FencingToken, HolderInfo, Lease, LockName, LockState, Renewal};
 
-/// The longest a waiter sleeps between two attempts when no release wakes it.
-const RECHECK: Duration = Duration::from_millis(1500);
-/// Spread added to each waiter's sleep, so that waiters behind an expired lease do not all
-/// arrive in the same millisecond.
-const JITTER_MS: u64 = 100;
 /// SCAN batch size: large enough to make few round trips, small enough not to block the server.
 const SCAN_COUNT: u32 = 500;
 
@@ -99,6 +102,11 @@ impl RedisBackend {
         if breaks_connection(err) {
             self.conn = None;
         }
+        self.failed(doing, err)
+    }
+
+    /// A client error as a one-line `Unavailable`, leaving the shared connection alone.
+    fn failed(&self, doing: &str, err: &RedisError) -> BackendError {
         BackendError::Unavailable(format!(
             "{doing} (Redis at {}): {}",
             self.target.addr,
@@ -157,44 +165,40 @@ impl Backend for RedisBackend {
     }
 
     async fn acquire(&mut self, req: &AcquireRequest, wait: WaitMode) -> Result<Acquire> {
-        if wait == WaitMode::NoWait {
-            return Ok(match self.try_acquire(req).await? {
-                Attempt::Acquired(lease) => Acquire::Acquired(lease),
-                Attempt::Held { holder, .. } => Acquire::Held(holder),
-            });
-        }
-        let channel = scripts::released_channel(&req.name);
-        let mut pubsub = self
-            .target
-            .pubsub()
-            .await
-            .map_err(|e| self.unavailable("subscribe for releases", &e))?;
-        match tokio::time::timeout(connect::RESPONSE_TIMEOUT, pubsub.subscribe(&channel)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(self.unavailable("subscribe for releases", &e)),
-            Err(_) => {
-                return Err(self.unavailable("subscribe for releases", &connect::timeout_error()))
-            }
-        }
-        let mut released = pubsub.on_message();
+        // Opened at the first attempt that finds the lock held, and closed when we return (or
+        // when the caller drops this future), which takes us out of the server's queue.
+        let mut waiter: Option<Waiter> = None;
+        // Whether the last block ended with the baton: the attempt that follows is our turn.
+        let mut woken = false;
         loop {
-            // Subscribed before this attempt: a release that lands after it still wakes us.
-            let pttl = match self.try_acquire(req).await? {
-                Attempt::Acquired(lease) => return Ok(Acquire::Acquired(lease)),
-                Attempt::Held { pttl, .. } => pttl,
-            };
-            let sleep = pttl.map_or(RECHECK, |left| left.min(RECHECK)) + jitter();
-            tokio::select! {
-                message = released.next() => {
-                    if message.is_none() {
-                        return Err(BackendError::Unavailable(format!(
-                            "the subscription for releases of lock {} was closed (Redis at {})",
-                            req.name, self.target.addr
-                        )));
+            let attempt = match self.try_acquire(req).await {
+                Ok(attempt) => attempt,
+                Err(e) => {
+                    if let (true, Some(waiter)) = (woken, waiter.as_mut()) {
+                        hand_on(waiter, &req.name).await;
                     }
+                    return Err(e);
                 }
-                () = tokio::time::sleep(sleep) => {}
+            };
+            let (holder, pttl) = match attempt {
+                Attempt::Acquired(lease) => return Ok(Acquire::Acquired(lease)),
+                Attempt::Held { holder, pttl } => (holder, pttl),
+            };
+            if wait == WaitMode::NoWait {
+                return Ok(Acquire::Held(holder));
             }
+            let waiter = match &mut waiter {
+                Some(waiter) => waiter,
+                None => waiter.insert(
+                    Waiter::open(&self.target, &req.name)
+                        .await
+                        .map_err(|e| self.failed("connect to wait for a release", &e))?,
+                ),
+            };
+            woken = waiter
+                .block(pttl)
+                .await
+                .map_err(|e| self.failed("wait for a release", &e))?;
         }
     }
 
@@ -216,8 +220,9 @@ impl Backend for RedisBackend {
         let key = scripts::lease_key(&lease.name);
         let mut call = SCRIPTS.release.prepare_invoke();
         call.key(&key)
+            .key(scripts::baton_key(&lease.name))
             .arg(&lease.secret)
-            .arg(scripts::released_channel(&lease.name));
+            .arg(millis(scripts::BATON_TTL));
         let released: i64 = self.invoke("release", &call).await?;
         if released != 1 {
             tracing::warn!(
@@ -226,6 +231,24 @@ impl Backend for RedisBackend {
             );
         }
         Ok(())
+    }
+
+    async fn force_release(
+        &mut self,
+        name: &LockName,
+        token: FencingToken,
+    ) -> Result<ForcedRelease> {
+        let mut call = SCRIPTS.force_release.prepare_invoke();
+        call.key(scripts::lease_key(name))
+            .key(scripts::baton_key(name))
+            .arg(token.0)
+            .arg(millis(scripts::BATON_TTL));
+        let answer: (i64, Option<Vec<u8>>) = self.invoke("force release", &call).await?;
+        Ok(match answer {
+            (1, _) => ForcedRelease::Released,
+            (0, _) => ForcedRelease::NotHeld,
+            (_, value) => ForcedRelease::Mismatch(value.as_deref().and_then(parse_holder)),
+        })
     }
 
     async fn inspect(&mut self, name: &LockName) -> Result<LockState> {
@@ -272,6 +295,20 @@ impl Backend for RedisBackend {
             states.push(self.inspect(name).await?);
         }
         Ok(states)
+    }
+}
+
+/// Passes on a baton we took but could not use, so that the next waiter is not left to wait for
+/// its timeout. Best effort: the error that made the attempt fail may well stop this too.
+async fn hand_on(waiter: &mut Waiter, name: &LockName) {
+    match waiter.hand_on().await {
+        Ok(true) => tracing::debug!(lock = %name, "passed the baton on to the next waiter"),
+        Ok(false) => {}
+        Err(e) => tracing::debug!(
+            lock = %name,
+            "could not pass the baton on ({}); the next waiter re-checks within 10 s",
+            describe(&e)
+        ),
     }
 }
 
@@ -376,15 +413,6 @@ fn random_secret() -> Result<String> {
         .and_then(|mut f| f.read_exact(&mut bytes))
         .map_err(|e| BackendError::unavailable("read /dev/urandom", e))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// Up to [`JITTER_MS`], from the sub-second part of the wall clock: enough to spread waiters,
-/// and it needs no random source.
-fn jitter() -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::from(d.subsec_nanos()));
-    Duration::from_millis(nanos % JITTER_MS)
 }
 
 #[cfg(test)]

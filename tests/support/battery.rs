@@ -901,3 +901,58 @@ pub fn bad_input_is_a_usage_error(env: &TestEnv) {
     assert!(!exists(env, "should-not-run"), "a usage error ran the job");
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+/// A network backend keeps a SIGKILLed holder's lease until its ttl; an operator frees it with
+/// `elect release --token N`, which refuses a wrong token and touches nothing then.
+pub fn forced_release_frees_a_dead_holders_lease(env: &TestEnv) {
+    let lock = env.lock("forced");
+    let mut holder = env.spawn([
+        "run",
+        "--lock",
+        &lock,
+        "--ttl",
+        "60s",
+        "--grace",
+        "500ms",
+        "--",
+        "sh",
+        "-c",
+        "echo $ELECT_FENCING_TOKEN > token.tmp && mv token.tmp token; exec sleep 100",
+    ]);
+    env.wait_for_file("token", Duration::from_secs(10));
+    let token: u64 = env.lines("token")[0].parse().expect("a token");
+    holder.signal("KILL");
+    assert_eq!(holder.wait().killed_by(), Some(9));
+
+    env.run(["run", "--lock", &lock, "--", "true"])
+        .assert_code(75);
+    let wrong = (token + 1000).to_string();
+    let refused = env.run(["release", "--lock", &lock, "--token", &wrong]);
+    refused.assert_code(75).assert_no_panic();
+    assert!(
+        refused.one_error_line().contains("not under token"),
+        "{refused}"
+    );
+    env.run(["run", "--lock", &lock, "--", "true"])
+        .assert_code(75);
+
+    env.run(["release", "--lock", &lock, "--token", &token.to_string()])
+        .assert_code(0);
+    env.run(["release", "--lock", &lock, "--token", &token.to_string()])
+        .assert_code(3);
+    env.run([
+        "run",
+        "--lock",
+        &lock,
+        "--",
+        "sh",
+        "-c",
+        "echo $ELECT_FENCING_TOKEN > next",
+    ])
+    .assert_code(0);
+    let next: u64 = env.lines("next")[0].parse().expect("a token");
+    assert!(
+        next > token,
+        "tokens grow after a forced release: {token} then {next}"
+    );
+}

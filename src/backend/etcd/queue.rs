@@ -192,3 +192,17 @@ pub(super) async fn update_mine(
     let resp = timed("record the holder", client.txn(txn)).await?;
     Ok(resp.succeeded())
 }
+
+/// Deletes `key` if its create revision is still `rev` (compare-and-delete); `false` when it
+/// is gone or was created again since.
+pub(super) async fn delete_if_created_at(
+    client: &mut Client,
+    key: Vec<u8>,
+    rev: i64,
+) -> Result<bool> {
+    let txn = Txn::new()
+        .when([Compare::create_revision(key.clone(), CompareOp::Equal, rev)])
+        .and_then([TxnOp::delete(key, None)]);
+    let resp = timed("release the lock", client.txn(txn)).await?;
+    Ok(resp.succeeded())
+}

@@ -112,15 +112,6 @@ impl Target {
         ::redis::cmd("PING").query_async::<()>(&mut conn).await?;
         Ok(conn)
     }
-
-    /// A connection in subscriber mode, for waiters.
-    pub async fn pubsub(&self) -> Result<::redis::aio::PubSub, RedisError> {
-        // The client applies no timeout of its own to pub/sub connections.
-        match tokio::time::timeout(CONNECT_TIMEOUT, self.client.get_async_pubsub()).await {
-            Ok(result) => result,
-            Err(_) => Err(timeout_error()),
-        }
-    }
 }
 
 /// `/N` selects database N; no path or `/` is database 0.
@@ -170,13 +161,6 @@ fn tls_certificates(options: &BackendOptions) -> Result<TlsCertificates> {
         client_tls,
         root_cert,
     })
-}
-
-pub fn timeout_error() -> RedisError {
-    RedisError::from(std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        "no answer in time",
-    ))
 }
 
 /// Whether an error leaves the connection in doubt, so that the next call should open a new one.

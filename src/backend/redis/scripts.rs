@@ -4,11 +4,11 @@
 //! Every key of one lock carries the lock name as a hash tag, so that a Redis Cluster keeps them
 //! in one slot and a script may touch them together:
 //!
-//! | key / channel | type | what |
+//! | key | type | what |
 //! |---|---|---|
 //! | `elect:{NAME}` | string, with a PX expiry | the lease: `<secret>\n<holder JSON>` |
 //! | `elect:{NAME}:token` | integer, no expiry | the fencing-token counter; never reset |
-//! | `elect:{NAME}:released` | pub/sub channel | a release publishes here to wake waiters |
+//! | `elect:{NAME}:baton` | list of at most one element, PX expiry of a few seconds | a release leaves it for the longest waiter |
 //!
 //! - **acquire** runs in one script: if the lease key exists it answers who holds it and the
 //!   remaining PTTL; otherwise it `INCR`s the counter and `SET lease value NX PX ttl`, with the new
@@ -16,9 +16,15 @@
 //!   token is never handed out twice (as long as the data survive: see the README).
 //! - **renew** extends the expiry only if the lease still starts with our secret: a holder can
 //!   never extend another holder's lease. It answers `1` renewed, `0` gone, `-1` someone else's.
-//! - **release** deletes the lease only if it is still ours, and then publishes on the channel,
-//!   so a waiter learns at once that it may try again.
+//! - **release** deletes the lease only if it is still ours, and then pushes one element on the
+//!   baton list (unless one is there already) with a short expiry. Waiters block on the list with
+//!   `BLPOP`, which the server serves in the order the clients blocked and one element to one
+//!   client: a release wakes exactly the longest waiter. An untaken baton expires after
+//!   [`BATON_TTL`], so it does not linger for a waiter that comes much later.
+//! - **hand on** pushes the baton again, only if the lease key is absent: a woken waiter that
+//!   could not acquire for a network error passes its turn on instead of losing it.
 //! - **inspect** reads the lease value and its PTTL together, for `status`.
+//! - **force release** (`elect release --token N`) deletes the lease only if its token is N.
 //!
 //! The secret is 128 random bits in hex, fresh for each acquisition; it never appears in logs or
 //! in status output.
@@ -42,16 +48,22 @@ pub fn token_key(name: &LockName) -> String {
     format!("{PREFIX}{{{name}}}:token")
 }
 
-/// The channel a release publishes on: `elect:{NAME}:released`.
-pub fn released_channel(name: &LockName) -> String {
-    format!("{PREFIX}{{{name}}}:released")
+/// The baton list waiters block on: `elect:{NAME}:baton`.
+pub fn baton_key(name: &LockName) -> String {
+    format!("{PREFIX}{{{name}}}:baton")
 }
+
+/// How long a baton nobody takes stays: longer than the gap between a waiter's failed attempt and
+/// its `BLPOP` (which may include opening its connection, bounded by 3 s), so that a release in
+/// that gap still wakes it; short enough that a much later waiter rarely finds a stale one (which
+/// costs it one extra attempt, nothing more).
+pub const BATON_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The SCAN pattern that finds every key of every lock (lease keys and counters).
 pub const SCAN_PATTERN: &str = "elect:{*";
 
-/// The lock name of a key elect owns: `elect:{NAME}` or `elect:{NAME}:token`. Anything else
-/// under the prefix (a key some other tool wrote) is not a lock.
+/// The lock name of a key elect owns: `elect:{NAME}` or `elect:{NAME}:token`. The short-lived
+/// baton, and anything else under the prefix (a key some other tool wrote), does not make a lock.
 pub fn lock_of_key(key: &str) -> Option<LockName> {
     let rest = key.strip_prefix(PREFIX)?.strip_prefix('{')?;
     let (name, suffix) = rest.split_once('}')?;
@@ -90,17 +102,55 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 "#;
 
-/// KEYS: lease. ARGV: secret, channel. Returns 1 released, 0 not ours (or gone).
+/// KEYS: lease, baton. ARGV: secret, baton ttl in ms. Returns 1 released, 0 not ours (or gone).
 ///
-/// The channel is an argument, not a key: channels live outside the keyspace.
+/// The list never holds more than one baton (`LTRIM` only runs when an untaken one was there):
+/// two releases nobody waited for must not later wake two waiters. A client blocked on the list is served after the script ends, so the `PEXPIRE`
+/// applies to a key that still exists.
 const RELEASE: &str = r#"
 local current = redis.call('GET', KEYS[1])
 if current and string.sub(current, 1, #ARGV[1] + 1) == ARGV[1] .. '\n' then
   redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], 'released')
+  if redis.call('RPUSH', KEYS[2], '1') > 1 then
+    redis.call('LTRIM', KEYS[2], 0, 0)
+  end
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
   return 1
 end
 return 0
+"#;
+
+/// KEYS: lease, baton. ARGV: baton ttl in ms. Returns 1 when the baton was passed on (the lock is
+/// free), 0 when the lock is held (its holder's release will pass one on).
+const HAND_ON: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+if redis.call('RPUSH', KEYS[2], '1') > 1 then
+  redis.call('LTRIM', KEYS[2], 0, 0)
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+return 1
+"#;
+
+/// KEYS: lease, baton. ARGV: token, baton ttl in ms. An operator's compare-and-delete: deletes
+/// the lease only if its holder JSON carries this token (the acquire script writes it first).
+/// Returns `{1, nil}` released, `{0, nil}` free already, `{-1, value}` held under another token
+/// (Lua `false` is a nil reply, and keeps the array two long).
+const FORCE_RELEASE: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if not current then
+  return {0, false}
+end
+if string.match(current, '\n{"token":(%d+),') ~= ARGV[1] then
+  return {-1, current}
+end
+redis.call('DEL', KEYS[1])
+if redis.call('RPUSH', KEYS[2], '1') > 1 then
+  redis.call('LTRIM', KEYS[2], 0, 0)
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return {1, false}
 "#;
 
 /// KEYS: lease. Returns `{value or nil, pttl}` read atomically.
@@ -114,14 +164,18 @@ pub struct Scripts {
     pub acquire: Script,
     pub renew: Script,
     pub release: Script,
+    pub hand_on: Script,
     pub inspect: Script,
+    pub force_release: Script,
 }
 
 pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     acquire: Script::new(ACQUIRE),
     renew: Script::new(RENEW),
     release: Script::new(RELEASE),
+    hand_on: Script::new(HAND_ON),
     inspect: Script::new(INSPECT),
+    force_release: Script::new(FORCE_RELEASE),
 });
 
 #[cfg(test)]
@@ -133,7 +187,7 @@ mod tests {
         let name = LockName::new("billing").unwrap();
         assert_eq!(lease_key(&name), "elect:{billing}");
         assert_eq!(token_key(&name), "elect:{billing}:token");
-        assert_eq!(released_channel(&name), "elect:{billing}:released");
+        assert_eq!(baton_key(&name), "elect:{billing}:baton");
     }
 
     #[test]
@@ -142,6 +196,7 @@ mod tests {
         assert_eq!(name("elect:{billing}").as_deref(), Some("billing"));
         assert_eq!(name("elect:{billing}:token").as_deref(), Some("billing"));
         assert_eq!(name("elect:{billing}:other"), None);
+        assert_eq!(name("elect:{billing}:baton"), None);
         assert_eq!(name("elect:{a}b}"), None);
         assert_eq!(name("elect:{}"), None);
         assert_eq!(name("elect:billing"), None);

@@ -1,0 +1,354 @@
+//! From a `postgres://` URL to a connection, and from client errors to one-line messages that
+//! say what to do.
+//!
+//! The client's configuration is built field by field from the parsed URL rather than from the
+//! URL text, so that the password never travels through a string that could end up in an error,
+//! and so that elect decides the password sources and the TLS verification itself.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{AsyncMessage, Client};
+
+use super::pgpass;
+use super::sql::{Table, CHANNEL, DEFAULT_TABLE};
+use super::tls::{self, SslMode, TlsFiles};
+use crate::backend::{BackendError, BackendOptions, BackendUrl, Result};
+
+/// Time to set up a connection: TCP, TLS, authentication. A SIGSTOPped server still completes
+/// the TCP handshake from its listen backlog, so only this bound stops a connect from hanging.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Time to wait for the answer to one statement. The lease keeper adds its own, shorter bound on
+/// renewals; this one keeps every other call (status, release, acquire) from hanging.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(2);
+
+const DEFAULT_PORT: u16 = 5432;
+/// Query keys a URL may carry; anything else is most likely a typo and is refused.
+const KNOWN_KEYS: [&str; 7] = [
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "table",
+    "application_name",
+    "connect_timeout",
+];
+
+/// Where and how to connect. Holds the password (inside `config`), so its `Debug` is redacted.
+pub struct Target {
+    config: tokio_postgres::Config,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    pub table: Table,
+    /// `host:port` of the first server, for messages.
+    pub addr: String,
+    connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("addr", &self.addr)
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A live session, with the task that drives it.
+pub struct Conn {
+    pub client: Client,
+    /// Lock names from release notifications, forwarded by the driving task.
+    pub released: mpsc::UnboundedReceiver<String>,
+    /// Whether this session has run `LISTEN`.
+    pub listening: bool,
+    task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("listening", &self.listening)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Conn {
+    /// Ends the driving task, which closes the socket: a session that failed or timed out is
+    /// never reused.
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Target {
+    pub fn from_url(url: &BackendUrl, options: &BackendOptions) -> Result<Self> {
+        if let Some((key, _)) = url
+            .query
+            .iter()
+            .find(|(k, _)| !KNOWN_KEYS.contains(&k.as_str()))
+        {
+            return Err(BackendError::Config(format!(
+                "unknown PostgreSQL URL option {key:?} (known: {})",
+                KNOWN_KEYS.join(", ")
+            )));
+        }
+        let mut config = tokio_postgres::Config::new();
+        for host in &url.hosts {
+            config.host(&host.host);
+            config.port(host.port.unwrap_or(DEFAULT_PORT));
+        }
+        let Some(first) = url.hosts.first() else {
+            return Err(BackendError::Config(
+                "a PostgreSQL URL needs a host: postgres://user@host[:port]/database".into(),
+            ));
+        };
+        if url.hosts.len() > 1 {
+            // With several servers, skip standbys and take the primary, as libpq does with
+            // target_session_attrs=read-write. With one, the standby check at open time says
+            // plainly what is wrong.
+            config.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
+        }
+        let port = first.port.unwrap_or(DEFAULT_PORT);
+        let user = match url.user.clone().or_else(|| env("PGUSER")) {
+            Some(user) => user,
+            None => os_user()?,
+        };
+        let database = match url.path.trim_start_matches('/') {
+            "" => env("PGDATABASE").unwrap_or_else(|| user.clone()),
+            db => db.to_owned(),
+        };
+        // libpq's order: the connection string, then PGPASSWORD, then the password file.
+        let password = url
+            .password
+            .clone()
+            .or_else(|| env("PGPASSWORD"))
+            .or_else(|| {
+                pgpass::password(pgpass::Lookup {
+                    host: &first.host,
+                    port,
+                    database: &database,
+                    user: &user,
+                })
+            });
+        if let Some(password) = password {
+            config.password(password);
+        }
+        let connect_timeout = match url.query_value("connect_timeout") {
+            None => CONNECT_TIMEOUT,
+            Some(secs) => secs
+                .parse::<u64>()
+                .ok()
+                .filter(|s| *s > 0)
+                .map(Duration::from_secs)
+                .ok_or_else(|| {
+                    BackendError::Config(format!(
+                        "invalid connect_timeout {secs:?}: expected whole seconds above zero"
+                    ))
+                })?,
+        };
+        config
+            .user(&user)
+            .dbname(&database)
+            .application_name(url.query_value("application_name").unwrap_or("elect"))
+            .connect_timeout(connect_timeout);
+
+        let mode = match url.query_value("sslmode") {
+            Some(mode) => SslMode::parse(mode)?,
+            None => SslMode::Prefer,
+        };
+        config.ssl_mode(mode.negotiation());
+        let files = TlsFiles {
+            ca: options
+                .tls_ca
+                .clone()
+                .or_else(|| url.query_value("sslrootcert").map(Into::into)),
+            cert: options
+                .tls_cert
+                .clone()
+                .or_else(|| url.query_value("sslcert").map(Into::into)),
+            key: options
+                .tls_key
+                .clone()
+                .or_else(|| url.query_value("sslkey").map(Into::into)),
+        };
+        let tls = tls::connector(mode, &files)?;
+        let table = Table::parse(url.query_value("table").unwrap_or(DEFAULT_TABLE))?;
+        Ok(Self {
+            config,
+            tls,
+            table,
+            addr: format!("{}:{port}", first.host),
+            connect_timeout,
+        })
+    }
+
+    /// A new session, driven by a task of its own.
+    pub async fn connect(&self) -> Result<Conn, ConnectError> {
+        // The client's connect_timeout covers each TCP connect; this bound covers the whole
+        // setup, TLS and authentication included.
+        let bound = self.connect_timeout + Duration::from_secs(1);
+        let connecting = async {
+            match &self.tls {
+                Some(tls) => {
+                    let (client, connection) = self.config.connect(tls.clone()).await?;
+                    Ok::<_, tokio_postgres::Error>(drive(client, connection))
+                }
+                None => {
+                    let (client, connection) = self.config.connect(tokio_postgres::NoTls).await?;
+                    Ok(drive(client, connection))
+                }
+            }
+        };
+        match tokio::time::timeout(bound, connecting).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(err)) => Err(ConnectError::Client(err)),
+            Err(_) => Err(ConnectError::TimedOut),
+        }
+    }
+}
+
+/// Why a connect failed.
+#[derive(Debug)]
+pub enum ConnectError {
+    Client(tokio_postgres::Error),
+    TimedOut,
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Client(err) => f.write_str(&describe(err)),
+            Self::TimedOut => f.write_str(
+                "no answer in time (is the server stopped or overloaded, or is this not a PostgreSQL port?)",
+            ),
+        }
+    }
+}
+
+/// Spawns the task that drives a connection. tokio-postgres hands out notifications only to
+/// whoever polls the connection, so the task forwards those on our channel.
+fn drive<S, T>(client: Client, mut connection: tokio_postgres::Connection<S, T>) -> Conn
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    if n.channel() == CHANNEL {
+                        let _ = tx.send(n.payload().to_owned());
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(err)) => {
+                    tracing::debug!(err = %describe(&err), "PostgreSQL session ended");
+                    break;
+                }
+                None => break,
+            }
+        }
+    });
+    Conn {
+        client,
+        released: rx,
+        listening: false,
+        task,
+    }
+}
+
+/// A client error on one line, with a hint at the usual cause. Never contains the password:
+/// neither the server nor the client repeats it.
+pub fn describe(err: &tokio_postgres::Error) -> String {
+    if let Some(db) = err.as_db_error() {
+        let code = db.code();
+        let hint = if *code == SqlState::INVALID_PASSWORD
+            || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+        {
+            " (check the user, and the password in the URL, PGPASSWORD or ~/.pgpass)"
+        } else if *code == SqlState::INVALID_CATALOG_NAME {
+            " (check the database name in the URL path)"
+        } else if *code == SqlState::INSUFFICIENT_PRIVILEGE {
+            " (grant the role the privileges the README lists, or create the table as its owner)"
+        } else if *code == SqlState::TOO_MANY_CONNECTIONS {
+            " (the server has no free connection slot)"
+        } else if *code == SqlState::ADMIN_SHUTDOWN || *code == SqlState::CRASH_SHUTDOWN {
+            " (the server ended the session)"
+        } else {
+            ""
+        };
+        return one_line(&format!(
+            "{} [SQLSTATE {}]{hint}",
+            db.message(),
+            code.code()
+        ));
+    }
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    let lower = text.to_ascii_lowercase();
+    let hint = if lower.contains("connection refused") {
+        " (is PostgreSQL running there and listening on TCP?)"
+    } else if lower.contains("does not allow writes") {
+        " (every server listed is a standby; point elect at the primary)"
+    } else if lower.contains("password missing") {
+        " (the server asks for a password: give it in the URL, PGPASSWORD or ~/.pgpass)"
+    } else if lower.contains("server does not support tls") {
+        " (the server does not offer TLS: turn ssl on there, or use sslmode=prefer or disable)"
+    } else if lower.contains("tls") || lower.contains("certificate") || lower.contains("handshake")
+    {
+        " (TLS failed: check sslmode, the CA (--tls-ca or sslrootcert=) and the host name)"
+    } else if lower.contains("timed out") || lower.contains("timeout") {
+        " (no answer in time; is the server stopped or overloaded?)"
+    } else {
+        ""
+    };
+    one_line(&format!("{text}{hint}"))
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn env(key: &str) -> Option<String> {
+    std::env::var(key).ok().filter(|v| !v.is_empty())
+}
+
+/// libpq's default user: the name of the account elect runs as.
+fn os_user() -> Result<String> {
+    let uid = nix::unistd::geteuid();
+    match nix::unistd::User::from_uid(uid) {
+        Ok(Some(user)) => Ok(user.name),
+        _ => Err(BackendError::Config(format!(
+            "no PostgreSQL user given and uid {uid} has no name: postgres://user@host/database"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(url: &str) -> Result<Target> {
+        Target::from_url(&BackendUrl::parse(url)?, &BackendOptions::default())
+    }
+
+    #[test]
+    fn urls_are_checked() {
+        let t = parse("postgres://u:pw@db:6543/app?sslmode=disable&table=ops.leases").unwrap();
+        assert_eq!(t.addr, "db:6543");
+        assert_eq!(t.table.quoted(), "\"ops\".\"leases\"");
+        assert!(!format!("{t:?}").contains("pw"));
+        assert!(parse("postgresql://u@db/app").is_ok());
+        assert!(parse("postgres://u@db/app?sslmod=require").is_err());
+        assert!(parse("postgres://u@db/app?table=a-b").is_err());
+        assert!(parse("postgres://u@db/app?sslmode=bogus").is_err());
+        assert!(parse("postgres://u@db/app?connect_timeout=0").is_err());
+    }
+}

@@ -1,0 +1,126 @@
+//! The waiting side of the baton: a waiter blocks on `elect:{NAME}:baton` with `BLPOP`, on a
+//! connection of its own, until a release hands it the baton or the holder's lease may have run
+//! out.
+//!
+//! # How it works
+//! The server serves clients blocked on a list in the order they blocked, one element to one
+//! client, and the release script pushes at most one element. So a release wakes exactly one
+//! waiter, the one that has waited longest; the others stay blocked and send nothing.
+//!
+//! A block ends without a baton after [`block_for`]: just past the expiry of the holder's lease
+//! (the PTTL the last attempt saw, plus up to [`JITTER_MS`]), so that a holder that died without
+//! releasing is taken over promptly, but never later than [`MAX_BLOCK`], so that a lost baton (a
+//! waiter killed between taking it and acquiring) or a renewed lease costs at most that much. A
+//! block of exactly [`MAX_BLOCK`] carries no jitter: waiters that blocked in some order time out,
+//! re-check and block again in the same order, which keeps the queue first come, first served.
+//!
+//! The order is first come, first served with two exceptions: a woken waiter that finds the lock
+//! taken (by a contender that does not wait) blocks again at the back of the queue, and waiters
+//! behind a lease with less than [`MAX_BLOCK`] left all re-check at its expiry and block again
+//! in the order their jitter gives.
+//!
+//! A baton is lost when its waiter goes away between taking it and acquiring: killed, or its
+//! wait given up (the future dropped) while the `BLPOP` answer was on its way. The next waiter
+//! then finds the lock free at its next re-check, within [`MAX_BLOCK`]. A woken waiter whose
+//! attempt fails for a network error passes the baton on instead ([`Waiter::hand_on`]).
+//!
+//! A blocking command holds its connection, so a waiter has its own, opened at its first failed
+//! attempt and closed with it; its response timeout is raised above each block's length, or the
+//! client's usual 2 s bound would cut every block short.
+
+use std::time::Duration;
+
+use ::redis::aio::MultiplexedConnection;
+use ::redis::{RedisError, Value};
+
+use super::connect::{Target, RESPONSE_TIMEOUT};
+use super::scripts::{self, BATON_TTL, SCRIPTS};
+use crate::lease::LockName;
+
+/// The longest one block lasts: what a lost baton can cost a waiter, and how often a waiter
+/// behind a long-held lock re-checks it (one acquire attempt and one `BLPOP` per block).
+pub const MAX_BLOCK: Duration = Duration::from_secs(10);
+/// Spread added to a block that aims at the expiry of the holder's lease, so that waiters behind
+/// a crashed holder do not all arrive in the same millisecond.
+pub const JITTER_MS: u64 = 100;
+/// `BLPOP` with timeout 0 blocks for ever; never ask for that.
+const MIN_BLOCK: Duration = Duration::from_millis(10);
+
+/// A waiter's own connection, blocked on the baton list between attempts.
+pub struct Waiter {
+    conn: MultiplexedConnection,
+    lease: String,
+    baton: String,
+}
+
+impl Waiter {
+    pub async fn open(target: &Target, name: &LockName) -> Result<Self, RedisError> {
+        Ok(Self {
+            conn: target.connect().await?,
+            lease: scripts::lease_key(name),
+            baton: scripts::baton_key(name),
+        })
+    }
+
+    /// Blocks until a release hands us the baton (`true`) or the block times out (`false`).
+    /// `pttl` is the holder's remaining time as the last attempt saw it.
+    pub async fn block(&mut self, pttl: Option<Duration>) -> Result<bool, RedisError> {
+        let wait = block_for(pttl);
+        self.conn.set_response_timeout(wait + RESPONSE_TIMEOUT);
+        let reply: Value = ::redis::cmd("BLPOP")
+            .arg(&self.baton)
+            .arg(format!("{:.3}", wait.as_secs_f64()))
+            .query_async(&mut self.conn)
+            .await?;
+        Ok(!matches!(reply, Value::Nil))
+    }
+
+    /// Pushes the baton back when the lock is free: called when we took it but could not use it
+    /// (the attempt failed for a network error), so that the next waiter is not left waiting for
+    /// a timeout. Answers whether the baton was passed on.
+    pub async fn hand_on(&mut self) -> Result<bool, RedisError> {
+        self.conn.set_response_timeout(RESPONSE_TIMEOUT);
+        let mut call = SCRIPTS.hand_on.prepare_invoke();
+        call.key(&self.lease)
+            .key(&self.baton)
+            .arg(u64::try_from(BATON_TTL.as_millis()).unwrap_or(u64::MAX));
+        let passed: i64 = call.invoke_async(&mut self.conn).await?;
+        Ok(passed == 1)
+    }
+}
+
+/// How long to block: just past the holder's expiry, at most [`MAX_BLOCK`].
+pub fn block_for(pttl: Option<Duration>) -> Duration {
+    match pttl {
+        Some(left) => (left + jitter()).min(MAX_BLOCK),
+        // No expiry on the key (something other than elect wrote it): re-check now and then.
+        None => MAX_BLOCK,
+    }
+    .max(MIN_BLOCK)
+}
+
+/// Up to [`JITTER_MS`], from the sub-second part of the wall clock: enough to spread waiters,
+/// and it needs no random source.
+fn jitter() -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()));
+    Duration::from_millis(nanos % JITTER_MS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_aim_past_the_expiry_and_are_capped() {
+        let short = block_for(Some(Duration::from_millis(1500)));
+        assert!(short >= Duration::from_millis(1500));
+        assert!(short < Duration::from_millis(1500 + JITTER_MS));
+        // Capped blocks carry no jitter, so waiters keep their order.
+        assert_eq!(block_for(Some(Duration::from_secs(60))), MAX_BLOCK);
+        assert_eq!(block_for(None), MAX_BLOCK);
+        // Never 0, which BLPOP reads as "for ever".
+        assert!(block_for(Some(Duration::ZERO)) >= MIN_BLOCK);
+    }
+}

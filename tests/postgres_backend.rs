@@ -1,0 +1,522 @@
+//! The PostgreSQL backend against a real PostgreSQL server, through the library API.
+
+#[path = "support/postgres_server.rs"]
+mod postgres_server;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use elect::backend::{AcquireRequest, AnyBackend, Backend, BackendError, BackendOptions, WaitMode};
+use elect::clock::BootTime;
+use elect::lease::{Acquire, HolderInfo, Lease, LockName, Renewal};
+use postgres_server::{PostgresServer, DATABASE, PASSWORD, USER};
+
+fn request(name: &str, id: &str, ttl: Duration) -> AcquireRequest {
+    AcquireRequest {
+        name: LockName::new(name).unwrap(),
+        holder: HolderInfo::this_process(Some(id.into()), ttl),
+        ttl,
+    }
+}
+
+async fn open(url: &str) -> AnyBackend {
+    AnyBackend::open(Some(url), &BackendOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("open {url}: {e}"))
+}
+
+async fn open_err(url: &str) -> String {
+    let started = Instant::now();
+    match AnyBackend::open(Some(url), &BackendOptions::default()).await {
+        Ok(_) => panic!("{url} should be unavailable"),
+        Err(BackendError::Unavailable(msg)) => {
+            assert!(
+                started.elapsed() < Duration::from_secs(8),
+                "took {:?}",
+                started.elapsed()
+            );
+            assert!(!msg.contains('\n'), "one line: {msg}");
+            eprintln!("unavailable: {msg}");
+            msg
+        }
+        Err(other) => panic!("{url}: expected Unavailable, got {other:?}"),
+    }
+}
+
+fn acquired(a: Acquire) -> Lease {
+    match a {
+        Acquire::Acquired(lease) => lease,
+        Acquire::Held(h) => panic!("expected to acquire, held by {h:?}"),
+    }
+}
+
+async fn take(backend: &mut AnyBackend, name: &str, id: &str, ttl: Duration) -> Lease {
+    acquired(
+        backend
+            .acquire(&request(name, id, ttl), WaitMode::NoWait)
+            .await
+            .unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn acquire_hold_renew_release() {
+    let server = PostgresServer::start();
+    let mut a = open(&server.url()).await;
+    let mut b = open(&server.url()).await;
+    let ttl = Duration::from_secs(10);
+
+    let before = BootTime::now();
+    let lease = take(&mut a, "billing", "a", ttl).await;
+    assert!(lease.sent_at >= before && lease.sent_at <= BootTime::now());
+    assert_eq!(lease.secret.len(), 32);
+    assert_eq!(lease.holder.id, "a");
+
+    match b
+        .acquire(&request("billing", "b", ttl), WaitMode::NoWait)
+        .await
+        .unwrap()
+    {
+        Acquire::Held(Some(holder)) => {
+            assert_eq!(holder.id, "a");
+            assert_eq!(holder.token, lease.token());
+            assert_eq!(holder.ttl, ttl);
+            assert_eq!(holder.pid, std::process::id());
+        }
+        other => panic!("expected held by a, got {other:?}"),
+    }
+    assert_eq!(a.renew(&lease).await.unwrap(), Renewal::Renewed);
+    a.release(&lease).await.unwrap();
+    // Free at once after a release, not after the ttl.
+    let next = take(&mut b, "billing", "b", ttl).await;
+    assert!(next.token() > lease.token());
+    // The released holder cannot renew its old lease.
+    assert!(matches!(a.renew(&lease).await.unwrap(), Renewal::Lost(_)));
+}
+
+#[tokio::test]
+async fn tokens_strictly_increase() {
+    let server = PostgresServer::start();
+    let mut a = open(&server.url()).await;
+    let mut b = open(&server.url()).await;
+    let ttl = Duration::from_secs(10);
+    let mut last = None;
+    for i in 0..6 {
+        let backend = if i % 2 == 0 { &mut a } else { &mut b };
+        let lease = take(backend, "tokens", "x", ttl).await;
+        if let Some(last) = last {
+            assert!(lease.token() > last, "{} after {last}", lease.token());
+        }
+        last = Some(lease.token());
+        backend.release(&lease).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn another_holders_secret_can_neither_renew_nor_release() {
+    let server = PostgresServer::start();
+    let mut a = open(&server.url()).await;
+    let mut b = open(&server.url()).await;
+    let ttl = Duration::from_secs(10);
+    let lease = take(&mut a, "mine", "a", ttl).await;
+
+    let mut forged = lease.clone();
+    forged.secret = "0".repeat(32);
+    assert!(matches!(b.renew(&forged).await.unwrap(), Renewal::Lost(_)));
+    b.release(&forged).await.unwrap();
+    let mut stale = lease.clone();
+    stale.holder.token = elect::lease::FencingToken(lease.token().0 + 1);
+    assert!(matches!(b.renew(&stale).await.unwrap(), Renewal::Lost(_)));
+
+    // Still a's.
+    assert!(matches!(
+        b.acquire(&request("mine", "b", ttl), WaitMode::NoWait)
+            .await
+            .unwrap(),
+        Acquire::Held(Some(_))
+    ));
+    assert_eq!(a.renew(&lease).await.unwrap(), Renewal::Renewed);
+}
+
+#[tokio::test]
+async fn two_lock_names_at_once() {
+    let server = PostgresServer::start();
+    let mut a = open(&server.url()).await;
+    let ttl = Duration::from_secs(10);
+    let one = take(&mut a, "one", "a", ttl).await;
+    let two = take(&mut a, "two", "a", ttl).await;
+    assert_eq!(a.renew(&one).await.unwrap(), Renewal::Renewed);
+    assert_eq!(a.renew(&two).await.unwrap(), Renewal::Renewed);
+    let held: Vec<String> = a
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.holder.is_some())
+        .map(|s| s.lock.to_string())
+        .collect();
+    assert_eq!(held, ["one", "two"]);
+}
+
+#[tokio::test]
+async fn a_release_wakes_a_waiter_at_once() {
+    let server = PostgresServer::start();
+    let mut a = open(&server.url()).await;
+    let mut b = open(&server.url()).await;
+    let ttl = Duration::from_secs(10);
+    let lease = take(&mut a, "wake", "a", ttl).await;
+
+    let waiter = tokio::spawn(async move {
+        let lease = acquired(
+            b.acquire(&request("wake", "b", ttl), WaitMode::Wait)
+                .await
+                .unwrap(),
+        );
+        (Instant::now(), lease)
+    });
+    // Long enough for the waiter to be listening, short of its first periodic re-check.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(!waiter.is_finished());
+    let released = Instant::now();
+    a.release(&lease).await.unwrap();
+    let (woke, next) = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the waiter acquires")
+        .unwrap();
+    let delay = woke.duration_since(released);
+    assert!(delay < Duration::from_millis(200), "woke after {delay:?}");
+    assert!(next.token() > lease.token());
+}
+
+#[tokio::test]
+async fn an_expired_holder_is_taken_over_after_its_ttl() {
+    let server = PostgresServer::start();
+    let mut a = open(&server.url()).await;
+    let mut b = open(&server.url()).await;
+    let ttl = Duration::from_secs(1);
+    let lease = take(&mut a, "crash", "a", ttl).await;
+    let started = Instant::now();
+    let next = acquired(
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            b.acquire(&request("crash", "b", ttl), WaitMode::Wait),
+        )
+        .await
+        .expect("taken over in time")
+        .unwrap(),
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_millis(2500),
+        "waited {waited:?}"
+    );
+    assert!(next.token() > lease.token());
+    assert!(matches!(a.renew(&lease).await.unwrap(), Renewal::Lost(_)));
+}
+
+#[tokio::test]
+async fn a_terminated_session_does_not_lose_the_lease() {
+    let server = PostgresServer::start();
+    let mut a = open(&server.url()).await;
+    let lease = take(&mut a, "session", "a", Duration::from_secs(10)).await;
+    let kill_sessions = || {
+        server.psql(&format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = '{DATABASE}' AND usename = '{USER}'"
+        ))
+    };
+    assert_eq!(kill_sessions(), "1");
+    // At once: the termination may arrive as the answer to the renew itself.
+    assert_eq!(a.renew(&lease).await.unwrap(), Renewal::Renewed);
+    assert_eq!(kill_sessions(), "1");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(a.renew(&lease).await.unwrap(), Renewal::Renewed);
+    a.release(&lease).await.unwrap();
+}
+
+#[tokio::test]
+async fn wrong_password_is_unavailable_and_not_printed() {
+    let server = PostgresServer::start();
+    let msg = open_err(&server.url_for(USER, "Wr0ngPassw0rd", DATABASE)).await;
+    assert!(!msg.contains("Wr0ngPassw0rd"), "{msg}");
+    assert!(!msg.contains(PASSWORD), "{msg}");
+    assert!(msg.contains("password"), "{msg}");
+}
+
+#[tokio::test]
+async fn a_missing_database_is_unavailable() {
+    let server = PostgresServer::start();
+    let msg = open_err(&server.url_for(USER, PASSWORD, "nosuchdb")).await;
+    assert!(msg.contains("nosuchdb"), "{msg}");
+}
+
+#[tokio::test]
+async fn a_role_that_cannot_create_the_table_is_unavailable() {
+    let server = PostgresServer::start();
+    server.psql("CREATE ROLE limited LOGIN PASSWORD 'lpw'");
+    server.psql("CREATE DATABASE fresh");
+    let msg = open_err(&server.url_for("limited", "lpw", "fresh")).await;
+    assert!(msg.contains("permission denied"), "{msg}");
+    assert!(msg.contains("elect_leases"), "{msg}");
+
+    // Once an owner has created the table and granted row access, the same role works.
+    server.psql_in(
+        "fresh",
+        "CREATE TABLE elect_leases (name text PRIMARY KEY, holder_id text NOT NULL, \
+         host text NOT NULL, pid bigint NOT NULL, version text NOT NULL, \
+         acquired_at timestamptz NOT NULL, ttl_ms bigint NOT NULL, secret text NOT NULL, \
+         token bigint NOT NULL, expires_at timestamptz); \
+         GRANT SELECT, INSERT, UPDATE ON elect_leases TO limited;",
+    );
+    let mut b = open(&server.url_for("limited", "lpw", "fresh")).await;
+    take(&mut b, "granted", "b", Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn connection_refused_is_unavailable() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let msg = open_err(&format!("postgres://u:pw@127.0.0.1:{port}/db")).await;
+    assert!(msg.to_ascii_lowercase().contains("refused"), "{msg}");
+}
+
+#[tokio::test]
+async fn a_standby_is_refused() {
+    let primary = PostgresServer::start();
+    // The standby must see the role, the database and the table from the primary.
+    open(&primary.url()).await;
+    let standby = primary.standby();
+    let msg = open_err(&standby.url()).await;
+    assert!(msg.contains("standby"), "{msg}");
+}
+
+#[tokio::test]
+async fn a_frozen_server_makes_renew_fail_in_bounded_time() {
+    let server = PostgresServer::start();
+    let mut a = open(&server.url()).await;
+    let lease = take(&mut a, "frozen", "a", Duration::from_secs(10)).await;
+    server.freeze();
+    let started = Instant::now();
+    let result = tokio::time::timeout(Duration::from_secs(15), a.renew(&lease))
+        .await
+        .expect("renew returns on its own");
+    let took = started.elapsed();
+    assert!(result.is_err(), "renew on a frozen server: {result:?}");
+    assert!(took < Duration::from_secs(7), "took {took:?}");
+    // A new connection to a frozen server is bounded too.
+    let started = Instant::now();
+    assert!(a.renew(&lease).await.is_err());
+    assert!(started.elapsed() < Duration::from_secs(7));
+    server.thaw();
+    assert_eq!(a.renew(&lease).await.unwrap(), Renewal::Renewed);
+}
+
+#[tokio::test]
+async fn status_lists_locks_with_their_remaining_time() {
+    let server = PostgresServer::start();
+    let mut a = open(&server.url()).await;
+    let ttl = Duration::from_secs(10);
+    let held = take(&mut a, "held", "a", ttl).await;
+    let released = take(&mut a, "released", "a", ttl).await;
+    a.release(&released).await.unwrap();
+
+    let states = a.list().await.unwrap();
+    let names: Vec<&str> = states.iter().map(|s| s.lock.as_str()).collect();
+    assert_eq!(names, ["held", "released"]);
+    let remaining = states[0].expires_in.expect("remaining time");
+    assert!(
+        remaining > Duration::from_secs(8) && remaining <= ttl,
+        "{remaining:?}"
+    );
+    let holder = states[0].holder.as_ref().expect("a holder");
+    assert_eq!(holder.token, held.token());
+    assert_eq!(holder.id, "a");
+    assert!(states[1].holder.is_none());
+    assert!(states[1].expires_in.is_none());
+
+    let one = a.inspect(&LockName::new("held").unwrap()).await.unwrap();
+    assert!(one.holder.is_some());
+    let never = a.inspect(&LockName::new("never").unwrap()).await.unwrap();
+    assert!(never.holder.is_none());
+}
+
+#[tokio::test]
+async fn concurrent_opens_create_the_table_once_under_its_own_name() {
+    let server = PostgresServer::start();
+    let url = format!("{}&table=custom_leases", server.url());
+    let opens = (0..6).map(|_| {
+        let url = url.clone();
+        async move { AnyBackend::open(Some(&url), &BackendOptions::default()).await }
+    });
+    let results = futures_join_all(opens).await;
+    for result in results {
+        result.unwrap_or_else(|e| panic!("open: {e}"));
+    }
+    let mut a = open(&url).await;
+    take(&mut a, "custom", "a", Duration::from_secs(5)).await;
+    assert_eq!(
+        server.psql_in(DATABASE, "SELECT name FROM custom_leases"),
+        "custom"
+    );
+}
+
+/// Runs futures concurrently on separate tasks, so that their connects really overlap.
+async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for handle in handles {
+        out.push(handle.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_password_can_come_from_a_pgpass_file() {
+    let server = PostgresServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pgpass");
+    std::fs::write(
+        &file,
+        format!("# elect\n127.0.0.1:{}:*:{USER}:{PASSWORD}\n", server.port),
+    )
+    .unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Only this test sets PGPASSFILE; the others give the password in the URL, which wins.
+    std::env::set_var("PGPASSFILE", &file);
+    let url = format!(
+        "postgres://{USER}@127.0.0.1:{}/{DATABASE}?sslmode=disable",
+        server.port
+    );
+    open(&url).await;
+
+    // Readable by others: ignored, as libpq does.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let msg = open_err(&url).await;
+    assert!(msg.contains("password"), "{msg}");
+    std::env::remove_var("PGPASSFILE");
+}
+
+#[tokio::test]
+async fn tls_modes_verify_what_they_promise() {
+    // The certificate names another host than the 127.0.0.1 elect connects to.
+    let server = PostgresServer::start_tls("DNS:db.example");
+    let base = format!(
+        "postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{DATABASE}",
+        server.port
+    );
+    let with_ca = BackendOptions {
+        tls_ca: Some(server.ca_file()),
+        ..BackendOptions::default()
+    };
+    let open_with = |url: String, options: BackendOptions| async move {
+        AnyBackend::open(Some(&url), &options).await
+    };
+
+    // require: encrypted, nothing verified.
+    let mut a = open_with(format!("{base}?sslmode=require"), BackendOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("require: {e}"));
+    take(&mut a, "tls", "a", Duration::from_secs(5)).await;
+    assert_eq!(
+        server.psql(
+            "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+                     WHERE ssl AND usename = 'elect'"
+        ),
+        "1",
+        "the session is encrypted"
+    );
+    // verify-ca: the chain is checked (CA from --tls-ca or sslrootcert=), the name is not.
+    open_with(format!("{base}?sslmode=verify-ca"), with_ca.clone())
+        .await
+        .unwrap_or_else(|e| panic!("verify-ca with the CA: {e}"));
+    let ca = server.ca_file().display().to_string();
+    open_with(
+        format!("{base}?sslmode=verify-ca&sslrootcert={ca}"),
+        BackendOptions::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("verify-ca with sslrootcert: {e}"));
+    // verify-full: the name must match too.
+    match open_with(format!("{base}?sslmode=verify-full"), with_ca).await {
+        Err(BackendError::Unavailable(msg)) => {
+            eprintln!("unavailable: {msg}");
+            assert!(msg.contains("TLS"), "{msg}");
+        }
+        other => panic!("verify-full against a certificate for another name: {other:?}"),
+    }
+    // verify-ca without our CA: the system's roots do not know it.
+    match open_with(
+        format!("{base}?sslmode=verify-ca"),
+        BackendOptions::default(),
+    )
+    .await
+    {
+        Err(BackendError::Unavailable(msg)) => {
+            eprintln!("unavailable: {msg}");
+            assert!(msg.contains("TLS"), "{msg}");
+        }
+        other => panic!("verify-ca with an unknown CA: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn verify_full_accepts_a_certificate_for_the_host() {
+    let server = PostgresServer::start_tls("IP:127.0.0.1,DNS:localhost");
+    let url = format!(
+        "postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{DATABASE}?sslmode=verify-full",
+        server.port
+    );
+    let options = BackendOptions {
+        tls_ca: Some(server.ca_file()),
+        ..BackendOptions::default()
+    };
+    AnyBackend::open(Some(&url), &options)
+        .await
+        .unwrap_or_else(|e| panic!("verify-full: {e}"));
+}
+
+#[tokio::test]
+async fn works_through_pgbouncer_in_transaction_mode() {
+    let server = PostgresServer::start();
+    // The table is created through the pooler too.
+    let bouncer = postgres_server::PgBouncer::start(&server);
+    let mut a = open(&bouncer.url()).await;
+    let mut b = open(&bouncer.url()).await;
+    let ttl = Duration::from_secs(10);
+    let lease = take(&mut a, "pooled", "a", ttl).await;
+    match b
+        .acquire(&request("pooled", "b", ttl), WaitMode::NoWait)
+        .await
+        .unwrap()
+    {
+        Acquire::Held(Some(holder)) => assert_eq!(holder.id, "a"),
+        other => panic!("expected held by a, got {other:?}"),
+    }
+    for _ in 0..3 {
+        assert_eq!(a.renew(&lease).await.unwrap(), Renewal::Renewed);
+        assert!(b.list().await.unwrap()[0].holder.is_some());
+    }
+
+    // A waiter behind the pooler may not hear the release, but finds the lock free at its next
+    // re-check.
+    let waiter = tokio::spawn(async move {
+        b.acquire(&request("pooled", "b", ttl), WaitMode::Wait)
+            .await
+            .map(acquired)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.release(&lease).await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(4), waiter)
+        .await
+        .expect("the waiter acquires within one re-check")
+        .unwrap()
+        .unwrap();
+    assert!(next.token() > lease.token());
+}

@@ -12,7 +12,7 @@
 //! - Acquire: note the local time, grant a lease of `ceil(ttl)` whole seconds (never shorter than
 //!   asked, so the server cannot expire it before `sent + ttl`: the core's deadline counts from
 //!   the noted time with the requested ttl), then join the queue in one transaction (see
-//!   [`queue`]). First in the queue: acquired, and the fencing token is the key's create
+//!   `queue`). First in the queue: acquired, and the fencing token is the key's create
 //!   revision, which etcd never reuses.
 //! - Busy, without waiting: revoke the lease at once, which deletes the key: nothing is left
 //!   behind.
@@ -31,26 +31,36 @@
 //!   (bounded to one second). If both fail, the lease expires by its ttl.
 //! - Every request has its own timeout ([`REQUEST_TIMEOUT`]), and connecting one of its own, so a
 //!   stopped or unreachable etcd makes calls fail rather than hang.
+//! - Several endpoints: one client talks to one endpoint at a time; after a call fails for want
+//!   of an answer, the next call moves on to the next endpoint that answers.
+//!
+//! # Files
+//! - `connect`: URL and options to a client of one endpoint; errors as one line with a hint.
+//! - `acquire`: grant, join the queue, wait for the turn; revoking an abandoned wait's lease.
+//! - `queue`: the steps of etcd's mutex protocol (transaction, key ahead, watch).
+//! - `keepalive`: one LeaseKeepAlive request and its own response at a time.
+//! - `status`: `inspect` and `list`.
 
+mod acquire;
 mod connect;
 mod keepalive;
 mod queue;
+mod status;
 
 use std::future::Future;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use etcd_client::{Client, GetOptions, KeyValue};
+use etcd_client::{Client, GetOptions};
 
 use self::connect::{describe, Target};
 pub use self::connect::{PASSWORD_ENV, USER_ENV};
 use self::keepalive::{Alive, KeepAlive};
-use self::queue::Turn;
+use self::status::{holder_of, unknown_holder};
 use super::{
     AcquireRequest, Backend, BackendError, BackendOptions, BackendUrl, Expiry, ForcedRelease,
     Result, WaitMode,
 };
-use crate::clock::BootTime;
-use crate::lease::{Acquire, FencingToken, HolderInfo, Lease, LockName, LockState, Renewal};
+use crate::lease::{Acquire, FencingToken, Lease, LockName, LockState, Renewal};
 
 /// Bound on establishing a connection to one endpoint.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -90,13 +100,6 @@ impl std::fmt::Debug for EtcdBackend {
             .field("prefix", &self.settings.prefix)
             .finish_non_exhaustive()
     }
-}
-
-/// How one pass at the queue ended.
-enum Attempt {
-    Done(Acquire),
-    /// The lease expired while waiting in the queue: start over with a new one.
-    Expired,
 }
 
 impl EtcdBackend {
@@ -150,161 +153,6 @@ impl EtcdBackend {
             self.failed = true;
         }
         result
-    }
-
-    async fn revoke_pending(&mut self) {
-        if let Some(id) = self.pending.take() {
-            if let Err(err) = revoke(&mut self.client, id).await {
-                tracing::debug!(error = %err, lease = format_args!("{id:x}"), "revoking an abandoned lease failed; it expires by its ttl");
-            }
-        }
-    }
-
-    async fn attempt(&mut self, req: &AcquireRequest, wait: WaitMode) -> Result<Attempt> {
-        let ttl_secs = ttl_seconds(req.ttl);
-        let mut alive_at = BootTime::now();
-        let grant = timed("grant a lease", self.client.lease_grant(ttl_secs, None)).await?;
-        let lease_id = grant.id();
-        self.pending = Some(lease_id);
-        if grant.ttl() < ttl_secs {
-            return Err(BackendError::Unavailable(format!(
-                "etcd granted a {}s lease where {ttl_secs}s were asked",
-                grant.ttl()
-            )));
-        }
-        let queue = self.settings.prefix_of(&req.name);
-        let my_key = format!("{queue}{lease_id:x}");
-        let value = holder_json(&req.holder)?;
-        let position = queue::enqueue(&mut self.client, &queue, &my_key, value, lease_id).await?;
-        let mut keepalive = KeepAlive::new(lease_id);
-        let owner_is_me = position
-            .owner
-            .as_ref()
-            .is_none_or(|o| o.create_revision() == position.rev);
-        if !owner_is_me {
-            match wait {
-                WaitMode::NoWait => {
-                    // Revoking deletes my key with the lease: a busy lock keeps no trace of us.
-                    self.revoke_pending().await;
-                    let holder = position.owner.as_ref().and_then(holder_of);
-                    return Ok(Attempt::Done(Acquire::Held(holder)));
-                }
-                WaitMode::Wait => {
-                    tracing::debug!(lock = %req.name, key = my_key, "waiting in the lock queue");
-                    let turn = queue::wait_turn(
-                        &mut self.client,
-                        &queue,
-                        position.rev,
-                        &mut keepalive,
-                        keepalive_interval(req.ttl),
-                        req.ttl,
-                        &mut alive_at,
-                    )
-                    .await?;
-                    if let Turn::LeaseGone = turn {
-                        self.pending = None;
-                        return Ok(Attempt::Expired);
-                    }
-                    // The turn may have come long after the last keepalive: renew once more, so
-                    // that the job starts with as much of the ttl as possible.
-                    let sent_at = BootTime::now();
-                    match keepalive.once(&mut self.client).await {
-                        Ok(Alive::Yes) => alive_at = sent_at,
-                        Ok(Alive::Gone) => {
-                            self.pending = None;
-                            return Ok(Attempt::Expired);
-                        }
-                        // The earlier keepalive still counts.
-                        Err(err) => {
-                            tracing::debug!(error = %err, "keepalive on taking the lock failed")
-                        }
-                    }
-                    let mut holder = req.holder.clone();
-                    holder.acquired_at = SystemTime::now();
-                    let value = holder_json(&holder)?;
-                    if !queue::update_mine(&mut self.client, &my_key, position.rev, value, lease_id)
-                        .await?
-                    {
-                        self.pending = None;
-                        return Ok(Attempt::Expired);
-                    }
-                    self.pending = None;
-                    self.keepalive = Some(keepalive);
-                    return Ok(Attempt::Done(Acquire::Acquired(lease(
-                        req,
-                        holder,
-                        position.rev,
-                        lease_id,
-                        alive_at,
-                    ))));
-                }
-            }
-        }
-        self.pending = None;
-        self.keepalive = Some(keepalive);
-        Ok(Attempt::Done(Acquire::Acquired(lease(
-            req,
-            req.holder.clone(),
-            position.rev,
-            lease_id,
-            alive_at,
-        ))))
-    }
-}
-
-impl Drop for EtcdBackend {
-    /// Revokes the lease of an abandoned wait (its future was dropped: `--wait=DURATION` ran
-    /// out), so that its key does not hold up the waiters behind it until its ttl ends.
-    ///
-    /// The client cannot be used here: its connection is driven by the runtime that is running
-    /// this drop, or is already gone. So a thread of its own connects afresh and revokes, and the
-    /// drop waits for it at most [`DROP_REVOKE_TIMEOUT`]; past that the lease expires by its ttl.
-    fn drop(&mut self) {
-        let Some(id) = self.pending.take() else {
-            return;
-        };
-        let (target, options) = (self.target.clone(), self.options.clone());
-        let (done, finished) = std::sync::mpsc::channel();
-        let revoker = std::thread::Builder::new()
-            .name("etcd-revoke".into())
-            .spawn(move || {
-                if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    runtime.block_on(async {
-                        let _ = tokio::time::timeout(DROP_REVOKE_TIMEOUT, async {
-                            if let Ok((mut client, _)) =
-                                connect::connect_any(&target, &options, 0).await
-                            {
-                                let _ = revoke(&mut client, id).await;
-                            }
-                        })
-                        .await;
-                    });
-                }
-                let _ = done.send(());
-            });
-        if revoker.is_ok() {
-            let _ = finished.recv_timeout(DROP_REVOKE_TIMEOUT + Duration::from_millis(100));
-        }
-    }
-}
-
-fn lease(
-    req: &AcquireRequest,
-    mut holder: HolderInfo,
-    rev: i64,
-    id: i64,
-    sent_at: BootTime,
-) -> Lease {
-    holder.token = token_of(rev);
-    Lease {
-        name: req.name.clone(),
-        holder,
-        sent_at,
-        secret: format!("{id:x}"),
-        kernel_lock: None,
     }
 }
 
@@ -364,22 +212,6 @@ impl Backend for EtcdBackend {
 
 /// The operations, on the current endpoint.
 impl EtcdBackend {
-    async fn acquire_here(&mut self, req: &AcquireRequest, wait: WaitMode) -> Result<Acquire> {
-        self.revoke_pending().await;
-        loop {
-            match self.attempt(req, wait).await {
-                Ok(Attempt::Done(outcome)) => return Ok(outcome),
-                Ok(Attempt::Expired) => {
-                    tracing::warn!(lock = %req.name, "the lease expired while waiting in the queue; queuing again");
-                }
-                Err(err) => {
-                    self.revoke_pending().await;
-                    return Err(err);
-                }
-            }
-        }
-    }
-
     async fn renew_here(&mut self, lease: &Lease) -> Result<Renewal> {
         let id = lease_id(lease)?;
         let mut keepalive = match self.keepalive.take() {
@@ -417,40 +249,6 @@ impl EtcdBackend {
         revoke(&mut self.client, id).await
     }
 
-    async fn list_here(&mut self) -> Result<Vec<LockState>> {
-        let options = GetOptions::new().with_prefix();
-        let resp = timed(
-            "list the locks",
-            self.client
-                .get(self.settings.prefix.as_str(), Some(options)),
-        )
-        .await?;
-        let mut queues: std::collections::BTreeMap<LockName, Vec<KeyValue>> = Default::default();
-        for kv in resp.kvs() {
-            let Some(rest) = kv.key().strip_prefix(self.settings.prefix.as_bytes()) else {
-                continue;
-            };
-            // Only `<name>/<lease>` keys are queue members; other keys under the prefix are not
-            // elect's business.
-            let Some(slash) = rest.iter().position(|&b| b == b'/') else {
-                continue;
-            };
-            let Some(name) = std::str::from_utf8(&rest[..slash])
-                .ok()
-                .and_then(|n| LockName::new(n).ok())
-            else {
-                continue;
-            };
-            queues.entry(name).or_default().push(kv.clone());
-        }
-        let mut states = Vec::with_capacity(queues.len());
-        for (name, mut members) in queues {
-            members.sort_by_key(KeyValue::create_revision);
-            states.push(self.state_of(&name, &members).await?);
-        }
-        Ok(states)
-    }
-
     /// Deletes the owner's key only if its create revision is `token` (one transaction), then
     /// revokes its lease, so that a holder that is still alive learns at its next renewal that
     /// it lost the lock. The next in line gets the lock when the key goes.
@@ -481,36 +279,6 @@ impl EtcdBackend {
         }
         Ok(ForcedRelease::Released)
     }
-
-    /// A lock's state from its queue members, owner first.
-    async fn state_of(&mut self, name: &LockName, members: &[KeyValue]) -> Result<LockState> {
-        let Some(owner) = members.first() else {
-            return Ok(LockState {
-                lock: name.clone(),
-                holder: None,
-                expires_in: None,
-                waiters: None,
-            });
-        };
-        let expires_in = match owner.lease() {
-            0 => None,
-            lease => {
-                let ttl = timed(
-                    "read the holder's lease",
-                    self.client.lease_time_to_live(lease, None),
-                )
-                .await?;
-                u64::try_from(ttl.ttl()).ok().map(Duration::from_secs)
-            }
-        };
-        let holder = holder_of(owner).unwrap_or_else(|| unknown_holder(owner));
-        Ok(LockState {
-            lock: name.clone(),
-            holder: Some(holder),
-            expires_in,
-            waiters: Some(members.len().saturating_sub(1) as u64),
-        })
-    }
 }
 
 /// A lease's ttl in etcd's whole seconds, rounded up: the server must not expire it before the
@@ -518,11 +286,6 @@ impl EtcdBackend {
 pub fn ttl_seconds(ttl: Duration) -> i64 {
     let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
     i64::try_from(secs.max(1)).unwrap_or(i64::MAX)
-}
-
-/// While waiting, the lease is renewed three times per ttl, like a holder's default.
-fn keepalive_interval(ttl: Duration) -> Duration {
-    (ttl / 3).max(Duration::from_millis(100))
 }
 
 fn token_of(create_revision: i64) -> FencingToken {
@@ -536,34 +299,6 @@ fn lease_id(lease: &Lease) -> Result<i64> {
             lease.name, lease.secret
         ))
     })
-}
-
-fn holder_json(holder: &HolderInfo) -> Result<Vec<u8>> {
-    serde_json::to_vec(holder)
-        .map_err(|e| BackendError::Config(format!("holder metadata does not serialize: {e}")))
-}
-
-/// The holder metadata of a queue key, with the token it really has. `None` for a key that
-/// another client (`etcdctl lock`) wrote.
-fn holder_of(kv: &KeyValue) -> Option<HolderInfo> {
-    let mut holder: HolderInfo = serde_json::from_slice(kv.value()).ok()?;
-    holder.token = token_of(kv.create_revision());
-    Some(holder)
-}
-
-/// What `status` can say about a holder that left no metadata (an `etcdctl lock`). A lock state
-/// without a holder means free, so one is made up: its acquired-at is the epoch, as nobody knows.
-fn unknown_holder(kv: &KeyValue) -> HolderInfo {
-    HolderInfo {
-        // The key names the lease, which `etcdctl lease timetolive` can tell more about.
-        id: format!("unknown ({})", String::from_utf8_lossy(kv.key())),
-        host: String::new(),
-        pid: 0,
-        acquired_at: SystemTime::UNIX_EPOCH,
-        ttl: Duration::ZERO,
-        token: token_of(kv.create_revision()),
-        version: String::new(),
-    }
 }
 
 /// Revokes a lease; one that is already gone is fine.

@@ -7,6 +7,7 @@
 //! The URL scheme picks the backend: `file://` (or no URL) for the local lock file, `redis://` /
 //! `rediss://`, `etcd://` / `etcds://`, `postgres://` / `postgresql://`.
 
+pub mod etcd;
 pub mod file;
 pub mod postgres;
 pub mod redis;
@@ -142,6 +143,8 @@ pub enum ForcedRelease {
 #[derive(Debug)]
 pub enum AnyBackend {
     File(file::FileBackend),
+    /// Boxed: the etcd client is a few kilobytes, the other variants a few words.
+    Etcd(Box<etcd::EtcdBackend>),
     Redis(redis::RedisBackend),
     Postgres(postgres::PostgresBackend),
 }
@@ -155,16 +158,15 @@ impl AnyBackend {
         };
         match url.scheme() {
             Scheme::File => Ok(Self::File(file::FileBackend::open(&url)?)),
+            Scheme::Etcd | Scheme::Etcds => Ok(Self::Etcd(Box::new(
+                etcd::EtcdBackend::open(&url, options).await?,
+            ))),
             Scheme::Redis | Scheme::Rediss => {
                 Ok(Self::Redis(redis::RedisBackend::open(&url, options).await?))
             }
             Scheme::Postgres => Ok(Self::Postgres(
                 postgres::PostgresBackend::open(&url, options).await?,
             )),
-            other => Err(BackendError::Config(format!(
-                "the {} backend is not built into this elect",
-                other.name()
-            ))),
         }
     }
 }
@@ -175,7 +177,8 @@ impl AnyBackend {
     pub fn secret_variables(&self) -> &'static [&'static str] {
         match self {
             Self::Postgres(_) => postgres::SECRET_VARIABLES,
-            Self::File(_) | Self::Redis(_) => &[],
+            // ELECT_ETCD_PASSWORD is one of elect's own variables, withheld with the others.
+            Self::File(_) | Self::Etcd(_) | Self::Redis(_) => &[],
         }
     }
 }
@@ -184,6 +187,7 @@ macro_rules! dispatch {
     ($self:ident, $b:ident => $e:expr) => {
         match $self {
             AnyBackend::File($b) => $e,
+            AnyBackend::Etcd($b) => $e,
             AnyBackend::Redis($b) => $e,
             AnyBackend::Postgres($b) => $e,
         }

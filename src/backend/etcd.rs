@@ -1,0 +1,354 @@
+//! The etcd backend: an etcd v3 lease, and a key in the queue of etcd's own concurrency mutex.
+//!
+//! # Key layout
+//! The lock `billing` under the default prefix `elect/` is the queue `elect/billing/`. Each
+//! contender puts one key `elect/billing/<lease id in hex>`, attached to its own lease; the key
+//! with the lowest create revision owns the lock. This is exactly what `etcdctl lock
+//! elect/billing` (Go's `concurrency.Mutex`) does, so the two exclude each other and share one
+//! first-come first-served queue. The value is elect's holder metadata as JSON; `etcdctl lock`
+//! writes an empty value, which `status` shows as a holder without metadata.
+//!
+//! # How it works
+//! - Acquire: note the local time, grant a lease of `ceil(ttl)` whole seconds (never shorter than
+//!   asked, so the server cannot expire it before `sent + ttl`: the core's deadline counts from
+//!   the noted time with the requested ttl), then join the queue in one transaction (see
+//!   `queue`). First in the queue: acquired, and the fencing token is the key's create
+//!   revision, which etcd never reuses.
+//! - Busy, without waiting: revoke the lease at once, which deletes the key: nothing is left
+//!   behind.
+//! - Busy, waiting: watch the key just ahead (no polling; a release wakes one waiter), and keep
+//!   the lease alive every `ttl / 3` meanwhile, since its ttl runs from the grant. When the turn
+//!   comes, one more keepalive; the lease counts from the send time of the last keepalive that
+//!   succeeded. The holder metadata is rewritten then, so that it says when the lock was taken.
+//! - Renew: one LeaseKeepAlive request and response (ttl 0: lost), then a read of the key (gone,
+//!   or re-created by someone else: lost). A lease can outlive its key when someone deletes the
+//!   key (`etcdctl del`), and then the lock is free for the next in line.
+//! - Release: revoke the lease, which deletes the key in the same step.
+//! - Forced release (`elect release --token N`): delete the owner's key if its create revision is
+//!   `N`, in one transaction, then revoke its lease.
+//! - A wait that is abandoned (its future dropped, e.g. by `--wait=10s`) leaves its key in the
+//!   queue; the next call on this backend revokes that lease, and so does dropping the backend
+//!   (bounded to one second). If both fail, the lease expires by its ttl.
+//! - Every request has its own timeout ([`REQUEST_TIMEOUT`]), and connecting one of its own, so a
+//!   stopped or unreachable etcd makes calls fail rather than hang.
+//! - Several endpoints: one client talks to one endpoint at a time; after a call fails for want
+//!   of an answer, the next call moves on to the next endpoint that answers.
+//!
+//! # Files
+//! - `connect`: URL and options to a client of one endpoint; errors as one line with a hint.
+//! - `acquire`: grant, join the queue, wait for the turn; revoking an abandoned wait's lease.
+//! - `queue`: the steps of etcd's mutex protocol (transaction, key ahead, watch).
+//! - `keepalive`: one LeaseKeepAlive request and its own response at a time.
+//! - `status`: `inspect` and `list`.
+
+mod acquire;
+mod connect;
+mod keepalive;
+mod queue;
+mod status;
+
+use std::future::Future;
+use std::time::Duration;
+
+use etcd_client::{Client, GetOptions};
+
+use self::connect::{describe, Target};
+pub use self::connect::{PASSWORD_ENV, USER_ENV};
+use self::keepalive::{Alive, KeepAlive};
+use self::status::{holder_of, unknown_holder};
+use super::{
+    AcquireRequest, Backend, BackendError, BackendOptions, BackendUrl, Expiry, ForcedRelease,
+    Result, WaitMode,
+};
+use crate::lease::{Acquire, FencingToken, Lease, LockName, LockState, Renewal};
+
+/// Bound on establishing a connection to one endpoint.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Bound on any one request. The core gives renewals a tighter bound of its own.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long dropping the backend may take to revoke the lease of an abandoned wait.
+const DROP_REVOKE_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub struct EtcdBackend {
+    /// A client of one endpoint: `endpoint` in `target.endpoints`.
+    client: Client,
+    endpoint: usize,
+    /// Set when a call failed for want of an answer: the next call tries the next endpoint.
+    failed: bool,
+    target: Target,
+    options: BackendOptions,
+    settings: Settings,
+    describe: String,
+    /// The keepalive stream of the lease held, reused from one renewal to the next.
+    keepalive: Option<KeepAlive>,
+    /// A lease granted by an acquire that did not finish (an error, or its future was dropped
+    /// while waiting): its key may still stand in the queue, so it is revoked at the next
+    /// opportunity.
+    pending: Option<i64>,
+}
+
+/// What the backend's methods need to know besides the client.
+struct Settings {
+    /// Prepended to every lock name: `<prefix><name>/` is a lock's queue.
+    prefix: String,
+}
+
+impl std::fmt::Debug for EtcdBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdBackend")
+            .field("backend", &self.describe)
+            .field("prefix", &self.settings.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EtcdBackend {
+    /// Connects, authenticates and reads the prefix once, so that every problem with the
+    /// endpoints, credentials or TLS shows up here, before any child starts.
+    pub async fn open(url: &BackendUrl, options: &BackendOptions) -> Result<Self> {
+        let target = Target::from_url(url)?;
+        let (client, endpoint) = connect::connect_any(&target, options, 0).await?;
+        Ok(Self {
+            client,
+            endpoint,
+            failed: false,
+            settings: Settings {
+                prefix: target.prefix.clone(),
+            },
+            target,
+            options: options.clone(),
+            describe: url.redacted(),
+            keepalive: None,
+            pending: None,
+        })
+    }
+
+    /// The key prefix in use (`elect/` unless the URL says otherwise).
+    pub fn prefix(&self) -> &str {
+        &self.settings.prefix
+    }
+
+    /// The key of a lease's place in a lock's queue.
+    pub fn key_of(&self, lease: &Lease) -> String {
+        format!("{}{}", self.settings.prefix_of(&lease.name), lease.secret)
+    }
+
+    /// Moves to the next endpoint that answers, after a call failed (with several endpoints).
+    async fn ready(&mut self) -> Result<()> {
+        if self.failed && self.target.endpoints.len() > 1 {
+            let (client, endpoint) =
+                connect::connect_any(&self.target, &self.options, self.endpoint + 1).await?;
+            self.client = client;
+            self.endpoint = endpoint;
+            // The open keepalive stream belongs to the old connection.
+            self.keepalive = None;
+        }
+        self.failed = false;
+        Ok(())
+    }
+
+    /// Notes a failure that another endpoint might not have.
+    fn note<T>(&mut self, result: Result<T>) -> Result<T> {
+        if let Err(BackendError::Unavailable(_)) = &result {
+            self.failed = true;
+        }
+        result
+    }
+}
+
+impl Backend for EtcdBackend {
+    fn describe(&self) -> &str {
+        &self.describe
+    }
+
+    fn expiry(&self) -> Expiry {
+        Expiry::Ttl
+    }
+
+    async fn acquire(&mut self, req: &AcquireRequest, wait: WaitMode) -> Result<Acquire> {
+        self.ready().await?;
+        let result = self.acquire_here(req, wait).await;
+        self.note(result)
+    }
+
+    async fn renew(&mut self, lease: &Lease) -> Result<Renewal> {
+        self.ready().await?;
+        let result = self.renew_here(lease).await;
+        self.note(result)
+    }
+
+    async fn release(&mut self, lease: &Lease) -> Result<()> {
+        self.ready().await?;
+        let result = self.release_here(lease).await;
+        self.note(result)
+    }
+
+    async fn inspect(&mut self, name: &LockName) -> Result<LockState> {
+        self.ready().await?;
+        let queue = self.settings.prefix_of(name);
+        let result = match queue::members(&mut self.client, &queue).await {
+            Ok(members) => self.state_of(name, &members).await,
+            Err(err) => Err(err),
+        };
+        self.note(result)
+    }
+
+    async fn list(&mut self) -> Result<Vec<LockState>> {
+        self.ready().await?;
+        let result = self.list_here().await;
+        self.note(result)
+    }
+
+    async fn force_release(
+        &mut self,
+        name: &LockName,
+        token: FencingToken,
+    ) -> Result<ForcedRelease> {
+        self.ready().await?;
+        let result = self.force_release_here(name, token).await;
+        self.note(result)
+    }
+}
+
+/// The operations, on the current endpoint.
+impl EtcdBackend {
+    async fn renew_here(&mut self, lease: &Lease) -> Result<Renewal> {
+        let id = lease_id(lease)?;
+        let mut keepalive = match self.keepalive.take() {
+            Some(k) if k.id() == id => k,
+            _ => KeepAlive::new(id),
+        };
+        let alive = keepalive.once(&mut self.client).await;
+        self.keepalive = Some(keepalive);
+        if alive? == Alive::Gone {
+            return Ok(Renewal::Lost(format!(
+                "etcd says lease {id:x} expired or was revoked"
+            )));
+        }
+        let key = self.key_of(lease);
+        let resp = timed(
+            "read the lock key",
+            self.client
+                .get(key.as_str(), Some(GetOptions::new().with_keys_only())),
+        )
+        .await?;
+        match resp.kvs().first() {
+            None => Ok(Renewal::Lost(format!("the lock key {key} was deleted"))),
+            Some(kv) if token_of(kv.create_revision()) != lease.token() => Ok(Renewal::Lost(
+                format!("the lock key {key} was deleted and created again"),
+            )),
+            Some(_) => Ok(Renewal::Renewed),
+        }
+    }
+
+    async fn release_here(&mut self, lease: &Lease) -> Result<()> {
+        let id = lease_id(lease)?;
+        if self.keepalive.as_ref().is_some_and(|k| k.id() == id) {
+            self.keepalive = None;
+        }
+        revoke(&mut self.client, id).await
+    }
+
+    /// Deletes the owner's key only if its create revision is `token` (one transaction), then
+    /// revokes its lease, so that a holder that is still alive learns at its next renewal that
+    /// it lost the lock. The next in line gets the lock when the key goes.
+    async fn force_release_here(
+        &mut self,
+        name: &LockName,
+        token: FencingToken,
+    ) -> Result<ForcedRelease> {
+        let queue = self.settings.prefix_of(name);
+        let members = queue::members(&mut self.client, &queue).await?;
+        let Some(owner) = members.first() else {
+            return Ok(ForcedRelease::NotHeld);
+        };
+        if token_of(owner.create_revision()) != token {
+            return Ok(ForcedRelease::Mismatch(Some(
+                holder_of(owner).unwrap_or_else(|| unknown_holder(owner)),
+            )));
+        }
+        let key = owner.key().to_vec();
+        if !queue::delete_if_created_at(&mut self.client, key, owner.create_revision()).await? {
+            // Gone between the read and the delete: released or expired meanwhile.
+            return Ok(ForcedRelease::Released);
+        }
+        if owner.lease() != 0 {
+            if let Err(err) = revoke(&mut self.client, owner.lease()).await {
+                tracing::debug!(error = %err, "revoking the released holder's lease failed; it expires by its ttl");
+            }
+        }
+        Ok(ForcedRelease::Released)
+    }
+}
+
+/// A lease's ttl in etcd's whole seconds, rounded up: the server must not expire it before the
+/// requested ttl has passed.
+pub fn ttl_seconds(ttl: Duration) -> i64 {
+    let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    i64::try_from(secs.max(1)).unwrap_or(i64::MAX)
+}
+
+fn token_of(create_revision: i64) -> FencingToken {
+    FencingToken(u64::try_from(create_revision).unwrap_or(0))
+}
+
+fn lease_id(lease: &Lease) -> Result<i64> {
+    i64::from_str_radix(&lease.secret, 16).map_err(|_| {
+        BackendError::Config(format!(
+            "lease of lock {} is not an etcd lease ({:?})",
+            lease.name, lease.secret
+        ))
+    })
+}
+
+/// Revokes a lease; one that is already gone is fine.
+async fn revoke(client: &mut Client, id: i64) -> Result<()> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, client.lease_revoke(id)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(etcd_client::Error::GRpcStatus(status)))
+            if status.code() == tonic::Code::NotFound =>
+        {
+            Ok(())
+        }
+        Ok(Err(e)) => Err(BackendError::Unavailable(format!(
+            "revoke lease {id:x}: {}",
+            describe(&e)
+        ))),
+        Err(_) => Err(timeout_error("revoke the lease")),
+    }
+}
+
+/// Runs one request within [`REQUEST_TIMEOUT`], naming what was being done on failure.
+async fn timed<T>(
+    what: &str,
+    request: impl Future<Output = std::result::Result<T, etcd_client::Error>>,
+) -> Result<T> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(BackendError::Unavailable(format!(
+            "{what}: {}",
+            describe(&e)
+        ))),
+        Err(_) => Err(timeout_error(what)),
+    }
+}
+
+fn timeout_error(what: &str) -> BackendError {
+    BackendError::Unavailable(format!(
+        "{what}: etcd did not answer within {}s",
+        REQUEST_TIMEOUT.as_secs()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_rounds_up_to_whole_seconds() {
+        assert_eq!(ttl_seconds(Duration::from_secs(15)), 15);
+        assert_eq!(ttl_seconds(Duration::from_millis(1500)), 2);
+        assert_eq!(ttl_seconds(Duration::from_millis(1001)), 2);
+        assert_eq!(ttl_seconds(Duration::from_millis(300)), 1);
+    }
+}

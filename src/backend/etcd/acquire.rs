@@ -1,0 +1,207 @@
+//! Taking the lock: a lease, a place in the queue, and the wait for the turn.
+
+use std::time::{Duration, SystemTime};
+
+use super::keepalive::{Alive, KeepAlive};
+use super::queue::{self, Turn};
+use super::status::holder_of;
+use super::{connect, revoke, timed, token_of, ttl_seconds, EtcdBackend, DROP_REVOKE_TIMEOUT};
+use crate::backend::{AcquireRequest, BackendError, Result, WaitMode};
+use crate::clock::BootTime;
+use crate::lease::{Acquire, HolderInfo, Lease};
+
+/// How one pass at the queue ended.
+enum Attempt {
+    Done(Acquire),
+    /// The lease expired while waiting in the queue: start over with a new one.
+    Expired,
+}
+
+impl EtcdBackend {
+    pub(super) async fn acquire_here(
+        &mut self,
+        req: &AcquireRequest,
+        wait: WaitMode,
+    ) -> Result<Acquire> {
+        self.revoke_pending().await;
+        loop {
+            match self.attempt(req, wait).await {
+                Ok(Attempt::Done(outcome)) => return Ok(outcome),
+                Ok(Attempt::Expired) => {
+                    tracing::warn!(lock = %req.name, "the lease expired while waiting in the queue; queuing again");
+                }
+                Err(err) => {
+                    self.revoke_pending().await;
+                    return Err(err);
+                }
+            }
+        }
+    }
+
+    async fn revoke_pending(&mut self) {
+        if let Some(id) = self.pending.take() {
+            if let Err(err) = revoke(&mut self.client, id).await {
+                tracing::debug!(error = %err, lease = format_args!("{id:x}"), "revoking an abandoned lease failed; it expires by its ttl");
+            }
+        }
+    }
+
+    async fn attempt(&mut self, req: &AcquireRequest, wait: WaitMode) -> Result<Attempt> {
+        let ttl_secs = ttl_seconds(req.ttl);
+        let mut alive_at = BootTime::now();
+        let grant = timed("grant a lease", self.client.lease_grant(ttl_secs, None)).await?;
+        let lease_id = grant.id();
+        self.pending = Some(lease_id);
+        if grant.ttl() < ttl_secs {
+            return Err(BackendError::Unavailable(format!(
+                "etcd granted a {}s lease where {ttl_secs}s were asked",
+                grant.ttl()
+            )));
+        }
+        let queue = self.settings.prefix_of(&req.name);
+        let my_key = format!("{queue}{lease_id:x}");
+        let value = holder_json(&req.holder)?;
+        let position = queue::enqueue(&mut self.client, &queue, &my_key, value, lease_id).await?;
+        let mut keepalive = KeepAlive::new(lease_id);
+        let owner_is_me = position
+            .owner
+            .as_ref()
+            .is_none_or(|o| o.create_revision() == position.rev);
+        if !owner_is_me {
+            match wait {
+                WaitMode::NoWait => {
+                    // Revoking deletes my key with the lease: a busy lock keeps no trace of us.
+                    self.revoke_pending().await;
+                    let holder = position.owner.as_ref().and_then(holder_of);
+                    return Ok(Attempt::Done(Acquire::Held(holder)));
+                }
+                WaitMode::Wait => {
+                    tracing::debug!(lock = %req.name, key = my_key, "waiting in the lock queue");
+                    let turn = queue::wait_turn(
+                        &mut self.client,
+                        &queue,
+                        position.rev,
+                        &mut keepalive,
+                        keepalive_interval(req.ttl),
+                        req.ttl,
+                        &mut alive_at,
+                    )
+                    .await?;
+                    if let Turn::LeaseGone = turn {
+                        self.pending = None;
+                        return Ok(Attempt::Expired);
+                    }
+                    // The turn may have come long after the last keepalive: renew once more, so
+                    // that the job starts with as much of the ttl as possible.
+                    let sent_at = BootTime::now();
+                    match keepalive.once(&mut self.client).await {
+                        Ok(Alive::Yes) => alive_at = sent_at,
+                        Ok(Alive::Gone) => {
+                            self.pending = None;
+                            return Ok(Attempt::Expired);
+                        }
+                        // The earlier keepalive still counts.
+                        Err(err) => {
+                            tracing::debug!(error = %err, "keepalive on taking the lock failed")
+                        }
+                    }
+                    let mut holder = req.holder.clone();
+                    holder.acquired_at = SystemTime::now();
+                    let value = holder_json(&holder)?;
+                    if !queue::update_mine(&mut self.client, &my_key, position.rev, value, lease_id)
+                        .await?
+                    {
+                        self.pending = None;
+                        return Ok(Attempt::Expired);
+                    }
+                    self.pending = None;
+                    self.keepalive = Some(keepalive);
+                    return Ok(Attempt::Done(Acquire::Acquired(lease(
+                        req,
+                        holder,
+                        position.rev,
+                        lease_id,
+                        alive_at,
+                    ))));
+                }
+            }
+        }
+        self.pending = None;
+        self.keepalive = Some(keepalive);
+        Ok(Attempt::Done(Acquire::Acquired(lease(
+            req,
+            req.holder.clone(),
+            position.rev,
+            lease_id,
+            alive_at,
+        ))))
+    }
+}
+
+impl Drop for EtcdBackend {
+    /// Revokes the lease of an abandoned wait (its future was dropped: `--wait=DURATION` ran
+    /// out), so that its key does not hold up the waiters behind it until its ttl ends.
+    ///
+    /// The client cannot be used here: its connection is driven by the runtime that is running
+    /// this drop, or is already gone. So a thread of its own connects afresh and revokes, and the
+    /// drop waits for it at most one second; past that the lease expires by its ttl.
+    fn drop(&mut self) {
+        let Some(id) = self.pending.take() else {
+            return;
+        };
+        let (target, options) = (self.target.clone(), self.options.clone());
+        let (done, finished) = std::sync::mpsc::channel();
+        let revoker = std::thread::Builder::new()
+            .name("etcd-revoke".into())
+            .spawn(move || {
+                if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    runtime.block_on(async {
+                        let _ = tokio::time::timeout(DROP_REVOKE_TIMEOUT, async {
+                            if let Ok((mut client, _)) =
+                                connect::connect_any(&target, &options, 0).await
+                            {
+                                let _ = revoke(&mut client, id).await;
+                            }
+                        })
+                        .await;
+                    });
+                }
+                let _ = done.send(());
+            });
+        if revoker.is_ok() {
+            let _ = finished.recv_timeout(DROP_REVOKE_TIMEOUT + Duration::from_millis(100));
+        }
+    }
+}
+
+/// The lease of a lock just taken; its token is the key's create revision, its secret the lease
+/// id in hex (the last segment of the key).
+fn lease(
+    req: &AcquireRequest,
+    mut holder: HolderInfo,
+    rev: i64,
+    id: i64,
+    sent_at: BootTime,
+) -> Lease {
+    holder.token = token_of(rev);
+    Lease {
+        name: req.name.clone(),
+        holder,
+        sent_at,
+        secret: format!("{id:x}"),
+        kernel_lock: None,
+    }
+}
+
+/// While waiting, the lease is renewed three times per ttl, like a holder's default.
+fn keepalive_interval(ttl: Duration) -> Duration {
+    (ttl / 3).max(Duration::from_millis(100))
+}
+
+fn holder_json(holder: &HolderInfo) -> Result<Vec<u8>> {
+    serde_json::to_vec(holder)
+        .map_err(|e| BackendError::Config(format!("holder metadata does not serialize: {e}")))
+}

@@ -1,0 +1,208 @@
+//! The queue of etcd's concurrency mutex, step by step as `client/v3/concurrency/mutex.go` and
+//! `key.go` take it, so that elect and `etcdctl lock` share one queue.
+//!
+//! - [`enqueue`] is `tryAcquire`: one transaction that puts `<queue><lease hex>` with the lease
+//!   attached unless it exists, and reads the first key of the queue by create revision.
+//! - [`wait_turn`] is `waitDeletes`: find the key with the highest create revision below mine,
+//!   watch it until it changes, and look again, until no key is ahead of mine. Each waiter
+//!   watches only the key just ahead of it, so a release wakes one waiter, and waiters are
+//!   served in the order they queued.
+//!
+//! One difference: `waitDelete` returns on a DELETE event only; here any event on the watched key
+//! leads to looking again, which costs one read on a rare PUT and needs no event decoding.
+
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget, Txn,
+    TxnOp, TxnOpResponse, WatchOptions,
+};
+
+use super::keepalive::{Alive, KeepAlive};
+use super::timed;
+use crate::backend::{BackendError, Result};
+use crate::clock::BootTime;
+
+/// Where my key stands after [`enqueue`].
+pub(super) struct Position {
+    /// The create revision of my key: my place in the queue, and the fencing token.
+    pub rev: i64,
+    /// The first key of the queue (the owner); `None` only if the queue is empty.
+    pub owner: Option<KeyValue>,
+}
+
+/// Puts my key in the queue unless it is there, and reads the owner, in one transaction.
+pub(super) async fn enqueue(
+    client: &mut Client,
+    queue: &str,
+    my_key: &str,
+    value: Vec<u8>,
+    lease: i64,
+) -> Result<Position> {
+    let owner = || TxnOp::get(queue, Some(first_created()));
+    let txn = Txn::new()
+        .when([Compare::create_revision(my_key, CompareOp::Equal, 0)])
+        .and_then([
+            TxnOp::put(my_key, value, Some(PutOptions::new().with_lease(lease))),
+            owner(),
+        ])
+        .or_else([TxnOp::get(my_key, None), owner()]);
+    let resp = timed("join the lock queue", client.txn(txn)).await?;
+    let header_rev = resp.header().map(|h| h.revision());
+    let responses = resp.op_responses();
+    let malformed = || BackendError::Unavailable("etcd sent a malformed transaction reply".into());
+    let rev = if resp.succeeded() {
+        // The put happened at the transaction's revision.
+        header_rev.ok_or_else(malformed)?
+    } else {
+        match responses.first() {
+            Some(TxnOpResponse::Get(get)) => get
+                .kvs()
+                .first()
+                .map(KeyValue::create_revision)
+                .ok_or_else(malformed)?,
+            _ => return Err(malformed()),
+        }
+    };
+    let owner = match responses.get(1) {
+        Some(TxnOpResponse::Get(get)) => get.kvs().first().cloned(),
+        _ => return Err(malformed()),
+    };
+    Ok(Position { rev, owner })
+}
+
+/// `WithFirstCreate`: the queue's key with the lowest create revision.
+fn first_created() -> GetOptions {
+    GetOptions::new()
+        .with_prefix()
+        .with_sort(SortTarget::Create, SortOrder::Ascend)
+        .with_limit(1)
+}
+
+/// How a wait ended.
+pub(super) enum Turn {
+    /// No key is ahead of mine.
+    Mine,
+    /// My lease expired or was revoked while I waited: my key is gone.
+    LeaseGone,
+}
+
+/// Waits until no key ahead of mine remains, keeping my lease alive every `keepalive_every`.
+///
+/// `alive_at` is the send time of the last keepalive that succeeded (the grant, at first); it is
+/// kept up to date, so that the caller can count the lease's time from it.
+pub(super) async fn wait_turn(
+    client: &mut Client,
+    queue: &str,
+    my_rev: i64,
+    keepalive: &mut KeepAlive,
+    keepalive_every: Duration,
+    ttl: Duration,
+    alive_at: &mut BootTime,
+) -> Result<Turn> {
+    let mut next_keepalive = tokio::time::Instant::now() + keepalive_every;
+    loop {
+        let Some((ahead, seen_at)) = key_ahead(client, queue, my_rev).await? else {
+            return Ok(Turn::Mine);
+        };
+        let mut watch = timed(
+            "watch the lock queue",
+            client.watch(
+                ahead,
+                Some(WatchOptions::new().with_start_revision(seen_at + 1)),
+            ),
+        )
+        .await?;
+        loop {
+            tokio::select! {
+                msg = watch.message() => match msg {
+                    Ok(Some(resp)) if resp.canceled() || !resp.events().is_empty() => break,
+                    Ok(Some(_)) => continue,
+                    // The stream broke: look again (which fails if etcd is gone), after a pause
+                    // so that a stream that keeps breaking cannot spin.
+                    Ok(None) | Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        break;
+                    }
+                },
+                () = tokio::time::sleep_until(next_keepalive) => {
+                    next_keepalive = tokio::time::Instant::now() + keepalive_every;
+                    let sent_at = BootTime::now();
+                    match keepalive.once(client).await {
+                        Ok(Alive::Yes) => *alive_at = sent_at,
+                        Ok(Alive::Gone) => return Ok(Turn::LeaseGone),
+                        Err(err) => {
+                            // A few keepalives may fail in a row; once the lease may have
+                            // expired, waiting on is pointless.
+                            if BootTime::now() > *alive_at + ttl {
+                                return Err(err);
+                            }
+                            tracing::debug!(error = %err, "keepalive while waiting failed");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `waitDeletes`' query: the key just ahead of mine (highest create revision below mine), and
+/// the revision at which it was seen.
+async fn key_ahead(
+    client: &mut Client,
+    queue: &str,
+    my_rev: i64,
+) -> Result<Option<(Vec<u8>, i64)>> {
+    let options = GetOptions::new()
+        .with_prefix()
+        .with_sort(SortTarget::Create, SortOrder::Descend)
+        .with_max_create_revision(my_rev - 1)
+        .with_limit(1)
+        .with_keys_only();
+    let resp = timed("read the lock queue", client.get(queue, Some(options))).await?;
+    let seen_at = resp.header().map_or(0, |h| h.revision());
+    Ok(resp.kvs().first().map(|kv| (kv.key().to_vec(), seen_at)))
+}
+
+/// Every key of the queue in order, owner first.
+pub(super) async fn members(client: &mut Client, queue: &str) -> Result<Vec<KeyValue>> {
+    let options = GetOptions::new()
+        .with_prefix()
+        .with_sort(SortTarget::Create, SortOrder::Ascend);
+    let resp = timed("read the lock queue", client.get(queue, Some(options))).await?;
+    Ok(resp.kvs().to_vec())
+}
+
+/// Rewrites my key's value (holder metadata) if it is still the key I queued with; `false` when
+/// it is gone.
+pub(super) async fn update_mine(
+    client: &mut Client,
+    my_key: &str,
+    my_rev: i64,
+    value: Vec<u8>,
+    lease: i64,
+) -> Result<bool> {
+    let txn = Txn::new()
+        .when([Compare::create_revision(my_key, CompareOp::Equal, my_rev)])
+        .and_then([TxnOp::put(
+            my_key,
+            value,
+            Some(PutOptions::new().with_lease(lease)),
+        )]);
+    let resp = timed("record the holder", client.txn(txn)).await?;
+    Ok(resp.succeeded())
+}
+
+/// Deletes `key` if its create revision is still `rev` (compare-and-delete); `false` when it
+/// is gone or was created again since.
+pub(super) async fn delete_if_created_at(
+    client: &mut Client,
+    key: Vec<u8>,
+    rev: i64,
+) -> Result<bool> {
+    let txn = Txn::new()
+        .when([Compare::create_revision(key.clone(), CompareOp::Equal, rev)])
+        .and_then([TxnOp::delete(key, None)]);
+    let resp = timed("release the lock", client.txn(txn)).await?;
+    Ok(resp.succeeded())
+}

@@ -1,0 +1,102 @@
+//! What `status` shows: the locks under the prefix, their holders, ttls and waiters.
+
+use std::time::{Duration, SystemTime};
+
+use etcd_client::{GetOptions, KeyValue};
+
+use super::{timed, token_of, EtcdBackend};
+use crate::backend::Result;
+use crate::lease::{HolderInfo, LockName, LockState};
+
+impl EtcdBackend {
+    pub(super) async fn list_here(&mut self) -> Result<Vec<LockState>> {
+        let options = GetOptions::new().with_prefix();
+        let resp = timed(
+            "list the locks",
+            self.client
+                .get(self.settings.prefix.as_str(), Some(options)),
+        )
+        .await?;
+        let mut queues: std::collections::BTreeMap<LockName, Vec<KeyValue>> = Default::default();
+        for kv in resp.kvs() {
+            let Some(rest) = kv.key().strip_prefix(self.settings.prefix.as_bytes()) else {
+                continue;
+            };
+            // Only `<name>/<lease>` keys are queue members; other keys under the prefix are not
+            // elect's business.
+            let Some(slash) = rest.iter().position(|&b| b == b'/') else {
+                continue;
+            };
+            let Some(name) = std::str::from_utf8(&rest[..slash])
+                .ok()
+                .and_then(|n| LockName::new(n).ok())
+            else {
+                continue;
+            };
+            queues.entry(name).or_default().push(kv.clone());
+        }
+        let mut states = Vec::with_capacity(queues.len());
+        for (name, mut members) in queues {
+            members.sort_by_key(KeyValue::create_revision);
+            states.push(self.state_of(&name, &members).await?);
+        }
+        Ok(states)
+    }
+
+    /// A lock's state from its queue members, owner first.
+    pub(super) async fn state_of(
+        &mut self,
+        name: &LockName,
+        members: &[KeyValue],
+    ) -> Result<LockState> {
+        let Some(owner) = members.first() else {
+            return Ok(LockState {
+                lock: name.clone(),
+                holder: None,
+                expires_in: None,
+                waiters: None,
+            });
+        };
+        let expires_in = match owner.lease() {
+            0 => None,
+            lease => {
+                let ttl = timed(
+                    "read the holder's lease",
+                    self.client.lease_time_to_live(lease, None),
+                )
+                .await?;
+                u64::try_from(ttl.ttl()).ok().map(Duration::from_secs)
+            }
+        };
+        let holder = holder_of(owner).unwrap_or_else(|| unknown_holder(owner));
+        Ok(LockState {
+            lock: name.clone(),
+            holder: Some(holder),
+            expires_in,
+            waiters: Some(members.len().saturating_sub(1) as u64),
+        })
+    }
+}
+
+/// The holder metadata of a queue key, with the token it really has. `None` for a key that
+/// another client (`etcdctl lock`) wrote.
+pub(super) fn holder_of(kv: &KeyValue) -> Option<HolderInfo> {
+    let mut holder: HolderInfo = serde_json::from_slice(kv.value()).ok()?;
+    holder.token = token_of(kv.create_revision());
+    Some(holder)
+}
+
+/// What `status` can say about a holder that left no metadata (an `etcdctl lock`). A lock state
+/// without a holder means free, so one is made up: its acquired-at is the epoch, as nobody knows.
+pub(super) fn unknown_holder(kv: &KeyValue) -> HolderInfo {
+    HolderInfo {
+        // The key names the lease, which `etcdctl lease timetolive` can tell more about.
+        id: format!("unknown ({})", String::from_utf8_lossy(kv.key())),
+        host: String::new(),
+        pid: 0,
+        acquired_at: SystemTime::UNIX_EPOCH,
+        ttl: Duration::ZERO,
+        token: token_of(kv.create_revision()),
+        version: String::new(),
+    }
+}

@@ -160,10 +160,17 @@ pub async fn supervise<B: Backend, C: Clock>(
         tokio::select! {
             biased;
             report = watchdog.report() => match report {
-                Ok(Some(Report::Finished(exit))) => {
+                Ok(Some(Report::Finished { exit, stopped })) => {
+                    // A job that ended by itself before the watchdog began to stop it was not cut
+                    // short: a loss elect noticed afterwards (resumed from SIGSTOP past the
+                    // deadline, say) does not change its exit code.
                     let ending = match loss {
-                        Some(loss) => Ending::Lost(loss, exit),
-                        None if timed_out => Ending::TimedOut(exit),
+                        Some(loss) if stopped => Ending::Lost(loss, exit),
+                        None if timed_out && stopped => Ending::TimedOut(exit),
+                        Some(loss) => {
+                            tracing::debug!(lock = %lock, "lease lost ({loss}) after the job had ended");
+                            Ending::Finished(exit)
+                        }
                         None => Ending::Finished(exit),
                     };
                     return (ending, lost_hook);

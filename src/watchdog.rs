@@ -119,6 +119,8 @@ struct Watchdog {
     job: Option<Pid>,
     /// How the main process ended, once it has.
     exit: Option<JobExit>,
+    /// Whether the stop had begun when the main process ended.
+    stopped: bool,
     deadline: Option<BootTime>,
     phase: Phase,
     /// Whether elect is still there to order and to report to.
@@ -156,6 +158,7 @@ impl Watchdog {
             grace,
             job: None,
             exit: None,
+            stopped: false,
             deadline: None,
             phase: Phase::Running,
             elect_alive: true,
@@ -227,7 +230,10 @@ impl Watchdog {
             }
             if self.reap() {
                 if let Some(exit) = self.exit {
-                    self.report(Report::Finished(exit));
+                    self.report(Report::Finished {
+                        exit,
+                        stopped: self.stopped,
+                    });
                 }
                 self.linger();
                 return Ok(());
@@ -401,6 +407,7 @@ impl Watchdog {
             return;
         }
         self.exit = Some(how);
+        self.stopped = self.phase != Phase::Running;
         if self.took_terminal {
             let stdin = io::stdin();
             let _ = nix::unistd::tcsetpgrp(stdin.as_fd(), getpgrp());

@@ -10,7 +10,8 @@
 //!   deadline to enforce ([`Expiry::HeldByProcess`]).
 //! - After locking, elect checks that the path still names the file it locked (someone may have
 //!   replaced it in between) and writes a fixed-size record at offset 0: the holder metadata and
-//!   the fencing token, which is the previous record's token plus one.
+//!   the fencing token, which is the previous record's token plus one (a new file starts at the
+//!   clock's microseconds, so that a deleted and recreated file never repeats a token).
 //! - A renew checks that the path still names the locked file: a holder whose file was deleted or
 //!   replaced has lost the lease, since a newcomer can lock the new file.
 //! - `status` learns whether a file is locked from `/proc/locks`, never by taking the lock itself
@@ -261,7 +262,10 @@ impl Backend for FileBackend {
             let previous = Self::read_record(&file, &path)?;
             let mut holder = req.holder.clone();
             holder.acquired_at = std::time::SystemTime::now();
-            holder.token = FencingToken(previous.map_or(0, |p| p.token.0) + 1);
+            holder.token = match previous {
+                Some(previous) => FencingToken(previous.token.0 + 1),
+                None => first_token(),
+            };
             Self::write_record(&file, &path, &holder)?;
             return Ok(Acquire::Acquired(Lease {
                 name: req.name.clone(),
@@ -357,6 +361,16 @@ impl Backend for FileBackend {
         }
         Ok(states)
     }
+}
+
+/// The token of a lock file's first acquisition: the wall clock in microseconds since 1970, not
+/// 1, so that a lock file deleted and created again (which loses its counter) still hands out
+/// tokens larger than any it handed out before, as long as the clock does not step back.
+fn first_token() -> FencingToken {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    FencingToken(micros.max(1))
 }
 
 fn free(name: &LockName) -> LockState {

@@ -37,8 +37,13 @@ pub enum Report {
     },
     /// The deadline came without a renew: the job is being stopped.
     DeadlinePassed,
-    /// The job's main process ended this way, and every process of the job is gone.
-    Finished(JobExit),
+    /// The job's main process ended this way, and every process of the job is gone. `stopped`
+    /// says whether the watchdog had begun stopping the job (deadline, order, elect gone) before
+    /// it ended: a job that ended by itself was not cut short, whatever elect learns later.
+    Finished {
+        exit: JobExit,
+        stopped: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,8 +115,13 @@ impl Report {
             Report::Started { pid } => format!("started {pid}"),
             Report::SpawnFailed { errno } => format!("spawn-failed {errno}"),
             Report::DeadlinePassed => "deadline-passed".to_owned(),
-            Report::Finished(JobExit::Code(c)) => format!("finished code {c}"),
-            Report::Finished(JobExit::Signal(s)) => format!("finished signal {s}"),
+            Report::Finished { exit, stopped } => {
+                let stopped = if *stopped { "stopped" } else { "by-itself" };
+                match exit {
+                    JobExit::Code(c) => format!("finished code {c} {stopped}"),
+                    JobExit::Signal(s) => format!("finished signal {s} {stopped}"),
+                }
+            }
         }
         .into_bytes()
     }
@@ -126,13 +136,20 @@ impl Report {
             "spawn-failed" => Report::SpawnFailed { errno: num()? },
             "deadline-passed" => Report::DeadlinePassed,
             "finished" => {
-                let how = text.split(' ').nth(1)?;
-                let n = text.split(' ').nth(2)?.parse().ok()?;
-                match how {
-                    "code" => Report::Finished(JobExit::Code(n)),
-                    "signal" => Report::Finished(JobExit::Signal(n)),
+                let mut rest = text.split(' ').skip(1);
+                let how = rest.next()?;
+                let n = rest.next()?.parse().ok()?;
+                let exit = match how {
+                    "code" => JobExit::Code(n),
+                    "signal" => JobExit::Signal(n),
                     _ => return None,
-                }
+                };
+                let stopped = match rest.next()? {
+                    "stopped" => true,
+                    "by-itself" => false,
+                    _ => return None,
+                };
+                Report::Finished { exit, stopped }
             }
             _ => return None,
         })
@@ -175,8 +192,14 @@ mod tests {
             Report::Started { pid: 9 },
             Report::SpawnFailed { errno: 2 },
             Report::DeadlinePassed,
-            Report::Finished(JobExit::Code(3)),
-            Report::Finished(JobExit::Signal(9)),
+            Report::Finished {
+                exit: JobExit::Code(3),
+                stopped: false,
+            },
+            Report::Finished {
+                exit: JobExit::Signal(9),
+                stopped: true,
+            },
         ] {
             assert_eq!(Report::decode(&report.encode()), Some(report));
         }

@@ -53,7 +53,32 @@ stopped. The settings must satisfy renew + grace + margin < ttl.
 \fBfile:///DIR\fR (default)
 flock(2) on DIR/NAME.lock; the directory is \fBELECT_LOCK_DIR\fR, else /run/lock/elect, else a
 private directory. The fencing token is kept in the lock file. Lock files are never deleted; a
-holder whose lock file is deleted or replaced loses the lease.
+holder whose lock file is deleted or replaced loses the lease. The kernel lock cannot expire while
+the job runs.
+.TP
+\fBredis://[USER:PASSWORD@]HOST[:PORT][/DB]\fR, \fBrediss://...\fR (TLS)
+SET NX PX with a random secret, in one Lua script with the fencing-token INCR; token-checked renew
+and release scripts; keys \fBelect:{NAME}\fR, \fBelect:{NAME}:token\fR, \fBelect:{NAME}:baton\fR
+(one Redis Cluster slot per lock). Waiters queue on the baton list: a release wakes one.
+Asynchronous replication: a failover to a replica that lacked the key can lose a lease.
+Password also from \fBELECT_REDIS_PASSWORD\fR.
+.TP
+\fBetcd://HOST:PORT[,HOST:PORT...][?prefix=P]\fR, \fBetcds://...\fR (TLS)
+An etcd lease kept alive while the job runs, and the key layout of etcd's concurrency mutex
+(P/NAME/LEASE-ID), so that \fBetcdctl lock\fR P/NAME and elect exclude each other. The fencing token
+is the key's create revision. Waiters watch the key just ahead of them: first come, first served.
+User and password also from \fBELECT_ETCD_USER\fR and \fBELECT_ETCD_PASSWORD\fR.
+.TP
+\fBpostgres://USER[:PASSWORD]@HOST[:PORT]/DB[?sslmode=...]\fR, \fBpostgresql://...\fR
+A row per lock in the table \fBelect_leases\fR (created if missing); acquire, renew and release are
+single statements judged by the server's \fBclock_timestamp()\fR; NOTIFY wakes waiters. Works
+through PgBouncer in transaction mode; a standby is refused. Password also from \fBPGPASSWORD\fR
+or ~/.pgpass.
+.PP
+Every URL elect prints or passes to the job has its password replaced by ***.
+.SH "FORCED RELEASE"
+\fBelect release \-\-lock NAME \-\-token N\fR frees a lock whose holder is known to be dead, only if
+its fencing token is still N (exit 0 released, 3 free already, 75 held under another token).
 .SH EXAMPLES
 .TP
 Run once across machines from cron, skipping quietly when another machine runs it:

@@ -1,0 +1,206 @@
+//! The fault-injection suite: contenders loop on one lock while faults are injected, and a
+//! checker judges every run (see `tests/support/fault_env.rs` for the invariants and
+//! `tests/support/witness.rs` for how job lifetimes are observed).
+//!
+//! Each scenario × backend is its own test, with its own server, so that they run in parallel.
+//! The short form (the default) injects faults for a few seconds per test; `scripts/faults.sh
+//! --soak 10m` sets `ELECT_FAULTS_SECS` for a long form and prints one table for the whole run.
+
+#[path = "support/fault_env.rs"]
+mod fault_env;
+#[path = "support/postgres_server.rs"]
+mod postgres_server;
+#[path = "support/proxy.rs"]
+mod proxy;
+#[path = "support/witness.rs"]
+mod witness;
+
+use std::time::Duration;
+
+use fault_env::{run, BackendKind, Fault, Setup};
+
+macro_rules! on_backends {
+    ($name:ident, [$($backend:ident),*], $setup:expr) => {
+        mod $name {
+            use super::*;
+            $(
+                #[test]
+                #[allow(non_snake_case)]
+                fn $backend() {
+                    let kind = BackendKind::$backend;
+                    let make: fn(BackendKind) -> Setup = $setup;
+                    run(make(kind));
+                }
+            )*
+        }
+    };
+}
+
+// 1. kill -9 of the holding elect.
+on_backends!(kill_holder, [File, Redis, Postgres], |k| Setup::new(
+    "kill-9-holder",
+    k,
+    &[Fault::KillHolder]
+));
+
+// 2. kill -STOP of the holding elect for longer than the ttl; a job longer than the ttl.
+on_backends!(stop_holder, [File, Redis, Postgres], |k| Setup::new(
+    "stop-holder",
+    k,
+    &[Fault::StopHolder]
+)
+.work(Duration::from_secs(3)));
+
+// 3. kill -STOP of the server.
+on_backends!(stop_server, [Redis, Postgres], |k| Setup::new(
+    "stop-server",
+    k,
+    &[Fault::StopServer]
+)
+.work(Duration::from_secs(2)));
+
+// 4. kill -9 of the server and a restart on the same data.
+on_backends!(kill_server, [Redis, Postgres], |k| Setup::new(
+    "kill-9-server",
+    k,
+    &[Fault::RestartServer]
+));
+
+// 5. The proxy: blackhole both ways, replies only, latency, resets.
+on_backends!(proxy_blackhole, [Redis, Postgres], |k| Setup::new(
+    "proxy-blackhole",
+    k,
+    &[Fault::Blackhole]
+)
+.work(Duration::from_secs(2)));
+on_backends!(proxy_drop_replies, [Redis, Postgres], |k| Setup::new(
+    "proxy-drop-replies",
+    k,
+    &[Fault::DropReplies]
+)
+.work(Duration::from_secs(2)));
+on_backends!(proxy_latency, [Redis, Postgres], |k| Setup::new(
+    "proxy-latency",
+    k,
+    &[Fault::Latency]
+)
+.work(Duration::from_secs(2)));
+on_backends!(proxy_reset, [Redis, Postgres], |k| Setup::new(
+    "proxy-reset",
+    k,
+    &[Fault::Reset]
+));
+
+// 6. A job that ignores SIGTERM, stopped by each fault that stops a job.
+on_backends!(ignore_term, [File, Redis, Postgres], |k| {
+    let mut faults = vec![Fault::KillHolder, Fault::StopHolder];
+    if k != BackendKind::File {
+        faults.push(Fault::Blackhole);
+    }
+    Setup::new("job-ignores-sigterm", k, &faults)
+        .mode("ignore-term")
+        .work(Duration::from_secs(3))
+});
+
+// 7. A job with children and grandchildren, one of which calls setsid.
+on_backends!(forks, [File, Redis, Postgres], |k| Setup::new(
+    "job-forks-setsid",
+    k,
+    &[Fault::KillHolder, Fault::StopHolder]
+)
+.mode("forks")
+.work(Duration::from_millis(1500)));
+
+// 8. The lock file deleted or replaced (file backend).
+on_backends!(lock_file_deleted, [File], |k| Setup::new(
+    "lock-file-deleted",
+    k,
+    &[Fault::DeleteLockFile]
+)
+.work(Duration::from_secs(2)));
+on_backends!(lock_file_replaced, [File], |k| Setup::new(
+    "lock-file-replaced",
+    k,
+    &[Fault::ReplaceLockFile]
+)
+.work(Duration::from_secs(2)));
+
+// 9. Clock-rate skew of 1% both ways (libfaketime), within the drift margin.
+on_backends!(clock_skew, [File, Redis, Postgres], |k| Setup::new(
+    "clock-skew-1pct",
+    k,
+    &[Fault::KillHolder]
+)
+.skew());
+
+// 10. pg_terminate_backend of elect's sessions.
+on_backends!(pg_terminate, [Postgres], |k| Setup::new(
+    "pg-terminate-backend",
+    k,
+    &[Fault::TerminateBackend]
+)
+.work(Duration::from_millis(1500)));
+
+// Every applicable fault, at random.
+on_backends!(random_mix, [File, Redis, Postgres], |k| Setup::new(
+    "random-mix",
+    k,
+    &Fault::all_for(k)
+)
+.random()
+.duration(Duration::from_secs(12)));
+
+// 11. Ctrl-Z and fg at a terminal (tmux), for longer than the ttl.
+mod ctrl_z {
+    use super::*;
+
+    #[test]
+    #[allow(non_snake_case)]
+    fn File() {
+        fault_env::ctrl_z(BackendKind::File);
+    }
+
+    #[test]
+    #[allow(non_snake_case)]
+    fn Redis() {
+        fault_env::ctrl_z(BackendKind::Redis);
+    }
+
+    #[test]
+    #[allow(non_snake_case)]
+    fn Postgres() {
+        fault_env::ctrl_z(BackendKind::Postgres);
+    }
+}
+
+/// The checker itself: two jobs started at once without elect must be caught overlapping, by the
+/// witness and by the flock probe, and a job left running must be caught outliving its parent.
+#[test]
+fn checker_sees_an_overlap_without_elect() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let job = dir.path().join("job.pl");
+    std::fs::write(&job, witness::JOB).expect("write job");
+    let w = witness::Witness::start(&dir.path().join("w.sock"));
+    let start = |run: u64| {
+        std::process::Command::new("perl")
+            .arg(&job)
+            .env("FAULT_WITNESS", w.path())
+            .env("FAULT_PROBE", dir.path().join("probe"))
+            .env("FAULT_RUN", run.to_string())
+            .env("FAULT_WORK_MS", "600")
+            .env("ELECT_FENCING_TOKEN", "7")
+            .spawn()
+            .expect("start perl")
+    };
+    let mut a = start(1);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut b = start(2);
+    assert_eq!(a.wait().unwrap().code(), Some(fault_env::JOB_CODE));
+    assert_eq!(b.wait().unwrap().code(), Some(fault_env::JOB_CODE));
+    std::thread::sleep(Duration::from_millis(100));
+    let record = w.snapshot();
+    assert_eq!(record.lives.len(), 2, "{record:?}");
+    assert_eq!(record.overlaps, vec![(0, 1)], "{record:?}");
+    assert!(record.lives[1].busy, "the probe must see the overlap too");
+    assert!(record.lives.iter().all(|l| l.done && l.close.is_some()));
+}

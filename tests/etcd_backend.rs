@@ -579,3 +579,59 @@ async fn a_release_wakes_one_waiter_not_all() {
         t.await.unwrap();
     }
 }
+
+/// A waiter whose member dies gets an error (the caller retries, as `elect run --wait` does);
+/// the retry goes through another member, revokes the lease of the broken wait first (so that
+/// its key does not stay ahead in the line for a whole ttl), and queues again.
+#[tokio::test]
+async fn a_wait_broken_by_a_dead_member_resumes_through_another() {
+    let mut members = EtcdServer::cluster(3);
+    let endpoints: Vec<String> = members.iter().map(EtcdServer::endpoint).collect();
+    let long = |id: &str| AcquireRequest {
+        ttl: Duration::from_secs(30),
+        ..request("resume", id)
+    };
+    let mut holder = open(&format!("etcd://{}", endpoints[1..].join(","))).await;
+    let lease = match holder.acquire(&long("holder"), WaitMode::NoWait).await {
+        Ok(Acquire::Acquired(lease)) => lease,
+        other => panic!("{other:?}"),
+    };
+    let mut waiter = open(&format!("etcd://{}", endpoints.join(","))).await;
+    let req = long("waiter");
+    let waiting = tokio::spawn(async move {
+        let first = waiter.acquire(&req, WaitMode::Wait).await;
+        (first, waiter, req)
+    });
+    wait_queue_len(&members[1], "resume", 2).await;
+    members[0].kill();
+    let (first, mut waiter, req) = waiting.await.unwrap();
+    assert!(first.is_err(), "{first:?}");
+    let leases = |m: &EtcdServer| m.etcdctl_ok(&["lease", "list"]);
+    assert!(leases(&members[1]).starts_with("found 2 leases"));
+    let before = members[1].keys("elect/resume/");
+    assert_eq!(before.len(), 2);
+
+    let again = tokio::spawn(async move {
+        let lease = match waiter.acquire(&req, WaitMode::Wait).await {
+            Ok(Acquire::Acquired(lease)) => lease,
+            other => panic!("{other:?}"),
+        };
+        waiter.release(&lease).await.unwrap();
+    });
+    // Back in line with a new key; the broken wait's key and lease are gone (revoked, long
+    // before their 30 s ttl).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = members[1].keys("elect/resume/");
+        if now.iter().any(|k| !before.contains(k)) {
+            assert_eq!(now.len(), 2, "{now:?}");
+            assert!(now.contains(&format!("elect/resume/{}", lease.secret)));
+            assert!(leases(&members[1]).starts_with("found 2 leases"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "no new key: {now:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    holder.release(&lease).await.unwrap();
+    again.await.unwrap();
+}

@@ -37,14 +37,14 @@ macro_rules! on_backends {
 }
 
 // 1. kill -9 of the holding elect.
-on_backends!(kill_holder, [File, Redis, Postgres], |k| Setup::new(
+on_backends!(kill_holder, [File, Redis, Postgres, Etcd], |k| Setup::new(
     "kill-9-holder",
     k,
     &[Fault::KillHolder]
 ));
 
 // 2. kill -STOP of the holding elect for longer than the ttl; a job longer than the ttl.
-on_backends!(stop_holder, [File, Redis, Postgres], |k| Setup::new(
+on_backends!(stop_holder, [File, Redis, Postgres, Etcd], |k| Setup::new(
     "stop-holder",
     k,
     &[Fault::StopHolder]
@@ -52,7 +52,7 @@ on_backends!(stop_holder, [File, Redis, Postgres], |k| Setup::new(
 .work(Duration::from_secs(3)));
 
 // 3. kill -STOP of the server.
-on_backends!(stop_server, [Redis, Postgres], |k| Setup::new(
+on_backends!(stop_server, [Redis, Postgres, Etcd], |k| Setup::new(
     "stop-server",
     k,
     &[Fault::StopServer]
@@ -60,39 +60,39 @@ on_backends!(stop_server, [Redis, Postgres], |k| Setup::new(
 .work(Duration::from_secs(2)));
 
 // 4. kill -9 of the server and a restart on the same data.
-on_backends!(kill_server, [Redis, Postgres], |k| Setup::new(
+on_backends!(kill_server, [Redis, Postgres, Etcd], |k| Setup::new(
     "kill-9-server",
     k,
     &[Fault::RestartServer]
 ));
 
 // 5. The proxy: blackhole both ways, replies only, latency, resets.
-on_backends!(proxy_blackhole, [Redis, Postgres], |k| Setup::new(
+on_backends!(proxy_blackhole, [Redis, Postgres, Etcd], |k| Setup::new(
     "proxy-blackhole",
     k,
     &[Fault::Blackhole]
 )
 .work(Duration::from_secs(2)));
-on_backends!(proxy_drop_replies, [Redis, Postgres], |k| Setup::new(
+on_backends!(proxy_drop_replies, [Redis, Postgres, Etcd], |k| Setup::new(
     "proxy-drop-replies",
     k,
     &[Fault::DropReplies]
 )
 .work(Duration::from_secs(2)));
-on_backends!(proxy_latency, [Redis, Postgres], |k| Setup::new(
+on_backends!(proxy_latency, [Redis, Postgres, Etcd], |k| Setup::new(
     "proxy-latency",
     k,
     &[Fault::Latency]
 )
 .work(Duration::from_secs(2)));
-on_backends!(proxy_reset, [Redis, Postgres], |k| Setup::new(
+on_backends!(proxy_reset, [Redis, Postgres, Etcd], |k| Setup::new(
     "proxy-reset",
     k,
     &[Fault::Reset]
 ));
 
 // 6. A job that ignores SIGTERM, stopped by each fault that stops a job.
-on_backends!(ignore_term, [File, Redis, Postgres], |k| {
+on_backends!(ignore_term, [File, Redis, Postgres, Etcd], |k| {
     let mut faults = vec![Fault::KillHolder, Fault::StopHolder];
     if k != BackendKind::File {
         faults.push(Fault::Blackhole);
@@ -103,7 +103,7 @@ on_backends!(ignore_term, [File, Redis, Postgres], |k| {
 });
 
 // 7. A job with children and grandchildren, one of which calls setsid.
-on_backends!(forks, [File, Redis, Postgres], |k| Setup::new(
+on_backends!(forks, [File, Redis, Postgres, Etcd], |k| Setup::new(
     "job-forks-setsid",
     k,
     &[Fault::KillHolder, Fault::StopHolder]
@@ -126,7 +126,7 @@ on_backends!(lock_file_replaced, [File], |k| Setup::new(
 .work(Duration::from_secs(2)));
 
 // 9. Clock-rate skew of 1% both ways (libfaketime), within the drift margin.
-on_backends!(clock_skew, [File, Redis, Postgres], |k| Setup::new(
+on_backends!(clock_skew, [File, Redis, Postgres, Etcd], |k| Setup::new(
     "clock-skew-1pct",
     k,
     &[Fault::KillHolder]
@@ -142,7 +142,7 @@ on_backends!(pg_terminate, [Postgres], |k| Setup::new(
 .work(Duration::from_millis(1500)));
 
 // Every applicable fault, at random.
-on_backends!(random_mix, [File, Redis, Postgres], |k| Setup::new(
+on_backends!(random_mix, [File, Redis, Postgres, Etcd], |k| Setup::new(
     "random-mix",
     k,
     &Fault::all_for(k)

@@ -81,10 +81,11 @@ pub struct EtcdBackend {
     describe: String,
     /// The keepalive stream of the lease held, reused from one renewal to the next.
     keepalive: Option<KeepAlive>,
-    /// A lease granted by an acquire that did not finish (an error, or its future was dropped
-    /// while waiting): its key may still stand in the queue, so it is revoked at the next
-    /// opportunity.
-    pending: Option<i64>,
+    /// Leases granted by acquires that did not finish (an error, or the future was dropped while
+    /// waiting): their keys may still stand in a queue, ahead of later waiters, so they are
+    /// revoked at the next opportunity. One whose revoke failed (the endpoint was down) stays
+    /// here for the next try, through another endpoint.
+    pending: Vec<i64>,
 }
 
 /// What the backend's methods need to know besides the client.
@@ -119,7 +120,7 @@ impl EtcdBackend {
             options: options.clone(),
             describe: url.redacted(),
             keepalive: None,
-            pending: None,
+            pending: Vec::new(),
         })
     }
 

@@ -10,6 +10,9 @@ use crate::backend::{AcquireRequest, BackendError, Result, WaitMode};
 use crate::clock::BootTime;
 use crate::lease::{Acquire, HolderInfo, Lease};
 
+/// How many unfinished acquires' leases are remembered for revoking.
+const MAX_PENDING: usize = 16;
+
 /// How one pass at the queue ended.
 enum Attempt {
     Done(Acquire),
@@ -39,11 +42,24 @@ impl EtcdBackend {
     }
 
     async fn revoke_pending(&mut self) {
-        if let Some(id) = self.pending.take() {
+        let mut left = std::mem::take(&mut self.pending);
+        while let Some(&id) = left.first() {
             if let Err(err) = revoke(&mut self.client, id).await {
-                tracing::debug!(error = %err, lease = format_args!("{id:x}"), "revoking an abandoned lease failed; it expires by its ttl");
+                // The others would most likely fail the same way: try them all next time.
+                tracing::debug!(error = %err, lease = format_args!("{id:x}"), "revoking an abandoned lease failed; trying again later");
+                break;
             }
+            left.remove(0);
         }
+        // Bounded: a lease not revoked in time expires by its ttl anyway.
+        let excess = left.len().saturating_sub(MAX_PENDING);
+        left.drain(..excess);
+        self.pending = left;
+    }
+
+    /// The lease no longer needs revoking: it is held, or already gone.
+    fn settled(&mut self, id: i64) {
+        self.pending.retain(|&p| p != id);
     }
 
     async fn attempt(&mut self, req: &AcquireRequest, wait: WaitMode) -> Result<Attempt> {
@@ -51,7 +67,7 @@ impl EtcdBackend {
         let mut alive_at = BootTime::now();
         let grant = timed("grant a lease", self.client.lease_grant(ttl_secs, None)).await?;
         let lease_id = grant.id();
-        self.pending = Some(lease_id);
+        self.pending.push(lease_id);
         if grant.ttl() < ttl_secs {
             return Err(BackendError::Unavailable(format!(
                 "etcd granted a {}s lease where {ttl_secs}s were asked",
@@ -88,7 +104,7 @@ impl EtcdBackend {
                     )
                     .await?;
                     if let Turn::LeaseGone = turn {
-                        self.pending = None;
+                        self.settled(lease_id);
                         return Ok(Attempt::Expired);
                     }
                     // The turn may have come long after the last keepalive: renew once more, so
@@ -97,7 +113,7 @@ impl EtcdBackend {
                     match keepalive.once(&mut self.client).await {
                         Ok(Alive::Yes) => alive_at = sent_at,
                         Ok(Alive::Gone) => {
-                            self.pending = None;
+                            self.settled(lease_id);
                             return Ok(Attempt::Expired);
                         }
                         // The earlier keepalive still counts.
@@ -111,10 +127,10 @@ impl EtcdBackend {
                     if !queue::update_mine(&mut self.client, &my_key, position.rev, value, lease_id)
                         .await?
                     {
-                        self.pending = None;
+                        self.settled(lease_id);
                         return Ok(Attempt::Expired);
                     }
-                    self.pending = None;
+                    self.settled(lease_id);
                     self.keepalive = Some(keepalive);
                     return Ok(Attempt::Done(Acquire::Acquired(lease(
                         req,
@@ -126,7 +142,7 @@ impl EtcdBackend {
                 }
             }
         }
-        self.pending = None;
+        self.settled(lease_id);
         self.keepalive = Some(keepalive);
         Ok(Attempt::Done(Acquire::Acquired(lease(
             req,
@@ -146,9 +162,10 @@ impl Drop for EtcdBackend {
     /// this drop, or is already gone. So a thread of its own connects afresh and revokes, and the
     /// drop waits for it at most one second; past that the lease expires by its ttl.
     fn drop(&mut self) {
-        let Some(id) = self.pending.take() else {
+        let ids = std::mem::take(&mut self.pending);
+        if ids.is_empty() {
             return;
-        };
+        }
         let (target, options) = (self.target.clone(), self.options.clone());
         let (done, finished) = std::sync::mpsc::channel();
         let revoker = std::thread::Builder::new()
@@ -163,7 +180,9 @@ impl Drop for EtcdBackend {
                             if let Ok((mut client, _)) =
                                 connect::connect_any(&target, &options, 0).await
                             {
-                                let _ = revoke(&mut client, id).await;
+                                for id in ids {
+                                    let _ = revoke(&mut client, id).await;
+                                }
                             }
                         })
                         .await;

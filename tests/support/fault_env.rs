@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::postgres_server::PostgresServer;
+use crate::postgres_server::{self, PostgresServer};
 use crate::proxy::{Mode, Proxy};
 use crate::witness::{Life, Witness, JOB};
 
@@ -321,7 +321,7 @@ enum Inner {
     Etcd(Mutex<Proc>),
     Postgres {
         server: PostgresServer,
-        /// The postmaster started again after a kill -9 (through runuser).
+        /// The postmaster started again after a kill -9 (through setpriv).
         restarted: Mutex<Option<Child>>,
     },
 }
@@ -515,7 +515,7 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         // A frozen server cannot be stopped. A restarted postmaster is stopped by the
-        // PostgresServer's own drop (pg_ctl stop), after which its runuser exits.
+        // PostgresServer's own drop (pg_ctl stop), after which the postmaster exits.
         self.thaw();
     }
 }
@@ -533,13 +533,7 @@ fn relaunch_postgres(server: &PostgresServer, restarted: &Mutex<Option<Child>>, 
             kill(*pid, "KILL");
         }
     } else {
-        let mut cmd = if nix::unistd::geteuid().is_root() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(bin.join("pg_ctl"));
-            c
-        } else {
-            Command::new(bin.join("pg_ctl"))
-        };
+        let mut cmd = postgres_server::as_postgres(&bin.join("pg_ctl"));
         let _ = cmd
             .current_dir("/tmp")
             .args(["stop", "-m", "fast", "-w", "-t", "20", "-D"])
@@ -561,13 +555,7 @@ fn relaunch_postgres(server: &PostgresServer, restarted: &Mutex<Option<Child>>, 
         .expect("data directory has a parent")
         .to_owned();
     let bin = postgres_bin();
-    let mut cmd = if nix::unistd::geteuid().is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(bin.join("postgres"));
-        c
-    } else {
-        Command::new(bin.join("postgres"))
-    };
+    let mut cmd = postgres_server::as_postgres(&bin.join("postgres"));
     let child = cmd
         .current_dir("/tmp")
         .arg("-D")

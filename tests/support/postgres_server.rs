@@ -2,7 +2,7 @@
 //! port, stopped on drop. A missing binary is a test failure, never a silent pass.
 //!
 //! PostgreSQL refuses to run as root, so the cluster runs as the unprivileged `postgres` user
-//! (which the Debian package creates) through `runuser`; the temporary directory is handed to
+//! (which the Debian package creates) through `setpriv`; the temporary directory is handed to
 //! that user. Setup statements go through `psql` over the cluster's Unix socket as the superuser
 //! (trusted locally); elect connects over TCP with a password (scram-sha-256).
 
@@ -21,7 +21,7 @@ pub const DATABASE: &str = "elect";
 const OS_USER: &str = "postgres";
 
 pub struct PostgresServer {
-    /// `runuser`, whose child is the postmaster.
+    /// The postmaster (started through setpriv, which execs it).
     child: Child,
     pub port: u16,
     bin: PathBuf,
@@ -325,12 +325,23 @@ fn binaries() -> PathBuf {
     }
 }
 
-/// A command that runs as the server's account: through runuser when the tests run as root,
+/// A command that runs as the server's account: through setpriv when the tests run as root,
 /// directly otherwise (an unprivileged user may run its own cluster).
-fn as_postgres(program: &Path) -> Command {
+///
+/// setpriv changes the user and execs, so the program is our child itself. runuser would stay
+/// in between as its parent and, like su, stop itself whenever its child is stopped: a test that
+/// freezes the server with SIGSTOP and thaws only the server's processes would leave runuser
+/// stopped for good, and a later wait for it would hang.
+pub fn as_postgres(program: &Path) -> Command {
     let mut cmd = if nix::unistd::geteuid().is_root() {
-        let mut cmd = Command::new("runuser");
-        cmd.args(["-u", OS_USER, "--"]).arg(program);
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
+            &format!("--reuid={OS_USER}"),
+            &format!("--regid={OS_USER}"),
+            "--init-groups",
+            "--",
+        ])
+        .arg(program);
         cmd
     } else {
         Command::new(program)

@@ -1229,6 +1229,9 @@ pub fn check(setup: &Setup, arena: &Arena, events: &[Event]) -> Row {
             continue;
         }
         let ok = match (life, status.code()) {
+            // A job that got SIGTERM had begun to be stopped: elect says 76 even if it then
+            // finished its work by itself.
+            (Some(l), Some(code)) if l.done && l.got_term => code == JOB_CODE || code == 76,
             (Some(l), Some(code)) if l.done => code == JOB_CODE,
             (Some(_), Some(code)) => code == 76,
             (None, Some(code)) => [69, 75, 76].contains(&code),

@@ -47,6 +47,8 @@ pub struct Life {
     pub busy: bool,
     /// The main process said it was about to exit by itself.
     pub done: bool,
+    /// The main process got a SIGTERM (and ignored it).
+    pub got_term: bool,
     pub beats: Vec<Instant>,
 }
 
@@ -184,6 +186,7 @@ fn serve(
                         run: None,
                         busy: false,
                         done: false,
+                        got_term: false,
                         beats: Vec::new(),
                     });
                     conns.push(Conn {
@@ -269,6 +272,7 @@ fn parse_line(life: &mut Life, line: &str, at: Instant) {
     match line {
         "B" => life.beats.push(at),
         "DONE" => life.done = true,
+        "TERM" => life.got_term = true,
         header => {
             let mut parts = header.split_whitespace();
             life.token = parts.next().and_then(|t| t.parse().ok());
@@ -304,7 +308,9 @@ my $token = $ENV{ELECT_FENCING_TOKEN} // 'none';
 print $s "$token $$ $ENV{FAULT_RUN} $busy\n";
 my $mode = $ENV{FAULT_MODE} // 'plain';
 my $work = ($ENV{FAULT_WORK_MS} // 800) / 1000;
-$SIG{TERM} = 'IGNORE' if $mode eq 'ignore-term';
+# A job that ignores SIGTERM, but says it got one: elect reports 76 for a job it had begun to
+# stop (the lease was lost), even when the job then finished its work by itself.
+$SIG{TERM} = sub { print $s "TERM\n"; } if $mode eq 'ignore-term';
 if ($mode eq 'forks') {
     my $child = fork();
     if (defined $child && $child == 0) {
@@ -330,7 +336,11 @@ if ($mode eq 'beat') {
         sleep 0.1;
     }
 } else {
-    sleep $work;
+    # A loop, since a signal handler cuts a sleep short.
+    my $end = time + $work;
+    while ((my $left = $end - time) > 0) {
+        sleep $left;
+    }
 }
 print $s "DONE\n";
 _exit(42);

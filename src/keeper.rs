@@ -103,9 +103,7 @@ pub async fn keep<B: Backend, C: Clock>(
                 return Loss::Revoked(why);
             }
             Ok(Err(err)) => last_error = err.to_string(),
-            Err(_) => {
-                last_error = format!("no answer within {}", humantime::format_duration(attempt))
-            }
+            Err(_) => last_error = format!("no answer within {}", crate::timing::Fmt(attempt)),
         }
         stats.failed += 1;
         let now = clock.now();

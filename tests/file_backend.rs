@@ -349,7 +349,9 @@ fn interactive_job_reads_the_terminal() {
         "the job did not run the typed command; screen:\n{screen}"
     );
     tmux.send_keys(&["exit", "Enter"]);
-    env.wait_for_file("code", Duration::from_secs(10));
+    wait_for("elect to exit", Duration::from_secs(10), || {
+        !env.lines("code").is_empty()
+    });
     assert_eq!(env.lines("code"), ["0"], "screen:\n{}", tmux.screen());
 }
 
@@ -378,8 +380,9 @@ fn ctrl_c_reaches_the_job_once() {
     });
     tmux.send_keys(&["C-c"]);
     let sent = Instant::now();
+    // The shell creates the file before it writes the code into it: wait for the line.
     wait_for("the job to end", Duration::from_secs(10), || {
-        env.file("code").exists()
+        !env.lines("code").is_empty()
     });
     assert!(!is_alive(job));
     assert_eq!(
@@ -408,14 +411,15 @@ fn forced_release_of_a_file_lock_is_refused_while_held() {
         "--",
         "sh",
         "-c",
-        "touch started; exec sleep 100",
+        "echo $ELECT_FENCING_TOKEN > token.tmp && mv token.tmp token; exec sleep 100",
     ]);
-    env.wait_for_file("started", Duration::from_secs(10));
-    let refused = env.run(["release", "--lock", &lock, "--token", "1"]);
+    env.wait_for_file("token", Duration::from_secs(10));
+    let token = env.lines("token")[0].clone();
+    let refused = env.run(["release", "--lock", &lock, "--token", &token]);
     refused.assert_code(75).assert_no_panic();
     assert!(refused.one_error_line().contains("kernel"), "{refused}");
     holder.signal("TERM");
     holder.wait();
-    env.run(["release", "--lock", &lock, "--token", "1"])
+    env.run(["release", "--lock", &lock, "--token", &token])
         .assert_code(3);
 }

@@ -19,7 +19,9 @@ use std::time::Duration;
 
 pub use self::url::{redact, BackendUrl, Scheme};
 use crate::exit::{code, Failure};
-use crate::lease::{Acquire, FencingToken, HolderInfo, Lease, LockName, LockState, Renewal};
+use crate::lease::{
+    Acquire, FencingToken, History, HolderInfo, LastRun, Lease, LockName, LockState, Renewal,
+};
 
 /// What an acquire asks for.
 #[derive(Debug, Clone)]
@@ -109,8 +111,19 @@ pub trait Backend {
     /// Extend the lease. `Lost` when the backend says outright it is gone or someone else's.
     fn renew(&mut self, lease: &Lease) -> impl Future<Output = Result<Renewal>>;
 
-    /// Give the lease up, only if it is still ours.
-    fn release(&mut self, lease: &Lease) -> impl Future<Output = Result<()>>;
+    /// Give the lease up, only if it is still ours; with `history`, record the run (and the
+    /// `--once-per` marker) in the same step where the backend allows, and never for a lease
+    /// that is no longer ours.
+    fn release(
+        &mut self,
+        lease: &Lease,
+        history: Option<&History>,
+    ) -> impl Future<Output = Result<()>>;
+
+    /// The run that left a `--once-per` marker on `name` that has not expired yet (by the
+    /// backend's clock), if any. Asked only while holding the lock, so that two contenders
+    /// cannot both miss a marker.
+    fn fresh_run(&mut self, name: &LockName) -> impl Future<Output = Result<Option<LastRun>>>;
 
     fn inspect(&mut self, name: &LockName) -> impl Future<Output = Result<LockState>>;
 
@@ -211,8 +224,12 @@ impl Backend for AnyBackend {
         dispatch!(self, b => b.renew(lease).await)
     }
 
-    async fn release(&mut self, lease: &Lease) -> Result<()> {
-        dispatch!(self, b => b.release(lease).await)
+    async fn release(&mut self, lease: &Lease, history: Option<&History>) -> Result<()> {
+        dispatch!(self, b => b.release(lease, history).await)
+    }
+
+    async fn fresh_run(&mut self, name: &LockName) -> Result<Option<LastRun>> {
+        dispatch!(self, b => b.fresh_run(name).await)
     }
 
     async fn inspect(&mut self, name: &LockName) -> Result<LockState> {

@@ -164,6 +164,11 @@ pub struct RunArgs {
     )]
     pub conflict_exit_code: u8,
 
+    /// After a successful run (exit 0), skip the job (exit 75) until DURATION has passed, by the
+    /// backend's clock: once per window across every machine
+    #[arg(long, env = "ELECT_ONCE_PER", value_name = "DURATION", value_parser = parse_window)]
+    pub once_per: Option<Duration>,
+
     /// Stop the job after DURATION (SIGTERM, SIGKILL after --grace) and exit 124
     #[arg(long, env = "ELECT_MAX_RUNTIME", value_name = "DURATION", value_parser = parse_duration)]
     pub max_runtime: Option<Duration>,
@@ -251,6 +256,13 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{e}; expected a duration such as 500ms, 15s or 2m"))
 }
 
+fn parse_window(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        d if d.is_zero() => Err("the window must be longer than zero".into()),
+        d => Ok(d),
+    }
+}
+
 fn parse_wait(text: &str) -> Result<Wait, String> {
     match text.trim().to_ascii_lowercase().as_str() {
         "forever" | "true" | "yes" | "1" => Ok(Wait::Forever),
@@ -282,6 +294,13 @@ mod tests {
         assert_eq!(parse_wait("0"), Ok(Wait::No));
         assert_eq!(parse_wait("30s"), Ok(Wait::AtMost(Duration::from_secs(30))));
         assert!(parse_wait("soon").is_err());
+    }
+
+    #[test]
+    fn once_per_values() {
+        assert_eq!(parse_window("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_window("abc").is_err());
+        assert!(parse_window("0s").is_err());
     }
 
     #[test]

@@ -82,6 +82,8 @@ pub struct RunConfig {
     pub command: Vec<OsString>,
     pub backend: BackendConfig,
     pub max_runtime: Option<Duration>,
+    /// `--once-per`: the window after a successful run in which the job is skipped.
+    pub once_per: Option<Duration>,
     pub hooks: Hooks,
     pub metrics_file: Option<PathBuf>,
 }
@@ -100,6 +102,7 @@ impl RunConfig {
             command: args.command,
             backend,
             max_runtime: args.max_runtime,
+            once_per: args.once_per,
             hooks: Hooks {
                 on_acquired: args.on_acquired,
                 on_busy: args.on_busy,

@@ -169,11 +169,94 @@ pub enum Renewal {
     Lost(String),
 }
 
+/// How a recorded run ended.
+///
+/// Serialized flattened into [`LastRun`] as `"exit_code": N` or `"signal": N`, so that a reader
+/// of the JSON sees exactly one of the two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunEnd {
+    /// The job exited by itself with this code (126 / 127 when it could not be started).
+    ExitCode(i32),
+    /// The job was killed by this signal.
+    Signal(i32),
+}
+
+impl RunEnd {
+    pub fn succeeded(self) -> bool {
+        self == Self::ExitCode(0)
+    }
+}
+
+impl fmt::Display for RunEnd {
+    /// `ok`, `exit 3`, `SIGKILL`: the words of the LAST RUN column.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::ExitCode(0) => f.write_str("ok"),
+            Self::ExitCode(code) => write!(f, "exit {code}"),
+            Self::Signal(n) => match nix::sys::signal::Signal::try_from(n) {
+                Ok(sig) => f.write_str(sig.as_str()),
+                Err(_) => write!(f, "signal {n}"),
+            },
+        }
+    }
+}
+
+/// The last run of a lock, recorded by the holder with its release, so that "did billing run
+/// today, where, and did it succeed?" has a one-command answer (`elect status`).
+///
+/// Wall-clock times are the holder's, for people to read; nothing decides on them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastRun {
+    /// The holder id (`--id`, or `HOST:PID`).
+    pub holder: String,
+    pub host: String,
+    pub pid: u32,
+    pub token: FencingToken,
+    #[serde(with = "rfc3339")]
+    pub started_at: SystemTime,
+    #[serde(with = "rfc3339")]
+    pub finished_at: SystemTime,
+    /// Measured on the holder's monotonic clock, so that a wall-clock step does not distort it.
+    #[serde(rename = "duration_ms", with = "millis")]
+    pub duration: Duration,
+    #[serde(flatten)]
+    pub end: RunEnd,
+}
+
+impl LastRun {
+    /// How the run reads in one line: `ok at 2026-11-22T09:00:00.123Z on web-1 (id web-1:42,
+    /// token 17, took 12s)`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} at {} on {} (id {}, token {}, took {})",
+            self.end,
+            humantime::format_rfc3339_millis(self.finished_at),
+            self.host,
+            self.holder,
+            self.token,
+            humantime::format_duration(Duration::from_millis(self.duration.as_millis() as u64))
+        )
+    }
+}
+
+/// What a release records besides freeing the lock: the run, and the `--once-per` marker when
+/// the run succeeded. A lease that was lost records nothing (its release is never called).
+#[derive(Debug, Clone)]
+pub struct History {
+    pub last_run: LastRun,
+    /// Leave a marker that expires after this long, judged by the backend's clock: set only for
+    /// a successful run under `--once-per`.
+    pub once_per: Option<Duration>,
+}
+
 /// What `elect status` reports for one lock.
 #[derive(Debug, Clone, Serialize)]
 pub struct LockState {
     pub lock: LockName,
     pub holder: Option<HolderInfo>,
+    /// The last run recorded with a release, whether or not the lock is held now.
+    pub last_run: Option<LastRun>,
     /// Remaining time on the backend, where the backend keeps one.
     pub expires_in: Option<Duration>,
     /// Waiters queued behind the holder, where the backend knows.
@@ -241,5 +324,34 @@ mod tests {
         assert_eq!(back.token, FencingToken(17));
         assert_eq!(back.id, "web-1:1");
         assert_eq!(back.ttl, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn last_run_json_has_exit_code_or_signal() {
+        let mut run = LastRun {
+            holder: "web-1:1".into(),
+            host: "web-1".into(),
+            pid: 1,
+            token: FencingToken(3),
+            started_at: SystemTime::UNIX_EPOCH,
+            finished_at: SystemTime::UNIX_EPOCH + Duration::from_secs(2),
+            duration: Duration::from_millis(2000),
+            end: RunEnd::ExitCode(0),
+        };
+        let text = serde_json::to_string(&run).unwrap();
+        assert!(text.contains("\"exit_code\":0"), "{text}");
+        assert!(text.contains("\"duration_ms\":2000"), "{text}");
+        assert!(!text.contains("signal"), "{text}");
+        assert_eq!(serde_json::from_str::<LastRun>(&text).unwrap(), run);
+        run.end = RunEnd::Signal(9);
+        let text = serde_json::to_string(&run).unwrap();
+        assert!(
+            text.contains("\"signal\":9") && !text.contains("exit_code"),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<LastRun>(&text).unwrap(), run);
+        assert_eq!(RunEnd::Signal(9).to_string(), "SIGKILL");
+        assert_eq!(RunEnd::ExitCode(3).to_string(), "exit 3");
+        assert_eq!(RunEnd::ExitCode(0).to_string(), "ok");
     }
 }

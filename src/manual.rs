@@ -32,7 +32,7 @@ The command is not executable, or not found.
 .SH ENVIRONMENT
 Every flag can also be set by its variable (the flag wins):
 \fBELECT_BACKEND\fR, \fBELECT_BACKEND_FILE\fR, \fBELECT_LOCK\fR, \fBELECT_TTL\fR, \fBELECT_RENEW\fR,
-\fBELECT_GRACE\fR, \fBELECT_WAIT\fR, \fBELECT_CONFLICT_EXIT_CODE\fR, \fBELECT_ID\fR,
+\fBELECT_GRACE\fR, \fBELECT_WAIT\fR, \fBELECT_CONFLICT_EXIT_CODE\fR, \fBELECT_ID\fR, \fBELECT_ONCE_PER\fR,
 \fBELECT_TLS_CA\fR, \fBELECT_TLS_CERT\fR, \fBELECT_TLS_KEY\fR, \fBELECT_LOG_FORMAT\fR.
 .TP
 \fBELECT_LOG\fR
@@ -48,6 +48,14 @@ The holder owns the lease until D = s + ttl \- margin, where s is the time the l
 acquire or renew was sent and margin = max(250ms, ttl/50). Without a successful renew the job gets
 SIGTERM at D \- grace and SIGKILL at D, from a watchdog process that works even while elect is
 stopped. The settings must satisfy renew + grace + margin < ttl.
+.SH "ONCE PER WINDOW AND RUN HISTORY"
+Every release records the last run of the lock (holder, host, pid, token, start, end, duration,
+exit code or signal); \fBelect status\fR shows it in its LAST RUN column and as \fBlast_run\fR in
+JSON. A lease that was lost records nothing.
+With \fB\-\-once\-per\fR DURATION, a run that exits 0 leaves a marker that expires after DURATION by
+the backend's clock; a contender that takes the lock while it lives releases it without running
+the job and exits 75 (\fB\-\-conflict\-exit\-code\fR), saying when and where the job last ran.
+A failed run leaves no marker.
 .SH BACKENDS
 .TP
 \fBfile:///DIR\fR (default)
@@ -89,6 +97,9 @@ Wait up to ten minutes for the lock:
 .TP
 A singleton service under systemd:
 \fBExecStart=/usr/local/bin/elect run \-\-lock scheduler \-\-wait \-\- /usr/local/bin/scheduler\fR
+.TP
+Bill once a day, whichever machine's cron fires first:
+\fBelect run \-\-lock billing \-\-once\-per 23h \-\-conflict\-exit\-code 0 \-\- /opt/billing/run.sh\fR
 .TP
 Who holds billing:
 \fBelect status \-\-lock billing \-\-json\fR

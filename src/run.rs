@@ -7,7 +7,7 @@
 //! steps.
 
 use std::ffi::OsString;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 
@@ -17,7 +17,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::RunConfig;
 use crate::exit::{code, Failure};
 use crate::hooks::{self, Event as HookEvent, Running};
-use crate::lease::{Acquire, HolderInfo, Lease, LockName, Renewal};
+use crate::lease::{Acquire, History, HolderInfo, LastRun, Lease, LockName, Renewal, RunEnd};
 use crate::metrics::{self, Outcome, RunRecord};
 use crate::notify::Notifier;
 use crate::supervisor::{self, Ending, Supervision, Watchdog};
@@ -109,6 +109,22 @@ impl Runner<'_> {
         };
         tracing::debug!(lock = %lock, token = %lease.token(), holder = %lease.holder.id, backend = %describe, "acquired");
 
+        // Checked while holding the lock: two contenders cannot both miss the marker.
+        if let Some(window) = cfg.once_per {
+            match backend.fresh_run(lock).await {
+                Ok(None) => {}
+                Ok(Some(run)) => {
+                    release(&mut backend, &lease, None).await;
+                    record.outcome = Some(Outcome::Skipped);
+                    return Err(self.ran_in_window(&run, window, &describe).await);
+                }
+                Err(e) => {
+                    release(&mut backend, &lease, None).await;
+                    return Err(e.into_failure(&describe));
+                }
+            }
+        }
+
         self.ensure_time_to_start(&mut backend, &mut lease).await?;
         let deadline =
             (backend.expiry() == Expiry::Ttl).then(|| cfg.timing.deadline(lease.sent_at));
@@ -127,8 +143,9 @@ impl Runner<'_> {
                 .collect(),
         };
         let started = Instant::now();
+        let started_at = SystemTime::now();
         if let Err(e) = self.watchdog.start(&start, &lease) {
-            release(&mut backend, &lease).await;
+            release(&mut backend, &lease, None).await;
             return Err(Failure::new(
                 code::INTERNAL,
                 format!("cannot reach the watchdog: {e}"),
@@ -169,7 +186,9 @@ impl Runner<'_> {
         };
         record.hold = started.elapsed();
         self.notifier.stopping();
-        let result = self.finish(ending, &mut backend, &lease, record).await;
+        let result = self
+            .finish(ending, &mut backend, &lease, started_at, record)
+            .await;
         lost_hook.finish().await;
         result
     }
@@ -180,20 +199,37 @@ impl Runner<'_> {
         ending: Ending,
         backend: &mut AnyBackend,
         lease: &Lease,
+        started_at: SystemTime,
         record: &mut RunRecord,
     ) -> Result<u8, Failure> {
         let lock = &self.cfg.lock;
         let describe = backend.describe().to_owned();
+        // What the release records: the run, and the --once-per marker after a success.
+        let hold = record.hold;
+        let history = |end: RunEnd, once_per: Option<Duration>| History {
+            last_run: LastRun {
+                holder: lease.holder.id.clone(),
+                host: lease.holder.host.clone(),
+                pid: lease.holder.pid,
+                token: lease.token(),
+                started_at,
+                finished_at: started_at + hold,
+                duration: hold,
+                end,
+            },
+            once_per: once_per.filter(|_| end.succeeded()),
+        };
         match ending {
             Ending::Finished(exit) => {
                 record.outcome = Some(Outcome::Ran);
-                release(backend, lease).await;
+                let history = history(run_end(exit), self.cfg.once_per);
+                release(backend, lease, Some(&history)).await;
                 tracing::debug!(lock = %lock, exit = ?exit, elapsed = ?round(record.hold), "job exited; lease released");
                 Ok(exit_code(exit))
             }
             Ending::TimedOut(exit) => {
                 record.outcome = Some(Outcome::TimedOut);
-                release(backend, lease).await;
+                release(backend, lease, Some(&history(run_end(exit), None))).await;
                 Err(Failure::new(
                     code::TIMED_OUT,
                     format!(
@@ -205,13 +241,14 @@ impl Runner<'_> {
             }
             Ending::SpawnFailed(err) => {
                 record.outcome = Some(Outcome::Error);
-                release(backend, lease).await;
                 let program = self.cfg.command[0].to_string_lossy();
                 let (status, what) = if err.kind() == std::io::ErrorKind::NotFound {
                     (code::NOT_FOUND, "command not found")
                 } else {
                     (code::NOT_EXECUTABLE, "cannot execute the command")
                 };
+                let end = RunEnd::ExitCode(i32::from(status));
+                release(backend, lease, Some(&history(end, None))).await;
                 Err(Failure::new(
                     status,
                     format!("{what}: {program}: {err} (lock {lock} released)"),
@@ -323,6 +360,22 @@ impl Runner<'_> {
         }
     }
 
+    /// The run is skipped because a run succeeded within the `--once-per` window: the on-busy
+    /// hook, then the conflict exit, with a line that says when and where the job last ran.
+    async fn ran_in_window(&self, run: &LastRun, window: Duration, describe: &str) -> Failure {
+        let ago = SystemTime::now()
+            .duration_since(run.finished_at)
+            .map_or_else(|_| "just now".to_owned(), |d| format!("{} ago", short(d)));
+        let message = format!(
+            "lock {}: the job last ran {}, {ago}; with --once-per {} not running {} again yet (backend {describe})",
+            self.cfg.lock,
+            run.describe(),
+            humantime::format_duration(window),
+            self.cfg.command[0].to_string_lossy()
+        );
+        self.busy(None, message).await
+    }
+
     /// A slow acquire must not start a job that would be killed before its first renew: renew
     /// once more if too little time is left, and give up if that does not help.
     async fn ensure_time_to_start(
@@ -347,7 +400,7 @@ impl Runner<'_> {
                 return Ok(());
             }
         }
-        release(backend, lease).await;
+        release(backend, lease, None).await;
         Err(Failure::new(
             code::UNAVAILABLE,
             format!(
@@ -381,8 +434,8 @@ async fn wait_out_outages(
     }
 }
 
-async fn release(backend: &mut AnyBackend, lease: &Lease) {
-    match tokio::time::timeout(RELEASE_TIMEOUT, backend.release(lease)).await {
+async fn release(backend: &mut AnyBackend, lease: &Lease, history: Option<&History>) {
+    match tokio::time::timeout(RELEASE_TIMEOUT, backend.release(lease, history)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             tracing::warn!(lock = %lease.name, "release failed ({e}); the lease will expire by its ttl")
@@ -436,6 +489,23 @@ pub fn exit_code(exit: JobExit) -> u8 {
         JobExit::Code(c) => c as u8,
         JobExit::Signal(n) => code::signaled(n),
     }
+}
+
+fn run_end(exit: JobExit) -> RunEnd {
+    match exit {
+        JobExit::Code(c) => RunEnd::ExitCode(c),
+        JobExit::Signal(n) => RunEnd::Signal(n),
+    }
+}
+
+/// A duration to the second (to the millisecond under one second), for people.
+fn short(d: Duration) -> String {
+    let d = if d < Duration::from_secs(1) {
+        Duration::from_millis(d.as_millis() as u64)
+    } else {
+        Duration::from_secs(d.as_secs())
+    };
+    humantime::format_duration(d).to_string()
 }
 
 fn describe_exit(exit: JobExit) -> String {

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::backend::{AnyBackend, Backend};
 use crate::config::BackendConfig;
 use crate::exit::{code, Failure};
-use crate::lease::{LockName, LockState};
+use crate::lease::{LastRun, LockName, LockState};
 
 pub fn status(backend: BackendConfig, lock: Option<LockName>, json: bool) -> Result<u8, Failure> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -61,6 +61,9 @@ pub struct Document {
     pub expires_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waiters: Option<u64>,
+    /// The last run recorded by a release (null when none was): `{holder, host, pid, token,
+    /// started_at, finished_at, duration_ms, exit_code | signal}`.
+    pub last_run: Option<LastRun>,
     pub backend: String,
 }
 
@@ -86,6 +89,7 @@ impl Document {
             acquired_at: holder.map(|h| rfc3339(h.acquired_at)),
             expires_at: holder.and(state.expires_in).map(|left| rfc3339(now + left)),
             waiters: state.waiters,
+            last_run: state.last_run.clone(),
             backend: backend.to_owned(),
         }
     }
@@ -97,6 +101,11 @@ fn rfc3339(t: SystemTime) -> String {
 
 /// A table with one line per lock.
 pub fn table(states: &[LockState]) -> String {
+    table_at(states, SystemTime::now())
+}
+
+/// The table, with "ago" counted from `now`.
+pub fn table_at(states: &[LockState], now: SystemTime) -> String {
     let mut rows = vec![[
         "LOCK",
         "STATE",
@@ -107,6 +116,7 @@ pub fn table(states: &[LockState]) -> String {
         "SINCE",
         "EXPIRES IN",
         "WAITERS",
+        "LAST RUN",
     ]
     .map(String::from)];
     for state in states {
@@ -122,6 +132,7 @@ pub fn table(states: &[LockState]) -> String {
                 rfc3339(h.acquired_at),
                 state.expires_in.map_or_else(dash, short),
                 state.waiters.map_or_else(dash, |w| w.to_string()),
+                last_run(state.last_run.as_ref(), now),
             ],
             None => [
                 state.lock.to_string(),
@@ -133,6 +144,7 @@ pub fn table(states: &[LockState]) -> String {
                 dash(),
                 dash(),
                 state.waiters.map_or_else(dash, |w| w.to_string()),
+                last_run(state.last_run.as_ref(), now),
             ],
         };
         rows.push(row);
@@ -153,6 +165,60 @@ pub fn table(states: &[LockState]) -> String {
     out
 }
 
+/// `ok 12s ago on web-1`, `exit 3 2h ago on web-1`, `SIGKILL 5m ago on web-2`; `-` for none.
+fn last_run(run: Option<&LastRun>, now: SystemTime) -> String {
+    let Some(run) = run else {
+        return "-".to_owned();
+    };
+    let ago = match now.duration_since(run.finished_at) {
+        Ok(d) => format!(
+            "{} ago",
+            humantime::format_duration(Duration::from_secs(d.as_secs()))
+        ),
+        // The holder's clock is ahead of ours.
+        Err(_) => "just now".to_owned(),
+    };
+    format!("{} {ago} on {}", run.end, run.host)
+}
+
 fn short(d: Duration) -> String {
     humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::{FencingToken, RunEnd};
+
+    #[test]
+    fn last_run_column() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut run = LastRun {
+            holder: "web-1:7".into(),
+            host: "web-1".into(),
+            pid: 7,
+            token: FencingToken(4),
+            started_at: now - Duration::from_secs(20),
+            finished_at: now - Duration::from_millis(12_400),
+            duration: Duration::from_secs(8),
+            end: RunEnd::ExitCode(0),
+        };
+        assert_eq!(last_run(Some(&run), now), "ok 12s ago on web-1");
+        run.end = RunEnd::ExitCode(3);
+        assert_eq!(last_run(Some(&run), now), "exit 3 12s ago on web-1");
+        run.end = RunEnd::Signal(9);
+        run.finished_at = now + Duration::from_secs(2);
+        assert_eq!(last_run(Some(&run), now), "SIGKILL just now on web-1");
+        assert_eq!(last_run(None, now), "-");
+        let state = LockState {
+            lock: LockName::new("billing").unwrap(),
+            holder: None,
+            last_run: Some(run),
+            expires_in: None,
+            waiters: None,
+        };
+        let text = table_at(&[state], now);
+        assert!(text.lines().next().unwrap().ends_with("LAST RUN"), "{text}");
+        assert!(text.contains("SIGKILL just now on web-1"), "{text}");
+    }
 }

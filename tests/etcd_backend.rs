@@ -110,7 +110,7 @@ async fn acquire_renew_release() {
         assert_eq!(backend.renew(&lease).await.unwrap(), Renewal::Renewed);
     }
     assert_eq!(server.keys("elect/billing/"), [key]);
-    backend.release(&lease).await.unwrap();
+    backend.release(&lease, None).await.unwrap();
     assert!(server.keys("elect/billing/").is_empty());
     // Free at once for the next one.
     let again = take(&mut other, "billing", "b").await;
@@ -150,7 +150,7 @@ async fn tokens_strictly_increase() {
         last = lease.token().0;
         // Other writes in between move the revision on; the token still only grows.
         server.etcdctl_ok(&["put", "unrelated", "x"]);
-        backend.release(&lease).await.unwrap();
+        backend.release(&lease, None).await.unwrap();
     }
 }
 
@@ -174,7 +174,7 @@ async fn an_etcdctl_lock_holder_is_seen_as_held() {
     etcd_server_signal(&etcdctl, "-INT");
     let _ = etcdctl.wait();
     let lease = wait_take(&mut backend, "shared", "a").await;
-    backend.release(&lease).await.unwrap();
+    backend.release(&lease, None).await.unwrap();
 }
 
 #[tokio::test]
@@ -196,7 +196,7 @@ async fn etcdctl_lock_waits_for_an_elect_holder() {
     );
     // The holder keeps renewing; etcdctl keeps waiting.
     assert_eq!(backend.renew(&lease).await.unwrap(), Renewal::Renewed);
-    backend.release(&lease).await.unwrap();
+    backend.release(&lease, None).await.unwrap();
     let released = Instant::now();
     let out = etcdctl.wait_with_output().unwrap();
     assert!(out.status.success(), "{out:?}");
@@ -218,7 +218,7 @@ async fn waiters_are_served_first_come_first_served() {
             let lease = wait_take(&mut backend, "fifo", &format!("w{i}")).await;
             tx.send(i).unwrap();
             tokio::time::sleep(Duration::from_millis(100)).await;
-            backend.release(&lease).await.unwrap();
+            backend.release(&lease, None).await.unwrap();
         }));
         // Queue them one after the other.
         wait_queue_len(&server, "fifo", i + 2).await;
@@ -229,7 +229,7 @@ async fn waiters_are_served_first_come_first_served() {
         assert_eq!(holder.renew(&lease).await.unwrap(), Renewal::Renewed);
     }
     assert_eq!(server.keys("elect/fifo/").len(), 4);
-    holder.release(&lease).await.unwrap();
+    holder.release(&lease, None).await.unwrap();
     let mut order = Vec::new();
     for _ in 0..3 {
         order.push(rx.recv().await.unwrap());
@@ -252,12 +252,12 @@ async fn a_release_wakes_the_next_waiter_fast() {
     });
     wait_queue_len(&server, "fast", 2).await;
     let released = Instant::now();
-    holder.release(&lease).await.unwrap();
+    holder.release(&lease, None).await.unwrap();
     let (acquired, next, mut waiter) = wait.await.unwrap();
     let took = acquired.duration_since(released);
     assert!(took < Duration::from_millis(200), "took {took:?}");
     assert!(next.token() > lease.token());
-    waiter.release(&next).await.unwrap();
+    waiter.release(&next, None).await.unwrap();
 }
 
 #[tokio::test]
@@ -335,7 +335,7 @@ async fn wrong_password_is_unavailable() {
     let mut backend = open(&server.url()).await;
     let lease = take(&mut backend, "auth", "a").await;
     assert_eq!(backend.renew(&lease).await.unwrap(), Renewal::Renewed);
-    backend.release(&lease).await.unwrap();
+    backend.release(&lease, None).await.unwrap();
 }
 
 #[tokio::test]
@@ -356,7 +356,7 @@ async fn fails_over_past_a_dead_endpoint() {
     for _ in 0..3 {
         let lease = take(&mut backend, "failover", "a").await;
         assert_eq!(backend.renew(&lease).await.unwrap(), Renewal::Renewed);
-        backend.release(&lease).await.unwrap();
+        backend.release(&lease, None).await.unwrap();
     }
 }
 
@@ -370,7 +370,7 @@ async fn status_shows_holder_expiry_and_waiters() {
         let mut backend = open(&server.url()).await;
         waiters.push(tokio::spawn(async move {
             let lease = wait_take(&mut backend, "watched", &format!("w{i}")).await;
-            backend.release(&lease).await.unwrap();
+            backend.release(&lease, None).await.unwrap();
         }));
     }
     wait_queue_len(&server, "watched", 3).await;
@@ -393,7 +393,7 @@ async fn status_shows_holder_expiry_and_waiters() {
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].lock.as_str(), "watched");
     assert_eq!(all[0].waiters, Some(2));
-    holder.release(&lease).await.unwrap();
+    holder.release(&lease, None).await.unwrap();
     for w in waiters {
         w.await.unwrap();
     }
@@ -429,7 +429,7 @@ async fn an_abandoned_wait_is_cleaned_up() {
     assert!(gave_up.is_err());
     drop(waiter);
     wait_queue_len(&server, "abandoned", 1).await;
-    holder.release(&lease).await.unwrap();
+    holder.release(&lease, None).await.unwrap();
 }
 
 #[tokio::test]
@@ -448,7 +448,7 @@ async fn tls_with_a_client_certificate() {
         .unwrap_or_else(|e| panic!("{e}"));
     let lease = take(&mut backend, "tls", "a").await;
     assert_eq!(backend.renew(&lease).await.unwrap(), Renewal::Renewed);
-    backend.release(&lease).await.unwrap();
+    backend.release(&lease, None).await.unwrap();
 
     // Without the CA, the server's certificate does not verify.
     let no_ca = BackendOptions {
@@ -525,9 +525,9 @@ async fn fails_over_when_its_member_dies() {
         Ok(Acquire::Held(Some(holder))) => assert_eq!(holder.token, lease.token()),
         other => panic!("{other:?}"),
     }
-    backend.release(&lease).await.unwrap();
+    backend.release(&lease, None).await.unwrap();
     let again = take(&mut other, "cluster", "b").await;
-    other.release(&again).await.unwrap();
+    other.release(&again, None).await.unwrap();
 }
 
 /// With many waiters, a release wakes only the next one: the others watch keys that did not
@@ -548,13 +548,13 @@ async fn a_release_wakes_one_waiter_not_all() {
             let lease = wait_take(&mut backend, "herd", &format!("w{i}")).await;
             acquired_tx.send(i).unwrap();
             release_rx.wait_for(|go| *go).await.unwrap();
-            backend.release(&lease).await.unwrap();
+            backend.release(&lease, None).await.unwrap();
         }));
     }
     wait_queue_len(&server, "herd", WAITERS + 1).await;
     let requests = || server.metric("etcd_mvcc_range_total") + server.metric("etcd_mvcc_txn_total");
     let before = requests();
-    holder.release(&lease).await.unwrap();
+    holder.release(&lease, None).await.unwrap();
     assert_eq!(
         acquired.recv().await,
         Some(0),
@@ -616,7 +616,7 @@ async fn a_wait_broken_by_a_dead_member_resumes_through_another() {
             Ok(Acquire::Acquired(lease)) => lease,
             other => panic!("{other:?}"),
         };
-        waiter.release(&lease).await.unwrap();
+        waiter.release(&lease, None).await.unwrap();
     });
     // Back in line with a new key; the broken wait's key and lease are gone (revoked, long
     // before their 30 s ttl).
@@ -632,6 +632,6 @@ async fn a_wait_broken_by_a_dead_member_resumes_through_another() {
         assert!(Instant::now() < deadline, "no new key: {now:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    holder.release(&lease).await.unwrap();
+    holder.release(&lease, None).await.unwrap();
     again.await.unwrap();
 }

@@ -47,9 +47,15 @@ battery_tests!(
     leftovers_are_stopped_before_elect_exits,
     setsid_grandchild_is_stopped,
     status_of_one_lock,
+    // A used lock stays listed (as free) through its `<name>.last` history key.
+    status_lists_every_lock,
     sigterm_stops_a_wait,
     bad_input_is_a_usage_error,
     forced_release_frees_a_dead_holders_lease,
+    release_records_the_last_run,
+    once_per_runs_once_across_skewed_contenders,
+    once_per_failed_run_leaves_no_marker,
+    a_lost_lease_records_no_history,
 );
 
 const SHORT: [&str; 4] = ["--ttl", "2s", "--grace", "500ms"];
@@ -76,9 +82,11 @@ fn three_concurrent_runs_one_runs_the_others_exit_75() {
     codes.sort();
     assert_eq!(codes, [0, 75, 75]);
     assert_eq!(env.lines("ran").len(), 1, "exactly one job ran");
-    // The losers left nothing in the queue, and the winner released.
-    assert!(
-        server.keys("elect/").is_empty(),
+    // The losers left nothing in the queue, and the winner released: only the run history
+    // stays, beside the queue.
+    assert_eq!(
+        server.keys("elect/"),
+        [format!("elect/{lock}.last")],
         "{:?}",
         server.keys("elect/")
     );
@@ -159,44 +167,6 @@ fn etcdctl_lock_and_elect_exclude_each_other() {
     holder.wait().assert_code(0);
     let out = etcdctl.wait_with_output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("etcdctl ran"));
-}
-
-/// The battery's `status_lists_every_lock` expects a lock that was used and released to be
-/// listed as free. On etcd a free lock leaves no key behind (its queue keys die with their
-/// leases, as with `etcdctl lock`), so `status` lists the locks that are held or waited for.
-#[test]
-fn status_lists_held_locks() {
-    let server = EtcdServer::start();
-    let env = TestEnv::with_backend(&server.url()).private();
-    let held = env.lock("list-held");
-    let free = env.lock("list-free");
-    env.run(["run", "--lock", &free, "--", "true"])
-        .assert_code(0);
-    let script = format!("{}; {}", write_pid("job.pid"), until_exists("go"));
-    let mut holder = env.spawn(["run", "--lock", &held, "--", "sh", "-c", &script]);
-    env.read_pid("job.pid");
-
-    let text = env.status::<[&str; 0], &str>([]);
-    text.assert_code(0);
-    let line = text
-        .stdout
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(held.as_str()))
-        .unwrap_or_else(|| panic!("{held} not listed: {}", text.stdout));
-    assert_eq!(line.split_whitespace().nth(1), Some("held"), "{line}");
-    assert!(!text.stdout.contains(&free), "{}", text.stdout);
-
-    let json = env.status(["--json"]);
-    json.assert_code(0);
-    let doc = Json::parse(json.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", json.stdout));
-    let docs = doc.as_array().expect("an array");
-    assert_eq!(docs.len(), 1, "{}", json.stdout);
-    assert_eq!(docs[0].get("lock").as_str(), Some(held.as_str()));
-    assert_eq!(docs[0].get("state").as_str(), Some("held"));
-
-    std::fs::write(env.file("go"), "").unwrap();
-    holder.wait().assert_code(0);
-    env.status::<[&str; 0], &str>([]).assert_code(3);
 }
 
 #[test]

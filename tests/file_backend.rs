@@ -41,6 +41,10 @@ battery_tests!(
     status_lists_every_lock,
     sigterm_stops_a_wait,
     bad_input_is_a_usage_error,
+    release_records_the_last_run,
+    once_per_runs_once_across_skewed_contenders,
+    once_per_failed_run_leaves_no_marker,
+    a_lost_lease_records_no_history,
 );
 
 fn lock_path(env: &TestEnv, lock: &str) -> PathBuf {

@@ -4,11 +4,11 @@
 mod postgres_server;
 
 use std::os::unix::fs::PermissionsExt;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use elect::backend::{AcquireRequest, AnyBackend, Backend, BackendError, BackendOptions, WaitMode};
 use elect::clock::BootTime;
-use elect::lease::{Acquire, HolderInfo, Lease, LockName, Renewal};
+use elect::lease::{Acquire, History, HolderInfo, LastRun, Lease, LockName, Renewal, RunEnd};
 use postgres_server::{PostgresServer, DATABASE, PASSWORD, USER};
 
 fn request(name: &str, id: &str, ttl: Duration) -> AcquireRequest {
@@ -86,7 +86,7 @@ async fn acquire_hold_renew_release() {
         other => panic!("expected held by a, got {other:?}"),
     }
     assert_eq!(a.renew(&lease).await.unwrap(), Renewal::Renewed);
-    a.release(&lease).await.unwrap();
+    a.release(&lease, None).await.unwrap();
     // Free at once after a release, not after the ttl.
     let next = take(&mut b, "billing", "b", ttl).await;
     assert!(next.token() > lease.token());
@@ -108,7 +108,7 @@ async fn tokens_strictly_increase() {
             assert!(lease.token() > last, "{} after {last}", lease.token());
         }
         last = Some(lease.token());
-        backend.release(&lease).await.unwrap();
+        backend.release(&lease, None).await.unwrap();
     }
 }
 
@@ -123,7 +123,7 @@ async fn another_holders_secret_can_neither_renew_nor_release() {
     let mut forged = lease.clone();
     forged.secret = "0".repeat(32);
     assert!(matches!(b.renew(&forged).await.unwrap(), Renewal::Lost(_)));
-    b.release(&forged).await.unwrap();
+    b.release(&forged, None).await.unwrap();
     let mut stale = lease.clone();
     stale.holder.token = elect::lease::FencingToken(lease.token().0 + 1);
     assert!(matches!(b.renew(&stale).await.unwrap(), Renewal::Lost(_)));
@@ -178,7 +178,7 @@ async fn a_release_wakes_a_waiter_at_once() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(!waiter.is_finished());
     let released = Instant::now();
-    a.release(&lease).await.unwrap();
+    a.release(&lease, None).await.unwrap();
     let (woke, next) = tokio::time::timeout(Duration::from_secs(5), waiter)
         .await
         .expect("the waiter acquires")
@@ -231,7 +231,7 @@ async fn a_terminated_session_does_not_lose_the_lease() {
     assert_eq!(kill_sessions(), "1");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(a.renew(&lease).await.unwrap(), Renewal::Renewed);
-    a.release(&lease).await.unwrap();
+    a.release(&lease, None).await.unwrap();
 }
 
 #[tokio::test]
@@ -269,7 +269,72 @@ async fn a_role_that_cannot_create_the_table_is_unavailable() {
          GRANT SELECT, INSERT, UPDATE ON elect_leases TO limited;",
     );
     let mut b = open(&server.url_for("limited", "lpw", "fresh")).await;
-    take(&mut b, "granted", "b", Duration::from_secs(5)).await;
+    let lease = take(&mut b, "granted", "b", Duration::from_secs(5)).await;
+
+    // The table predates run history and the role may not add its columns: leases still work,
+    // without history, and --once-per says what the owner must run.
+    let history = history_of(&lease);
+    b.release(&lease, Some(&history)).await.unwrap();
+    let name = LockName::new("granted").unwrap();
+    let state = b.inspect(&name).await.unwrap();
+    assert!(
+        state.holder.is_none() && state.last_run.is_none(),
+        "{state:?}"
+    );
+    match b.fresh_run(&name).await {
+        Err(BackendError::Unavailable(msg)) => {
+            assert!(msg.contains("ALTER TABLE"), "{msg}")
+        }
+        other => panic!("--once-per without the columns must fail: {other:?}"),
+    }
+}
+
+/// What `elect run` records for a successful run under `--once-per 1h`.
+fn history_of(lease: &Lease) -> History {
+    History {
+        last_run: LastRun {
+            holder: lease.holder.id.clone(),
+            host: lease.holder.host.clone(),
+            pid: lease.holder.pid,
+            token: lease.token(),
+            started_at: SystemTime::now(),
+            finished_at: SystemTime::now(),
+            duration: Duration::from_millis(5),
+            end: RunEnd::ExitCode(0),
+        },
+        once_per: Some(Duration::from_secs(3600)),
+    }
+}
+
+/// A lease table an older elect created (without the history columns) gets them when its owner
+/// opens it, and keeps its rows and tokens.
+#[tokio::test]
+async fn an_old_table_gains_the_history_columns() {
+    let server = PostgresServer::start();
+    server.psql_in(
+        DATABASE,
+        &format!(
+            "CREATE TABLE elect_leases (name text PRIMARY KEY, holder_id text NOT NULL, \
+             host text NOT NULL, pid bigint NOT NULL, version text NOT NULL, \
+             acquired_at timestamptz NOT NULL, ttl_ms bigint NOT NULL, secret text NOT NULL, \
+             token bigint NOT NULL, expires_at timestamptz); \
+             INSERT INTO elect_leases VALUES ('old', 'x', 'h', 1, 'v', now(), 1000, 's', 41, NULL); \
+             ALTER TABLE elect_leases OWNER TO {USER};"
+        ),
+    );
+    let mut a = open(&server.url()).await;
+    let lease = take(&mut a, "old", "a", Duration::from_secs(5)).await;
+    assert_eq!(lease.token().0, 42, "the token keeps counting");
+    let name = LockName::new("old").unwrap();
+    assert!(a.fresh_run(&name).await.unwrap().is_none());
+    a.release(&lease, Some(&history_of(&lease))).await.unwrap();
+    let run = a.fresh_run(&name).await.unwrap().expect("a marker");
+    assert_eq!(run.token.0, 42);
+    let state = a.inspect(&name).await.unwrap();
+    assert_eq!(state.last_run.map(|r| r.holder), Some("a".to_owned()));
+    // A second open finds the columns and alters nothing.
+    let mut b = open(&server.url()).await;
+    assert!(b.fresh_run(&name).await.unwrap().is_some());
 }
 
 #[tokio::test]
@@ -321,7 +386,7 @@ async fn status_lists_locks_with_their_remaining_time() {
     let ttl = Duration::from_secs(10);
     let held = take(&mut a, "held", "a", ttl).await;
     let released = take(&mut a, "released", "a", ttl).await;
-    a.release(&released).await.unwrap();
+    a.release(&released, None).await.unwrap();
 
     let states = a.list().await.unwrap();
     let names: Vec<&str> = states.iter().map(|s| s.lock.as_str()).collect();
@@ -512,7 +577,7 @@ async fn works_through_pgbouncer_in_transaction_mode() {
             .map(acquired)
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    a.release(&lease).await.unwrap();
+    a.release(&lease, None).await.unwrap();
     let next = tokio::time::timeout(Duration::from_secs(4), waiter)
         .await
         .expect("the waiter acquires within one re-check")

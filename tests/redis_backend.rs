@@ -77,7 +77,7 @@ async fn acquire_hold_renew_release() {
         other => panic!("expected held by a, got {other:?}"),
     }
     assert_eq!(a.renew(&lease).await.unwrap(), Renewal::Renewed);
-    a.release(&lease).await.unwrap();
+    a.release(&lease, None).await.unwrap();
 
     let second = acquired(
         b.acquire(&request("billing", "b", ttl), WaitMode::NoWait)
@@ -106,7 +106,7 @@ async fn tokens_strictly_increase() {
         );
         assert!(lease.token().0 > last, "{} after {last}", lease.token());
         last = lease.token().0;
-        backend.release(&lease).await.unwrap();
+        backend.release(&lease, None).await.unwrap();
     }
 }
 
@@ -129,7 +129,7 @@ async fn another_holders_secret_can_neither_renew_nor_release() {
         backend.renew(&forged).await.unwrap(),
         Renewal::Lost(_)
     ));
-    backend.release(&forged).await.unwrap();
+    backend.release(&forged, None).await.unwrap();
     let state = backend.inspect(&lease.name).await.unwrap();
     assert_eq!(
         state.holder.map(|h| h.id).as_deref(),
@@ -182,7 +182,7 @@ async fn a_release_wakes_a_waiter_at_once() {
         // Long enough for the waiter to subscribe, try, and go to sleep.
         tokio::time::sleep(Duration::from_millis(700)).await;
         let at = Instant::now();
-        holder.release(&lease).await.unwrap();
+        holder.release(&lease, None).await.unwrap();
         at
     };
     let ((woke, got), released) = tokio::join!(wait, release);
@@ -255,7 +255,7 @@ async fn many_waiters_do_not_hammer_the_server() {
     // Each waiter: its connection set-up, one attempt, its waiting connection's set-up, one
     // BLPOP; the lease has 30 s left, so none re-checks within 3 s.
     assert!(calls < 10 * 8, "{calls} commands in 3 s from 10 waiters");
-    holder.release(&lease).await.unwrap();
+    holder.release(&lease, None).await.unwrap();
 }
 
 /// Total commands the server has processed, from INFO stats.
@@ -358,7 +358,7 @@ fn spawn_waiter(
         let _ = acquired_tx.send((id, Instant::now()));
         if let Some(hold) = hold {
             tokio::time::sleep(hold).await;
-            backend.release(&lease).await.unwrap();
+            backend.release(&lease, None).await.unwrap();
         } else {
             std::future::pending::<()>().await;
         }
@@ -392,7 +392,7 @@ async fn waiters_are_served_first_come_first_served() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let released = Instant::now();
-    holder.release(&lease).await.unwrap();
+    holder.release(&lease, None).await.unwrap();
     let mut order = Vec::new();
     let mut last = released;
     for _ in 0..3 {
@@ -439,7 +439,7 @@ async fn one_release_wakes_one_waiter_of_fifty() {
             .await
             .unwrap(),
     );
-    holder.release(&other).await.unwrap();
+    holder.release(&other, None).await.unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let tasks: Vec<_> = (0..WAITERS)
         .map(|id| spawn_waiter(&server, "herd", id, ttl, None, tx.clone()))
@@ -448,7 +448,7 @@ async fn one_release_wakes_one_waiter_of_fifty() {
 
     let requests_before = probe.requests().await;
     let before = probe.commands().await;
-    holder.release(&lease).await.unwrap();
+    holder.release(&lease, None).await.unwrap();
     let (first, _) = tokio::time::timeout(Duration::from_secs(2), rx.recv())
         .await
         .expect("a waiter acquires at once")
@@ -582,7 +582,7 @@ async fn a_stale_baton_costs_one_attempt_and_the_waiter_keeps_waiting() {
                 .await
                 .unwrap(),
         );
-        backend.release(&lease).await.unwrap();
+        backend.release(&lease, None).await.unwrap();
     }
     assert_eq!(
         probe.query(&["LLEN", "elect:{stale}:baton"]).await,
@@ -611,7 +611,7 @@ async fn a_stale_baton_costs_one_attempt_and_the_waiter_keeps_waiting() {
         "the stale baton was taken"
     );
     let released = Instant::now();
-    backend.release(&lease).await.unwrap();
+    backend.release(&lease, None).await.unwrap();
     let (_, at) = tokio::time::timeout(Duration::from_secs(2), rx.recv())
         .await
         .expect("the waiter acquires at the release")
@@ -635,7 +635,7 @@ async fn a_released_lock_leaves_no_lasting_keys_but_its_counter() {
             .await
             .unwrap(),
     );
-    backend.release(&lease).await.unwrap();
+    backend.release(&lease, None).await.unwrap();
     // The baton left for nobody is listed nowhere and expires.
     let states = backend.list().await.unwrap();
     assert_eq!(states.len(), 1);
@@ -672,7 +672,7 @@ async fn status_lists_locks_with_their_remaining_ttl() {
             .await
             .unwrap(),
     );
-    backend.release(&used).await.unwrap();
+    backend.release(&used, None).await.unwrap();
     // A key that is not an elect lock must not show up.
     server.command(&["SET", "elect:{x}:other", "1"]);
     server.command(&["SET", "unrelated", "1"]);
@@ -802,7 +802,7 @@ async fn tls_with_the_ca_works_and_without_it_is_refused() {
             .unwrap(),
     );
     assert_eq!(backend.renew(&lease).await.unwrap(), Renewal::Renewed);
-    backend.release(&lease).await.unwrap();
+    backend.release(&lease, None).await.unwrap();
 
     let msg = open_err(&server.url(), &BackendOptions::default()).await;
     assert!(

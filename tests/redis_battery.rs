@@ -44,4 +44,8 @@ battery_tests!(
     sigterm_stops_a_wait,
     bad_input_is_a_usage_error,
     forced_release_frees_a_dead_holders_lease,
+    release_records_the_last_run,
+    once_per_runs_once_across_skewed_contenders,
+    once_per_failed_run_leaves_no_marker,
+    a_lost_lease_records_no_history,
 );

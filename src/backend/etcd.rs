@@ -40,9 +40,11 @@
 //! - `queue`: the steps of etcd's mutex protocol (transaction, key ahead, watch).
 //! - `keepalive`: one LeaseKeepAlive request and its own response at a time.
 //! - `status`: `inspect` and `list`.
+//! - `history`: the last run and the `--once-per` marker, in keys beside the queue.
 
 mod acquire;
 mod connect;
+mod history;
 mod keepalive;
 mod queue;
 mod status;
@@ -60,7 +62,7 @@ use super::{
     AcquireRequest, Backend, BackendError, BackendOptions, BackendUrl, Expiry, ForcedRelease,
     Result, WaitMode,
 };
-use crate::lease::{Acquire, FencingToken, Lease, LockName, LockState, Renewal};
+use crate::lease::{Acquire, FencingToken, History, LastRun, Lease, LockName, LockState, Renewal};
 
 /// Bound on establishing a connection to one endpoint.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -178,9 +180,15 @@ impl Backend for EtcdBackend {
         self.note(result)
     }
 
-    async fn release(&mut self, lease: &Lease) -> Result<()> {
+    async fn release(&mut self, lease: &Lease, history: Option<&History>) -> Result<()> {
         self.ready().await?;
-        let result = self.release_here(lease).await;
+        let result = self.release_here(lease, history).await;
+        self.note(result)
+    }
+
+    async fn fresh_run(&mut self, name: &LockName) -> Result<Option<LastRun>> {
+        self.ready().await?;
+        let result = self.fresh_run_here(name).await;
         self.note(result)
     }
 
@@ -242,10 +250,17 @@ impl EtcdBackend {
         }
     }
 
-    async fn release_here(&mut self, lease: &Lease) -> Result<()> {
+    async fn release_here(&mut self, lease: &Lease, history: Option<&History>) -> Result<()> {
         let id = lease_id(lease)?;
         if self.keepalive.as_ref().is_some_and(|k| k.id() == id) {
             self.keepalive = None;
+        }
+        // Recorded before the revoke, while the queue key still proves the lease ours; a
+        // failure to record must not keep the lock from being released.
+        if let Some(history) = history {
+            if let Err(err) = self.record(lease, history).await {
+                tracing::warn!(lock = %lease.name, "cannot record the run ({err})");
+            }
         }
         revoke(&mut self.client, id).await
     }

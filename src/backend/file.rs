@@ -12,6 +12,11 @@
 //!   replaced it in between) and writes a fixed-size record at offset 0: the holder metadata and
 //!   the fencing token, which is the previous record's token plus one (a new file starts at the
 //!   clock's microseconds, so that a deleted and recreated file never repeats a token).
+//! - A release writes a second fixed-size record at offset [`RECORD_LEN`], while the lock is
+//!   still held: the last run, and the `--once-per` marker's end as wall-clock milliseconds (this
+//!   machine's clock: every holder of a file lock runs on it). Keeping the holder record where it
+//!   was means an older elect still reads the file; a file without the second record (written
+//!   by an older elect) simply has no history.
 //! - A renew checks that the path still names the locked file: a holder whose file was deleted or
 //!   replaced has lost the lease, since a newcomer can lock the new file.
 //! - `status` learns whether a file is locked from `/proc/locks`, never by taking the lock itself
@@ -29,11 +34,25 @@ use super::{
     AcquireRequest, Backend, BackendError, BackendUrl, Expiry, ForcedRelease, Result, WaitMode,
 };
 use crate::clock::BootTime;
-use crate::lease::{Acquire, FencingToken, HolderInfo, Lease, LockName, LockState, Renewal};
+use crate::lease::{
+    Acquire, FencingToken, History, HolderInfo, LastRun, Lease, LockName, LockState, Renewal,
+};
+
+/// The second record of a lock file: what the last release recorded.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct HistoryRecord {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_run: Option<LastRun>,
+    /// Wall-clock milliseconds since the epoch until which a `--once-per` marker lives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    once_until_ms: Option<u64>,
+}
 
 /// Size of the record at the start of a lock file: written in one `pwrite`, padded with spaces,
 /// so that the file never needs truncating.
 const RECORD_LEN: usize = 1024;
+/// Size of the history record that follows the holder record.
+const HISTORY_LEN: usize = 1024;
 const SUFFIX: &str = ".lock";
 
 #[derive(Debug)]
@@ -221,16 +240,35 @@ impl FileBackend {
     }
 
     fn write_record(file: &File, path: &Path, holder: &HolderInfo) -> Result<()> {
-        let mut record = serde_json::to_vec(holder).expect("holder metadata serializes");
-        if record.len() >= RECORD_LEN {
-            return Err(BackendError::Config(
-                "holder metadata is too long for a lock file; use a shorter --id".into(),
-            ));
+        let record = serde_json::to_vec(holder).expect("holder metadata serializes");
+        write_padded(file, path, record, 0, RECORD_LEN)
+    }
+
+    /// The history record; an unreadable one (a torn write of a crashed release) counts as none:
+    /// history is for people, and must not stop the lock from working.
+    fn read_history(file: &File) -> HistoryRecord {
+        let mut buf = vec![0u8; HISTORY_LEN];
+        let n = read_at_full_from(file, &mut buf, RECORD_LEN as u64).unwrap_or(0);
+        let text = String::from_utf8_lossy(&buf[..n]);
+        let text = text.trim_matches(|c: char| c.is_ascii_whitespace() || c == '\0');
+        if text.is_empty() {
+            return HistoryRecord::default();
         }
-        record.resize(RECORD_LEN - 1, b' ');
-        record.push(b'\n');
-        file.write_all_at(&record, 0)
-            .map_err(|e| BackendError::unavailable(format_args!("write {}", path.display()), e))
+        serde_json::from_str(text).unwrap_or_default()
+    }
+
+    fn write_history(file: &File, path: &Path, history: &History) -> Result<()> {
+        let mut record = Self::read_history(file);
+        record.last_run = Some(history.last_run.clone());
+        if let Some(window) = history.once_per {
+            let until = std::time::SystemTime::now() + window;
+            let ms = until
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            record.once_until_ms = Some(ms);
+        }
+        let bytes = serde_json::to_vec(&record).expect("history serializes");
+        write_padded(file, path, bytes, RECORD_LEN as u64, HISTORY_LEN)
     }
 }
 
@@ -293,12 +331,41 @@ impl Backend for FileBackend {
         }
     }
 
-    async fn release(&mut self, lease: &Lease) -> Result<()> {
+    async fn release(&mut self, lease: &Lease, history: Option<&History>) -> Result<()> {
         if let Some(file) = &lease.kernel_lock {
+            let path = self.path(&lease.name);
+            // Written while the lock is held, so that the next holder reads it whole; a lease
+            // whose file was replaced is lost and records nothing.
+            if let Some(history) = history.filter(|_| still_named(file, &path)) {
+                if let Err(e) = Self::write_history(file, &path, history) {
+                    tracing::warn!(lock = %lease.name, "cannot record the run ({e})");
+                }
+            }
             file.unlock()
                 .map_err(|e| BackendError::unavailable("unlock", e))?;
         }
         Ok(())
+    }
+
+    async fn fresh_run(&mut self, name: &LockName) -> Result<Option<LastRun>> {
+        let path = self.path(name);
+        let file = match OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+            .open(&path)
+        {
+            Ok(file) => file,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(open_error(&path, e)),
+        };
+        let record = Self::read_history(&file);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        Ok(match record.once_until_ms {
+            Some(until) if until > now_ms => record.last_run,
+            _ => None,
+        })
     }
 
     async fn inspect(&mut self, name: &LockName) -> Result<LockState> {
@@ -318,10 +385,14 @@ impl Backend for FileBackend {
         let locks = fs::read_to_string("/proc/locks")
             .map_err(|e| BackendError::unavailable("read /proc/locks", e))?;
         if !is_flocked(&locks, meta.dev(), meta.ino()) {
-            return Ok(free(name));
+            return Ok(LockState {
+                last_run: Self::read_history(&file).last_run,
+                ..free(name)
+            });
         }
         Ok(LockState {
             holder: Self::read_record(&file, &path)?,
+            last_run: Self::read_history(&file).last_run,
             ..free(name)
         })
     }
@@ -377,9 +448,30 @@ fn free(name: &LockName) -> LockState {
     LockState {
         lock: name.clone(),
         holder: None,
+        last_run: None,
         expires_in: None,
         waiters: None,
     }
+}
+
+/// Writes `record` at `offset`, padded with spaces to `len` bytes and ending in a newline, in one
+/// `pwrite`: the file is never truncated.
+fn write_padded(
+    file: &File,
+    path: &Path,
+    mut record: Vec<u8>,
+    offset: u64,
+    len: usize,
+) -> Result<()> {
+    if record.len() >= len {
+        return Err(BackendError::Config(
+            "holder metadata is too long for a lock file; use a shorter --id".into(),
+        ));
+    }
+    record.resize(len - 1, b' ');
+    record.push(b'\n');
+    file.write_all_at(&record, offset)
+        .map_err(|e| BackendError::unavailable(format_args!("write {}", path.display()), e))
 }
 
 fn open_error(path: &Path, err: io::Error) -> BackendError {
@@ -432,9 +524,13 @@ fn warn_if_network_fs(dir: &Path) {
 }
 
 fn read_at_full(file: &File, buf: &mut [u8]) -> io::Result<usize> {
+    read_at_full_from(file, buf, 0)
+}
+
+fn read_at_full_from(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
-        match file.read_at(&mut buf[filled..], filled as u64) {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
             Ok(0) => break,
             Ok(n) => filled += n,
             Err(e) if e.kind() == ErrorKind::Interrupted => {}

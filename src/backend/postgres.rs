@@ -44,12 +44,14 @@ use tokio_postgres::Row;
 
 use self::connect::{Conn, Target};
 use self::session::QueryError;
-use self::sql::{lost_create_race, Statements};
+use self::sql::{lost_create_race, Schema, Statements, HISTORY_COLUMNS};
 use super::{
     AcquireRequest, Backend, BackendError, BackendOptions, BackendUrl, Expiry, ForcedRelease,
     Result, WaitMode,
 };
-use crate::lease::{Acquire, FencingToken, HolderInfo, Lease, LockName, LockState, Renewal};
+use crate::lease::{
+    Acquire, FencingToken, History, HolderInfo, LastRun, Lease, LockName, LockState, Renewal,
+};
 
 /// The longest a waiter sleeps between two attempts when no release wakes it.
 const RECHECK: Duration = Duration::from_secs(2);
@@ -73,6 +75,8 @@ pub struct PostgresBackend {
     describe: String,
     /// Shared so that a statement's text can be borrowed while `self` is borrowed mutably.
     statements: Arc<Statements>,
+    /// Whether the table has the history columns; decided at open time.
+    schema: Schema,
     /// The open session, if the last call left a good one.
     conn: Option<Conn>,
 }
@@ -94,11 +98,12 @@ impl PostgresBackend {
     /// password, database, privilege or TLS setup is reported before any job starts.
     pub async fn open(url: &BackendUrl, options: &BackendOptions) -> Result<Self> {
         let target = Box::new(Target::from_url(url, options)?);
-        let statements = Arc::new(Statements::new(&target.table));
+        let statements = Arc::new(Statements::new(&target.table, Schema::WithHistory));
         let mut backend = Self {
             target,
             describe: url.redacted(),
             statements,
+            schema: Schema::WithHistory,
             conn: None,
         };
         backend.prepare_table().await?;
@@ -143,6 +148,7 @@ impl PostgresBackend {
                 }
             }
         }
+        self.migrate_table(&table).await?;
         let rows = self
             .query(
                 "check privileges",
@@ -164,6 +170,47 @@ impl PostgresBackend {
             ));
         }
         Ok(())
+    }
+
+    /// Adds the history columns to a table an older elect created. Checked first, so that a role
+    /// that may not alter the table works with a table that has them already. A role that may
+    /// not alter a table without them still gets working leases, without history.
+    async fn migrate_table(&mut self, table: &str) -> Result<()> {
+        let columns: Vec<String> = HISTORY_COLUMNS.iter().map(|c| c.to_string()).collect();
+        let rows = self
+            .query(
+                "check the lease table's columns",
+                "SELECT count(*) FROM pg_attribute \
+                 WHERE attrelid = to_regclass($1::text) AND NOT attisdropped \
+                   AND attname = ANY($2::text[])",
+                &[(&table, Type::TEXT), (&columns, Type::TEXT_ARRAY)],
+            )
+            .await?
+            .0;
+        let present: i64 = rows.first().and_then(|r| r.try_get(0).ok()).unwrap_or(0);
+        if present == HISTORY_COLUMNS.len() as i64 {
+            return Ok(());
+        }
+        let statements = Arc::clone(&self.statements);
+        match self.query_raw(&statements.migrate, &[]).await {
+            Ok(_) => Ok(()),
+            Err(QueryError::Client(err)) if lost_create_race(&err) => Ok(()),
+            Err(QueryError::Client(err)) if not_owner(&err) => {
+                tracing::debug!(
+                    "the lease table {table} has no run-history columns and this role may not \
+                     add them; run history and --once-per are off (its owner can run: {})",
+                    statements.migrate
+                );
+                self.schema = Schema::WithoutHistory;
+                self.statements =
+                    Arc::new(Statements::new(&self.target.table, Schema::WithoutHistory));
+                Ok(())
+            }
+            Err(err) => Err(self.failed(
+                &format!("cannot add the run-history columns to the lease table {table}"),
+                err,
+            )),
+        }
     }
 
     async fn attempt(&mut self, req: &AcquireRequest, secret: &str) -> Result<Attempt> {
@@ -272,20 +319,59 @@ impl Backend for PostgresBackend {
         Ok(Renewal::Renewed)
     }
 
-    async fn release(&mut self, lease: &Lease) -> Result<()> {
+    async fn release(&mut self, lease: &Lease, history: Option<&History>) -> Result<()> {
         let statements = Arc::clone(&self.statements);
         let token = token_param(lease)?;
-        self.query(
-            "release",
-            &statements.release,
-            &[
-                (&lease.name.as_str(), Type::TEXT),
-                (&lease.secret, Type::TEXT),
-                (&token, Type::INT8),
-            ],
-        )
-        .await?;
+        let last_run = history
+            .map(|h| serde_json::to_string(&h.last_run))
+            .transpose()
+            .map_err(|e| BackendError::Config(format!("run history: {e}")))?;
+        let once_ms = history.and_then(|h| h.once_per).map(millis);
+        let params: &Params = &[
+            (&lease.name.as_str(), Type::TEXT),
+            (&lease.secret, Type::TEXT),
+            (&token, Type::INT8),
+            (&last_run, Type::TEXT),
+            (&once_ms, Type::INT8),
+        ];
+        let params = match self.schema {
+            Schema::WithHistory => params,
+            Schema::WithoutHistory => &params[..3],
+        };
+        self.query("release", &statements.release, params).await?;
         Ok(())
+    }
+
+    async fn fresh_run(&mut self, name: &LockName) -> Result<Option<LastRun>> {
+        if self.schema == Schema::WithoutHistory {
+            return Err(self.unavailable(
+                "--once-per",
+                format_args!(
+                    "the lease table {} has no once_until column and this role may not add it; \
+                     its owner can run: {}",
+                    self.target.table.quoted(),
+                    self.statements.migrate
+                ),
+            ));
+        }
+        let statements = Arc::clone(&self.statements);
+        let (rows, _) = self
+            .query(
+                "read the --once-per marker",
+                &statements.fresh_run,
+                &[(&name.as_str(), Type::TEXT)],
+            )
+            .await?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        // A marker whose run elect cannot read still says that the job ran in the window.
+        Ok(Some(
+            column::<Option<String>>(row, "last_run")
+                .flatten()
+                .and_then(|text| serde_json::from_str(&text).ok())
+                .unwrap_or_else(|| unknown_run(name)),
+        ))
     }
 
     async fn force_release(
@@ -338,11 +424,17 @@ impl Backend for PostgresBackend {
 /// not write (a name that is not a lock name).
 fn row_to_state(row: &Row) -> Option<LockState> {
     let name = LockName::new(&column::<String>(row, "name")?).ok()?;
+    let last_run: Option<LastRun> = column::<Option<String>>(row, "last_run")
+        .flatten()
+        .and_then(|text| serde_json::from_str(&text).ok());
     let remaining = column::<Option<i64>>(row, "remaining_ms")?
         .filter(|ms| *ms > 0)
         .map(|ms| Duration::from_millis(ms.unsigned_abs()));
     let Some(remaining) = remaining else {
-        return Some(free(name));
+        return Some(LockState {
+            last_run,
+            ..free(name)
+        });
     };
     let holder = HolderInfo {
         id: column(row, "holder_id")?,
@@ -356,6 +448,7 @@ fn row_to_state(row: &Row) -> Option<LockState> {
     Some(LockState {
         lock: name,
         holder: Some(holder),
+        last_run,
         expires_in: Some(remaining),
         waiters: None,
     })
@@ -370,8 +463,28 @@ fn free(name: LockName) -> LockState {
     LockState {
         lock: name,
         holder: None,
+        last_run: None,
         expires_in: None,
         waiters: None,
+    }
+}
+
+/// Whether the server refused an `ALTER TABLE` because the role does not own the table.
+fn not_owner(err: &tokio_postgres::Error) -> bool {
+    err.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+}
+
+/// A `--once-per` marker whose run elect cannot read.
+fn unknown_run(name: &LockName) -> LastRun {
+    LastRun {
+        holder: format!("unknown (unreadable run of lock {name})"),
+        host: "unknown".into(),
+        pid: 0,
+        token: FencingToken(0),
+        started_at: SystemTime::UNIX_EPOCH,
+        finished_at: SystemTime::UNIX_EPOCH,
+        duration: Duration::ZERO,
+        end: crate::lease::RunEnd::ExitCode(0),
     }
 }
 

@@ -45,7 +45,9 @@ use super::{
     Result, WaitMode,
 };
 use crate::clock::BootTime;
-use crate::lease::{Acquire, FencingToken, HolderInfo, Lease, LockName, LockState, Renewal};
+use crate::lease::{
+    Acquire, FencingToken, History, HolderInfo, LastRun, Lease, LockName, LockState, Renewal,
+};
 
 /// SCAN batch size: large enough to make few round trips, small enough not to block the server.
 const SCAN_COUNT: u32 = 500;
@@ -216,13 +218,23 @@ impl Backend for RedisBackend {
         })
     }
 
-    async fn release(&mut self, lease: &Lease) -> Result<()> {
+    async fn release(&mut self, lease: &Lease, history: Option<&History>) -> Result<()> {
         let key = scripts::lease_key(&lease.name);
+        let last_run = match history {
+            Some(h) => serde_json::to_string(&h.last_run)
+                .map_err(|e| BackendError::Config(format!("run history: {e}")))?,
+            None => String::new(),
+        };
+        let once_ms = history.and_then(|h| h.once_per).map_or(0, millis);
         let mut call = SCRIPTS.release.prepare_invoke();
         call.key(&key)
             .key(scripts::baton_key(&lease.name))
+            .key(scripts::last_key(&lease.name))
+            .key(scripts::once_key(&lease.name))
             .arg(&lease.secret)
-            .arg(millis(scripts::BATON_TTL));
+            .arg(millis(scripts::BATON_TTL))
+            .arg(last_run)
+            .arg(once_ms);
         let released: i64 = self.invoke("release", &call).await?;
         if released != 1 {
             tracing::warn!(
@@ -231,6 +243,23 @@ impl Backend for RedisBackend {
             );
         }
         Ok(())
+    }
+
+    async fn fresh_run(&mut self, name: &LockName) -> Result<Option<LastRun>> {
+        let mut conn = match self.connection().await {
+            Ok(conn) => conn,
+            Err(e) => return Err(self.unavailable("read the --once-per marker", &e)),
+        };
+        let value: Option<Vec<u8>> = match ::redis::cmd("GET")
+            .arg(scripts::once_key(name))
+            .query_async(&mut conn)
+            .await
+        {
+            Ok(value) => value,
+            Err(e) => return Err(self.unavailable("read the --once-per marker", &e)),
+        };
+        // A marker elect cannot read still says that the job ran in the window.
+        Ok(value.map(|v| serde_json::from_slice(&v).unwrap_or_else(|_| unknown_run(name))))
     }
 
     async fn force_release(
@@ -254,14 +283,20 @@ impl Backend for RedisBackend {
     async fn inspect(&mut self, name: &LockName) -> Result<LockState> {
         let key = scripts::lease_key(name);
         let mut call = SCRIPTS.inspect.prepare_invoke();
-        call.key(&key);
-        let (value, pttl): (Option<Vec<u8>>, i64) = self.invoke("inspect", &call).await?;
+        call.key(&key).key(scripts::last_key(name));
+        let (value, pttl, last): (Option<Vec<u8>>, i64, Option<Vec<u8>>) =
+            self.invoke("inspect", &call).await?;
+        let last_run = last.and_then(|l| serde_json::from_slice(&l).ok());
         let Some(value) = value else {
-            return Ok(free(name));
+            return Ok(LockState {
+                last_run,
+                ..free(name)
+            });
         };
         Ok(LockState {
             lock: name.clone(),
             holder: Some(parse_holder(&value).unwrap_or_else(|| unknown_holder(name))),
+            last_run,
             expires_in: pttl_duration(pttl),
             waiters: None,
         })
@@ -368,6 +403,20 @@ fn unknown_holder(name: &LockName) -> HolderInfo {
     }
 }
 
+/// A `--once-per` marker whose value elect cannot read.
+fn unknown_run(name: &LockName) -> LastRun {
+    LastRun {
+        holder: format!("unknown (unreadable marker of lock {name})"),
+        host: "unknown".into(),
+        pid: 0,
+        token: FencingToken(0),
+        started_at: std::time::UNIX_EPOCH,
+        finished_at: std::time::UNIX_EPOCH,
+        duration: Duration::ZERO,
+        end: crate::lease::RunEnd::ExitCode(0),
+    }
+}
+
 /// The holder's JSON object without its `token` field, which the acquire script fills in.
 fn holder_without_token(holder: &HolderInfo) -> Result<String> {
     let mut value = serde_json::to_value(holder)
@@ -401,6 +450,7 @@ fn free(name: &LockName) -> LockState {
     LockState {
         lock: name.clone(),
         holder: None,
+        last_run: None,
         expires_in: None,
         waiters: None,
     }

@@ -55,7 +55,17 @@ impl Backend for Fake {
             }
         }
     }
-    async fn release(&mut self, _: &Lease) -> crate::backend::Result<()> {
+    async fn release(
+        &mut self,
+        _: &Lease,
+        _: Option<&crate::lease::History>,
+    ) -> crate::backend::Result<()> {
+        unreachable!()
+    }
+    async fn fresh_run(
+        &mut self,
+        _: &LockName,
+    ) -> crate::backend::Result<Option<crate::lease::LastRun>> {
         unreachable!()
     }
     async fn inspect(&mut self, _: &LockName) -> crate::backend::Result<LockState> {

@@ -873,6 +873,16 @@ pub fn bad_input_is_a_usage_error(env: &TestEnv) {
             Says::Clap,
             "a/b",
         ),
+        (
+            with_job(&["run", "--lock", "x", "--once-per", "abc"]),
+            Says::Clap,
+            "abc",
+        ),
+        (
+            with_job(&["run", "--lock", "x", "--once-per", "0s"]),
+            Says::Clap,
+            "0s",
+        ),
     ];
     let mut failures = Vec::new();
     for (args, says, mention) in &cases {
@@ -955,4 +965,272 @@ pub fn forced_release_frees_a_dead_holders_lease(env: &TestEnv) {
         next > token,
         "tokens grow after a forced release: {token} then {next}"
     );
+}
+
+/// The `last_run` object of `elect status --lock LOCK --json`.
+fn last_run(env: &TestEnv, lock: &str) -> Json {
+    let out = env.status(["--lock", lock, "--json"]);
+    out.assert_no_panic();
+    let doc = Json::parse(out.stdout.trim())
+        .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {out}"));
+    doc.get("last_run").clone()
+}
+
+/// The LAST RUN cell of `elect status --lock LOCK`: the text after the WAITERS column.
+fn last_run_text(env: &TestEnv, lock: &str) -> String {
+    let out = env.status(["--lock", lock]);
+    let header = out.stdout.lines().next().unwrap_or("").to_owned();
+    let at = header
+        .find("LAST RUN")
+        .unwrap_or_else(|| panic!("no LAST RUN column: {out}"));
+    let row = out
+        .stdout
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(lock))
+        .unwrap_or_else(|| panic!("no row for {lock}: {out}"));
+    row.get(at..).unwrap_or("").trim().to_owned()
+}
+
+/// Every release records the run: holder, host, pid, token, times, duration and how it ended
+/// (exit code or signal), shown by `status` as JSON and in the LAST RUN column, whether the lock
+/// is free or held again.
+pub fn release_records_the_last_run(env: &TestEnv) {
+    let lock = env.lock("history");
+    assert_eq!(last_run(env, &lock), Json::Null, "no run yet");
+    let id = format!("history-{}", std::process::id());
+    env.run([
+        "run",
+        "--lock",
+        &lock,
+        "--id",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "echo $ELECT_FENCING_TOKEN > token; sleep 0.3",
+    ])
+    .assert_code(0);
+    let token = env.lines("token")[0].clone();
+    let run = last_run(env, &lock);
+    assert_eq!(run.get("holder").as_str(), Some(id.as_str()), "{run:?}");
+    assert_eq!(
+        run.get("token").as_u64().map(|t| t.to_string()),
+        Some(token),
+        "{run:?}"
+    );
+    assert_eq!(run.get("exit_code").as_u64(), Some(0), "{run:?}");
+    assert!(!run.has("signal"), "{run:?}");
+    assert!(run.get("host").as_str().is_some_and(|h| !h.is_empty()));
+    assert!(run.get("pid").as_u64().is_some_and(|p| p > 0));
+    let duration = run.get("duration_ms").as_u64().unwrap_or(0);
+    assert!(
+        (250..10_000).contains(&duration),
+        "the job slept 300 ms: {run:?}"
+    );
+    for key in ["started_at", "finished_at"] {
+        let t = run.get(key).as_str().unwrap_or("");
+        assert!(t.ends_with('Z') && t.len() >= 20, "{key}: {run:?}");
+    }
+    let text = last_run_text(env, &lock);
+    assert!(
+        text.starts_with("ok ") && text.contains(" ago on "),
+        "{text}"
+    );
+
+    env.run(["run", "--lock", &lock, "--", "sh", "-c", "exit 3"])
+        .assert_code(3);
+    assert_eq!(last_run(env, &lock).get("exit_code").as_u64(), Some(3));
+    assert!(last_run_text(env, &lock).starts_with("exit 3 "));
+
+    env.run(["run", "--lock", &lock, "--", "sh", "-c", "kill -KILL $$"])
+        .assert_code(137);
+    let run = last_run(env, &lock);
+    assert_eq!(run.get("signal").as_u64(), Some(9), "{run:?}");
+    assert!(!run.has("exit_code"), "{run:?}");
+    assert!(last_run_text(env, &lock).starts_with("SIGKILL "));
+
+    // While a new holder runs, the last finished run is still shown.
+    let mut holder = hold(env, &lock, "holder", &[]);
+    assert_eq!(last_run(env, &lock).get("signal").as_u64(), Some(9));
+    release(env, &mut holder, "holder");
+    assert_eq!(last_run(env, &lock).get("exit_code").as_u64(), Some(0));
+}
+
+/// `--once-per 1h`: five contenders fire within about a second, one of them with its wall clock
+/// five seconds ahead (libfaketime): exactly one runs the ~200 ms job; every other one exits 75
+/// with one line, and a contender that comes after the run names when and where it last ran.
+pub fn once_per_runs_once_across_skewed_contenders(env: &TestEnv) {
+    let lock = env.lock("once");
+    let mut racers = Vec::new();
+    for i in 0..5 {
+        let mut cmd = env.elect();
+        cmd.args([
+            "run",
+            "--lock",
+            &lock,
+            "--once-per",
+            "1h",
+            "--id",
+            &format!("racer-{i}"),
+            "--",
+            "sh",
+            "-c",
+            "touch started.$$; sleep 0.2",
+        ]);
+        if i == 2 {
+            // The wall clock runs 5 s ahead; the monotonic clocks of the lease deadlines are
+            // left alone.
+            cmd.env("LD_PRELOAD", FAKETIME_LIB)
+                .env("FAKETIME", "+5s")
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+                .env("FAKETIME_NO_CACHE", "1");
+        }
+        racers.push(env.spawn_command(cmd));
+        std::thread::sleep(Duration::from_millis(230));
+    }
+    let outcomes = wait_all(&mut racers);
+    let started = started_jobs(env);
+    assert_eq!(started, 1, "exactly one job must run: {outcomes:#?}");
+    let winners: Vec<usize> = (0..5).filter(|&i| outcomes[i].code() == 0).collect();
+    assert_eq!(winners.len(), 1, "exactly one elect exits 0: {outcomes:#?}");
+    let winner = format!("racer-{}", winners[0]);
+    for out in outcomes.iter().filter(|o| o.code() != 0) {
+        out.assert_code(75).assert_no_panic();
+        let line = out.one_error_line();
+        assert!(
+            line.contains(&format!("held by {winner}")) || line.contains("last ran ok at"),
+            "a skipped contender names the holder or the last run: {line}"
+        );
+    }
+    // After the run, the marker stands: a later contender skips, saying when and where.
+    let late = env.run([
+        "run",
+        "--lock",
+        &lock,
+        "--once-per",
+        "1h",
+        "--",
+        "touch",
+        "late",
+    ]);
+    late.assert_code(75).assert_no_panic();
+    let line = late.one_error_line();
+    assert!(
+        line.contains("last ran ok at")
+            && line.contains(&winner)
+            && line.contains(" on ")
+            && line.contains(&lock),
+        "the line must say when and where the job last ran: {line}"
+    );
+    assert!(!exists(env, "late"), "a skipped job must not run");
+    // Without --once-per the marker does not matter.
+    env.run(["run", "--lock", &lock, "--", "touch", "plain"])
+        .assert_code(0);
+    assert!(exists(env, "plain"));
+}
+
+/// A failed run leaves no `--once-per` marker, so the next trigger retries; a success then
+/// leaves one.
+pub fn once_per_failed_run_leaves_no_marker(env: &TestEnv) {
+    let lock = env.lock("once-fail");
+    let once = |job: &[&str]| {
+        let mut args = vec!["run", "--lock", &lock, "--once-per", "1h", "--"];
+        args.extend_from_slice(job);
+        env.run(args)
+    };
+    once(&["sh", "-c", "exit 1"]).assert_code(1);
+    once(&["sh", "-c", "kill -TERM $$"]).assert_code(143);
+    once(&["touch", "retried"]).assert_code(0);
+    assert!(exists(env, "retried"), "the run after a failure must run");
+    let skipped = once(&["touch", "again"]);
+    skipped.assert_code(75);
+    assert!(skipped.one_error_line().contains("last ran ok at"));
+    assert!(!exists(env, "again"));
+    // --conflict-exit-code applies to this skip too.
+    let mut args = vec!["run", "--lock", &lock, "--once-per", "1h"];
+    args.extend_from_slice(&["--conflict-exit-code", "0", "--", "touch", "again"]);
+    let quiet = env.run(args);
+    quiet.assert_code(0);
+    assert!(quiet.stderr.is_empty(), "{quiet}");
+    assert!(!exists(env, "again"));
+}
+
+/// libfaketime as Debian installs it (package `faketime`).
+const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+fn started_jobs(env: &TestEnv) -> usize {
+    std::fs::read_dir(env.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("started.")
+        })
+        .count()
+}
+
+/// A lease that is lost while the job runs records no history: the run before it stays the last
+/// one. The lease is taken away as an operator would: `elect release --token N` on a network
+/// backend, removing the lock file on the file backend.
+pub fn a_lost_lease_records_no_history(env: &TestEnv) {
+    let lock = env.lock("lost-history");
+    env.run([
+        "run",
+        "--lock",
+        &lock,
+        "--",
+        "sh",
+        "-c",
+        "echo $ELECT_FENCING_TOKEN > first",
+    ])
+    .assert_code(0);
+    let first: u64 = env.lines("first")[0].parse().expect("a token");
+    let mut holder = env.spawn([
+        "run",
+        "--lock",
+        &lock,
+        "--ttl",
+        "3s",
+        "--grace",
+        "500ms",
+        "--once-per",
+        "1h",
+        "--",
+        "sh",
+        "-c",
+        "echo $ELECT_FENCING_TOKEN > token.tmp && mv token.tmp token; exec sleep 100",
+    ]);
+    env.wait_for_file("token", Duration::from_secs(10));
+    let token: u64 = env.lines("token")[0].parse().expect("a token");
+    match env.lock_dir() {
+        Some(dir) => std::fs::remove_file(dir.join(format!("{lock}.lock"))).expect("remove"),
+        None => {
+            env.run(["release", "--lock", &lock, "--token", &token.to_string()])
+                .assert_code(0)
+                .assert_no_panic();
+        }
+    }
+    holder.wait_timeout(Duration::from_secs(10)).assert_code(76);
+    let run = last_run(env, &lock);
+    if env.lock_dir().is_some() {
+        // A new lock file starts without history.
+        assert_eq!(run, Json::Null, "{run:?}");
+    } else {
+        assert_eq!(run.get("token").as_u64(), Some(first), "{run:?}");
+    }
+    // Nor a --once-per marker: the next run runs.
+    env.run([
+        "run",
+        "--lock",
+        &lock,
+        "--once-per",
+        "1h",
+        "--",
+        "touch",
+        "ran",
+    ])
+    .assert_code(0);
+    assert!(exists(env, "ran"));
 }

@@ -22,9 +22,12 @@ impl EtcdBackend {
             let Some(rest) = kv.key().strip_prefix(self.settings.prefix.as_bytes()) else {
                 continue;
             };
-            // Only `<name>/<lease>` keys are queue members; other keys under the prefix are not
-            // elect's business.
+            // Only `<name>/<lease>` keys are queue members; `<name>.last` keeps a free lock in
+            // the list; other keys under the prefix are not elect's business.
             let Some(slash) = rest.iter().position(|&b| b == b'/') else {
+                if let Some(name) = super::history::lock_of_history_key(rest) {
+                    queues.entry(name).or_default();
+                }
                 continue;
             };
             let Some(name) = std::str::from_utf8(&rest[..slash])
@@ -49,10 +52,12 @@ impl EtcdBackend {
         name: &LockName,
         members: &[KeyValue],
     ) -> Result<LockState> {
+        let last_run = self.last_run_of(name).await?;
         let Some(owner) = members.first() else {
             return Ok(LockState {
                 lock: name.clone(),
                 holder: None,
+                last_run,
                 expires_in: None,
                 waiters: None,
             });
@@ -72,6 +77,7 @@ impl EtcdBackend {
         Ok(LockState {
             lock: name.clone(),
             holder: Some(holder),
+            last_run,
             expires_in,
             waiters: Some(members.len().saturating_sub(1) as u64),
         })

@@ -52,10 +52,22 @@ fn is_identifier(part: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// Whether the table has the run-history columns (`last_run`, `once_until`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schema {
+    WithHistory,
+    /// A table an older elect created, which the role may not alter: leases work, history and
+    /// `--once-per` do not.
+    WithoutHistory,
+}
+
 /// The statement texts for one table.
 #[derive(Debug, Clone)]
 pub struct Statements {
     pub create: String,
+    /// Adds the history columns to a table an older elect created.
+    pub migrate: String,
+    pub fresh_run: String,
     pub acquire: String,
     pub renew: String,
     pub release: String,
@@ -68,9 +80,22 @@ pub struct Statements {
 const STATE_COLUMNS: &str = "name, holder_id, host, pid, version, acquired_at, ttl_ms, token, \
      (extract(epoch FROM (expires_at - clock_timestamp())) * 1000)::int8 AS remaining_ms";
 
+/// The columns a table needs besides those of the first release (`CREATE TABLE IF NOT EXISTS`
+/// leaves an old table as it is): checked at open time, added when missing.
+pub const HISTORY_COLUMNS: [&str; 2] = ["last_run", "once_until"];
+
 impl Statements {
-    pub fn new(table: &Table) -> Self {
+    pub fn new(table: &Table, schema: Schema) -> Self {
         let t = table.quoted();
+        let (last_run, record) = match schema {
+            Schema::WithHistory => (
+                "last_run",
+                ", last_run = COALESCE($4::text, last_run),
+                   once_until = CASE WHEN $5::int8 IS NULL THEN once_until
+                       ELSE clock_timestamp() + $5::int8 * interval '1 millisecond' END",
+            ),
+            Schema::WithoutHistory => ("NULL::text AS last_run", ""),
+        };
         Self {
             // `expires_at` NULL means released. The row outlives its lease so that the token
             // keeps counting up across holders and never repeats.
@@ -85,8 +110,19 @@ impl Statements {
                     ttl_ms      bigint NOT NULL,
                     secret      text NOT NULL,
                     token       bigint NOT NULL,
-                    expires_at  timestamptz
+                    expires_at  timestamptz,
+                    last_run    text,
+                    once_until  timestamptz
                 )"
+            ),
+            // `last_run` is the JSON of the last run; `once_until` the end of the `--once-per`
+            // marker, by the server's clock.
+            migrate: format!(
+                "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS last_run text,
+                                ADD COLUMN IF NOT EXISTS once_until timestamptz"
+            ),
+            fresh_run: format!(
+                "SELECT last_run FROM {t} WHERE name = $1 AND once_until > clock_timestamp()"
             ),
             // Takes a free, released or expired row, or creates it. The conflict arm locks the
             // row and re-checks the condition on its latest version, so two contenders cannot
@@ -116,10 +152,12 @@ impl Statements {
                  RETURNING token"
             ),
             // Frees the row at once and wakes the waiters, in one statement: the notification is
-            // delivered when it commits, never for a release that did not happen.
+            // delivered when it commits, never for a release that did not happen. The run ($4,
+            // NULL: record nothing) and the `--once-per` marker ($5 ms, NULL: none) are written
+            // by the same statement, so only a release that happens records them.
             release: format!(
                 "WITH released AS (
-                    UPDATE {t} SET expires_at = NULL
+                    UPDATE {t} SET expires_at = NULL{record}
                     WHERE name = $1 AND secret = $2 AND token = $3
                       AND expires_at > clock_timestamp()
                     RETURNING name)
@@ -133,8 +171,8 @@ impl Statements {
                     RETURNING name)
                  SELECT pg_notify('{CHANNEL}', name) FROM released"
             ),
-            inspect: format!("SELECT {STATE_COLUMNS} FROM {t} WHERE name = $1"),
-            list: format!("SELECT {STATE_COLUMNS} FROM {t} ORDER BY name"),
+            inspect: format!("SELECT {STATE_COLUMNS}, {last_run} FROM {t} WHERE name = $1"),
+            list: format!("SELECT {STATE_COLUMNS}, {last_run} FROM {t} ORDER BY name"),
         }
     }
 }

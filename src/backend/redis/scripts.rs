@@ -9,6 +9,8 @@
 //! | `elect:{NAME}` | string, with a PX expiry | the lease: `<secret>\n<holder JSON>` |
 //! | `elect:{NAME}:token` | integer, no expiry | the fencing-token counter; never reset |
 //! | `elect:{NAME}:baton` | list of at most one element, PX expiry of a few seconds | a release leaves it for the longest waiter |
+//! | `elect:{NAME}:last` | string, no expiry | the last run (JSON), written by the release that ended it |
+//! | `elect:{NAME}:once` | string, PX expiry of `--once-per` | the run that succeeded in the window (JSON) |
 //!
 //! - **acquire** runs in one script: if the lease key exists it answers who holds it and the
 //!   remaining PTTL; otherwise it `INCR`s the counter and `SET lease value NX PX ttl`, with the new
@@ -16,8 +18,9 @@
 //!   token is never handed out twice (as long as the data survive: see the README).
 //! - **renew** extends the expiry only if the lease still starts with our secret: a holder can
 //!   never extend another holder's lease. It answers `1` renewed, `0` gone, `-1` someone else's.
-//! - **release** deletes the lease only if it is still ours, and then pushes one element on the
-//!   baton list (unless one is there already) with a short expiry. Waiters block on the list with
+//! - **release** deletes the lease only if it is still ours, records the run (and the
+//!   `--once-per` marker, whose expiry the server's clock judges) in the same step, and then
+//!   pushes one element on the baton list (unless one is there already) with a short expiry. Waiters block on the list with
 //!   `BLPOP`, which the server serves in the order the clients blocked and one element to one
 //!   client: a release wakes exactly the longest waiter. An untaken baton expires after
 //!   [`BATON_TTL`], so it does not linger for a waiter that comes much later.
@@ -53,6 +56,16 @@ pub fn baton_key(name: &LockName) -> String {
     format!("{PREFIX}{{{name}}}:baton")
 }
 
+/// The last run: `elect:{NAME}:last`.
+pub fn last_key(name: &LockName) -> String {
+    format!("{PREFIX}{{{name}}}:last")
+}
+
+/// The `--once-per` marker: `elect:{NAME}:once`.
+pub fn once_key(name: &LockName) -> String {
+    format!("{PREFIX}{{{name}}}:once")
+}
+
 /// How long a baton nobody takes stays: longer than the gap between a waiter's failed attempt and
 /// its `BLPOP` (which may include opening its connection, bounded by 3 s), so that a release in
 /// that gap still wakes it; short enough that a much later waiter rarely finds a stale one (which
@@ -67,7 +80,7 @@ pub const SCAN_PATTERN: &str = "elect:{*";
 pub fn lock_of_key(key: &str) -> Option<LockName> {
     let rest = key.strip_prefix(PREFIX)?.strip_prefix('{')?;
     let (name, suffix) = rest.split_once('}')?;
-    if !matches!(suffix, "" | ":token") {
+    if !matches!(suffix, "" | ":token" | ":last") {
         return None;
     }
     LockName::new(name).ok()
@@ -102,7 +115,9 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 "#;
 
-/// KEYS: lease, baton. ARGV: secret, baton ttl in ms. Returns 1 released, 0 not ours (or gone).
+/// KEYS: lease, baton, last run, once marker. ARGV: secret, baton ttl in ms, last run JSON (empty:
+/// record nothing), marker ttl in ms (0: no marker). Returns 1 released, 0 not ours (or gone):
+/// a lease that is no longer ours records no history.
 ///
 /// The list never holds more than one baton (`LTRIM` only runs when an untaken one was there):
 /// two releases nobody waited for must not later wake two waiters. A client blocked on the list is served after the script ends, so the `PEXPIRE`
@@ -111,6 +126,12 @@ const RELEASE: &str = r#"
 local current = redis.call('GET', KEYS[1])
 if current and string.sub(current, 1, #ARGV[1] + 1) == ARGV[1] .. '\n' then
   redis.call('DEL', KEYS[1])
+  if ARGV[3] ~= '' then
+    redis.call('SET', KEYS[3], ARGV[3])
+    if tonumber(ARGV[4]) > 0 then
+      redis.call('SET', KEYS[4], ARGV[3], 'PX', ARGV[4])
+    end
+  end
   if redis.call('RPUSH', KEYS[2], '1') > 1 then
     redis.call('LTRIM', KEYS[2], 0, 0)
   end
@@ -153,9 +174,9 @@ redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return {1, false}
 "#;
 
-/// KEYS: lease. Returns `{value or nil, pttl}` read atomically.
+/// KEYS: lease, last run. Returns `{value or nil, pttl, last run or nil}` read atomically.
 const INSPECT: &str = r#"
-return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
+return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[2])}
 "#;
 
 /// The scripts, hashed once per process: `invoke_async` sends EVALSHA and loads a script only
@@ -188,6 +209,8 @@ mod tests {
         assert_eq!(lease_key(&name), "elect:{billing}");
         assert_eq!(token_key(&name), "elect:{billing}:token");
         assert_eq!(baton_key(&name), "elect:{billing}:baton");
+        assert_eq!(last_key(&name), "elect:{billing}:last");
+        assert_eq!(once_key(&name), "elect:{billing}:once");
     }
 
     #[test]
@@ -195,6 +218,8 @@ mod tests {
         let name = |k| lock_of_key(k).map(|n| n.to_string());
         assert_eq!(name("elect:{billing}").as_deref(), Some("billing"));
         assert_eq!(name("elect:{billing}:token").as_deref(), Some("billing"));
+        assert_eq!(name("elect:{billing}:last").as_deref(), Some("billing"));
+        assert_eq!(name("elect:{billing}:once"), None);
         assert_eq!(name("elect:{billing}:other"), None);
         assert_eq!(name("elect:{billing}:baton"), None);
         assert_eq!(name("elect:{a}b}"), None);

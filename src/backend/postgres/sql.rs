@@ -117,9 +117,10 @@ impl Statements {
             ),
             // `last_run` is the JSON of the last run; `once_until` the end of the `--once-per`
             // marker, by the server's clock.
+            // One line: error messages quote it for the table's owner to run.
             migrate: format!(
-                "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS last_run text,
-                                ADD COLUMN IF NOT EXISTS once_until timestamptz"
+                "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS last_run text, \
+                 ADD COLUMN IF NOT EXISTS once_until timestamptz"
             ),
             fresh_run: format!(
                 "SELECT last_run FROM {t} WHERE name = $1 AND once_until > clock_timestamp()"

@@ -10,6 +10,8 @@
 //! - [`timing`]: the lease math of the safety rule (deadline, SIGTERM and SIGKILL times).
 //! - [`backend`]: the backend trait, the closed set of backends, URL parsing and redaction.
 //! - [`keeper`]: the renew loop; turns renewals into deadlines, or declares the lease lost.
+//! - [`front`]: at a terminal, the process the shell sees, so that Ctrl-Z and `fg` work while
+//!   elect keeps renewing.
 //! - [`watchdog`]: a forked helper process that owns the job: spawns it in its own process group,
 //!   reaps it as a subreaper, and kills it by the deadline on its own even if elect is stopped.
 //! - [`supervisor`]: elect's side of the job: starts it through the watchdog, forwards signals,
@@ -29,6 +31,7 @@ pub mod clock;
 pub mod conffile;
 pub mod config;
 pub mod exit;
+pub mod front;
 pub mod generate;
 pub mod hooks;
 pub mod keeper;

@@ -1,10 +1,10 @@
 //! `elect run`: acquire, supervise, release.
 //!
-//! The watchdog is forked first, while elect is still single-threaded; then the async runtime
-//! (one thread) opens the backend, takes the lease (waiting if asked), has the watchdog start the
-//! job, and supervises it until every process of the job is gone; then the lease is released and
-//! elect exits with the job's code. Hooks, systemd notifications and metrics hang off the same
-//! steps.
+//! At a terminal, a front is split off first (see [`front`]). The watchdog is forked next, while
+//! elect is still single-threaded; then the async runtime (one thread) opens the backend, takes
+//! the lease (waiting if asked), has the watchdog start the job, and supervises it until every
+//! process of the job is gone; then the lease is released and elect exits with the job's code.
+//! Hooks, systemd notifications and metrics hang off the same steps.
 
 use std::ffi::OsString;
 use std::time::{Duration, Instant, SystemTime};
@@ -16,6 +16,7 @@ use crate::cli::Wait;
 use crate::clock::{Clock, SystemClock};
 use crate::config::RunConfig;
 use crate::exit::{code, Failure};
+use crate::front;
 use crate::hooks::{self, Event as HookEvent, Running};
 use crate::lease::{Acquire, History, HolderInfo, LastRun, Lease, LockName, Renewal, RunEnd};
 use crate::metrics::{self, Outcome, RunRecord};
@@ -36,6 +37,8 @@ const WITHHELD_VARIABLES: [&str; 3] = [
 ];
 
 pub fn run(cfg: RunConfig) -> Result<u8, Failure> {
+    front::split()
+        .map_err(|e| Failure::new(code::INTERNAL, format!("cannot fork the front: {e}")))?;
     let link = watchdog::fork(cfg.command.clone(), cfg.timing.grace())
         .map_err(|e| Failure::new(code::INTERNAL, format!("cannot fork the watchdog: {e}")))?;
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -16,6 +16,8 @@
 //!   the terminal's foreground when elect had it (Ctrl-C then reaches the job straight from the
 //!   kernel, once, and the job can read the terminal), and sets PR_SET_PDEATHSIG so that the job
 //!   dies if the watchdog itself is killed.
+//! - At a terminal, mirrors a stop of the job (Ctrl-Z) onto the front that the shell watches, and
+//!   continues the job when the shell continues the front (see [`crate::front`]).
 //! - Is a child subreaper: orphans of the job are re-parented to it, so it can reap them and knows
 //!   when every process of the job is gone.
 //! - Stops the job (SIGTERM and SIGCONT to the group and every descendant, SIGKILL after the
@@ -50,6 +52,7 @@ use nix::unistd::{getpgrp, Pid};
 
 use self::protocol::{JobExit, Order, Report};
 use crate::clock::BootTime;
+use crate::front::Front;
 
 /// elect's end of the watchdog: its pid and the socket.
 #[derive(Debug)]
@@ -127,6 +130,12 @@ struct Watchdog {
     elect_alive: bool,
     /// Whether the job was given the terminal, which must then be taken back.
     took_terminal: bool,
+    /// The process the shell sees, at a terminal (see [`crate::front`]).
+    front: Option<Front>,
+    /// The process group that has the terminal while the job does not.
+    home: Pid,
+    /// Whether the job stopped at the terminal (Ctrl-Z) and the front was stopped to match.
+    suspended: bool,
     /// The lock file of the file backend, kept open so the lock outlives elect.
     _kernel_lock: Option<File>,
 }
@@ -142,10 +151,15 @@ impl Watchdog {
             // SAFETY: SIG_IGN installs no handler code.
             unsafe { signal::signal(*sig, SigHandler::SigIgn) }?;
         }
-        let mut chld = SigSet::empty();
-        chld.add(Signal::SIGCHLD);
-        chld.thread_block()?;
-        let signals = SignalFd::with_flags(&chld, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+        let front = crate::front::current();
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGCHLD);
+        if front.is_some() {
+            // The front passes the shell's `fg` and `bg` on as SIGCONT.
+            mask.add(Signal::SIGCONT);
+        }
+        mask.thread_block()?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
         let timer = TimerFd::new(
             ClockId::CLOCK_BOOTTIME,
             TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
@@ -163,6 +177,9 @@ impl Watchdog {
             phase: Phase::Running,
             elect_alive: true,
             took_terminal: false,
+            front,
+            home: front.map_or_else(getpgrp, |f| f.group),
+            suspended: false,
             _kernel_lock: None,
         })
     }
@@ -212,7 +229,11 @@ impl Watchdog {
                 )
             };
             if signal_ready {
-                while let Ok(Some(_)) = self.signals.read_signal() {}
+                while let Ok(Some(info)) = self.signals.read_signal() {
+                    if info.ssi_signo == Signal::SIGCONT as u32 {
+                        self.resume();
+                    }
+                }
             }
             if timer_ready {
                 let mut buf = [0u8; 8];
@@ -248,7 +269,7 @@ impl Watchdog {
     ) -> io::Result<Pid> {
         let stdin = io::stdin();
         let foreground = nix::unistd::isatty(stdin.as_fd()).unwrap_or(false)
-            && nix::unistd::tcgetpgrp(stdin.as_fd()).ok() == Some(getpgrp());
+            && nix::unistd::tcgetpgrp(stdin.as_fd()).ok() == Some(self.home);
         let mut cmd = Command::new(&command[0]);
         cmd.args(&command[1..]).process_group(0);
         for (key, value) in env {
@@ -384,12 +405,7 @@ impl Watchdog {
                 Ok(WaitStatus::Signaled(pid, sig, _)) => {
                     self.ended(pid, JobExit::Signal(sig as i32))
                 }
-                Ok(WaitStatus::Stopped(pid, Signal::SIGTSTP)) if Some(pid) == self.job => {
-                    // Ctrl-Z at a terminal. elect cannot stop along with the job without also
-                    // stopping its renewals, so the job is continued rather than left stopped
-                    // in the terminal's foreground, where nothing could resume it.
-                    let _ = killpg(pid, Signal::SIGCONT);
-                }
+                Ok(WaitStatus::Stopped(pid, sig)) if Some(pid) == self.job => self.job_stopped(sig),
                 Ok(WaitStatus::StillAlive) => return false,
                 Ok(_) => {}
                 Err(Errno::EINTR) => {}
@@ -402,6 +418,43 @@ impl Watchdog {
         }
     }
 
+    /// The job's main process stopped: Ctrl-Z, a read from the terminal in the background, or
+    /// SIGSTOP.
+    fn job_stopped(&mut self, sig: Signal) {
+        let Some(job) = self.job else { return };
+        match self.front {
+            // The shell learns of the stop from the front, and continues the front (then the job,
+            // see `resume`) with `fg` or `bg`. elect keeps renewing meanwhile.
+            Some(front) if self.phase == Phase::Running => {
+                self.suspended = true;
+                let _ = signal::kill(front.pid, sig);
+            }
+            // Being stopped, the job is being stopped for good anyway.
+            Some(_) => {}
+            // Without a front nothing could resume a job stopped by Ctrl-Z in the terminal's
+            // foreground: elect cannot stop along with it without stopping its renewals. So the
+            // job is continued.
+            None if sig == Signal::SIGTSTP => {
+                let _ = killpg(job, Signal::SIGCONT);
+            }
+            None => {}
+        }
+    }
+
+    /// The front was continued: `fg` (the shell gave the terminal to the front's group) or `bg`.
+    fn resume(&mut self) {
+        let Some(job) = self.job.filter(|_| self.suspended) else {
+            return;
+        };
+        self.suspended = false;
+        let stdin = io::stdin();
+        if nix::unistd::tcgetpgrp(stdin.as_fd()).ok() == Some(self.home) {
+            let _ = nix::unistd::tcsetpgrp(stdin.as_fd(), job);
+            self.took_terminal = true;
+        }
+        let _ = killpg(job, Signal::SIGCONT);
+    }
+
     fn ended(&mut self, pid: Pid, how: JobExit) {
         if Some(pid) != self.job || self.exit.is_some() {
             return;
@@ -409,9 +462,17 @@ impl Watchdog {
         self.exit = Some(how);
         self.stopped = self.phase != Phase::Running;
         if self.took_terminal {
+            // Only from the job: after `bg` the shell has the terminal, and keeps it.
             let stdin = io::stdin();
-            let _ = nix::unistd::tcsetpgrp(stdin.as_fd(), getpgrp());
+            if nix::unistd::tcgetpgrp(stdin.as_fd()).ok() == Some(pid) {
+                let _ = nix::unistd::tcsetpgrp(stdin.as_fd(), self.home);
+            }
             self.took_terminal = false;
+        }
+        if let Some(front) = self.front.filter(|_| self.suspended) {
+            // A stopped front could not report the end to the shell.
+            self.suspended = false;
+            let _ = signal::kill(front.pid, Signal::SIGCONT);
         }
         // Whatever the job left behind must not run on without the lease.
         if !descendants(Pid::this()).is_empty() {

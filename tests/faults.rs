@@ -171,6 +171,12 @@ mod ctrl_z {
     fn Postgres() {
         fault_env::ctrl_z(BackendKind::Postgres);
     }
+
+    #[test]
+    #[allow(non_snake_case)]
+    fn Etcd() {
+        fault_env::ctrl_z(BackendKind::Etcd);
+    }
 }
 
 /// The checker itself: two jobs started at once without elect must be caught overlapping, by the

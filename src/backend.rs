@@ -30,6 +30,8 @@ pub struct AcquireRequest {
     /// Metadata to record; the backend fills in the token.
     pub holder: HolderInfo,
     pub ttl: Duration,
+    /// At most this many holders at once (`--holders`, 1 for a mutex).
+    pub holders: u32,
 }
 
 /// Whether an acquire gives up at once or blocks until the lock is free.

@@ -169,6 +169,12 @@ pub struct RunArgs {
     #[arg(long, env = "ELECT_ONCE_PER", value_name = "DURATION", value_parser = parse_window)]
     pub once_per: Option<Duration>,
 
+    /// At most N holders of the lock at once across every machine, each with its own fencing
+    /// token (every contender of the lock must use the same N)
+    #[arg(long, env = "ELECT_HOLDERS", value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub holders: u32,
+
     /// Stop the job after DURATION (SIGTERM, SIGKILL after --grace) and exit 124
     #[arg(long, env = "ELECT_MAX_RUNTIME", value_name = "DURATION", value_parser = parse_duration)]
     pub max_runtime: Option<Duration>,

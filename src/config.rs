@@ -84,6 +84,8 @@ pub struct RunConfig {
     pub max_runtime: Option<Duration>,
     /// `--once-per`: the window after a successful run in which the job is skipped.
     pub once_per: Option<Duration>,
+    /// `--holders`: how many may hold the lock at once.
+    pub holders: u32,
     pub hooks: Hooks,
     pub metrics_file: Option<PathBuf>,
 }
@@ -103,6 +105,7 @@ impl RunConfig {
             backend,
             max_runtime: args.max_runtime,
             once_per: args.once_per,
+            holders: args.holders,
             hooks: Hooks {
                 on_acquired: args.on_acquired,
                 on_busy: args.on_busy,

@@ -144,6 +144,9 @@ pub struct Lease {
     /// The open lock file of the file backend. The watchdog keeps a copy of it, so that the
     /// kernel lock outlives elect for as long as any process of the job runs.
     pub kernel_lock: Option<Arc<File>>,
+    /// Which of the lock's `--holders` places this lease took: 0 with a single holder. Backends
+    /// that keep one record per place (file, Redis, PostgreSQL) renew and release by it.
+    pub slot: u32,
 }
 
 impl Lease {
@@ -261,6 +264,16 @@ pub struct LockState {
     pub expires_in: Option<Duration>,
     /// Waiters queued behind the holder, where the backend knows.
     pub waiters: Option<u64>,
+    /// With `--holders N`: the holders besides `holder`, in the order of their places.
+    pub co_holders: Vec<Holding>,
+}
+
+/// One holder of a lock that has several (`--holders N`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Holding {
+    pub holder: HolderInfo,
+    /// Remaining time on the backend, where the backend keeps one.
+    pub expires_in: Option<Duration>,
 }
 
 mod rfc3339 {

@@ -94,6 +94,7 @@ impl Runner<'_> {
             name: lock.clone(),
             holder: HolderInfo::this_process(cfg.id.clone(), cfg.timing.ttl()),
             ttl: cfg.timing.ttl(),
+            holders: cfg.holders,
         };
         let waited = Instant::now();
         let acquired = tokio::select! {

@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::backend::{AnyBackend, Backend};
 use crate::config::BackendConfig;
 use crate::exit::{code, Failure};
-use crate::lease::{LastRun, LockName, LockState};
+use crate::lease::{HolderInfo, LastRun, LockName, LockState};
 
 pub fn status(backend: BackendConfig, lock: Option<LockName>, json: bool) -> Result<u8, Failure> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -61,6 +61,8 @@ pub struct Document {
     pub expires_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waiters: Option<u64>,
+    /// Every holder, `holder` first: more than one only under `--holders N`.
+    pub holders: Vec<HoldingDoc>,
     /// The last run recorded by a release (null when none was): `{holder, host, pid, token,
     /// started_at, finished_at, duration_ms, exit_code | signal}`.
     pub last_run: Option<LastRun>,
@@ -72,6 +74,31 @@ pub struct HolderDoc {
     pub id: String,
     pub host: String,
     pub pid: u32,
+}
+
+/// One entry of `holders`.
+#[derive(Debug, Serialize)]
+pub struct HoldingDoc {
+    #[serde(flatten)]
+    pub holder: HolderDoc,
+    pub token: u64,
+    pub acquired_at: String,
+    pub expires_at: Option<String>,
+}
+
+impl HoldingDoc {
+    fn new(h: &HolderInfo, expires_in: Option<Duration>, now: SystemTime) -> Self {
+        Self {
+            holder: HolderDoc {
+                id: h.id.clone(),
+                host: h.host.clone(),
+                pid: h.pid,
+            },
+            token: h.token.0,
+            acquired_at: rfc3339(h.acquired_at),
+            expires_at: expires_in.map(|left| rfc3339(now + left)),
+        }
+    }
 }
 
 impl Document {
@@ -89,6 +116,16 @@ impl Document {
             acquired_at: holder.map(|h| rfc3339(h.acquired_at)),
             expires_at: holder.and(state.expires_in).map(|left| rfc3339(now + left)),
             waiters: state.waiters,
+            holders: holder
+                .map(|h| HoldingDoc::new(h, state.expires_in, now))
+                .into_iter()
+                .chain(
+                    state
+                        .co_holders
+                        .iter()
+                        .map(|c| HoldingDoc::new(&c.holder, c.expires_in, now)),
+                )
+                .collect(),
             last_run: state.last_run.clone(),
             backend: backend.to_owned(),
         }
@@ -148,6 +185,21 @@ pub fn table_at(states: &[LockState], now: SystemTime) -> String {
             ],
         };
         rows.push(row);
+        for c in &state.co_holders {
+            let h = &c.holder;
+            rows.push([
+                state.lock.to_string(),
+                "held".into(),
+                h.id.clone(),
+                h.host.clone(),
+                h.pid.to_string(),
+                h.token.to_string(),
+                rfc3339(h.acquired_at),
+                c.expires_in.map_or_else(dash, short),
+                "".into(),
+                "".into(),
+            ]);
+        }
     }
     let widths: Vec<usize> = (0..rows[0].len())
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
@@ -216,6 +268,7 @@ mod tests {
             last_run: Some(run),
             expires_in: None,
             waiters: None,
+            co_holders: Vec::new(),
         };
         let text = table_at(&[state], now);
         assert!(text.lines().next().unwrap().ends_with("LAST RUN"), "{text}");

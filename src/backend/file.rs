@@ -311,6 +311,7 @@ impl Backend for FileBackend {
                 sent_at,
                 secret: String::new(),
                 kernel_lock: Some(Arc::new(file)),
+                slot: 0,
             }));
         }
     }
@@ -451,6 +452,7 @@ fn free(name: &LockName) -> LockState {
         last_run: None,
         expires_in: None,
         waiters: None,
+        co_holders: Vec::new(),
     }
 }
 

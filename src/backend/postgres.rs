@@ -248,6 +248,7 @@ impl PostgresBackend {
                 sent_at,
                 secret: secret.to_owned(),
                 kernel_lock: None,
+                slot: 0,
             }));
         }
         let state = self.inspect(&req.name).await?;
@@ -451,6 +452,7 @@ fn row_to_state(row: &Row) -> Option<LockState> {
         last_run,
         expires_in: Some(remaining),
         waiters: None,
+        co_holders: Vec::new(),
     })
 }
 
@@ -466,6 +468,7 @@ fn free(name: LockName) -> LockState {
         last_run: None,
         expires_in: None,
         waiters: None,
+        co_holders: Vec::new(),
     }
 }
 

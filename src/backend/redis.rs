@@ -299,6 +299,7 @@ impl Backend for RedisBackend {
             last_run,
             expires_in: pttl_duration(pttl),
             waiters: None,
+            co_holders: Vec::new(),
         })
     }
 
@@ -373,6 +374,7 @@ fn parse_acquire_reply(
                 sent_at,
                 secret,
                 kernel_lock: None,
+                slot: 0,
             }))
         }
         [Value::Int(0), Value::BulkString(value), Value::Int(pttl)] => Ok(Attempt::Held {
@@ -453,6 +455,7 @@ fn free(name: &LockName) -> LockState {
         last_run: None,
         expires_in: None,
         waiters: None,
+        co_holders: Vec::new(),
     }
 }
 

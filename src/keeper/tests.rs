@@ -124,6 +124,7 @@ fn setup(script: &[Step], then: Step) -> (Fake, Lease, TestClock) {
         sent_at: clock.now(),
         secret: String::new(),
         kernel_lock: None,
+        slot: 0,
     };
     let fake = Fake {
         script: script.iter().cloned().collect(),

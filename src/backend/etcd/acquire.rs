@@ -212,6 +212,7 @@ fn lease(
         sent_at,
         secret: format!("{id:x}"),
         kernel_lock: None,
+        slot: 0,
     }
 }
 

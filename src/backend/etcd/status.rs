@@ -60,6 +60,7 @@ impl EtcdBackend {
                 last_run,
                 expires_in: None,
                 waiters: None,
+                co_holders: Vec::new(),
             });
         };
         let expires_in = match owner.lease() {
@@ -80,6 +81,7 @@ impl EtcdBackend {
             last_run,
             expires_in,
             waiters: Some(members.len().saturating_sub(1) as u64),
+            co_holders: Vec::new(),
         })
     }
 }

@@ -45,6 +45,9 @@ battery_tests!(
     once_per_runs_once_across_skewed_contenders,
     once_per_failed_run_leaves_no_marker,
     a_lost_lease_records_no_history,
+    holders_admit_n_at_once,
+    holders_wait_for_a_free_place,
+    holders_never_exceed_n,
 );
 
 fn lock_path(env: &TestEnv, lock: &str) -> PathBuf {

@@ -1234,3 +1234,178 @@ pub fn a_lost_lease_records_no_history(env: &TestEnv) {
     .assert_code(0);
     assert!(exists(env, "ran"));
 }
+
+/// `--holders 2`: five concurrent runs without `--wait`: exactly two run the job, each with its
+/// own fencing token; the three others exit 75 at once.
+pub fn holders_admit_n_at_once(env: &TestEnv) {
+    let lock = env.lock("holders");
+    let mut racers: Vec<Running> = (0..5)
+        .map(|i| {
+            env.spawn([
+                "run",
+                "--lock",
+                &lock,
+                "--holders",
+                "2",
+                "--id",
+                &format!("racer-{i}"),
+                "--",
+                "sh",
+                "-c",
+                "echo $ELECT_FENCING_TOKEN > started.$$; sleep 2",
+            ])
+        })
+        .collect();
+    let outcomes = wait_all(&mut racers);
+    assert_eq!(started_jobs(env), 2, "exactly two jobs must run: {outcomes:#?}");
+    let winners = outcomes.iter().filter(|o| o.code() == 0).count();
+    assert_eq!(winners, 2, "exactly two elects exit 0: {outcomes:#?}");
+    for out in outcomes.iter().filter(|o| o.code() != 0) {
+        out.assert_code(75).assert_no_panic();
+        out.one_error_line();
+        assert!(
+            out.elapsed < Duration::from_secs(1),
+            "a contender that does not wait must exit at once: {out}"
+        );
+    }
+    let mut tokens: Vec<String> = std::fs::read_dir(env.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("started."))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap().trim().to_owned())
+        .collect();
+    tokens.sort();
+    tokens.dedup();
+    assert_eq!(tokens.len(), 2, "each holder has its own token: {tokens:?}");
+}
+
+/// `--holders 2`: two holders show in `status` (text and JSON), a `--wait`ing third gets in when
+/// one of them ends, with a greater token, and a run without `--holders` still sees the lock.
+pub fn holders_wait_for_a_free_place(env: &TestEnv) {
+    let lock = env.lock("places");
+    let two = ["--holders", "2"];
+    let spawn = |name: &str, extra: &[&str]| -> Running {
+        let script = format!(
+            "echo $ELECT_FENCING_TOKEN > {name}.token; {}; {}; echo {name} >> order",
+            write_pid(&format!("{name}.pid")),
+            until_exists(&format!("{name}.go"))
+        );
+        let mut args = vec!["run", "--lock", &lock, "--id", name];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "sh", "-c", &script]);
+        env.spawn(&args)
+    };
+    let token = |name: &str| -> u64 {
+        env.lines(&format!("{name}.token"))[0]
+            .parse()
+            .expect("a numeric token")
+    };
+    let mut a = spawn("a", &two);
+    env.read_pid("a.pid");
+    let mut b = spawn("b", &two);
+    env.read_pid("b.pid");
+
+    let text = env.status(["--lock", &lock]);
+    text.assert_code(0).assert_no_panic();
+    let rows: Vec<&str> = text
+        .stdout
+        .lines()
+        .filter(|l| l.split_whitespace().next() == Some(lock.as_str()))
+        .collect();
+    assert_eq!(rows.len(), 2, "one row per holder: {text}");
+    for (row, name) in rows.iter().zip(["a", "b"]) {
+        let fields: Vec<&str> = row.split_whitespace().collect();
+        assert!(
+            fields.contains(&"held") && fields.contains(&name),
+            "row for {name}: {text}"
+        );
+    }
+    let json = env.status(["--lock", &lock, "--json"]);
+    json.assert_code(0);
+    let doc = Json::parse(json.stdout.trim())
+        .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {json}"));
+    let holders = doc.get("holders").as_array().unwrap_or_default();
+    let ids: Vec<&str> = holders.iter().filter_map(|h| h.get("id").as_str()).collect();
+    assert_eq!(ids, ["a", "b"], "holders in the order they came: {json}");
+    let tokens: Vec<u64> = holders
+        .iter()
+        .filter_map(|h| h.get("token").as_u64())
+        .collect();
+    assert_eq!(tokens, [token("a"), token("b")], "{json}");
+    assert_eq!(doc.get("holder").get("id").as_str(), Some("a"), "{json}");
+
+    // Full: a third without --wait is turned away; a plain mutex user is too.
+    let third = env.run([
+        "run", "--lock", &lock, "--holders", "2", "--", "sh", "-c", "touch ran.third",
+    ]);
+    third.assert_code(75).assert_no_panic();
+    let plain = env.run(["run", "--lock", &lock, "--", "sh", "-c", "touch ran.plain"]);
+    plain.assert_code(75).assert_no_panic();
+    assert!(!exists(env, "ran.third") && !exists(env, "ran.plain"));
+
+    let mut c = spawn("c", &["--holders", "2", "--wait"]);
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        c.is_running() && !exists(env, "c.pid"),
+        "a --wait contender must block while both places are taken"
+    );
+    release(env, &mut b, "b");
+    env.read_pid("c.pid");
+    assert!(
+        token("c") > token("a").max(token("b")),
+        "tokens grow across places: a {} b {} c {}",
+        token("a"),
+        token("b"),
+        token("c")
+    );
+    let json = env.status(["--lock", &lock, "--json"]);
+    let doc = Json::parse(json.stdout.trim()).expect("JSON");
+    let ids: Vec<String> = doc
+        .get("holders")
+        .as_array()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|h| h.get("id").as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        ids.len() == 2 && ids.contains(&"a".to_owned()) && ids.contains(&"c".to_owned()),
+        "a and c hold: {json}"
+    );
+    release(env, &mut a, "a");
+    release(env, &mut c, "c");
+    env.status(["--lock", &lock]).assert_code(3);
+}
+
+/// `--holders 3 --wait`: seven contenders all run in the end, never more than three at once,
+/// and three at once at some point.
+pub fn holders_never_exceed_n(env: &TestEnv) {
+    let lock = env.lock("crowd");
+    let mut runs: Vec<Running> = (0..7)
+        .map(|_| {
+            env.spawn([
+                "run",
+                "--lock",
+                &lock,
+                "--holders",
+                "3",
+                "--wait",
+                "--",
+                "sh",
+                "-c",
+                "echo start >> events; sleep 0.6; echo end >> events",
+            ])
+        })
+        .collect();
+    let outcomes = wait_all(&mut runs);
+    for out in &outcomes {
+        out.assert_code(0).assert_no_panic();
+    }
+    let events = env.lines("events");
+    let (mut now, mut most) = (0i32, 0i32);
+    for e in &events {
+        now += if e == "start" { 1 } else { -1 };
+        most = most.max(now);
+    }
+    assert_eq!(events.len(), 14, "every job ran: {events:?}");
+    assert_eq!(most, 3, "at most, and at some point, three at once: {events:?}");
+}

@@ -18,6 +18,7 @@ fn request(name: &str, id: &str) -> AcquireRequest {
         name: LockName::new(name).unwrap(),
         holder: HolderInfo::this_process(Some(id.to_owned()), TTL),
         ttl: TTL,
+        holders: 1,
     }
 }
 

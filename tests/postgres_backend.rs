@@ -16,6 +16,7 @@ fn request(name: &str, id: &str, ttl: Duration) -> AcquireRequest {
         name: LockName::new(name).unwrap(),
         holder: HolderInfo::this_process(Some(id.into()), ttl),
         ttl,
+        holders: 1,
     }
 }
 

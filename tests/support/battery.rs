@@ -1257,7 +1257,11 @@ pub fn holders_admit_n_at_once(env: &TestEnv) {
         })
         .collect();
     let outcomes = wait_all(&mut racers);
-    assert_eq!(started_jobs(env), 2, "exactly two jobs must run: {outcomes:#?}");
+    assert_eq!(
+        started_jobs(env),
+        2,
+        "exactly two jobs must run: {outcomes:#?}"
+    );
     let winners = outcomes.iter().filter(|o| o.code() == 0).count();
     assert_eq!(winners, 2, "exactly two elects exit 0: {outcomes:#?}");
     for out in outcomes.iter().filter(|o| o.code() != 0) {
@@ -1325,7 +1329,10 @@ pub fn holders_wait_for_a_free_place(env: &TestEnv) {
     let doc = Json::parse(json.stdout.trim())
         .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {json}"));
     let holders = doc.get("holders").as_array().unwrap_or_default();
-    let ids: Vec<&str> = holders.iter().filter_map(|h| h.get("id").as_str()).collect();
+    let ids: Vec<&str> = holders
+        .iter()
+        .filter_map(|h| h.get("id").as_str())
+        .collect();
     assert_eq!(ids, ["a", "b"], "holders in the order they came: {json}");
     let tokens: Vec<u64> = holders
         .iter()
@@ -1336,7 +1343,15 @@ pub fn holders_wait_for_a_free_place(env: &TestEnv) {
 
     // Full: a third without --wait is turned away; a plain mutex user is too.
     let third = env.run([
-        "run", "--lock", &lock, "--holders", "2", "--", "sh", "-c", "touch ran.third",
+        "run",
+        "--lock",
+        &lock,
+        "--holders",
+        "2",
+        "--",
+        "sh",
+        "-c",
+        "touch ran.third",
     ]);
     third.assert_code(75).assert_no_panic();
     let plain = env.run(["run", "--lock", &lock, "--", "sh", "-c", "touch ran.plain"]);
@@ -1407,5 +1422,8 @@ pub fn holders_never_exceed_n(env: &TestEnv) {
         most = most.max(now);
     }
     assert_eq!(events.len(), 14, "every job ran: {events:?}");
-    assert_eq!(most, 3, "at most, and at some point, three at once: {events:?}");
+    assert_eq!(
+        most, 3,
+        "at most, and at some point, three at once: {events:?}"
+    );
 }

@@ -95,6 +95,17 @@ pub struct HolderInfo {
     pub ttl: Duration,
     pub token: FencingToken,
     pub version: String,
+    /// The `--holders N` the holder took the lock with (1, a mutex, is left out of records).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub places: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 impl HolderInfo {
@@ -113,6 +124,7 @@ impl HolderInfo {
             ttl,
             token: FencingToken(0),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            places: 1,
         }
     }
 }

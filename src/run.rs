@@ -92,7 +92,10 @@ impl Runner<'_> {
         let describe = backend.describe().to_owned();
         let req = AcquireRequest {
             name: lock.clone(),
-            holder: HolderInfo::this_process(cfg.id.clone(), cfg.timing.ttl()),
+            holder: HolderInfo {
+                places: cfg.holders,
+                ..HolderInfo::this_process(cfg.id.clone(), cfg.timing.ttl())
+            },
             ttl: cfg.timing.ttl(),
             holders: cfg.holders,
         };

@@ -445,6 +445,7 @@ fn row_to_state(row: &Row) -> Option<LockState> {
         ttl: Duration::from_millis(u64::try_from(column::<i64>(row, "ttl_ms")?).unwrap_or(0)),
         token: FencingToken(u64::try_from(column::<i64>(row, "token")?).ok()?),
         version: column(row, "version")?,
+        places: 1,
     };
     Some(LockState {
         lock: name,

@@ -402,6 +402,7 @@ fn unknown_holder(name: &LockName) -> HolderInfo {
         ttl: Duration::ZERO,
         token: FencingToken(0),
         version: format!("unreadable lease value for lock {name}"),
+        places: 1,
     }
 }
 

@@ -106,5 +106,6 @@ pub(super) fn unknown_holder(kv: &KeyValue) -> HolderInfo {
         ttl: Duration::ZERO,
         token: token_of(kv.create_revision()),
         version: String::new(),
+        places: 1,
     }
 }

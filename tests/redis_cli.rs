@@ -1,5 +1,11 @@
 //! `elect` end to end on the Redis backend: the built binary, real jobs, a real redis-server.
 
+#[path = "support/certs.rs"]
+mod certs;
+#[path = "support/net.rs"]
+mod net;
+#[path = "support/programs.rs"]
+mod programs;
 #[path = "support/redis_server.rs"]
 mod redis_server;
 

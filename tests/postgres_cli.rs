@@ -1,5 +1,9 @@
 //! `elect` end to end on the PostgreSQL backend: the built binary, real jobs, a real PostgreSQL.
 
+#[path = "support/certs.rs"]
+mod certs;
+#[path = "support/net.rs"]
+mod net;
 #[path = "support/postgres_server.rs"]
 mod postgres_server;
 

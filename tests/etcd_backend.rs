@@ -1,7 +1,13 @@
 //! The etcd backend through the library API, against a real `etcd` and the real `etcdctl`.
 
+#[path = "support/certs.rs"]
+mod certs;
 #[path = "support/etcd_server.rs"]
 mod etcd_server;
+#[path = "support/net.rs"]
+mod net;
+#[path = "support/programs.rs"]
+mod programs;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
@@ -9,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use elect::backend::{AcquireRequest, AnyBackend, Backend, BackendError, BackendOptions, WaitMode};
 use elect::lease::{Acquire, HolderInfo, Lease, LockName, Renewal};
-use etcd_server::{free_port, EtcdServer, Options};
+use etcd_server::{EtcdServer, Options};
+use net::free_port;
 
 const TTL: Duration = Duration::from_secs(2);
 

@@ -4,8 +4,14 @@
 
 mod support;
 
+#[path = "support/certs.rs"]
+mod certs;
 #[path = "support/etcd_server.rs"]
 mod etcd_server;
+#[path = "support/net.rs"]
+mod net;
+#[path = "support/programs.rs"]
+mod programs;
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -212,7 +218,7 @@ fn status_counts_the_waiters() {
 
 #[test]
 fn an_unreachable_etcd_exits_69_before_the_job() {
-    let port = etcd_server::free_port();
+    let port = net::free_port();
     let env = TestEnv::with_backend(&format!("etcd://127.0.0.1:{port}"));
     let out = env.run(["run", "--lock", "x", "--", "touch", "ran"]);
     out.assert_code(69);

@@ -6,10 +6,16 @@
 //! The short form (the default) injects faults for a few seconds per test; `scripts/faults.sh
 //! --soak 10m` sets `ELECT_FAULTS_SECS` for a long form and prints one table for the whole run.
 
+#[path = "support/certs.rs"]
+mod certs;
 #[path = "support/fault_env.rs"]
 mod fault_env;
+#[path = "support/net.rs"]
+mod net;
 #[path = "support/postgres_server.rs"]
 mod postgres_server;
+#[path = "support/programs.rs"]
+mod programs;
 #[path = "support/proxy.rs"]
 mod proxy;
 #[path = "support/witness.rs"]

@@ -1,5 +1,9 @@
 //! The PostgreSQL backend against a real PostgreSQL server, through the library API.
 
+#[path = "support/certs.rs"]
+mod certs;
+#[path = "support/net.rs"]
+mod net;
 #[path = "support/postgres_server.rs"]
 mod postgres_server;
 
@@ -340,11 +344,7 @@ async fn an_old_table_gains_the_history_columns() {
 
 #[tokio::test]
 async fn connection_refused_is_unavailable() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = net::free_port();
     let msg = open_err(&format!("postgres://u:pw@127.0.0.1:{port}/db")).await;
     assert!(msg.to_ascii_lowercase().contains("refused"), "{msg}");
 }

@@ -1,6 +1,10 @@
 //! The backend-independent battery of `tests/support/battery.rs` on a real PostgreSQL, one
 //! cluster per scenario, reached with a password so that redaction is checked too.
 
+#[path = "support/certs.rs"]
+mod certs;
+#[path = "support/net.rs"]
+mod net;
 #[path = "support/postgres_server.rs"]
 mod postgres_server;
 mod support;

@@ -1,5 +1,11 @@
 //! The Redis backend against a real redis-server, through the library API.
 
+#[path = "support/certs.rs"]
+mod certs;
+#[path = "support/net.rs"]
+mod net;
+#[path = "support/programs.rs"]
+mod programs;
 #[path = "support/redis_server.rs"]
 mod redis_server;
 
@@ -9,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use elect::backend::{AcquireRequest, AnyBackend, Backend, BackendError, BackendOptions, WaitMode};
 use elect::lease::{Acquire, HolderInfo, Lease, LockName, Renewal};
-use redis_server::{free_port, Options, RedisServer};
+use net::free_port;
+use redis_server::{Options, RedisServer};
 
 fn request(name: &str, id: &str, ttl: Duration) -> AcquireRequest {
     AcquireRequest {

@@ -1,6 +1,12 @@
 //! The backend-independent battery of `tests/support/battery.rs` on a real redis-server, one
 //! server (with a password, so that redaction is checked too) per scenario.
 
+#[path = "support/certs.rs"]
+mod certs;
+#[path = "support/net.rs"]
+mod net;
+#[path = "support/programs.rs"]
+mod programs;
 #[path = "support/redis_server.rs"]
 mod redis_server;
 mod support;

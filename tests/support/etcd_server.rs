@@ -5,13 +5,18 @@
 //! Options: authentication (a `root` user with a password, `auth enable`), and TLS with
 //! certificates made at test time with the `openssl` command (a CA, a server certificate for
 //! 127.0.0.1 and localhost, and a client certificate).
+//!
+//! The test crate declares the `certs`, `net` and `programs` modules of `tests/support` beside this
+//! one.
 
 #![allow(dead_code)]
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::{certs, net, programs};
 
 pub struct EtcdServer {
     child: Option<Child>,
@@ -37,7 +42,7 @@ impl EtcdServer {
 
     pub fn with(options: Options) -> Self {
         let mut server = retry(|| {
-            let (port, peer_port) = (free_port(), free_port());
+            let (port, peer_port) = (net::free_port(), net::free_port());
             let name = format!("m0-{port}");
             let cluster = format!("{name}=http://127.0.0.1:{peer_port}");
             let mut server = Self::spawn(&name, port, peer_port, &cluster, &options);
@@ -54,7 +59,9 @@ impl EtcdServer {
     /// A cluster of `n` members on loopback (plain, no auth), every member ready.
     pub fn cluster(n: usize) -> Vec<Self> {
         retry(|| {
-            let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+            let ports: Vec<(u16, u16)> = (0..n)
+                .map(|_| (net::free_port(), net::free_port()))
+                .collect();
             let names: Vec<String> = ports.iter().map(|(port, _)| format!("m-{port}")).collect();
             let cluster = names
                 .iter()
@@ -78,9 +85,10 @@ impl EtcdServer {
     }
 
     fn spawn(name: &str, port: u16, peer_port: u16, cluster: &str, options: &Options) -> Self {
-        let binary = which("etcd").unwrap_or_else(|| {
-            panic!("etcd not found on PATH: install the etcd-server package (apt-get install etcd-server etcd-client)")
-        });
+        let binary = programs::require(
+            "etcd",
+            "install the etcd-server package (apt-get install etcd-server etcd-client)",
+        );
         let dir = tempfile::tempdir().expect("temporary directory");
         let scheme = if options.tls { "https" } else { "http" };
         let client_url = format!("{scheme}://127.0.0.1:{port}");
@@ -321,92 +329,11 @@ fn fnv(text: &str) -> u64 {
     })
 }
 
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local address").port()
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .chain(["/usr/bin".into(), "/usr/sbin".into()])
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-}
-
+/// A CA, a server certificate for loopback (for client authentication too), and a client
+/// certificate for `root`.
 fn make_certificates(dir: &Path) {
-    if which("openssl").is_none() {
-        panic!("openssl not found on PATH: install the openssl package");
-    }
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
-         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n",
-    )
-    .expect("write server.ext");
-    std::fs::write(
-        dir.join("client.ext"),
-        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n\
-         extendedKeyUsage=clientAuth\n",
-    )
-    .expect("write client.ext");
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=elect test CA",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-    ]);
-    for (name, cn) in [("server", "localhost"), ("client", "root")] {
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            &format!("/CN={cn}"),
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-        ]);
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            &format!("{name}.ext"),
-            "-out",
-            &format!("{name}.crt"),
-        ]);
-    }
+    certs::ca(dir);
+    let server = certs::server_ext(certs::LOOPBACK, "serverAuth,clientAuth");
+    certs::sign(dir, "server", "localhost", &server);
+    certs::sign(dir, "client", "root", certs::CLIENT_EXT);
 }

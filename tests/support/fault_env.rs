@@ -19,6 +19,8 @@
 //!
 //! Each test prints its row of the table (`FAULTS|...`, which `scripts/faults.sh` aggregates)
 //! and fails with every violation listed.
+//!
+//! The test crate declares the `net` and `programs` modules of `tests/support` beside this one.
 
 #![allow(dead_code)]
 
@@ -31,7 +33,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::net::free_port;
 use crate::postgres_server::{self, PostgresServer};
+use crate::programs;
 use crate::proxy::{Mode, Proxy};
 use crate::witness::{Life, Witness, JOB};
 
@@ -262,22 +266,6 @@ impl Drop for Proc {
     }
 }
 
-fn which(name: &str, package: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/bin".into(), "/usr/sbin".into()])
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{name} not found: install the {package} package"))
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 fn redis_ready(port: u16) -> bool {
     use std::io::{Read, Write};
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
@@ -300,17 +288,6 @@ fn etcd_ready(port: u16) -> bool {
     let _ = s.write_all(b"GET /health HTTP/1.0\r\n\r\n");
     let _ = s.read_to_end(&mut text);
     String::from_utf8_lossy(&text).contains("\"health\":\"true\"")
-}
-
-fn postgres_bin() -> PathBuf {
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| d.flatten().map(|e| e.path().join("bin")).collect())
-        .unwrap_or_default();
-    found.sort();
-    found
-        .pop()
-        .filter(|b| b.join("postgres").is_file())
-        .unwrap_or_else(|| panic!("PostgreSQL not found: install the postgresql package"))
 }
 
 enum Inner {
@@ -370,7 +347,7 @@ impl Server {
                 .map(str::to_owned)
                 .to_vec();
                 let mut proc = Proc {
-                    program: which("redis-server", "redis-server"),
+                    program: programs::require("redis-server", "install the redis-server package"),
                     args,
                     child: None,
                     dir: data,
@@ -406,7 +383,7 @@ impl Server {
                     "error".to_owned(),
                 ];
                 let mut proc = Proc {
-                    program: which("etcd", "etcd-server"),
+                    program: programs::require("etcd", "install the etcd-server package"),
                     args,
                     child: None,
                     dir: data,
@@ -526,7 +503,7 @@ impl Drop for Server {
 /// keeps PostgreSQL's default (on), as a deployment would.
 fn relaunch_postgres(server: &PostgresServer, restarted: &Mutex<Option<Child>>, crash: bool) {
     let data = server.psql("SHOW data_directory");
-    let bin = postgres_bin();
+    let bin = postgres_server::binaries();
     let pids = server.processes();
     if crash {
         for pid in &pids {
@@ -554,49 +531,22 @@ fn relaunch_postgres(server: &PostgresServer, restarted: &Mutex<Option<Child>>, 
         .parent()
         .expect("data directory has a parent")
         .to_owned();
-    let bin = postgres_bin();
-    let mut cmd = postgres_server::as_postgres(&bin.join("postgres"));
-    let child = cmd
-        .current_dir("/tmp")
-        .arg("-D")
-        .arg(&data)
-        .arg("-p")
-        .arg(server.port.to_string())
-        .arg("-k")
-        .arg(&sockets)
-        .args([
-            "-c",
-            "listen_addresses=127.0.0.1",
-            "-c",
-            "password_encryption=scram-sha-256",
-            "-c",
-            "fsync=off",
-            "-c",
-            "synchronous_commit=on",
-            "-c",
-            "full_page_writes=off",
-            "-c",
-            "max_connections=50",
-            "-c",
-            "shared_buffers=16MB",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("restart postgres");
+    let child = postgres_server::postmaster(
+        &bin,
+        Path::new(&data),
+        server.port,
+        &sockets,
+        &["synchronous_commit=on"],
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("restart postgres");
     *restarted = Some(child);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let ok = Command::new(bin.join("pg_isready"))
-            .arg("-h")
-            .arg(&sockets)
-            .arg("-p")
-            .arg(server.port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
+        let ok = postgres_server::is_ready(&bin, &sockets, server.port);
         if ok {
             break;
         }
@@ -1319,7 +1269,7 @@ pub fn check(setup: &Setup, arena: &Arena, events: &[Event]) -> Row {
 /// so, elect and its watchdog go on, the lease stays renewed past the ttl so that a waiting
 /// contender does not get in, and after `fg` the job finishes normally with its own exit code.
 pub fn ctrl_z(kind: BackendKind) -> Row {
-    let tmux = which("tmux", "tmux");
+    let tmux = programs::require("tmux", "install the tmux package");
     let server = Server::start(kind);
     let arena = Arena::new("ctrl-z");
     let setup = Setup::new("ctrl-z-tmux", kind, &[]).mode("beat");

@@ -5,6 +5,8 @@
 //! (which the Debian package creates) through `setpriv`; the temporary directory is handed to
 //! that user. Setup statements go through `psql` over the cluster's Unix socket as the superuser
 //! (trusted locally); elect connects over TCP with a password (scram-sha-256).
+//!
+//! The test crate declares the `certs` and `net` modules of `tests/support` beside this one.
 
 #![allow(dead_code)]
 
@@ -12,6 +14,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::{certs, net};
 
 /// The role and database elect uses in tests.
 pub const USER: &str = "elect";
@@ -68,7 +72,7 @@ impl PostgresServer {
         .expect("write pg_hba.conf");
         let mut extra = Vec::new();
         if let Some(san) = tls_san {
-            make_certificates(dir.path(), san);
+            certs::ca_and_server(dir.path(), "elect test server", san);
             for name in ["server.crt", "server.key"] {
                 std::fs::copy(dir.path().join(name), data.join(name)).expect("copy certificate");
             }
@@ -89,36 +93,15 @@ impl PostgresServer {
 
     /// Starts the cluster in `dir/data` on a free port and waits until it accepts connections.
     fn launch(bin: PathBuf, dir: tempfile::TempDir, settings: &[&str]) -> Self {
-        let port = free_port();
+        let port = net::free_port();
         let log = std::fs::File::create(dir.path().join("server.log")).expect("create log");
-        let child = as_postgres(&bin.join("postgres"))
-            .arg("-D")
-            .arg(dir.path().join("data"))
-            .arg("-p")
-            .arg(port.to_string())
-            .arg("-k")
-            .arg(dir.path())
-            .args([
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "password_encryption=scram-sha-256",
-                "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-                "-c",
-                "full_page_writes=off",
-                "-c",
-                "max_connections=50",
-                "-c",
-                "shared_buffers=16MB",
-                "-c",
-                "wal_level=replica",
-                "-c",
-                "max_wal_senders=4",
-            ])
-            .args(settings.iter().flat_map(|s| ["-c", s]))
+        let mut all = vec![
+            "synchronous_commit=off",
+            "wal_level=replica",
+            "max_wal_senders=4",
+        ];
+        all.extend_from_slice(settings);
+        let child = postmaster(&bin, &dir.path().join("data"), port, dir.path(), &all)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -137,16 +120,7 @@ impl PostgresServer {
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            let ready = Command::new(self.bin.join("pg_isready"))
-                .arg("-h")
-                .arg(self.dir.path())
-                .arg("-p")
-                .arg(self.port.to_string())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if ready {
+            if is_ready(&self.bin, self.dir.path(), self.port) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -304,7 +278,7 @@ impl Drop for PostgresServer {
 }
 
 /// The newest installed server's `bin` directory.
-fn binaries() -> PathBuf {
+pub fn binaries() -> PathBuf {
     let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
         .flatten()
@@ -323,6 +297,51 @@ fn binaries() -> PathBuf {
              postgresql package (apt-get install postgresql)"
         ),
     }
+}
+
+/// `postgres` (as the server's account) for the cluster in `data`, on 127.0.0.1:`port` and a Unix
+/// socket in `sockets`, with the settings every test cluster has and then `settings`.
+pub fn postmaster(
+    bin: &Path,
+    data: &Path,
+    port: u16,
+    sockets: &Path,
+    settings: &[&str],
+) -> Command {
+    let mut cmd = as_postgres(&bin.join("postgres"));
+    cmd.arg("-D")
+        .arg(data)
+        .arg("-p")
+        .arg(port.to_string())
+        .arg("-k")
+        .arg(sockets)
+        .args(
+            [
+                "listen_addresses=127.0.0.1",
+                "password_encryption=scram-sha-256",
+                "fsync=off",
+                "full_page_writes=off",
+                "max_connections=50",
+                "shared_buffers=16MB",
+            ]
+            .iter()
+            .chain(settings)
+            .flat_map(|s| ["-c", s]),
+        );
+    cmd
+}
+
+/// Whether the cluster on `port` (its socket in `sockets`) accepts connections, by `pg_isready`.
+pub fn is_ready(bin: &Path, sockets: &Path, port: u16) -> bool {
+    Command::new(bin.join("pg_isready"))
+        .arg("-h")
+        .arg(sockets)
+        .arg("-p")
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// A command that runs as the server's account: through setpriv when the tests run as root,
@@ -372,81 +391,6 @@ fn hand_over(dir: &Path) {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// A CA and a server certificate for `san` signed by it, made with the `openssl` command.
-fn make_certificates(dir: &Path, san: &str) {
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap_or_else(|e| panic!("run openssl ({e}): install the openssl package"));
-        assert!(
-            out.status.success(),
-            "openssl {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    std::fs::write(
-        dir.join("server.ext"),
-        format!(
-            "subjectAltName={san}\nbasicConstraints=CA:FALSE\n\
-             keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
-        ),
-    )
-    .expect("write server.ext");
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=elect test CA",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=elect test server",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-    ]);
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "server.ext",
-        "-out",
-        "server.crt",
-    ]);
-}
-
 /// PgBouncer in transaction mode in front of a [`PostgresServer`]: consecutive statements of one
 /// client may run on different server sessions, and prepared statements do not survive.
 pub struct PgBouncer {
@@ -468,7 +412,7 @@ impl PgBouncer {
             .prefix("elect-pgbouncer-")
             .tempdir_in("/tmp")
             .expect("temporary directory");
-        let port = free_port();
+        let port = net::free_port();
         let d = dir.path().display();
         std::fs::write(
             dir.path().join("userlist.txt"),
@@ -505,16 +449,11 @@ impl PgBouncer {
             .spawn()
             .expect("start pgbouncer");
         let bouncer = Self { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "pgbouncer did not start on port {port}; its log:\n{}",
-                std::fs::read_to_string(bouncer.dir.path().join("pgbouncer.log"))
-                    .unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        assert!(
+            net::accepts_within(port, Duration::from_secs(10)),
+            "pgbouncer did not start on port {port}; its log:\n{}",
+            std::fs::read_to_string(bouncer.dir.path().join("pgbouncer.log")).unwrap_or_default()
+        );
         bouncer
     }
 

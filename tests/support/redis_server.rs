@@ -3,14 +3,19 @@
 //!
 //! TLS servers get certificates made at test time with the `openssl` command: a CA, and a server
 //! certificate for 127.0.0.1 and localhost signed by it.
+//!
+//! The test crate declares the `certs`, `net` and `programs` modules of `tests/support` beside this
+//! one.
 
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::TcpStream;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::{certs, net, programs};
 
 pub struct RedisServer {
     child: Child,
@@ -32,11 +37,12 @@ impl RedisServer {
     }
 
     pub fn with(options: Options) -> Self {
-        let binary = which("redis-server").unwrap_or_else(|| {
-            panic!("redis-server not found on PATH: install the redis-server package (apt-get install redis-server)")
-        });
+        let binary = programs::require(
+            "redis-server",
+            "install the redis-server package (apt-get install redis-server)",
+        );
         let dir = tempfile::tempdir().expect("temporary directory");
-        let port = free_port();
+        let port = net::free_port();
         let mut cmd = Command::new(binary);
         cmd.arg("--bind")
             .arg("127.0.0.1")
@@ -51,7 +57,7 @@ impl RedisServer {
             .arg("--logfile")
             .arg(dir.path().join("redis.log"));
         if options.tls {
-            make_certificates(dir.path());
+            certs::ca_and_server(dir.path(), "localhost", certs::LOOPBACK);
             cmd.arg("--port")
                 .arg("0")
                 .arg("--tls-port")
@@ -180,86 +186,4 @@ impl Drop for RedisServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local address").port()
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .chain(["/usr/bin".into(), "/usr/sbin".into()])
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-}
-
-fn make_certificates(dir: &Path) {
-    if which("openssl").is_none() {
-        panic!("openssl not found on PATH: install the openssl package");
-    }
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
-         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("write server.ext");
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=elect test CA",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=localhost",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-    ]);
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "server.ext",
-        "-out",
-        "server.crt",
-    ]);
 }

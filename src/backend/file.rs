@@ -23,6 +23,20 @@
 //!   (a probing status would make a contender see the lock as busy).
 //! - Waiting is a blocking flock(2) on a thread: the kernel wakes the waiter when the holder's
 //!   lock goes, with no polling.
+//!
+//! # Several holders (`--holders N`)
+//! - Place 0 is `<name>.lock` as above; place K >= 1 is `<name>.lock.K` (no lock name ends in
+//!   `.lock.K`, and `status` lists only `*.lock`). A contender tries the places in order with a
+//!   non-blocking flock and takes the first that is free.
+//! - Tokens come from one counter for all places, `<name>.lock.meta`, read and bumped under a
+//!   short flock of its own (never held while a job runs), so that each holder has its own token
+//!   and tokens grow across places. The history record stays in `<name>.lock` and is written
+//!   under the same short lock.
+//! - A waiter cannot block in flock(2) on N files at once, so it watches the directory with
+//!   inotify: the kernel releases a flock when the holder's last descriptor of the file closes,
+//!   which is also when inotify reports `IN_CLOSE_WRITE`; the waiter then tries every place
+//!   again. Every waiter on the machine wakes and tries (a few system calls each), one wins. A
+//!   re-check every second covers an event lost to a queue overflow.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind};
@@ -35,7 +49,8 @@ use super::{
 };
 use crate::clock::BootTime;
 use crate::lease::{
-    Acquire, FencingToken, History, HolderInfo, LastRun, Lease, LockName, LockState, Renewal,
+    Acquire, FencingToken, History, HolderInfo, Holding, LastRun, Lease, LockName, LockState,
+    Renewal,
 };
 
 /// The second record of a lock file: what the last release recorded.
@@ -54,6 +69,10 @@ const RECORD_LEN: usize = 1024;
 /// Size of the history record that follows the holder record.
 const HISTORY_LEN: usize = 1024;
 const SUFFIX: &str = ".lock";
+/// The counter of a lock with several places: `<name>.lock.meta`.
+const META_SUFFIX: &str = ".lock.meta";
+/// How often a waiter for one of several places re-checks without an inotify event.
+const PLACES_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(Debug)]
 pub struct FileBackend {
@@ -178,6 +197,14 @@ impl FileBackend {
         self.dir.join(format!("{name}{SUFFIX}"))
     }
 
+    /// The lock file of place `slot`: `<name>.lock`, `<name>.lock.1`, ...
+    fn place_path(&self, name: &LockName, slot: u32) -> PathBuf {
+        match slot {
+            0 => self.path(name),
+            k => self.dir.join(format!("{name}{SUFFIX}.{k}")),
+        }
+    }
+
     /// Opens (creating if needed) the lock file, refusing symlinks and anything not a file.
     fn open_lock_file(&self, path: &Path) -> Result<File> {
         let file = OpenOptions::new()
@@ -272,24 +299,15 @@ impl FileBackend {
     }
 }
 
-impl Backend for FileBackend {
-    fn describe(&self) -> &str {
-        &self.describe
-    }
-
-    fn expiry(&self) -> Expiry {
-        Expiry::HeldByProcess
-    }
-
-    async fn acquire(&mut self, req: &AcquireRequest, wait: WaitMode) -> Result<Acquire> {
-        let path = self.path(&req.name);
+/// Taking places: one file per place of the lock.
+impl FileBackend {
+    /// Locks place `slot` and writes our record: `None` when it is busy and we must not wait.
+    async fn take(&self, req: &AcquireRequest, slot: u32, wait: WaitMode) -> Result<Option<Lease>> {
+        let path = self.place_path(&req.name, slot);
         loop {
             let file = self.open_lock_file(&path)?;
             let Some(file) = Self::lock(file, wait).await? else {
-                let file = self.open_lock_file(&path)?;
-                return Ok(Acquire::Held(
-                    Self::read_record(&file, &path).ok().flatten(),
-                ));
+                return Ok(None);
             };
             let sent_at = BootTime::now();
             // The path may have been replaced between open and lock: then we hold a lock on a
@@ -300,19 +318,205 @@ impl Backend for FileBackend {
             let previous = Self::read_record(&file, &path)?;
             let mut holder = req.holder.clone();
             holder.acquired_at = std::time::SystemTime::now();
-            holder.token = match previous {
-                Some(previous) => FencingToken(previous.token.0 + 1),
-                None => first_token(),
+            let next = previous.map(|p| FencingToken(p.token.0 + 1));
+            holder.token = if req.holders > 1 {
+                self.next_shared_token(&req.name, next)?
+            } else {
+                next.unwrap_or_else(first_token)
             };
             Self::write_record(&file, &path, &holder)?;
-            return Ok(Acquire::Acquired(Lease {
+            return Ok(Some(Lease {
                 name: req.name.clone(),
                 holder,
                 sent_at,
                 secret: String::new(),
                 kernel_lock: Some(Arc::new(file)),
-                slot: 0,
+                slot,
             }));
+        }
+    }
+
+    /// `--holders N` with N > 1: the first free place, waiting (on inotify) if asked.
+    async fn acquire_place(&self, req: &AcquireRequest, wait: WaitMode) -> Result<Acquire> {
+        // Watching starts before the first round, so that a place freed during it is not missed.
+        let watch = match wait {
+            WaitMode::NoWait => None,
+            WaitMode::Wait => Some(DirWatch::new(&self.dir)?),
+        };
+        loop {
+            for slot in 0..req.holders {
+                if let Some(lease) = self.take(req, slot, WaitMode::NoWait).await? {
+                    return Ok(Acquire::Acquired(lease));
+                }
+            }
+            match &watch {
+                None => return Ok(Acquire::Held(self.recorded_holder(&req.name, 0))),
+                Some(watch) => watch.changed(PLACES_RECHECK).await?,
+            }
+        }
+    }
+
+    /// The holder recorded in place `slot`'s file, if it can be read.
+    fn recorded_holder(&self, name: &LockName, slot: u32) -> Option<HolderInfo> {
+        let path = self.place_path(name, slot);
+        let file = self.open_lock_file(&path).ok()?;
+        Self::read_record(&file, &path).ok().flatten()
+    }
+
+    /// Opens and locks the counter file of a lock with several places, for a short update.
+    fn lock_meta(&self, name: &LockName) -> Result<File> {
+        let path = self.dir.join(format!("{name}{META_SUFFIX}"));
+        let file = self.open_lock_file(&path)?;
+        file.lock()
+            .map_err(|e| BackendError::unavailable(format_args!("flock {}", path.display()), e))?;
+        Ok(file)
+    }
+
+    /// The next token of a lock with several places, from its shared counter, and never below
+    /// `at_least` (the place's own previous token plus one).
+    fn next_shared_token(
+        &self,
+        name: &LockName,
+        at_least: Option<FencingToken>,
+    ) -> Result<FencingToken> {
+        let path = self.dir.join(format!("{name}{META_SUFFIX}"));
+        let meta = self.lock_meta(name)?;
+        let mut buf = [0u8; 32];
+        let n = read_at_full(&meta, &mut buf)
+            .map_err(|e| BackendError::unavailable(format_args!("read {}", path.display()), e))?;
+        let last = std::str::from_utf8(&buf[..n])
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok());
+        let mut next = last.map_or_else(first_token, |t| FencingToken(t + 1));
+        if let Some(floor) = at_least {
+            next = next.max(floor);
+        }
+        write_padded(&meta, &path, next.0.to_string().into_bytes(), 0, buf.len())?;
+        // Dropping the file releases the short lock.
+        Ok(next)
+    }
+
+    /// Records a run of a lock with several places in place 0's file, under the counter's lock:
+    /// places end in any order and must not overwrite each other's record half-way.
+    fn write_shared_history(&self, name: &LockName, history: &History) -> Result<()> {
+        let _meta = self.lock_meta(name)?;
+        let path = self.path(name);
+        let file = self.open_lock_file(&path)?;
+        Self::write_history(&file, &path, history)
+    }
+
+    /// The holders of places 1, 2, ... of `name`, in order, from the files that are locked.
+    fn other_places(&self, name: &LockName, proc_locks: &str) -> Result<Vec<Holding>> {
+        let prefix = format!("{name}{SUFFIX}.");
+        let entries = fs::read_dir(&self.dir).map_err(|e| {
+            BackendError::unavailable(format_args!("read {}", self.dir.display()), e)
+        })?;
+        let mut slots: Vec<u32> = entries
+            .filter_map(|entry| {
+                let file = entry.ok()?.file_name().into_string().ok()?;
+                let k = file.strip_prefix(&prefix)?;
+                k.bytes()
+                    .all(|b| b.is_ascii_digit())
+                    .then(|| k.parse().ok())?
+            })
+            .filter(|&k| k > 0)
+            .collect();
+        slots.sort_unstable();
+        let mut held = Vec::new();
+        for slot in slots {
+            let path = self.place_path(name, slot);
+            let Ok(file) = OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+                .open(&path)
+            else {
+                continue;
+            };
+            let Ok(meta) = file.metadata() else { continue };
+            if !is_flocked(proc_locks, meta.dev(), meta.ino()) {
+                continue;
+            }
+            if let Some(holder) = Self::read_record(&file, &path)? {
+                held.push(Holding {
+                    holder,
+                    expires_in: None,
+                });
+            }
+        }
+        Ok(held)
+    }
+}
+
+/// An inotify watch on the lock directory: wakes a waiter when a lock file is closed.
+struct DirWatch(tokio::io::unix::AsyncFd<Inotify>);
+
+struct Inotify(nix::sys::inotify::Inotify);
+
+impl std::os::fd::AsRawFd for Inotify {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsFd;
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+impl DirWatch {
+    fn new(dir: &Path) -> Result<Self> {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags};
+        let inotify =
+            nix::sys::inotify::Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+                .map_err(|e| BackendError::unavailable("inotify", e))?;
+        inotify
+            .add_watch(
+                dir,
+                AddWatchFlags::IN_CLOSE_WRITE
+                    | AddWatchFlags::IN_DELETE
+                    | AddWatchFlags::IN_MOVED_TO,
+            )
+            .map_err(|e| {
+                BackendError::unavailable(format_args!("inotify on {}", dir.display()), e)
+            })?;
+        // SAFETY: the inotify descriptor is owned by the `Inotify` inside the AsyncFd, so it
+        // stays open and the same for as long as the AsyncFd lives.
+        let registered = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(
+                Inotify(inotify),
+                tokio::io::Interest::READABLE,
+            )
+        };
+        registered
+            .map(Self)
+            .map_err(|e| BackendError::unavailable("inotify", e.into_parts().1))
+    }
+
+    /// Returns after a change in the directory, or after `at_most`.
+    async fn changed(&self, at_most: std::time::Duration) -> Result<()> {
+        let Ok(ready) = tokio::time::timeout(at_most, self.0.readable()).await else {
+            return Ok(());
+        };
+        let mut guard = ready.map_err(|e| BackendError::unavailable("inotify", e))?;
+        // Drain every queued event; one round of tries answers them all.
+        while guard.get_inner().0.read_events().is_ok() {}
+        guard.clear_ready();
+        Ok(())
+    }
+}
+
+impl Backend for FileBackend {
+    fn describe(&self) -> &str {
+        &self.describe
+    }
+
+    fn expiry(&self) -> Expiry {
+        Expiry::HeldByProcess
+    }
+
+    async fn acquire(&mut self, req: &AcquireRequest, wait: WaitMode) -> Result<Acquire> {
+        if req.holders > 1 {
+            return self.acquire_place(req, wait).await;
+        }
+        match self.take(req, 0, wait).await? {
+            Some(lease) => Ok(Acquire::Acquired(lease)),
+            None => Ok(Acquire::Held(self.recorded_holder(&req.name, 0))),
         }
     }
 
@@ -321,7 +525,7 @@ impl Backend for FileBackend {
             .kernel_lock
             .as_ref()
             .expect("a file lease has its file");
-        let path = self.path(&lease.name);
+        let path = self.place_path(&lease.name, lease.slot);
         if still_named(file, &path) {
             Ok(Renewal::Renewed)
         } else {
@@ -334,11 +538,16 @@ impl Backend for FileBackend {
 
     async fn release(&mut self, lease: &Lease, history: Option<&History>) -> Result<()> {
         if let Some(file) = &lease.kernel_lock {
-            let path = self.path(&lease.name);
+            let path = self.place_path(&lease.name, lease.slot);
             // Written while the lock is held, so that the next holder reads it whole; a lease
             // whose file was replaced is lost and records nothing.
             if let Some(history) = history.filter(|_| still_named(file, &path)) {
-                if let Err(e) = Self::write_history(file, &path, history) {
+                let written = if lease.holder.places > 1 {
+                    self.write_shared_history(&lease.name, history)
+                } else {
+                    Self::write_history(file, &path, history)
+                };
+                if let Err(e) = written {
                     tracing::warn!(lock = %lease.name, "cannot record the run ({e})");
                 }
             }
@@ -391,11 +600,16 @@ impl Backend for FileBackend {
                 ..free(name)
             });
         }
-        Ok(LockState {
+        let mut state = LockState {
             holder: Self::read_record(&file, &path)?,
             last_run: Self::read_history(&file).last_run,
             ..free(name)
-        })
+        };
+        state.co_holders = self.other_places(name, &locks)?;
+        if state.holder.is_none() && !state.co_holders.is_empty() {
+            state.holder = Some(state.co_holders.remove(0).holder);
+        }
+        Ok(state)
     }
 
     /// A kernel lock cannot be taken from a live process, and a dead holder's is already gone.
@@ -405,7 +619,12 @@ impl Backend for FileBackend {
         token: FencingToken,
     ) -> Result<ForcedRelease> {
         let state = self.inspect(name).await?;
-        Ok(match state.holder {
+        let holder = std::iter::once(state.holder.clone())
+            .flatten()
+            .chain(state.co_holders.iter().map(|c| c.holder.clone()))
+            .find(|h| h.token == token)
+            .or(state.holder);
+        Ok(match holder {
             None => ForcedRelease::NotHeld,
             Some(holder) if holder.token == token => ForcedRelease::Refused(format!(
                 "a file lock is held by the kernel for its holder's processes (pid {} on {}) and \

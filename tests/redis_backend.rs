@@ -13,7 +13,9 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use elect::backend::{AcquireRequest, AnyBackend, Backend, BackendError, BackendOptions, WaitMode};
+use elect::backend::{
+    AcquireRequest, AnyBackend, Backend, BackendError, BackendOptions, ForcedRelease, WaitMode,
+};
 use elect::lease::{Acquire, HolderInfo, Lease, LockName, Renewal};
 use net::free_port;
 use redis_server::{Options, RedisServer};
@@ -47,6 +49,14 @@ async fn open_err(url: &str, options: &BackendOptions) -> String {
             msg
         }
         Err(other) => panic!("{url}: expected Unavailable, got {other:?}"),
+    }
+}
+
+/// A request for one of `holders` places (`--holders N`).
+fn request_n(name: &str, id: &str, ttl: Duration, holders: u32) -> AcquireRequest {
+    AcquireRequest {
+        holders,
+        ..request(name, id, ttl)
     }
 }
 
@@ -705,6 +715,188 @@ async fn status_lists_locks_with_their_remaining_ttl() {
         .await
         .unwrap();
     assert!(unknown.holder.is_none());
+}
+
+/// The remaining ttl of a key in ms, as the server says (-2: no key).
+fn pttl(server: &RedisServer, key: &str) -> i64 {
+    let reply = server.command(&["PTTL", key]);
+    reply
+        .trim()
+        .strip_prefix(':')
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("PTTL {key}: {reply:?}"))
+}
+
+#[tokio::test]
+async fn holders_take_their_own_places_and_tokens() {
+    let server = RedisServer::start();
+    let mut backend = open(&server.url()).await;
+    let (short, long) = (Duration::from_secs(10), Duration::from_secs(30));
+    let a = acquired(
+        backend
+            .acquire(&request_n("pair", "a", short, 2), WaitMode::NoWait)
+            .await
+            .unwrap(),
+    );
+    let b = acquired(
+        backend
+            .acquire(&request_n("pair", "b", long, 2), WaitMode::NoWait)
+            .await
+            .unwrap(),
+    );
+    assert_eq!((a.slot, b.slot), (0, 1));
+    assert!(b.token() > a.token(), "{} then {}", a.token(), b.token());
+    assert_eq!((a.holder.places, b.holder.places), (2, 2));
+
+    // Both places taken: a third is told the holder of place 0; a mutex user too.
+    for holders in [2, 1] {
+        match backend
+            .acquire(&request_n("pair", "c", short, holders), WaitMode::NoWait)
+            .await
+            .unwrap()
+        {
+            Acquire::Held(Some(holder)) => assert_eq!(holder.token, a.token()),
+            other => panic!("expected held by a, got {other:?}"),
+        }
+    }
+
+    let state = backend.inspect(&a.name).await.unwrap();
+    assert_eq!(state.holder.as_ref().map(|h| h.token), Some(a.token()));
+    let co: Vec<_> = state.co_holders.iter().map(|h| h.holder.token).collect();
+    assert_eq!(co, [b.token()]);
+    let left = state.co_holders[0].expires_in.expect("a remaining ttl");
+    assert!(left > Duration::from_secs(25), "{left:?}");
+    // Place 1 is a holder of the lock, not a lock of its own.
+    let listed = backend.list().await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].co_holders.len(), 1);
+
+    // Renewing and releasing place 1 leaves place 0 alone.
+    assert_eq!(backend.renew(&b).await.unwrap(), Renewal::Renewed);
+    assert!(pttl(&server, "elect:{pair}") <= 10_000);
+    assert!(pttl(&server, "elect:{pair}:1") > 25_000);
+    backend.release(&b, None).await.unwrap();
+    assert_eq!(pttl(&server, "elect:{pair}:1"), -2);
+    let state = backend.inspect(&a.name).await.unwrap();
+    assert_eq!(state.holder.as_ref().map(|h| h.token), Some(a.token()));
+    assert!(state.co_holders.is_empty());
+
+    // The freed place goes to the next, with a greater token.
+    let c = acquired(
+        backend
+            .acquire(&request_n("pair", "c", short, 2), WaitMode::NoWait)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(c.slot, 1);
+    assert!(c.token() > b.token());
+
+    // With place 0 free, the lowest held place is the holder.
+    backend.release(&a, None).await.unwrap();
+    let state = backend.inspect(&a.name).await.unwrap();
+    assert_eq!(state.holder.as_ref().map(|h| h.token), Some(c.token()));
+    assert!(state.co_holders.is_empty());
+    assert_eq!(backend.renew(&c).await.unwrap(), Renewal::Renewed);
+    backend.release(&c, None).await.unwrap();
+    assert!(backend.inspect(&a.name).await.unwrap().holder.is_none());
+}
+
+#[tokio::test]
+async fn forced_release_finds_the_place_of_its_token() {
+    let server = RedisServer::start();
+    let mut backend = open(&server.url()).await;
+    let ttl = Duration::from_secs(30);
+    let leases: Vec<Lease> = {
+        let mut leases = Vec::new();
+        for id in ["a", "b", "c"] {
+            leases.push(acquired(
+                backend
+                    .acquire(&request_n("three", id, ttl, 3), WaitMode::NoWait)
+                    .await
+                    .unwrap(),
+            ));
+        }
+        leases
+    };
+    let name = leases[0].name.clone();
+    let unused = elect::lease::FencingToken(leases[2].token().0 + 100);
+    match backend.force_release(&name, unused).await.unwrap() {
+        ForcedRelease::Mismatch(Some(holder)) => assert_eq!(holder.token, leases[0].token()),
+        other => panic!("expected a mismatch naming a, got {other:?}"),
+    }
+    assert!(matches!(
+        backend
+            .force_release(&name, leases[1].token())
+            .await
+            .unwrap(),
+        ForcedRelease::Released
+    ));
+    let state = backend.inspect(&name).await.unwrap();
+    let tokens: Vec<_> = state
+        .holder
+        .iter()
+        .map(|h| h.token)
+        .chain(state.co_holders.iter().map(|h| h.holder.token))
+        .collect();
+    assert_eq!(tokens, [leases[0].token(), leases[2].token()]);
+    // The holder of place 2 is left alone.
+    assert_eq!(backend.renew(&leases[2]).await.unwrap(), Renewal::Renewed);
+    for lease in [&leases[0], &leases[2]] {
+        assert!(matches!(
+            backend.force_release(&name, lease.token()).await.unwrap(),
+            ForcedRelease::Released
+        ));
+    }
+    assert!(matches!(
+        backend
+            .force_release(&name, leases[0].token())
+            .await
+            .unwrap(),
+        ForcedRelease::NotHeld
+    ));
+}
+
+#[tokio::test]
+async fn a_waiter_takes_the_first_place_to_expire() {
+    let server = RedisServer::start();
+    let mut crashed = open(&server.url()).await;
+    let mut waiter = open(&server.url()).await;
+    let started = Instant::now();
+    // Two holders that never renew nor release: place 1 runs out first.
+    let _long = acquired(
+        crashed
+            .acquire(
+                &request_n("expiring", "a", Duration::from_secs(30), 2),
+                WaitMode::NoWait,
+            )
+            .await
+            .unwrap(),
+    );
+    let short = acquired(
+        crashed
+            .acquire(
+                &request_n("expiring", "b", Duration::from_secs(2), 2),
+                WaitMode::NoWait,
+            )
+            .await
+            .unwrap(),
+    );
+    let taken = acquired(
+        waiter
+            .acquire(
+                &request_n("expiring", "c", Duration::from_secs(30), 2),
+                WaitMode::Wait,
+            )
+            .await
+            .unwrap(),
+    );
+    let waited = started.elapsed();
+    assert_eq!(taken.slot, short.slot);
+    assert!(taken.token() > short.token());
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_millis(2600),
+        "took over after {waited:?}"
+    );
 }
 
 #[tokio::test]

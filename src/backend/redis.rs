@@ -7,14 +7,20 @@
 //! never extend or delete a lease that is not its own (`redis/scripts.rs` has the key layout and
 //! the scripts).
 //!
+//! - **Places** (`--holders N`): each of the N holders has a lease key of its own, place 0
+//!   `elect:{NAME}` (so a mutex is what it always was) and place K `elect:{NAME}:K`. Acquire
+//!   takes the first free place in order, with a token from the one shared counter, so tokens
+//!   grow across places; a lease renews and releases its own place (`Lease::slot`). The largest N
+//!   used is kept in `elect:{NAME}:places`, so that `status` and `release --token`, which are not
+//!   told N, read every place that can be held in one script, without a SCAN.
 //! - **Waiting**: a release by the holder also pushes one element on the list
-//!   `elect:{NAME}:baton` (unless one is there already; it expires after a few seconds if nobody
-//!   takes it). A waiter whose attempt finds the lock held blocks on that list with `BLPOP`, on a
+//!   `elect:{NAME}:baton` (unless N are there already, one for a mutex; it expires after a few
+//!   seconds if nobody takes it). A waiter whose attempt finds the lock held blocks on that list with `BLPOP`, on a
 //!   connection of its own; the server hands the element to the client that has blocked longest,
 //!   so a release wakes exactly one waiter, first come, first served, and the others send
-//!   nothing. The woken waiter tries to acquire; if a contender that does not wait took the lock
-//!   in between, it blocks again. A block also ends just past the holder's expiry (the PTTL its
-//!   attempt saw, plus jitter), so a holder that died without releasing is taken over within about
+//!   nothing. The woken waiter tries to acquire (every place); if a contender that does not wait
+//!   took the lock in between, it blocks again. A block also ends just past the holder's expiry
+//!   (the PTTL its attempt saw, the smallest among the places, plus jitter), so a holder that died without releasing is taken over within about
 //!   its ttl, and after at most 10 s anyway, which bounds what a lost baton costs (a waiter killed
 //!   between taking it and acquiring). A waiter thus costs one attempt and one `BLPOP` per
 //!   release that reaches it, per expiry of the lease it waits behind, or per 10 s, whichever
@@ -24,7 +30,8 @@
 //!   failed renew means. A connection that failed is replaced on the next call.
 //! - **Listing**: `list` SCANs for `elect:{*` and takes the lock name from both lease keys and
 //!   counters, so a lock that is free but was used before (only its counter is left) is listed
-//!   as free. No registry of names is kept: it would live in one slot of a cluster, apart from
+//!   as free; place keys K >= 1 are not locks of their own but holders of the lock they name,
+//!   which `inspect` reports as co-holders. No registry of names is kept: it would live in one slot of a cluster, apart from
 //!   the locks' own keys, and could not be updated atomically with them.
 
 mod baton;
@@ -46,7 +53,8 @@ use super::{
 };
 use crate::clock::BootTime;
 use crate::lease::{
-    Acquire, FencingToken, History, HolderInfo, LastRun, Lease, LockName, LockState, Renewal,
+    Acquire, FencingToken, History, HolderInfo, Holding, LastRun, Lease, LockName, LockState,
+    Renewal,
 };
 
 /// SCAN batch size: large enough to make few round trips, small enough not to block the server.
@@ -67,7 +75,8 @@ enum Attempt {
     Acquired(Lease),
     Held {
         holder: Option<HolderInfo>,
-        /// Remaining time of the holder's lease; `None` when the key has no expiry.
+        /// Remaining time of the first lease to expire among the places; `None` when none has
+        /// an expiry.
         pttl: Option<Duration>,
     },
 }
@@ -134,14 +143,20 @@ impl RedisBackend {
 
     async fn try_acquire(&mut self, req: &AcquireRequest) -> Result<Attempt> {
         let secret = random_secret()?;
+        let places = req.holders.max(1);
         let mut holder = req.holder.clone();
         holder.ttl = req.ttl;
+        holder.places = places;
         let mut call = SCRIPTS.acquire.prepare_invoke();
-        call.key(scripts::lease_key(&req.name))
-            .key(scripts::token_key(&req.name))
-            .arg(&secret)
+        call.key(scripts::token_key(&req.name))
+            .key(scripts::places_key(&req.name));
+        for place in scripts::place_keys(&req.name, places) {
+            call.key(place);
+        }
+        call.arg(&secret)
             .arg(millis(req.ttl))
-            .arg(holder_without_token(&holder)?);
+            .arg(holder_without_token(&holder)?)
+            .arg(places);
         let mut conn = match self.connection().await {
             Ok(conn) => conn,
             Err(e) => return Err(self.unavailable("acquire", &e)),
@@ -192,7 +207,7 @@ impl Backend for RedisBackend {
             let waiter = match &mut waiter {
                 Some(waiter) => waiter,
                 None => waiter.insert(
-                    Waiter::open(&self.target, &req.name)
+                    Waiter::open(&self.target, &req.name, req.holders)
                         .await
                         .map_err(|e| self.failed("connect to wait for a release", &e))?,
                 ),
@@ -205,7 +220,7 @@ impl Backend for RedisBackend {
     }
 
     async fn renew(&mut self, lease: &Lease) -> Result<Renewal> {
-        let key = scripts::lease_key(&lease.name);
+        let key = scripts::place_key(&lease.name, lease.slot);
         let mut call = SCRIPTS.renew.prepare_invoke();
         call.key(&key)
             .arg(&lease.secret)
@@ -219,7 +234,7 @@ impl Backend for RedisBackend {
     }
 
     async fn release(&mut self, lease: &Lease, history: Option<&History>) -> Result<()> {
-        let key = scripts::lease_key(&lease.name);
+        let key = scripts::place_key(&lease.name, lease.slot);
         let last_run = match history {
             Some(h) => serde_json::to_string(&h.last_run)
                 .map_err(|e| BackendError::Config(format!("run history: {e}")))?,
@@ -234,7 +249,8 @@ impl Backend for RedisBackend {
             .arg(&lease.secret)
             .arg(millis(scripts::BATON_TTL))
             .arg(last_run)
-            .arg(once_ms);
+            .arg(once_ms)
+            .arg(lease.holder.places.max(1));
         let released: i64 = self.invoke("release", &call).await?;
         if released != 1 {
             tracing::warn!(
@@ -270,6 +286,7 @@ impl Backend for RedisBackend {
         let mut call = SCRIPTS.force_release.prepare_invoke();
         call.key(scripts::lease_key(name))
             .key(scripts::baton_key(name))
+            .key(scripts::places_key(name))
             .arg(token.0)
             .arg(millis(scripts::BATON_TTL));
         let answer: (i64, Option<Vec<u8>>) = self.invoke("force release", &call).await?;
@@ -281,13 +298,19 @@ impl Backend for RedisBackend {
     }
 
     async fn inspect(&mut self, name: &LockName) -> Result<LockState> {
-        let key = scripts::lease_key(name);
         let mut call = SCRIPTS.inspect.prepare_invoke();
-        call.key(&key).key(scripts::last_key(name));
-        let (value, pttl, last): (Option<Vec<u8>>, i64, Option<Vec<u8>>) =
-            self.invoke("inspect", &call).await?;
+        call.key(scripts::lease_key(name))
+            .key(scripts::last_key(name))
+            .key(scripts::places_key(name));
+        let reply: Value = self.invoke("inspect", &call).await?;
+        let (last, held) = parse_inspect_reply(reply, name)?;
         let last_run = last.and_then(|l| serde_json::from_slice(&l).ok());
-        let Some(value) = value else {
+        // Held places in order: the lowest is `holder`, the others co-holders.
+        let mut held = held.into_iter().map(|place| Holding {
+            holder: parse_holder(&place.value).unwrap_or_else(|| unknown_holder(name)),
+            expires_in: pttl_duration(place.pttl),
+        });
+        let Some(first) = held.next() else {
             return Ok(LockState {
                 last_run,
                 ..free(name)
@@ -295,11 +318,11 @@ impl Backend for RedisBackend {
         };
         Ok(LockState {
             lock: name.clone(),
-            holder: Some(parse_holder(&value).unwrap_or_else(|| unknown_holder(name))),
+            holder: Some(first.holder),
             last_run,
-            expires_in: pttl_duration(pttl),
+            expires_in: first.expires_in,
             waiters: None,
-            co_holders: Vec::new(),
+            co_holders: held.collect(),
         })
     }
 
@@ -348,7 +371,7 @@ async fn hand_on(waiter: &mut Waiter, name: &LockName) {
     }
 }
 
-/// Reads the acquire script's answer: `{1, token}` or `{0, value, pttl}`.
+/// Reads the acquire script's answer: `{1, token, place}` or `{0, value, pttl}`.
 fn parse_acquire_reply(
     reply: Value,
     name: &LockName,
@@ -365,8 +388,9 @@ fn parse_acquire_reply(
         return Err(unexpected());
     };
     match items.as_slice() {
-        [Value::Int(1), Value::Int(token)] => {
+        [Value::Int(1), Value::Int(token), Value::Int(slot)] => {
             let token = u64::try_from(*token).map_err(|_| unexpected())?;
+            let slot = u32::try_from(*slot).map_err(|_| unexpected())?;
             holder.token = FencingToken(token);
             Ok(Attempt::Acquired(Lease {
                 name: name.clone(),
@@ -374,7 +398,7 @@ fn parse_acquire_reply(
                 sent_at,
                 secret,
                 kernel_lock: None,
-                slot: 0,
+                slot,
             }))
         }
         [Value::Int(0), Value::BulkString(value), Value::Int(pttl)] => Ok(Attempt::Held {
@@ -383,6 +407,47 @@ fn parse_acquire_reply(
         }),
         _ => Err(unexpected()),
     }
+}
+
+/// One held place, as the inspect script read it.
+#[derive(Debug, PartialEq)]
+struct HeldPlace {
+    /// The lease value, `<secret>\n<holder JSON>`.
+    value: Vec<u8>,
+    pttl: i64,
+}
+
+/// Reads the inspect script's answer: `{last run or nil, K, value, pttl, ...}`, one triple per
+/// held place in order. Returns the last run and the held places.
+fn parse_inspect_reply(reply: Value, name: &LockName) -> Result<(Option<Vec<u8>>, Vec<HeldPlace>)> {
+    let unexpected = || {
+        BackendError::Unavailable(format!(
+            "unexpected answer from the inspect script for lock {name}"
+        ))
+    };
+    let Value::Array(items) = reply else {
+        return Err(unexpected());
+    };
+    let (last, places) = items.split_first().ok_or_else(unexpected)?;
+    let last = match last {
+        Value::Nil => None,
+        Value::BulkString(last) => Some(last.clone()),
+        _ => return Err(unexpected()),
+    };
+    if places.len() % 3 != 0 {
+        return Err(unexpected());
+    }
+    let held = places
+        .chunks_exact(3)
+        .map(|place| match place {
+            [Value::Int(_), Value::BulkString(value), Value::Int(pttl)] => Ok(HeldPlace {
+                value: value.clone(),
+                pttl: *pttl,
+            }),
+            _ => Err(unexpected()),
+        })
+        .collect::<Result<_>>()?;
+    Ok((last, held))
 }
 
 /// The holder metadata of a lease value `<secret>\n<holder JSON>`; `None` if it is not one.
@@ -490,6 +555,43 @@ mod tests {
     fn unreadable_values() {
         assert!(parse_holder(b"no newline").is_none());
         assert!(parse_holder(b"s\nnot json").is_none());
+    }
+
+    #[test]
+    fn inspect_answers() {
+        let name = LockName::new("pair").unwrap();
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let reply = Value::Array(vec![
+            Value::Nil,
+            Value::Int(0),
+            bulk("s\n{}"),
+            Value::Int(900),
+            Value::Int(2),
+            bulk("t\n{}"),
+            Value::Int(-1),
+        ]);
+        let (last, held) = parse_inspect_reply(reply, &name).unwrap();
+        assert_eq!(last, None);
+        assert_eq!(
+            held,
+            [
+                HeldPlace {
+                    value: b"s\n{}".to_vec(),
+                    pttl: 900
+                },
+                HeldPlace {
+                    value: b"t\n{}".to_vec(),
+                    pttl: -1
+                },
+            ]
+        );
+        let free = Value::Array(vec![bulk("{}")]);
+        let (last, held) = parse_inspect_reply(free, &name).unwrap();
+        assert_eq!(last.as_deref(), Some(&b"{}"[..]));
+        assert!(held.is_empty());
+        let torn = Value::Array(vec![Value::Nil, Value::Int(0), bulk("s\n{}")]);
+        assert!(parse_inspect_reply(torn, &name).is_err());
+        assert!(parse_inspect_reply(Value::Int(1), &name).is_err());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The waiting side of the baton: a waiter blocks on `elect:{NAME}:baton` with `BLPOP`, on a
 //! connection of its own, until a release hands it the baton or the holder's lease may have run
-//! out.
+//! out (under `--holders N`: until a release of any place, or the soonest expiry among the
+//! places).
 //!
 //! # How it works
 //! The server serves clients blocked on a list in the order they blocked, one element to one
@@ -49,15 +50,17 @@ const MIN_BLOCK: Duration = Duration::from_millis(10);
 /// A waiter's own connection, blocked on the baton list between attempts.
 pub struct Waiter {
     conn: MultiplexedConnection,
-    lease: String,
+    /// The place keys the waiter may take (`--holders N`: places 0 to N-1).
+    places: Vec<String>,
     baton: String,
 }
 
 impl Waiter {
-    pub async fn open(target: &Target, name: &LockName) -> Result<Self, RedisError> {
+    /// A waiter for one of `places` places of `name`.
+    pub async fn open(target: &Target, name: &LockName, places: u32) -> Result<Self, RedisError> {
         Ok(Self {
             conn: target.connect().await?,
-            lease: scripts::lease_key(name),
+            places: scripts::place_keys(name, places),
             baton: scripts::baton_key(name),
         })
     }
@@ -75,15 +78,17 @@ impl Waiter {
         Ok(!matches!(reply, Value::Nil))
     }
 
-    /// Pushes the baton back when the lock is free: called when we took it but could not use it
-    /// (the attempt failed for a network error), so that the next waiter is not left waiting for
-    /// a timeout. Answers whether the baton was passed on.
+    /// Pushes the baton back when one of our places is free: called when we took it but could
+    /// not use it (the attempt failed for a network error), so that the next waiter is not left
+    /// waiting for a timeout. Answers whether the baton was passed on.
     pub async fn hand_on(&mut self) -> Result<bool, RedisError> {
         self.conn.set_response_timeout(RESPONSE_TIMEOUT);
         let mut call = SCRIPTS.hand_on.prepare_invoke();
-        call.key(&self.lease)
-            .key(&self.baton)
-            .arg(u64::try_from(BATON_TTL.as_millis()).unwrap_or(u64::MAX));
+        call.key(&self.baton);
+        for place in &self.places {
+            call.key(place);
+        }
+        call.arg(u64::try_from(BATON_TTL.as_millis()).unwrap_or(u64::MAX));
         let passed: i64 = call.invoke_async(&mut self.conn).await?;
         Ok(passed == 1)
     }

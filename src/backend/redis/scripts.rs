@@ -6,28 +6,51 @@
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `elect:{NAME}` | string, with a PX expiry | the lease: `<secret>\n<holder JSON>` |
-//! | `elect:{NAME}:token` | integer, no expiry | the fencing-token counter; never reset |
-//! | `elect:{NAME}:baton` | list of at most one element, PX expiry of a few seconds | a release leaves it for the longest waiter |
+//! | `elect:{NAME}` | string, with a PX expiry | the lease in place 0 (the only place of a mutex): `<secret>\n<holder JSON>` |
+//! | `elect:{NAME}:K` | string, with a PX expiry | the lease in place K >= 1 under `--holders N` (K < N), same value |
+//! | `elect:{NAME}:places` | integer, no expiry | the largest N a holder of this lock took a place with, written only for N > 1; absent means 1 |
+//! | `elect:{NAME}:token` | integer, no expiry | the fencing-token counter, shared by all places; never reset |
+//! | `elect:{NAME}:baton` | list of at most N elements, PX expiry of a few seconds | a release leaves one for the longest waiter |
 //! | `elect:{NAME}:last` | string, no expiry | the last run (JSON), written by the release that ended it |
 //! | `elect:{NAME}:once` | string, PX expiry of `--once-per` | the run that succeeded in the window (JSON) |
 //!
-//! - **acquire** runs in one script: if the lease key exists it answers who holds it and the
-//!   remaining PTTL; otherwise it `INCR`s the counter and `SET lease value NX PX ttl`, with the new
+//! - **places**: `--holders N` lets N leases hold the lock at once, one per place key, places
+//!   0 to N-1. A mutex (N = 1) uses place 0 only, `elect:{NAME}`, and writes no `:places` key,
+//!   so its keys are the same as before places existed. A lease knows its place (`Lease::slot`)
+//!   and renews and releases that key only.
+//! - **finding the places** without knowing N (`status` and `release --token` are not told it):
+//!   `elect:{NAME}:places` holds the largest N ever used on the lock, raised by the acquire
+//!   script in the same step that takes a place, so every place that can be held is below it.
+//!   `inspect` and `force release` read it and then the place keys below it, in one script: one
+//!   round trip and at most 1000 `GET`s, with no `SCAN` of the keyspace. The place keys are
+//!   built inside those scripts from the declared place-0 key (same hash tag, so same slot).
+//! - **acquire** runs in one script and is given N and the N place keys: it takes the first
+//!   free place, in order, with `INCR` on the counter and `SET place value NX PX ttl`, the new
 //!   token written into the holder JSON. The counter has no expiry and is never deleted, so a
-//!   token is never handed out twice (as long as the data survive: see the README).
-//! - **renew** extends the expiry only if the lease still starts with our secret: a holder can
-//!   never extend another holder's lease. It answers `1` renewed, `0` gone, `-1` someone else's.
-//! - **release** deletes the lease only if it is still ours, records the run (and the
+//!   token is never handed out twice, whatever the place (as long as the data survive: see the
+//!   README). When all N places are held it answers the holder of the lowest place and the
+//!   smallest remaining PTTL among them, which a waiter uses to wake at the first expiry.
+//! - **renew** extends the expiry of the lease's own place only if it still starts with our
+//!   secret: a holder can never extend another holder's lease. It answers `1` renewed, `0` gone,
+//!   `-1` someone else's.
+//! - **release** deletes the lease's place only if it is still ours, records the run (and the
 //!   `--once-per` marker, whose expiry the server's clock judges) in the same step, and then
-//!   pushes one element on the baton list (unless one is there already) with a short expiry. Waiters block on the list with
-//!   `BLPOP`, which the server serves in the order the clients blocked and one element to one
-//!   client: a release wakes exactly the longest waiter. An untaken baton expires after
-//!   [`BATON_TTL`], so it does not linger for a waiter that comes much later.
-//! - **hand on** pushes the baton again, only if the lease key is absent: a woken waiter that
-//!   could not acquire for a network error passes its turn on instead of losing it.
-//! - **inspect** reads the lease value and its PTTL together, for `status`.
-//! - **force release** (`elect release --token N`) deletes the lease only if its token is N.
+//!   pushes one element on the baton list (keeping at most N there, N from the lease) with a
+//!   short expiry. Waiters block on the list with `BLPOP`, which the server serves in the order
+//!   the clients blocked and one element to one client: a release wakes exactly the longest
+//!   waiter, which then tries every place. An untaken baton expires after [`BATON_TTL`], so it
+//!   does not linger for a waiter that comes much later; the cap of N lets N releases that come
+//!   before their waiters block still wake N waiters, and a mutex keeps at most one.
+//! - **hand on** pushes the baton again, only if one of the waiter's N places is free: a woken
+//!   waiter that could not acquire for a network error passes its turn on instead of losing it.
+//! - **inspect** reads every held place's value and PTTL together (and the last run), for
+//!   `status`.
+//! - **force release** (`elect release --token T`) deletes the place whose lease has token T,
+//!   whichever place it is.
+//!
+//! Waiters that wait with different N on one lock share one baton list, so a baton may wake a
+//! waiter for whom the freed place is out of reach; the others then re-check at the smallest
+//! expiry they saw or after 10 s. Use one N per lock, as with `consul lock -n`.
 //!
 //! The secret is 128 random bits in hex, fresh for each acquisition; it never appears in logs or
 //! in status output.
@@ -44,6 +67,25 @@ pub const PREFIX: &str = "elect:";
 /// The lease key: `elect:{NAME}`.
 pub fn lease_key(name: &LockName) -> String {
     format!("{PREFIX}{{{name}}}")
+}
+
+/// The lease key of place `slot` under `--holders N`: `elect:{NAME}` for place 0 (a mutex's
+/// only place), `elect:{NAME}:K` for place K >= 1.
+pub fn place_key(name: &LockName, slot: u32) -> String {
+    match slot {
+        0 => lease_key(name),
+        k => format!("{PREFIX}{{{name}}}:{k}"),
+    }
+}
+
+/// The lease keys of places 0 to `places - 1` (at least place 0).
+pub fn place_keys(name: &LockName, places: u32) -> Vec<String> {
+    (0..places.max(1)).map(|k| place_key(name, k)).collect()
+}
+
+/// The largest `--holders N` used on the lock: `elect:{NAME}:places`.
+pub fn places_key(name: &LockName) -> String {
+    format!("{PREFIX}{{{name}}}:places")
 }
 
 /// The fencing-token counter: `elect:{NAME}:token`.
@@ -75,8 +117,10 @@ pub const BATON_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 /// The SCAN pattern that finds every key of every lock (lease keys and counters).
 pub const SCAN_PATTERN: &str = "elect:{*";
 
-/// The lock name of a key elect owns: `elect:{NAME}` or `elect:{NAME}:token`. The short-lived
-/// baton, and anything else under the prefix (a key some other tool wrote), does not make a lock.
+/// The lock name of a key elect owns: `elect:{NAME}`, `elect:{NAME}:token` or
+/// `elect:{NAME}:last`. The short-lived baton, the places K >= 1 and their marker (a lock that
+/// has them has a counter too), and anything else under the prefix (a key some other tool
+/// wrote) do not make a lock.
 pub fn lock_of_key(key: &str) -> Option<LockName> {
     let rest = key.strip_prefix(PREFIX)?.strip_prefix('{')?;
     let (name, suffix) = rest.split_once('}')?;
@@ -86,23 +130,41 @@ pub fn lock_of_key(key: &str) -> Option<LockName> {
     LockName::new(name).ok()
 }
 
-/// KEYS: lease, counter. ARGV: secret, ttl in ms, holder JSON without its token (an object).
-/// Returns `{1, token}` when acquired, `{0, value, pttl}` when held.
+/// KEYS: counter, places marker, then the N place keys in order. ARGV: secret, ttl in ms, holder
+/// JSON without its token (an object), N. Returns `{1, token, place}` when acquired (place
+/// counted from 0), `{0, value, pttl}` when all N places are held: the value of the lowest place
+/// and the smallest remaining PTTL among them (-1 when none has an expiry).
 ///
 /// The token is spliced in front of the holder's other fields rather than through cjson, whose
 /// number formatting and escaping would change what elect wrote.
 const ACQUIRE: &str = r#"
-local current = redis.call('GET', KEYS[1])
-if current then
-  return {0, current, redis.call('PTTL', KEYS[1])}
+local n = tonumber(ARGV[4])
+local first, soonest = false, -1
+for k = 0, n - 1 do
+  local key = KEYS[3 + k]
+  local current = redis.call('GET', key)
+  if not current then
+    if n > 1 and (tonumber(redis.call('GET', KEYS[2])) or 1) < n then
+      redis.call('SET', KEYS[2], n)
+    end
+    local token = redis.call('INCR', KEYS[1])
+    local value = ARGV[1] .. '\n{"token":' .. token .. ',' .. string.sub(ARGV[3], 2)
+    redis.call('SET', key, value, 'NX', 'PX', ARGV[2])
+    return {1, token, k}
+  end
+  if not first then
+    first = current
+  end
+  local pttl = redis.call('PTTL', key)
+  if pttl >= 0 and (soonest < 0 or pttl < soonest) then
+    soonest = pttl
+  end
 end
-local token = redis.call('INCR', KEYS[2])
-local value = ARGV[1] .. '\n{"token":' .. token .. ',' .. string.sub(ARGV[3], 2)
-redis.call('SET', KEYS[1], value, 'NX', 'PX', ARGV[2])
-return {1, token}
+return {0, first, soonest}
 "#;
 
-/// KEYS: lease. ARGV: secret, ttl in ms. Returns 1 renewed, 0 gone, -1 someone else's.
+/// KEYS: the lease's place. ARGV: secret, ttl in ms. Returns 1 renewed, 0 gone, -1 someone
+/// else's.
 const RENEW: &str = r#"
 local current = redis.call('GET', KEYS[1])
 if not current then
@@ -115,13 +177,14 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 "#;
 
-/// KEYS: lease, baton, last run, once marker. ARGV: secret, baton ttl in ms, last run JSON (empty:
-/// record nothing), marker ttl in ms (0: no marker). Returns 1 released, 0 not ours (or gone):
-/// a lease that is no longer ours records no history.
+/// KEYS: the lease's place, baton, last run, once marker. ARGV: secret, baton ttl in ms, last
+/// run JSON (empty: record nothing), marker ttl in ms (0: no marker), N the lease was taken with.
+/// Returns 1 released, 0 not ours (or gone): a lease that is no longer ours records no history.
 ///
-/// The list never holds more than one baton (`LTRIM` only runs when an untaken one was there):
-/// two releases nobody waited for must not later wake two waiters. A client blocked on the list is served after the script ends, so the `PEXPIRE`
-/// applies to a key that still exists.
+/// The list never holds more than N batons (`LTRIM` only runs when untaken ones were there):
+/// releases nobody waited for must not later wake more waiters than there are places. A client
+/// blocked on the list is served after the script ends, so the `PEXPIRE` applies to a key that
+/// still exists.
 const RELEASE: &str = r#"
 local current = redis.call('GET', KEYS[1])
 if current and string.sub(current, 1, #ARGV[1] + 1) == ARGV[1] .. '\n' then
@@ -132,8 +195,9 @@ if current and string.sub(current, 1, #ARGV[1] + 1) == ARGV[1] .. '\n' then
       redis.call('SET', KEYS[4], ARGV[3], 'PX', ARGV[4])
     end
   end
-  if redis.call('RPUSH', KEYS[2], '1') > 1 then
-    redis.call('LTRIM', KEYS[2], 0, 0)
+  local cap = tonumber(ARGV[5])
+  if redis.call('RPUSH', KEYS[2], '1') > cap then
+    redis.call('LTRIM', KEYS[2], 0, cap - 1)
   end
   redis.call('PEXPIRE', KEYS[2], ARGV[2])
   return 1
@@ -141,42 +205,84 @@ end
 return 0
 "#;
 
-/// KEYS: lease, baton. ARGV: baton ttl in ms. Returns 1 when the baton was passed on (the lock is
-/// free), 0 when the lock is held (its holder's release will pass one on).
+/// KEYS: baton, then the waiter's N place keys. ARGV: baton ttl in ms. Returns 1 when the baton
+/// was passed on (a place is free), 0 when all are held (their holders' releases will pass one
+/// on).
 const HAND_ON: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 1 then
+local free = false
+for k = 2, #KEYS do
+  if redis.call('EXISTS', KEYS[k]) == 0 then
+    free = true
+    break
+  end
+end
+if not free then
   return 0
 end
-if redis.call('RPUSH', KEYS[2], '1') > 1 then
-  redis.call('LTRIM', KEYS[2], 0, 0)
+local cap = #KEYS - 1
+if redis.call('RPUSH', KEYS[1], '1') > cap then
+  redis.call('LTRIM', KEYS[1], 0, cap - 1)
 end
-redis.call('PEXPIRE', KEYS[2], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1
 "#;
 
-/// KEYS: lease, baton. ARGV: token, baton ttl in ms. An operator's compare-and-delete: deletes
-/// the lease only if its holder JSON carries this token (the acquire script writes it first).
-/// Returns `{1, nil}` released, `{0, nil}` free already, `{-1, value}` held under another token
-/// (Lua `false` is a nil reply, and keeps the array two long).
+/// KEYS: place 0, baton, places marker. ARGV: token, baton ttl in ms. An operator's
+/// compare-and-delete: deletes the place whose holder JSON carries this token (the acquire
+/// script writes it first), among the places below the marker. Returns `{1, nil}` released,
+/// `{0, nil}` all places free, `{-1, value}` held under other tokens, with the value of the
+/// lowest held place (Lua `false` is a nil reply, and keeps the array two long).
+///
+/// Places K >= 1 are named from place 0's key: they share its hash tag, so its slot.
 const FORCE_RELEASE: &str = r#"
-local current = redis.call('GET', KEYS[1])
-if not current then
-  return {0, false}
+local n = tonumber(redis.call('GET', KEYS[3])) or 1
+local first = false
+for k = 0, n - 1 do
+  local key = KEYS[1]
+  if k > 0 then
+    key = key .. ':' .. k
+  end
+  local current = redis.call('GET', key)
+  if current then
+    if string.match(current, '\n{"token":(%d+),') == ARGV[1] then
+      redis.call('DEL', key)
+      if redis.call('RPUSH', KEYS[2], '1') > n then
+        redis.call('LTRIM', KEYS[2], 0, n - 1)
+      end
+      redis.call('PEXPIRE', KEYS[2], ARGV[2])
+      return {1, false}
+    end
+    if not first then
+      first = current
+    end
+  end
 end
-if string.match(current, '\n{"token":(%d+),') ~= ARGV[1] then
-  return {-1, current}
+if first then
+  return {-1, first}
 end
-redis.call('DEL', KEYS[1])
-if redis.call('RPUSH', KEYS[2], '1') > 1 then
-  redis.call('LTRIM', KEYS[2], 0, 0)
-end
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-return {1, false}
+return {0, false}
 "#;
 
-/// KEYS: lease, last run. Returns `{value or nil, pttl, last run or nil}` read atomically.
+/// KEYS: place 0, last run, places marker. Returns `{last run or nil, K, value, pttl, ...}` read
+/// atomically: one triple per held place, in the order of the places.
+///
+/// Places K >= 1 are named from place 0's key: they share its hash tag, so its slot.
 const INSPECT: &str = r#"
-return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1]), redis.call('GET', KEYS[2])}
+local n = tonumber(redis.call('GET', KEYS[3])) or 1
+local reply = {redis.call('GET', KEYS[2])}
+for k = 0, n - 1 do
+  local key = KEYS[1]
+  if k > 0 then
+    key = key .. ':' .. k
+  end
+  local current = redis.call('GET', key)
+  if current then
+    table.insert(reply, k)
+    table.insert(reply, current)
+    table.insert(reply, redis.call('PTTL', key))
+  end
+end
+return reply
 "#;
 
 /// The scripts, hashed once per process: `invoke_async` sends EVALSHA and loads a script only
@@ -211,6 +317,14 @@ mod tests {
         assert_eq!(baton_key(&name), "elect:{billing}:baton");
         assert_eq!(last_key(&name), "elect:{billing}:last");
         assert_eq!(once_key(&name), "elect:{billing}:once");
+        assert_eq!(places_key(&name), "elect:{billing}:places");
+        assert_eq!(place_key(&name, 0), "elect:{billing}");
+        assert_eq!(place_key(&name, 7), "elect:{billing}:7");
+        assert_eq!(place_keys(&name, 0), ["elect:{billing}"]);
+        assert_eq!(
+            place_keys(&name, 3),
+            ["elect:{billing}", "elect:{billing}:1", "elect:{billing}:2"]
+        );
     }
 
     #[test]
@@ -222,6 +336,9 @@ mod tests {
         assert_eq!(name("elect:{billing}:once"), None);
         assert_eq!(name("elect:{billing}:other"), None);
         assert_eq!(name("elect:{billing}:baton"), None);
+        // Places and the places marker belong to a lock found by its counter.
+        assert_eq!(name("elect:{billing}:1"), None);
+        assert_eq!(name("elect:{billing}:places"), None);
         assert_eq!(name("elect:{a}b}"), None);
         assert_eq!(name("elect:{}"), None);
         assert_eq!(name("elect:billing"), None);

@@ -117,6 +117,165 @@ async fn tokens_strictly_increase() {
     }
 }
 
+fn places_request(name: &str, id: &str, ttl: Duration, holders: u32) -> AcquireRequest {
+    AcquireRequest {
+        holders,
+        ..request(name, id, ttl)
+    }
+}
+
+/// `--holders 2`: two leases on their own places with their own tokens, a third turned away;
+/// the place-1 lease renews and releases without touching place 0, and its release is recorded
+/// on the lock and frees the place for the next contender.
+#[tokio::test]
+async fn two_holders_take_two_places() {
+    let server = PostgresServer::start();
+    let mut a = open(&server.url()).await;
+    let mut b = open(&server.url()).await;
+    let mut c = open(&server.url()).await;
+    let ttl = Duration::from_secs(10);
+    let name = LockName::new("pair").unwrap();
+
+    let first = acquired(
+        a.acquire(&places_request("pair", "a", ttl, 2), WaitMode::NoWait)
+            .await
+            .unwrap(),
+    );
+    let second = acquired(
+        b.acquire(&places_request("pair", "b", ttl, 2), WaitMode::NoWait)
+            .await
+            .unwrap(),
+    );
+    assert_eq!((first.slot, second.slot), (0, 1));
+    assert!(second.token() > first.token(), "{second:?} after {first:?}");
+    match c
+        .acquire(&places_request("pair", "c", ttl, 2), WaitMode::NoWait)
+        .await
+        .unwrap()
+    {
+        Acquire::Held(Some(holder)) => assert!(["a", "b"].contains(&holder.id.as_str())),
+        other => panic!("both places are taken: {other:?}"),
+    }
+    // A mutex user of the same lock finds it held.
+    assert!(matches!(
+        c.acquire(&request("pair", "c", ttl), WaitMode::NoWait)
+            .await
+            .unwrap(),
+        Acquire::Held(Some(_))
+    ));
+
+    let state = c.inspect(&name).await.unwrap();
+    assert_eq!(state.holder.as_ref().map(|h| h.token), Some(first.token()));
+    let co: Vec<(&str, u64)> = state
+        .co_holders
+        .iter()
+        .map(|h| (h.holder.id.as_str(), h.holder.token.0))
+        .collect();
+    assert_eq!(co, [("b", second.token().0)], "{state:?}");
+    assert!(state.co_holders[0].expires_in.is_some());
+
+    // Place 1 renews and releases its own row; place 0's lease is untouched.
+    assert_eq!(b.renew(&second).await.unwrap(), Renewal::Renewed);
+    assert_eq!(a.renew(&first).await.unwrap(), Renewal::Renewed);
+    b.release(&second, Some(&history_of(&second)))
+        .await
+        .unwrap();
+    assert!(matches!(b.renew(&second).await.unwrap(), Renewal::Lost(_)));
+    assert_eq!(a.renew(&first).await.unwrap(), Renewal::Renewed);
+    let state = c.inspect(&name).await.unwrap();
+    assert_eq!(state.holder.as_ref().map(|h| h.token), Some(first.token()));
+    assert!(state.co_holders.is_empty(), "{state:?}");
+    assert_eq!(state.last_run.map(|r| r.token), Some(second.token()));
+    assert!(a.fresh_run(&name).await.unwrap().is_some());
+
+    // The freed place goes to the next contender, with a greater token.
+    let third = acquired(
+        c.acquire(&places_request("pair", "c", ttl, 2), WaitMode::NoWait)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(third.slot, 1);
+    assert!(third.token() > second.token());
+
+    // With place 0 free, the lowest held place shows as the holder; `list` shows the lock once.
+    a.release(&first, None).await.unwrap();
+    let state = b.inspect(&name).await.unwrap();
+    assert_eq!(state.holder.as_ref().map(|h| h.token), Some(third.token()));
+    assert!(state.co_holders.is_empty());
+    let listed = b.list().await.unwrap();
+    let names: Vec<&str> = listed.iter().map(|s| s.lock.as_str()).collect();
+    assert_eq!(names, ["pair"]);
+    assert_eq!(listed[0].holder.as_ref().map(|h| h.id.as_str()), Some("c"));
+
+    // A place 0 taken now counts on from the places' tokens.
+    let fourth = acquired(
+        a.acquire(&places_request("pair", "a", ttl, 2), WaitMode::NoWait)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(fourth.slot, 0);
+    assert!(fourth.token() > third.token());
+    assert_eq!(c.renew(&third).await.unwrap(), Renewal::Renewed);
+}
+
+/// An operator's forced release finds the place holding the token, and wakes a waiter for the
+/// lock.
+#[tokio::test]
+async fn forced_release_finds_the_place_and_wakes_a_waiter() {
+    let server = PostgresServer::start();
+    let mut a = open(&server.url()).await;
+    let mut b = open(&server.url()).await;
+    let mut admin = open(&server.url()).await;
+    let ttl = Duration::from_secs(30);
+    let name = LockName::new("trio").unwrap();
+    let zero = take_places(&mut a, "trio", "a", ttl, 2).await;
+    let one = take_places(&mut b, "trio", "b", ttl, 2).await;
+    assert_eq!((zero.slot, one.slot), (0, 1));
+
+    let waiter = tokio::spawn(async move {
+        let mut c = open(&server.url()).await;
+        let started = Instant::now();
+        let lease = acquired(
+            c.acquire(&places_request("trio", "c", ttl, 2), WaitMode::Wait)
+                .await
+                .unwrap(),
+        );
+        (lease, started.elapsed(), server)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiter.is_finished());
+    match admin.force_release(&name, one.token()).await.unwrap() {
+        elect::backend::ForcedRelease::Released => {}
+        other => panic!("place 1 holds the token: {other:?}"),
+    }
+    let (lease, waited, _server) = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the waiter gets in")
+        .unwrap();
+    assert_eq!(lease.slot, 1);
+    assert!(lease.token() > one.token());
+    assert!(
+        waited < Duration::from_secs(5),
+        "woken by the release: {waited:?}"
+    );
+    assert_eq!(a.renew(&zero).await.unwrap(), Renewal::Renewed);
+}
+
+async fn take_places(
+    backend: &mut AnyBackend,
+    name: &str,
+    id: &str,
+    ttl: Duration,
+    holders: u32,
+) -> Lease {
+    acquired(
+        backend
+            .acquire(&places_request(name, id, ttl, holders), WaitMode::NoWait)
+            .await
+            .unwrap(),
+    )
+}
+
 #[tokio::test]
 async fn another_holders_secret_can_neither_renew_nor_release() {
     let server = PostgresServer::start();
@@ -291,6 +450,22 @@ async fn a_role_that_cannot_create_the_table_is_unavailable() {
             assert!(msg.contains("ALTER TABLE") && !msg.contains('\n'), "{msg}")
         }
         other => panic!("--once-per without the columns must fail: {other:?}"),
+    }
+    // Nor can it take more than one holder: tokens would have no counter beyond place 0.
+    match b
+        .acquire(
+            &places_request("granted", "b", Duration::from_secs(5), 2),
+            WaitMode::NoWait,
+        )
+        .await
+    {
+        Err(BackendError::Unavailable(msg)) => {
+            assert!(
+                msg.contains("top_token") && msg.contains("ALTER TABLE"),
+                "{msg}"
+            )
+        }
+        other => panic!("--holders 2 without the column must fail: {other:?}"),
     }
 }
 

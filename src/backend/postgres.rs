@@ -16,10 +16,23 @@
 //! - **Release** is the same check, setting `expires_at` to NULL and notifying the channel
 //!   `elect_released` with the lock name, in one statement: the notification goes out when the
 //!   release commits.
+//! - **Several holders** (`--holders N`): place 0 is the row `NAME` as above, place K >= 1 the
+//!   row `NAME/K` (lock names cannot contain '/', so it is never another lock's row). One
+//!   statement picks the first place that is free, released or expired and takes it on the same
+//!   condition, re-checked on the row's latest version, so the database settles every race; a
+//!   contender that loses one tries again at once while a place looks free. Tokens come from one
+//!   counter per lock, kept on the place-0 row: place 0 takes the greater of its `token` and
+//!   `top_token` plus one into `token`, a place K the same into `top_token` (creating the
+//!   place-0 row free if missing) and then into its own row. Place 0's lease is proved by its
+//!   `token`, which a place K never changes. Renew and release address the lease's place; every
+//!   release records the run on the place-0 row (history is per lock) and notifies the lock
+//!   name. `status` shows the lowest held place as the holder, the others as co-holders. A
+//!   table from before `top_token` gets it at open time; a role that may not add it gets no
+//!   `--holders` above 1. An older elect on the same lock would count from `token` alone.
 //! - **Waiting**: a waiter runs `LISTEN elect_released` on its session before each attempt and
-//!   retries when its lock name is notified. Without a notification (the holder died, or LISTEN
-//!   does not reach it through a pooler) it sleeps until the holder's expiry as the server
-//!   reports it, at most 2 s (`RECHECK`).
+//!   retries when its lock name is notified (the release of any place). Without a notification
+//!   (the holder died, or LISTEN does not reach it through a pooler) it sleeps until the
+//!   soonest expiry of the places it may take as the server reports it, at most 2 s (`RECHECK`).
 //! - **Sessions**: holding needs no session state (no advisory lock, no open transaction, no
 //!   prepared statement left on the server), so it works through PgBouncer in transaction mode,
 //!   and a dropped session loses nothing: the next call reconnects and the row is still ours.
@@ -35,6 +48,7 @@ mod session;
 mod sql;
 mod tls;
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -44,13 +58,14 @@ use tokio_postgres::Row;
 
 use self::connect::{Conn, Target};
 use self::session::QueryError;
-use self::sql::{lost_create_race, Schema, Statements, HISTORY_COLUMNS};
+use self::sql::{lost_create_race, Schema, Statements, HISTORY_COLUMNS, PLACES_COLUMN};
 use super::{
     AcquireRequest, Backend, BackendError, BackendOptions, BackendUrl, Expiry, ForcedRelease,
     Result, WaitMode,
 };
 use crate::lease::{
-    Acquire, FencingToken, History, HolderInfo, LastRun, Lease, LockName, LockState, Renewal,
+    Acquire, FencingToken, History, HolderInfo, Holding, LastRun, Lease, LockName, LockState,
+    Renewal,
 };
 
 /// The longest a waiter sleeps between two attempts when no release wakes it.
@@ -60,6 +75,9 @@ const RECHECK: Duration = Duration::from_secs(2);
 const JITTER_MS: u64 = 50;
 /// How often a no-wait acquire retries when the row it found busy turned free in between.
 const RACE_RETRIES: usize = 3;
+/// The most places a lock can have (`--holders` is at most 1000): `inspect` and
+/// `force_release` look at this many.
+const MOST_PLACES: i32 = 1000;
 /// The oldest server with everything the statements use.
 const MIN_SERVER_VERSION: i32 = 120_000;
 
@@ -75,7 +93,7 @@ pub struct PostgresBackend {
     describe: String,
     /// Shared so that a statement's text can be borrowed while `self` is borrowed mutably.
     statements: Arc<Statements>,
-    /// Whether the table has the history columns; decided at open time.
+    /// Which of the later columns the table has; decided at open time.
     schema: Schema,
     /// The open session, if the last call left a good one.
     conn: Option<Conn>,
@@ -98,12 +116,12 @@ impl PostgresBackend {
     /// password, database, privilege or TLS setup is reported before any job starts.
     pub async fn open(url: &BackendUrl, options: &BackendOptions) -> Result<Self> {
         let target = Box::new(Target::from_url(url, options)?);
-        let statements = Arc::new(Statements::new(&target.table, Schema::WithHistory));
+        let statements = Arc::new(Statements::new(&target.table, Schema::CURRENT));
         let mut backend = Self {
             target,
             describe: url.redacted(),
             statements,
-            schema: Schema::WithHistory,
+            schema: Schema::CURRENT,
             conn: None,
         };
         backend.prepare_table().await?;
@@ -172,23 +190,28 @@ impl PostgresBackend {
         Ok(())
     }
 
-    /// Adds the history columns to a table an older elect created. Checked first, so that a role
-    /// that may not alter the table works with a table that has them already. A role that may
-    /// not alter a table without them still gets working leases, without history.
+    /// Adds the history and places columns to a table an older elect created. Checked first, so
+    /// that a role that may not alter the table works with a table that has them already. A role
+    /// that may not alter a table without them still gets working leases, without what the
+    /// missing columns carry (history and `--once-per`, `--holders` above 1).
     async fn migrate_table(&mut self, table: &str) -> Result<()> {
-        let columns: Vec<String> = HISTORY_COLUMNS.iter().map(|c| c.to_string()).collect();
+        let columns: Vec<String> = HISTORY_COLUMNS
+            .iter()
+            .chain([&PLACES_COLUMN])
+            .map(|c| c.to_string())
+            .collect();
         let rows = self
             .query(
                 "check the lease table's columns",
-                "SELECT count(*) FROM pg_attribute \
+                "SELECT attname::text FROM pg_attribute \
                  WHERE attrelid = to_regclass($1::text) AND NOT attisdropped \
                    AND attname = ANY($2::text[])",
                 &[(&table, Type::TEXT), (&columns, Type::TEXT_ARRAY)],
             )
             .await?
             .0;
-        let present: i64 = rows.first().and_then(|r| r.try_get(0).ok()).unwrap_or(0);
-        if present == HISTORY_COLUMNS.len() as i64 {
+        let present: Vec<String> = rows.iter().filter_map(|r| r.try_get(0).ok()).collect();
+        if present.len() == columns.len() {
             return Ok(());
         }
         let statements = Arc::clone(&self.statements);
@@ -196,18 +219,24 @@ impl PostgresBackend {
             Ok(_) => Ok(()),
             Err(QueryError::Client(err)) if lost_create_race(&err) => Ok(()),
             Err(QueryError::Client(err)) if not_owner(&err) => {
+                let has = |c: &str| present.iter().any(|p| p == c);
+                let schema = Schema {
+                    history: HISTORY_COLUMNS.iter().all(|c| has(c)),
+                    places: has(PLACES_COLUMN),
+                };
                 tracing::debug!(
-                    "the lease table {table} has no run-history columns and this role may not \
-                     add them; run history and --once-per are off (its owner can run: {})",
+                    history = schema.history,
+                    places = schema.places,
+                    "the lease table {table} lacks columns and this role may not add them; \
+                     what needs them is off (its owner can run: {})",
                     statements.migrate
                 );
-                self.schema = Schema::WithoutHistory;
-                self.statements =
-                    Arc::new(Statements::new(&self.target.table, Schema::WithoutHistory));
+                self.schema = schema;
+                self.statements = Arc::new(Statements::new(&self.target.table, schema));
                 Ok(())
             }
             Err(err) => Err(self.failed(
-                &format!("cannot add the run-history columns to the lease table {table}"),
+                &format!("cannot add the new columns to the lease table {table}"),
                 err,
             )),
         }
@@ -219,26 +248,31 @@ impl PostgresBackend {
         let name = req.name.as_str();
         let pid = i64::from(holder.pid);
         let ttl_ms = millis(req.ttl);
-        let (rows, sent_at) = self
-            .query(
-                "acquire",
-                &statements.acquire,
-                &[
-                    (&name, Type::TEXT),
-                    (&holder.id, Type::TEXT),
-                    (&holder.host, Type::TEXT),
-                    (&pid, Type::INT8),
-                    (&holder.version, Type::TEXT),
-                    (&holder.acquired_at, Type::TIMESTAMPTZ),
-                    (&ttl_ms, Type::INT8),
-                    (&secret, Type::TEXT),
-                ],
-            )
-            .await?;
+        let places = i32::try_from(req.holders.max(1)).unwrap_or(MOST_PLACES);
+        let params: &Params = &[
+            (&name, Type::TEXT),
+            (&holder.id, Type::TEXT),
+            (&holder.host, Type::TEXT),
+            (&pid, Type::INT8),
+            (&holder.version, Type::TEXT),
+            (&holder.acquired_at, Type::TIMESTAMPTZ),
+            (&ttl_ms, Type::INT8),
+            (&secret, Type::TEXT),
+            (&places, Type::INT4),
+        ];
+        let (sql, params) = if places == 1 {
+            (&statements.acquire, &params[..8])
+        } else {
+            (&statements.acquire_place, params)
+        };
+        let (rows, sent_at) = self.query("acquire", sql, params).await?;
         if let Some(row) = rows.first() {
             let token = column::<i64>(row, "token")
                 .and_then(|t| u64::try_from(t).ok())
                 .ok_or_else(|| self.unavailable("acquire", "the row holds an invalid token"))?;
+            let slot = column::<i32>(row, "slot")
+                .and_then(|s| u32::try_from(s).ok())
+                .ok_or_else(|| self.unavailable("acquire", "unexpected answer"))?;
             let mut holder = req.holder.clone();
             holder.token = FencingToken(token);
             holder.ttl = req.ttl;
@@ -248,14 +282,54 @@ impl PostgresBackend {
                 sent_at,
                 secret: secret.to_owned(),
                 kernel_lock: None,
-                slot: 0,
+                slot,
             }));
         }
-        let state = self.inspect(&req.name).await?;
-        Ok(match (state.holder, state.expires_in) {
-            (Some(holder), Some(remaining)) => Attempt::Held { holder, remaining },
-            _ => Attempt::Changed,
-        })
+        // Every place was taken when the statement ran. All still busy: the one that ends first
+        // is reported, for the wake-up; otherwise one has turned free since.
+        let busy: Vec<(HolderInfo, Duration)> = self
+            .places(&req.name, places)
+            .await?
+            .into_iter()
+            .filter_map(|p| p.held)
+            .collect();
+        if busy.len() < req.holders.max(1) as usize {
+            return Ok(Attempt::Changed);
+        }
+        let Some((holder, remaining)) = busy.into_iter().min_by_key(|(_, remaining)| *remaining)
+        else {
+            return Ok(Attempt::Changed);
+        };
+        Ok(Attempt::Held { holder, remaining })
+    }
+
+    /// The rows of the lock's first `count` places, as they are now.
+    async fn places(&mut self, name: &LockName, count: i32) -> Result<Vec<Place>> {
+        let statements = Arc::clone(&self.statements);
+        let (rows, _) = self
+            .query(
+                "inspect",
+                &statements.places,
+                &[(&name.as_str(), Type::TEXT), (&count, Type::INT4)],
+            )
+            .await?;
+        Ok(rows.iter().filter_map(row_to_place).collect())
+    }
+
+    /// Refuses `--holders` above 1 on a table without the column it needs.
+    fn check_places(&self, req: &AcquireRequest) -> Result<()> {
+        if req.holders <= 1 || self.schema.places {
+            return Ok(());
+        }
+        Err(self.unavailable(
+            "--holders",
+            format_args!(
+                "the lease table {} has no {PLACES_COLUMN} column and this role may not add it; \
+                 its owner can run: {}",
+                self.target.table.quoted(),
+                self.statements.migrate
+            ),
+        ))
     }
 }
 
@@ -271,7 +345,11 @@ impl Backend for PostgresBackend {
     async fn acquire(&mut self, req: &AcquireRequest, wait: WaitMode) -> Result<Acquire> {
         // One secret for every attempt of this acquire, so that an attempt retried after a lost
         // answer recognises its own row.
+        self.check_places(req)?;
         let secret = random_secret()?;
+        // A contender that loses a place to another may find the next one free: each lost race
+        // means another contender got in, so at most one per place.
+        let race_retries = RACE_RETRIES + req.holders.max(1) as usize - 1;
         let mut races = 0;
         loop {
             if wait == WaitMode::Wait {
@@ -279,7 +357,7 @@ impl Backend for PostgresBackend {
             }
             match self.attempt(req, &secret).await? {
                 Attempt::Acquired(lease) => return Ok(Acquire::Acquired(lease)),
-                Attempt::Changed if wait == WaitMode::NoWait && races >= RACE_RETRIES => {
+                Attempt::Changed if wait == WaitMode::NoWait && races >= race_retries => {
                     return Ok(Acquire::Held(None))
                 }
                 Attempt::Changed => races += 1,
@@ -298,12 +376,13 @@ impl Backend for PostgresBackend {
         let statements = Arc::clone(&self.statements);
         let token = token_param(lease)?;
         let ttl_ms = millis(lease.holder.ttl);
+        let place = place_name(&lease.name, lease.slot);
         let (rows, _) = self
             .query(
                 "renew",
                 &statements.renew,
                 &[
-                    (&lease.name.as_str(), Type::TEXT),
+                    (&place, Type::TEXT),
                     (&lease.secret, Type::TEXT),
                     (&token, Type::INT8),
                     (&ttl_ms, Type::INT8),
@@ -328,23 +407,27 @@ impl Backend for PostgresBackend {
             .transpose()
             .map_err(|e| BackendError::Config(format!("run history: {e}")))?;
         let once_ms = history.and_then(|h| h.once_per).map(millis);
+        let place = place_name(&lease.name, lease.slot);
         let params: &Params = &[
-            (&lease.name.as_str(), Type::TEXT),
+            (&place, Type::TEXT),
             (&lease.secret, Type::TEXT),
             (&token, Type::INT8),
             (&last_run, Type::TEXT),
             (&once_ms, Type::INT8),
+            (&lease.name.as_str(), Type::TEXT),
         ];
-        let params = match self.schema {
-            Schema::WithHistory => params,
-            Schema::WithoutHistory => &params[..3],
+        // Place 0 records the run on its own row; place K on the lock's place-0 row ($6).
+        let (sql, params) = match (lease.slot, self.schema.history) {
+            (0, true) => (&statements.release, &params[..5]),
+            (0, false) => (&statements.release, &params[..3]),
+            _ => (&statements.release_place, params),
         };
-        self.query("release", &statements.release, params).await?;
+        self.query("release", sql, params).await?;
         Ok(())
     }
 
     async fn fresh_run(&mut self, name: &LockName) -> Result<Option<LastRun>> {
-        if self.schema == Schema::WithoutHistory {
+        if !self.schema.history {
             return Err(self.unavailable(
                 "--once-per",
                 format_args!(
@@ -387,7 +470,11 @@ impl Backend for PostgresBackend {
             .query(
                 "force release",
                 &statements.force_release,
-                &[(&name.as_str(), Type::TEXT), (&token, Type::INT8)],
+                &[
+                    (&name.as_str(), Type::TEXT),
+                    (&MOST_PLACES, Type::INT4),
+                    (&token, Type::INT8),
+                ],
             )
             .await?;
         if !rows.is_empty() {
@@ -400,60 +487,125 @@ impl Backend for PostgresBackend {
     }
 
     async fn inspect(&mut self, name: &LockName) -> Result<LockState> {
-        let statements = Arc::clone(&self.statements);
-        let (rows, _) = self
-            .query(
-                "inspect",
-                &statements.inspect,
-                &[(&name.as_str(), Type::TEXT)],
-            )
-            .await?;
-        match rows.first() {
-            Some(row) => Ok(row_to_state(row).unwrap_or_else(|| free(name.clone()))),
-            None => Ok(free(name.clone())),
-        }
+        let places = self.places(name, MOST_PLACES).await?;
+        Ok(locks(places).pop().unwrap_or_else(|| free(name.clone())))
     }
 
     async fn list(&mut self) -> Result<Vec<LockState>> {
         let statements = Arc::clone(&self.statements);
         let (rows, _) = self.query("list", &statements.list, &[]).await?;
-        Ok(rows.iter().filter_map(row_to_state).collect())
+        Ok(locks(rows.iter().filter_map(row_to_place).collect()))
     }
 }
 
+/// One row: a place of a lock.
+struct Place {
+    lock: LockName,
+    /// 0 for the lock's own row `NAME`, K for `NAME/K`.
+    slot: u32,
+    /// The holder and the remaining time of its lease; `None` when released or expired.
+    held: Option<(HolderInfo, Duration)>,
+    /// The last run, which only the place-0 row records.
+    last_run: Option<LastRun>,
+}
+
+/// The row name of a place: the lock's own name for place 0, `NAME/K` for place K (lock names
+/// cannot contain '/', so it is never another lock's name).
+fn place_name(lock: &LockName, slot: u32) -> String {
+    match slot {
+        0 => lock.as_str().to_owned(),
+        k => format!("{lock}/{k}"),
+    }
+}
+
+/// The lock and the place a row name stands for; `None` for a row elect did not write.
+fn parse_place_name(name: &str) -> Option<(LockName, u32)> {
+    let (lock, slot) = match name.split_once('/') {
+        None => (name, 0),
+        Some((lock, k)) => {
+            let slot: u32 = k.parse().ok()?;
+            // `NAME/K` as `place_name` writes it: no sign, no leading zero, not 0.
+            if slot == 0 || slot.to_string() != k {
+                return None;
+            }
+            (lock, slot)
+        }
+    };
+    Some((LockName::new(lock).ok()?, slot))
+}
+
+/// The locks the rows are places of, each once, in the order they first appear: the lowest held
+/// place is the holder (place 0 when it is held), the other held places its co-holders, in the
+/// order of their places; the place-0 row has the last run.
+fn locks(places: Vec<Place>) -> Vec<LockState> {
+    let mut order: Vec<LockName> = Vec::new();
+    let mut by_lock: HashMap<LockName, Vec<Place>> = HashMap::new();
+    for place in places {
+        if !by_lock.contains_key(&place.lock) {
+            order.push(place.lock.clone());
+        }
+        by_lock.entry(place.lock.clone()).or_default().push(place);
+    }
+    order
+        .into_iter()
+        .map(|lock| {
+            let mut places = by_lock.remove(&lock).unwrap_or_default();
+            places.sort_by_key(|p| p.slot);
+            let last_run = places
+                .iter()
+                .find(|p| p.slot == 0)
+                .and_then(|p| p.last_run.clone());
+            let mut held = places.into_iter().filter_map(|p| p.held);
+            let first = held.next();
+            LockState {
+                last_run,
+                expires_in: first.as_ref().map(|(_, remaining)| *remaining),
+                holder: first.map(|(holder, _)| holder),
+                co_holders: held
+                    .map(|(holder, remaining)| Holding {
+                        holder,
+                        expires_in: Some(remaining),
+                    })
+                    .collect(),
+                ..free(lock)
+            }
+        })
+        .collect()
+}
+
 /// A row as `status` shows it; a released or expired row is free. `None` for a row elect did
-/// not write (a name that is not a lock name).
-fn row_to_state(row: &Row) -> Option<LockState> {
-    let name = LockName::new(&column::<String>(row, "name")?).ok()?;
+/// not write (a name that is neither a lock name nor a place of one).
+fn row_to_place(row: &Row) -> Option<Place> {
+    let (lock, slot) = parse_place_name(&column::<String>(row, "name")?)?;
     let last_run: Option<LastRun> = column::<Option<String>>(row, "last_run")
         .flatten()
         .and_then(|text| serde_json::from_str(&text).ok());
     let remaining = column::<Option<i64>>(row, "remaining_ms")?
         .filter(|ms| *ms > 0)
         .map(|ms| Duration::from_millis(ms.unsigned_abs()));
-    let Some(remaining) = remaining else {
-        return Some(LockState {
-            last_run,
-            ..free(name)
-        });
+    let held = match remaining {
+        None => None,
+        Some(remaining) => Some((
+            HolderInfo {
+                id: column(row, "holder_id")?,
+                host: column(row, "host")?,
+                pid: u32::try_from(column::<i64>(row, "pid")?).unwrap_or(0),
+                acquired_at: column::<SystemTime>(row, "acquired_at")?,
+                ttl: Duration::from_millis(
+                    u64::try_from(column::<i64>(row, "ttl_ms")?).unwrap_or(0),
+                ),
+                token: FencingToken(u64::try_from(column::<i64>(row, "token")?).ok()?),
+                version: column(row, "version")?,
+                places: 1,
+            },
+            remaining,
+        )),
     };
-    let holder = HolderInfo {
-        id: column(row, "holder_id")?,
-        host: column(row, "host")?,
-        pid: u32::try_from(column::<i64>(row, "pid")?).unwrap_or(0),
-        acquired_at: column::<SystemTime>(row, "acquired_at")?,
-        ttl: Duration::from_millis(u64::try_from(column::<i64>(row, "ttl_ms")?).unwrap_or(0)),
-        token: FencingToken(u64::try_from(column::<i64>(row, "token")?).ok()?),
-        version: column(row, "version")?,
-        places: 1,
-    };
-    Some(LockState {
-        lock: name,
-        holder: Some(holder),
+    Some(Place {
+        lock,
+        slot,
+        held,
         last_run,
-        expires_in: Some(remaining),
-        waiters: None,
-        co_holders: Vec::new(),
     })
 }
 

@@ -52,49 +52,89 @@ fn is_identifier(part: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// Whether the table has the run-history columns (`last_run`, `once_until`).
+/// Which of the columns later releases added the table has. A table an older elect created, which
+/// the role may not alter, lacks some of them: leases work, and what needs the missing columns is
+/// refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Schema {
-    WithHistory,
-    /// A table an older elect created, which the role may not alter: leases work, history and
-    /// `--once-per` do not.
-    WithoutHistory,
+pub struct Schema {
+    /// `last_run` and `once_until`: run history and `--once-per`.
+    pub history: bool,
+    /// `top_token`: `--holders` above 1.
+    pub places: bool,
+}
+
+impl Schema {
+    /// The table as `create` makes it.
+    pub const CURRENT: Self = Self {
+        history: true,
+        places: true,
+    };
 }
 
 /// The statement texts for one table.
 #[derive(Debug, Clone)]
 pub struct Statements {
     pub create: String,
-    /// Adds the history columns to a table an older elect created.
+    /// Adds the columns of later releases to a table an older elect created.
     pub migrate: String,
     pub fresh_run: String,
+    /// Takes place 0 (`--holders 1`).
     pub acquire: String,
+    /// Takes the first free place of `--holders N`.
+    pub acquire_place: String,
+    /// Renews one place's row.
     pub renew: String,
+    /// Releases place 0.
     pub release: String,
+    /// Releases a place K >= 1.
+    pub release_place: String,
     pub force_release: String,
-    pub inspect: String,
+    /// Every place row of one lock.
+    pub places: String,
     pub list: String,
 }
 
-/// The columns `inspect` and `list` read, in the order `row_to_state` expects.
+/// The columns `places` and `list` read, in the order `row_to_place` expects.
 const STATE_COLUMNS: &str = "name, holder_id, host, pid, version, acquired_at, ttl_ms, token, \
      (extract(epoch FROM (expires_at - clock_timestamp())) * 1000)::int8 AS remaining_ms";
 
 /// The columns a table needs besides those of the first release (`CREATE TABLE IF NOT EXISTS`
 /// leaves an old table as it is): checked at open time, added when missing.
 pub const HISTORY_COLUMNS: [&str; 2] = ["last_run", "once_until"];
+pub const PLACES_COLUMN: &str = "top_token";
+
+/// The names of places 1 to $2 - 1 of the lock $1 (`NAME/K`), for `= ANY(...)`: a lookup by the
+/// primary key for each, whatever the table's collation.
+const PLACE_NAMES: &str =
+    "ARRAY(SELECT $1::text || '/' || k FROM generate_series(1, $2::int4 - 1) AS k)";
 
 impl Statements {
     pub fn new(table: &Table, schema: Schema) -> Self {
         let t = table.quoted();
-        let (last_run, record) = match schema {
-            Schema::WithHistory => (
+        let (last_run, record, history) = if schema.history {
+            (
                 "last_run",
                 ", last_run = COALESCE($4::text, last_run),
                    once_until = CASE WHEN $5::int8 IS NULL THEN once_until
                        ELSE clock_timestamp() + $5::int8 * interval '1 millisecond' END",
-            ),
-            Schema::WithoutHistory => ("NULL::text AS last_run", ""),
+                // The same, for the place-0 row when place $1 is released.
+                ", recorded AS (
+                    UPDATE {t} SET last_run = COALESCE($4::text, last_run),
+                       once_until = CASE WHEN $5::int8 IS NULL THEN once_until
+                           ELSE clock_timestamp() + $5::int8 * interval '1 millisecond' END
+                    WHERE name = $6 AND EXISTS (SELECT 1 FROM released)
+                    RETURNING name)"
+                    .replace("{t}", t),
+            )
+        } else {
+            ("NULL::text AS last_run", "", String::new())
+        };
+        // The lock's last token: places K >= 1 count on in the place-0 row's `top_token`, so
+        // that taking one never changes the place-0 lease's own `token`.
+        let last_token = if schema.places {
+            "GREATEST(l.token, l.top_token)"
+        } else {
+            "l.token"
         };
         Self {
             // `expires_at` NULL means released. The row outlives its lease so that the token
@@ -112,15 +152,17 @@ impl Statements {
                     token       bigint NOT NULL,
                     expires_at  timestamptz,
                     last_run    text,
-                    once_until  timestamptz
+                    once_until  timestamptz,
+                    top_token   bigint
                 )"
             ),
             // `last_run` is the JSON of the last run; `once_until` the end of the `--once-per`
-            // marker, by the server's clock.
+            // marker, by the server's clock; `top_token` the last token a place K >= 1 took.
             // One line: error messages quote it for the table's owner to run.
             migrate: format!(
                 "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS last_run text, \
-                 ADD COLUMN IF NOT EXISTS once_until timestamptz"
+                 ADD COLUMN IF NOT EXISTS once_until timestamptz, \
+                 ADD COLUMN IF NOT EXISTS top_token bigint"
             ),
             fresh_run: format!(
                 "SELECT last_run FROM {t} WHERE name = $1 AND once_until > clock_timestamp()"
@@ -139,14 +181,76 @@ impl Statements {
                     holder_id = excluded.holder_id, host = excluded.host, pid = excluded.pid,
                     version = excluded.version, acquired_at = excluded.acquired_at,
                     ttl_ms = excluded.ttl_ms, secret = excluded.secret,
-                    token = l.token + 1,
+                    token = {last_token} + 1,
                     expires_at = clock_timestamp() + excluded.ttl_ms * interval '1 millisecond'
                  WHERE l.expires_at IS NULL OR l.expires_at <= clock_timestamp()
                     OR l.secret = excluded.secret
-                 RETURNING token"
+                 RETURNING 0::int4 AS slot, token"
+            ),
+            // `--holders $9`: `pick` is the first place that is free, released or expired (one
+            // this acquire already holds first, for a retried acquire), by the statement's
+            // snapshot. Place 0 is taken as by `acquire`. A place K >= 1 takes its token from the
+            // place-0 row, which `bump` creates free if missing and locks, so that contenders
+            // for any place of the lock draw tokens one at a time; then `take` takes row K on
+            // the same condition as `acquire`, re-checked on its latest version, so two
+            // contenders cannot both win. A contender that loses the race to `take` has used
+            // up a token: tokens grow, but may skip values.
+            acquire_place: format!(
+                "WITH pick AS (
+                    SELECT c.k, c.place
+                    FROM (SELECT k, CASE WHEN k = 0 THEN $1::text ELSE $1::text || '/' || k END
+                                 AS place
+                          FROM generate_series(0, $9::int4 - 1) AS k) AS c
+                    LEFT JOIN {t} AS p ON p.name = c.place
+                    WHERE p.name IS NULL OR p.expires_at IS NULL
+                       OR p.expires_at <= clock_timestamp() OR p.secret = $8
+                    ORDER BY p.secret IS NOT DISTINCT FROM $8 DESC, c.k
+                    LIMIT 1),
+                 first AS (
+                    INSERT INTO {t} AS l
+                        (name, holder_id, host, pid, version, acquired_at, ttl_ms, secret, token,
+                         expires_at)
+                    SELECT $1, $2, $3, $4, $5, $6, $7, $8, 1,
+                           clock_timestamp() + $7 * interval '1 millisecond'
+                    FROM pick WHERE pick.k = 0
+                    ON CONFLICT (name) DO UPDATE SET
+                        holder_id = excluded.holder_id, host = excluded.host, pid = excluded.pid,
+                        version = excluded.version, acquired_at = excluded.acquired_at,
+                        ttl_ms = excluded.ttl_ms, secret = excluded.secret,
+                        token = GREATEST(l.token, l.top_token) + 1,
+                        expires_at = clock_timestamp() + excluded.ttl_ms * interval '1 millisecond'
+                    WHERE l.expires_at IS NULL OR l.expires_at <= clock_timestamp()
+                       OR l.secret = excluded.secret
+                    RETURNING token),
+                 bump AS (
+                    INSERT INTO {t} AS l
+                        (name, holder_id, host, pid, version, acquired_at, ttl_ms, secret, token,
+                         expires_at, top_token)
+                    SELECT $1, '', '', 0, '', clock_timestamp(), 0, '', 0, NULL, 1
+                    FROM pick WHERE pick.k > 0
+                    ON CONFLICT (name) DO UPDATE SET top_token = GREATEST(l.token, l.top_token) + 1
+                    RETURNING top_token),
+                 take AS (
+                    INSERT INTO {t} AS l
+                        (name, holder_id, host, pid, version, acquired_at, ttl_ms, secret, token,
+                         expires_at)
+                    SELECT pick.place, $2, $3, $4, $5, $6, $7, $8, bump.top_token,
+                           clock_timestamp() + $7 * interval '1 millisecond'
+                    FROM pick, bump
+                    ON CONFLICT (name) DO UPDATE SET
+                        holder_id = excluded.holder_id, host = excluded.host, pid = excluded.pid,
+                        version = excluded.version, acquired_at = excluded.acquired_at,
+                        ttl_ms = excluded.ttl_ms, secret = excluded.secret,
+                        token = excluded.token,
+                        expires_at = clock_timestamp() + excluded.ttl_ms * interval '1 millisecond'
+                    WHERE l.expires_at IS NULL OR l.expires_at <= clock_timestamp()
+                       OR l.secret = excluded.secret
+                    RETURNING token)
+                 SELECT pick.k AS slot, taken.token
+                 FROM pick, (SELECT token FROM first UNION ALL SELECT token FROM take) AS taken"
             ),
             // Extends only our own, unexpired lease: an expired one may already have been
-            // promised to someone else.
+            // promised to someone else. $1 is the place's row.
             renew: format!(
                 "UPDATE {t} SET expires_at = clock_timestamp() + $4 * interval '1 millisecond'
                  WHERE name = $1 AND secret = $2 AND token = $3 AND expires_at > clock_timestamp()
@@ -164,15 +268,34 @@ impl Statements {
                     RETURNING name)
                  SELECT pg_notify('{CHANNEL}', name) FROM released"
             ),
-            // An operator's compare-and-delete: by token alone, for a holder known to be dead.
+            // The same for the row $1 of a place K >= 1 of the lock $6: the run is recorded on
+            // the lock's place-0 row, and the notification names the lock. `base` locks the
+            // place-0 row before row $1, in the order `acquire_place` takes them, so that a
+            // release and an acquire of the same place cannot deadlock.
+            release_place: format!(
+                "WITH base AS (SELECT name FROM {t} WHERE name = $6 FOR UPDATE),
+                 released AS (
+                    UPDATE {t} SET expires_at = NULL
+                    WHERE name = $1 AND secret = $2 AND token = $3
+                      AND expires_at > clock_timestamp()
+                      AND (SELECT count(*) FROM base) >= 0
+                    RETURNING name){history}
+                 SELECT pg_notify('{CHANNEL}', $6) FROM released"
+            ),
+            // An operator's compare-and-delete: by token alone, for a holder known to be dead,
+            // on whichever of the lock's first $3 places holds it.
             force_release: format!(
                 "WITH released AS (
                     UPDATE {t} SET expires_at = NULL
-                    WHERE name = $1 AND token = $2 AND expires_at > clock_timestamp()
+                    WHERE (name = $1 OR name = ANY({PLACE_NAMES}))
+                      AND token = $3 AND expires_at > clock_timestamp()
                     RETURNING name)
-                 SELECT pg_notify('{CHANNEL}', name) FROM released"
+                 SELECT pg_notify('{CHANNEL}', $1) FROM released"
             ),
-            inspect: format!("SELECT {STATE_COLUMNS}, {last_run} FROM {t} WHERE name = $1"),
+            places: format!(
+                "SELECT {STATE_COLUMNS}, {last_run} FROM {t}
+                 WHERE name = $1 OR name = ANY({PLACE_NAMES})"
+            ),
             list: format!("SELECT {STATE_COLUMNS}, {last_run} FROM {t} ORDER BY name"),
         }
     }

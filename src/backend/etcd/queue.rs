@@ -366,3 +366,23 @@ pub(super) async fn delete_if_created_at(
     let resp = timed("release the lock", client.txn(txn)).await?;
     Ok(resp.succeeded())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::admitted;
+
+    #[test]
+    fn admitted_counts_the_keys_ahead_against_every_limit() {
+        // A mutex: only the first.
+        assert!(admitted(&[], 1));
+        assert!(!admitted(&[1], 1));
+        // Two places: the first two, if the key ahead took two as well.
+        assert!(admitted(&[2], 2));
+        assert!(!admitted(&[2, 2], 2));
+        // Never beside a holder that took fewer places, nor with fewer than are ahead.
+        assert!(!admitted(&[1], 2));
+        assert!(!admitted(&[3, 2], 3));
+        assert!(!admitted(&[3], 1));
+        assert!(admitted(&[3, 3], 3));
+    }
+}

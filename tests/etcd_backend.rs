@@ -719,8 +719,9 @@ async fn a_release_wakes_one_waiter_not_all() {
             release_rx.wait_for(|go| *go).await.unwrap();
             backend.release(&lease, None).await.unwrap();
         }));
+        // Queue them one after the other, so that their order is known.
+        wait_queue_len(&server, "herd", i + 2).await;
     }
-    wait_queue_len(&server, "herd", WAITERS + 1).await;
     let requests = || server.metric("etcd_mvcc_range_total") + server.metric("etcd_mvcc_txn_total");
     let before = requests();
     holder.release(&lease, None).await.unwrap();

@@ -66,7 +66,8 @@ async fn wait_queue_len(server: &EtcdServer, name: &str, n: usize) {
     while server.keys(&format!("elect/{name}/")).len() != n {
         assert!(
             Instant::now() < deadline,
-            "queue of {name} never had {n} keys"
+            "queue of {name} never had {n} keys: {:?}",
+            server.keys(&format!("elect/{name}/"))
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -266,6 +267,173 @@ async fn a_release_wakes_the_next_waiter_fast() {
     assert!(took < Duration::from_millis(200), "took {took:?}");
     assert!(next.token() > lease.token());
     waiter.release(&next, None).await.unwrap();
+}
+
+/// An acquire for one of `holders` places.
+fn request_places(name: &str, id: &str, holders: u32) -> AcquireRequest {
+    AcquireRequest {
+        holders,
+        ..request(name, id)
+    }
+}
+
+async fn acquire_places(
+    backend: &mut AnyBackend,
+    name: &str,
+    id: &str,
+    holders: u32,
+    wait: WaitMode,
+) -> Acquire {
+    backend
+        .acquire(&request_places(name, id, holders), wait)
+        .await
+        .unwrap_or_else(|e| panic!("acquire {name} for {id}: {e}"))
+}
+
+async fn take_place(backend: &mut AnyBackend, name: &str, id: &str, holders: u32) -> Lease {
+    match acquire_places(backend, name, id, holders, WaitMode::NoWait).await {
+        Acquire::Acquired(lease) => lease,
+        other => panic!("acquire {name} for {id}: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn holders_two_take_places_and_a_third_is_turned_away() {
+    let server = EtcdServer::start();
+    let mut a = open(&server.url()).await;
+    let mut b = open(&server.url()).await;
+    let mut c = open(&server.url()).await;
+    let first = take_place(&mut a, "pair", "a", 2).await;
+    let second = take_place(&mut b, "pair", "b", 2).await;
+    assert!(second.token() > first.token());
+    // The key says how many places it takes part in.
+    let value = server.etcdctl_ok(&[
+        "get",
+        "--print-value-only",
+        &format!("elect/pair/{}", second.secret),
+    ]);
+    assert!(value.contains("\"places\":2"), "{value}");
+
+    for _ in 0..2 {
+        match acquire_places(&mut c, "pair", "c", 2, WaitMode::NoWait).await {
+            Acquire::Held(Some(holder)) => assert_eq!(holder.id, "a"),
+            other => panic!("{other:?}"),
+        }
+    }
+    // A mutex user is turned away as well.
+    let got = acquire_places(&mut c, "pair", "c", 1, WaitMode::NoWait).await;
+    assert!(matches!(got, Acquire::Held(Some(_))), "{got:?}");
+    // Nothing of theirs is left behind: two keys, two leases.
+    assert_eq!(server.keys("elect/pair/").len(), 2);
+    let leases = server.etcdctl_ok(&["lease", "list"]);
+    assert!(leases.starts_with("found 2 leases"), "{leases}");
+
+    let state = c.inspect(&LockName::new("pair").unwrap()).await.unwrap();
+    let holder = state.holder.expect("held");
+    assert_eq!((holder.id.as_str(), holder.token), ("a", first.token()));
+    assert!(state.expires_in.is_some());
+    let co: Vec<_> = state
+        .co_holders
+        .iter()
+        .map(|h| (h.holder.id.as_str(), h.holder.token, h.expires_in.is_some()))
+        .collect();
+    assert_eq!(co, [("b", second.token(), true)]);
+    assert_eq!(state.waiters, Some(0));
+
+    // Both renew; the first one's release frees a place for the third.
+    assert_eq!(a.renew(&first).await.unwrap(), Renewal::Renewed);
+    assert_eq!(b.renew(&second).await.unwrap(), Renewal::Renewed);
+    a.release(&first, None).await.unwrap();
+    let third = take_place(&mut c, "pair", "c", 2).await;
+    assert!(third.token() > second.token());
+    b.release(&second, None).await.unwrap();
+    c.release(&third, None).await.unwrap();
+    assert!(server.keys("elect/pair/").is_empty());
+}
+
+#[tokio::test]
+async fn holders_mutex_and_semaphore_users_do_not_share() {
+    let server = EtcdServer::start();
+    let mut a = open(&server.url()).await;
+    let mut b = open(&server.url()).await;
+    // A mutex holder is not joined by a contender with more places.
+    let lease = take(&mut a, "mixed", "a").await;
+    let got = acquire_places(&mut b, "mixed", "b", 2, WaitMode::NoWait).await;
+    assert!(matches!(got, Acquire::Held(Some(_))), "{got:?}");
+    a.release(&lease, None).await.unwrap();
+    // Nor is an etcdctl holder.
+    let mut etcdctl = etcdctl_lock(&server, "mixed");
+    let got = acquire_places(&mut b, "mixed", "b", 2, WaitMode::NoWait).await;
+    assert!(matches!(got, Acquire::Held(None)), "{got:?}");
+    // Once it unlocks, a waiter for one of two places gets in.
+    etcd_server_signal(&etcdctl, "-INT");
+    let _ = etcdctl.wait();
+    match acquire_places(&mut b, "mixed", "b", 2, WaitMode::Wait).await {
+        Acquire::Acquired(lease) => b.release(&lease, None).await.unwrap(),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A waiter for one of two places gets in when either holder leaves, whichever key it was: here
+/// first the second holder (not the first, two places ahead), then the first (not the key just
+/// ahead of the last waiter).
+#[tokio::test]
+async fn holders_a_waiter_gets_in_when_either_holder_releases() {
+    let server = EtcdServer::start();
+    let mut a = open(&server.url()).await;
+    let mut b = open(&server.url()).await;
+    let first = take_place(&mut a, "places", "a", 2).await;
+    let second = take_place(&mut b, "places", "b", 2).await;
+    let mut waiters = Vec::new();
+    for id in ["c", "d"] {
+        let mut backend = open(&server.url()).await;
+        waiters.push(tokio::spawn(async move {
+            let got = acquire_places(&mut backend, "places", id, 2, WaitMode::Wait).await;
+            let Acquire::Acquired(lease) = got else {
+                panic!("{got:?}")
+            };
+            (Instant::now(), lease, backend)
+        }));
+        let n = server.keys("elect/places/").len() + 1;
+        wait_queue_len(&server, "places", n).await;
+    }
+    // Waiting through more than a ttl: both places stay taken, the waiters keep waiting.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(a.renew(&first).await.unwrap(), Renewal::Renewed);
+        assert_eq!(b.renew(&second).await.unwrap(), Renewal::Renewed);
+    }
+    assert!(waiters.iter().all(|w| !w.is_finished()));
+    let state = a.inspect(&LockName::new("places").unwrap()).await.unwrap();
+    assert_eq!(state.co_holders.len(), 1);
+    assert_eq!(state.waiters, Some(2));
+
+    let released = Instant::now();
+    b.release(&second, None).await.unwrap();
+    let mut d = waiters.pop().unwrap();
+    let (acquired, third, mut c) = waiters.pop().unwrap().await.unwrap();
+    let took = acquired.duration_since(released);
+    assert!(took < Duration::from_millis(500), "took {took:?}");
+    assert!(third.token() > second.token());
+    assert_eq!(third.holder.id, "c");
+    // One place freed, one waiter in: the other still waits.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!d.is_finished());
+
+    // Now the first holder leaves: the last waiter gets in.
+    a.release(&first, None).await.unwrap();
+    let (_, fourth, mut backend) = tokio::time::timeout(Duration::from_secs(5), &mut d)
+        .await
+        .expect("the last waiter got in")
+        .unwrap();
+    assert!(fourth.token() > third.token());
+    let state = c.inspect(&LockName::new("places").unwrap()).await.unwrap();
+    let ids: Vec<_> = std::iter::once(state.holder.expect("held").id)
+        .chain(state.co_holders.into_iter().map(|h| h.holder.id))
+        .collect();
+    assert_eq!(ids, ["c", "d"]);
+    c.release(&third, None).await.unwrap();
+    backend.release(&fourth, None).await.unwrap();
 }
 
 #[tokio::test]
@@ -558,8 +726,9 @@ async fn a_release_wakes_one_waiter_not_all() {
             release_rx.wait_for(|go| *go).await.unwrap();
             backend.release(&lease, None).await.unwrap();
         }));
+        // Queue them one after the other, so that their order is known.
+        wait_queue_len(&server, "herd", i + 2).await;
     }
-    wait_queue_len(&server, "herd", WAITERS + 1).await;
     let requests = || server.metric("etcd_mvcc_range_total") + server.metric("etcd_mvcc_txn_total");
     let before = requests();
     holder.release(&lease, None).await.unwrap();

@@ -8,24 +8,33 @@
 //! first-come first-served queue. The value is elect's holder metadata as JSON; `etcdctl lock`
 //! writes an empty value, which `status` shows as a holder without metadata.
 //!
+//! With `--holders N` the same queue is a semaphore: the `N` keys with the lowest create
+//! revisions hold the lock, each with its own token. The holder metadata records `N`
+//! (`places`), and a key holds only if fewer keys are ahead of it than its own `N` and than the
+//! `N` of every key ahead (an `etcdctl lock` key or a plain `elect run` counts as 1): so a
+//! contender with `--holders 2` does not join a mutex holder, nor a mutex user a semaphore's.
+//!
 //! # How it works
 //! - Acquire: note the local time, grant a lease of `ceil(ttl)` whole seconds (never shorter than
 //!   asked, so the server cannot expire it before `sent + ttl`: the core's deadline counts from
 //!   the noted time with the requested ttl), then join the queue in one transaction (see
-//!   `queue`). First in the queue: acquired, and the fencing token is the key's create
-//!   revision, which etcd never reuses.
+//!   `queue`). First in the queue (one of the first `N`, with `--holders N`): acquired, and the
+//!   fencing token is the key's create revision, which etcd never reuses.
 //! - Busy, without waiting: revoke the lease at once, which deletes the key: nothing is left
 //!   behind.
 //! - Busy, waiting: watch the key just ahead (no polling; a release wakes one waiter), and keep
 //!   the lease alive every `ttl / 3` meanwhile, since its ttl runs from the grant. When the turn
 //!   comes, one more keepalive; the lease counts from the send time of the last keepalive that
 //!   succeeded. The holder metadata is rewritten then, so that it says when the lock was taken.
+//!   With `--holders N`, watching one key ahead will not do (any holder may go first): read the
+//!   keys ahead once, watch the whole queue from just after that read, and take each deleted
+//!   key off the set, until fewer than `N` are left.
 //! - Renew: one LeaseKeepAlive request and response (ttl 0: lost), then a read of the key (gone,
 //!   or re-created by someone else: lost). A lease can outlive its key when someone deletes the
 //!   key (`etcdctl del`), and then the lock is free for the next in line.
 //! - Release: revoke the lease, which deletes the key in the same step.
-//! - Forced release (`elect release --token N`): delete the owner's key if its create revision is
-//!   `N`, in one transaction, then revoke its lease.
+//! - Forced release (`elect release --token T`): delete the key of the holder whose create
+//!   revision is `T`, in one transaction, then revoke its lease.
 //! - A wait that is abandoned (its future dropped, e.g. by `--wait=10s`) leaves its key in the
 //!   queue; the next call on this backend revokes that lease, and so does dropping the backend
 //!   (bounded to one second). If both fail, the lease expires by its ttl.
@@ -37,9 +46,10 @@
 //! # Files
 //! - `connect`: URL and options to a client of one endpoint; errors as one line with a hint.
 //! - `acquire`: grant, join the queue, wait for the turn; revoking an abandoned wait's lease.
-//! - `queue`: the steps of etcd's mutex protocol (transaction, key ahead, watch).
+//! - `queue`: the steps of etcd's mutex protocol (transaction, key ahead, watch), and the
+//!   semaphore's wait for a place.
 //! - `keepalive`: one LeaseKeepAlive request and its own response at a time.
-//! - `status`: `inspect` and `list`.
+//! - `status`: `inspect` and `list`: the holders first (one, or up to `N`), then the waiters.
 //! - `history`: the last run and the `--once-per` marker, in keys beside the queue.
 
 mod acquire;
@@ -265,9 +275,10 @@ impl EtcdBackend {
         revoke(&mut self.client, id).await
     }
 
-    /// Deletes the owner's key only if its create revision is `token` (one transaction), then
-    /// revokes its lease, so that a holder that is still alive learns at its next renewal that
-    /// it lost the lock. The next in line gets the lock when the key goes.
+    /// Deletes the key of the holder (one of several with `--holders`) whose create revision is
+    /// `token`, in one transaction that checks it still is, then revokes its lease, so that a
+    /// holder that is still alive learns at its next renewal that it lost the lock. The next in
+    /// line gets the lock when the key goes.
     async fn force_release_here(
         &mut self,
         name: &LockName,
@@ -275,14 +286,18 @@ impl EtcdBackend {
     ) -> Result<ForcedRelease> {
         let queue = self.settings.prefix_of(name);
         let members = queue::members(&mut self.client, &queue).await?;
-        let Some(owner) = members.first() else {
+        let holders = &members[..queue::holding(&members)];
+        let Some(first) = holders.first() else {
             return Ok(ForcedRelease::NotHeld);
         };
-        if token_of(owner.create_revision()) != token {
+        let Some(owner) = holders
+            .iter()
+            .find(|kv| token_of(kv.create_revision()) == token)
+        else {
             return Ok(ForcedRelease::Mismatch(Some(
-                holder_of(owner).unwrap_or_else(|| unknown_holder(owner)),
+                holder_of(first).unwrap_or_else(|| unknown_holder(first)),
             )));
-        }
+        };
         let key = owner.key().to_vec();
         if !queue::delete_if_created_at(&mut self.client, key, owner.create_revision()).await? {
             // Gone between the read and the delete: released or expired meanwhile.

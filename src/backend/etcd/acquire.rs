@@ -76,33 +76,51 @@ impl EtcdBackend {
         }
         let queue = self.settings.prefix_of(&req.name);
         let my_key = format!("{queue}{lease_id:x}");
-        let value = holder_json(&req.holder)?;
-        let position = queue::enqueue(&mut self.client, &queue, &my_key, value, lease_id).await?;
+        let places = req.holders.max(1);
+        // The key says how many places it takes part in, so that `status` and the contenders
+        // behind it know.
+        let mut me = req.holder.clone();
+        me.places = places;
+        let value = holder_json(&me)?;
+        let position =
+            queue::enqueue(&mut self.client, &queue, &my_key, value, lease_id, places).await?;
         let mut keepalive = KeepAlive::new(lease_id);
-        let owner_is_me = position
-            .owner
-            .as_ref()
-            .is_none_or(|o| o.create_revision() == position.rev);
-        if !owner_is_me {
+        // With one place: the owner is me (no key ahead).
+        let ahead: Vec<u32> = position.ahead().map(queue::places_of).collect();
+        if !queue::admitted(&ahead, places) {
             match wait {
                 WaitMode::NoWait => {
                     // Revoking deletes my key with the lease: a busy lock keeps no trace of us.
                     self.revoke_pending().await;
-                    let holder = position.owner.as_ref().and_then(holder_of);
+                    let holder = position.owner().and_then(holder_of);
                     return Ok(Attempt::Done(Acquire::Held(holder)));
                 }
                 WaitMode::Wait => {
                     tracing::debug!(lock = %req.name, key = my_key, "waiting in the lock queue");
-                    let turn = queue::wait_turn(
-                        &mut self.client,
-                        &queue,
-                        position.rev,
-                        &mut keepalive,
-                        keepalive_interval(req.ttl),
-                        req.ttl,
-                        &mut alive_at,
-                    )
-                    .await?;
+                    let turn = if places == 1 {
+                        queue::wait_turn(
+                            &mut self.client,
+                            &queue,
+                            position.rev,
+                            &mut keepalive,
+                            keepalive_interval(req.ttl),
+                            req.ttl,
+                            &mut alive_at,
+                        )
+                        .await?
+                    } else {
+                        queue::wait_place(
+                            &mut self.client,
+                            &queue,
+                            position.rev,
+                            places,
+                            &mut keepalive,
+                            keepalive_interval(req.ttl),
+                            req.ttl,
+                            &mut alive_at,
+                        )
+                        .await?
+                    };
                     if let Turn::LeaseGone = turn {
                         self.settled(lease_id);
                         return Ok(Attempt::Expired);
@@ -121,7 +139,7 @@ impl EtcdBackend {
                             tracing::debug!(error = %err, "keepalive on taking the lock failed")
                         }
                     }
-                    let mut holder = req.holder.clone();
+                    let mut holder = me;
                     holder.acquired_at = SystemTime::now();
                     let value = holder_json(&holder)?;
                     if !queue::update_mine(&mut self.client, &my_key, position.rev, value, lease_id)
@@ -146,7 +164,7 @@ impl EtcdBackend {
         self.keepalive = Some(keepalive);
         Ok(Attempt::Done(Acquire::Acquired(lease(
             req,
-            req.holder.clone(),
+            me,
             position.rev,
             lease_id,
             alive_at,

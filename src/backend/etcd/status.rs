@@ -1,12 +1,13 @@
-//! What `status` shows: the locks under the prefix, their holders, ttls and waiters.
+//! What `status` shows: the locks under the prefix, their holders (several with `--holders`),
+//! ttls and waiters.
 
 use std::time::{Duration, SystemTime};
 
 use etcd_client::{GetOptions, KeyValue};
 
-use super::{timed, token_of, EtcdBackend};
+use super::{queue, timed, token_of, EtcdBackend};
 use crate::backend::Result;
-use crate::lease::{HolderInfo, LockName, LockState};
+use crate::lease::{HolderInfo, Holding, LockName, LockState};
 
 impl EtcdBackend {
     pub(super) async fn list_here(&mut self) -> Result<Vec<LockState>> {
@@ -46,14 +47,24 @@ impl EtcdBackend {
         Ok(states)
     }
 
-    /// A lock's state from its queue members, owner first.
+    /// A lock's state from its queue members, owner first: the first [`queue::holding`] of them
+    /// hold it (one, unless they took it with `--holders`), the others wait.
     pub(super) async fn state_of(
         &mut self,
         name: &LockName,
         members: &[KeyValue],
     ) -> Result<LockState> {
         let last_run = self.last_run_of(name).await?;
-        let Some(owner) = members.first() else {
+        let holding = queue::holding(members);
+        let mut holdings = Vec::with_capacity(holding);
+        for kv in &members[..holding] {
+            holdings.push(Holding {
+                holder: holder_of(kv).unwrap_or_else(|| unknown_holder(kv)),
+                expires_in: self.expires_in(kv).await?,
+            });
+        }
+        let mut holdings = holdings.into_iter();
+        let Some(first) = holdings.next() else {
             return Ok(LockState {
                 lock: name.clone(),
                 holder: None,
@@ -63,7 +74,19 @@ impl EtcdBackend {
                 co_holders: Vec::new(),
             });
         };
-        let expires_in = match owner.lease() {
+        Ok(LockState {
+            lock: name.clone(),
+            holder: Some(first.holder),
+            last_run,
+            expires_in: first.expires_in,
+            waiters: Some((members.len() - holding) as u64),
+            co_holders: holdings.collect(),
+        })
+    }
+
+    /// The remaining ttl of a queue key's lease; `None` for a key without one.
+    async fn expires_in(&mut self, kv: &KeyValue) -> Result<Option<Duration>> {
+        Ok(match kv.lease() {
             0 => None,
             lease => {
                 let ttl = timed(
@@ -73,15 +96,6 @@ impl EtcdBackend {
                 .await?;
                 u64::try_from(ttl.ttl()).ok().map(Duration::from_secs)
             }
-        };
-        let holder = holder_of(owner).unwrap_or_else(|| unknown_holder(owner));
-        Ok(LockState {
-            lock: name.clone(),
-            holder: Some(holder),
-            last_run,
-            expires_in,
-            waiters: Some(members.len().saturating_sub(1) as u64),
-            co_holders: Vec::new(),
         })
     }
 }

@@ -156,23 +156,15 @@ pub fn table_at(states: &[LockState], now: SystemTime) -> String {
         "LAST RUN",
     ]
     .map(String::from)];
+    let dash = || "-".to_owned();
     for state in states {
-        let dash = || "-".to_owned();
-        let row = match &state.holder {
-            Some(h) => [
-                state.lock.to_string(),
-                "held".into(),
-                h.id.clone(),
-                h.host.clone(),
-                h.pid.to_string(),
-                h.token.to_string(),
-                rfc3339(h.acquired_at),
-                state.expires_in.map_or_else(dash, short),
-                state.waiters.map_or_else(dash, |w| w.to_string()),
-                last_run(state.last_run.as_ref(), now),
-            ],
+        let lock = state.lock.to_string();
+        let waiters = state.waiters.map_or_else(dash, |w| w.to_string());
+        let last = last_run(state.last_run.as_ref(), now);
+        rows.push(match &state.holder {
+            Some(h) => held_row(&lock, h, state.expires_in, waiters, last),
             None => [
-                state.lock.to_string(),
+                lock.clone(),
                 "free".into(),
                 dash(),
                 dash(),
@@ -180,25 +172,19 @@ pub fn table_at(states: &[LockState], now: SystemTime) -> String {
                 dash(),
                 dash(),
                 dash(),
-                state.waiters.map_or_else(dash, |w| w.to_string()),
-                last_run(state.last_run.as_ref(), now),
+                waiters,
+                last,
             ],
-        };
-        rows.push(row);
+        });
+        // Further holders (`--holders N`): the lock's waiters and last run are on its first row.
         for c in &state.co_holders {
-            let h = &c.holder;
-            rows.push([
-                state.lock.to_string(),
-                "held".into(),
-                h.id.clone(),
-                h.host.clone(),
-                h.pid.to_string(),
-                h.token.to_string(),
-                rfc3339(h.acquired_at),
-                c.expires_in.map_or_else(dash, short),
-                "".into(),
-                "".into(),
-            ]);
+            rows.push(held_row(
+                &lock,
+                &c.holder,
+                c.expires_in,
+                String::new(),
+                String::new(),
+            ));
         }
     }
     let widths: Vec<usize> = (0..rows[0].len())
@@ -215,6 +201,28 @@ pub fn table_at(states: &[LockState], now: SystemTime) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The table row of one holder.
+fn held_row(
+    lock: &str,
+    h: &HolderInfo,
+    expires_in: Option<Duration>,
+    waiters: String,
+    last_run: String,
+) -> [String; 10] {
+    [
+        lock.to_owned(),
+        "held".into(),
+        h.id.clone(),
+        h.host.clone(),
+        h.pid.to_string(),
+        h.token.to_string(),
+        rfc3339(h.acquired_at),
+        expires_in.map_or_else(|| "-".to_owned(), short),
+        waiters,
+        last_run,
+    ]
 }
 
 /// `ok 12s ago on web-1`, `exit 3 2h ago on web-1`, `SIGKILL 5m ago on web-2`; `-` for none.
@@ -273,5 +281,41 @@ mod tests {
         let text = table_at(&[state], now);
         assert!(text.lines().next().unwrap().ends_with("LAST RUN"), "{text}");
         assert!(text.contains("SIGKILL just now on web-1"), "{text}");
+    }
+
+    #[test]
+    fn one_row_and_one_json_entry_per_holder() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let holder = |id: &str, token| HolderInfo {
+            id: id.into(),
+            token: FencingToken(token),
+            acquired_at: now,
+            ..HolderInfo::this_process(None, Duration::from_secs(15))
+        };
+        let state = LockState {
+            lock: LockName::new("pool").unwrap(),
+            holder: Some(holder("w1", 7)),
+            last_run: None,
+            expires_in: Some(Duration::from_secs(9)),
+            waiters: Some(2),
+            co_holders: vec![crate::lease::Holding {
+                holder: holder("w2", 8),
+                expires_in: Some(Duration::from_secs(4)),
+            }],
+        };
+        let text = table_at(std::slice::from_ref(&state), now);
+        let rows: Vec<Vec<&str>> = text
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(rows.len(), 2, "{text}");
+        assert_eq!(rows[0][..3], ["pool", "held", "w1"], "{text}");
+        assert_eq!(rows[1][..3], ["pool", "held", "w2"], "{text}");
+        assert!(rows[0].contains(&"9s") && rows[1].contains(&"4s"), "{text}");
+        let doc = Document::new(&state, "file:///x", now);
+        let tokens: Vec<u64> = doc.holders.iter().map(|h| h.token).collect();
+        assert_eq!(tokens, [7, 8]);
+        assert_eq!(doc.token, Some(7));
     }
 }

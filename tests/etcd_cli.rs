@@ -65,6 +65,7 @@ battery_tests!(
     holders_admit_n_at_once,
     holders_wait_for_a_free_place,
     holders_never_exceed_n,
+    holders_a_killed_holder_frees_its_place,
 );
 
 const SHORT: [&str; 4] = ["--ttl", "2s", "--grace", "500ms"];

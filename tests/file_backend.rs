@@ -48,6 +48,7 @@ battery_tests!(
     holders_admit_n_at_once,
     holders_wait_for_a_free_place,
     holders_never_exceed_n,
+    holders_a_killed_holder_frees_its_place,
 );
 
 fn lock_path(env: &TestEnv, lock: &str) -> PathBuf {

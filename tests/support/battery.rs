@@ -1427,3 +1427,55 @@ pub fn holders_never_exceed_n(env: &TestEnv) {
         "at most, and at some point, three at once: {events:?}"
     );
 }
+
+/// `--holders 2`, ttl 2 s: one of two holders' elect is killed with SIGKILL; a `--wait`ing third
+/// gets the freed place within ttl + 1.5 s (at once on the file backend), with a larger token,
+/// while the other holder runs on undisturbed.
+pub fn holders_a_killed_holder_frees_its_place(env: &TestEnv) {
+    let lock = env.lock("places-kill9");
+    let mut extra = vec!["--holders", "2"];
+    extra.extend(SHORT);
+    let spawn = |name: &str, extra: &[&str]| -> Running {
+        let script = format!(
+            "echo $ELECT_FENCING_TOKEN > {name}.token; {}; {}",
+            write_pid(&format!("{name}.pid")),
+            until_exists(&format!("{name}.go"))
+        );
+        let mut args = vec!["run", "--lock", &lock, "--id", name];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "sh", "-c", &script]);
+        env.spawn(&args)
+    };
+    let token = |name: &str| -> u64 {
+        env.lines(&format!("{name}.token"))[0]
+            .parse()
+            .expect("a numeric token")
+    };
+    let mut a = spawn("a", &extra);
+    env.read_pid("a.pid");
+    let mut b = spawn("b", &extra);
+    let b_job = env.read_pid("b.pid");
+    let mut waiting = extra.clone();
+    waiting.push("--wait");
+    let mut c = spawn("c", &waiting);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !exists(env, "c.pid"),
+        "the waiter got in while both places were taken"
+    );
+
+    b.signal("KILL");
+    let killed_at = Instant::now();
+    assert_eq!(b.wait().killed_by(), Some(9));
+    env.read_pid("c.pid");
+    let took = killed_at.elapsed();
+    assert!(
+        took < Duration::from_millis(3500),
+        "the killed holder's place was free only after {took:?} (ttl 2 s)"
+    );
+    assert!(!is_alive(b_job), "the killed holder's job still runs");
+    assert!(token("c") > token("a").max(token("b")), "tokens grow");
+    assert!(a.is_running(), "the other holder must run on");
+    release(env, &mut a, "a");
+    release(env, &mut c, "c");
+}

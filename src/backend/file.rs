@@ -363,9 +363,14 @@ impl FileBackend {
         Self::read_record(&file, &path).ok().flatten()
     }
 
+    /// The counter file of a lock with several places: `<name>.lock.meta`.
+    fn meta_path(&self, name: &LockName) -> PathBuf {
+        self.dir.join(format!("{name}{META_SUFFIX}"))
+    }
+
     /// Opens and locks the counter file of a lock with several places, for a short update.
     fn lock_meta(&self, name: &LockName) -> Result<File> {
-        let path = self.dir.join(format!("{name}{META_SUFFIX}"));
+        let path = self.meta_path(name);
         let file = self.open_lock_file(&path)?;
         file.lock()
             .map_err(|e| BackendError::unavailable(format_args!("flock {}", path.display()), e))?;
@@ -379,7 +384,7 @@ impl FileBackend {
         name: &LockName,
         at_least: Option<FencingToken>,
     ) -> Result<FencingToken> {
-        let path = self.dir.join(format!("{name}{META_SUFFIX}"));
+        let path = self.meta_path(name);
         let meta = self.lock_meta(name)?;
         let mut buf = [0u8; 32];
         let n = read_at_full(&meta, &mut buf)
@@ -425,11 +430,7 @@ impl FileBackend {
         let mut held = Vec::new();
         for slot in slots {
             let path = self.place_path(name, slot);
-            let Ok(file) = OpenOptions::new()
-                .read(true)
-                .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-                .open(&path)
-            else {
+            let Ok(Some(file)) = open_existing(&path) else {
                 continue;
             };
             let Ok(meta) = file.metadata() else { continue };
@@ -558,15 +559,8 @@ impl Backend for FileBackend {
     }
 
     async fn fresh_run(&mut self, name: &LockName) -> Result<Option<LastRun>> {
-        let path = self.path(name);
-        let file = match OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-            .open(&path)
-        {
-            Ok(file) => file,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(open_error(&path, e)),
+        let Some(file) = open_existing(&self.path(name))? else {
+            return Ok(None);
         };
         let record = Self::read_history(&file);
         let now_ms = std::time::SystemTime::now()
@@ -580,14 +574,8 @@ impl Backend for FileBackend {
 
     async fn inspect(&mut self, name: &LockName) -> Result<LockState> {
         let path = self.path(name);
-        let file = match OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-            .open(&path)
-        {
-            Ok(file) => file,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(free(name)),
-            Err(e) => return Err(open_error(&path, e)),
+        let Some(file) = open_existing(&path)? else {
+            return Ok(free(name));
         };
         let meta = file
             .metadata()
@@ -693,6 +681,19 @@ fn write_padded(
     record.push(b'\n');
     file.write_all_at(&record, offset)
         .map_err(|e| BackendError::unavailable(format_args!("write {}", path.display()), e))
+}
+
+/// Opens an existing lock file for reading, never following a symlink: `None` when there is none.
+fn open_existing(path: &Path) -> Result<Option<File>> {
+    match OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(file) => Ok(Some(file)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(open_error(path, e)),
+    }
 }
 
 fn open_error(path: &Path, err: io::Error) -> BackendError {

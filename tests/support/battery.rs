@@ -20,20 +20,32 @@ const SHORT_GRACE: Duration = Duration::from_millis(500);
 /// How long a marker written by a job may take to appear.
 const APPEAR: Duration = Duration::from_secs(10);
 
-/// Starts `elect run --lock LOCK ARGS... -- sh -c 'write NAME.pid; wait for NAME.go'` and
-/// returns once the job runs (the lock is held). Touch `NAME.go` to let the job end.
-fn hold(env: &TestEnv, lock: &str, name: &str, extra: &[&str]) -> Running {
+/// Starts `elect run --lock LOCK --id NAME ARGS... -- sh -c 'write NAME.token and NAME.pid; wait
+/// for NAME.go'` without waiting for the job. Touch `NAME.go` to let the job end.
+fn spawn_holder(env: &TestEnv, lock: &str, name: &str, extra: &[&str]) -> Running {
     let script = format!(
-        "{}; {}; echo {name} >> order",
+        "echo $ELECT_FENCING_TOKEN > {name}.token; {}; {}; echo {name} >> order",
         write_pid(&format!("{name}.pid")),
         until_exists(&format!("{name}.go"))
     );
-    let mut args = vec!["run", "--lock", lock];
+    let mut args = vec!["run", "--lock", lock, "--id", name];
     args.extend_from_slice(extra);
     args.extend_from_slice(&["--", "sh", "-c", &script]);
-    let holder = env.spawn(&args);
+    env.spawn(&args)
+}
+
+/// [`spawn_holder`], returning once the job runs (the lock is held).
+fn hold(env: &TestEnv, lock: &str, name: &str, extra: &[&str]) -> Running {
+    let holder = spawn_holder(env, lock, name, extra);
     env.read_pid(&format!("{name}.pid"));
     holder
+}
+
+/// The fencing token the job of [`spawn_holder`] NAME got.
+fn token_of(env: &TestEnv, name: &str) -> u64 {
+    env.lines(&format!("{name}.token"))[0]
+        .parse()
+        .expect("a numeric token")
 }
 
 /// Lets a job started by [`hold`] end, and checks that its elect exits 0.
@@ -52,26 +64,26 @@ fn exists(env: &TestEnv, name: &str) -> bool {
     env.file(name).exists()
 }
 
+/// Starts five `elect run --lock LOCK --id racer-I ARGS... -- sh -c SCRIPT` at once and waits
+/// for them all.
+fn race(env: &TestEnv, lock: &str, extra: &[&str], script: &str) -> Vec<Outcome> {
+    let mut racers: Vec<Running> = (0..5)
+        .map(|i| {
+            let id = format!("racer-{i}");
+            let mut args = vec!["run", "--lock", lock, "--id", &id];
+            args.extend_from_slice(extra);
+            args.extend_from_slice(&["--", "sh", "-c", script]);
+            env.spawn(&args)
+        })
+        .collect();
+    wait_all(&mut racers)
+}
+
 /// Five concurrent `elect run` on one lock: exactly one runs the job; the four others exit 75
 /// quickly with one stderr line that names the holder.
 pub fn five_concurrent_runs_run_the_job_once(env: &TestEnv) {
     let lock = env.lock("race");
-    let mut racers: Vec<Running> = (0..5)
-        .map(|i| {
-            env.spawn([
-                "run",
-                "--lock",
-                &lock,
-                "--id",
-                &format!("racer-{i}"),
-                "--",
-                "sh",
-                "-c",
-                "touch started.$$; sleep 2",
-            ])
-        })
-        .collect();
-    let outcomes = wait_all(&mut racers);
+    let outcomes = race(env, &lock, &[], "touch started.$$; sleep 2");
     let started = std::fs::read_dir(env.path())
         .unwrap()
         .filter(|e| {
@@ -1239,24 +1251,12 @@ pub fn a_lost_lease_records_no_history(env: &TestEnv) {
 /// own fencing token; the three others exit 75 at once.
 pub fn holders_admit_n_at_once(env: &TestEnv) {
     let lock = env.lock("holders");
-    let mut racers: Vec<Running> = (0..5)
-        .map(|i| {
-            env.spawn([
-                "run",
-                "--lock",
-                &lock,
-                "--holders",
-                "2",
-                "--id",
-                &format!("racer-{i}"),
-                "--",
-                "sh",
-                "-c",
-                "echo $ELECT_FENCING_TOKEN > started.$$; sleep 2",
-            ])
-        })
-        .collect();
-    let outcomes = wait_all(&mut racers);
+    let outcomes = race(
+        env,
+        &lock,
+        &["--holders", "2"],
+        "echo $ELECT_FENCING_TOKEN > started.$$; sleep 2",
+    );
     assert_eq!(
         started_jobs(env),
         2,
@@ -1288,26 +1288,9 @@ pub fn holders_admit_n_at_once(env: &TestEnv) {
 pub fn holders_wait_for_a_free_place(env: &TestEnv) {
     let lock = env.lock("places");
     let two = ["--holders", "2"];
-    let spawn = |name: &str, extra: &[&str]| -> Running {
-        let script = format!(
-            "echo $ELECT_FENCING_TOKEN > {name}.token; {}; {}; echo {name} >> order",
-            write_pid(&format!("{name}.pid")),
-            until_exists(&format!("{name}.go"))
-        );
-        let mut args = vec!["run", "--lock", &lock, "--id", name];
-        args.extend_from_slice(extra);
-        args.extend_from_slice(&["--", "sh", "-c", &script]);
-        env.spawn(&args)
-    };
-    let token = |name: &str| -> u64 {
-        env.lines(&format!("{name}.token"))[0]
-            .parse()
-            .expect("a numeric token")
-    };
-    let mut a = spawn("a", &two);
-    env.read_pid("a.pid");
-    let mut b = spawn("b", &two);
-    env.read_pid("b.pid");
+    let token = |name: &str| token_of(env, name);
+    let mut a = hold(env, &lock, "a", &two);
+    let mut b = hold(env, &lock, "b", &two);
 
     let text = env.status(["--lock", &lock]);
     text.assert_code(0).assert_no_panic();
@@ -1358,7 +1341,7 @@ pub fn holders_wait_for_a_free_place(env: &TestEnv) {
     plain.assert_code(75).assert_no_panic();
     assert!(!exists(env, "ran.third") && !exists(env, "ran.plain"));
 
-    let mut c = spawn("c", &["--holders", "2", "--wait"]);
+    let mut c = spawn_holder(env, &lock, "c", &["--holders", "2", "--wait"]);
     std::thread::sleep(Duration::from_millis(700));
     assert!(
         c.is_running() && !exists(env, "c.pid"),
@@ -1435,29 +1418,13 @@ pub fn holders_a_killed_holder_frees_its_place(env: &TestEnv) {
     let lock = env.lock("places-kill9");
     let mut extra = vec!["--holders", "2"];
     extra.extend(SHORT);
-    let spawn = |name: &str, extra: &[&str]| -> Running {
-        let script = format!(
-            "echo $ELECT_FENCING_TOKEN > {name}.token; {}; {}",
-            write_pid(&format!("{name}.pid")),
-            until_exists(&format!("{name}.go"))
-        );
-        let mut args = vec!["run", "--lock", &lock, "--id", name];
-        args.extend_from_slice(extra);
-        args.extend_from_slice(&["--", "sh", "-c", &script]);
-        env.spawn(&args)
-    };
-    let token = |name: &str| -> u64 {
-        env.lines(&format!("{name}.token"))[0]
-            .parse()
-            .expect("a numeric token")
-    };
-    let mut a = spawn("a", &extra);
-    env.read_pid("a.pid");
-    let mut b = spawn("b", &extra);
+    let token = |name: &str| token_of(env, name);
+    let mut a = hold(env, &lock, "a", &extra);
+    let mut b = spawn_holder(env, &lock, "b", &extra);
     let b_job = env.read_pid("b.pid");
     let mut waiting = extra.clone();
     waiting.push("--wait");
-    let mut c = spawn("c", &waiting);
+    let mut c = spawn_holder(env, &lock, "c", &waiting);
     std::thread::sleep(Duration::from_millis(500));
     assert!(
         !exists(env, "c.pid"),

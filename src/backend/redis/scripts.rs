@@ -233,15 +233,12 @@ return 1
 /// `{0, nil}` all places free, `{-1, value}` held under other tokens, with the value of the
 /// lowest held place (Lua `false` is a nil reply, and keeps the array two long).
 ///
-/// Places K >= 1 are named from place 0's key: they share its hash tag, so its slot.
+/// Places K >= 1 are named from place 0's key (see [`PLACE_KEY`]).
 const FORCE_RELEASE: &str = r#"
 local n = tonumber(redis.call('GET', KEYS[3])) or 1
 local first = false
 for k = 0, n - 1 do
-  local key = KEYS[1]
-  if k > 0 then
-    key = key .. ':' .. k
-  end
+  local key = place_key(k)
   local current = redis.call('GET', key)
   if current then
     if string.match(current, '\n{"token":(%d+),') == ARGV[1] then
@@ -266,15 +263,12 @@ return {0, false}
 /// KEYS: place 0, last run, places marker. Returns `{last run or nil, K, value, pttl, ...}` read
 /// atomically: one triple per held place, in the order of the places.
 ///
-/// Places K >= 1 are named from place 0's key: they share its hash tag, so its slot.
+/// Places K >= 1 are named from place 0's key (see [`PLACE_KEY`]).
 const INSPECT: &str = r#"
 local n = tonumber(redis.call('GET', KEYS[3])) or 1
 local reply = {redis.call('GET', KEYS[2])}
 for k = 0, n - 1 do
-  local key = KEYS[1]
-  if k > 0 then
-    key = key .. ':' .. k
-  end
+  local key = place_key(k)
   local current = redis.call('GET', key)
   if current then
     table.insert(reply, k)
@@ -287,6 +281,17 @@ return reply
 
 /// The scripts, hashed once per process: `invoke_async` sends EVALSHA and loads a script only
 /// when the server does not know it yet.
+/// A Lua prelude for the scripts that find places without knowing N in advance: place K's key
+/// from place 0's (`KEYS[1]`). The keys share its hash tag, so its cluster slot.
+const PLACE_KEY: &str = r#"
+local function place_key(k)
+  if k == 0 then
+    return KEYS[1]
+  end
+  return KEYS[1] .. ':' .. k
+end
+"#;
+
 pub struct Scripts {
     pub acquire: Script,
     pub renew: Script,
@@ -301,8 +306,8 @@ pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     renew: Script::new(RENEW),
     release: Script::new(RELEASE),
     hand_on: Script::new(HAND_ON),
-    inspect: Script::new(INSPECT),
-    force_release: Script::new(FORCE_RELEASE),
+    inspect: Script::new(&format!("{PLACE_KEY}{INSPECT}")),
+    force_release: Script::new(&format!("{PLACE_KEY}{FORCE_RELEASE}")),
 });
 
 #[cfg(test)]

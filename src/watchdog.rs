@@ -12,10 +12,11 @@
 //!   suspend cannot postpone it.
 //!
 //! # What it does
-//! - Spawns the job in its own process group with signal mask and dispositions reset, gives it
-//!   the terminal's foreground when elect had it (Ctrl-C then reaches the job straight from the
-//!   kernel, once, and the job can read the terminal), and sets PR_SET_PDEATHSIG so that the job
-//!   dies if the watchdog itself is killed.
+//! - Forks the job's process first thing, ahead of the lease (see [`launcher`]): in its own
+//!   process group, with PR_SET_PDEATHSIG so that it dies if the watchdog is killed. On `start` it
+//!   execs the command with signal mask and dispositions reset, and with the terminal's foreground
+//!   when elect had it (Ctrl-C then reaches the job straight from the kernel, once, and the job can
+//!   read the terminal).
 //! - At a terminal, mirrors a stop of the job (Ctrl-Z) onto the front that the shell watches, and
 //!   continues the job when the shell continues the front (see [`crate::front`]).
 //! - Is a child subreaper: orphans of the job are re-parented to it, so it can reap them and knows
@@ -27,19 +28,18 @@
 //!   then. On the file backend it also holds a copy of the lock file descriptor, so the kernel lock
 //!   stays until the last process is gone, even if elect was killed.
 
+pub mod launcher;
 pub mod protocol;
 
 use std::ffi::OsString;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::process::Command;
 use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{self, killpg, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{self, killpg, SigHandler, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{
     recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
@@ -50,6 +50,7 @@ use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFl
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{getpgrp, Pid};
 
+use self::launcher::{Launcher, Terminal};
 use self::protocol::{JobExit, Order, Report};
 use crate::clock::BootTime;
 use crate::front::Front;
@@ -86,7 +87,7 @@ pub fn fork(command: Vec<OsString>, grace: Duration) -> io::Result<WatchdogLink>
     match unsafe { nix::unistd::fork() }? {
         nix::unistd::ForkResult::Child => {
             drop(ours);
-            let code = match Watchdog::new(theirs, grace).and_then(|w| w.serve(command)) {
+            let code = match Watchdog::new(theirs, grace, &command).and_then(Watchdog::serve) {
                 Ok(()) => 0,
                 Err(err) => {
                     eprintln!("elect: watchdog: {err}");
@@ -136,12 +137,15 @@ struct Watchdog {
     home: Pid,
     /// Whether the job stopped at the terminal (Ctrl-Z) and the front was stopped to match.
     suspended: bool,
+    /// The job's process, forked ahead and waiting for the start order (or why it could not be
+    /// forked); taken when the job starts.
+    launcher: Option<io::Result<Launcher>>,
     /// The lock file of the file backend, kept open so the lock outlives elect.
     _kernel_lock: Option<File>,
 }
 
 impl Watchdog {
-    fn new(socket: OwnedFd, grace: Duration) -> io::Result<Self> {
+    fn new(socket: OwnedFd, grace: Duration, command: &[OsString]) -> io::Result<Self> {
         for sig in FORWARDED.iter().chain(&[
             Signal::SIGTSTP,
             Signal::SIGTTIN,
@@ -151,6 +155,8 @@ impl Watchdog {
             // SAFETY: SIG_IGN installs no handler code.
             unsafe { signal::signal(*sig, SigHandler::SigIgn) }?;
         }
+        // First, so that it is ready by the time elect has the lease (see `launcher`).
+        let launcher = Some(Launcher::fork(command));
         let front = crate::front::current();
         let mut mask = SigSet::empty();
         mask.add(Signal::SIGCHLD);
@@ -180,20 +186,33 @@ impl Watchdog {
             front,
             home: front.map_or_else(getpgrp, |f| f.group),
             suspended: false,
+            launcher,
             _kernel_lock: None,
         })
     }
 
-    fn serve(mut self, command: Vec<OsString>) -> io::Result<()> {
+    fn serve(mut self) -> io::Result<()> {
+        let launcher = self
+            .launcher
+            .take()
+            .expect("the launcher is taken only here");
         let (deadline, env) = loop {
-            match self.receive()? {
-                None => return Ok(()), // elect ended without starting a job.
-                Some(Order::Start { deadline, env }) => break (deadline, env),
-                Some(_) => continue,
+            match self.receive() {
+                Ok(Some(Order::Start { deadline, env })) => break (deadline, env),
+                Ok(Some(_)) => continue,
+                // elect ended without starting a job.
+                Ok(None) => {
+                    launcher.map(Launcher::dismiss).ok();
+                    return Ok(());
+                }
+                Err(e) => {
+                    launcher.map(Launcher::dismiss).ok();
+                    return Err(e);
+                }
             }
         };
         self.deadline = deadline;
-        match self.spawn(&command, env) {
+        match launcher.and_then(|launcher| self.spawn(launcher, env)) {
             Ok(pid) => {
                 self.job = Some(pid);
                 self.report(Report::Started { pid: pid.as_raw() });
@@ -264,44 +283,18 @@ impl Watchdog {
 
     fn spawn(
         &mut self,
-        command: &[OsString],
+        launcher: Launcher,
         env: Vec<(OsString, Option<OsString>)>,
     ) -> io::Result<Pid> {
         let stdin = io::stdin();
         let foreground = nix::unistd::isatty(stdin.as_fd()).unwrap_or(false)
             && nix::unistd::tcgetpgrp(stdin.as_fd()).ok() == Some(self.home);
-        let mut cmd = Command::new(&command[0]);
-        cmd.args(&command[1..]).process_group(0);
-        for (key, value) in env {
-            match value {
-                Some(value) => cmd.env(key, value),
-                None => cmd.env_remove(key),
-            };
-        }
-        // SAFETY: the closure runs in the forked child before exec and makes only system calls
-        // (setpgid, tcsetpgrp, sigaction, sigprocmask, prctl), which are async-signal-safe.
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))?;
-                if foreground {
-                    // SIGTTOU is still ignored here, so a background group may take the terminal.
-                    let tty = BorrowedFd::borrow_raw(0);
-                    let _ = nix::unistd::tcsetpgrp(tty, getpgrp());
-                }
-                for n in 1..32 {
-                    if let Ok(sig) = Signal::try_from(n) {
-                        if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
-                            let _ = signal::signal(sig, SigHandler::SigDfl);
-                        }
-                    }
-                }
-                signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
-                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-                Ok(())
-            });
-        }
-        let child = cmd.spawn()?;
-        let pid = Pid::from_raw(child.id() as i32);
+        let terminal = if foreground {
+            Terminal::Take
+        } else {
+            Terminal::Leave
+        };
+        let pid = launcher.go(env, terminal)?;
         if foreground {
             // Also from this side, as shells do: whichever runs first wins the race harmlessly.
             let _ = nix::unistd::tcsetpgrp(stdin.as_fd(), pid);
@@ -406,7 +399,15 @@ impl Watchdog {
                     self.ended(pid, JobExit::Signal(sig as i32))
                 }
                 Ok(WaitStatus::Stopped(pid, sig)) if Some(pid) == self.job => self.job_stopped(sig),
-                Ok(WaitStatus::StillAlive) => return false,
+                Ok(WaitStatus::StillAlive) => {
+                    if self.exit.is_some() && self.phase == Phase::Running {
+                        // The main process is gone but a child is left: whatever the job left
+                        // behind (orphans are re-parented to this subreaper before their parent
+                        // becomes waitable) must not run on without the lease.
+                        self.stop_by(self.grace);
+                    }
+                    return false;
+                }
                 Ok(_) => {}
                 Err(Errno::EINTR) => {}
                 Err(_) => return true, // ECHILD: nothing left.
@@ -473,10 +474,6 @@ impl Watchdog {
             // A stopped front could not report the end to the shell.
             self.suspended = false;
             let _ = signal::kill(front.pid, Signal::SIGCONT);
-        }
-        // Whatever the job left behind must not run on without the lease.
-        if !descendants(Pid::this()).is_empty() {
-            self.stop_by(self.grace);
         }
     }
 

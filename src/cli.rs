@@ -284,6 +284,29 @@ fn parse_id(text: &str) -> Result<String, String> {
     Ok(text.to_owned())
 }
 
+/// Whether these arguments (program name first) name the `run` subcommand, read before clap
+/// parses them so that `elect run` can fork its helpers early (see `run::prepare`). Only the
+/// global options may come first. A miss costs nothing but time: `run` then forks them later.
+pub fn names_run(args: &[OsString]) -> bool {
+    let mut rest = args.iter().skip(1);
+    while let Some(arg) = rest.next() {
+        match arg.to_str() {
+            Some("--config") => {
+                rest.next();
+            }
+            Some(a) if a.starts_with("--config=") || a == "--quiet" || a == "--verbose" => {}
+            // -q, -v, -vv, ...
+            Some(a)
+                if a.len() > 1
+                    && a.strip_prefix('-')
+                        .is_some_and(|f| f.bytes().all(|b| b == b'q' || b == b'v')) => {}
+            Some(a) => return a == "run",
+            None => return false,
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,5 +341,17 @@ mod tests {
         assert_eq!(run.command, ["ls", "-l"]);
         assert!(Cli::try_parse_from(["elect", "run", "--lock", "x", "--"]).is_err());
         assert!(Cli::try_parse_from(["elect", "run", "--lock", "a/b", "--", "true"]).is_err());
+    }
+
+    #[test]
+    fn run_is_seen_before_parsing() {
+        let names = |args: &[&str]| names_run(&args.iter().map(OsString::from).collect::<Vec<_>>());
+        assert!(names(&["elect", "run", "--lock", "x", "--", "true"]));
+        assert!(names(&["elect", "-vv", "--config", "/etc/x.conf", "run"]));
+        assert!(names(&["elect", "--config=run.conf", "-q", "run"]));
+        assert!(!names(&["elect", "--config", "run", "status"]));
+        assert!(!names(&["elect", "status", "run"]));
+        assert!(!names(&["elect", "--lock", "run"]));
+        assert!(!names(&["elect"]));
     }
 }

@@ -17,6 +17,8 @@ fn main() -> ExitCode {
             return ExitCode::from(failure.code);
         }
     };
+    // Before anything else grows the process (see `run::prepare`); reported once logging is set.
+    let prepared = elect::cli::names_run(&args).then(elect::run::prepare);
     let matches = Cli::command().get_matches_from(args);
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
@@ -26,7 +28,10 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Run(args) => {
             elect::logging::init(&args.backend.log);
-            RunConfig::from_args(*args, sub).and_then(elect::run::run)
+            RunConfig::from_args(*args, sub).and_then(|cfg| {
+                let link = prepared.unwrap_or_else(elect::run::prepare)?;
+                elect::run::run(cfg, link)
+            })
         }
         Command::Status(args) => {
             elect::logging::init(&args.backend.log);

@@ -23,7 +23,7 @@ use crate::metrics::{self, Outcome, RunRecord};
 use crate::notify::Notifier;
 use crate::supervisor::{self, Ending, Supervision, Watchdog};
 use crate::watchdog::protocol::{JobExit, Order, Report};
-use crate::watchdog::{self, FORWARDED};
+use crate::watchdog::{self, WatchdogLink, FORWARDED};
 
 /// How long a release may take before elect gives up on it (the lease then expires by its ttl).
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -36,11 +36,19 @@ const WITHHELD_VARIABLES: [&str; 3] = [
     "NOTIFY_SOCKET",
 ];
 
-pub fn run(cfg: RunConfig) -> Result<u8, Failure> {
+/// What `elect run` sets up first, while the process is single-threaded and small: the front at
+/// a terminal, then the watchdog (which forks the job's process at once). `main` calls this before
+/// it parses the arguments, so that both forks copy little and the watchdog's work overlaps
+/// elect's; the command and the grace reach the watchdog later, in the start order.
+pub fn prepare() -> Result<WatchdogLink, Failure> {
     front::split()
         .map_err(|e| Failure::new(code::INTERNAL, format!("cannot fork the front: {e}")))?;
-    let link = watchdog::fork(cfg.command.clone(), cfg.timing.grace())
-        .map_err(|e| Failure::new(code::INTERNAL, format!("cannot fork the watchdog: {e}")))?;
+    watchdog::fork()
+        .map_err(|e| Failure::new(code::INTERNAL, format!("cannot fork the watchdog: {e}")))
+}
+
+pub fn run(cfg: RunConfig, link: WatchdogLink) -> Result<u8, Failure> {
+    let command_at = command_position(&cfg.command)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -53,6 +61,7 @@ pub fn run(cfg: RunConfig) -> Result<u8, Failure> {
             .map_err(|e| Failure::new(code::INTERNAL, format!("cannot handle signals: {e}")))?;
         let runner = Runner {
             cfg: &cfg,
+            command_at,
             watchdog,
             notifier: Notifier::from_env(),
         };
@@ -68,8 +77,25 @@ pub fn run(cfg: RunConfig) -> Result<u8, Failure> {
     result
 }
 
+/// Where the command starts among elect's own arguments, which the watchdog shares (see
+/// [`Order::Start`]).
+fn command_position(command: &[OsString]) -> Result<usize, Failure> {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    argv.len()
+        .checked_sub(command.len())
+        .filter(|&at| !command.is_empty() && argv[at..] == *command)
+        .ok_or_else(|| {
+            Failure::new(
+                code::INTERNAL,
+                "cannot find the command among elect's arguments",
+            )
+        })
+}
+
 struct Runner<'a> {
     cfg: &'a RunConfig,
+    /// See [`command_position`].
+    command_at: usize,
     watchdog: Watchdog,
     notifier: Notifier,
 }
@@ -138,6 +164,8 @@ impl Runner<'_> {
         let job_env = child_env(&lease, &describe);
         let start = Order::Start {
             deadline,
+            grace: cfg.timing.grace(),
+            command_at: self.command_at,
             env: job_env
                 .iter()
                 .map(|(k, v)| (OsString::from(k), Some(OsString::from(v))))
@@ -193,6 +221,9 @@ impl Runner<'_> {
         };
         record.hold = started.elapsed();
         self.notifier.stopping();
+        // The watchdog has made its last report (or is gone): let it exit while the lease is
+        // released, rather than after elect.
+        self.watchdog.hang_up();
         let result = self
             .finish(ending, &mut backend, &lease, started_at, record)
             .await;

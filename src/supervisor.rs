@@ -76,6 +76,15 @@ impl Watchdog {
         send_order(self.socket.get_ref().as_fd(), order, fd)
     }
 
+    /// Tells the watchdog, after its last report, that elect needs it no more: it then exits at
+    /// once instead of waiting for elect to exit.
+    pub fn hang_up(&self) {
+        let _ = nix::sys::socket::shutdown(
+            self.socket.get_ref().as_raw_fd(),
+            nix::sys::socket::Shutdown::Both,
+        );
+    }
+
     /// The next report; `None` when the watchdog has gone.
     pub async fn report(&self) -> io::Result<Option<Report>> {
         loop {

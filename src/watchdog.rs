@@ -75,7 +75,7 @@ pub const FORWARDED: [Signal; 8] = [
 ];
 
 /// Forks the watchdog. Must be called while the process has a single thread.
-pub fn fork(command: Vec<OsString>, grace: Duration) -> io::Result<WatchdogLink> {
+pub fn fork() -> io::Result<WatchdogLink> {
     let (ours, theirs) = socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
@@ -87,7 +87,7 @@ pub fn fork(command: Vec<OsString>, grace: Duration) -> io::Result<WatchdogLink>
     match unsafe { nix::unistd::fork() }? {
         nix::unistd::ForkResult::Child => {
             drop(ours);
-            let code = match Watchdog::new(theirs, grace, &command).and_then(Watchdog::serve) {
+            let code = match Watchdog::new(theirs).and_then(Watchdog::serve) {
                 Ok(()) => 0,
                 Err(err) => {
                     eprintln!("elect: watchdog: {err}");
@@ -145,7 +145,7 @@ struct Watchdog {
 }
 
 impl Watchdog {
-    fn new(socket: OwnedFd, grace: Duration, command: &[OsString]) -> io::Result<Self> {
+    fn new(socket: OwnedFd) -> io::Result<Self> {
         for sig in FORWARDED.iter().chain(&[
             Signal::SIGTSTP,
             Signal::SIGTTIN,
@@ -156,7 +156,7 @@ impl Watchdog {
             unsafe { signal::signal(*sig, SigHandler::SigIgn) }?;
         }
         // First, so that it is ready by the time elect has the lease (see `launcher`).
-        let launcher = Some(Launcher::fork(command));
+        let launcher = Some(Launcher::fork());
         let front = crate::front::current();
         let mut mask = SigSet::empty();
         mask.add(Signal::SIGCHLD);
@@ -175,7 +175,7 @@ impl Watchdog {
             socket,
             signals,
             timer,
-            grace,
+            grace: Duration::ZERO, // until the start order brings it
             job: None,
             exit: None,
             stopped: false,
@@ -196,9 +196,18 @@ impl Watchdog {
             .launcher
             .take()
             .expect("the launcher is taken only here");
-        let (deadline, env) = loop {
+        let (command_at, env) = loop {
             match self.receive() {
-                Ok(Some(Order::Start { deadline, env })) => break (deadline, env),
+                Ok(Some(Order::Start {
+                    deadline,
+                    grace,
+                    command_at,
+                    env,
+                })) => {
+                    self.deadline = deadline;
+                    self.grace = grace;
+                    break (command_at, env);
+                }
                 Ok(Some(_)) => continue,
                 // elect ended without starting a job.
                 Ok(None) => {
@@ -211,8 +220,7 @@ impl Watchdog {
                 }
             }
         };
-        self.deadline = deadline;
-        match launcher.and_then(|launcher| self.spawn(launcher, env)) {
+        match launcher.and_then(|launcher| self.spawn(launcher, command_at, env)) {
             Ok(pid) => {
                 self.job = Some(pid);
                 self.report(Report::Started { pid: pid.as_raw() });
@@ -284,6 +292,7 @@ impl Watchdog {
     fn spawn(
         &mut self,
         launcher: Launcher,
+        command_at: usize,
         env: Vec<(OsString, Option<OsString>)>,
     ) -> io::Result<Pid> {
         let stdin = io::stdin();
@@ -294,7 +303,7 @@ impl Watchdog {
         } else {
             Terminal::Leave
         };
-        let pid = launcher.go(env, terminal)?;
+        let pid = launcher.go(command_at, env, terminal)?;
         if foreground {
             // Also from this side, as shells do: whichever runs first wins the race harmlessly.
             let _ = nix::unistd::tcsetpgrp(stdin.as_fd(), pid);

@@ -27,6 +27,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::signal::{self, SigHandler, SigSet, SigmaskHow, Signal};
@@ -36,8 +37,9 @@ use nix::unistd::{getpgrp, getppid, setpgid, Pid};
 
 use super::protocol::Order;
 
-/// The largest word: the variables elect adds for the job are a few short ELECT_* values.
-const MAX_WORD: usize = 64 * 1024;
+/// The largest word: a start order from elect (at most the watchdog's 8 KiB, a few short ELECT_*
+/// variables in practice) and a byte. On the stack, as in the watchdog, to spare page faults.
+const MAX_WORD: usize = 8 * 1024 + 64;
 
 /// Whether the job takes the terminal's foreground when it starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,8 +56,8 @@ pub struct Launcher {
 }
 
 impl Launcher {
-    /// Forks the launcher for `command`. Must be called from the single-threaded watchdog.
-    pub fn fork(command: &[OsString]) -> io::Result<Self> {
+    /// Forks the launcher. Must be called from the single-threaded watchdog.
+    pub fn fork() -> io::Result<Self> {
         let (ours, theirs) = socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -68,7 +70,7 @@ impl Launcher {
         match unsafe { nix::unistd::fork() }? {
             nix::unistd::ForkResult::Child => {
                 drop(ours);
-                wait_and_exec(theirs, command, watchdog)
+                wait_and_exec(theirs, watchdog)
             }
             nix::unistd::ForkResult::Parent { child } => {
                 // From this side too, as shells do, so the group exists whichever runs first.
@@ -81,16 +83,22 @@ impl Launcher {
         }
     }
 
-    /// Gives the word; returns the job's pid once the command has been executed.
-    pub fn go(self, env: Vec<(OsString, Option<OsString>)>, terminal: Terminal) -> io::Result<Pid> {
+    /// Gives the word: run elect's arguments from `command_at` on, with these variables set or
+    /// removed. Returns the job's pid once the command has been executed.
+    pub fn go(
+        self,
+        command_at: usize,
+        env: Vec<(OsString, Option<OsString>)>,
+        terminal: Terminal,
+    ) -> io::Result<Pid> {
         let mut word = vec![u8::from(terminal == Terminal::Take)];
-        word.extend(
-            Order::Start {
-                deadline: None,
-                env,
-            }
-            .encode(),
-        );
+        let start = Order::Start {
+            deadline: None,
+            grace: Duration::ZERO,
+            command_at,
+            env,
+        };
+        word.extend(start.encode());
         send(self.socket.as_raw_fd(), &word, MsgFlags::MSG_NOSIGNAL)?;
         let mut errno = [0u8; 4];
         let answer = loop {
@@ -121,13 +129,13 @@ impl Launcher {
 }
 
 /// The launcher's life: wait for the word, then become the job.
-fn wait_and_exec(socket: OwnedFd, command: &[OsString], watchdog: Pid) -> ! {
+fn wait_and_exec(socket: OwnedFd, watchdog: Pid) -> ! {
     let _ = setpgid(Pid::from_raw(0), Pid::from_raw(0));
     if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err() || getppid() != watchdog {
         // The watchdog is gone already (or could not be followed): no job without it.
         quit(0);
     }
-    let mut word = vec![0u8; MAX_WORD];
+    let mut word = [0u8; MAX_WORD];
     let len = loop {
         match recv(socket.as_raw_fd(), &mut word, MsgFlags::empty()) {
             Err(Errno::EINTR) => continue,
@@ -135,9 +143,17 @@ fn wait_and_exec(socket: OwnedFd, command: &[OsString], watchdog: Pid) -> ! {
             _ => quit(0),
         }
     };
-    let Some(Order::Start { env, .. }) = Order::decode(&word[1..len]) else {
+    let Some(Order::Start {
+        command_at, env, ..
+    }) = Order::decode(&word[1..len])
+    else {
         answer(&socket, Errno::EINVAL as i32)
     };
+    // A fork of elect has elect's arguments (std keeps them from the start of the process).
+    let command: Vec<OsString> = std::env::args_os().skip(command_at).collect();
+    if command.is_empty() {
+        answer(&socket, Errno::EINVAL as i32)
+    }
     if word[0] == 1 {
         // SIGTTOU is still ignored here, so a background group may take the terminal.
         // SAFETY: descriptor 0 stays open for the life of this process.

@@ -5,16 +5,21 @@
 
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::time::Duration;
 
 use crate::clock::BootTime;
 
 /// elect to watchdog.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Order {
-    /// Spawn the job with these variables set (`Some`) or removed (`None`), under this
-    /// deadline (none: no deadline).
+    /// Start the job: the command is elect's own arguments from `command_at` on (the watchdog
+    /// is a fork of elect and has the same ones, so a command line of any length costs nothing
+    /// here); these variables set (`Some`) or removed (`None`); under this deadline (none: no
+    /// deadline); SIGKILL `grace` after SIGTERM when the job is stopped.
     Start {
         deadline: Option<BootTime>,
+        grace: Duration,
+        command_at: usize,
         env: Vec<(OsString, Option<OsString>)>,
     },
     /// A renew succeeded: the job may live until this new deadline.
@@ -66,8 +71,18 @@ fn parse_deadline(text: &str) -> Option<Option<BootTime>> {
 impl Order {
     pub fn encode(&self) -> Vec<u8> {
         match self {
-            Order::Start { deadline, env } => {
-                let mut out = format!("start {}", deadline_text(*deadline)).into_bytes();
+            Order::Start {
+                deadline,
+                grace,
+                command_at,
+                env,
+            } => {
+                let mut out = format!(
+                    "start {} {} {command_at}",
+                    deadline_text(*deadline),
+                    grace.as_nanos()
+                )
+                .into_bytes();
                 for (k, v) in env {
                     out.push(0);
                     out.extend_from_slice(k.as_bytes());
@@ -89,18 +104,26 @@ impl Order {
         let head = std::str::from_utf8(parts.next()?).ok()?;
         let (verb, arg) = head.split_once(' ').unwrap_or((head, ""));
         Some(match verb {
-            "start" => Order::Start {
-                deadline: parse_deadline(arg)?,
-                env: parts
-                    .map(|kv| match kv.iter().position(|b| *b == b'=') {
-                        Some(eq) => (
-                            OsString::from_vec(kv[..eq].to_vec()),
-                            Some(OsString::from_vec(kv[eq + 1..].to_vec())),
-                        ),
-                        None => (OsString::from_vec(kv.to_vec()), None),
-                    })
-                    .collect(),
-            },
+            "start" => {
+                let mut words = arg.split(' ');
+                let deadline = parse_deadline(words.next()?)?;
+                let grace = Duration::from_nanos(words.next()?.parse().ok()?);
+                let command_at = words.next()?.parse().ok()?;
+                Order::Start {
+                    deadline,
+                    grace,
+                    command_at,
+                    env: parts
+                        .map(|kv| match kv.iter().position(|b| *b == b'=') {
+                            Some(eq) => (
+                                OsString::from_vec(kv[..eq].to_vec()),
+                                Some(OsString::from_vec(kv[eq + 1..].to_vec())),
+                            ),
+                            None => (OsString::from_vec(kv.to_vec()), None),
+                        })
+                        .collect(),
+                }
+            }
             "deadline" => Order::Deadline(parse_deadline(arg)?),
             "signal" => Order::Signal(arg.parse().ok()?),
             "stop" => Order::Stop,
@@ -165,6 +188,8 @@ mod tests {
         let orders = [
             Order::Start {
                 deadline: Some(BootTime::from_nanos(42)),
+                grace: Duration::from_millis(1500),
+                command_at: 6,
                 env: vec![
                     ("A".into(), Some("b=c".into())),
                     ("E".into(), Some("".into())),
@@ -173,6 +198,8 @@ mod tests {
             },
             Order::Start {
                 deadline: None,
+                grace: Duration::ZERO,
+                command_at: 0,
                 env: vec![],
             },
             Order::Deadline(Some(BootTime::from_nanos(7))),

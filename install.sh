@@ -58,7 +58,7 @@ if ! mkdir -p "$prefix/bin" 2>/dev/null || [ ! -w "$prefix/bin" ]; then
   exit 1
 fi
 
-cargo build --release --locked
+scripts/build.sh  # static on glibc Linux: see the comment there
 install_file() { # mode source destination
   install -D -m "$1" "$2" "$3"
   echo "$3" >> "$manifest.new"

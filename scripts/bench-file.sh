@@ -3,12 +3,12 @@
 #   1. wall time of `elect run --lock x -- true` against `flock -n FILE true` and bare `true`;
 #   2. peak RSS of elect (and its watchdog) while supervising `sleep`;
 #   3. handover: from a holder's job exiting to a --wait'ing contender's job starting.
-# Usage: scripts/bench-file.sh [RUNS]   (needs hyperfine; builds the release binary)
+# Usage: scripts/bench-file.sh [RUNS]   (needs hyperfine; builds the release binary with scripts/build.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-500}
 command -v hyperfine >/dev/null || { echo "install hyperfine (apt-get install hyperfine)" >&2; exit 1; }
-cargo build --release --quiet
+scripts/build.sh 2>/dev/null
 elect=$PWD/target/release/elect
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -33,9 +33,11 @@ for tool in hyperfine flock python3 strace; do
   command -v "$tool" >/dev/null || { echo "missing: $tool (apt-get install $tool)" >&2; exit 1; }
 done
 
-if ! cargo build --release --quiet; then
-  [ -x target/release/elect ] || { echo "cargo build --release failed and there is no binary" >&2; exit 1; }
-  echo "warning: cargo build --release failed; measuring the existing target/release/elect" >&2
+# The binary the README's build command makes (static on glibc Linux, see scripts/build.sh).
+mkdir -p target
+if ! scripts/build.sh 2>"$root/target/bench-build.log"; then
+  [ -x target/release/elect ] || { cat "$root/target/bench-build.log" >&2; echo "scripts/build.sh failed and there is no binary" >&2; exit 1; }
+  echo "warning: scripts/build.sh failed; measuring the existing target/release/elect" >&2
 fi
 elect=$root/target/release/elect
 measure=(python3 "$root/scripts/bench/measure.py")

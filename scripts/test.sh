@@ -39,3 +39,18 @@ fi
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked
+
+# The README's build command and the binary it makes (static on glibc Linux): a job on the file
+# backend, and a host name that the static binary must still resolve (a refused connection, not a
+# failed lookup).
+scripts/build.sh
+smoke=$(mktemp -d)
+trap 'rm -rf "$smoke"' EXIT
+ELECT_LOCK_DIR=$smoke target/release/elect run --lock smoke -- sh -c 'test -n "$ELECT_FENCING_TOKEN"'
+rc=0
+err=$(target/release/elect status --lock smoke --backend redis://localhost:1 2>&1) || rc=$?
+if [ "$rc" -ne 69 ] || ! grep -q "refused" <<<"$err"; then
+  echo "static binary: expected a refused connection to localhost:1 (exit 69), got $rc: $err" >&2
+  exit 1
+fi
+echo "static binary: ok"

@@ -24,9 +24,9 @@ case "${1:-}" in
   *) echo "usage: scripts/bench.sh [--quick]" >&2; exit 2 ;;
 esac
 if [ "$mode" = quick ]; then
-  rounds=2 file_runs=75 net_runs=15 hand_rounds=5 take_rounds=2 herd_n=50 herd_n_etcd=50 herd_window=2
+  rounds=2 file_rounds=10 file_runs=30 net_runs=15 hand_rounds=5 take_rounds=2 herd_n=50 herd_n_etcd=50 herd_window=2
 else
-  rounds=5 file_runs=200 net_runs=40 hand_rounds=20 take_rounds=10 herd_n=200 herd_n_etcd=200 herd_window=5
+  rounds=5 file_rounds=25 file_runs=40 net_runs=40 hand_rounds=20 take_rounds=10 herd_n=200 herd_n_etcd=200 herd_window=5
 fi
 
 for tool in hyperfine flock python3 strace; do
@@ -61,11 +61,12 @@ out() { printf '%s\n' "$*" | tee -a "$report"; }
 emit() { tee -a "$report"; }
 
 # hyper NAME RUNS HYPERFINE-ARGS...: ROUNDS rounds of hyperfine over the same commands, one after
-# the other, exported to NAME-1.json ... (measure.py wall merges them).
+# the other, exported to NAME-1.json ... (measure.py wall merges them). HYPER_ROUNDS overrides
+# ROUNDS.
 hyper() {
-  local name=$1 runs=$2 r
+  local name=$1 runs=$2 r n=${HYPER_ROUNDS:-$rounds}
   shift 2
-  for (( r = 1; r <= rounds; r++ )); do
+  for (( r = 1; r <= n; r++ )); do
     hyperfine -N --style none --warmup 5 --runs "$runs" --export-json "$BENCH_WORK/$name-$r.json" "$@" \
       >/dev/null 2>"$BENCH_WORK/$name-$r.err" || { cat "$BENCH_WORK/$name-$r.err" >&2; return 1; }
   done
@@ -92,13 +93,13 @@ for s in "${skipped[@]}"; do echo "skipped: $s" >&2; done
 # ---------------------------------------------------------------------------------- 1. wall time
 out "## 1. Wall time per run, file backend"
 out ""
-hyper wall-file "$file_runs" \
+HYPER_ROUNDS=$file_rounds hyper wall-file "$file_runs" \
   -n "elect run --lock x -- true" "$elect run --lock x -- true" \
   -n "flock -n FILE true" "flock -n $BENCH_WORK/flock.lock true" \
   -n "true" "true"
 "${measure[@]}" wall "$BENCH_WORK"/wall-file-*.json --target "flock -n FILE true=1.3" 2>/dev/null | emit
 out ""
-out "One process start each, no shell (hyperfine -N), in $rounds rounds of all commands one after the other (so that a change of load hits every command alike); times in ms. Target: elect ≤ 1.3× flock(1)."
+out "One process start each, no shell (hyperfine -N), in $file_rounds short rounds of all commands one after the other (a virtual machine can drift by a third in speed within minutes; short rounds let a drift hit every command alike); times in ms. Target: elect ≤ 1.3× flock(1)."
 out ""
 
 # ------------------------------------------------------------------- 2. wall time, network backends

@@ -215,7 +215,7 @@ out ""
 # --------------------------------------------------------------------------------- 7. diagnostics
 out "## 7. Where the time of one run goes"
 out ""
-out "\`strace -c -w -f\` (wall time in each call) of one \`elect run --lock x -- true\` on the file backend (elect, its watchdog and \`true\`):"
+out "\`strace -c -w -f\` (wall time in each call) of one \`elect run --lock x -- true\` on the file backend (elect, its watchdog, and the job's process, which becomes \`true\`):"
 out ""
 out '```'
 strace -c -w -f -o "$BENCH_WORK/strace-c.txt" "$elect" run --lock x -- true

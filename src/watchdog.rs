@@ -74,14 +74,20 @@ pub const FORWARDED: [Signal; 8] = [
     Signal::SIGALRM,
 ];
 
-/// Forks the watchdog. Must be called while the process has a single thread.
-pub fn fork() -> io::Result<WatchdogLink> {
-    let (ours, theirs) = socketpair(
+/// A close-on-exec SOCK_SEQPACKET pair: one message per packet between elect, the watchdog and
+/// the launcher.
+fn packet_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
         None,
         SockFlag::SOCK_CLOEXEC,
-    )?;
+    )?)
+}
+
+/// Forks the watchdog. Must be called while the process has a single thread.
+pub fn fork() -> io::Result<WatchdogLink> {
+    let (ours, theirs) = packet_pair()?;
     // SAFETY: elect calls this before it starts any thread (the async runtime comes later), so
     // the child is a complete copy of a single-threaded process and may run ordinary code.
     match unsafe { nix::unistd::fork() }? {
@@ -196,7 +202,7 @@ impl Watchdog {
             .launcher
             .take()
             .expect("the launcher is taken only here");
-        let (command_at, env) = loop {
+        let start = loop {
             match self.receive() {
                 Ok(Some(Order::Start {
                     deadline,
@@ -206,19 +212,16 @@ impl Watchdog {
                 })) => {
                     self.deadline = deadline;
                     self.grace = grace;
-                    break (command_at, env);
+                    break Ok(Some((command_at, env)));
                 }
                 Ok(Some(_)) => continue,
-                // elect ended without starting a job.
-                Ok(None) => {
-                    launcher.map(Launcher::dismiss).ok();
-                    return Ok(());
-                }
-                Err(e) => {
-                    launcher.map(Launcher::dismiss).ok();
-                    return Err(e);
-                }
+                // None: elect ended without starting a job.
+                other => break other.map(|_| None),
             }
+        };
+        let Ok(Some((command_at, env))) = start else {
+            launcher.map(Launcher::dismiss).ok();
+            return start.map(|_| ());
         };
         match launcher.and_then(|launcher| self.spawn(launcher, command_at, env)) {
             Ok(pid) => {

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::signal::{self, SigHandler, SigSet, SigmaskHow, Signal};
-use nix::sys::socket::{recv, send, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
+use nix::sys::socket::{recv, send, MsgFlags};
 use nix::sys::wait::waitpid;
 use nix::unistd::{getpgrp, getppid, setpgid, Pid};
 
@@ -58,12 +58,7 @@ pub struct Launcher {
 impl Launcher {
     /// Forks the launcher. Must be called from the single-threaded watchdog.
     pub fn fork() -> io::Result<Self> {
-        let (ours, theirs) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )?;
+        let (ours, theirs) = super::packet_pair()?;
         let watchdog = Pid::this();
         // SAFETY: the watchdog is single-threaded, so the child is a complete copy of it and may
         // run ordinary code (allocate, build a Command) until it execs or exits.
@@ -107,17 +102,15 @@ impl Launcher {
                 other => break other,
             }
         };
-        match answer {
-            Ok(0) => Ok(self.pid),
-            Ok(_) => {
-                let _ = waitpid(self.pid, None);
-                Err(io::Error::from_raw_os_error(i32::from_ne_bytes(errno)))
-            }
-            Err(e) => {
-                let _ = waitpid(self.pid, None);
-                Err(e.into())
-            }
+        if answer == Ok(0) {
+            return Ok(self.pid);
         }
+        // The launcher has answered and exits (or is gone): reap it.
+        let _ = waitpid(self.pid, None);
+        Err(match answer {
+            Ok(_) => io::Error::from_raw_os_error(i32::from_ne_bytes(errno)),
+            Err(e) => e.into(),
+        })
     }
 
     /// Sends the launcher away without a word (elect ended without a lease), and reaps it.

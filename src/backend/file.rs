@@ -73,6 +73,9 @@ const SUFFIX: &str = ".lock";
 const META_SUFFIX: &str = ".lock.meta";
 /// How often a waiter for one of several places re-checks without an inotify event.
 const PLACES_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a contender that finds a lock busy waits for the new holder's record (see
+/// `current_holder`); a holder writes it within microseconds of taking the flock.
+const RECORD_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 #[derive(Debug)]
 pub struct FileBackend {
@@ -350,17 +353,33 @@ impl FileBackend {
                 }
             }
             match &watch {
-                None => return Ok(Acquire::Held(self.recorded_holder(&req.name, 0))),
+                None => return Ok(Acquire::Held(self.current_holder(&req.name, 0).await)),
                 Some(watch) => watch.changed(PLACES_RECHECK).await?,
             }
         }
     }
 
-    /// The holder recorded in place `slot`'s file, if it can be read.
-    fn recorded_holder(&self, name: &LockName, slot: u32) -> Option<HolderInfo> {
+    /// The holder of busy place `slot`, if its record can be read. A holder writes its record
+    /// just after it takes the flock, so a contender that finds the place locked can come in
+    /// between and read no record, or the record of the holder before, whose run the history
+    /// already shows ended: then it looks again, for at most [`RECORD_WAIT`].
+    async fn current_holder(&self, name: &LockName, slot: u32) -> Option<HolderInfo> {
         let path = self.place_path(name, slot);
         let file = self.open_lock_file(&path).ok()?;
-        Self::read_record(&file, &path).ok().flatten()
+        let give_up = tokio::time::Instant::now() + RECORD_WAIT;
+        loop {
+            let holder = Self::read_record(&file, &path).ok().flatten();
+            let ended = |h: &HolderInfo| {
+                Self::read_history(&file)
+                    .last_run
+                    .is_some_and(|run| run.token == h.token)
+            };
+            match holder {
+                Some(h) if !ended(&h) => return Some(h),
+                other if tokio::time::Instant::now() >= give_up => return other,
+                _ => tokio::time::sleep(std::time::Duration::from_millis(2)).await,
+            }
+        }
     }
 
     /// The counter file of a lock with several places: `<name>.lock.meta`.
@@ -517,7 +536,7 @@ impl Backend for FileBackend {
         }
         match self.take(req, 0, wait).await? {
             Some(lease) => Ok(Acquire::Acquired(lease)),
-            None => Ok(Acquire::Held(self.recorded_holder(&req.name, 0))),
+            None => Ok(Acquire::Held(self.current_holder(&req.name, 0).await)),
         }
     }
 

@@ -29,6 +29,7 @@
 //!   stays until the last process is gone, even if elect was killed.
 
 pub mod launcher;
+pub mod placement;
 pub mod protocol;
 
 use std::ffi::OsString;
@@ -50,7 +51,8 @@ use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFl
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{getpgrp, Pid};
 
-use self::launcher::{Launcher, Terminal};
+use self::launcher::{Inherited, Launcher, Terminal};
+use self::placement::Cpus;
 use self::protocol::{JobExit, Order, Report};
 use crate::clock::BootTime;
 use crate::front::Front;
@@ -88,12 +90,13 @@ fn packet_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 /// Forks the watchdog. Must be called while the process has a single thread.
 pub fn fork() -> io::Result<WatchdogLink> {
     let (ours, theirs) = packet_pair()?;
+    let cpus = Cpus::of_this_process();
     // SAFETY: elect calls this before it starts any thread (the async runtime comes later), so
     // the child is a complete copy of a single-threaded process and may run ordinary code.
     match unsafe { nix::unistd::fork() }? {
         nix::unistd::ForkResult::Child => {
             drop(ours);
-            let code = match Watchdog::new(theirs).and_then(Watchdog::serve) {
+            let code = match Watchdog::new(theirs, cpus).and_then(Watchdog::serve) {
                 Ok(()) => 0,
                 Err(err) => {
                     eprintln!("elect: watchdog: {err}");
@@ -102,10 +105,15 @@ pub fn fork() -> io::Result<WatchdogLink> {
             };
             std::process::exit(code)
         }
-        nix::unistd::ForkResult::Parent { child } => Ok(WatchdogLink {
-            pid: child,
-            socket: ours,
-        }),
+        nix::unistd::ForkResult::Parent { child } => {
+            if let Some(cpus) = cpus {
+                cpus.move_elsewhere(child);
+            }
+            Ok(WatchdogLink {
+                pid: child,
+                socket: ours,
+            })
+        }
     }
 }
 
@@ -146,23 +154,39 @@ struct Watchdog {
     /// The job's process, forked ahead and waiting for the start order (or why it could not be
     /// forked); taken when the job starts.
     launcher: Option<io::Result<Launcher>>,
+    /// elect's CPUs, to return to when the job starts (see [`placement`]).
+    cpus: Option<Cpus>,
     /// The lock file of the file backend, kept open so the lock outlives elect.
     _kernel_lock: Option<File>,
 }
 
 impl Watchdog {
-    fn new(socket: OwnedFd) -> io::Result<Self> {
-        for sig in FORWARDED.iter().chain(&[
+    fn new(socket: OwnedFd, cpus: Option<Cpus>) -> io::Result<Self> {
+        // The job gets the forwarded signals back as elect was started with them: ignored if
+        // they were (`nohup elect run ...`, `elect run ... &` in a script), the default
+        // otherwise. The job-control signals (which elect itself ignores behind a front) and
+        // SIGPIPE (which elect's runtime ignores) go back to the default, as a shell sets them for
+        // its jobs.
+        let mut to_default = Vec::new();
+        for sig in FORWARDED {
+            // SAFETY: SIG_IGN installs no handler code.
+            if unsafe { signal::signal(sig, SigHandler::SigIgn) }? != SigHandler::SigIgn {
+                to_default.push(sig);
+            }
+        }
+        for sig in [
             Signal::SIGTSTP,
             Signal::SIGTTIN,
             Signal::SIGTTOU,
             Signal::SIGPIPE,
-        ]) {
-            // SAFETY: SIG_IGN installs no handler code.
-            unsafe { signal::signal(*sig, SigHandler::SigIgn) }?;
+        ] {
+            // SAFETY: as above.
+            unsafe { signal::signal(sig, SigHandler::SigIgn) }?;
+            to_default.push(sig);
         }
-        // First, so that it is ready by the time elect has the lease (see `launcher`).
-        let launcher = Some(Launcher::fork());
+        // First, so that it is ready by the time elect has the lease (see `launcher`), and before
+        // the signal mask changes, so that the job inherits elect's.
+        let launcher = Some(Launcher::fork(Inherited { to_default, cpus }));
         let front = crate::front::current();
         let mut mask = SigSet::empty();
         mask.add(Signal::SIGCHLD);
@@ -193,6 +217,7 @@ impl Watchdog {
             home: front.map_or_else(getpgrp, |f| f.group),
             suspended: false,
             launcher,
+            cpus,
             _kernel_lock: None,
         })
     }
@@ -212,6 +237,9 @@ impl Watchdog {
                 })) => {
                     self.deadline = deadline;
                     self.grace = grace;
+                    if let Some(cpus) = self.cpus {
+                        cpus.restore();
+                    }
                     break Ok(Some((command_at, env)));
                 }
                 Ok(Some(_)) => continue,

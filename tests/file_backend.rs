@@ -431,3 +431,69 @@ fn forced_release_of_a_file_lock_is_refused_while_held() {
     env.run(["release", "--lock", &lock, "--token", &token])
         .assert_code(3);
 }
+
+/// The job gets what flock(1) would give it: the signal mask, ignored signals and CPUs elect was
+/// started with, though elect's watchdog ignores signals and starts on a CPU of its own.
+#[test]
+fn job_inherits_ignored_signals_mask_and_cpus() {
+    use std::os::unix::process::CommandExt;
+
+    let env = TestEnv::new();
+    let lock = env.lock("inherit");
+    let status_line = |text: &str, key: &str| -> String {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in {text}"))
+            .trim()
+            .to_owned()
+    };
+    let ours = std::fs::read_to_string("/proc/self/status").unwrap();
+    let mut cmd = env.elect();
+    cmd.args([
+        "run",
+        "--lock",
+        &lock,
+        "--",
+        "cp",
+        "/proc/self/status",
+        "job.status",
+    ]);
+    // As `nohup` does.
+    // SAFETY: between fork and exec only signal(2) is called, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGHUP,
+                nix::sys::signal::SigHandler::SigIgn,
+            )?;
+            Ok(())
+        });
+    }
+    env.run_command(cmd).assert_code(0);
+    let job = std::fs::read_to_string(env.path().join("job.status")).unwrap();
+    let ignored = u64::from_str_radix(&status_line(&job, "SigIgn:"), 16).unwrap();
+    let bit = |sig: nix::sys::signal::Signal| 1u64 << (sig as u32 - 1);
+    use nix::sys::signal::Signal::*;
+    assert_ne!(
+        ignored & bit(SIGHUP),
+        0,
+        "SIGHUP stays ignored, as under nohup: {ignored:x}"
+    );
+    for sig in [SIGINT, SIGTERM, SIGQUIT, SIGUSR1, SIGPIPE, SIGTSTP, SIGTTOU] {
+        assert_eq!(
+            ignored & bit(sig),
+            0,
+            "{sig} is back at the default: {ignored:x}"
+        );
+    }
+    assert_eq!(
+        status_line(&job, "SigBlk:"),
+        status_line(&ours, "SigBlk:"),
+        "the job's signal mask is elect's"
+    );
+    assert_eq!(
+        status_line(&job, "Cpus_allowed_list:"),
+        status_line(&ours, "Cpus_allowed_list:"),
+        "the job may run on every CPU elect may"
+    );
+}

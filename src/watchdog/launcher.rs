@@ -10,17 +10,19 @@
 //!
 //! # What the launcher does before the word
 //! It moves into a process group of its own (which will be the job's, so the watchdog can signal
-//! the group) and asks for SIGKILL if the watchdog dies. It keeps the watchdog's signal mask and
-//! dispositions, in which every signal elect forwards is ignored, so a stray `pkill elect` while
-//! elect waits for the lease does not kill it. Then it blocks on its socket; end of file (elect
-//! ended without a lease) makes it exit quietly.
+//! the group) and asks for SIGKILL if the watchdog dies. It keeps the watchdog's dispositions, in
+//! which every signal elect forwards is ignored, so a stray `pkill elect` while elect waits for
+//! the lease does not kill it. Then it blocks on its socket; end of file (elect ended without a
+//! lease) makes it exit quietly.
 //!
 //! # The word and the answer
 //! One packet on a SOCK_SEQPACKET pair: a byte saying whether to take the terminal's foreground,
 //! then a `start` order (see [`super::protocol`]) with the variables to set and remove. The
-//! launcher takes the terminal while SIGTTOU is still ignored, resets every disposition to the
-//! default, clears the mask, and execs the command (with a search of PATH). Its end of the socket
-//! is close-on-exec: the watchdog reads end of file when the exec succeeded, or the exec's errno.
+//! launcher takes the terminal while SIGTTOU is still ignored, gives back the dispositions and
+//! CPUs elect was started with (see [`Inherited`]), and execs the command (with a search of PATH).
+//! The signal mask is elect's already: the launcher is forked before the watchdog blocks SIGCHLD.
+//! Its end of the socket is close-on-exec: the watchdog reads end of file when the exec succeeded,
+//! or the exec's errno.
 
 use std::ffi::OsString;
 use std::io;
@@ -30,11 +32,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use nix::errno::Errno;
-use nix::sys::signal::{self, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{self, SigHandler, Signal};
 use nix::sys::socket::{recv, send, MsgFlags};
 use nix::sys::wait::waitpid;
 use nix::unistd::{getpgrp, getppid, setpgid, Pid};
 
+use super::placement::Cpus;
 use super::protocol::Order;
 
 /// The largest word: a start order from elect (at most the watchdog's 8 KiB, a few short ELECT_*
@@ -48,6 +51,15 @@ pub enum Terminal {
     Leave,
 }
 
+/// What the job gets back from before the watchdog: an exec resets caught signals to the default
+/// but keeps ignored ones, so the signals the watchdog ignores and elect did not are set back;
+/// and elect's CPUs (see [`super::placement`]).
+#[derive(Debug)]
+pub struct Inherited {
+    pub to_default: Vec<Signal>,
+    pub cpus: Option<Cpus>,
+}
+
 /// The watchdog's end of a launcher that has not been given the word yet.
 #[derive(Debug)]
 pub struct Launcher {
@@ -57,7 +69,7 @@ pub struct Launcher {
 
 impl Launcher {
     /// Forks the launcher. Must be called from the single-threaded watchdog.
-    pub fn fork() -> io::Result<Self> {
+    pub fn fork(inherited: Inherited) -> io::Result<Self> {
         let (ours, theirs) = super::packet_pair()?;
         let watchdog = Pid::this();
         // SAFETY: the watchdog is single-threaded, so the child is a complete copy of it and may
@@ -65,7 +77,7 @@ impl Launcher {
         match unsafe { nix::unistd::fork() }? {
             nix::unistd::ForkResult::Child => {
                 drop(ours);
-                wait_and_exec(theirs, watchdog)
+                wait_and_exec(theirs, watchdog, inherited)
             }
             nix::unistd::ForkResult::Parent { child } => {
                 // From this side too, as shells do, so the group exists whichever runs first.
@@ -122,7 +134,7 @@ impl Launcher {
 }
 
 /// The launcher's life: wait for the word, then become the job.
-fn wait_and_exec(socket: OwnedFd, watchdog: Pid) -> ! {
+fn wait_and_exec(socket: OwnedFd, watchdog: Pid, inherited: Inherited) -> ! {
     let _ = setpgid(Pid::from_raw(0), Pid::from_raw(0));
     if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err() || getppid() != watchdog {
         // The watchdog is gone already (or could not be followed): no job without it.
@@ -153,15 +165,13 @@ fn wait_and_exec(socket: OwnedFd, watchdog: Pid) -> ! {
         let tty = unsafe { BorrowedFd::borrow_raw(0) };
         let _ = nix::unistd::tcsetpgrp(tty, getpgrp());
     }
-    for n in 1..32 {
-        if let Ok(sig) = Signal::try_from(n) {
-            if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
-                // SAFETY: SIG_DFL installs no handler code.
-                let _ = unsafe { signal::signal(sig, SigHandler::SigDfl) };
-            }
-        }
+    for sig in inherited.to_default {
+        // SAFETY: SIG_DFL installs no handler code.
+        let _ = unsafe { signal::signal(sig, SigHandler::SigDfl) };
     }
-    let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    if let Some(cpus) = inherited.cpus {
+        cpus.restore();
+    }
     let mut cmd = Command::new(&command[0]);
     cmd.args(&command[1..]);
     for (key, value) in env {

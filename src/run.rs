@@ -21,9 +21,9 @@ use crate::hooks::{self, Event as HookEvent, Running};
 use crate::lease::{Acquire, History, HolderInfo, LastRun, Lease, LockName, Renewal, RunEnd};
 use crate::metrics::{self, Outcome, RunRecord};
 use crate::notify::Notifier;
-use crate::supervisor::{self, Ending, Supervision, Watchdog};
-use crate::watchdog::protocol::{JobExit, Order, Report};
-use crate::watchdog::{self, WatchdogLink, FORWARDED};
+use crate::supervisor::{self, Ending, Start, Supervision, Watchdog};
+use crate::watchdog::protocol::{JobExit, Order};
+use crate::watchdog::{self, launcher, WatchdogLink, FORWARDED};
 
 /// How long a release may take before elect gives up on it (the lease then expires by its ttl).
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -162,10 +162,11 @@ impl Runner<'_> {
         let deadline =
             (backend.expiry() == Expiry::Ttl).then(|| cfg.timing.deadline(lease.sent_at));
         let job_env = child_env(&lease, &describe);
-        let start = Order::Start {
+        let order = Order::Start {
             deadline,
             grace: cfg.timing.grace(),
             command_at: self.command_at,
+            terminal: launcher::job_takes_terminal(),
             env: job_env
                 .iter()
                 .map(|(k, v)| (OsString::from(k), Some(OsString::from(v))))
@@ -179,15 +180,18 @@ impl Runner<'_> {
         };
         let started = Instant::now();
         let started_at = SystemTime::now();
-        if let Err(e) = self.watchdog.start(&start, &lease) {
-            release(&mut backend, &lease, None).await;
-            return Err(Failure::new(
-                code::INTERNAL,
-                format!("cannot reach the watchdog: {e}"),
-            ));
-        }
-        let (ending, lost_hook) = match self.watchdog.report().await {
-            Ok(Some(Report::Started { pid })) => {
+        let start = match self.watchdog.start(&order, &lease).await {
+            Ok(start) => start,
+            Err(e) => {
+                release(&mut backend, &lease, None).await;
+                return Err(Failure::new(
+                    code::INTERNAL,
+                    format!("cannot reach the watchdog: {e}"),
+                ));
+            }
+        };
+        let (ending, lost_hook) = match start {
+            Start::Running { pid } => {
                 tracing::debug!(lock = %lock, pid, "job started");
                 let holding = format!("holding {lock}, token {}", lease.token());
                 self.notifier.ready(&holding);
@@ -213,11 +217,8 @@ impl Runner<'_> {
                 acquired_hook.finish().await;
                 ending
             }
-            Ok(Some(Report::SpawnFailed { errno })) => (
-                Ending::SpawnFailed(std::io::Error::from_raw_os_error(errno)),
-                Running::none(),
-            ),
-            _ => (Ending::WatchdogGone, Running::none()),
+            Start::Failed(err) => (Ending::SpawnFailed(err), Running::none()),
+            Start::WatchdogGone => (Ending::WatchdogGone, Running::none()),
         };
         record.hold = started.elapsed();
         self.notifier.stopping();

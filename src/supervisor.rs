@@ -39,23 +39,40 @@ pub enum Ending {
     WatchdogGone,
 }
 
-/// The socket to the watchdog, registered with tokio.
+/// How the start of the job went.
+#[derive(Debug)]
+pub enum Start {
+    /// The command was executed; the job is this process.
+    Running { pid: i32 },
+    /// The command could not be executed, or its process not forked.
+    Failed(io::Error),
+    /// The watchdog vanished before it answered.
+    WatchdogGone,
+}
+
+/// The sockets to the watchdog and to the job's launcher, registered with tokio.
 pub struct Watchdog {
     socket: AsyncFd<OwnedFd>,
+    launcher: AsyncFd<OwnedFd>,
+}
+
+/// Registers a socket with tokio, non-blocking.
+fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    nix::fcntl::fcntl(
+        &fd,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
+    // SAFETY: an OwnedFd is a valid descriptor that stays open, naming the same socket, for as
+    // long as the AsyncFd owns it.
+    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(|e| e.into_parts().1)
 }
 
 impl Watchdog {
     pub fn new(link: WatchdogLink) -> io::Result<Self> {
-        let fd = link.socket;
-        nix::fcntl::fcntl(
-            &fd,
-            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-        )?;
-        // SAFETY: an OwnedFd is a valid descriptor that stays open, naming the same socket, for
-        // as long as the AsyncFd owns it.
-        let socket = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
-            .map_err(|e| e.into_parts().1)?;
-        Ok(Self { socket })
+        Ok(Self {
+            socket: register(link.socket)?,
+            launcher: register(link.launcher)?,
+        })
     }
 
     pub fn order(&self, order: &Order) -> io::Result<()> {
@@ -70,10 +87,39 @@ impl Watchdog {
         }
     }
 
-    /// Starts the job; the open lock file, if any, goes along so the watchdog holds it too.
-    pub fn start(&self, order: &Order, lease: &Lease) -> io::Result<()> {
+    /// Starts the job: the order goes to the watchdog first, with the open lock file if any (so
+    /// the watchdog holds it too), then to the launcher, which execs the command (see
+    /// [`crate::watchdog::launcher`]). An error means the watchdog could not be reached, and
+    /// nothing was started.
+    pub async fn start(&self, order: &Order, lease: &Lease) -> io::Result<Start> {
         let fd = lease.kernel_lock.as_ref().map(|f| f.as_fd());
-        send_order(self.socket.get_ref().as_fd(), order, fd)
+        send_order(self.socket.get_ref().as_fd(), order, fd)?;
+        let word = send_order(self.launcher.get_ref().as_fd(), order, None);
+        let (report, answer) = tokio::join!(self.report(), self.exec_answer(word));
+        Ok(match report {
+            Ok(Some(Report::Started { pid })) => match answer {
+                Ok(()) => Start::Running { pid },
+                Err(err) => Start::Failed(err),
+            },
+            Ok(Some(Report::SpawnFailed { errno })) => {
+                Start::Failed(io::Error::from_raw_os_error(errno))
+            }
+            _ => Start::WatchdogGone,
+        })
+    }
+
+    /// The launcher's answer to the start order: `Ok` once the command was executed.
+    async fn exec_answer(&self, word: io::Result<()>) -> io::Result<()> {
+        word?;
+        loop {
+            let mut guard = self.launcher.readable().await?;
+            match guard.try_io(|fd| crate::watchdog::launcher::answer_of(fd.get_ref().as_fd())) {
+                Ok(Ok(answer)) => return answer,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => {}
+            }
+        }
     }
 
     /// Tells the watchdog, after its last report, that elect needs it no more: it then exits at

@@ -13,10 +13,11 @@
 //!
 //! # What it does
 //! - Forks the job's process first thing, ahead of the lease (see [`launcher`]): in its own
-//!   process group, with PR_SET_PDEATHSIG so that it dies if the watchdog is killed. On `start` it
-//!   execs the command with signal mask and dispositions reset, and with the terminal's foreground
-//!   when elect had it (Ctrl-C then reaches the job straight from the kernel, once, and the job can
-//!   read the terminal).
+//!   process group, with PR_SET_PDEATHSIG so that it dies if the watchdog is killed. elect sends
+//!   `start` to the watchdog and then to that process, which execs the command with signal mask
+//!   and dispositions reset, on elect's CPUs, and with the terminal's foreground when elect had it
+//!   (Ctrl-C then reaches the job straight from the kernel, once, and the job can read the
+//!   terminal).
 //! - At a terminal, mirrors a stop of the job (Ctrl-Z) onto the front that the shell watches, and
 //!   continues the job when the shell continues the front (see [`crate::front`]).
 //! - Is a child subreaper: orphans of the job are re-parented to it, so it can reap them and knows
@@ -32,7 +33,6 @@ pub mod launcher;
 pub mod placement;
 pub mod protocol;
 
-use std::ffi::OsString;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -51,17 +51,18 @@ use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFl
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{getpgrp, Pid};
 
-use self::launcher::{Inherited, Launcher, Terminal};
+use self::launcher::Launcher;
 use self::placement::Cpus;
 use self::protocol::{JobExit, Order, Report};
 use crate::clock::BootTime;
 use crate::front::Front;
 
-/// elect's end of the watchdog: its pid and the socket.
+/// elect's end of the watchdog: its pid, the socket, and the socket to the job's launcher.
 #[derive(Debug)]
 pub struct WatchdogLink {
     pub pid: Pid,
     pub socket: OwnedFd,
+    pub launcher: OwnedFd,
 }
 
 /// Signals elect forwards; the watchdog ignores them so that only forwarding delivers them.
@@ -90,13 +91,15 @@ fn packet_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 /// Forks the watchdog. Must be called while the process has a single thread.
 pub fn fork() -> io::Result<WatchdogLink> {
     let (ours, theirs) = packet_pair()?;
+    let (to_launcher, launchers) = packet_pair()?;
     let cpus = Cpus::of_this_process();
     // SAFETY: elect calls this before it starts any thread (the async runtime comes later), so
     // the child is a complete copy of a single-threaded process and may run ordinary code.
     match unsafe { nix::unistd::fork() }? {
         nix::unistd::ForkResult::Child => {
             drop(ours);
-            let code = match Watchdog::new(theirs, cpus).and_then(Watchdog::serve) {
+            drop(to_launcher);
+            let code = match Watchdog::new(theirs, launchers, cpus).and_then(Watchdog::serve) {
                 Ok(()) => 0,
                 Err(err) => {
                     eprintln!("elect: watchdog: {err}");
@@ -112,6 +115,7 @@ pub fn fork() -> io::Result<WatchdogLink> {
             Ok(WatchdogLink {
                 pid: child,
                 socket: ours,
+                launcher: to_launcher,
             })
         }
     }
@@ -161,32 +165,18 @@ struct Watchdog {
 }
 
 impl Watchdog {
-    fn new(socket: OwnedFd, cpus: Option<Cpus>) -> io::Result<Self> {
-        // The job gets the forwarded signals back as elect was started with them: ignored if
-        // they were (`nohup elect run ...`, `elect run ... &` in a script), the default
-        // otherwise. The job-control signals (which elect itself ignores behind a front) and
-        // SIGPIPE (which elect's runtime ignores) go back to the default, as a shell sets them for
-        // its jobs.
-        let mut to_default = Vec::new();
-        for sig in FORWARDED {
-            // SAFETY: SIG_IGN installs no handler code.
-            if unsafe { signal::signal(sig, SigHandler::SigIgn) }? != SigHandler::SigIgn {
-                to_default.push(sig);
-            }
-        }
-        for sig in [
+    fn new(socket: OwnedFd, launcher_socket: OwnedFd, cpus: Option<Cpus>) -> io::Result<Self> {
+        for sig in FORWARDED.iter().chain(&[
             Signal::SIGTSTP,
             Signal::SIGTTIN,
             Signal::SIGTTOU,
             Signal::SIGPIPE,
-        ] {
-            // SAFETY: as above.
-            unsafe { signal::signal(sig, SigHandler::SigIgn) }?;
-            to_default.push(sig);
+        ]) {
+            // SAFETY: SIG_IGN installs no handler code.
+            unsafe { signal::signal(*sig, SigHandler::SigIgn) }?;
         }
-        // First, so that it is ready by the time elect has the lease (see `launcher`), and before
-        // the signal mask changes, so that the job inherits elect's.
-        let launcher = Some(Launcher::fork(Inherited { to_default, cpus }));
+        // First, so that it is ready by the time elect has the lease (see `launcher`).
+        let launcher = Some(Launcher::fork(launcher_socket, cpus));
         let front = crate::front::current();
         let mut mask = SigSet::empty();
         mask.add(Signal::SIGCHLD);
@@ -232,33 +222,41 @@ impl Watchdog {
                 Ok(Some(Order::Start {
                     deadline,
                     grace,
-                    command_at,
-                    env,
+                    terminal,
+                    ..
                 })) => {
                     self.deadline = deadline;
                     self.grace = grace;
                     if let Some(cpus) = self.cpus {
                         cpus.restore();
                     }
-                    break Ok(Some((command_at, env)));
+                    break Ok(Some(terminal));
                 }
                 Ok(Some(_)) => continue,
                 // None: elect ended without starting a job.
                 other => break other.map(|_| None),
             }
         };
-        let Ok(Some((command_at, env))) = start else {
+        let Ok(Some(terminal)) = start else {
             launcher.map(Launcher::dismiss).ok();
             return start.map(|_| ());
         };
-        match launcher.and_then(|launcher| self.spawn(launcher, command_at, env)) {
-            Ok(pid) => {
+        // elect sends the launcher the same order next, and the launcher execs the command.
+        match launcher {
+            Ok(launcher) => {
+                let pid = launcher.pid;
+                if terminal {
+                    // Also from this side, as shells do: whichever runs first wins the race
+                    // harmlessly.
+                    let _ = nix::unistd::tcsetpgrp(io::stdin().as_fd(), pid);
+                    self.took_terminal = true;
+                }
                 self.job = Some(pid);
                 self.report(Report::Started { pid: pid.as_raw() });
             }
             Err(err) => {
                 self.report(Report::SpawnFailed {
-                    errno: err.raw_os_error().unwrap_or(nix::libc::ENOENT),
+                    errno: err.raw_os_error().unwrap_or(nix::libc::EAGAIN),
                 });
                 return Ok(());
             }
@@ -318,29 +316,6 @@ impl Watchdog {
                 return Ok(());
             }
         }
-    }
-
-    fn spawn(
-        &mut self,
-        launcher: Launcher,
-        command_at: usize,
-        env: Vec<(OsString, Option<OsString>)>,
-    ) -> io::Result<Pid> {
-        let stdin = io::stdin();
-        let foreground = nix::unistd::isatty(stdin.as_fd()).unwrap_or(false)
-            && nix::unistd::tcgetpgrp(stdin.as_fd()).ok() == Some(self.home);
-        let terminal = if foreground {
-            Terminal::Take
-        } else {
-            Terminal::Leave
-        };
-        let pid = launcher.go(command_at, env, terminal)?;
-        if foreground {
-            // Also from this side, as shells do: whichever runs first wins the race harmlessly.
-            let _ = nix::unistd::tcsetpgrp(stdin.as_fd(), pid);
-            self.took_terminal = true;
-        }
-        Ok(pid)
     }
 
     fn obey(&mut self, order: Order) {

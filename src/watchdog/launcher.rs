@@ -3,10 +3,8 @@
 //! # Why ahead
 //! A fork copies the forking process's page tables and then copy-on-write faults in both
 //! processes; with a watchdog that is itself a copy of elect, that costs about as much as the
-//! job's own exec. Forked while elect is still parsing its arguments and taking the lease, on
-//! another core, that cost is off the path from "lease taken" to "job running": the watchdog
-//! then only sends the word (the job's variables, and whether it gets the terminal), and the
-//! launcher execs at once.
+//! job's own exec. Forked by the watchdog while elect is still parsing its arguments and taking
+//! the lease, on another core, that cost is off the path from "lease taken" to "job running".
 //!
 //! # What the launcher does before the word
 //! It moves into a process group of its own (which will be the job's, so the watchdog can signal
@@ -16,23 +14,22 @@
 //! lease) makes it exit quietly.
 //!
 //! # The word and the answer
-//! One packet on a SOCK_SEQPACKET pair: a byte saying whether to take the terminal's foreground,
-//! then a `start` order (see [`super::protocol`]) with the variables to set and remove. The
-//! launcher takes the terminal while SIGTTOU is still ignored, gives back the dispositions and
-//! CPUs elect was started with (see [`Inherited`]), and execs the command (with a search of PATH).
-//! The signal mask is elect's already: the launcher is forked before the watchdog blocks SIGCHLD.
-//! Its end of the socket is close-on-exec: the watchdog reads end of file when the exec succeeded,
-//! or the exec's errno.
+//! The socket is a SOCK_SEQPACKET pair that elect made before forking the watchdog, so the word
+//! comes from elect itself, in one hop: the same `start` order (see [`super::protocol`]) that
+//! elect has just sent the watchdog, so the watchdog knows the deadline before the job runs.
+//! The launcher takes the terminal's foreground if told to (while SIGTTOU is still ignored),
+//! resets every disposition to the default and clears the mask, goes back to elect's CPUs (see
+//! [`super::placement`]), and execs the command (with a search of PATH). Its end of the socket is
+//! close-on-exec: elect reads end of file when the exec succeeded, or the exec's errno.
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
-use std::time::Duration;
 
 use nix::errno::Errno;
-use nix::sys::signal::{self, SigHandler, Signal};
+use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
 use nix::sys::socket::{recv, send, MsgFlags};
 use nix::sys::wait::waitpid;
 use nix::unistd::{getpgrp, getppid, setpgid, Pid};
@@ -40,101 +37,62 @@ use nix::unistd::{getpgrp, getppid, setpgid, Pid};
 use super::placement::Cpus;
 use super::protocol::Order;
 
-/// The largest word: a start order from elect (at most the watchdog's 8 KiB, a few short ELECT_*
-/// variables in practice) and a byte. On the stack, as in the watchdog, to spare page faults.
-const MAX_WORD: usize = 8 * 1024 + 64;
+/// The largest word: a start order (at most the watchdog's 8 KiB; a few short ELECT_* variables
+/// in practice). On the stack, as in the watchdog, to spare page faults.
+const MAX_WORD: usize = 8 * 1024;
 
-/// Whether the job takes the terminal's foreground when it starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Terminal {
-    Take,
-    Leave,
-}
-
-/// What the job gets back from before the watchdog: an exec resets caught signals to the default
-/// but keeps ignored ones, so the signals the watchdog ignores and elect did not are set back;
-/// and elect's CPUs (see [`super::placement`]).
-#[derive(Debug)]
-pub struct Inherited {
-    pub to_default: Vec<Signal>,
-    pub cpus: Option<Cpus>,
-}
-
-/// The watchdog's end of a launcher that has not been given the word yet.
+/// The watchdog's handle on the launcher: its pid, which is the job's.
 #[derive(Debug)]
 pub struct Launcher {
-    pid: Pid,
-    socket: OwnedFd,
+    pub pid: Pid,
 }
 
 impl Launcher {
-    /// Forks the launcher. Must be called from the single-threaded watchdog.
-    pub fn fork(inherited: Inherited) -> io::Result<Self> {
-        let (ours, theirs) = super::packet_pair()?;
+    /// Forks the launcher, which keeps `socket` (its end of elect's pair); the watchdog's copy is
+    /// closed. Must be called from the single-threaded watchdog.
+    pub fn fork(socket: OwnedFd, cpus: Option<Cpus>) -> io::Result<Self> {
         let watchdog = Pid::this();
         // SAFETY: the watchdog is single-threaded, so the child is a complete copy of it and may
         // run ordinary code (allocate, build a Command) until it execs or exits.
         match unsafe { nix::unistd::fork() }? {
-            nix::unistd::ForkResult::Child => {
-                drop(ours);
-                wait_and_exec(theirs, watchdog, inherited)
-            }
+            nix::unistd::ForkResult::Child => wait_and_exec(socket, watchdog, cpus),
             nix::unistd::ForkResult::Parent { child } => {
+                drop(socket);
                 // From this side too, as shells do, so the group exists whichever runs first.
                 let _ = setpgid(child, child);
-                Ok(Self {
-                    pid: child,
-                    socket: ours,
-                })
+                Ok(Self { pid: child })
             }
         }
     }
 
-    /// Gives the word: run elect's arguments from `command_at` on, with these variables set or
-    /// removed. Returns the job's pid once the command has been executed.
-    pub fn go(
-        self,
-        command_at: usize,
-        env: Vec<(OsString, Option<OsString>)>,
-        terminal: Terminal,
-    ) -> io::Result<Pid> {
-        let mut word = vec![u8::from(terminal == Terminal::Take)];
-        let start = Order::Start {
-            deadline: None,
-            grace: Duration::ZERO,
-            command_at,
-            env,
-        };
-        word.extend(start.encode());
-        send(self.socket.as_raw_fd(), &word, MsgFlags::MSG_NOSIGNAL)?;
-        let mut errno = [0u8; 4];
-        let answer = loop {
-            match recv(self.socket.as_raw_fd(), &mut errno, MsgFlags::empty()) {
-                Err(Errno::EINTR) => continue,
-                other => break other,
-            }
-        };
-        if answer == Ok(0) {
-            return Ok(self.pid);
-        }
-        // The launcher has answered and exits (or is gone): reap it.
-        let _ = waitpid(self.pid, None);
-        Err(match answer {
-            Ok(_) => io::Error::from_raw_os_error(i32::from_ne_bytes(errno)),
-            Err(e) => e.into(),
-        })
-    }
-
-    /// Sends the launcher away without a word (elect ended without a lease), and reaps it.
+    /// Reaps a launcher that got no word: it exits when elect's end of its socket closes.
     pub fn dismiss(self) {
-        let pid = self.pid;
-        drop(self.socket);
-        let _ = waitpid(pid, None);
+        let _ = waitpid(self.pid, None);
+    }
+}
+
+/// Whether the job is to take the terminal's foreground: elect's stdin is a terminal whose
+/// foreground is the shell's job that elect belongs to (the front's group, or elect's own).
+pub fn job_takes_terminal() -> bool {
+    let stdin = io::stdin();
+    let home = crate::front::current().map_or_else(getpgrp, |front| front.group);
+    nix::unistd::isatty(stdin.as_fd()).unwrap_or(false)
+        && nix::unistd::tcgetpgrp(stdin.as_fd()).ok() == Some(home)
+}
+
+/// elect's reading of the launcher's answer on its end of the socket, once readable: `Ok` when
+/// the command was executed (end of file), the exec's error otherwise.
+pub fn answer_of(socket: BorrowedFd<'_>) -> io::Result<io::Result<()>> {
+    let mut errno = [0u8; 4];
+    match recv(socket.as_raw_fd(), &mut errno, MsgFlags::MSG_DONTWAIT) {
+        Ok(0) => Ok(Ok(())),
+        Ok(_) => Ok(Err(io::Error::from_raw_os_error(i32::from_ne_bytes(errno)))),
+        Err(e) => Err(e.into()),
     }
 }
 
 /// The launcher's life: wait for the word, then become the job.
-fn wait_and_exec(socket: OwnedFd, watchdog: Pid, inherited: Inherited) -> ! {
+fn wait_and_exec(socket: OwnedFd, watchdog: Pid, cpus: Option<Cpus>) -> ! {
     let _ = setpgid(Pid::from_raw(0), Pid::from_raw(0));
     if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err() || getppid() != watchdog {
         // The watchdog is gone already (or could not be followed): no job without it.
@@ -149,8 +107,11 @@ fn wait_and_exec(socket: OwnedFd, watchdog: Pid, inherited: Inherited) -> ! {
         }
     };
     let Some(Order::Start {
-        command_at, env, ..
-    }) = Order::decode(&word[1..len])
+        command_at,
+        terminal,
+        env,
+        ..
+    }) = Order::decode(&word[..len])
     else {
         answer(&socket, Errno::EINVAL as i32)
     };
@@ -159,17 +120,15 @@ fn wait_and_exec(socket: OwnedFd, watchdog: Pid, inherited: Inherited) -> ! {
     if command.is_empty() {
         answer(&socket, Errno::EINVAL as i32)
     }
-    if word[0] == 1 {
+    if terminal {
         // SIGTTOU is still ignored here, so a background group may take the terminal.
         // SAFETY: descriptor 0 stays open for the life of this process.
         let tty = unsafe { BorrowedFd::borrow_raw(0) };
         let _ = nix::unistd::tcsetpgrp(tty, getpgrp());
     }
-    for sig in inherited.to_default {
-        // SAFETY: SIG_DFL installs no handler code.
-        let _ = unsafe { signal::signal(sig, SigHandler::SigDfl) };
-    }
-    if let Some(cpus) = inherited.cpus {
+    reset_dispositions();
+    let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    if let Some(cpus) = cpus {
         cpus.restore();
     }
     let mut cmd = Command::new(&command[0]);
@@ -184,7 +143,31 @@ fn wait_and_exec(socket: OwnedFd, watchdog: Pid, inherited: Inherited) -> ! {
     answer(&socket, err.raw_os_error().unwrap_or(Errno::ENOEXEC as i32))
 }
 
-/// Tells the watchdog why the exec failed, and exits as a shell does for a command it cannot run.
+/// Sets every signal, real-time ones included, to its default disposition. An exec keeps ignored
+/// signals ignored (the watchdog's, and any elect was started with), and C libraries refuse to
+/// touch the real-time signals they reserve, so this asks the kernel directly. An all-zero
+/// `struct sigaction` is SIG_DFL with no flags and an empty mask whatever the architecture's
+/// layout; four words cover the largest.
+fn reset_dispositions() {
+    let default = [0u64; 4];
+    for n in 1..=64 {
+        if n != nix::libc::SIGKILL && n != nix::libc::SIGSTOP {
+            // SAFETY: rt_sigaction reads a struct sigaction from `default`, which is large enough
+            // and lives across the call, and writes nothing (no old action asked for).
+            unsafe {
+                nix::libc::syscall(
+                    nix::libc::SYS_rt_sigaction,
+                    n,
+                    default.as_ptr(),
+                    std::ptr::null_mut::<u64>(),
+                    8usize,
+                );
+            }
+        }
+    }
+}
+
+/// Tells elect why the exec failed, and exits as a shell does for a command it cannot run.
 fn answer(socket: &OwnedFd, errno: i32) -> ! {
     let _ = send(
         socket.as_raw_fd(),

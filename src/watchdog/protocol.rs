@@ -9,17 +9,19 @@ use std::time::Duration;
 
 use crate::clock::BootTime;
 
-/// elect to watchdog.
+/// elect to watchdog (and, for `start`, to the launcher: see [`super::launcher`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Order {
     /// Start the job: the command is elect's own arguments from `command_at` on (the watchdog
-    /// is a fork of elect and has the same ones, so a command line of any length costs nothing
-    /// here); these variables set (`Some`) or removed (`None`); under this deadline (none: no
-    /// deadline); SIGKILL `grace` after SIGTERM when the job is stopped.
+    /// and the launcher are forks of elect and have the same ones, so a command line of any
+    /// length costs nothing here); these variables set (`Some`) or removed (`None`); with the
+    /// terminal's foreground if `terminal`; under this deadline (none: no deadline); SIGKILL
+    /// `grace` after SIGTERM when the job is stopped.
     Start {
         deadline: Option<BootTime>,
         grace: Duration,
         command_at: usize,
+        terminal: bool,
         env: Vec<(OsString, Option<OsString>)>,
     },
     /// A renew succeeded: the job may live until this new deadline.
@@ -33,22 +35,17 @@ pub enum Order {
 /// Watchdog to elect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Report {
-    Started {
-        pid: i32,
-    },
-    /// The command could not be executed (errno of the exec).
-    SpawnFailed {
-        errno: i32,
-    },
+    /// The start order came: the job is this process (the launcher, which execs the command).
+    Started { pid: i32 },
+    /// The job's process could not be forked (errno of the fork); whether the command could be
+    /// executed, the launcher tells elect itself.
+    SpawnFailed { errno: i32 },
     /// The deadline came without a renew: the job is being stopped.
     DeadlinePassed,
     /// The job's main process ended this way, and every process of the job is gone. `stopped`
     /// says whether the watchdog had begun stopping the job (deadline, order, elect gone) before
     /// it ended: a job that ended by itself was not cut short, whatever elect learns later.
-    Finished {
-        exit: JobExit,
-        stopped: bool,
-    },
+    Finished { exit: JobExit, stopped: bool },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,12 +72,14 @@ impl Order {
                 deadline,
                 grace,
                 command_at,
+                terminal,
                 env,
             } => {
                 let mut out = format!(
-                    "start {} {} {command_at}",
+                    "start {} {} {command_at} {}",
                     deadline_text(*deadline),
-                    grace.as_nanos()
+                    grace.as_nanos(),
+                    if *terminal { "terminal" } else { "-" }
                 )
                 .into_bytes();
                 for (k, v) in env {
@@ -109,10 +108,16 @@ impl Order {
                 let deadline = parse_deadline(words.next()?)?;
                 let grace = Duration::from_nanos(words.next()?.parse().ok()?);
                 let command_at = words.next()?.parse().ok()?;
+                let terminal = match words.next()? {
+                    "terminal" => true,
+                    "-" => false,
+                    _ => return None,
+                };
                 Order::Start {
                     deadline,
                     grace,
                     command_at,
+                    terminal,
                     env: parts
                         .map(|kv| match kv.iter().position(|b| *b == b'=') {
                             Some(eq) => (
@@ -190,6 +195,7 @@ mod tests {
                 deadline: Some(BootTime::from_nanos(42)),
                 grace: Duration::from_millis(1500),
                 command_at: 6,
+                terminal: true,
                 env: vec![
                     ("A".into(), Some("b=c".into())),
                     ("E".into(), Some("".into())),
@@ -200,6 +206,7 @@ mod tests {
                 deadline: None,
                 grace: Duration::ZERO,
                 command_at: 0,
+                terminal: false,
                 env: vec![],
             },
             Order::Deadline(Some(BootTime::from_nanos(7))),

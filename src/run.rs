@@ -218,6 +218,7 @@ impl Runner<'_> {
                 ending
             }
             Start::Failed(err) => (Ending::SpawnFailed(err), Running::none()),
+            Start::LauncherGone => (Ending::LauncherGone, Running::none()),
             Start::WatchdogGone => (Ending::WatchdogGone, Running::none()),
         };
         record.hold = started.elapsed();
@@ -303,6 +304,14 @@ impl Runner<'_> {
                         "lease on lock {lock} lost while the job ran ({loss}); the job was stopped ({}); backend {describe}",
                         describe_exit(exit)
                     ),
+                ))
+            }
+            Ending::LauncherGone => {
+                record.outcome = Some(Outcome::Error);
+                release(backend, lease, None).await;
+                Err(Failure::new(
+                    code::INTERNAL,
+                    format!("the job's process for lock {lock} was killed before the job started; nothing ran (lock {lock} released)"),
                 ))
             }
             Ending::WatchdogGone => Err(Failure::new(

@@ -31,6 +31,9 @@ pub enum Ending {
     Finished(JobExit),
     /// The command could not be executed.
     SpawnFailed(io::Error),
+    /// The job's process, forked ahead, was gone before it could be told to start (killed by
+    /// someone): nothing ran.
+    LauncherGone,
     /// The lease was lost; the job was stopped and ended this way.
     Lost(Loss, JobExit),
     /// `--max-runtime` came; the job was stopped and ended this way.
@@ -46,8 +49,18 @@ pub enum Start {
     Running { pid: i32 },
     /// The command could not be executed, or its process not forked.
     Failed(io::Error),
+    /// The job's process, forked ahead, was gone: nothing ran.
+    LauncherGone,
     /// The watchdog vanished before it answered.
     WatchdogGone,
+}
+
+/// Why the launcher did not run the command.
+enum Answer {
+    /// The start order could not be sent: the launcher is gone.
+    Unheard,
+    /// The exec (or reading its answer) failed.
+    Failed(io::Error),
 }
 
 /// The sockets to the watchdog and to the job's launcher, registered with tokio.
@@ -99,7 +112,8 @@ impl Watchdog {
         Ok(match report {
             Ok(Some(Report::Started { pid })) => match answer {
                 Ok(()) => Start::Running { pid },
-                Err(err) => Start::Failed(err),
+                Err(Answer::Unheard) => Start::LauncherGone,
+                Err(Answer::Failed(err)) => Start::Failed(err),
             },
             Ok(Some(Report::SpawnFailed { errno })) => {
                 Start::Failed(io::Error::from_raw_os_error(errno))
@@ -109,14 +123,14 @@ impl Watchdog {
     }
 
     /// The launcher's answer to the start order: `Ok` once the command was executed.
-    async fn exec_answer(&self, word: io::Result<()>) -> io::Result<()> {
-        word?;
+    async fn exec_answer(&self, word: io::Result<()>) -> Result<(), Answer> {
+        word.map_err(|_| Answer::Unheard)?;
         loop {
-            let mut guard = self.launcher.readable().await?;
+            let mut guard = self.launcher.readable().await.map_err(Answer::Failed)?;
             match guard.try_io(|fd| crate::watchdog::launcher::answer_of(fd.get_ref().as_fd())) {
-                Ok(Ok(answer)) => return answer,
+                Ok(Ok(answer)) => return answer.map_err(Answer::Failed),
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                Ok(Err(e)) => return Err(e),
+                Ok(Err(e)) => return Err(Answer::Failed(e)),
                 Err(_would_block) => {}
             }
         }

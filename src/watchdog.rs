@@ -158,7 +158,7 @@ struct Watchdog {
     /// The job's process, forked ahead and waiting for the start order (or why it could not be
     /// forked); taken when the job starts.
     launcher: Option<io::Result<Launcher>>,
-    /// elect's CPUs, to return to when the job starts (see [`placement`]).
+    /// elect's CPUs, to return to (see [`placement`]).
     cpus: Option<Cpus>,
     /// The lock file of the file backend, kept open so the lock outlives elect.
     _kernel_lock: Option<File>,
@@ -174,6 +174,11 @@ impl Watchdog {
         ]) {
             // SAFETY: SIG_IGN installs no handler code.
             unsafe { signal::signal(*sig, SigHandler::SigIgn) }?;
+        }
+        // Running now, on the CPU elect moved it to: free to move again, and so is the launcher
+        // (see `placement`).
+        if let Some(cpus) = cpus {
+            cpus.restore();
         }
         // First, so that it is ready by the time elect has the lease (see `launcher`).
         let launcher = Some(Launcher::fork(launcher_socket, cpus));
@@ -227,6 +232,7 @@ impl Watchdog {
                 })) => {
                     self.deadline = deadline;
                     self.grace = grace;
+                    // Again, in case elect moved the watchdog only after it had started.
                     if let Some(cpus) = self.cpus {
                         cpus.restore();
                     }

@@ -8,10 +8,14 @@
 //! taken" to "job running". Moved to another CPU that elect may use, the watchdog starts at once.
 //!
 //! # Back to elect's CPUs
-//! The watchdog, and the launcher it forks (which inherits the one CPU), return to elect's set
-//! when the job starts, so the job runs on the CPUs elect was allowed, as under flock(1). If that
-//! set is no longer allowed (a cpuset changed meanwhile), they take every CPU the kernel allows.
-//! Every step is a hint: where a call fails, the process simply stays where it is.
+//! Once running, the watchdog returns to elect's set at once, before it forks the job's
+//! launcher, so that neither is held to one CPU while it sleeps: a job sharing that CPU would
+//! otherwise keep a woken watchdog waiting. elect moves the watchdog just after the fork, so a
+//! watchdog that started before the move returns again when the job starts, and the launcher
+//! (which then inherited the one CPU) before it execs the command: the job always runs on the
+//! CPUs elect was allowed, as under flock(1). If that set is no longer allowed (a cpuset changed
+//! meanwhile), they take every CPU the kernel allows. Every step is a hint: where a call fails,
+//! the process simply stays where it is.
 
 use nix::sched::{sched_getaffinity, sched_getcpu, sched_setaffinity, CpuSet};
 use nix::unistd::Pid;

@@ -48,6 +48,14 @@ pub fn prepare() -> Result<WatchdogLink, Failure> {
 }
 
 pub fn run(cfg: RunConfig, link: WatchdogLink) -> Result<u8, Failure> {
+    let watchdog = link.pid;
+    let result = run_linked(cfg, link);
+    watchdog::reap(watchdog);
+    result
+}
+
+/// `run` up to the end of the watchdog's sockets.
+fn run_linked(cfg: RunConfig, link: WatchdogLink) -> Result<u8, Failure> {
     let command_at = command_position(&cfg.command)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -583,6 +583,28 @@ pub fn send_order(
     Ok(())
 }
 
+/// How long elect waits, as it exits, for its watchdog to exit.
+const REAP_LIMIT_MS: u16 = 1000;
+
+/// Reaps the watchdog once elect has closed its sockets (it exits at once then, having nothing
+/// left to watch), so that nothing of this run is left running, even as a zombie for init, when
+/// elect exits: a script that runs elect again at once does not share the machine with the last
+/// run's teardown. Waits at most [`REAP_LIMIT_MS`]: a watchdog that someone stopped must not keep
+/// elect from exiting.
+pub fn reap(pid: Pid) {
+    // SAFETY: pidfd_open takes a pid and flags, and returns a new descriptor or -1.
+    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if let Ok(fd) = i32::try_from(fd) {
+        if fd >= 0 {
+            // SAFETY: the kernel just returned this descriptor, and nothing else owns it.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+            while poll(&mut fds, REAP_LIMIT_MS) == Err(Errno::EINTR) {}
+        }
+    }
+    let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
+}
+
 /// Every descendant of `root`, from `/proc/<pid>/task/<tid>/children`.
 fn descendants(root: Pid) -> Vec<Pid> {
     let mut found = Vec::new();

@@ -180,8 +180,10 @@ impl Watchdog {
         if let Some(cpus) = cpus {
             cpus.restore();
         }
-        // First, so that it is ready by the time elect has the lease (see `launcher`).
-        let launcher = Some(Launcher::fork(launcher_socket, cpus));
+        // Everything that watches the job exists before the launcher does: elect starts the
+        // launcher itself, and the job may run, fork and exit before this process reads the start
+        // order. A SIGCHLD that came before SIGCHLD was blocked would be lost, and an orphan
+        // before the subreaper was set would escape to init.
         let front = crate::front::current();
         let mut mask = SigSet::empty();
         mask.add(Signal::SIGCHLD);
@@ -196,6 +198,8 @@ impl Watchdog {
             TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
         )?;
         nix::sys::prctl::set_child_subreaper(true)?;
+        // Then at once, so that it is ready by the time elect has the lease (see `launcher`).
+        let launcher = Some(Launcher::fork(launcher_socket, cpus));
         Ok(Self {
             socket,
             signals,

@@ -193,7 +193,7 @@ for b in "${backends[@]}"; do
 done
 "${measure[@]}" memory --elect "$elect" --sleep 5 "${specs[@]}" | emit
 out ""
-out "Peak resident set (VmHWM in /proc) of elect and of its watchdog child while supervising \`sleep 5\`, read after 4 s. Binary: $(stat -c %s "$elect") bytes (release profile, symbols stripped)."
+out "Peak resident set (VmHWM in /proc) of elect and of its watchdog child while supervising \`sleep 5\`, read after 4 s. Binary: $(stat -c %s "$elect") bytes (scripts/build.sh: the dist profile of Cargo.toml, symbols stripped)."
 out ""
 
 # ------------------------------------------------------------------------------------ 6. contention

@@ -12,12 +12,12 @@
 //!   suspend cannot postpone it.
 //!
 //! # What it does
-//! - Forks the job's process first thing, ahead of the lease (see [`launcher`]): in its own
-//!   process group, with PR_SET_PDEATHSIG so that it dies if the watchdog is killed. elect sends
-//!   `start` to the watchdog and then to that process, which execs the command with signal mask
-//!   and dispositions reset, on elect's CPUs, and with the terminal's foreground when elect had it
-//!   (Ctrl-C then reaches the job straight from the kernel, once, and the job can read the
-//!   terminal).
+//! - Forks the job's process as soon as it can watch it, ahead of the lease (see [`launcher`]):
+//!   in its own process group, with PR_SET_PDEATHSIG so that it dies if the watchdog is killed.
+//!   elect sends `start` to the watchdog and then to that process, which execs the command with
+//!   signal mask and dispositions reset, on elect's CPUs, and with the terminal's foreground when
+//!   elect had it (Ctrl-C then reaches the job straight from the kernel, once, and the job can
+//!   read the terminal).
 //! - At a terminal, mirrors a stop of the job (Ctrl-Z) onto the front that the shell watches, and
 //!   continues the job when the shell continues the front (see [`crate::front`]).
 //! - Is a child subreaper: orphans of the job are re-parented to it, so it can reap them and knows

@@ -50,6 +50,12 @@ pub fn current() -> Option<Front> {
     FRONT.get().copied()
 }
 
+/// The process group that has the terminal while the job does not: the shell's job, which is the
+/// front's group when there is a front, or elect's own group.
+pub fn home_group() -> Pid {
+    current().map_or_else(getpgrp, |front| front.group)
+}
+
 /// Whether this process is a job that a job-control shell started in the foreground of the
 /// terminal on stdin: it leads its own process group, that group has the terminal, and it does
 /// not lead the session (nobody would continue a stopped session leader).

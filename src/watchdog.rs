@@ -49,7 +49,7 @@ use nix::sys::socket::{
 use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{getpgrp, Pid};
+use nix::unistd::Pid;
 
 use self::launcher::Launcher;
 use self::placement::Cpus;
@@ -213,7 +213,7 @@ impl Watchdog {
             elect_alive: true,
             took_terminal: false,
             front,
-            home: front.map_or_else(getpgrp, |f| f.group),
+            home: crate::front::home_group(),
             suspended: false,
             launcher,
             cpus,
@@ -598,13 +598,11 @@ const REAP_LIMIT_MS: u16 = 1000;
 pub fn reap(pid: Pid) {
     // SAFETY: pidfd_open takes a pid and flags, and returns a new descriptor or -1.
     let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid.as_raw(), 0) };
-    if let Ok(fd) = i32::try_from(fd) {
-        if fd >= 0 {
-            // SAFETY: the kernel just returned this descriptor, and nothing else owns it.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-            while poll(&mut fds, REAP_LIMIT_MS) == Err(Errno::EINTR) {}
-        }
+    if let Ok(fd @ 0..) = i32::try_from(fd) {
+        // SAFETY: the kernel just returned this descriptor, and nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        while poll(&mut fds, REAP_LIMIT_MS) == Err(Errno::EINTR) {}
     }
     let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
 }

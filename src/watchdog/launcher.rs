@@ -75,9 +75,8 @@ impl Launcher {
 /// foreground is the shell's job that elect belongs to (the front's group, or elect's own).
 pub fn job_takes_terminal() -> bool {
     let stdin = io::stdin();
-    let home = crate::front::current().map_or_else(getpgrp, |front| front.group);
     nix::unistd::isatty(stdin.as_fd()).unwrap_or(false)
-        && nix::unistd::tcgetpgrp(stdin.as_fd()).ok() == Some(home)
+        && nix::unistd::tcgetpgrp(stdin.as_fd()).ok() == Some(crate::front::home_group())
 }
 
 /// elect's reading of the launcher's answer on its end of the socket, once readable: `Ok` when

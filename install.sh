@@ -4,7 +4,7 @@
 #   ./install.sh [--prefix DIR]        build and install (default prefix: /usr/local)
 #   ./install.sh --uninstall [--prefix DIR]
 #
-# It installs the build tool it needs (protoc) with apt-get when it can, and otherwise says
+# It installs what the build needs (protoc, libprotobuf-dev) with apt-get when it can, and otherwise says
 # exactly what is missing. Installed files are listed in PREFIX/share/elect/installed, which
 # --uninstall reads, so that it removes exactly what was installed. Running it twice is safe.
 set -euo pipefail
@@ -39,15 +39,6 @@ fi
 missing=()
 command -v cargo >/dev/null 2>&1 || missing+=("cargo (a Rust toolchain: https://rustup.rs)")
 command -v cc >/dev/null 2>&1 || missing+=("cc (apt-get install gcc)")
-if ! command -v protoc >/dev/null 2>&1; then
-  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing protobuf-compiler (protoc, needed to build the etcd client)"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends protobuf-compiler >/dev/null
-  else
-    missing+=("protoc (apt-get install protobuf-compiler, as root)")
-  fi
-fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install.sh: cannot build elect; missing:" >&2
   printf '  - %s\n' "${missing[@]}" >&2
@@ -58,7 +49,7 @@ if ! mkdir -p "$prefix/bin" 2>/dev/null || [ ! -w "$prefix/bin" ]; then
   exit 1
 fi
 
-scripts/build.sh  # static on glibc Linux: see the comment there
+scripts/build.sh  # installs protoc and libprotobuf-dev when missing; static on glibc Linux: see the comment there
 install_file() { # mode source destination
   install -D -m "$1" "$2" "$3"
   echo "$3" >> "$manifest.new"

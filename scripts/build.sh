@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the release binary, target/release/elect, on a fresh Debian machine with a Rust toolchain,
-# installing the one build tool it needs (protoc, for the etcd client) when it is missing.
+# installing what the build needs (protoc and the well-known .proto files, for the etcd client)
+# when it is missing: scripts/lib/build-deps.sh.
 #
 # It uses the `dist` profile of Cargo.toml (the release profile optimised for size, with
 # whole-program LTO), and on glibc Linux links the binary statically and at a fixed address (no
@@ -9,14 +10,8 @@
 # the ordinary dynamic, position-independent binary; both behave the same.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v protoc >/dev/null 2>&1; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "protoc is missing: install the protobuf-compiler package (apt-get install protobuf-compiler)" >&2
-    exit 1
-  fi
-  DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends protobuf-compiler >/dev/null
-fi
+. scripts/lib/build-deps.sh
+ensure_build_deps
 host=$(rustc -vV | sed -n 's/^host: //p')
 case "$host" in
   *-linux-gnu*)

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine with a Rust toolchain: installs the servers
-# the integration tests start (redis-server, etcd, PostgreSQL, PgBouncer) and the build tools (protoc) when
+# the integration tests start (redis-server, etcd, PostgreSQL, PgBouncer) and the build tools (protoc and libprotobuf-dev) when
 # they are missing, then checks formatting and lints and runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/build-deps.sh
 
 missing=()
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -13,7 +14,6 @@ have etcd || missing+=(etcd-server)
 have etcdctl || missing+=(etcd-client)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 [ -x /usr/sbin/pgbouncer ] || have pgbouncer || missing+=(pgbouncer)
-have protoc || missing+=(protobuf-compiler)
 have openssl || missing+=(openssl)
 have tmux || missing+=(tmux)
 have faketime || missing+=(faketime)
@@ -35,6 +35,8 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   [ -z "$made_policy" ] || rm -f /usr/sbin/policy-rc.d
 fi
+
+ensure_build_deps
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings

@@ -113,6 +113,14 @@ pub trait Backend {
     /// Extend the lease. `Lost` when the backend says outright it is gone or someone else's.
     fn renew(&mut self, lease: &Lease) -> impl Future<Output = Result<Renewal>>;
 
+    /// Resolves, with the reason, when the backend learns without being asked that the lease is
+    /// gone (the file backend's lock file deleted or replaced); never, for a backend that learns
+    /// it only by renewing. The keeper waits on it between renewals; dropping it loses nothing.
+    fn lost(&mut self, lease: &Lease) -> impl Future<Output = String> {
+        let _ = lease;
+        std::future::pending()
+    }
+
     /// Give the lease up, only if it is still ours; with `history`, record the run (and the
     /// `--once-per` marker) in the same step where the backend allows, and never for a lease
     /// that is no longer ours.
@@ -224,6 +232,10 @@ impl Backend for AnyBackend {
 
     async fn renew(&mut self, lease: &Lease) -> Result<Renewal> {
         dispatch!(self, b => b.renew(lease).await)
+    }
+
+    async fn lost(&mut self, lease: &Lease) -> String {
+        dispatch!(self, b => b.lost(lease).await)
     }
 
     async fn release(&mut self, lease: &Lease, history: Option<&History>) -> Result<()> {

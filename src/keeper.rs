@@ -7,7 +7,8 @@
 //!   bounded so that it cannot run past `D - grace`;
 //! - when `D - grace` comes without a successful renew, the lease is lost (the watchdog, which has
 //!   the same deadline, is already stopping the job on its own);
-//! - a backend that answers that the lease is gone loses it at once.
+//! - a backend that answers that the lease is gone loses it at once, and so does one that learns
+//!   it between renewals ([`Backend::lost`]: the file backend's inotify watch on its lock file).
 //!
 //! Time comes from a [`Clock`] on CLOCK_BOOTTIME; waits are tokio sleeps, which stop during a
 //! suspend, so every wake-up re-reads the clock: a machine that resumes past `D` loses the lease on
@@ -72,7 +73,13 @@ pub async fn keep<B: Backend, C: Clock>(
     let mut next = lease.sent_at + timing.renew();
     let mut last_error = String::new();
     loop {
-        sleep_until(clock, next).await;
+        tokio::select! {
+            () = sleep_until(clock, next) => {}
+            why = backend.lost(lease) => {
+                stats.failed += 1;
+                return Loss::Revoked(why);
+            }
+        }
         let now = clock.now();
         if let Some(d) = deadline {
             if now >= timing.term_at(d) {

@@ -1,99 +1,95 @@
 //! The file backend: one lock file per lock name, locked with flock(2).
 //!
 //! # How it works
-//! - `<dir>/<name>.lock` is opened with `O_NOFOLLOW | O_CLOEXEC` (a symlink planted at the path is
-//!   refused, never followed) and never truncated or deleted: deleting a lock file would let two
-//!   processes lock two different files under one name.
+//! - The directory is chosen and checked in [`dir`]: by default `/run/lock/elect` for root and
+//!   `/run/lock/elect-UID` for anyone else, never a fallback; a lock file is trusted only as
+//!   [`lockfile`] says (regular, one link, owned by us or root, or by the group of a directory
+//!   shared on purpose).
+//! - `<dir>/<name>.lock` is opened with `O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK` and never truncated
+//!   or deleted: deleting a lock file would let two processes lock two different files under one
+//!   name.
 //! - The lease is an exclusive flock on the open file. The kernel releases it when every file
 //!   descriptor of that open file is closed; elect hands one to its watchdog, so the lock outlives
 //!   a killed elect until the last process of the job is gone. It cannot expire, so there is no
 //!   deadline to enforce ([`Expiry::HeldByProcess`]).
 //! - After locking, elect checks that the path still names the file it locked (someone may have
-//!   replaced it in between) and writes a fixed-size record at offset 0: the holder metadata and
-//!   the fencing token, which is the previous record's token plus one (a new file starts at the
-//!   clock's microseconds, so that a deleted and recreated file never repeats a token).
-//! - A release writes a second fixed-size record at offset [`RECORD_LEN`], while the lock is
-//!   still held: the last run, and the `--once-per` marker's end as wall-clock milliseconds (this
-//!   machine's clock: every holder of a file lock runs on it). Keeping the holder record where it
-//!   was means an older elect still reads the file; a file without the second record (written
-//!   by an older elect) simply has no history.
-//! - A renew checks that the path still names the locked file: a holder whose file was deleted or
-//!   replaced has lost the lease, since a newcomer can lock the new file.
-//! - `status` learns whether a file is locked from `/proc/locks`, never by taking the lock itself
-//!   (a probing status would make a contender see the lock as busy).
+//!   replaced it in between), that no process still holds the flock of an earlier, deleted or
+//!   replaced file of the same name ([`stale`]), and writes the holder record ([`record`]): the
+//!   holder metadata and the fencing token, the previous record's token plus one.
+//! - A holder watches its file and directory with inotify ([`watch`]): when the path stops naming
+//!   the locked file (deleted, replaced, moved), the lease is lost at once. Each renew checks the
+//!   same, as a backstop.
+//! - A release writes the history record while the lock is still held: the last run, and the
+//!   `--once-per` marker's end as wall-clock milliseconds (this machine's clock: every holder of
+//!   a file lock runs on it).
+//! - `status` ([`listing`]) learns whether a file is locked from `/proc/locks`, never by taking
+//!   the lock itself (a probing status would make a contender see the lock as busy).
 //! - Waiting is a blocking flock(2) on a thread: the kernel wakes the waiter when the holder's
 //!   lock goes, with no polling.
 //!
 //! # Several holders (`--holders N`)
-//! - Place 0 is `<name>.lock` as above; place K >= 1 is `<name>.lock.K` (no lock name ends in
-//!   `.lock.K`, and `status` lists only `*.lock`). A contender tries the places in order with a
-//!   non-blocking flock and takes the first that is free.
-//! - Tokens come from one counter for all places, `<name>.lock.meta`, read and bumped under a
-//!   short flock of its own (never held while a job runs), so that each holder has its own token
-//!   and tokens grow across places. The history record stays in `<name>.lock` and is written
-//!   under the same short lock.
-//! - A waiter cannot block in flock(2) on N files at once, so it watches the directory with
-//!   inotify: the kernel releases a flock when the holder's last descriptor of the file closes,
-//!   which is also when inotify reports `IN_CLOSE_WRITE`; the waiter then tries every place
-//!   again. Every waiter on the machine wakes and tries (a few system calls each), one wins. A
-//!   re-check every second covers an event lost to a queue overflow.
+//! See [`places`]: place K >= 1 is `<name>.lock.K`, tokens come from `<name>.lock.meta`.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, ErrorKind};
-use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+mod dir;
+mod listing;
+mod lockfile;
+mod places;
+mod proclocks;
+mod record;
+mod stale;
+mod watch;
+
+use std::fs::{self, File};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
+pub use self::dir::ROOT_DIR;
+use self::dir::{LockDir, Sharing};
+use self::watch::Watch;
 use super::{
     AcquireRequest, Backend, BackendError, BackendUrl, Expiry, ForcedRelease, Result, WaitMode,
 };
 use crate::clock::BootTime;
 use crate::lease::{
-    Acquire, FencingToken, History, HolderInfo, Holding, LastRun, Lease, LockName, LockState,
-    Renewal,
+    Acquire, FencingToken, History, HolderInfo, LastRun, Lease, LockName, LockState, Renewal,
 };
 
-/// The second record of a lock file: what the last release recorded.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-struct HistoryRecord {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    last_run: Option<LastRun>,
-    /// Wall-clock milliseconds since the epoch until which a `--once-per` marker lives.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    once_until_ms: Option<u64>,
-}
-
-/// Size of the record at the start of a lock file: written in one `pwrite`, padded with spaces,
-/// so that the file never needs truncating.
-const RECORD_LEN: usize = 1024;
-/// Size of the history record that follows the holder record.
-const HISTORY_LEN: usize = 1024;
 const SUFFIX: &str = ".lock";
-/// The counter of a lock with several places: `<name>.lock.meta`.
-const META_SUFFIX: &str = ".lock.meta";
-/// How often a waiter for one of several places re-checks without an inotify event.
-const PLACES_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
-/// How long a contender that finds a lock busy waits for the new holder's record (see
-/// `current_holder`); a holder writes it within microseconds of taking the flock.
-const RECORD_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+/// How often a contender that waits for the holder of an earlier, deleted or replaced lock file
+/// looks again: that holder is already stopping its job (it watches its file), so the wait is
+/// about one job stop.
+const EARLIER_POLL: Duration = Duration::from_millis(50);
 
 #[derive(Debug)]
 pub struct FileBackend {
     dir: PathBuf,
+    /// The directory with every symlink resolved: how `/proc/PID/fd` names the lock files in it.
+    real_dir: PathBuf,
+    /// Which lock files in the directory can be trusted.
+    sharing: Sharing,
     describe: String,
+    /// The inotify watch on the lock file this process holds, from a successful acquire until
+    /// the release: how the holder learns at once that its file was deleted or replaced.
+    held: Option<Watch>,
+}
+
+/// What one try at a place found.
+enum Take {
+    Taken(Lease),
+    /// Busy: the holder when it is known already (the holder of an earlier file of the name).
+    Busy(Option<HolderInfo>),
 }
 
 impl FileBackend {
-    /// `$ELECT_LOCK_DIR`, else `/run/lock/elect` where it can be used, else a private directory.
+    /// `$ELECT_LOCK_DIR`, else the default directory of the effective uid.
     pub fn open_default() -> Result<Self> {
         if let Some(dir) = std::env::var_os("ELECT_LOCK_DIR").filter(|d| !d.is_empty()) {
-            return Self::in_dir(PathBuf::from(dir));
+            return Self::with(dir::explicit_dir(Path::new(&dir))?);
         }
-        let shared = Path::new("/run/lock/elect");
-        if let Ok(backend) = Self::shared_dir(shared) {
-            return Ok(backend);
-        }
-        Self::private_dir()
+        Self::with(dir::default_dir()?)
     }
 
     pub fn open(url: &BackendUrl) -> Result<Self> {
@@ -102,94 +98,21 @@ impl FileBackend {
                 "a file URL needs a directory: file:///path/to/dir".into(),
             ));
         }
-        Self::in_dir(PathBuf::from(&url.path))
+        Self::with(dir::explicit_dir(Path::new(&url.path))?)
     }
 
-    fn in_dir(dir: PathBuf) -> Result<Self> {
-        if let Err(err) = fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(&dir)
-        {
-            return Err(BackendError::unavailable(
-                format_args!("cannot create lock directory {}", dir.display()),
-                err,
-            ));
-        }
-        let meta = fs::metadata(&dir).map_err(|e| {
-            BackendError::unavailable(format_args!("lock directory {}", dir.display()), e)
+    fn with(dir: LockDir) -> Result<Self> {
+        warn_if_network_fs(&dir.path);
+        let real_dir = fs::canonicalize(&dir.path).map_err(|e| {
+            BackendError::unavailable(format_args!("lock directory {}", dir.path.display()), e)
         })?;
-        if !meta.is_dir() {
-            return Err(BackendError::Unavailable(format!(
-                "lock directory {} is not a directory",
-                dir.display()
-            )));
-        }
-        check_not_open_to_all(&dir, &meta)?;
-        warn_if_network_fs(&dir);
-        Ok(Self::at(dir))
-    }
-
-    /// The machine-wide directory: sticky and world-writable like `/run/lock`, so that every user
-    /// locks the same files.
-    fn shared_dir(dir: &Path) -> Result<Self> {
-        let parent = dir.parent().expect("an absolute path");
-        if nix::unistd::access(parent, nix::unistd::AccessFlags::W_OK).is_err() {
-            return Err(BackendError::Unavailable("not writable".into()));
-        }
-        match fs::DirBuilder::new().mode(0o1777).create(dir) {
-            Ok(()) => {
-                // The umask trims the mode given to mkdir.
-                let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o1777));
-            }
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(BackendError::unavailable("create", e)),
-        }
-        let meta = fs::symlink_metadata(dir).map_err(|e| BackendError::unavailable("stat", e))?;
-        let me = nix::unistd::geteuid().as_raw();
-        if !meta.is_dir() || (meta.uid() != 0 && meta.uid() != me) {
-            return Err(BackendError::Unavailable("not a trusted directory".into()));
-        }
-        check_not_open_to_all(dir, &meta)?;
-        if nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_err() {
-            return Err(BackendError::Unavailable("not writable".into()));
-        }
-        Ok(Self::at(dir.to_owned()))
-    }
-
-    /// `$XDG_RUNTIME_DIR/elect`, else `/tmp/elect-$UID`: mode 0700, owned by us, not a symlink.
-    fn private_dir() -> Result<Self> {
-        let uid = nix::unistd::geteuid().as_raw();
-        let dir = match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-            Some(runtime) => PathBuf::from(runtime).join("elect"),
-            None => PathBuf::from(format!("/tmp/elect-{uid}")),
-        };
-        match fs::DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-            Err(e) => {
-                return Err(BackendError::unavailable(
-                    format_args!("cannot create lock directory {}", dir.display()),
-                    e,
-                ))
-            }
-        }
-        let meta = fs::symlink_metadata(&dir).map_err(|e| {
-            BackendError::unavailable(format_args!("lock directory {}", dir.display()), e)
-        })?;
-        if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
-            return Err(BackendError::Unavailable(format!(
-                "lock directory {} must be a directory owned by uid {uid} with mode 0700; \
-                 remove it or set ELECT_LOCK_DIR",
-                dir.display()
-            )));
-        }
-        Ok(Self::at(dir))
-    }
-
-    fn at(dir: PathBuf) -> Self {
-        let describe = format!("file://{}", dir.display());
-        Self { dir, describe }
+        Ok(Self {
+            describe: format!("file://{}", dir.path.display()),
+            dir: dir.path,
+            real_dir,
+            sharing: dir.sharing,
+            held: None,
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -206,28 +129,6 @@ impl FileBackend {
             0 => self.path(name),
             k => self.dir.join(format!("{name}{SUFFIX}.{k}")),
         }
-    }
-
-    /// Opens (creating if needed) the lock file, refusing symlinks and anything not a file.
-    fn open_lock_file(&self, path: &Path) -> Result<File> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .mode(0o660)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-            .open(path)
-            .map_err(|e| open_error(path, e))?;
-        let meta = file
-            .metadata()
-            .map_err(|e| BackendError::unavailable(format_args!("stat {}", path.display()), e))?;
-        if !meta.is_file() {
-            return Err(BackendError::Unavailable(format!(
-                "{} is not a regular file; refusing to use it as a lock file",
-                path.display()
-            )));
-        }
-        Ok(file)
     }
 
     /// Locks the file, in the way `wait` asks. `Ok(None)` when it is busy and we must not wait.
@@ -257,78 +158,42 @@ impl FileBackend {
         }
     }
 
-    fn read_record(file: &File, path: &Path) -> Result<Option<HolderInfo>> {
-        let mut buf = vec![0u8; RECORD_LEN];
-        let n = read_at_full(file, &mut buf)
-            .map_err(|e| BackendError::unavailable(format_args!("read {}", path.display()), e))?;
-        parse_record(&buf[..n]).map_err(|why| {
-            BackendError::Unavailable(format!(
-                "{} is not an elect lock file ({why}); if no job uses it, move it away",
-                path.display()
-            ))
-        })
-    }
-
-    fn write_record(file: &File, path: &Path, holder: &HolderInfo) -> Result<()> {
-        let record = serde_json::to_vec(holder).expect("holder metadata serializes");
-        write_padded(file, path, record, 0, RECORD_LEN)
-    }
-
-    /// The history record; an unreadable one (a torn write of a crashed release) counts as none:
-    /// history is for people, and must not stop the lock from working.
-    fn read_history(file: &File) -> HistoryRecord {
-        let mut buf = vec![0u8; HISTORY_LEN];
-        let n = read_at_full_from(file, &mut buf, RECORD_LEN as u64).unwrap_or(0);
-        let text = String::from_utf8_lossy(&buf[..n]);
-        let text = text.trim_matches(|c: char| c.is_ascii_whitespace() || c == '\0');
-        if text.is_empty() {
-            return HistoryRecord::default();
-        }
-        serde_json::from_str(text).unwrap_or_default()
-    }
-
-    fn write_history(file: &File, path: &Path, history: &History) -> Result<()> {
-        let mut record = Self::read_history(file);
-        record.last_run = Some(history.last_run.clone());
-        if let Some(window) = history.once_per {
-            let until = std::time::SystemTime::now() + window;
-            let ms = until
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-            record.once_until_ms = Some(ms);
-        }
-        let bytes = serde_json::to_vec(&record).expect("history serializes");
-        write_padded(file, path, bytes, RECORD_LEN as u64, HISTORY_LEN)
-    }
-}
-
-/// Taking places: one file per place of the lock.
-impl FileBackend {
-    /// Locks place `slot` and writes our record: `None` when it is busy and we must not wait.
-    async fn take(&self, req: &AcquireRequest, slot: u32, wait: WaitMode) -> Result<Option<Lease>> {
+    /// Locks place `slot` and writes our record.
+    async fn take(&mut self, req: &AcquireRequest, slot: u32, wait: WaitMode) -> Result<Take> {
         let path = self.place_path(&req.name, slot);
         loop {
-            let file = self.open_lock_file(&path)?;
+            let file = lockfile::open_for_locking(&path, self.sharing)?;
             let Some(file) = Self::lock(file, wait).await? else {
-                return Ok(None);
+                return Ok(Take::Busy(None));
             };
-            let sent_at = BootTime::now();
             // The path may have been replaced between open and lock: then we hold a lock on a
             // file nobody else will look at, and must start over.
             if !still_named(&file, &path) {
                 continue;
             }
-            let previous = Self::read_record(&file, &path)?;
+            match self.outlive_earlier(&file, &path, wait).await {
+                Earlier::Gone => {}
+                Earlier::Holds(holder) => return Ok(Take::Busy(Some(holder))),
+                Earlier::Replaced => continue,
+            }
+            // Watching starts before the last look at the path, so that no change is missed.
+            let watch = Watch::holder(file.as_raw_fd(), &self.dir)?;
+            if !still_named(&file, &path) {
+                continue;
+            }
+            let sent_at = BootTime::now();
+            let previous = record::read_holder(&file, &path)?;
             let mut holder = req.holder.clone();
             holder.acquired_at = std::time::SystemTime::now();
-            let next = previous.map(|p| FencingToken(p.token.0 + 1));
+            let next = record::token_after(previous.as_ref(), &path)?;
             holder.token = if req.holders > 1 {
                 self.next_shared_token(&req.name, next)?
             } else {
-                next.unwrap_or_else(first_token)
+                next.unwrap_or_else(record::first_token)
             };
-            Self::write_record(&file, &path, &holder)?;
-            return Ok(Some(Lease {
+            record::write_holder(&file, &path, &holder)?;
+            self.held = Some(watch);
+            return Ok(Take::Taken(Lease {
                 name: req.name.clone(),
                 holder,
                 sent_at,
@@ -339,186 +204,42 @@ impl FileBackend {
         }
     }
 
-    /// `--holders N` with N > 1: the first free place, waiting (on inotify) if asked.
-    async fn acquire_place(&self, req: &AcquireRequest, wait: WaitMode) -> Result<Acquire> {
-        // Watching starts before the first round, so that a place freed during it is not missed.
-        let watch = match wait {
-            WaitMode::NoWait => None,
-            WaitMode::Wait => Some(DirWatch::new(&self.dir)?),
-        };
+    /// With the flock of `file` taken: waits (with `--wait`) until no process holds the flock of
+    /// an earlier file at `path`, or reports that one does.
+    async fn outlive_earlier(&self, file: &File, path: &Path, wait: WaitMode) -> Earlier {
+        let real = self.real_dir.join(path.file_name().unwrap_or_default());
+        let mut told = false;
         loop {
-            for slot in 0..req.holders {
-                if let Some(lease) = self.take(req, slot, WaitMode::NoWait).await? {
-                    return Ok(Acquire::Acquired(lease));
-                }
-            }
-            match &watch {
-                None => return Ok(Acquire::Held(self.current_holder(&req.name, 0).await)),
-                Some(watch) => watch.changed(PLACES_RECHECK).await?,
-            }
-        }
-    }
-
-    /// The holder of busy place `slot`, if its record can be read. A holder writes its record
-    /// just after it takes the flock, so a contender that finds the place locked can come in
-    /// between and read no record, or the record of the holder before, whose run the history
-    /// already shows ended: then it looks again, for at most [`RECORD_WAIT`].
-    async fn current_holder(&self, name: &LockName, slot: u32) -> Option<HolderInfo> {
-        let path = self.place_path(name, slot);
-        let file = self.open_lock_file(&path).ok()?;
-        let give_up = tokio::time::Instant::now() + RECORD_WAIT;
-        loop {
-            let holder = Self::read_record(&file, &path).ok().flatten();
-            let ended = |h: &HolderInfo| {
-                Self::read_history(&file)
-                    .last_run
-                    .is_some_and(|run| run.token == h.token)
+            let Some(earlier) = stale::earlier_holder(file, &real) else {
+                return Earlier::Gone;
             };
-            match holder {
-                Some(h) if !ended(&h) => return Some(h),
-                other if tokio::time::Instant::now() >= give_up => return other,
-                _ => tokio::time::sleep(std::time::Duration::from_millis(2)).await,
+            if wait == WaitMode::NoWait {
+                return Earlier::Holds(earlier.describe(path));
+            }
+            if !told {
+                tracing::info!(
+                    "waiting for pid {}, which still holds an earlier, deleted or replaced {}",
+                    earlier.pid,
+                    path.display()
+                );
+                told = true;
+            }
+            tokio::time::sleep(EARLIER_POLL).await;
+            if !still_named(file, path) {
+                return Earlier::Replaced;
             }
         }
-    }
-
-    /// The counter file of a lock with several places: `<name>.lock.meta`.
-    fn meta_path(&self, name: &LockName) -> PathBuf {
-        self.dir.join(format!("{name}{META_SUFFIX}"))
-    }
-
-    /// Opens and locks the counter file of a lock with several places, for a short update.
-    fn lock_meta(&self, name: &LockName) -> Result<File> {
-        let path = self.meta_path(name);
-        let file = self.open_lock_file(&path)?;
-        file.lock()
-            .map_err(|e| BackendError::unavailable(format_args!("flock {}", path.display()), e))?;
-        Ok(file)
-    }
-
-    /// The next token of a lock with several places, from its shared counter, and never below
-    /// `at_least` (the place's own previous token plus one).
-    fn next_shared_token(
-        &self,
-        name: &LockName,
-        at_least: Option<FencingToken>,
-    ) -> Result<FencingToken> {
-        let path = self.meta_path(name);
-        let meta = self.lock_meta(name)?;
-        let mut buf = [0u8; 32];
-        let n = read_at_full(&meta, &mut buf)
-            .map_err(|e| BackendError::unavailable(format_args!("read {}", path.display()), e))?;
-        let last = std::str::from_utf8(&buf[..n])
-            .ok()
-            .and_then(|t| t.trim().parse::<u64>().ok());
-        let mut next = last.map_or_else(first_token, |t| FencingToken(t + 1));
-        if let Some(floor) = at_least {
-            next = next.max(floor);
-        }
-        write_padded(&meta, &path, next.0.to_string().into_bytes(), 0, buf.len())?;
-        // Dropping the file releases the short lock.
-        Ok(next)
-    }
-
-    /// Records a run of a lock with several places in place 0's file, under the counter's lock:
-    /// places end in any order and must not overwrite each other's record half-way.
-    fn write_shared_history(&self, name: &LockName, history: &History) -> Result<()> {
-        let _meta = self.lock_meta(name)?;
-        let path = self.path(name);
-        let file = self.open_lock_file(&path)?;
-        Self::write_history(&file, &path, history)
-    }
-
-    /// The holders of places 1, 2, ... of `name`, in order, from the files that are locked.
-    fn other_places(&self, name: &LockName, proc_locks: &str) -> Result<Vec<Holding>> {
-        let prefix = format!("{name}{SUFFIX}.");
-        let entries = fs::read_dir(&self.dir).map_err(|e| {
-            BackendError::unavailable(format_args!("read {}", self.dir.display()), e)
-        })?;
-        let mut slots: Vec<u32> = entries
-            .filter_map(|entry| {
-                let file = entry.ok()?.file_name().into_string().ok()?;
-                let k = file.strip_prefix(&prefix)?;
-                k.bytes()
-                    .all(|b| b.is_ascii_digit())
-                    .then(|| k.parse().ok())?
-            })
-            .filter(|&k| k > 0)
-            .collect();
-        slots.sort_unstable();
-        let mut held = Vec::new();
-        for slot in slots {
-            let path = self.place_path(name, slot);
-            let Ok(Some(file)) = open_existing(&path) else {
-                continue;
-            };
-            let Ok(meta) = file.metadata() else { continue };
-            if !is_flocked(proc_locks, meta.dev(), meta.ino()) {
-                continue;
-            }
-            if let Some(holder) = Self::read_record(&file, &path)? {
-                held.push(Holding {
-                    holder,
-                    expires_in: None,
-                });
-            }
-        }
-        Ok(held)
     }
 }
 
-/// An inotify watch on the lock directory: wakes a waiter when a lock file is closed.
-struct DirWatch(tokio::io::unix::AsyncFd<Inotify>);
-
-struct Inotify(nix::sys::inotify::Inotify);
-
-impl std::os::fd::AsRawFd for Inotify {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        use std::os::fd::AsFd;
-        self.0.as_fd().as_raw_fd()
-    }
-}
-
-impl DirWatch {
-    fn new(dir: &Path) -> Result<Self> {
-        use nix::sys::inotify::{AddWatchFlags, InitFlags};
-        let inotify =
-            nix::sys::inotify::Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
-                .map_err(|e| BackendError::unavailable("inotify", e))?;
-        inotify
-            .add_watch(
-                dir,
-                AddWatchFlags::IN_CLOSE_WRITE
-                    | AddWatchFlags::IN_DELETE
-                    | AddWatchFlags::IN_MOVED_TO,
-            )
-            .map_err(|e| {
-                BackendError::unavailable(format_args!("inotify on {}", dir.display()), e)
-            })?;
-        // SAFETY: the inotify descriptor is owned by the `Inotify` inside the AsyncFd, so it
-        // stays open and the same for as long as the AsyncFd lives.
-        let registered = unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(
-                Inotify(inotify),
-                tokio::io::Interest::READABLE,
-            )
-        };
-        registered
-            .map(Self)
-            .map_err(|e| BackendError::unavailable("inotify", e.into_parts().1))
-    }
-
-    /// Returns after a change in the directory, or after `at_most`.
-    async fn changed(&self, at_most: std::time::Duration) -> Result<()> {
-        let Ok(ready) = tokio::time::timeout(at_most, self.0.readable()).await else {
-            return Ok(());
-        };
-        let mut guard = ready.map_err(|e| BackendError::unavailable("inotify", e))?;
-        // Drain every queued event; one round of tries answers them all.
-        while guard.get_inner().0.read_events().is_ok() {}
-        guard.clear_ready();
-        Ok(())
-    }
+/// What a newcomer found about holders of earlier files of its lock path.
+enum Earlier {
+    /// None is left (or none can be seen).
+    Gone,
+    /// This one still holds its flock, and we must not wait.
+    Holds(HolderInfo),
+    /// While we waited, our own file was replaced: start over.
+    Replaced,
 }
 
 impl Backend for FileBackend {
@@ -535,28 +256,36 @@ impl Backend for FileBackend {
             return self.acquire_place(req, wait).await;
         }
         match self.take(req, 0, wait).await? {
-            Some(lease) => Ok(Acquire::Acquired(lease)),
-            None => Ok(Acquire::Held(self.current_holder(&req.name, 0).await)),
+            Take::Taken(lease) => Ok(Acquire::Acquired(lease)),
+            Take::Busy(Some(holder)) => Ok(Acquire::Held(Some(holder))),
+            Take::Busy(None) => Ok(Acquire::Held(self.current_holder(&req.name, 0).await)),
         }
     }
 
     async fn renew(&mut self, lease: &Lease) -> Result<Renewal> {
-        let file = lease
-            .kernel_lock
-            .as_ref()
-            .expect("a file lease has its file");
-        let path = self.place_path(&lease.name, lease.slot);
-        if still_named(file, &path) {
-            Ok(Renewal::Renewed)
-        } else {
-            Ok(Renewal::Lost(format!(
-                "lock file {} was deleted or replaced",
-                path.display()
-            )))
+        Ok(match self.replaced(lease) {
+            None => Renewal::Renewed,
+            Some(why) => Renewal::Lost(why),
+        })
+    }
+
+    async fn lost(&mut self, lease: &Lease) -> String {
+        loop {
+            if let Some(why) = self.replaced(lease) {
+                return why;
+            }
+            let Some(watch) = &self.held else {
+                return std::future::pending().await;
+            };
+            if let Err(e) = watch.event().await {
+                tracing::debug!(lock = %lease.name, "inotify failed ({e}); renewals still check the lock file");
+                return std::future::pending().await;
+            }
         }
     }
 
     async fn release(&mut self, lease: &Lease, history: Option<&History>) -> Result<()> {
+        self.held = None;
         if let Some(file) = &lease.kernel_lock {
             let path = self.place_path(&lease.name, lease.slot);
             // Written while the lock is held, so that the next holder reads it whole; a lease
@@ -565,7 +294,7 @@ impl Backend for FileBackend {
                 let written = if lease.holder.places > 1 {
                     self.write_shared_history(&lease.name, history)
                 } else {
-                    Self::write_history(file, &path, history)
+                    record::write_history(file, &path, history)
                 };
                 if let Err(e) = written {
                     tracing::warn!(lock = %lease.name, "cannot record the run ({e})");
@@ -578,13 +307,11 @@ impl Backend for FileBackend {
     }
 
     async fn fresh_run(&mut self, name: &LockName) -> Result<Option<LastRun>> {
-        let Some(file) = open_existing(&self.path(name))? else {
+        let Some(file) = lockfile::open_existing(&self.path(name), self.sharing)? else {
             return Ok(None);
         };
-        let record = Self::read_history(&file);
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let record = record::read_history(&file);
+        let now_ms = record::millis_since_epoch(std::time::SystemTime::now());
         Ok(match record.once_until_ms {
             Some(until) if until > now_ms => record.last_run,
             _ => None,
@@ -592,31 +319,7 @@ impl Backend for FileBackend {
     }
 
     async fn inspect(&mut self, name: &LockName) -> Result<LockState> {
-        let path = self.path(name);
-        let Some(file) = open_existing(&path)? else {
-            return Ok(free(name));
-        };
-        let meta = file
-            .metadata()
-            .map_err(|e| BackendError::unavailable("stat", e))?;
-        let locks = fs::read_to_string("/proc/locks")
-            .map_err(|e| BackendError::unavailable("read /proc/locks", e))?;
-        if !is_flocked(&locks, meta.dev(), meta.ino()) {
-            return Ok(LockState {
-                last_run: Self::read_history(&file).last_run,
-                ..free(name)
-            });
-        }
-        let mut state = LockState {
-            holder: Self::read_record(&file, &path)?,
-            last_run: Self::read_history(&file).last_run,
-            ..free(name)
-        };
-        state.co_holders = self.other_places(name, &locks)?;
-        if state.holder.is_none() && !state.co_holders.is_empty() {
-            state.holder = Some(state.co_holders.remove(0).holder);
-        }
-        Ok(state)
+        self.inspect_one(name)
     }
 
     /// A kernel lock cannot be taken from a live process, and a dead holder's is already gone.
@@ -625,7 +328,7 @@ impl Backend for FileBackend {
         name: &LockName,
         token: FencingToken,
     ) -> Result<ForcedRelease> {
-        let state = self.inspect(name).await?;
+        let state = self.inspect_one(name)?;
         let holder = std::iter::once(state.holder.clone())
             .flatten()
             .chain(state.co_holders.iter().map(|c| c.holder.clone()))
@@ -643,86 +346,21 @@ impl Backend for FileBackend {
     }
 
     async fn list(&mut self) -> Result<Vec<LockState>> {
-        let entries = fs::read_dir(&self.dir).map_err(|e| {
-            BackendError::unavailable(format_args!("read {}", self.dir.display()), e)
-        })?;
-        let mut names: Vec<LockName> = entries
-            .filter_map(|entry| {
-                let name = entry.ok()?.file_name().into_string().ok()?;
-                LockName::new(name.strip_suffix(SUFFIX)?).ok()
-            })
-            .collect();
-        names.sort();
-        let mut states = Vec::with_capacity(names.len());
-        for name in &names {
-            states.push(self.inspect(name).await?);
-        }
-        Ok(states)
+        self.list_all()
     }
 }
 
-/// The token of a lock file's first acquisition: the wall clock in microseconds since 1970, not
-/// 1, so that a lock file deleted and created again (which loses its counter) still hands out
-/// tokens larger than any it handed out before, as long as the clock does not step back.
-fn first_token() -> FencingToken {
-    let micros = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64);
-    FencingToken(micros.max(1))
-}
-
-fn free(name: &LockName) -> LockState {
-    LockState {
-        lock: name.clone(),
-        holder: None,
-        last_run: None,
-        expires_in: None,
-        waiters: None,
-        co_holders: Vec::new(),
+impl FileBackend {
+    /// Why `lease` is lost, if its path no longer names the file it locked.
+    fn replaced(&self, lease: &Lease) -> Option<String> {
+        let file = lease
+            .kernel_lock
+            .as_ref()
+            .expect("a file lease has its file");
+        let path = self.place_path(&lease.name, lease.slot);
+        (!still_named(file, &path))
+            .then(|| format!("lock file {} was deleted or replaced", path.display()))
     }
-}
-
-/// Writes `record` at `offset`, padded with spaces to `len` bytes and ending in a newline, in one
-/// `pwrite`: the file is never truncated.
-fn write_padded(
-    file: &File,
-    path: &Path,
-    mut record: Vec<u8>,
-    offset: u64,
-    len: usize,
-) -> Result<()> {
-    if record.len() >= len {
-        return Err(BackendError::Config(
-            "holder metadata is too long for a lock file; use a shorter --id".into(),
-        ));
-    }
-    record.resize(len - 1, b' ');
-    record.push(b'\n');
-    file.write_all_at(&record, offset)
-        .map_err(|e| BackendError::unavailable(format_args!("write {}", path.display()), e))
-}
-
-/// Opens an existing lock file for reading, never following a symlink: `None` when there is none.
-fn open_existing(path: &Path) -> Result<Option<File>> {
-    match OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-        .open(path)
-    {
-        Ok(file) => Ok(Some(file)),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(open_error(path, e)),
-    }
-}
-
-fn open_error(path: &Path, err: io::Error) -> BackendError {
-    if err.raw_os_error() == Some(nix::libc::ELOOP) {
-        return BackendError::Unavailable(format!(
-            "{} is a symlink; refusing to follow it (remove it if you did not put it there)",
-            path.display()
-        ));
-    }
-    BackendError::unavailable(format_args!("cannot open {}", path.display()), err)
 }
 
 /// Whether `path` still names the open `file` (same device and inode).
@@ -731,19 +369,6 @@ fn still_named(file: &File, path: &Path) -> bool {
         (Ok(held), Ok(named)) => held.dev() == named.dev() && held.ino() == named.ino(),
         _ => false,
     }
-}
-
-/// A world-writable directory is acceptable only with the sticky bit (nobody can replace
-/// another user's lock file).
-fn check_not_open_to_all(dir: &Path, meta: &fs::Metadata) -> Result<()> {
-    if meta.mode() & 0o002 != 0 && meta.mode() & 0o1000 == 0 {
-        return Err(BackendError::Unavailable(format!(
-            "lock directory {} is world-writable without the sticky bit; anyone could replace \
-             its lock files (chmod +t or o-w it)",
-            dir.display()
-        )));
-    }
-    Ok(())
 }
 
 fn warn_if_network_fs(dir: &Path) {
@@ -761,72 +386,5 @@ fn warn_if_network_fs(dir: &Path) {
                  exclude processes on other machines (see the README)"
             );
         }
-    }
-}
-
-fn read_at_full(file: &File, buf: &mut [u8]) -> io::Result<usize> {
-    read_at_full_from(file, buf, 0)
-}
-
-fn read_at_full_from(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read_at(&mut buf[filled..], offset + filled as u64) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
-}
-
-/// An empty file is a lock never held; anything else must be a record we wrote.
-fn parse_record(bytes: &[u8]) -> std::result::Result<Option<HolderInfo>, String> {
-    let text = std::str::from_utf8(bytes).map_err(|_| "it is not text".to_owned())?;
-    let text = text.trim_matches(|c: char| c.is_ascii_whitespace() || c == '\0');
-    if text.is_empty() {
-        return Ok(None);
-    }
-    serde_json::from_str(text)
-        .map(Some)
-        .map_err(|e| format!("unreadable record: {e}"))
-}
-
-/// Whether `/proc/locks` lists a flock on the file `dev`/`ino`.
-fn is_flocked(proc_locks: &str, dev: u64, ino: u64) -> bool {
-    let wanted = format!(
-        "{:02x}:{:02x}:{ino}",
-        nix::sys::stat::major(dev),
-        nix::sys::stat::minor(dev)
-    );
-    proc_locks.lines().any(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        // "1: FLOCK  ADVISORY  WRITE 4242 fd:01:123 0 EOF"; waiters are "1: -> FLOCK ...".
-        fields.get(1) == Some(&"FLOCK") && fields.get(5) == Some(&wanted.as_str())
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn proc_locks_lines() {
-        let text = "1: FLOCK  ADVISORY  WRITE 4242 fd:01:123 0 EOF\n\
-                    1: -> FLOCK  ADVISORY  WRITE 4243 fd:01:456 0 EOF\n\
-                    2: POSIX  ADVISORY  WRITE 99 fd:01:789 0 EOF\n";
-        let dev = nix::sys::stat::makedev(0xfd, 0x01);
-        assert!(is_flocked(text, dev, 123));
-        assert!(!is_flocked(text, dev, 456), "a waiter is not a holder");
-        assert!(!is_flocked(text, dev, 789), "a POSIX lock is not ours");
-    }
-
-    #[test]
-    fn records() {
-        assert_eq!(parse_record(b"").unwrap(), None);
-        assert_eq!(parse_record(&[b' '; 64]).unwrap(), None);
-        assert!(parse_record(b"garbage").is_err());
-        assert!(parse_record(&[0xff, 0xfe]).is_err());
     }
 }

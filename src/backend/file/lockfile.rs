@@ -1,0 +1,180 @@
+//! Opening lock files, and the rules a lock file must meet before elect trusts it.
+//!
+//! A lock file is trusted only if no other non-root user can have written it, renamed another file
+//! over it or linked it elsewhere: a regular file with one link, owned by the effective uid or
+//! root and writable by no one else, or, in a directory shared with a group on purpose
+//! ([`Sharing::Group`]), belonging to that group and not writable by others. Anything else is
+//! refused (exit 69) with its owner named. Every open uses `O_NOFOLLOW` (a planted symlink is
+//! refused, never followed) and `O_NONBLOCK` (a planted FIFO cannot block elect).
+
+use std::fs::{File, Metadata, OpenOptions};
+use std::io::{self, ErrorKind};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use super::dir::{group, owner, trusted_owner, Sharing};
+use crate::backend::{BackendError, Result};
+
+const FLAGS: i32 = nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC | nix::libc::O_NONBLOCK;
+
+/// Opens the lock file at `path` for locking, creating it if missing, and checks that it can be
+/// trusted.
+pub fn open_for_locking(path: &Path, sharing: Sharing) -> Result<File> {
+    let mode = match sharing {
+        Sharing::Private => 0o644,
+        Sharing::Group(_) => 0o660,
+    };
+    loop {
+        match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(FLAGS)
+            .open(path)
+        {
+            Ok(file) => {
+                // The umask trims the mode given to open; a group directory needs group write.
+                file.set_permissions(std::fs::Permissions::from_mode(mode))
+                    .map_err(|e| {
+                        BackendError::unavailable(format_args!("chmod {}", path.display()), e)
+                    })?;
+                return Ok(file);
+            }
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(open_error(path, e)),
+        }
+        let file = match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(FLAGS)
+            .open(path)
+        {
+            Ok(file) => file,
+            // Deleted between the two opens: create it.
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(open_error(path, e)),
+        };
+        match check(&file, path, sharing)? {
+            Checked::Trusted => return Ok(file),
+            Checked::Unlinked => continue,
+        }
+    }
+}
+
+/// Opens an existing lock file for reading and checks it: `None` when there is none.
+pub fn open_existing(path: &Path, sharing: Sharing) -> Result<Option<File>> {
+    loop {
+        let file = match OpenOptions::new().read(true).custom_flags(FLAGS).open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(open_error(path, e)),
+        };
+        match check(&file, path, sharing)? {
+            Checked::Trusted => return Ok(Some(file)),
+            Checked::Unlinked => continue,
+        }
+    }
+}
+
+enum Checked {
+    Trusted,
+    /// Deleted after we opened it: open the path again.
+    Unlinked,
+}
+
+fn check(file: &File, path: &Path, sharing: Sharing) -> Result<Checked> {
+    let meta = file
+        .metadata()
+        .map_err(|e| BackendError::unavailable(format_args!("stat {}", path.display()), e))?;
+    if meta.nlink() == 0 && meta.is_file() {
+        return Ok(Checked::Unlinked);
+    }
+    match distrust(&meta, sharing) {
+        None => Ok(Checked::Trusted),
+        Some(why) => Err(BackendError::Unavailable(format!(
+            "refusing the lock file {}: {why}; remove it if you did not create it",
+            path.display()
+        ))),
+    }
+}
+
+/// Why a lock file with this metadata cannot be trusted, if it cannot.
+pub fn distrust(meta: &Metadata, sharing: Sharing) -> Option<String> {
+    let mode = meta.mode() & 0o7777;
+    if !meta.is_file() {
+        return Some(format!(
+            "it is {} (of {}), not a regular file",
+            kind(meta),
+            owner(meta.uid())
+        ));
+    }
+    if meta.nlink() != 1 {
+        return Some(format!(
+            "it has {} hard links (owner {}), so another name can change it",
+            meta.nlink(),
+            owner(meta.uid())
+        ));
+    }
+    let euid = nix::unistd::geteuid().as_raw();
+    match sharing {
+        Sharing::Private if !trusted_owner(meta.uid(), euid) => Some(format!(
+            "it belongs to {}, not to you or root, so its owner could forge its record or hold \
+             it for ever",
+            owner(meta.uid())
+        )),
+        Sharing::Private if mode & 0o022 != 0 => Some(format!(
+            "it is writable by group or others (mode {mode:04o}, owner {})",
+            owner(meta.uid())
+        )),
+        Sharing::Group(gid) if meta.gid() != gid => Some(format!(
+            "it belongs to {} (owner {}), not to the lock directory's group {}",
+            group(meta.gid()),
+            owner(meta.uid()),
+            group(gid)
+        )),
+        Sharing::Group(_) if mode & 0o002 != 0 => Some(format!(
+            "it is writable by others (mode {mode:04o}, owner {})",
+            owner(meta.uid())
+        )),
+        _ => None,
+    }
+}
+
+fn kind(meta: &Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_symlink() {
+        "a symlink"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    }
+}
+
+pub fn open_error(path: &Path, err: io::Error) -> BackendError {
+    if err.raw_os_error() == Some(nix::libc::ELOOP) {
+        return BackendError::Unavailable(format!(
+            "{} is a symlink; refusing to follow it (remove it if you did not put it there)",
+            path.display()
+        ));
+    }
+    if err.kind() == ErrorKind::PermissionDenied {
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            return BackendError::Unavailable(format!(
+                "cannot open the lock file {} ({err}): it belongs to {} (mode {:04o})",
+                path.display(),
+                owner(meta.uid()),
+                meta.mode() & 0o7777
+            ));
+        }
+    }
+    BackendError::unavailable(format_args!("cannot open {}", path.display()), err)
+}

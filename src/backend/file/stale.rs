@@ -1,0 +1,177 @@
+//! Holders of an earlier file of the same lock name.
+//!
+//! When a lock file is deleted or replaced (a cleanup job, an `rm -rf`, a deploy that recreates
+//! the directory), its holder keeps its flock on the old file, which no newcomer can see: the
+//! newcomer creates or opens the new file and locks it at once. elect closes that hole from the
+//! newcomer's side. After taking the flock it looks in `/proc/locks` for flocks on the same device
+//! whose inode is not the current file's, and through the holders' `/proc/PID/fd` for a
+//! descriptor whose target is this lock path, or this path followed by ` (deleted)`. Such a
+//! holder still runs a job under this name: the newcomer does not start (exit 75 naming it, or,
+//! with `--wait`, it waits until that process lets go). The holder itself learns of the change at
+//! once through inotify and stops its job (see `watch`).
+//!
+//! Limits, which the README repeats:
+//! - Only processes whose `/proc/PID/fd` this process may read are seen: all of them as root;
+//!   as another user only that user's own (so a non-root newcomer in a group directory does not
+//!   see another member's old holder). `hidepid=` on `/proc` hides more.
+//! - A holder in another mount namespace shows its path as that namespace names it, and one in
+//!   another pid namespace is listed in `/proc/locks` without a pid: the first is missed, the
+//!   second costs a scan of every visible process.
+//! - A file moved to another name in the directory (`mv x.lock x.old`) is not "this path"
+//!   any more; its holder still stops at once through inotify.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use super::proclocks;
+use super::record;
+use crate::lease::{FencingToken, HolderInfo};
+
+/// A process that holds the flock of an earlier file of this lock's path.
+#[derive(Debug, Clone)]
+pub struct EarlierHolder {
+    pub pid: i32,
+    /// Its descriptor, through which the old file can still be read.
+    fd: PathBuf,
+}
+
+impl EarlierHolder {
+    /// The holder as a contender reports it: the old file's record where it can be read, with the
+    /// process that still holds it.
+    pub fn describe(&self, path: &Path) -> HolderInfo {
+        let record = OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+            .open(&self.fd)
+            .ok()
+            .filter(|f| f.metadata().is_ok_and(|m| m.is_file()))
+            .and_then(|f| {
+                let mut buf = vec![0u8; record::RECORD_LEN];
+                let n = record::read_at_full(&f, &mut buf, 0).ok()?;
+                record::parse_holder(&buf[..n]).ok().flatten()
+            });
+        let mut holder = record.unwrap_or_else(|| {
+            let mut h = HolderInfo::this_process(None, std::time::Duration::ZERO);
+            h.token = FencingToken(0);
+            h.version = String::new();
+            h
+        });
+        holder.id = format!(
+            "pid {}, which still holds an earlier, deleted or replaced {}",
+            self.pid,
+            path.display()
+        );
+        holder.pid = u32::try_from(self.pid).unwrap_or(0);
+        holder
+    }
+}
+
+/// A process that still holds the flock of an earlier file at `path`, other than `current` (the
+/// file we have locked), if any can be seen.
+pub fn earlier_holder(current: &File, path: &Path) -> Option<EarlierHolder> {
+    let meta = current.metadata().ok()?;
+    let text = match proclocks::read() {
+        Ok(text) => text,
+        Err(e) => {
+            tracing::debug!(
+                "cannot read /proc/locks ({e}); holders of earlier lock files are not checked"
+            );
+            return None;
+        }
+    };
+    let others: Vec<proclocks::Flock> = proclocks::flocks(&text)
+        .filter(|f| f.is_on_device(meta.dev()) && f.ino != meta.ino())
+        .collect();
+    if others.is_empty() {
+        return None;
+    }
+    let inodes: BTreeSet<u64> = others.iter().map(|f| f.ino).collect();
+    let names = Names::of(path);
+    let mut unexplained = BTreeSet::new();
+    let pids: BTreeSet<i32> = others.iter().map(|f| f.pid).collect();
+    for pid in pids {
+        match (pid > 0).then(|| scan(pid, meta.dev(), &inodes, &names)) {
+            Some(Scan::Found(holder)) => return Some(holder),
+            // Alive and without this path open: its flock is on another file.
+            Some(Scan::NotHere) | Some(Scan::Hidden) => {}
+            // Gone (its descriptor may live on in a child: elect's watchdog) or not visible.
+            Some(Scan::Gone) | None => {
+                unexplained.extend(others.iter().filter(|f| f.pid == pid).map(|f| f.ino));
+            }
+        }
+    }
+    if unexplained.is_empty() {
+        return None;
+    }
+    scan_everyone(meta.dev(), &unexplained, &names)
+}
+
+/// The link targets that name this path: as it is, or deleted.
+struct Names {
+    live: Vec<u8>,
+    deleted: Vec<u8>,
+}
+
+impl Names {
+    /// `path` must be the real path (no symlink in it), as the kernel shows it.
+    fn of(path: &Path) -> Self {
+        let live = path.as_os_str().to_owned().into_vec();
+        let mut deleted = live.clone();
+        deleted.extend_from_slice(b" (deleted)");
+        Self { live, deleted }
+    }
+
+    fn matches(&self, target: &Path) -> bool {
+        let t = target.as_os_str().as_bytes();
+        t == self.live.as_slice() || t == self.deleted.as_slice()
+    }
+}
+
+enum Scan {
+    Found(EarlierHolder),
+    NotHere,
+    Hidden,
+    Gone,
+}
+
+fn scan(pid: i32, dev: u64, inodes: &BTreeSet<u64>, names: &Names) -> Scan {
+    let fds = PathBuf::from(format!("/proc/{pid}/fd"));
+    let entries = match fs::read_dir(&fds) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Scan::Hidden,
+        Err(_) => return Scan::Gone,
+    };
+    for entry in entries.flatten() {
+        let fd = entry.path();
+        let Ok(target) = fs::read_link(&fd) else {
+            continue;
+        };
+        if !names.matches(&target) {
+            continue;
+        }
+        // The descriptor's own file (stat follows the magic link even when it is deleted).
+        if let Ok(m) = fs::metadata(&fd) {
+            if m.dev() == dev && inodes.contains(&m.ino()) {
+                return Scan::Found(EarlierHolder { pid, fd });
+            }
+        }
+    }
+    Scan::NotHere
+}
+
+/// Every visible process, for flocks whose taker is gone or not visible.
+fn scan_everyone(dev: u64, inodes: &BTreeSet<u64>, names: &Names) -> Option<EarlierHolder> {
+    let me = std::process::id();
+    fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| u32::try_from(pid).is_ok_and(|p| p != me))
+        .find_map(|pid| match scan(pid, dev, inodes, names) {
+            Scan::Found(holder) => Some(holder),
+            _ => None,
+        })
+}

@@ -1,0 +1,107 @@
+//! inotify watches: a waiter's watch on the lock directory, and a holder's watch on its own lock
+//! file.
+//!
+//! A holder watches the file it locked (through `/proc/self/fd`, so that the watch is on the
+//! locked inode whatever the path names by then) for `IN_ATTRIB` (its link count fell: deleted,
+//! or replaced by a rename over it), `IN_MOVE_SELF` and `IN_DELETE_SELF`, and the directory for a
+//! file created, moved in, moved out or deleted, and for the directory itself moved or deleted.
+//! Any event makes it check again whether the path still names the locked file; when it does
+//! not, the lease is lost at once, not at the next renew.
+
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::path::Path;
+use std::time::Duration;
+
+use nix::sys::inotify::{AddWatchFlags, InitFlags};
+use tokio::io::unix::AsyncFd;
+
+use crate::backend::{BackendError, Result};
+
+/// An inotify instance registered with the runtime.
+pub struct Watch(AsyncFd<Inotify>);
+
+pub struct Inotify(nix::sys::inotify::Inotify);
+
+impl AsRawFd for Inotify {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Watch")
+    }
+}
+
+impl Watch {
+    /// A waiter's watch: wakes when a lock file in `dir` is closed, deleted or moved in.
+    pub fn directory(dir: &Path) -> Result<Self> {
+        Self::new(&[(
+            dir,
+            AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_DELETE | AddWatchFlags::IN_MOVED_TO,
+        )])
+    }
+
+    /// A holder's watch on the open lock file `fd` in `dir`.
+    pub fn holder(fd: RawFd, dir: &Path) -> Result<Self> {
+        let own = format!("/proc/self/fd/{fd}");
+        Self::new(&[
+            (
+                Path::new(&own),
+                AddWatchFlags::IN_ATTRIB
+                    | AddWatchFlags::IN_MOVE_SELF
+                    | AddWatchFlags::IN_DELETE_SELF,
+            ),
+            (
+                dir,
+                AddWatchFlags::IN_CREATE
+                    | AddWatchFlags::IN_MOVED_TO
+                    | AddWatchFlags::IN_MOVED_FROM
+                    | AddWatchFlags::IN_DELETE
+                    | AddWatchFlags::IN_MOVE_SELF
+                    | AddWatchFlags::IN_DELETE_SELF,
+            ),
+        ])
+    }
+
+    fn new(watches: &[(&Path, AddWatchFlags)]) -> Result<Self> {
+        let inotify =
+            nix::sys::inotify::Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+                .map_err(|e| BackendError::unavailable("inotify", e))?;
+        for (path, flags) in watches {
+            inotify.add_watch(*path, *flags).map_err(|e| {
+                BackendError::unavailable(format_args!("inotify on {}", path.display()), e)
+            })?;
+        }
+        // SAFETY: the inotify descriptor is owned by the `Inotify` inside the AsyncFd, so it
+        // stays open and the same for as long as the AsyncFd lives.
+        let registered = unsafe {
+            AsyncFd::register_with_interest(Inotify(inotify), tokio::io::Interest::READABLE)
+        };
+        registered
+            .map(Self)
+            .map_err(|e| BackendError::unavailable("inotify", e.into_parts().1))
+    }
+
+    /// Returns after an event, or after `at_most`.
+    pub async fn changed(&self, at_most: Duration) -> Result<()> {
+        match tokio::time::timeout(at_most, self.event()).await {
+            Ok(result) => result,
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Returns after the next event.
+    pub async fn event(&self) -> Result<()> {
+        let mut guard = self
+            .0
+            .readable()
+            .await
+            .map_err(|e| BackendError::unavailable("inotify", e))?;
+        // Drain every queued event; one look answers them all.
+        while guard.get_inner().0.read_events().is_ok() {}
+        guard.clear_ready();
+        Ok(())
+    }
+}

@@ -24,6 +24,8 @@ impl FileBackend {
             .map_err(|e| BackendError::unavailable("stat", e))?;
         let locks =
             proclocks::read().map_err(|e| BackendError::unavailable("read /proc/locks", e))?;
+        // Read whether held or not: a file that is not an elect lock file is reported as such.
+        let holder = record::read_holder(&file, &path)?;
         let last_run = record::read_history(&file).last_run;
         if !proclocks::is_flocked(&locks, meta.dev(), meta.ino()) {
             return Ok(LockState {
@@ -32,7 +34,7 @@ impl FileBackend {
             });
         }
         let mut state = LockState {
-            holder: record::read_holder(&file, &path)?,
+            holder,
             last_run,
             ..free(name)
         };
@@ -58,7 +60,7 @@ impl FileBackend {
         for name in &names {
             match self.inspect_one(name) {
                 Ok(state) => states.push(state),
-                Err(e) => tracing::warn!(lock = %name, "skipping lock {name} in the listing: {e}"),
+                Err(e) => tracing::warn!("skipping lock {name} in the listing: {e}"),
             }
         }
         Ok(states)
@@ -88,7 +90,7 @@ impl FileBackend {
                 Ok(Some(file)) => file,
                 Ok(None) => continue,
                 Err(e) => {
-                    tracing::warn!(lock = %name, "skipping place {slot} of lock {name}: {e}");
+                    tracing::warn!("skipping place {slot} of lock {name}: {e}");
                     continue;
                 }
             };
@@ -102,7 +104,7 @@ impl FileBackend {
                     expires_in: None,
                 }),
                 Ok(None) => {}
-                Err(e) => tracing::warn!(lock = %name, "skipping place {slot} of lock {name}: {e}"),
+                Err(e) => tracing::warn!("skipping place {slot} of lock {name}: {e}"),
             }
         }
         Ok(held)

@@ -95,10 +95,11 @@ pub fn earlier_holder(current: &File, path: &Path) -> Option<EarlierHolder> {
     for pid in pids {
         match (pid > 0).then(|| scan(pid, meta.dev(), &inodes, &names)) {
             Some(Scan::Found(holder)) => return Some(holder),
-            // Alive and without this path open: its flock is on another file.
-            Some(Scan::NotHere) | Some(Scan::Hidden) => {}
-            // Gone (its descriptor may live on in a child: elect's watchdog) or not visible.
-            Some(Scan::Gone) | None => {
+            // Its flock is on another file.
+            Some(Scan::Elsewhere) => {}
+            // Gone or exiting (its descriptor may live on in another process: elect's watchdog),
+            // out of sight, or in another pid namespace: look through every process we can see.
+            Some(Scan::Gone) | Some(Scan::Hidden) | None => {
                 unexplained.extend(others.iter().filter(|f| f.pid == pid).map(|f| f.ino));
             }
         }
@@ -132,11 +133,17 @@ impl Names {
 
 enum Scan {
     Found(EarlierHolder),
-    NotHere,
+    /// It has one of the flocked files open under another name: an unrelated lock.
+    Elsewhere,
+    /// Its descriptors cannot be read (another user's process seen by a non-root elect, or a
+    /// process on its way out).
     Hidden,
+    /// Gone, a zombie, or without any of those files open (its descriptor lives on in another
+    /// process: elect's watchdog after elect was killed).
     Gone,
 }
 
+/// Looks through the descriptors of `pid` for one of the flocked `inodes` of device `dev`.
 fn scan(pid: i32, dev: u64, inodes: &BTreeSet<u64>, names: &Names) -> Scan {
     let fds = PathBuf::from(format!("/proc/{pid}/fd"));
     let entries = match fs::read_dir(&fds) {
@@ -144,22 +151,31 @@ fn scan(pid: i32, dev: u64, inodes: &BTreeSet<u64>, names: &Names) -> Scan {
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Scan::Hidden,
         Err(_) => return Scan::Gone,
     };
+    let mut elsewhere = false;
     for entry in entries.flatten() {
         let fd = entry.path();
         let Ok(target) = fs::read_link(&fd) else {
             continue;
         };
-        if !names.matches(&target) {
+        // Sockets, pipes and anonymous inodes are not files of ours.
+        if !target.as_os_str().as_bytes().starts_with(b"/") {
             continue;
         }
         // The descriptor's own file (stat follows the magic link even when it is deleted).
-        if let Ok(m) = fs::metadata(&fd) {
-            if m.dev() == dev && inodes.contains(&m.ino()) {
-                return Scan::Found(EarlierHolder { pid, fd });
-            }
+        let Ok(m) = fs::metadata(&fd) else { continue };
+        if m.dev() != dev || !inodes.contains(&m.ino()) {
+            continue;
         }
+        if names.matches(&target) {
+            return Scan::Found(EarlierHolder { pid, fd });
+        }
+        elsewhere = true;
     }
-    Scan::NotHere
+    if elsewhere {
+        Scan::Elsewhere
+    } else {
+        Scan::Gone
+    }
 }
 
 /// Every visible process, for flocks whose taker is gone or not visible.

@@ -43,6 +43,9 @@ pub const TTL: Duration = Duration::from_secs(2);
 pub const GRACE: Duration = Duration::from_millis(400);
 /// The job's exit code when it finishes by itself.
 pub const JOB_CODE: i32 = 42;
+/// How long a holder may take to notice that its lock file was deleted or replaced (inotify:
+/// milliseconds on an idle machine; slack for a loaded one).
+pub const LOCK_FILE_REACTION: Duration = Duration::from_millis(1000);
 /// What the watchdog may add to the grace when elect was killed: it learns of elect's death
 /// from a socket's end-of-file and acts on a timer, each a wake-up of a process on a loaded
 /// machine; 250 ms covers two scheduling delays with room to spare.
@@ -872,6 +875,18 @@ pub struct Row {
     pub takeovers: Vec<Duration>,
     pub monotonic: bool,
     pub violations: Vec<String>,
+    /// For a lock file deleted or replaced under a job: how long the old job ran on after the
+    /// fault, and the margin between its end and the next job's start, one pair per fault.
+    pub windows: Vec<Window>,
+}
+
+/// What remains of the window after a lock file was deleted or replaced.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    /// From the fault to the end of the old holder's job: how long it ran without a lock file.
+    pub stop: Duration,
+    /// From the end of the old job to the start of the next one, in ms; negative is an overlap.
+    pub margin_ms: i128,
 }
 
 impl Row {
@@ -926,6 +941,33 @@ impl Row {
             self.violations.len(),
             takeovers.join(",")
         );
+        if !self.windows.is_empty() {
+            let stop = self
+                .windows
+                .iter()
+                .map(|w| w.stop)
+                .max()
+                .unwrap_or_default();
+            let margin = self
+                .windows
+                .iter()
+                .map(|w| w.margin_ms)
+                .min()
+                .unwrap_or_default();
+            println!(
+                "lock file changed under a job {} time(s): the old job ran on for at most {} ms; \
+                 the next job started at least {margin} ms after it ended (negative: overlap)",
+                self.windows.len(),
+                stop.as_millis()
+            );
+            println!(
+                "WINDOW|{}|{}|{}|{}|{margin}",
+                self.scenario,
+                self.backend,
+                self.windows.len(),
+                stop.as_millis()
+            );
+        }
     }
 }
 
@@ -1209,6 +1251,7 @@ pub fn check(setup: &Setup, arena: &Arena, events: &[Event]) -> Row {
 
     // Per fault.
     let mut takeovers = Vec::new();
+    let mut windows = Vec::new();
     for e in events {
         let Some((run, li)) = e.holder else { continue };
         let held = &lives[li];
@@ -1231,6 +1274,35 @@ pub fn check(setup: &Setup, arena: &Arena, events: &[Event]) -> Row {
                             ms(took)
                         ));
                     }
+                }
+            }
+            // The holder learns of the change through inotify and stops its job; a newcomer does
+            // not start while the old file's flock is held. Measure what is left of the window.
+            Fault::DeleteLockFile | Fault::ReplaceLockFile if !held.done => {
+                let Some(close) = held.close else { continue };
+                let stop = close.saturating_duration_since(e.at);
+                let margin_ms = next.map_or(i128::MAX, |n| {
+                    if n.connect >= close {
+                        n.connect.duration_since(close).as_millis() as i128
+                    } else {
+                        -(close.duration_since(n.connect).as_millis() as i128)
+                    }
+                });
+                windows.push(Window { stop, margin_ms });
+                if stop > GRACE + LOCK_FILE_REACTION {
+                    v.push(format!(
+                        "LOCK FILE: the job of run {run} ran on {} ms after its lock file was {} \
+                         (bound: grace {} ms + {} ms to notice){}",
+                        ms(stop),
+                        if e.fault == Fault::DeleteLockFile {
+                            "deleted"
+                        } else {
+                            "replaced"
+                        },
+                        ms(GRACE),
+                        ms(LOCK_FILE_REACTION),
+                        stderr_of(Some(run))
+                    ));
                 }
             }
             Fault::StopHolder if setup.backend.expires() => {
@@ -1258,6 +1330,7 @@ pub fn check(setup: &Setup, arena: &Arena, events: &[Event]) -> Row {
         takeovers,
         monotonic,
         violations: v,
+        windows,
     }
 }
 

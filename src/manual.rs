@@ -59,10 +59,21 @@ A failed run leaves no marker.
 .SH BACKENDS
 .TP
 \fBfile:///DIR\fR (default)
-flock(2) on DIR/NAME.lock; the directory is \fBELECT_LOCK_DIR\fR, else /run/lock/elect, else a
-private directory. The fencing token is kept in the lock file. Lock files are never deleted; a
-holder whose lock file is deleted or replaced loses the lease. The kernel lock cannot expire while
-the job runs.
+flock(2) on DIR/NAME.lock; the directory is \fBELECT_LOCK_DIR\fR, else /run/lock/elect for root
+(owned by root, mode 0755) and /run/lock/elect\-UID for any other user (owned by that user, mode
+0700), created so if missing. The default depends only on the effective uid, never on
+XDG_RUNTIME_DIR, HOME or TMPDIR, and there is no fallback: a default directory that cannot be used
+safely (another owner, a wrong mode, a symlink) is exit 69 naming it and the fix. An explicit
+directory, and every directory and symlink on its path, must belong to root or you and be writable
+by no one else, unless sticky (like /tmp) or setgid and group\-writable (shared with that group on
+purpose: lock files are created 0660 for the group). A lock file must be a regular file with one
+link, owned by you or root (or by the shared group) and not writable by others; anything else is
+refused (exit 69) naming it and its owner. The fencing token is kept in the lock file and grows with
+checked arithmetic. Lock files are never deleted. A holder whose lock file is deleted or replaced
+learns it at once (inotify), stops the job and exits 76; a newcomer does not start while any
+process still holds the flock of an earlier file of that path (found through /proc/locks and
+/proc/PID/fd: all processes as root, only your own otherwise): exit 75, or with \fB\-\-wait\fR it
+waits. The kernel lock cannot expire while the job runs.
 .TP
 \fBredis://[USER:PASSWORD@]HOST[:PORT][/DB]\fR, \fBrediss://...\fR (TLS)
 SET NX PX with a random secret, in one Lua script with the fencing-token INCR; token-checked renew

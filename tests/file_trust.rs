@@ -402,6 +402,18 @@ fn an_explicit_directory_under_another_users_directory_is_refused() {
     out.assert_code(69).assert_no_panic();
     assert!(out.one_error_line().contains("uid 65534"), "{out}");
     assert!(!env.file("ran").exists());
+    // Nor does root create directories through it.
+    let deeper = theirs.join("new").join("deeper");
+    let mut cmd = env.elect();
+    cmd.env("ELECT_LOCK_DIR", &deeper)
+        .args(["run", "--lock", "x", "--", "touch", "ran"]);
+    let out = env.run_command(cmd);
+    out.assert_code(69).assert_no_panic();
+    assert!(out.one_error_line().contains("uid 65534"), "{out}");
+    assert!(
+        !theirs.join("new").exists(),
+        "elect created a directory in another user's"
+    );
 }
 
 /// status on a directory with a FIFO, a symlink, a foreign file and garbage: it does not hang,

@@ -177,7 +177,13 @@ impl FileBackend {
                 Earlier::Replaced => continue,
             }
             // Watching starts before the last look at the path, so that no change is missed.
-            let watch = Watch::holder(file.as_raw_fd(), &self.dir)?;
+            // Without a watch (no inotify instance left for this user, no /proc), renewals
+            // still notice, one renew interval later.
+            let watch = Watch::holder(file.as_raw_fd(), &self.dir)
+                .inspect_err(|e| {
+                    tracing::warn!(lock = %req.name, "cannot watch the lock file ({e}); a deleted or replaced lock file is noticed at the next renew")
+                })
+                .ok();
             if !still_named(&file, &path) {
                 continue;
             }
@@ -192,7 +198,7 @@ impl FileBackend {
                 next.unwrap_or_else(record::first_token)
             };
             record::write_holder(&file, &path, &holder)?;
-            self.held = Some(watch);
+            self.held = watch;
             return Ok(Take::Taken(Lease {
                 name: req.name.clone(),
                 holder,

@@ -65,26 +65,35 @@ pub fn default_dir() -> Result<LockDir> {
         0 => (PathBuf::from(ROOT_DIR), 0o755),
         uid => (PathBuf::from(format!("{USERS_PREFIX}{uid}")), 0o700),
     };
-    let fix = fix_for(&path, euid);
+    let create = format!(
+        "install -d -m {mode:04o} -o {} {}",
+        if euid == 0 {
+            "root -g root".to_owned()
+        } else {
+            euid.to_string()
+        },
+        path.display()
+    );
     match fs::DirBuilder::new().mode(mode).create(&path) {
         // The umask may have trimmed the mode; /run/lock is sticky, so nobody else can have
         // swapped the directory we just made.
-        Ok(()) => fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(|e| {
-            unusable(
-                &path,
-                format_args!("cannot set its mode to {mode:04o} ({e})"),
-                &fix,
-            )
-        })?,
+        Ok(()) => fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+            .map_err(|e| unusable(&path, format_args!("cannot set its mode ({e})"), &create))?,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => {
+            let fix =
+                format!("create it as root ({create}), or choose a directory with ELECT_LOCK_DIR");
             return Err(unusable(
                 &path,
                 format_args!("cannot create it ({e})"),
                 &fix,
-            ))
+            ));
         }
     }
+    let fix = format!(
+        "remove it when no elect uses it (elect creates it again), or recreate it yourself \
+         ({create}); or choose a directory with ELECT_LOCK_DIR"
+    );
     let meta = fs::symlink_metadata(&path)
         .map_err(|e| unusable(&path, format_args!("cannot stat it ({e})"), &fix))?;
     check_default(&path, &meta, euid).map_err(|why| unusable(&path, why, &fix))?;
@@ -122,20 +131,6 @@ fn check_default(path: &Path, meta: &Metadata, euid: u32) -> std::result::Result
     Ok(())
 }
 
-/// How to repair a default directory.
-fn fix_for(path: &Path, euid: u32) -> String {
-    let dir = path.display();
-    let (mode, who) = if euid == 0 {
-        ("0755", "root:root".to_owned())
-    } else {
-        ("0700", euid.to_string())
-    };
-    format!(
-        "remove it when no elect uses it (elect creates it again) or create it yourself \
-         (install -d -m {mode} -o {who} {dir}); or choose a directory with ELECT_LOCK_DIR"
-    )
-}
-
 fn unusable(path: &Path, why: impl std::fmt::Display, fix: &str) -> BackendError {
     BackendError::Unavailable(format!(
         "the default lock directory {} cannot be used safely: {why}; {fix}",
@@ -145,6 +140,26 @@ fn unusable(path: &Path, why: impl std::fmt::Display, fix: &str) -> BackendError
 
 /// A directory given with `ELECT_LOCK_DIR` or `file:///DIR`: created if missing, then checked.
 pub fn explicit_dir(path: &Path) -> Result<LockDir> {
+    let euid = nix::unistd::geteuid().as_raw();
+    let absolute = std::path::absolute(path).map_err(|e| {
+        BackendError::unavailable(format_args!("lock directory {}", path.display()), e)
+    })?;
+    // Directories are created only below one that passes the checks: never through a path that
+    // another user controls.
+    if fs::symlink_metadata(&absolute).is_err() {
+        let existing = absolute
+            .ancestors()
+            .find(|a| fs::symlink_metadata(a).is_ok())
+            .unwrap_or(Path::new("/"));
+        resolve(existing, euid)
+            .and_then(|(real, _)| check_crossed(&real, euid))
+            .map_err(|why| {
+                BackendError::Unavailable(format!(
+                    "lock directory {} cannot be created safely: {why}",
+                    path.display()
+                ))
+            })?;
+    }
     if let Err(err) = fs::DirBuilder::new()
         .recursive(true)
         .mode(0o755)
@@ -155,10 +170,6 @@ pub fn explicit_dir(path: &Path) -> Result<LockDir> {
             err,
         ));
     }
-    let euid = nix::unistd::geteuid().as_raw();
-    let absolute = std::path::absolute(path).map_err(|e| {
-        BackendError::unavailable(format_args!("lock directory {}", path.display()), e)
-    })?;
     let (resolved, meta) = resolve(&absolute, euid).map_err(|why| {
         BackendError::Unavailable(format!(
             "lock directory {} cannot be trusted: {why}",
@@ -322,6 +333,34 @@ mod tests {
             seen.push(p.into_string().unwrap());
         }
         assert_eq!(seen, ["a", "b", "..", "c"]);
+    }
+
+    /// root's default directory, made by someone else or left world-writable, is refused.
+    #[test]
+    fn root_default_must_be_roots_and_closed() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("elect");
+        fs::create_dir(&path).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        let meta = fs::symlink_metadata(&path).unwrap();
+        assert_eq!(check_default(&path, &meta, 0), Ok(()));
+        std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+        let meta = fs::symlink_metadata(&path).unwrap();
+        let why = check_default(&path, &meta, 0).unwrap_err();
+        assert!(why.contains("uid 65534"), "{why}");
+        std::os::unix::fs::chown(&path, Some(0), None).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o1777)).unwrap();
+        let meta = fs::symlink_metadata(&path).unwrap();
+        assert!(check_default(&path, &meta, 0).unwrap_err().contains("1777"));
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        let meta = fs::symlink_metadata(&link).unwrap();
+        assert!(check_default(&link, &meta, 0)
+            .unwrap_err()
+            .contains("symlink"));
     }
 
     #[test]

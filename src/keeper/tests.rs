@@ -27,6 +27,8 @@ struct Fake {
     then: Step,
     renews: Vec<BootTime>,
     clock: TestClock,
+    /// When the backend learns by itself that the lease is gone (`Backend::lost`), if ever.
+    lost_at: Option<Duration>,
 }
 
 impl Backend for Fake {
@@ -53,6 +55,15 @@ impl Backend for Fake {
                 tokio::time::sleep(d).await;
                 Ok(Renewal::Renewed)
             }
+        }
+    }
+    async fn lost(&mut self, _: &Lease) -> String {
+        match self.lost_at {
+            Some(at) => {
+                tokio::time::sleep_until(self.clock.start + at).await;
+                "lock file deleted".into()
+            }
+            None => std::future::pending().await,
         }
     }
     async fn release(
@@ -131,6 +142,7 @@ fn setup(script: &[Step], then: Step) -> (Fake, Lease, TestClock) {
         then,
         renews: Vec::new(),
         clock: clock.clone(),
+        lost_at: None,
     };
     (fake, lease, clock)
 }
@@ -161,6 +173,31 @@ async fn healthy_renewals_keep_the_lease() {
     assert_eq!(fake.renews.len(), 12);
     assert_eq!(fake.renews[0], start + secs(5.0));
     assert_eq!(*rx.borrow(), Some(start + secs(60.0 + 14.7)));
+}
+
+/// A loss the backend learns of between renewals ends the keeper at once, not at the next renew.
+#[tokio::test(start_paused = true)]
+async fn a_loss_learnt_between_renewals_is_acted_on_at_once() {
+    let (mut fake, mut lease, clock) = setup(&[], Step::Ok);
+    fake.lost_at = Some(secs(7.3));
+    let (tx, _rx) = watch::channel(None);
+    let start = clock.now();
+    let loss = keep(
+        &mut fake,
+        &mut lease,
+        timing(),
+        &clock,
+        &tx,
+        &mut RenewStats::default(),
+    )
+    .await;
+    assert_eq!(loss, Loss::Revoked("lock file deleted".into()));
+    assert_eq!(clock.now(), start + secs(7.3));
+    assert_eq!(
+        fake.renews.len(),
+        1,
+        "one renew at 5 s, none after the loss"
+    );
 }
 
 #[tokio::test(start_paused = true)]

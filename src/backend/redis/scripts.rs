@@ -103,6 +103,17 @@ pub fn last_key(name: &LockName) -> String {
     format!("{PREFIX}{{{name}}}:last")
 }
 
+/// The marker of an abandoned acquire: `elect:{NAME}:void:SECRET`.
+pub fn void_key(name: &LockName, secret: &str) -> String {
+    format!("{PREFIX}{{{name}}}:void:{secret}")
+}
+
+/// How long the marker of an abandoned acquire stays: longer than any request lingers in the
+/// network, and at least the lease's ttl.
+pub fn void_ttl(ttl: std::time::Duration) -> std::time::Duration {
+    ttl.max(std::time::Duration::from_secs(60))
+}
+
 /// The `--once-per` marker: `elect:{NAME}:once`.
 pub fn once_key(name: &LockName) -> String {
     format!("{PREFIX}{{{name}}}:once")
@@ -130,37 +141,84 @@ pub fn lock_of_key(key: &str) -> Option<LockName> {
     LockName::new(name).ok()
 }
 
-/// KEYS: counter, places marker, then the N place keys in order. ARGV: secret, ttl in ms, holder
-/// JSON without its token (an object), N. Returns `{1, token, place}` when acquired (place
-/// counted from 0), `{0, value, pttl}` when all N places are held: the value of the lowest place
-/// and the smallest remaining PTTL among them (-1 when none has an expiry).
+/// KEYS: counter, places marker, the secret's void marker, then the N place keys in order. ARGV:
+/// secret, ttl in ms, holder JSON without its token (an object), N. Returns `{1, token, place}`
+/// when acquired (place counted from 0), `{0, value, pttl}` when all N places are held: the value
+/// of the lowest place and the smallest remaining PTTL among them (-1 when none has an expiry),
+/// and `{-1}` when this secret was abandoned (its void marker exists): nothing was done.
 ///
-/// The token is spliced in front of the holder's other fields rather than through cjson, whose
-/// number formatting and escaping would change what elect wrote.
+/// A place that holds this secret already is the answer, its expiry reset: the same acquire,
+/// sent again after its first answer was lost, finds the lease it took rather than a second one.
+///
+/// The token is the greater of the counter plus one and the server's clock in microseconds, and
+/// is written back to the counter: tokens grow even when a restart lost the counter's last
+/// increments (AOF `everysec`, RDB snapshots) or the whole counter, as long as the server's clock
+/// does not step back. It is spliced in front of the holder's other fields rather than through
+/// cjson, whose number formatting and escaping would change what elect wrote; `%d` because Lua
+/// writes large numbers in exponent form.
 const ACQUIRE: &str = r#"
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  return {-1}
+end
 local n = tonumber(ARGV[4])
-local first, soonest = false, -1
+local mine = ARGV[1] .. '\n'
+local first, soonest, free = false, -1, false
 for k = 0, n - 1 do
-  local key = KEYS[3 + k]
+  local key = KEYS[4 + k]
   local current = redis.call('GET', key)
   if not current then
-    if n > 1 and (tonumber(redis.call('GET', KEYS[2])) or 1) < n then
-      redis.call('SET', KEYS[2], n)
+    if not free then
+      free = k
     end
-    local token = redis.call('INCR', KEYS[1])
-    local value = ARGV[1] .. '\n{"token":' .. token .. ',' .. string.sub(ARGV[3], 2)
-    redis.call('SET', key, value, 'NX', 'PX', ARGV[2])
-    return {1, token, k}
-  end
-  if not first then
-    first = current
-  end
-  local pttl = redis.call('PTTL', key)
-  if pttl >= 0 and (soonest < 0 or pttl < soonest) then
-    soonest = pttl
+  elseif string.sub(current, 1, #mine) == mine then
+    redis.call('PEXPIRE', key, ARGV[2])
+    return {1, tonumber(string.match(current, '\n{"token":(%d+),')), k}
+  else
+    if not first then
+      first = current
+    end
+    local pttl = redis.call('PTTL', key)
+    if pttl >= 0 and (soonest < 0 or pttl < soonest) then
+      soonest = pttl
+    end
   end
 end
-return {0, first, soonest}
+if not free then
+  return {0, first, soonest}
+end
+if n > 1 and (tonumber(redis.call('GET', KEYS[2])) or 1) < n then
+  redis.call('SET', KEYS[2], n)
+end
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local token = string.format('%d', math.max((tonumber(redis.call('GET', KEYS[1])) or 0) + 1, now))
+redis.call('SET', KEYS[1], token)
+local value = mine .. '{"token":' .. token .. ',' .. string.sub(ARGV[3], 2)
+redis.call('SET', KEYS[4 + free], value, 'NX', 'PX', ARGV[2])
+return {1, tonumber(token), free}
+"#;
+
+/// KEYS: the secret's void marker, baton, then the N place keys. ARGV: secret, void marker ttl in
+/// ms, baton ttl in ms. Settles an acquire whose answer was lost: deletes the place it may have
+/// taken (only if it holds this secret) and passes the baton on for it, and leaves the void
+/// marker, so that the acquire, should it reach the server only now, takes nothing. Returns 1
+/// when a lease was deleted, 0 when none held the secret.
+const ABANDON: &str = r#"
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[2])
+local mine = ARGV[1] .. '\n'
+local cap = #KEYS - 2
+for k = 3, #KEYS do
+  local current = redis.call('GET', KEYS[k])
+  if current and string.sub(current, 1, #mine) == mine then
+    redis.call('DEL', KEYS[k])
+    if redis.call('RPUSH', KEYS[2], '1') > cap then
+      redis.call('LTRIM', KEYS[2], 0, cap - 1)
+    end
+    redis.call('PEXPIRE', KEYS[2], ARGV[3])
+    return 1
+  end
+end
+return 0
 "#;
 
 /// KEYS: the lease's place. ARGV: secret, ttl in ms. Returns 1 renewed, 0 gone, -1 someone
@@ -294,6 +352,7 @@ end
 
 pub struct Scripts {
     pub acquire: Script,
+    pub abandon: Script,
     pub renew: Script,
     pub release: Script,
     pub hand_on: Script,
@@ -303,6 +362,7 @@ pub struct Scripts {
 
 pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     acquire: Script::new(ACQUIRE),
+    abandon: Script::new(ABANDON),
     renew: Script::new(RENEW),
     release: Script::new(RELEASE),
     hand_on: Script::new(HAND_ON),

@@ -2,10 +2,16 @@
 
 #[path = "support/certs.rs"]
 mod certs;
+#[path = "support/cli_scenarios.rs"]
+mod cli_scenarios;
+#[path = "support/lost_replies.rs"]
+mod lost_replies;
 #[path = "support/net.rs"]
 mod net;
 #[path = "support/postgres_server.rs"]
 mod postgres_server;
+#[path = "support/proxy.rs"]
+mod proxy;
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant, SystemTime};
@@ -14,6 +20,21 @@ use elect::backend::{AcquireRequest, AnyBackend, Backend, BackendError, BackendO
 use elect::clock::BootTime;
 use elect::lease::{Acquire, History, HolderInfo, LastRun, Lease, LockName, Renewal, RunEnd};
 use postgres_server::{PostgresServer, DATABASE, PASSWORD, USER};
+use proxy::Proxy;
+
+/// Only the acquire statements take a row on conflict.
+const ACQUIRE_REQUEST: &[u8] = b"ON CONFLICT";
+
+/// A server and a proxy in front of it: (server, proxy, URL through the proxy).
+fn behind_proxy() -> (PostgresServer, Proxy, String) {
+    let server = PostgresServer::start();
+    let proxy = Proxy::start(([127, 0, 0, 1], server.port).into());
+    let url = format!(
+        "postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{DATABASE}?sslmode=disable",
+        proxy.port
+    );
+    (server, proxy, url)
+}
 
 fn request(name: &str, id: &str, ttl: Duration) -> AcquireRequest {
     AcquireRequest {
@@ -760,4 +781,81 @@ async fn works_through_pgbouncer_in_transaction_mode() {
         .unwrap()
         .unwrap();
     assert!(next.token() > lease.token());
+}
+
+// Lost replies: the request reached the server, its answer did not come back.
+
+#[test]
+fn an_acquire_without_an_answer_leaves_the_lock_free() {
+    let (server, proxy, url) = behind_proxy();
+    lost_replies::an_acquire_without_an_answer_leaves_the_lock_free(
+        &url,
+        &server.url(),
+        &proxy,
+        ACQUIRE_REQUEST,
+    );
+}
+
+#[test]
+fn sigterm_during_an_acquire_without_an_answer_leaves_the_lock_free() {
+    let (server, proxy, url) = behind_proxy();
+    lost_replies::sigterm_during_an_acquire_without_an_answer_leaves_the_lock_free(
+        &url,
+        &server.url(),
+        &proxy,
+        ACQUIRE_REQUEST,
+    );
+}
+
+#[test]
+fn the_wait_bound_during_an_acquire_without_an_answer_leaves_the_lock_free() {
+    let (server, proxy, url) = behind_proxy();
+    lost_replies::the_wait_bound_during_an_acquire_without_an_answer_leaves_the_lock_free(
+        &url,
+        &server.url(),
+        &proxy,
+        ACQUIRE_REQUEST,
+    );
+}
+
+#[test]
+fn a_stalled_connection_is_replaced_for_the_next_renew() {
+    let (_server, proxy, url) = behind_proxy();
+    lost_replies::a_stalled_connection_is_replaced_for_the_next_renew(&url, &proxy);
+}
+
+#[test]
+fn a_lost_release_does_not_let_once_per_run_twice() {
+    let (server, proxy, url) = behind_proxy();
+    lost_replies::a_lost_release_does_not_let_once_per_run_twice(&url, &server.url(), &proxy);
+}
+
+/// An acquire retried after its answer was lost (a later call of the same backend) takes over
+/// the place its first request took, as its own (with the next token: the lost one was never
+/// handed out).
+#[tokio::test]
+async fn a_retried_acquire_finds_the_lease_its_lost_request_took() {
+    let (server, proxy, url) = behind_proxy();
+    let req = request("retried", "a", Duration::from_secs(30));
+    let mut direct = open(&server.url()).await;
+    let mut backend = open(&url).await;
+    proxy.lose_replies_after(ACQUIRE_REQUEST);
+    let first = tokio::time::timeout(
+        Duration::from_millis(800),
+        backend.acquire(&req, WaitMode::NoWait),
+    )
+    .await;
+    assert!(
+        first.is_err(),
+        "the answer should have been lost: {first:?}"
+    );
+    assert!(proxy.lost_replies());
+    let taken = direct.inspect(&req.name).await.unwrap().holder;
+    let taken = taken.expect("the lost request took the lock").token;
+    proxy.thaw();
+    let lease = acquired(backend.acquire(&req, WaitMode::NoWait).await.unwrap());
+    assert!(lease.token() > taken, "{} then {}", taken, lease.token());
+    assert_eq!(backend.renew(&lease).await.unwrap(), Renewal::Renewed);
+    backend.release(&lease, None).await.unwrap();
+    assert!(direct.inspect(&req.name).await.unwrap().holder.is_none());
 }

@@ -78,6 +78,11 @@ const RACE_RETRIES: usize = 3;
 /// The most places a lock can have (`--holders` is at most 1000): `inspect` and
 /// `force_release` look at this many.
 const MOST_PLACES: i32 = 1000;
+/// How long an acquire that gives up may spend settling the place its lost request may have
+/// taken; past that, dropping the backend tries once more, and then the ttl applies.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long dropping the backend may take to settle an unfinished acquire.
+const DROP_SETTLE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The oldest server with everything the statements use.
 const MIN_SERVER_VERSION: i32 = 120_000;
 
@@ -95,8 +100,26 @@ pub struct PostgresBackend {
     statements: Arc<Statements>,
     /// Which of the later columns the table has; decided at open time.
     schema: Schema,
-    /// The open session, if the last call left a good one.
+    /// The open session, if the last call left a good one. A call takes it out while it runs and
+    /// puts it back only after an answer, so a call whose future is dropped (an outer timeout,
+    /// such as the lease keeper's bound on a renew attempt) drops its session with it: the next
+    /// call opens a new one rather than waiting on a stalled socket.
     conn: Option<Conn>,
+    /// An acquire that was sent but whose answer never came (a timeout, a dropped future): the
+    /// server may hold a place under its secret that nobody will renew or release. The next
+    /// acquire of the lock reuses the secret (and so takes that place back as its own); an
+    /// acquire that gives up settles it first ([`Self::settle`]), and so does dropping the
+    /// backend.
+    unsettled: Option<Unsettled>,
+}
+
+/// An acquire whose outcome is unknown.
+#[derive(Debug, Clone)]
+struct Unsettled {
+    name: LockName,
+    /// The lock name as a statement parameter.
+    row: String,
+    secret: String,
 }
 
 /// What one acquire attempt found.
@@ -123,6 +146,7 @@ impl PostgresBackend {
             statements,
             schema: Schema::CURRENT,
             conn: None,
+            unsettled: None,
         };
         backend.prepare_table().await?;
         Ok(backend)
@@ -265,7 +289,14 @@ impl PostgresBackend {
         } else {
             (&statements.acquire_place, params)
         };
+        // Until an answer says otherwise, the server may hold a place under this secret.
+        self.unsettled = Some(Unsettled {
+            name: req.name.clone(),
+            row: req.name.to_string(),
+            secret: secret.to_owned(),
+        });
         let (rows, sent_at) = self.query("acquire", sql, params).await?;
+        self.unsettled = None;
         if let Some(row) = rows.first() {
             let token = column::<i64>(row, "token")
                 .and_then(|t| u64::try_from(t).ok())
@@ -301,6 +332,37 @@ impl PostgresBackend {
             return Ok(Attempt::Changed);
         };
         Ok(Attempt::Held { holder, remaining })
+    }
+
+    /// Settles an acquire whose answer never came: frees the place it may have taken, if that
+    /// still holds its secret. On a new session (the old one is dropped with the call that
+    /// failed). Bounded; one that cannot settle now is left for the next acquire or for the drop.
+    async fn settle(&mut self) {
+        let Some(unsettled) = self.unsettled.clone() else {
+            return;
+        };
+        let statements = Arc::clone(&self.statements);
+        let settled = tokio::time::timeout(
+            SETTLE_TIMEOUT,
+            self.query_raw(&statements.abandon, &abandon_params(&unsettled)),
+        )
+        .await;
+        match settled {
+            Ok(Ok((rows, _))) => {
+                self.unsettled = None;
+                if !rows.is_empty() {
+                    tracing::info!(lock = %unsettled.name, "released the lease that an acquire without an answer had taken");
+                }
+            }
+            Ok(Err(err)) => {
+                let err = self.failed("release", err);
+                tracing::warn!(lock = %unsettled.name, "an acquire got no answer, and the lease it may have taken cannot be released now ({err}); trying again on exit, else it expires by its ttl");
+            }
+            Err(_) => tracing::warn!(
+                lock = %unsettled.name,
+                "an acquire got no answer, and releasing the lease it may have taken got none either; trying again on exit, else it expires by its ttl"
+            ),
+        }
     }
 
     /// The rows of the lock's first `count` places, as they are now.
@@ -346,7 +408,15 @@ impl Backend for PostgresBackend {
         // One secret for every attempt of this acquire, so that an attempt retried after a lost
         // answer recognises its own row.
         self.check_places(req)?;
-        let secret = random_secret()?;
+        if self.unsettled.as_ref().is_some_and(|u| u.name != req.name) {
+            self.settle().await;
+        }
+        // An earlier acquire of this lock that got no answer: its place, if it took one, is
+        // ours again.
+        let secret = match &self.unsettled {
+            Some(unsettled) => unsettled.secret.clone(),
+            None => random_secret()?,
+        };
         // A contender that loses a place to another may find the next one free: each lost race
         // means another contender got in, so at most one per place.
         let race_retries = RACE_RETRIES + req.holders.max(1) as usize - 1;
@@ -355,7 +425,15 @@ impl Backend for PostgresBackend {
             if wait == WaitMode::Wait {
                 self.listen().await;
             }
-            match self.attempt(req, &secret).await? {
+            let attempt = match self.attempt(req, &secret).await {
+                Ok(attempt) => attempt,
+                Err(err) => {
+                    // Giving up: nothing may stay held under the secret just sent.
+                    self.settle().await;
+                    return Err(err);
+                }
+            };
+            match attempt {
                 Attempt::Acquired(lease) => return Ok(Acquire::Acquired(lease)),
                 Attempt::Changed if wait == WaitMode::NoWait && races >= race_retries => {
                     return Ok(Acquire::Held(None))
@@ -496,6 +574,57 @@ impl Backend for PostgresBackend {
         let (rows, _) = self.query("list", &statements.list, &[]).await?;
         Ok(locks(rows.iter().filter_map(row_to_place).collect()))
     }
+}
+
+impl Drop for PostgresBackend {
+    /// Settles an acquire whose answer never came (its future was dropped: a signal, the
+    /// `--wait` bound), so that the place it may have taken does not keep every contender out
+    /// until its ttl ends.
+    ///
+    /// The session cannot be used here: it is driven by the runtime that is running this drop,
+    /// or is already gone. So a thread of its own connects afresh and settles, and the drop
+    /// waits for it at most [`DROP_SETTLE_TIMEOUT`]; past that the lease expires by its ttl.
+    fn drop(&mut self) {
+        let Some(unsettled) = self.unsettled.take() else {
+            return;
+        };
+        let target = Target::clone(&self.target);
+        let sql = self.statements.abandon.clone();
+        let (done, finished) = std::sync::mpsc::channel();
+        let settler = std::thread::Builder::new()
+            .name("postgres-settle".into())
+            .spawn(move || {
+                if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    runtime.block_on(async {
+                        let _ = tokio::time::timeout(DROP_SETTLE_TIMEOUT, async {
+                            if let Ok(conn) = target.connect().await {
+                                let _ = conn
+                                    .client
+                                    .query_typed(&sql, &abandon_params(&unsettled))
+                                    .await;
+                            }
+                        })
+                        .await;
+                    });
+                }
+                let _ = done.send(());
+            });
+        if settler.is_ok() {
+            let _ = finished.recv_timeout(DROP_SETTLE_TIMEOUT + Duration::from_millis(100));
+        }
+    }
+}
+
+/// The parameters of the abandon statement: the lock, how many places to look at, the secret.
+fn abandon_params(unsettled: &Unsettled) -> [(&(dyn ToSql + Sync), Type); 3] {
+    [
+        (&unsettled.row, Type::TEXT),
+        (&MOST_PLACES, Type::INT4),
+        (&unsettled.secret, Type::TEXT),
+    ]
 }
 
 /// One row: a place of a lock.

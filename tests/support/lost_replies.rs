@@ -10,7 +10,9 @@
 
 #![allow(dead_code)]
 
-use std::process::Child;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStderr, Stdio};
+use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
 use crate::cli_scenarios::{code, elect};
@@ -122,25 +124,49 @@ pub fn the_wait_bound_during_an_acquire_without_an_answer_leaves_the_lock_free(
 ) {
     warm_up(direct, "lost-warm");
     let holder = elect(direct)
-        .args(["run", "--lock", "lost-wait", "--", "sleep", "1.5"])
+        .args(["run", "--lock", "lost-wait", "--", "sleep", "3"])
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let waiter = elect(via_proxy)
-        .args(["run", "--lock", "lost-wait", "--wait=3s", "--ttl", LONG_TTL])
+    let mut waiter = elect(via_proxy)
+        .args(["run", "--lock", "lost-wait", "--wait=4s", "--ttl", LONG_TTL])
         .args(["--", "true"])
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // The waiter's first attempt found the lock held; the one after the release gets no answer.
-    std::thread::sleep(Duration::from_millis(700));
+    // Once the waiter's first attempt has found the lock held, the attempts after the release
+    // get no answer.
+    let lines = read_lines(waiter.stderr.take().unwrap());
+    let mut stderr = String::new();
+    for line in lines.iter() {
+        stderr.push_str(&line);
+        stderr.push('\n');
+        if line.contains("waiting") {
+            break;
+        }
+    }
     proxy.lose_replies_after(acquire);
     assert_eq!(code(&holder.wait_with_output().unwrap()), 0);
-    let out = waiter.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let status = waiter.wait().unwrap();
+    stderr.extend(lines.try_iter().map(|l| l + "\n"));
     assert!(proxy.lost_replies(), "no acquire lost its answer: {stderr}");
-    assert_eq!(code(&out), 75, "{stderr}");
+    assert_eq!(status.code(), Some(75), "{stderr}");
     proxy.thaw();
     next_contender_runs(direct, "lost-wait");
+}
+
+/// The lines of a child's stderr as they come.
+fn read_lines(stderr: ChildStderr) -> Receiver<String> {
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 /// The connection a holder renews on stalls (new connections still get through) while the job

@@ -37,6 +37,8 @@ const KNOWN_KEYS: [&str; 7] = [
 ];
 
 /// Where and how to connect. Holds the password (inside `config`), so its `Debug` is redacted.
+/// Cloned for the thread that settles an unfinished acquire when the backend is dropped.
+#[derive(Clone)]
 pub struct Target {
     config: tokio_postgres::Config,
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,

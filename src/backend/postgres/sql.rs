@@ -89,6 +89,8 @@ pub struct Statements {
     /// Releases a place K >= 1.
     pub release_place: String,
     pub force_release: String,
+    /// Settles an acquire whose answer was lost: frees whichever place holds its secret.
+    pub abandon: String,
     /// Every place row of one lock.
     pub places: String,
     pub list: String,
@@ -289,6 +291,16 @@ impl Statements {
                     UPDATE {t} SET expires_at = NULL
                     WHERE (name = $1 OR name = ANY({PLACE_NAMES}))
                       AND token = $3 AND expires_at > clock_timestamp()
+                    RETURNING name)
+                 SELECT pg_notify('{CHANNEL}', $1) FROM released"
+            ),
+            // An acquire whose answer never came may hold one of the lock's first $2 places under
+            // its secret $3: free it, as a release does, and wake the waiters.
+            abandon: format!(
+                "WITH released AS (
+                    UPDATE {t} SET expires_at = NULL
+                    WHERE (name = $1 OR name = ANY({PLACE_NAMES}))
+                      AND secret = $3 AND expires_at > clock_timestamp()
                     RETURNING name)
                  SELECT pg_notify('{CHANNEL}', $1) FROM released"
             ),

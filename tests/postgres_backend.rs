@@ -859,3 +859,88 @@ async fn a_retried_acquire_finds_the_lease_its_lost_request_took() {
     backend.release(&lease, None).await.unwrap();
     assert!(direct.inspect(&req.name).await.unwrap().holder.is_none());
 }
+
+// Shared names: every contender of a lock uses one table, whichever role it logs in as.
+
+/// PostgreSQL 15's recommended pattern: a schema per role (`CREATE SCHEMA AUTHORIZATION`, the
+/// default `search_path = "$user", public`), and both roles may create in `public`. Two hosts that
+/// log in as two roles must still contend for one lock in one table.
+#[tokio::test]
+async fn two_roles_with_schemas_of_their_own_contend_in_one_table() {
+    let server = PostgresServer::start();
+    server.psql_in(
+        DATABASE,
+        "CREATE ROLE lockers; \
+         CREATE ROLE alice LOGIN PASSWORD 'pw-alice' IN ROLE lockers; \
+         CREATE ROLE bob LOGIN PASSWORD 'pw-bob' IN ROLE lockers; \
+         CREATE SCHEMA AUTHORIZATION alice; \
+         CREATE SCHEMA AUTHORIZATION bob; \
+         GRANT CREATE ON SCHEMA public TO lockers; \
+         ALTER DEFAULT PRIVILEGES FOR ROLE alice IN SCHEMA public \
+             GRANT SELECT, INSERT, UPDATE ON TABLES TO lockers; \
+         ALTER DEFAULT PRIVILEGES FOR ROLE bob IN SCHEMA public \
+             GRANT SELECT, INSERT, UPDATE ON TABLES TO lockers;",
+    );
+    let ttl = Duration::from_secs(30);
+    let mut alice = open(&server.url_for("alice", "pw-alice", DATABASE)).await;
+    let mut bob = open(&server.url_for("bob", "pw-bob", DATABASE)).await;
+    let lease = take(&mut alice, "billing", "alice", ttl).await;
+    match bob
+        .acquire(&request("billing", "bob", ttl), WaitMode::NoWait)
+        .await
+        .unwrap()
+    {
+        Acquire::Held(Some(holder)) => assert_eq!(holder.id, "alice"),
+        other => panic!("bob must find the lock held by alice: {other:?}"),
+    }
+    // One table, in public; none in the roles' own schemas.
+    let tables = server.psql_in(
+        DATABASE,
+        "SELECT string_agg(schemaname || '.' || tablename, ',') FROM pg_tables \
+         WHERE tablename = 'elect_leases'",
+    );
+    assert_eq!(tables, "public.elect_leases");
+    // status and errors name the database and the table.
+    assert!(
+        bob.describe()
+            .ends_with("/elect?sslmode=disable&table=public.elect_leases"),
+        "{}",
+        bob.describe()
+    );
+    alice.release(&lease, None).await.unwrap();
+}
+
+/// A role that may not create in `public` gets an error naming the database and the table, and
+/// elect does not create the table in the role's own schema instead.
+#[tokio::test]
+async fn the_table_is_never_created_in_a_roles_own_schema() {
+    let server = PostgresServer::start();
+    server.psql_in(
+        DATABASE,
+        "CREATE ROLE carol LOGIN PASSWORD 'pw-carol'; CREATE SCHEMA AUTHORIZATION carol;",
+    );
+    let msg = open_err(&server.url_for("carol", "pw-carol", DATABASE)).await;
+    assert!(
+        msg.contains("public.elect_leases") && msg.contains("database elect"),
+        "{msg}"
+    );
+    let tables = server.psql_in(
+        DATABASE,
+        "SELECT count(*) FROM pg_tables WHERE tablename = 'elect_leases'",
+    );
+    assert_eq!(tables, "0");
+}
+
+/// libpq would take a database named after the user: a URL that names none is refused.
+#[tokio::test]
+async fn a_url_without_a_database_is_refused() {
+    let server = PostgresServer::start();
+    let url = format!(
+        "postgres://{USER}:{PASSWORD}@127.0.0.1:{}?sslmode=disable",
+        server.port
+    );
+    match AnyBackend::open(Some(&url), &BackendOptions::default()).await {
+        Err(BackendError::Config(msg)) => assert!(msg.contains("names no database"), "{msg}"),
+        other => panic!("expected a usage error, got {other:?}"),
+    }
+}

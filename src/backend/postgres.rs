@@ -141,8 +141,8 @@ impl PostgresBackend {
         let target = Box::new(Target::from_url(url, options)?);
         let statements = Arc::new(Statements::new(&target.table, Schema::CURRENT));
         let mut backend = Self {
+            describe: explicit(url, &target).redacted(),
             target,
-            describe: url.redacted(),
             statements,
             schema: Schema::CURRENT,
             conn: None,
@@ -154,12 +154,19 @@ impl PostgresBackend {
 
     async fn prepare_table(&mut self) -> Result<()> {
         let table = self.target.table.quoted().to_owned();
+        let bare = self.target.table.unqualified().map(str::to_owned);
+        // The fourth column: the table the bare name resolves to through this role's
+        // search_path (what an older elect used), schema-qualified, when that is not ours.
         let rows = self
             .query(
                 "cannot connect",
                 "SELECT pg_is_in_recovery(), current_setting('server_version_num')::int4, \
-                 to_regclass($1::text) IS NOT NULL",
-                &[(&table, Type::TEXT)],
+                 to_regclass($1::text) IS NOT NULL, \
+                 (SELECT n.nspname || '.' || c.relname FROM pg_class c \
+                  JOIN pg_namespace n ON n.oid = c.relnamespace \
+                  WHERE c.oid = to_regclass(quote_ident($2::text)) \
+                    AND c.oid IS DISTINCT FROM to_regclass($1::text))",
+                &[(&table, Type::TEXT), (&bare, Type::TEXT)],
             )
             .await?
             .0;
@@ -167,6 +174,19 @@ impl PostgresBackend {
             .first()
             .and_then(|r| Some((r.try_get(0).ok()?, r.try_get(1).ok()?, r.try_get(2).ok()?)))
             .ok_or_else(|| self.unavailable("check the server", "unexpected answer"))?;
+        let elsewhere: Option<String> = rows.first().and_then(|r| r.try_get(3).ok()).flatten();
+        if let Some(found) = elsewhere {
+            // An older elect named its table without a schema, so that a role with a schema of
+            // its own (`CREATE SCHEMA AUTHORIZATION`, `search_path = "$user", public`) created
+            // and used a table there, apart from every other role.
+            tracing::warn!(
+                "a lease table {found} is on this role's search_path, but elect uses {} in \
+                 database {}: locks held in {found} (by an older elect) are not seen here; let \
+                 them end before every contender is upgraded, or name the table with ?table=",
+                self.target.table.name(),
+                self.target.database
+            );
+        }
         if in_recovery {
             return Err(self.unavailable(
                 "refusing the server",
@@ -186,7 +206,15 @@ impl PostgresBackend {
                 Ok(_) => {}
                 Err(QueryError::Client(err)) if lost_create_race(&err) => {}
                 Err(err) => {
-                    return Err(self.failed(&format!("cannot create the lease table {table}"), err))
+                    let doing = format!(
+                        "cannot create the lease table {} in database {} (an administrator can \
+                         create it and grant this role SELECT, INSERT, UPDATE on it, see the \
+                         README; or name a schema this role may create it in with \
+                         ?table=schema.table, the same for every contender)",
+                        self.target.table.name(),
+                        self.target.database
+                    );
+                    return Err(self.failed(&doing, err));
                 }
             }
         }
@@ -625,6 +653,21 @@ fn abandon_params(unsettled: &Unsettled) -> [(&(dyn ToSql + Sync), Type); 3] {
         (&MOST_PLACES, Type::INT4),
         (&unsettled.secret, Type::TEXT),
     ]
+}
+
+/// The URL as `status`, errors and the job show it: the database and the schema-qualified table
+/// written out, whether the URL gave them or they came from PGDATABASE and the default.
+fn explicit(url: &BackendUrl, target: &Target) -> BackendUrl {
+    let mut shown = url.clone();
+    if shown.path.trim_start_matches('/').is_empty() {
+        shown.path = format!("/{}", target.database);
+    }
+    let table = ("table".to_owned(), target.table.name().to_owned());
+    match shown.query.iter_mut().find(|(k, _)| k == "table") {
+        Some(given) => *given = table,
+        None => shown.query.push(table),
+    }
+    shown
 }
 
 /// One row: a place of a lock.

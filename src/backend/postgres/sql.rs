@@ -11,13 +11,25 @@ use crate::backend::{BackendError, Result};
 /// The channel a release notifies; the payload is the lock name.
 pub const CHANNEL: &str = "elect_released";
 pub const DEFAULT_TABLE: &str = "elect_leases";
+/// The schema of a table named without one.
+pub const DEFAULT_SCHEMA: &str = "public";
 
-/// A validated, quoted table name: `table` or `schema.table`, each part an SQL identifier of
-/// letters, digits and underscores (not starting with a digit), at most 63 bytes.
+/// A validated table name, always with its schema: `schema.table`, or `table` for
+/// `public.table`. Each part is an SQL identifier of letters, digits and underscores (not
+/// starting with a digit), at most 63 bytes.
+///
+/// The schema is never left to the role's `search_path`: under PostgreSQL 15's default
+/// (`"$user", public`) with a schema per role, each role would resolve (and create) a table of
+/// its own, and contenders logged in as two roles would both hold the lock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Table {
     /// `"schema"."table"`, ready to splice into SQL.
     quoted: String,
+    /// `schema.table`, for messages.
+    name: String,
+    /// The bare table name when no schema was given: what an older elect resolved through
+    /// `search_path`.
+    unqualified: Option<String>,
 }
 
 impl Table {
@@ -29,16 +41,30 @@ impl Table {
                  not starting with a digit, at most 63 characters), optionally schema.table"
             )));
         }
-        let quoted = parts
-            .iter()
-            .map(|p| format!("\"{p}\""))
-            .collect::<Vec<_>>()
-            .join(".");
-        Ok(Self { quoted })
+        let (schema, table, unqualified) = match parts.as_slice() {
+            [table] => (DEFAULT_SCHEMA, *table, Some((*table).to_owned())),
+            [schema, table] => (*schema, *table, None),
+            _ => unreachable!("checked above"),
+        };
+        Ok(Self {
+            quoted: format!("\"{schema}\".\"{table}\""),
+            name: format!("{schema}.{table}"),
+            unqualified,
+        })
     }
 
     pub fn quoted(&self) -> &str {
         &self.quoted
+    }
+
+    /// `schema.table`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The bare name, when the URL gave no schema.
+    pub fn unqualified(&self) -> Option<&str> {
+        self.unqualified.as_deref()
     }
 }
 
@@ -334,8 +360,17 @@ mod tests {
     fn table_names() {
         assert_eq!(
             Table::parse("elect_leases").unwrap().quoted(),
-            "\"elect_leases\""
+            "\"public\".\"elect_leases\""
         );
+        assert_eq!(
+            Table::parse("elect_leases").unwrap().name(),
+            "public.elect_leases"
+        );
+        assert_eq!(
+            Table::parse("elect_leases").unwrap().unqualified(),
+            Some("elect_leases")
+        );
+        assert_eq!(Table::parse("ops.leases").unwrap().unqualified(), None);
         assert_eq!(
             Table::parse("ops.Leases2").unwrap().quoted(),
             "\"ops\".\"Leases2\""

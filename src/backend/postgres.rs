@@ -406,6 +406,22 @@ impl PostgresBackend {
         Ok(rows.iter().filter_map(row_to_place).collect())
     }
 
+    /// Refuses `--once-per` on a table without the columns it needs.
+    fn require_history(&self) -> Result<()> {
+        if self.schema.history {
+            return Ok(());
+        }
+        Err(self.unavailable(
+            "--once-per",
+            format_args!(
+                "the lease table {} has no once_until column and this role may not add it; \
+                 its owner can run: {}",
+                self.target.table.quoted(),
+                self.statements.migrate
+            ),
+        ))
+    }
+
     /// Refuses `--holders` above 1 on a table without the column it needs.
     fn check_places(&self, req: &AcquireRequest) -> Result<()> {
         if req.holders <= 1 || self.schema.places {
@@ -533,17 +549,7 @@ impl Backend for PostgresBackend {
     }
 
     async fn fresh_run(&mut self, name: &LockName) -> Result<Option<LastRun>> {
-        if !self.schema.history {
-            return Err(self.unavailable(
-                "--once-per",
-                format_args!(
-                    "the lease table {} has no once_until column and this role may not add it; \
-                     its owner can run: {}",
-                    self.target.table.quoted(),
-                    self.statements.migrate
-                ),
-            ));
-        }
+        self.require_history()?;
         let statements = Arc::clone(&self.statements);
         let (rows, _) = self
             .query(
@@ -561,6 +567,51 @@ impl Backend for PostgresBackend {
                 .flatten()
                 .and_then(|text| serde_json::from_str(&text).ok())
                 .unwrap_or_else(|| unknown_run(name)),
+        ))
+    }
+
+    async fn claim_run(&mut self, lease: &Lease, window: Duration) -> Result<Option<LastRun>> {
+        self.require_history()?;
+        let statements = Arc::clone(&self.statements);
+        let token = token_param(lease)?;
+        let started = serde_json::to_string(&LastRun::unfinished(lease))
+            .map_err(|e| BackendError::Config(format!("run history: {e}")))?;
+        let window_ms = millis(window);
+        let place = place_name(&lease.name, lease.slot);
+        let (rows, _) = self
+            .query(
+                "record the --once-per run",
+                &statements.claim,
+                &[
+                    (&place, Type::TEXT),
+                    (&lease.secret, Type::TEXT),
+                    (&token, Type::INT8),
+                    (&lease.name.as_str(), Type::TEXT),
+                    (&started, Type::TEXT),
+                    (&window_ms, Type::INT8),
+                ],
+            )
+            .await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| self.unavailable("record the --once-per run", "unexpected answer"))?;
+        let count = |name| column::<i64>(row, name).unwrap_or(0);
+        if count("mine") == 0 {
+            return Err(self.unavailable(
+                "record the --once-per run",
+                format_args!("the lease on lock {} is no longer ours", lease.name),
+            ));
+        }
+        if count("claimed") == 1 {
+            return Ok(None);
+        }
+        // A marker lives; one whose run elect cannot read (or that another holder of a
+        // --holders lock wrote at the same moment) still says that the job ran in the window.
+        Ok(Some(
+            column::<Option<String>>(row, "marker")
+                .flatten()
+                .and_then(|text| serde_json::from_str(&text).ok())
+                .unwrap_or_else(|| unknown_run(&lease.name)),
         ))
     }
 

@@ -159,6 +159,14 @@ impl RedisBackend {
         ))
     }
 
+    /// An answer a script cannot give.
+    fn failed_reply(&self, doing: &str, name: &LockName) -> BackendError {
+        BackendError::Unavailable(format!(
+            "{doing} (Redis at {}): unexpected answer for lock {name}",
+            self.target.addr
+        ))
+    }
+
     /// Sends one request on the shared connection, mapping errors with `doing`. The request is
     /// in flight (see `in_flight`) from the moment it is sent until its answer is read.
     async fn send<T>(
@@ -438,6 +446,33 @@ impl Backend for RedisBackend {
             .await?;
         // A marker elect cannot read still says that the job ran in the window.
         Ok(value.map(|v| serde_json::from_slice(&v).unwrap_or_else(|_| unknown_run(name))))
+    }
+
+    async fn claim_run(&mut self, lease: &Lease, window: Duration) -> Result<Option<LastRun>> {
+        let started = serde_json::to_string(&LastRun::unfinished(lease))
+            .map_err(|e| BackendError::Config(format!("run history: {e}")))?;
+        let mut call = SCRIPTS.claim.prepare_invoke();
+        call.key(scripts::place_key(&lease.name, lease.slot))
+            .key(scripts::once_key(&lease.name))
+            .arg(&lease.secret)
+            .arg(started)
+            .arg(millis(window));
+        let reply: Value = self.invoke("record the --once-per run", &call).await?;
+        match reply {
+            Value::Array(items) => match items.as_slice() {
+                [Value::Int(0)] => Ok(None),
+                // A marker elect cannot read still says that the job ran in the window.
+                [Value::Int(1), Value::BulkString(marker)] => Ok(Some(
+                    serde_json::from_slice(marker).unwrap_or_else(|_| unknown_run(&lease.name)),
+                )),
+                [Value::Int(-1)] => Err(BackendError::Unavailable(format!(
+                    "record the --once-per run (Redis at {}): the lease on lock {} is no longer ours",
+                    self.target.addr, lease.name
+                ))),
+                _ => Err(self.failed_reply("record the --once-per run", &lease.name)),
+            },
+            _ => Err(self.failed_reply("record the --once-per run", &lease.name)),
+        }
     }
 
     async fn force_release(

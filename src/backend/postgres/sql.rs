@@ -104,6 +104,8 @@ pub struct Statements {
     /// Adds the columns of later releases to a table an older elect created.
     pub migrate: String,
     pub fresh_run: String,
+    /// Records a `--once-per` run as it starts, unless a marker lives.
+    pub claim: String,
     /// Takes place 0 (`--holders 1`).
     pub acquire: String,
     /// Takes the first free place of `--holders N`.
@@ -131,6 +133,17 @@ const STATE_COLUMNS: &str = "name, holder_id, host, pid, version, acquired_at, t
 pub const HISTORY_COLUMNS: [&str; 2] = ["last_run", "once_until"];
 pub const PLACES_COLUMN: &str = "top_token";
 
+/// The `--once-per` marker's end after a release of the lease with token $3: the window ($5 ms)
+/// from now after a success; after anything else, none if the marker is this lease's own
+/// unfinished run (see `claim`), so that a failed run can be retried; else as it was. The
+/// unfinished run is recognised by its token and its end, as elect writes them (JSON escaping
+/// keeps a holder id from imitating either).
+const ONCE_AFTER_RELEASE: &str = "CASE
+        WHEN $5::int8 IS NOT NULL THEN clock_timestamp() + $5::int8 * interval '1 millisecond'
+        WHEN last_run LIKE '%,\"token\":' || $3::int8 || ',%'
+             AND last_run LIKE '%,\"unfinished\":null}' THEN NULL
+        ELSE once_until END";
+
 /// The names of places 1 to $2 - 1 of the lock $1 (`NAME/K`), for `= ANY(...)`: a lookup by the
 /// primary key for each, whatever the table's collation.
 const PLACE_NAMES: &str =
@@ -139,20 +152,20 @@ const PLACE_NAMES: &str =
 impl Statements {
     pub fn new(table: &Table, schema: Schema) -> Self {
         let t = table.quoted();
+        let once_after =
+            format!(", last_run = COALESCE($4::text, last_run), once_until = {ONCE_AFTER_RELEASE}");
         let (last_run, record, history) = if schema.history {
             (
                 "last_run",
-                ", last_run = COALESCE($4::text, last_run),
-                   once_until = CASE WHEN $5::int8 IS NULL THEN once_until
-                       ELSE clock_timestamp() + $5::int8 * interval '1 millisecond' END",
+                once_after.as_str(),
                 // The same, for the place-0 row when place $1 is released.
                 ", recorded AS (
                     UPDATE {t} SET last_run = COALESCE($4::text, last_run),
-                       once_until = CASE WHEN $5::int8 IS NULL THEN once_until
-                           ELSE clock_timestamp() + $5::int8 * interval '1 millisecond' END
+                       once_until = {ONCE_AFTER_RELEASE}
                     WHERE name = $6 AND EXISTS (SELECT 1 FROM released)
                     RETURNING name)"
-                    .replace("{t}", t),
+                    .replace("{t}", t)
+                    .replace("{ONCE_AFTER_RELEASE}", ONCE_AFTER_RELEASE),
             )
         } else {
             ("NULL::text AS last_run", "", String::new())
@@ -194,6 +207,27 @@ impl Statements {
             ),
             fresh_run: format!(
                 "SELECT last_run FROM {t} WHERE name = $1 AND once_until > clock_timestamp()"
+            ),
+            // While the lease on row $1 (secret $2, token $3) is ours: the marker on the lock's
+            // row $4 if one lives; else this run ($5, unfinished) becomes the marker for $6 ms,
+            // and the last run. `marker` is read from the statement's snapshot, before the
+            // update.
+            claim: format!(
+                "WITH mine AS (
+                    SELECT 1 FROM {t}
+                    WHERE name = $1 AND secret = $2 AND token = $3
+                      AND expires_at > clock_timestamp()),
+                 claimed AS (
+                    UPDATE {t} SET last_run = $5,
+                       once_until = clock_timestamp() + $6::int8 * interval '1 millisecond'
+                    WHERE name = $4
+                      AND (once_until IS NULL OR once_until <= clock_timestamp())
+                      AND EXISTS (SELECT 1 FROM mine)
+                    RETURNING name)
+                 SELECT (SELECT count(*) FROM mine) AS mine,
+                        (SELECT count(*) FROM claimed) AS claimed,
+                        (SELECT last_run FROM {t}
+                         WHERE name = $4 AND once_until > clock_timestamp()) AS marker"
             ),
             // Takes a free, released or expired row, or creates it. The conflict arm locks the
             // row and re-checks the condition on its latest version, so two contenders cannot

@@ -239,6 +239,9 @@ return 1
 /// run JSON (empty: record nothing), marker ttl in ms (0: no marker), N the lease was taken with.
 /// Returns 1 released, 0 not ours (or gone): a lease that is no longer ours records no history.
 ///
+/// Without a marker to write (the run failed, or never started), the marker this lease's
+/// [`CLAIM`] left is deleted: it is recognised by the lease's token and its unfinished end.
+///
 /// The list never holds more than N batons (`LTRIM` only runs when untaken ones were there):
 /// releases nobody waited for must not later wake more waiters than there are places. A client
 /// blocked on the list is served after the script ends, so the `PEXPIRE` applies to a key that
@@ -249,8 +252,15 @@ if current and string.sub(current, 1, #ARGV[1] + 1) == ARGV[1] .. '\n' then
   redis.call('DEL', KEYS[1])
   if ARGV[3] ~= '' then
     redis.call('SET', KEYS[3], ARGV[3])
-    if tonumber(ARGV[4]) > 0 then
-      redis.call('SET', KEYS[4], ARGV[3], 'PX', ARGV[4])
+  end
+  if tonumber(ARGV[4]) > 0 then
+    redis.call('SET', KEYS[4], ARGV[3], 'PX', ARGV[4])
+  else
+    local token = string.match(current, '\n{"token":(%d+),')
+    local marker = redis.call('GET', KEYS[4])
+    if marker and string.find(marker, ',"token":' .. token .. ',', 1, true)
+        and string.find(marker, ',"unfinished":null}', 1, true) then
+      redis.call('DEL', KEYS[4])
     end
   end
   local cap = tonumber(ARGV[5])
@@ -261,6 +271,23 @@ if current and string.sub(current, 1, #ARGV[1] + 1) == ARGV[1] .. '\n' then
   return 1
 end
 return 0
+"#;
+
+/// KEYS: the lease's place, once marker. ARGV: secret, the run as started (JSON, its end
+/// unfinished), window in ms. `--once-per`, before the job starts: returns `{1, marker}` when a
+/// marker lives (the job ran in the window), else sets this run as the marker and returns `{0}`;
+/// `{-1}` when the lease is no longer ours (nothing is written).
+const CLAIM: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if not current or string.sub(current, 1, #ARGV[1] + 1) ~= ARGV[1] .. '\n' then
+  return {-1}
+end
+local marker = redis.call('GET', KEYS[2])
+if marker then
+  return {1, marker}
+end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+return {0}
 "#;
 
 /// KEYS: baton, then the waiter's N place keys. ARGV: baton ttl in ms. Returns 1 when the baton
@@ -355,6 +382,7 @@ pub struct Scripts {
     pub abandon: Script,
     pub renew: Script,
     pub release: Script,
+    pub claim: Script,
     pub hand_on: Script,
     pub inspect: Script,
     pub force_release: Script,
@@ -365,6 +393,7 @@ pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     abandon: Script::new(ABANDON),
     renew: Script::new(RENEW),
     release: Script::new(RELEASE),
+    claim: Script::new(CLAIM),
     hand_on: Script::new(HAND_ON),
     inspect: Script::new(&format!("{PLACE_KEY}{INSPECT}")),
     force_release: Script::new(&format!("{PLACE_KEY}{FORCE_RELEASE}")),

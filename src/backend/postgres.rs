@@ -2,7 +2,8 @@
 //! (also `postgresql://`).
 //!
 //! # How it works
-//! A lease is one row of a table (`elect_leases`, or `?table=`), created at open time if missing:
+//! A lease is one row of a table (`public.elect_leases`, or `?table=`, always schema-qualified so
+//! that no role's `search_path` picks another), created at open time if missing:
 //! the lock name (primary key), the holder metadata, a random secret that proves ownership, the
 //! fencing token and `expires_at`. `sql.rs` has the schema and the statements.
 //!
@@ -39,6 +40,12 @@
 //! - **Timeouts**: connect 3 s (TCP, TLS, authentication), every statement 2 s, measured here so
 //!   that a stopped server makes calls fail rather than hang. A session that failed or timed out
 //!   is closed and replaced on the next call.
+//! - **Lost answers**: an acquire whose answer never came may hold a place under its secret.
+//!   The secret is kept: the next acquire of the lock sends it again (and takes that place back),
+//!   and giving up frees whichever place holds it, on a new session (`settle`, or `Drop` for a
+//!   future that was dropped).
+//! - **`--once-per`**: `claim` records the run as it starts, so that a run whose release is lost
+//!   still counts; the release replaces that record after a success and removes it otherwise.
 //! - **Standbys** are refused at open time: a standby takes no writes, and what it shows of the
 //!   leases may lag behind the primary.
 

@@ -27,7 +27,14 @@
 //!   comes first. `redis/baton.rs` has the details.
 //! - **Timeouts**: every call is bounded (connect 3 s, response 2 s), so a stopped or
 //!   unreachable server makes calls fail rather than hang; the lease keeper decides what a
-//!   failed renew means. A connection that failed is replaced on the next call.
+//!   failed renew means. A connection that failed is replaced on the next call, and so is one
+//!   whose request was given up on before its answer came (the keeper's attempt bound is
+//!   shorter than the reply timeout): a stalled socket never takes every retry. A renew is
+//!   bounded by a third of the ttl, connecting included.
+//! - **Lost answers**: an acquire whose answer never came may have taken a lease under its
+//!   secret. The secret is kept: a retry sends it again (and finds that lease its own), and
+//!   giving up settles it on a new connection (compare-and-delete, plus a void marker that makes
+//!   a late request take nothing), in `settle`, or in `Drop` for a future that was dropped.
 //! - **Listing**: `list` SCANs for `elect:{*` and takes the lock name from both lease keys and
 //!   counters, so a lock that is free but was used before (only its counter is left) is listed
 //!   as free; place keys K >= 1 are not locks of their own but holders of the lock they name,

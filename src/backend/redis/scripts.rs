@@ -12,7 +12,8 @@
 //! | `elect:{NAME}:token` | integer, no expiry | the fencing-token counter, shared by all places; never reset |
 //! | `elect:{NAME}:baton` | list of at most N elements, PX expiry of a few seconds | a release leaves one for the longest waiter |
 //! | `elect:{NAME}:last` | string, no expiry | the last run (JSON), written by the release that ended it |
-//! | `elect:{NAME}:once` | string, PX expiry of `--once-per` | the run that succeeded in the window (JSON) |
+//! | `elect:{NAME}:once` | string, PX expiry of `--once-per` | the run that succeeded in the window, or the run under way (JSON, end `unfinished`) |
+//! | `elect:{NAME}:void:SECRET` | string, PX expiry of at least a minute | an abandoned acquire: its request, should it arrive late, takes nothing |
 //!
 //! - **places**: `--holders N` lets N leases hold the lock at once, one per place key, places
 //!   0 to N-1. A mutex (N = 1) uses place 0 only, `elect:{NAME}`, and writes no `:places` key,
@@ -24,17 +25,25 @@
 //!   `inspect` and `force release` read it and then the place keys below it, in one script: one
 //!   round trip and at most 1000 `GET`s, with no `SCAN` of the keyspace. The place keys are
 //!   built inside those scripts from the declared place-0 key (same hash tag, so same slot).
-//! - **acquire** runs in one script and is given N and the N place keys: it takes the first
-//!   free place, in order, with `INCR` on the counter and `SET place value NX PX ttl`, the new
-//!   token written into the holder JSON. The counter has no expiry and is never deleted, so a
-//!   token is never handed out twice, whatever the place (as long as the data survive: see the
-//!   README). When all N places are held it answers the holder of the lowest place and the
+//! - **acquire** runs in one script and is given N and the N place keys: it answers with the
+//!   place that holds its secret already (a retry after a lost answer), else takes the first
+//!   free place, in order, with the next token (the greater of the counter plus one and the
+//!   server's clock in microseconds, written back to the counter) and `SET place value NX PX
+//!   ttl`, the new token written into the holder JSON. The counter has no expiry and is never
+//!   deleted, and the clock covers a counter that a restart rewound, so a token is never handed
+//!   out twice, whatever the place (see the README). An acquire whose secret was abandoned
+//!   does nothing.
+//! - **abandon** settles an acquire whose answer was lost: deletes the place holding its secret
+//!   and leaves the void marker.
+//! - **claim** (`--once-per`, before the job starts) answers the live marker, or makes the run
+//!   under way the marker, so that a run whose release is lost still counts. When all N places are held it answers the holder of the lowest place and the
 //!   smallest remaining PTTL among them, which a waiter uses to wake at the first expiry.
 //! - **renew** extends the expiry of the lease's own place only if it still starts with our
 //!   secret: a holder can never extend another holder's lease. It answers `1` renewed, `0` gone,
 //!   `-1` someone else's.
 //! - **release** deletes the lease's place only if it is still ours, records the run (and the
-//!   `--once-per` marker, whose expiry the server's clock judges) in the same step, and then
+//!   `--once-per` marker, whose expiry the server's clock judges; or, after anything but a
+//!   success, removes the marker its claim left) in the same step, and then
 //!   pushes one element on the baton list (keeping at most N there, N from the lease) with a
 //!   short expiry. Waiters block on the list with `BLPOP`, which the server serves in the order
 //!   the clients blocked and one element to one client: a release wakes exactly the longest

@@ -491,6 +491,7 @@ impl Backend for RedisBackend {
         call.key(scripts::lease_key(name))
             .key(scripts::baton_key(name))
             .key(scripts::places_key(name))
+            .key(scripts::once_key(name))
             .arg(token.0)
             .arg(millis(scripts::BATON_TTL));
         let answer: (i64, Option<Vec<u8>>) = self.invoke("force release", &call).await?;

@@ -83,7 +83,7 @@ fn is_identifier(part: &str) -> bool {
 /// refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Schema {
-    /// `last_run` and `once_until`: run history and `--once-per`.
+    /// `last_run`, `once_until` and `once_run`: run history and `--once-per`.
     pub history: bool,
     /// `top_token`: `--holders` above 1.
     pub places: bool,
@@ -130,19 +130,30 @@ const STATE_COLUMNS: &str = "name, holder_id, host, pid, version, acquired_at, t
 
 /// The columns a table needs besides those of the first release (`CREATE TABLE IF NOT EXISTS`
 /// leaves an old table as it is): checked at open time, added when missing.
-pub const HISTORY_COLUMNS: [&str; 2] = ["last_run", "once_until"];
+pub const HISTORY_COLUMNS: [&str; 3] = ["last_run", "once_until", "once_run"];
 pub const PLACES_COLUMN: &str = "top_token";
 
-/// The `--once-per` marker's end after a release of the lease with token $3: the window ($5 ms)
-/// from now after a success; after anything else, none if the marker is this lease's own
-/// unfinished run (see `claim`), so that a failed run can be retried; else as it was. The
-/// unfinished run is recognised by its token and its end, as elect writes them (JSON escaping
-/// keeps a holder id from imitating either).
-const ONCE_AFTER_RELEASE: &str = "CASE
-        WHEN $5::int8 IS NOT NULL THEN clock_timestamp() + $5::int8 * interval '1 millisecond'
-        WHEN last_run LIKE '%,\"token\":' || $3::int8 || ',%'
-             AND last_run LIKE '%,\"unfinished\":null}' THEN NULL
-        ELSE once_until END";
+/// Whether the `--once-per` marker is the unfinished run of the lease with token $3 (see
+/// `claim`), recognised by its token and its end as elect writes them (JSON escaping keeps a
+/// holder id from imitating either).
+const OWN_CLAIM: &str = "once_run LIKE '%,\"token\":' || $3::int8 || ',%'
+        AND once_run LIKE '%,\"unfinished\":null}'";
+
+/// The `--once-per` marker after a release of the lease with token $3: the run $4 for the
+/// window ($5 ms) from now after a success; none after anything else if the marker is this
+/// lease's own unfinished run, so that a failed run can be retried; else as it was.
+fn once_after_release() -> String {
+    format!(
+        "once_until = CASE
+            WHEN $5::int8 IS NOT NULL THEN clock_timestamp() + $5::int8 * interval '1 millisecond'
+            WHEN {OWN_CLAIM} THEN NULL
+            ELSE once_until END,
+         once_run = CASE
+            WHEN $5::int8 IS NOT NULL THEN $4::text
+            WHEN {OWN_CLAIM} THEN NULL
+            ELSE once_run END"
+    )
+}
 
 /// The names of places 1 to $2 - 1 of the lock $1 (`NAME/K`), for `= ANY(...)`: a lookup by the
 /// primary key for each, whatever the table's collation.
@@ -152,8 +163,10 @@ const PLACE_NAMES: &str =
 impl Statements {
     pub fn new(table: &Table, schema: Schema) -> Self {
         let t = table.quoted();
-        let once_after =
-            format!(", last_run = COALESCE($4::text, last_run), once_until = {ONCE_AFTER_RELEASE}");
+        let once_after = format!(
+            ", last_run = COALESCE($4::text, last_run), {}",
+            once_after_release()
+        );
         let (last_run, record, history) = if schema.history {
             (
                 "last_run",
@@ -161,14 +174,22 @@ impl Statements {
                 // The same, for the place-0 row when place $1 is released.
                 ", recorded AS (
                     UPDATE {t} SET last_run = COALESCE($4::text, last_run),
-                       once_until = {ONCE_AFTER_RELEASE}
+                       {ONCE_AFTER_RELEASE}
                     WHERE name = $6 AND EXISTS (SELECT 1 FROM released)
                     RETURNING name)"
                     .replace("{t}", t)
-                    .replace("{ONCE_AFTER_RELEASE}", ONCE_AFTER_RELEASE),
+                    .replace("{ONCE_AFTER_RELEASE}", &once_after_release()),
             )
         } else {
             ("NULL::text AS last_run", "", String::new())
+        };
+        let forced_once = if schema.history {
+            format!(
+                ", once_until = CASE WHEN name = $1 AND {OWN_CLAIM} THEN NULL ELSE once_until END,
+                   once_run = CASE WHEN name = $1 AND {OWN_CLAIM} THEN NULL ELSE once_run END"
+            )
+        } else {
+            String::new()
         };
         // The lock's last token: places K >= 1 count on in the place-0 row's `top_token`, so
         // that taking one never changes the place-0 lease's own `token`.
@@ -194,23 +215,27 @@ impl Statements {
                     expires_at  timestamptz,
                     last_run    text,
                     once_until  timestamptz,
+                    once_run    text,
                     top_token   bigint
                 )"
             ),
             // `last_run` is the JSON of the last run; `once_until` the end of the `--once-per`
-            // marker, by the server's clock; `top_token` the last token a place K >= 1 took.
+            // marker, by the server's clock, and `once_run` the run it stands for (the run under
+            // way, until its release); `top_token` the last token a place K >= 1 took.
             // One line: error messages quote it for the table's owner to run.
             migrate: format!(
                 "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS last_run text, \
                  ADD COLUMN IF NOT EXISTS once_until timestamptz, \
+                 ADD COLUMN IF NOT EXISTS once_run text, \
                  ADD COLUMN IF NOT EXISTS top_token bigint"
             ),
             fresh_run: format!(
-                "SELECT last_run FROM {t} WHERE name = $1 AND once_until > clock_timestamp()"
+                "SELECT COALESCE(once_run, last_run) AS last_run FROM {t}
+                 WHERE name = $1 AND once_until > clock_timestamp()"
             ),
             // While the lease on row $1 (secret $2, token $3) is ours: the marker on the lock's
-            // row $4 if one lives; else this run ($5, unfinished) becomes the marker for $6 ms,
-            // and the last run. `marker` is read from the statement's snapshot, before the
+            // row $4 if one lives; else this run ($5, unfinished) becomes the marker for $6 ms
+            // (the last run stays as it was). `marker` is read from the statement's snapshot, before the
             // update.
             claim: format!(
                 "WITH mine AS (
@@ -218,7 +243,7 @@ impl Statements {
                     WHERE name = $1 AND secret = $2 AND token = $3
                       AND expires_at > clock_timestamp()),
                  claimed AS (
-                    UPDATE {t} SET last_run = $5,
+                    UPDATE {t} SET once_run = $5,
                        once_until = clock_timestamp() + $6::int8 * interval '1 millisecond'
                     WHERE name = $4
                       AND (once_until IS NULL OR once_until <= clock_timestamp())
@@ -226,7 +251,7 @@ impl Statements {
                     RETURNING name)
                  SELECT (SELECT count(*) FROM mine) AS mine,
                         (SELECT count(*) FROM claimed) AS claimed,
-                        (SELECT last_run FROM {t}
+                        (SELECT COALESCE(once_run, last_run) FROM {t}
                          WHERE name = $4 AND once_until > clock_timestamp()) AS marker"
             ),
             // Takes a free, released or expired row, or creates it. The conflict arm locks the
@@ -346,9 +371,11 @@ impl Statements {
             ),
             // An operator's compare-and-delete: by token alone, for a holder known to be dead,
             // on whichever of the lock's first $3 places holds it.
+            // With history, the `--once-per` record of the run under way under that token goes
+            // too (the operator ended the run: it does not count).
             force_release: format!(
                 "WITH released AS (
-                    UPDATE {t} SET expires_at = NULL
+                    UPDATE {t} SET expires_at = NULL{forced_once}
                     WHERE (name = $1 OR name = ANY({PLACE_NAMES}))
                       AND token = $3 AND expires_at > clock_timestamp()
                     RETURNING name)

@@ -321,9 +321,10 @@ redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1
 "#;
 
-/// KEYS: place 0, baton, places marker. ARGV: token, baton ttl in ms. An operator's
+/// KEYS: place 0, baton, places marker, once marker. ARGV: token, baton ttl in ms. An operator's
 /// compare-and-delete: deletes the place whose holder JSON carries this token (the acquire
-/// script writes it first), among the places below the marker. Returns `{1, nil}` released,
+/// script writes it first), among the places below the marker, and the `--once-per` record of
+/// that holder's run under way (the operator ended it: it does not count). Returns `{1, nil}` released,
 /// `{0, nil}` all places free, `{-1, value}` held under other tokens, with the value of the
 /// lowest held place (Lua `false` is a nil reply, and keeps the array two long).
 ///
@@ -337,6 +338,11 @@ for k = 0, n - 1 do
   if current then
     if string.match(current, '\n{"token":(%d+),') == ARGV[1] then
       redis.call('DEL', key)
+      local marker = redis.call('GET', KEYS[4])
+      if marker and string.find(marker, ',"token":' .. ARGV[1] .. ',', 1, true)
+          and string.find(marker, ',"unfinished":null}', 1, true) then
+        redis.call('DEL', KEYS[4])
+      end
       if redis.call('RPUSH', KEYS[2], '1') > n then
         redis.call('LTRIM', KEYS[2], 0, n - 1)
       end

@@ -135,6 +135,21 @@ pub trait Backend {
     /// cannot both miss a marker.
     fn fresh_run(&mut self, name: &LockName) -> impl Future<Output = Result<Option<LastRun>>>;
 
+    /// Before a `--once-per` run starts, while holding `lease`: the run that left an unexpired
+    /// marker, if any; otherwise this run is recorded as started, with a marker that expires
+    /// after `window` (its end [`RunEnd::Unfinished`](crate::lease::RunEnd::Unfinished)), so
+    /// that a run whose release never reaches the backend still counts. The release replaces
+    /// that marker after a success and removes it otherwise. A backend whose releases cannot
+    /// be lost (the file backend) only checks.
+    fn claim_run(
+        &mut self,
+        lease: &Lease,
+        window: Duration,
+    ) -> impl Future<Output = Result<Option<LastRun>>> {
+        let _ = window;
+        self.fresh_run(&lease.name)
+    }
+
     fn inspect(&mut self, name: &LockName) -> impl Future<Output = Result<LockState>>;
 
     /// Every elect lock under this backend's namespace, sorted by name.
@@ -244,6 +259,10 @@ impl Backend for AnyBackend {
 
     async fn fresh_run(&mut self, name: &LockName) -> Result<Option<LastRun>> {
         dispatch!(self, b => b.fresh_run(name).await)
+    }
+
+    async fn claim_run(&mut self, lease: &Lease, window: Duration) -> Result<Option<LastRun>> {
+        dispatch!(self, b => b.claim_run(lease, window).await)
     }
 
     async fn inspect(&mut self, name: &LockName) -> Result<LockState> {

@@ -8,7 +8,10 @@
 //! - when `D - grace` comes without a successful renew, the lease is lost (the watchdog, which has
 //!   the same deadline, is already stopping the job on its own);
 //! - a backend that answers that the lease is gone loses it at once, and so does one that learns
-//!   it between renewals ([`Backend::lost`]: the file backend's inotify watch on its lock file).
+//!   it between renewals ([`Backend::lost`]: the file backend's inotify watch on its lock file);
+//! - an attempt cut short by its bound drops the backend's future: each backend treats a request
+//!   left without an answer as making its connection suspect, and sends the next one on a new
+//!   connection.
 //!
 //! Time comes from a [`Clock`] on CLOCK_BOOTTIME; waits are tokio sleeps, which stop during a
 //! suspend, so every wake-up re-reads the clock: a machine that resumes past `D` loses the lease on

@@ -195,6 +195,10 @@ pub enum RunEnd {
     ExitCode(i32),
     /// The job was killed by this signal.
     Signal(i32),
+    /// The run started and its end was never recorded: a `--once-per` run recorded when it
+    /// started, whose release did not reach the backend (or whose elect died). Serialized as
+    /// `"unfinished": null`.
+    Unfinished,
 }
 
 impl RunEnd {
@@ -213,6 +217,7 @@ impl fmt::Display for RunEnd {
                 Ok(sig) => f.write_str(sig.as_str()),
                 Err(_) => write!(f, "signal {n}"),
             },
+            Self::Unfinished => f.write_str("unfinished"),
         }
     }
 }
@@ -240,9 +245,33 @@ pub struct LastRun {
 }
 
 impl LastRun {
+    /// A `--once-per` run as recorded when it starts: its end is not known yet.
+    pub fn unfinished(lease: &Lease) -> Self {
+        let now = SystemTime::now();
+        Self {
+            holder: lease.holder.id.clone(),
+            host: lease.holder.host.clone(),
+            pid: lease.holder.pid,
+            token: lease.token(),
+            started_at: now,
+            finished_at: now,
+            duration: Duration::ZERO,
+            end: RunEnd::Unfinished,
+        }
+    }
+
     /// How the run reads in one line: `ok at 2026-11-22T09:00:00.123Z on web-1 (id web-1:42,
     /// token 17, took 12s)`.
     pub fn describe(&self) -> String {
+        if self.end == RunEnd::Unfinished {
+            return format!(
+                "(started at {} on {}, id {}, token {}; its end was never recorded, so it counts as a run)",
+                humantime::format_rfc3339_millis(self.started_at),
+                self.host,
+                self.holder,
+                self.token
+            );
+        }
         format!(
             "{} at {} on {} (id {}, token {}, took {})",
             self.end,
@@ -378,5 +407,15 @@ mod tests {
         assert_eq!(RunEnd::Signal(9).to_string(), "SIGKILL");
         assert_eq!(RunEnd::ExitCode(3).to_string(), "exit 3");
         assert_eq!(RunEnd::ExitCode(0).to_string(), "ok");
+        // The backends recognise an unfinished run's record by `,"token":T,` and this field.
+        run.end = RunEnd::Unfinished;
+        let text = serde_json::to_string(&run).unwrap();
+        assert!(
+            text.contains(",\"token\":3,") && text.ends_with(",\"unfinished\":null}"),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<LastRun>(&text).unwrap(), run);
+        assert!(!RunEnd::Unfinished.succeeded());
+        assert_eq!(RunEnd::Unfinished.to_string(), "unfinished");
     }
 }

@@ -150,9 +150,10 @@ impl Runner<'_> {
         };
         tracing::debug!(lock = %lock, token = %lease.token(), holder = %lease.holder.id, backend = %describe, "acquired");
 
-        // Checked while holding the lock: two contenders cannot both miss the marker.
+        // Checked while holding the lock: two contenders cannot both miss the marker. The run
+        // is recorded in the same step, so that it counts even if its release is lost.
         if let Some(window) = cfg.once_per {
-            match backend.fresh_run(lock).await {
+            match backend.claim_run(&lease, window).await {
                 Ok(None) => {}
                 Ok(Some(run)) => {
                     release(&mut backend, &lease, None).await;

@@ -2,10 +2,16 @@
 
 #[path = "support/certs.rs"]
 mod certs;
+#[path = "support/cli_scenarios.rs"]
+mod cli_scenarios;
+#[path = "support/lost_replies.rs"]
+mod lost_replies;
 #[path = "support/net.rs"]
 mod net;
 #[path = "support/postgres_server.rs"]
 mod postgres_server;
+#[path = "support/proxy.rs"]
+mod proxy;
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant, SystemTime};
@@ -14,6 +20,21 @@ use elect::backend::{AcquireRequest, AnyBackend, Backend, BackendError, BackendO
 use elect::clock::BootTime;
 use elect::lease::{Acquire, History, HolderInfo, LastRun, Lease, LockName, Renewal, RunEnd};
 use postgres_server::{PostgresServer, DATABASE, PASSWORD, USER};
+use proxy::Proxy;
+
+/// Only the acquire statements take a row on conflict.
+const ACQUIRE_REQUEST: &[u8] = b"ON CONFLICT";
+
+/// A server and a proxy in front of it: (server, proxy, URL through the proxy).
+fn behind_proxy() -> (PostgresServer, Proxy, String) {
+    let server = PostgresServer::start();
+    let proxy = Proxy::start(([127, 0, 0, 1], server.port).into());
+    let url = format!(
+        "postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{DATABASE}?sslmode=disable",
+        proxy.port
+    );
+    (server, proxy, url)
+}
 
 fn request(name: &str, id: &str, ttl: Duration) -> AcquireRequest {
     AcquireRequest {
@@ -760,4 +781,166 @@ async fn works_through_pgbouncer_in_transaction_mode() {
         .unwrap()
         .unwrap();
     assert!(next.token() > lease.token());
+}
+
+// Lost replies: the request reached the server, its answer did not come back.
+
+#[test]
+fn an_acquire_without_an_answer_leaves_the_lock_free() {
+    let (server, proxy, url) = behind_proxy();
+    lost_replies::an_acquire_without_an_answer_leaves_the_lock_free(
+        &url,
+        &server.url(),
+        &proxy,
+        ACQUIRE_REQUEST,
+    );
+}
+
+#[test]
+fn sigterm_during_an_acquire_without_an_answer_leaves_the_lock_free() {
+    let (server, proxy, url) = behind_proxy();
+    lost_replies::sigterm_during_an_acquire_without_an_answer_leaves_the_lock_free(
+        &url,
+        &server.url(),
+        &proxy,
+        ACQUIRE_REQUEST,
+    );
+}
+
+#[test]
+fn the_wait_bound_during_an_acquire_without_an_answer_leaves_the_lock_free() {
+    let (server, proxy, url) = behind_proxy();
+    lost_replies::the_wait_bound_during_an_acquire_without_an_answer_leaves_the_lock_free(
+        &url,
+        &server.url(),
+        &proxy,
+        ACQUIRE_REQUEST,
+    );
+}
+
+#[test]
+fn a_stalled_connection_is_replaced_for_the_next_renew() {
+    let (_server, proxy, url) = behind_proxy();
+    lost_replies::a_stalled_connection_is_replaced_for_the_next_renew(&url, &proxy);
+}
+
+#[test]
+fn a_lost_release_does_not_let_once_per_run_twice() {
+    let (server, proxy, url) = behind_proxy();
+    lost_replies::a_lost_release_does_not_let_once_per_run_twice(&url, &server.url(), &proxy);
+}
+
+/// An acquire retried after its answer was lost (a later call of the same backend) takes over
+/// the place its first request took, as its own (with the next token: the lost one was never
+/// handed out).
+#[tokio::test]
+async fn a_retried_acquire_finds_the_lease_its_lost_request_took() {
+    let (server, proxy, url) = behind_proxy();
+    let req = request("retried", "a", Duration::from_secs(30));
+    let mut direct = open(&server.url()).await;
+    let mut backend = open(&url).await;
+    proxy.lose_replies_after(ACQUIRE_REQUEST);
+    let first = tokio::time::timeout(
+        Duration::from_millis(800),
+        backend.acquire(&req, WaitMode::NoWait),
+    )
+    .await;
+    assert!(
+        first.is_err(),
+        "the answer should have been lost: {first:?}"
+    );
+    assert!(proxy.lost_replies());
+    let taken = direct.inspect(&req.name).await.unwrap().holder;
+    let taken = taken.expect("the lost request took the lock").token;
+    proxy.thaw();
+    let lease = acquired(backend.acquire(&req, WaitMode::NoWait).await.unwrap());
+    assert!(lease.token() > taken, "{} then {}", taken, lease.token());
+    assert_eq!(backend.renew(&lease).await.unwrap(), Renewal::Renewed);
+    backend.release(&lease, None).await.unwrap();
+    assert!(direct.inspect(&req.name).await.unwrap().holder.is_none());
+}
+
+// Shared names: every contender of a lock uses one table, whichever role it logs in as.
+
+/// PostgreSQL 15's recommended pattern: a schema per role (`CREATE SCHEMA AUTHORIZATION`, the
+/// default `search_path = "$user", public`), and both roles may create in `public`. Two hosts that
+/// log in as two roles must still contend for one lock in one table.
+#[tokio::test]
+async fn two_roles_with_schemas_of_their_own_contend_in_one_table() {
+    let server = PostgresServer::start();
+    server.psql_in(
+        DATABASE,
+        "CREATE ROLE lockers; \
+         CREATE ROLE alice LOGIN PASSWORD 'pw-alice' IN ROLE lockers; \
+         CREATE ROLE bob LOGIN PASSWORD 'pw-bob' IN ROLE lockers; \
+         CREATE SCHEMA AUTHORIZATION alice; \
+         CREATE SCHEMA AUTHORIZATION bob; \
+         GRANT CREATE ON SCHEMA public TO lockers; \
+         ALTER DEFAULT PRIVILEGES FOR ROLE alice IN SCHEMA public \
+             GRANT SELECT, INSERT, UPDATE ON TABLES TO lockers; \
+         ALTER DEFAULT PRIVILEGES FOR ROLE bob IN SCHEMA public \
+             GRANT SELECT, INSERT, UPDATE ON TABLES TO lockers;",
+    );
+    let ttl = Duration::from_secs(30);
+    let mut alice = open(&server.url_for("alice", "pw-alice", DATABASE)).await;
+    let mut bob = open(&server.url_for("bob", "pw-bob", DATABASE)).await;
+    let lease = take(&mut alice, "billing", "alice", ttl).await;
+    match bob
+        .acquire(&request("billing", "bob", ttl), WaitMode::NoWait)
+        .await
+        .unwrap()
+    {
+        Acquire::Held(Some(holder)) => assert_eq!(holder.id, "alice"),
+        other => panic!("bob must find the lock held by alice: {other:?}"),
+    }
+    // One table, in public; none in the roles' own schemas.
+    let tables = server.psql_in(
+        DATABASE,
+        "SELECT string_agg(schemaname || '.' || tablename, ',') FROM pg_tables \
+         WHERE tablename = 'elect_leases'",
+    );
+    assert_eq!(tables, "public.elect_leases");
+    // status and errors name the database and the table.
+    assert!(
+        bob.describe()
+            .ends_with("/elect?sslmode=disable&table=public.elect_leases"),
+        "{}",
+        bob.describe()
+    );
+    alice.release(&lease, None).await.unwrap();
+}
+
+/// A role that may not create in `public` gets an error naming the database and the table, and
+/// elect does not create the table in the role's own schema instead.
+#[tokio::test]
+async fn the_table_is_never_created_in_a_roles_own_schema() {
+    let server = PostgresServer::start();
+    server.psql_in(
+        DATABASE,
+        "CREATE ROLE carol LOGIN PASSWORD 'pw-carol'; CREATE SCHEMA AUTHORIZATION carol;",
+    );
+    let msg = open_err(&server.url_for("carol", "pw-carol", DATABASE)).await;
+    assert!(
+        msg.contains("public.elect_leases") && msg.contains("database elect"),
+        "{msg}"
+    );
+    let tables = server.psql_in(
+        DATABASE,
+        "SELECT count(*) FROM pg_tables WHERE tablename = 'elect_leases'",
+    );
+    assert_eq!(tables, "0");
+}
+
+/// libpq would take a database named after the user: a URL that names none is refused.
+#[tokio::test]
+async fn a_url_without_a_database_is_refused() {
+    let server = PostgresServer::start();
+    let url = format!(
+        "postgres://{USER}:{PASSWORD}@127.0.0.1:{}?sslmode=disable",
+        server.port
+    );
+    match AnyBackend::open(Some(&url), &BackendOptions::default()).await {
+        Err(BackendError::Config(msg)) => assert!(msg.contains("names no database"), "{msg}"),
+        other => panic!("expected a usage error, got {other:?}"),
+    }
 }

@@ -45,7 +45,13 @@ fn the_job_sees_its_token_and_a_redacted_backend() {
         .unwrap();
     assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.starts_with("1 redis://"), "{stdout}");
+    // The first token is the server's clock in microseconds (see the acquire script).
+    let (token, backend) = stdout.split_once(' ').unwrap();
+    assert!(
+        token.parse::<u64>().unwrap() > 1_000_000_000_000_000,
+        "{stdout}"
+    );
+    assert!(backend.starts_with("redis://"), "{stdout}");
     assert!(!stdout.contains("hunter2"), "{stdout}");
     assert!(!String::from_utf8_lossy(&out.stderr).contains("hunter2"));
 }

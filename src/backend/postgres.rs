@@ -2,7 +2,8 @@
 //! (also `postgresql://`).
 //!
 //! # How it works
-//! A lease is one row of a table (`elect_leases`, or `?table=`), created at open time if missing:
+//! A lease is one row of a table (`public.elect_leases`, or `?table=`, always schema-qualified so
+//! that no role's `search_path` picks another), created at open time if missing:
 //! the lock name (primary key), the holder metadata, a random secret that proves ownership, the
 //! fencing token and `expires_at`. `sql.rs` has the schema and the statements.
 //!
@@ -39,6 +40,12 @@
 //! - **Timeouts**: connect 3 s (TCP, TLS, authentication), every statement 2 s, measured here so
 //!   that a stopped server makes calls fail rather than hang. A session that failed or timed out
 //!   is closed and replaced on the next call.
+//! - **Lost answers**: an acquire whose answer never came may hold a place under its secret.
+//!   The secret is kept: the next acquire of the lock sends it again (and takes that place back),
+//!   and giving up frees whichever place holds it, on a new session (`settle`, or `Drop` for a
+//!   future that was dropped).
+//! - **`--once-per`**: `claim` records the run as it starts, so that a run whose release is lost
+//!   still counts; the release replaces that record after a success and removes it otherwise.
 //! - **Standbys** are refused at open time: a standby takes no writes, and what it shows of the
 //!   leases may lag behind the primary.
 
@@ -78,6 +85,11 @@ const RACE_RETRIES: usize = 3;
 /// The most places a lock can have (`--holders` is at most 1000): `inspect` and
 /// `force_release` look at this many.
 const MOST_PLACES: i32 = 1000;
+/// How long an acquire that gives up may spend settling the place its lost request may have
+/// taken; past that, dropping the backend tries once more, and then the ttl applies.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long dropping the backend may take to settle an unfinished acquire.
+const DROP_SETTLE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The oldest server with everything the statements use.
 const MIN_SERVER_VERSION: i32 = 120_000;
 
@@ -95,8 +107,26 @@ pub struct PostgresBackend {
     statements: Arc<Statements>,
     /// Which of the later columns the table has; decided at open time.
     schema: Schema,
-    /// The open session, if the last call left a good one.
+    /// The open session, if the last call left a good one. A call takes it out while it runs and
+    /// puts it back only after an answer, so a call whose future is dropped (an outer timeout,
+    /// such as the lease keeper's bound on a renew attempt) drops its session with it: the next
+    /// call opens a new one rather than waiting on a stalled socket.
     conn: Option<Conn>,
+    /// An acquire that was sent but whose answer never came (a timeout, a dropped future): the
+    /// server may hold a place under its secret that nobody will renew or release. The next
+    /// acquire of the lock reuses the secret (and so takes that place back as its own); an
+    /// acquire that gives up settles it first ([`Self::settle`]), and so does dropping the
+    /// backend.
+    unsettled: Option<Unsettled>,
+}
+
+/// An acquire whose outcome is unknown.
+#[derive(Debug, Clone)]
+struct Unsettled {
+    name: LockName,
+    /// The lock name as a statement parameter.
+    row: String,
+    secret: String,
 }
 
 /// What one acquire attempt found.
@@ -118,11 +148,12 @@ impl PostgresBackend {
         let target = Box::new(Target::from_url(url, options)?);
         let statements = Arc::new(Statements::new(&target.table, Schema::CURRENT));
         let mut backend = Self {
+            describe: explicit(url, &target).redacted(),
             target,
-            describe: url.redacted(),
             statements,
             schema: Schema::CURRENT,
             conn: None,
+            unsettled: None,
         };
         backend.prepare_table().await?;
         Ok(backend)
@@ -130,12 +161,19 @@ impl PostgresBackend {
 
     async fn prepare_table(&mut self) -> Result<()> {
         let table = self.target.table.quoted().to_owned();
+        let bare = self.target.table.unqualified().map(str::to_owned);
+        // The fourth column: the table the bare name resolves to through this role's
+        // search_path (what an older elect used), schema-qualified, when that is not ours.
         let rows = self
             .query(
                 "cannot connect",
                 "SELECT pg_is_in_recovery(), current_setting('server_version_num')::int4, \
-                 to_regclass($1::text) IS NOT NULL",
-                &[(&table, Type::TEXT)],
+                 to_regclass($1::text) IS NOT NULL, \
+                 (SELECT n.nspname || '.' || c.relname FROM pg_class c \
+                  JOIN pg_namespace n ON n.oid = c.relnamespace \
+                  WHERE c.oid = to_regclass(quote_ident($2::text)) \
+                    AND c.oid IS DISTINCT FROM to_regclass($1::text))",
+                &[(&table, Type::TEXT), (&bare, Type::TEXT)],
             )
             .await?
             .0;
@@ -143,6 +181,19 @@ impl PostgresBackend {
             .first()
             .and_then(|r| Some((r.try_get(0).ok()?, r.try_get(1).ok()?, r.try_get(2).ok()?)))
             .ok_or_else(|| self.unavailable("check the server", "unexpected answer"))?;
+        let elsewhere: Option<String> = rows.first().and_then(|r| r.try_get(3).ok()).flatten();
+        if let Some(found) = elsewhere {
+            // An older elect named its table without a schema, so that a role with a schema of
+            // its own (`CREATE SCHEMA AUTHORIZATION`, `search_path = "$user", public`) created
+            // and used a table there, apart from every other role.
+            tracing::warn!(
+                "a lease table {found} is on this role's search_path, but elect uses {} in \
+                 database {}: locks held in {found} (by an older elect) are not seen here; let \
+                 them end before every contender is upgraded, or name the table with ?table=",
+                self.target.table.name(),
+                self.target.database
+            );
+        }
         if in_recovery {
             return Err(self.unavailable(
                 "refusing the server",
@@ -162,7 +213,15 @@ impl PostgresBackend {
                 Ok(_) => {}
                 Err(QueryError::Client(err)) if lost_create_race(&err) => {}
                 Err(err) => {
-                    return Err(self.failed(&format!("cannot create the lease table {table}"), err))
+                    let doing = format!(
+                        "cannot create the lease table {} in database {} (an administrator can \
+                         create it and grant this role SELECT, INSERT, UPDATE on it, see the \
+                         README; or name a schema this role may create it in with \
+                         ?table=schema.table, the same for every contender)",
+                        self.target.table.name(),
+                        self.target.database
+                    );
+                    return Err(self.failed(&doing, err));
                 }
             }
         }
@@ -265,7 +324,14 @@ impl PostgresBackend {
         } else {
             (&statements.acquire_place, params)
         };
+        // Until an answer says otherwise, the server may hold a place under this secret.
+        self.unsettled = Some(Unsettled {
+            name: req.name.clone(),
+            row: req.name.to_string(),
+            secret: secret.to_owned(),
+        });
         let (rows, sent_at) = self.query("acquire", sql, params).await?;
+        self.unsettled = None;
         if let Some(row) = rows.first() {
             let token = column::<i64>(row, "token")
                 .and_then(|t| u64::try_from(t).ok())
@@ -303,6 +369,37 @@ impl PostgresBackend {
         Ok(Attempt::Held { holder, remaining })
     }
 
+    /// Settles an acquire whose answer never came: frees the place it may have taken, if that
+    /// still holds its secret. On a new session (the old one is dropped with the call that
+    /// failed). Bounded; one that cannot settle now is left for the next acquire or for the drop.
+    async fn settle(&mut self) {
+        let Some(unsettled) = self.unsettled.clone() else {
+            return;
+        };
+        let statements = Arc::clone(&self.statements);
+        let settled = tokio::time::timeout(
+            SETTLE_TIMEOUT,
+            self.query_raw(&statements.abandon, &abandon_params(&unsettled)),
+        )
+        .await;
+        match settled {
+            Ok(Ok((rows, _))) => {
+                self.unsettled = None;
+                if !rows.is_empty() {
+                    tracing::info!(lock = %unsettled.name, "released the lease that an acquire without an answer had taken");
+                }
+            }
+            Ok(Err(err)) => {
+                let err = self.failed("release", err);
+                tracing::warn!(lock = %unsettled.name, "an acquire got no answer, and the lease it may have taken cannot be released now ({err}); trying again on exit, else it expires by its ttl");
+            }
+            Err(_) => tracing::warn!(
+                lock = %unsettled.name,
+                "an acquire got no answer, and releasing the lease it may have taken got none either; trying again on exit, else it expires by its ttl"
+            ),
+        }
+    }
+
     /// The rows of the lock's first `count` places, as they are now.
     async fn places(&mut self, name: &LockName, count: i32) -> Result<Vec<Place>> {
         let statements = Arc::clone(&self.statements);
@@ -314,6 +411,22 @@ impl PostgresBackend {
             )
             .await?;
         Ok(rows.iter().filter_map(row_to_place).collect())
+    }
+
+    /// Refuses `--once-per` on a table without the columns it needs.
+    fn require_history(&self) -> Result<()> {
+        if self.schema.history {
+            return Ok(());
+        }
+        Err(self.unavailable(
+            "--once-per",
+            format_args!(
+                "the lease table {} has no once_until column and this role may not add it; \
+                 its owner can run: {}",
+                self.target.table.quoted(),
+                self.statements.migrate
+            ),
+        ))
     }
 
     /// Refuses `--holders` above 1 on a table without the column it needs.
@@ -346,7 +459,15 @@ impl Backend for PostgresBackend {
         // One secret for every attempt of this acquire, so that an attempt retried after a lost
         // answer recognises its own row.
         self.check_places(req)?;
-        let secret = random_secret()?;
+        if self.unsettled.as_ref().is_some_and(|u| u.name != req.name) {
+            self.settle().await;
+        }
+        // An earlier acquire of this lock that got no answer: its place, if it took one, is
+        // ours again.
+        let secret = match &self.unsettled {
+            Some(unsettled) => unsettled.secret.clone(),
+            None => random_secret()?,
+        };
         // A contender that loses a place to another may find the next one free: each lost race
         // means another contender got in, so at most one per place.
         let race_retries = RACE_RETRIES + req.holders.max(1) as usize - 1;
@@ -355,7 +476,15 @@ impl Backend for PostgresBackend {
             if wait == WaitMode::Wait {
                 self.listen().await;
             }
-            match self.attempt(req, &secret).await? {
+            let attempt = match self.attempt(req, &secret).await {
+                Ok(attempt) => attempt,
+                Err(err) => {
+                    // Giving up: nothing may stay held under the secret just sent.
+                    self.settle().await;
+                    return Err(err);
+                }
+            };
+            match attempt {
                 Attempt::Acquired(lease) => return Ok(Acquire::Acquired(lease)),
                 Attempt::Changed if wait == WaitMode::NoWait && races >= race_retries => {
                     return Ok(Acquire::Held(None))
@@ -427,17 +556,7 @@ impl Backend for PostgresBackend {
     }
 
     async fn fresh_run(&mut self, name: &LockName) -> Result<Option<LastRun>> {
-        if !self.schema.history {
-            return Err(self.unavailable(
-                "--once-per",
-                format_args!(
-                    "the lease table {} has no once_until column and this role may not add it; \
-                     its owner can run: {}",
-                    self.target.table.quoted(),
-                    self.statements.migrate
-                ),
-            ));
-        }
+        self.require_history()?;
         let statements = Arc::clone(&self.statements);
         let (rows, _) = self
             .query(
@@ -455,6 +574,51 @@ impl Backend for PostgresBackend {
                 .flatten()
                 .and_then(|text| serde_json::from_str(&text).ok())
                 .unwrap_or_else(|| unknown_run(name)),
+        ))
+    }
+
+    async fn claim_run(&mut self, lease: &Lease, window: Duration) -> Result<Option<LastRun>> {
+        self.require_history()?;
+        let statements = Arc::clone(&self.statements);
+        let token = token_param(lease)?;
+        let started = serde_json::to_string(&LastRun::unfinished(lease))
+            .map_err(|e| BackendError::Config(format!("run history: {e}")))?;
+        let window_ms = millis(window);
+        let place = place_name(&lease.name, lease.slot);
+        let (rows, _) = self
+            .query(
+                "record the --once-per run",
+                &statements.claim,
+                &[
+                    (&place, Type::TEXT),
+                    (&lease.secret, Type::TEXT),
+                    (&token, Type::INT8),
+                    (&lease.name.as_str(), Type::TEXT),
+                    (&started, Type::TEXT),
+                    (&window_ms, Type::INT8),
+                ],
+            )
+            .await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| self.unavailable("record the --once-per run", "unexpected answer"))?;
+        let count = |name| column::<i64>(row, name).unwrap_or(0);
+        if count("mine") == 0 {
+            return Err(self.unavailable(
+                "record the --once-per run",
+                format_args!("the lease on lock {} is no longer ours", lease.name),
+            ));
+        }
+        if count("claimed") == 1 {
+            return Ok(None);
+        }
+        // A marker lives; one whose run elect cannot read (or that another holder of a
+        // --holders lock wrote at the same moment) still says that the job ran in the window.
+        Ok(Some(
+            column::<Option<String>>(row, "marker")
+                .flatten()
+                .and_then(|text| serde_json::from_str(&text).ok())
+                .unwrap_or_else(|| unknown_run(&lease.name)),
         ))
     }
 
@@ -496,6 +660,72 @@ impl Backend for PostgresBackend {
         let (rows, _) = self.query("list", &statements.list, &[]).await?;
         Ok(locks(rows.iter().filter_map(row_to_place).collect()))
     }
+}
+
+impl Drop for PostgresBackend {
+    /// Settles an acquire whose answer never came (its future was dropped: a signal, the
+    /// `--wait` bound), so that the place it may have taken does not keep every contender out
+    /// until its ttl ends.
+    ///
+    /// The session cannot be used here: it is driven by the runtime that is running this drop,
+    /// or is already gone. So a thread of its own connects afresh and settles, and the drop
+    /// waits for it at most [`DROP_SETTLE_TIMEOUT`]; past that the lease expires by its ttl.
+    fn drop(&mut self) {
+        let Some(unsettled) = self.unsettled.take() else {
+            return;
+        };
+        let target = Target::clone(&self.target);
+        let sql = self.statements.abandon.clone();
+        let (done, finished) = std::sync::mpsc::channel();
+        let settler = std::thread::Builder::new()
+            .name("postgres-settle".into())
+            .spawn(move || {
+                if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    runtime.block_on(async {
+                        let _ = tokio::time::timeout(DROP_SETTLE_TIMEOUT, async {
+                            if let Ok(conn) = target.connect().await {
+                                let _ = conn
+                                    .client
+                                    .query_typed(&sql, &abandon_params(&unsettled))
+                                    .await;
+                            }
+                        })
+                        .await;
+                    });
+                }
+                let _ = done.send(());
+            });
+        if settler.is_ok() {
+            let _ = finished.recv_timeout(DROP_SETTLE_TIMEOUT + Duration::from_millis(100));
+        }
+    }
+}
+
+/// The parameters of the abandon statement: the lock, how many places to look at, the secret.
+fn abandon_params(unsettled: &Unsettled) -> [(&(dyn ToSql + Sync), Type); 3] {
+    [
+        (&unsettled.row, Type::TEXT),
+        (&MOST_PLACES, Type::INT4),
+        (&unsettled.secret, Type::TEXT),
+    ]
+}
+
+/// The URL as `status`, errors and the job show it: the database and the schema-qualified table
+/// written out, whether the URL gave them or they came from PGDATABASE and the default.
+fn explicit(url: &BackendUrl, target: &Target) -> BackendUrl {
+    let mut shown = url.clone();
+    if shown.path.trim_start_matches('/').is_empty() {
+        shown.path = format!("/{}", target.database);
+    }
+    let table = ("table".to_owned(), target.table.name().to_owned());
+    match shown.query.iter_mut().find(|(k, _)| k == "table") {
+        Some(given) => *given = table,
+        None => shown.query.push(table),
+    }
+    shown
 }
 
 /// One row: a place of a lock.

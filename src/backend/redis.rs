@@ -27,7 +27,14 @@
 //!   comes first. `redis/baton.rs` has the details.
 //! - **Timeouts**: every call is bounded (connect 3 s, response 2 s), so a stopped or
 //!   unreachable server makes calls fail rather than hang; the lease keeper decides what a
-//!   failed renew means. A connection that failed is replaced on the next call.
+//!   failed renew means. A connection that failed is replaced on the next call, and so is one
+//!   whose request was given up on before its answer came (the keeper's attempt bound is
+//!   shorter than the reply timeout): a stalled socket never takes every retry. A renew is
+//!   bounded by a third of the ttl, connecting included.
+//! - **Lost answers**: an acquire whose answer never came may have taken a lease under its
+//!   secret. The secret is kept: a retry sends it again (and finds that lease its own), and
+//!   giving up settles it on a new connection (compare-and-delete, plus a void marker that makes
+//!   a late request take nothing), in `settle`, or in `Drop` for a future that was dropped.
 //! - **Listing**: `list` SCANs for `elect:{*` and takes the lock name from both lease keys and
 //!   counters, so a lock that is free but was used before (only its counter is left) is listed
 //!   as free; place keys K >= 1 are not locks of their own but holders of the lock they name,
@@ -68,6 +75,26 @@ pub struct RedisBackend {
     /// The open connection, if the last call left a good one. Dropped after a network error so
     /// that the next call connects afresh instead of reusing a connection in an unknown state.
     conn: Option<MultiplexedConnection>,
+    /// Set while a request waits for its answer. A call whose future was dropped before the
+    /// answer came (an outer timeout, such as the lease keeper's bound on a renew attempt, which
+    /// is shorter than the client's own) leaves it set, and the next call opens a new
+    /// connection: a request left unanswered makes its connection suspect, and every retry
+    /// must not go to the same stalled socket.
+    in_flight: bool,
+    /// An acquire that was sent but whose answer never came (a timeout, a dropped future): the
+    /// server may hold a lease under its secret that nobody will renew or release. The next
+    /// attempt reuses the secret (and so finds that lease its own); an acquire that gives up
+    /// settles it first ([`Self::settle`]), and so does dropping the backend.
+    unsettled: Option<Unsettled>,
+}
+
+/// An acquire whose outcome is unknown.
+#[derive(Debug, Clone)]
+struct Unsettled {
+    name: LockName,
+    secret: String,
+    places: u32,
+    ttl: Duration,
 }
 
 /// What one acquire attempt found.
@@ -79,7 +106,16 @@ enum Attempt {
         /// an expiry.
         pttl: Option<Duration>,
     },
+    /// The secret was abandoned (an earlier settle reached the server after all): try again
+    /// with a new one.
+    Void,
 }
+
+/// How long an acquire that gives up may spend settling the lease its lost request may have
+/// taken; past that, dropping the backend tries once more, and then the ttl applies.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long dropping the backend may take to settle an unfinished acquire.
+const DROP_SETTLE_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl RedisBackend {
     /// Connects and checks the connection (PING), so that a wrong address, password, database or
@@ -90,6 +126,8 @@ impl RedisBackend {
             target,
             describe: url.redacted(),
             conn: None,
+            in_flight: false,
+            unsettled: None,
         };
         backend
             .connection()
@@ -99,6 +137,9 @@ impl RedisBackend {
     }
 
     async fn connection(&mut self) -> std::result::Result<MultiplexedConnection, RedisError> {
+        if std::mem::take(&mut self.in_flight) {
+            self.conn = None;
+        }
         if let Some(conn) = &self.conn {
             // A clone shares the one connection; it is cheap.
             return Ok(conn.clone());
@@ -125,31 +166,63 @@ impl RedisBackend {
         ))
     }
 
+    /// An answer a script cannot give.
+    fn failed_reply(&self, doing: &str, name: &LockName) -> BackendError {
+        BackendError::Unavailable(format!(
+            "{doing} (Redis at {}): unexpected answer for lock {name}",
+            self.target.addr
+        ))
+    }
+
+    /// Sends one request on the shared connection, mapping errors with `doing`. The request is
+    /// in flight (see `in_flight`) from the moment it is sent until its answer is read.
+    async fn send<T>(
+        &mut self,
+        doing: &str,
+        request: impl AsyncFnOnce(&mut MultiplexedConnection) -> ::redis::RedisResult<T>,
+    ) -> Result<T> {
+        let mut conn = match self.connection().await {
+            Ok(conn) => conn,
+            Err(e) => return Err(self.unavailable(doing, &e)),
+        };
+        self.in_flight = true;
+        let result = request(&mut conn).await;
+        self.in_flight = false;
+        result.map_err(|e| self.unavailable(doing, &e))
+    }
+
     /// Runs one script call on the shared connection, mapping errors with `doing`.
     async fn invoke<T: ::redis::FromRedisValue>(
         &mut self,
         doing: &str,
         call: &::redis::ScriptInvocation<'_>,
     ) -> Result<T> {
-        let mut conn = match self.connection().await {
-            Ok(conn) => conn,
-            Err(e) => return Err(self.unavailable(doing, &e)),
-        };
-        match call.invoke_async::<T>(&mut conn).await {
-            Ok(value) => Ok(value),
-            Err(e) => Err(self.unavailable(doing, &e)),
-        }
+        self.send(doing, async |conn| call.invoke_async::<T>(conn).await)
+            .await
     }
 
     async fn try_acquire(&mut self, req: &AcquireRequest) -> Result<Attempt> {
-        let secret = random_secret()?;
         let places = req.holders.max(1);
+        // A lease an unanswered acquire may hold elsewhere (another lock, other places) would
+        // not be found by this one: settle it first.
+        if self
+            .unsettled
+            .as_ref()
+            .is_some_and(|u| u.name != req.name || u.places != places)
+        {
+            self.settle().await;
+        }
+        let secret = match &self.unsettled {
+            Some(unsettled) => unsettled.secret.clone(),
+            None => random_secret()?,
+        };
         let mut holder = req.holder.clone();
         holder.ttl = req.ttl;
         holder.places = places;
         let mut call = SCRIPTS.acquire.prepare_invoke();
         call.key(scripts::token_key(&req.name))
-            .key(scripts::places_key(&req.name));
+            .key(scripts::places_key(&req.name))
+            .key(scripts::void_key(&req.name, &secret));
         for place in scripts::place_keys(&req.name, places) {
             call.key(place);
         }
@@ -157,18 +230,113 @@ impl RedisBackend {
             .arg(millis(req.ttl))
             .arg(holder_without_token(&holder)?)
             .arg(places);
-        let mut conn = match self.connection().await {
-            Ok(conn) => conn,
-            Err(e) => return Err(self.unavailable("acquire", &e)),
-        };
+        // Until an answer says otherwise, the server may hold a lease under this secret.
+        self.unsettled = Some(Unsettled {
+            name: req.name.clone(),
+            secret: secret.clone(),
+            places,
+            ttl: req.ttl,
+        });
         // The backend cannot expire the lease before `sent_at + ttl` only if `sent_at` is taken
         // before the request leaves: taken after, a slow answer would stretch the deadline.
-        let sent_at = BootTime::now();
-        let reply: Value = match call.invoke_async(&mut conn).await {
-            Ok(value) => value,
-            Err(e) => return Err(self.unavailable("acquire", &e)),
+        let mut sent_at = BootTime::now();
+        let reply: Value = self
+            .send("acquire", async |conn| {
+                sent_at = BootTime::now();
+                call.invoke_async(conn).await
+            })
+            .await?;
+        let attempt = parse_acquire_reply(reply, &req.name, holder, secret, sent_at)?;
+        self.unsettled = None;
+        Ok(attempt)
+    }
+
+    /// Settles an acquire whose answer never came: deletes the lease it may have taken, if
+    /// that still holds its secret, and leaves a marker that makes the request take nothing
+    /// should it reach the server only now. On a new connection: the old one is in doubt.
+    /// Bounded; one that cannot settle now is left for the next attempt or for the drop.
+    async fn settle(&mut self) {
+        let Some(unsettled) = self.unsettled.clone() else {
+            return;
         };
-        parse_acquire_reply(reply, &req.name, holder, secret, sent_at)
+        self.conn = None;
+        let settled = tokio::time::timeout(SETTLE_TIMEOUT, async {
+            let mut conn = self.target.connect().await?;
+            abandon(&mut conn, &unsettled).await
+        })
+        .await;
+        match settled {
+            Ok(Ok(released)) => {
+                self.unsettled = None;
+                if released {
+                    tracing::info!(lock = %unsettled.name, "released the lease that an acquire without an answer had taken");
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(
+                lock = %unsettled.name,
+                "an acquire got no answer, and the lease it may have taken cannot be released now ({}); trying again on exit, else it expires by its ttl",
+                describe(&e)
+            ),
+            Err(_) => tracing::warn!(
+                lock = %unsettled.name,
+                "an acquire got no answer, and releasing the lease it may have taken got none either; trying again on exit, else it expires by its ttl"
+            ),
+        }
+    }
+}
+
+/// Runs the abandon script for an unsettled acquire; true when it deleted a lease.
+async fn abandon(
+    conn: &mut MultiplexedConnection,
+    unsettled: &Unsettled,
+) -> std::result::Result<bool, RedisError> {
+    let mut call = SCRIPTS.abandon.prepare_invoke();
+    call.key(scripts::void_key(&unsettled.name, &unsettled.secret))
+        .key(scripts::baton_key(&unsettled.name));
+    for place in scripts::place_keys(&unsettled.name, unsettled.places) {
+        call.key(place);
+    }
+    call.arg(&unsettled.secret)
+        .arg(millis(scripts::void_ttl(unsettled.ttl)))
+        .arg(millis(scripts::BATON_TTL));
+    let released: i64 = call.invoke_async(conn).await?;
+    Ok(released == 1)
+}
+
+impl Drop for RedisBackend {
+    /// Settles an acquire whose answer never came (its future was dropped: a signal, the
+    /// `--wait` bound), so that the lease it may have taken does not keep every contender out
+    /// until its ttl ends.
+    ///
+    /// The connection cannot be used here: it is driven by the runtime that is running this
+    /// drop, or is already gone. So a thread of its own connects afresh and settles, and the drop
+    /// waits for it at most [`DROP_SETTLE_TIMEOUT`]; past that the lease expires by its ttl.
+    fn drop(&mut self) {
+        let Some(unsettled) = self.unsettled.take() else {
+            return;
+        };
+        let target = self.target.clone();
+        let (done, finished) = std::sync::mpsc::channel();
+        let settler = std::thread::Builder::new()
+            .name("redis-settle".into())
+            .spawn(move || {
+                if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    runtime.block_on(async {
+                        let _ = tokio::time::timeout(DROP_SETTLE_TIMEOUT, async {
+                            let mut conn = target.connect().await?;
+                            abandon(&mut conn, &unsettled).await
+                        })
+                        .await;
+                    });
+                }
+                let _ = done.send(());
+            });
+        if settler.is_ok() {
+            let _ = finished.recv_timeout(DROP_SETTLE_TIMEOUT + Duration::from_millis(100));
+        }
     }
 }
 
@@ -191,6 +359,8 @@ impl Backend for RedisBackend {
             let attempt = match self.try_acquire(req).await {
                 Ok(attempt) => attempt,
                 Err(e) => {
+                    // Giving up: nothing may stay held under the secret just sent.
+                    self.settle().await;
                     if let (true, Some(waiter)) = (woken, waiter.as_mut()) {
                         hand_on(waiter, &req.name).await;
                     }
@@ -200,6 +370,7 @@ impl Backend for RedisBackend {
             let (holder, pttl) = match attempt {
                 Attempt::Acquired(lease) => return Ok(Acquire::Acquired(lease)),
                 Attempt::Held { holder, pttl } => (holder, pttl),
+                Attempt::Void => continue,
             };
             if wait == WaitMode::NoWait {
                 return Ok(Acquire::Held(holder));
@@ -225,7 +396,19 @@ impl Backend for RedisBackend {
         call.key(&key)
             .arg(&lease.secret)
             .arg(millis(lease.holder.ttl));
-        let answer: i64 = self.invoke("renew", &call).await?;
+        // Within the keeper's budget for one attempt (at most a third of the ttl by default),
+        // connecting included: an answer that cannot come in time is not waited for.
+        let bound = renew_bound(lease.holder.ttl);
+        let answer: i64 = match tokio::time::timeout(bound, self.invoke("renew", &call)).await {
+            Ok(answer) => answer?,
+            Err(_) => {
+                return Err(BackendError::Unavailable(format!(
+                    "renew (Redis at {}): no answer within {}",
+                    self.target.addr,
+                    crate::timing::Fmt(bound)
+                )))
+            }
+        };
         Ok(match answer {
             1 => Renewal::Renewed,
             0 => Renewal::Lost(format!("the lease key {key} is gone (expired or deleted)")),
@@ -262,20 +445,41 @@ impl Backend for RedisBackend {
     }
 
     async fn fresh_run(&mut self, name: &LockName) -> Result<Option<LastRun>> {
-        let mut conn = match self.connection().await {
-            Ok(conn) => conn,
-            Err(e) => return Err(self.unavailable("read the --once-per marker", &e)),
-        };
-        let value: Option<Vec<u8>> = match ::redis::cmd("GET")
-            .arg(scripts::once_key(name))
-            .query_async(&mut conn)
-            .await
-        {
-            Ok(value) => value,
-            Err(e) => return Err(self.unavailable("read the --once-per marker", &e)),
-        };
+        let key = scripts::once_key(name);
+        let value: Option<Vec<u8>> = self
+            .send("read the --once-per marker", async |conn| {
+                ::redis::cmd("GET").arg(&key).query_async(conn).await
+            })
+            .await?;
         // A marker elect cannot read still says that the job ran in the window.
         Ok(value.map(|v| serde_json::from_slice(&v).unwrap_or_else(|_| unknown_run(name))))
+    }
+
+    async fn claim_run(&mut self, lease: &Lease, window: Duration) -> Result<Option<LastRun>> {
+        let started = serde_json::to_string(&LastRun::unfinished(lease))
+            .map_err(|e| BackendError::Config(format!("run history: {e}")))?;
+        let mut call = SCRIPTS.claim.prepare_invoke();
+        call.key(scripts::place_key(&lease.name, lease.slot))
+            .key(scripts::once_key(&lease.name))
+            .arg(&lease.secret)
+            .arg(started)
+            .arg(millis(window));
+        let reply: Value = self.invoke("record the --once-per run", &call).await?;
+        match reply {
+            Value::Array(items) => match items.as_slice() {
+                [Value::Int(0)] => Ok(None),
+                // A marker elect cannot read still says that the job ran in the window.
+                [Value::Int(1), Value::BulkString(marker)] => Ok(Some(
+                    serde_json::from_slice(marker).unwrap_or_else(|_| unknown_run(&lease.name)),
+                )),
+                [Value::Int(-1)] => Err(BackendError::Unavailable(format!(
+                    "record the --once-per run (Redis at {}): the lease on lock {} is no longer ours",
+                    self.target.addr, lease.name
+                ))),
+                _ => Err(self.failed_reply("record the --once-per run", &lease.name)),
+            },
+            _ => Err(self.failed_reply("record the --once-per run", &lease.name)),
+        }
     }
 
     async fn force_release(
@@ -287,6 +491,7 @@ impl Backend for RedisBackend {
         call.key(scripts::lease_key(name))
             .key(scripts::baton_key(name))
             .key(scripts::places_key(name))
+            .key(scripts::once_key(name))
             .arg(token.0)
             .arg(millis(scripts::BATON_TTL));
         let answer: (i64, Option<Vec<u8>>) = self.invoke("force release", &call).await?;
@@ -330,19 +535,18 @@ impl Backend for RedisBackend {
         let mut names = std::collections::BTreeSet::new();
         let mut cursor: u64 = 0;
         loop {
-            let mut conn = match self.connection().await {
-                Ok(conn) => conn,
-                Err(e) => return Err(self.unavailable("list locks", &e)),
-            };
-            let reply: std::result::Result<(u64, Vec<String>), _> = ::redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(scripts::SCAN_PATTERN)
-                .arg("COUNT")
-                .arg(SCAN_COUNT)
-                .query_async(&mut conn)
-                .await;
-            let (next, keys) = reply.map_err(|e| self.unavailable("list locks", &e))?;
+            let (next, keys): (u64, Vec<String>) = self
+                .send("list locks", async |conn| {
+                    ::redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(scripts::SCAN_PATTERN)
+                        .arg("COUNT")
+                        .arg(SCAN_COUNT)
+                        .query_async(conn)
+                        .await
+                })
+                .await?;
             names.extend(keys.iter().filter_map(|k| scripts::lock_of_key(k)));
             cursor = next;
             if cursor == 0 {
@@ -371,7 +575,13 @@ async fn hand_on(waiter: &mut Waiter, name: &LockName) {
     }
 }
 
-/// Reads the acquire script's answer: `{1, token, place}` or `{0, value, pttl}`.
+/// The longest one renew may take, connecting included: the client's reply timeout, but no more
+/// than the default renew interval (a third of the ttl), which bounds the lease keeper's attempt.
+fn renew_bound(ttl: Duration) -> Duration {
+    connect::RESPONSE_TIMEOUT.min(ttl / 3)
+}
+
+/// Reads the acquire script's answer: `{1, token, place}`, `{0, value, pttl}` or `{-1}`.
 fn parse_acquire_reply(
     reply: Value,
     name: &LockName,
@@ -401,6 +611,7 @@ fn parse_acquire_reply(
                 slot,
             }))
         }
+        [Value::Int(-1)] => Ok(Attempt::Void),
         [Value::Int(0), Value::BulkString(value), Value::Int(pttl)] => Ok(Attempt::Held {
             holder: Some(parse_holder(value).unwrap_or_else(|| unknown_holder(name))),
             pttl: pttl_duration(*pttl),

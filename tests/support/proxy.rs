@@ -10,6 +10,14 @@
 //! - [`Mode::Reset`]: every open connection is reset (RST), and so is each new one while the mode
 //!   lasts.
 //!
+//! Besides the mode, faults of single connections, which leave new connections alone:
+//! - [`Proxy::freeze_existing`]: the connections open now forward nothing either way (a stalled
+//!   socket), while later connections pass;
+//! - [`Proxy::lose_replies_after`]: a connection whose request contains a byte pattern has every
+//!   reply held from then on (the request reached the server; its answer is lost), while other
+//!   connections pass;
+//! - [`Proxy::thaw`] undoes both, delivering what was held.
+//!
 //! Every loop is bounded by the stop flag; threads end when the proxy is dropped.
 
 #![allow(dead_code)]
@@ -31,13 +39,26 @@ pub enum Mode {
     Reset,
 }
 
+/// The faults of one connection.
+#[derive(Default)]
+struct Hold {
+    /// Nothing is forwarded either way.
+    frozen: AtomicBool,
+    /// Replies are held.
+    replies: AtomicBool,
+}
+
 struct Shared {
     mode: Mutex<Mode>,
+    /// A request containing this holds the replies of its connection ([`Proxy::lose_replies_after`]).
+    trigger: Mutex<Option<Vec<u8>>>,
     upstream: Mutex<SocketAddr>,
     stop: AtomicBool,
     /// Both sockets of every live connection, to reset them, and how many of its two
     /// directions have ended (a connection is forgotten when both have).
     conns: Mutex<Vec<(TcpStream, TcpStream, Arc<AtomicUsize>)>>,
+    /// The faults of every live connection.
+    holds: Mutex<Vec<Arc<Hold>>>,
 }
 
 pub struct Proxy {
@@ -54,6 +75,8 @@ impl Proxy {
         let port = listener.local_addr().expect("proxy address").port();
         let shared = Arc::new(Shared {
             mode: Mutex::new(Mode::Pass),
+            trigger: Mutex::new(None),
+            holds: Mutex::new(Vec::new()),
             upstream: Mutex::new(upstream),
             stop: AtomicBool::new(false),
             conns: Mutex::new(Vec::new()),
@@ -75,6 +98,40 @@ impl Proxy {
                 reset(&a);
                 reset(&b);
             }
+        }
+    }
+
+    /// The connections open now forward nothing more, either way, until [`thaw`](Self::thaw);
+    /// connections opened later pass.
+    pub fn freeze_existing(&self) {
+        for hold in self.shared.holds.lock().unwrap().iter() {
+            hold.frozen.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// From now on, a connection that sends a request containing `pattern` gets no more replies
+    /// (its requests still reach the server) until [`thaw`](Self::thaw).
+    pub fn lose_replies_after(&self, pattern: &[u8]) {
+        *self.shared.trigger.lock().unwrap() = Some(pattern.to_vec());
+    }
+
+    /// Whether some connection has had its replies held by [`lose_replies_after`](Self::lose_replies_after).
+    pub fn lost_replies(&self) -> bool {
+        self.shared
+            .holds
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|h| h.replies.load(Ordering::SeqCst))
+    }
+
+    /// Ends [`freeze_existing`](Self::freeze_existing) and
+    /// [`lose_replies_after`](Self::lose_replies_after); what was held is delivered.
+    pub fn thaw(&self) {
+        *self.shared.trigger.lock().unwrap() = None;
+        for hold in self.shared.holds.lock().unwrap().iter() {
+            hold.frozen.store(false, Ordering::SeqCst);
+            hold.replies.store(false, Ordering::SeqCst);
         }
     }
 
@@ -134,8 +191,21 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                     conns.retain(|(_, _, ended)| ended.load(Ordering::SeqCst) < 2);
                     conns.push((c, s, Arc::clone(&ended)));
                 }
-                pump(&shared, &client, &server, false, Arc::clone(&ended));
-                pump(&shared, &server, &client, true, ended);
+                let hold = Arc::new(Hold::default());
+                {
+                    let mut holds = shared.holds.lock().unwrap();
+                    holds.retain(|h| Arc::strong_count(h) > 1);
+                    holds.push(Arc::clone(&hold));
+                }
+                pump(
+                    &shared,
+                    &client,
+                    &server,
+                    false,
+                    Arc::clone(&ended),
+                    Arc::clone(&hold),
+                );
+                pump(&shared, &server, &client, true, ended, hold);
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(TICK),
             Err(_) => std::thread::sleep(TICK),
@@ -151,6 +221,7 @@ fn pump(
     to: &TcpStream,
     reply: bool,
     ended: Arc<AtomicUsize>,
+    hold: Arc<Hold>,
 ) {
     let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else {
         return;
@@ -167,7 +238,8 @@ fn pump(
                 Mode::DropReplies => reply,
                 Mode::Reset => break,
                 Mode::Pass | Mode::Latency(_) => false,
-            };
+            } || hold.frozen.load(Ordering::SeqCst)
+                || (reply && hold.replies.load(Ordering::SeqCst));
             if held {
                 std::thread::sleep(TICK);
                 continue;
@@ -175,6 +247,23 @@ fn pump(
             match from.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
+                    // A fault set while this read was under way (a reply to the request that
+                    // set it) holds what was read, too.
+                    while reply
+                        && (hold.frozen.load(Ordering::SeqCst)
+                            || hold.replies.load(Ordering::SeqCst))
+                        && !s.stop.load(Ordering::SeqCst)
+                    {
+                        std::thread::sleep(TICK);
+                    }
+                    if !reply {
+                        let trigger = s.trigger.lock().unwrap();
+                        if let Some(pattern) = trigger.as_deref() {
+                            if buf[..n].windows(pattern.len()).any(|w| w == pattern) {
+                                hold.replies.store(true, Ordering::SeqCst);
+                            }
+                        }
+                    }
                     let due = match mode {
                         Mode::Latency(d) => Instant::now() + d,
                         _ => Instant::now(),

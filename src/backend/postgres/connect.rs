@@ -37,10 +37,14 @@ const KNOWN_KEYS: [&str; 7] = [
 ];
 
 /// Where and how to connect. Holds the password (inside `config`), so its `Debug` is redacted.
+/// Cloned for the thread that settles an unfinished acquire when the backend is dropped.
+#[derive(Clone)]
 pub struct Target {
     config: tokio_postgres::Config,
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     pub table: Table,
+    /// The database, for messages.
+    pub database: String,
     /// `host:port` of the first server, for messages.
     pub addr: String,
     connect_timeout: Duration,
@@ -50,6 +54,7 @@ impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Target")
             .field("addr", &self.addr)
+            .field("database", &self.database)
             .field("table", &self.table)
             .finish_non_exhaustive()
     }
@@ -114,8 +119,17 @@ impl Target {
             Some(user) => user,
             None => os_user()?,
         };
+        // libpq would fall back to a database named after the user, so that two hosts logging
+        // in as two roles would keep their leases in two databases: the database is named.
         let database = match url.path.trim_start_matches('/') {
-            "" => env("PGDATABASE").unwrap_or_else(|| user.clone()),
+            "" => env("PGDATABASE").ok_or_else(|| {
+                BackendError::Config(
+                    "the PostgreSQL URL names no database (and PGDATABASE is not set): name it, \
+                     as in postgres://user@host/database, so that every contender of a lock \
+                     uses the same one whichever role it logs in as"
+                        .into(),
+                )
+            })?,
             db => db.to_owned(),
         };
         // libpq's order: the connection string, then PGPASSWORD, then the password file.
@@ -178,6 +192,7 @@ impl Target {
             config,
             tls,
             table,
+            database,
             addr: format!("{}:{port}", first.host),
             connect_timeout,
         })

@@ -11,13 +11,25 @@ use crate::backend::{BackendError, Result};
 /// The channel a release notifies; the payload is the lock name.
 pub const CHANNEL: &str = "elect_released";
 pub const DEFAULT_TABLE: &str = "elect_leases";
+/// The schema of a table named without one.
+pub const DEFAULT_SCHEMA: &str = "public";
 
-/// A validated, quoted table name: `table` or `schema.table`, each part an SQL identifier of
-/// letters, digits and underscores (not starting with a digit), at most 63 bytes.
+/// A validated table name, always with its schema: `schema.table`, or `table` for
+/// `public.table`. Each part is an SQL identifier of letters, digits and underscores (not
+/// starting with a digit), at most 63 bytes.
+///
+/// The schema is never left to the role's `search_path`: under PostgreSQL 15's default
+/// (`"$user", public`) with a schema per role, each role would resolve (and create) a table of
+/// its own, and contenders logged in as two roles would both hold the lock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Table {
     /// `"schema"."table"`, ready to splice into SQL.
     quoted: String,
+    /// `schema.table`, for messages.
+    name: String,
+    /// The bare table name when no schema was given: what an older elect resolved through
+    /// `search_path`.
+    unqualified: Option<String>,
 }
 
 impl Table {
@@ -29,16 +41,30 @@ impl Table {
                  not starting with a digit, at most 63 characters), optionally schema.table"
             )));
         }
-        let quoted = parts
-            .iter()
-            .map(|p| format!("\"{p}\""))
-            .collect::<Vec<_>>()
-            .join(".");
-        Ok(Self { quoted })
+        let (schema, table, unqualified) = match parts.as_slice() {
+            [table] => (DEFAULT_SCHEMA, *table, Some((*table).to_owned())),
+            [schema, table] => (*schema, *table, None),
+            _ => unreachable!("checked above"),
+        };
+        Ok(Self {
+            quoted: format!("\"{schema}\".\"{table}\""),
+            name: format!("{schema}.{table}"),
+            unqualified,
+        })
     }
 
     pub fn quoted(&self) -> &str {
         &self.quoted
+    }
+
+    /// `schema.table`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The bare name, when the URL gave no schema.
+    pub fn unqualified(&self) -> Option<&str> {
+        self.unqualified.as_deref()
     }
 }
 
@@ -57,7 +83,7 @@ fn is_identifier(part: &str) -> bool {
 /// refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Schema {
-    /// `last_run` and `once_until`: run history and `--once-per`.
+    /// `last_run`, `once_until` and `once_run`: run history and `--once-per`.
     pub history: bool,
     /// `top_token`: `--holders` above 1.
     pub places: bool,
@@ -78,6 +104,8 @@ pub struct Statements {
     /// Adds the columns of later releases to a table an older elect created.
     pub migrate: String,
     pub fresh_run: String,
+    /// Records a `--once-per` run as it starts, unless a marker lives.
+    pub claim: String,
     /// Takes place 0 (`--holders 1`).
     pub acquire: String,
     /// Takes the first free place of `--holders N`.
@@ -89,6 +117,8 @@ pub struct Statements {
     /// Releases a place K >= 1.
     pub release_place: String,
     pub force_release: String,
+    /// Settles an acquire whose answer was lost: frees whichever place holds its secret.
+    pub abandon: String,
     /// Every place row of one lock.
     pub places: String,
     pub list: String,
@@ -100,8 +130,30 @@ const STATE_COLUMNS: &str = "name, holder_id, host, pid, version, acquired_at, t
 
 /// The columns a table needs besides those of the first release (`CREATE TABLE IF NOT EXISTS`
 /// leaves an old table as it is): checked at open time, added when missing.
-pub const HISTORY_COLUMNS: [&str; 2] = ["last_run", "once_until"];
+pub const HISTORY_COLUMNS: [&str; 3] = ["last_run", "once_until", "once_run"];
 pub const PLACES_COLUMN: &str = "top_token";
+
+/// Whether the `--once-per` marker is the unfinished run of the lease with token $3 (see
+/// `claim`), recognised by its token and its end as elect writes them (JSON escaping keeps a
+/// holder id from imitating either).
+const OWN_CLAIM: &str = "once_run LIKE '%,\"token\":' || $3::int8 || ',%'
+        AND once_run LIKE '%,\"unfinished\":null}'";
+
+/// The `--once-per` marker after a release of the lease with token $3: the run $4 for the
+/// window ($5 ms) from now after a success; none after anything else if the marker is this
+/// lease's own unfinished run, so that a failed run can be retried; else as it was.
+fn once_after_release() -> String {
+    format!(
+        "once_until = CASE
+            WHEN $5::int8 IS NOT NULL THEN clock_timestamp() + $5::int8 * interval '1 millisecond'
+            WHEN {OWN_CLAIM} THEN NULL
+            ELSE once_until END,
+         once_run = CASE
+            WHEN $5::int8 IS NOT NULL THEN $4::text
+            WHEN {OWN_CLAIM} THEN NULL
+            ELSE once_run END"
+    )
+}
 
 /// The names of places 1 to $2 - 1 of the lock $1 (`NAME/K`), for `= ANY(...)`: a lookup by the
 /// primary key for each, whatever the table's collation.
@@ -111,23 +163,33 @@ const PLACE_NAMES: &str =
 impl Statements {
     pub fn new(table: &Table, schema: Schema) -> Self {
         let t = table.quoted();
+        let once_after = format!(
+            ", last_run = COALESCE($4::text, last_run), {}",
+            once_after_release()
+        );
         let (last_run, record, history) = if schema.history {
             (
                 "last_run",
-                ", last_run = COALESCE($4::text, last_run),
-                   once_until = CASE WHEN $5::int8 IS NULL THEN once_until
-                       ELSE clock_timestamp() + $5::int8 * interval '1 millisecond' END",
+                once_after.as_str(),
                 // The same, for the place-0 row when place $1 is released.
                 ", recorded AS (
                     UPDATE {t} SET last_run = COALESCE($4::text, last_run),
-                       once_until = CASE WHEN $5::int8 IS NULL THEN once_until
-                           ELSE clock_timestamp() + $5::int8 * interval '1 millisecond' END
+                       {ONCE_AFTER_RELEASE}
                     WHERE name = $6 AND EXISTS (SELECT 1 FROM released)
                     RETURNING name)"
-                    .replace("{t}", t),
+                    .replace("{t}", t)
+                    .replace("{ONCE_AFTER_RELEASE}", &once_after_release()),
             )
         } else {
             ("NULL::text AS last_run", "", String::new())
+        };
+        let forced_once = if schema.history {
+            format!(
+                ", once_until = CASE WHEN name = $1 AND {OWN_CLAIM} THEN NULL ELSE once_until END,
+                   once_run = CASE WHEN name = $1 AND {OWN_CLAIM} THEN NULL ELSE once_run END"
+            )
+        } else {
+            String::new()
         };
         // The lock's last token: places K >= 1 count on in the place-0 row's `top_token`, so
         // that taking one never changes the place-0 lease's own `token`.
@@ -153,19 +215,44 @@ impl Statements {
                     expires_at  timestamptz,
                     last_run    text,
                     once_until  timestamptz,
+                    once_run    text,
                     top_token   bigint
                 )"
             ),
             // `last_run` is the JSON of the last run; `once_until` the end of the `--once-per`
-            // marker, by the server's clock; `top_token` the last token a place K >= 1 took.
+            // marker, by the server's clock, and `once_run` the run it stands for (the run under
+            // way, until its release); `top_token` the last token a place K >= 1 took.
             // One line: error messages quote it for the table's owner to run.
             migrate: format!(
                 "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS last_run text, \
                  ADD COLUMN IF NOT EXISTS once_until timestamptz, \
+                 ADD COLUMN IF NOT EXISTS once_run text, \
                  ADD COLUMN IF NOT EXISTS top_token bigint"
             ),
             fresh_run: format!(
-                "SELECT last_run FROM {t} WHERE name = $1 AND once_until > clock_timestamp()"
+                "SELECT COALESCE(once_run, last_run) AS last_run FROM {t}
+                 WHERE name = $1 AND once_until > clock_timestamp()"
+            ),
+            // While the lease on row $1 (secret $2, token $3) is ours: the marker on the lock's
+            // row $4 if one lives; else this run ($5, unfinished) becomes the marker for $6 ms
+            // (the last run stays as it was). `marker` is read from the statement's snapshot, before the
+            // update.
+            claim: format!(
+                "WITH mine AS (
+                    SELECT 1 FROM {t}
+                    WHERE name = $1 AND secret = $2 AND token = $3
+                      AND expires_at > clock_timestamp()),
+                 claimed AS (
+                    UPDATE {t} SET once_run = $5,
+                       once_until = clock_timestamp() + $6::int8 * interval '1 millisecond'
+                    WHERE name = $4
+                      AND (once_until IS NULL OR once_until <= clock_timestamp())
+                      AND EXISTS (SELECT 1 FROM mine)
+                    RETURNING name)
+                 SELECT (SELECT count(*) FROM mine) AS mine,
+                        (SELECT count(*) FROM claimed) AS claimed,
+                        (SELECT COALESCE(once_run, last_run) FROM {t}
+                         WHERE name = $4 AND once_until > clock_timestamp()) AS marker"
             ),
             // Takes a free, released or expired row, or creates it. The conflict arm locks the
             // row and re-checks the condition on its latest version, so two contenders cannot
@@ -284,11 +371,23 @@ impl Statements {
             ),
             // An operator's compare-and-delete: by token alone, for a holder known to be dead,
             // on whichever of the lock's first $3 places holds it.
+            // With history, the `--once-per` record of the run under way under that token goes
+            // too (the operator ended the run: it does not count).
             force_release: format!(
+                "WITH released AS (
+                    UPDATE {t} SET expires_at = NULL{forced_once}
+                    WHERE (name = $1 OR name = ANY({PLACE_NAMES}))
+                      AND token = $3 AND expires_at > clock_timestamp()
+                    RETURNING name)
+                 SELECT pg_notify('{CHANNEL}', $1) FROM released"
+            ),
+            // An acquire whose answer never came may hold one of the lock's first $2 places under
+            // its secret $3: free it, as a release does, and wake the waiters.
+            abandon: format!(
                 "WITH released AS (
                     UPDATE {t} SET expires_at = NULL
                     WHERE (name = $1 OR name = ANY({PLACE_NAMES}))
-                      AND token = $3 AND expires_at > clock_timestamp()
+                      AND secret = $3 AND expires_at > clock_timestamp()
                     RETURNING name)
                  SELECT pg_notify('{CHANNEL}', $1) FROM released"
             ),
@@ -322,8 +421,17 @@ mod tests {
     fn table_names() {
         assert_eq!(
             Table::parse("elect_leases").unwrap().quoted(),
-            "\"elect_leases\""
+            "\"public\".\"elect_leases\""
         );
+        assert_eq!(
+            Table::parse("elect_leases").unwrap().name(),
+            "public.elect_leases"
+        );
+        assert_eq!(
+            Table::parse("elect_leases").unwrap().unqualified(),
+            Some("elect_leases")
+        );
+        assert_eq!(Table::parse("ops.leases").unwrap().unqualified(), None);
         assert_eq!(
             Table::parse("ops.Leases2").unwrap().quoted(),
             "\"ops\".\"Leases2\""

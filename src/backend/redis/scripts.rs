@@ -12,7 +12,8 @@
 //! | `elect:{NAME}:token` | integer, no expiry | the fencing-token counter, shared by all places; never reset |
 //! | `elect:{NAME}:baton` | list of at most N elements, PX expiry of a few seconds | a release leaves one for the longest waiter |
 //! | `elect:{NAME}:last` | string, no expiry | the last run (JSON), written by the release that ended it |
-//! | `elect:{NAME}:once` | string, PX expiry of `--once-per` | the run that succeeded in the window (JSON) |
+//! | `elect:{NAME}:once` | string, PX expiry of `--once-per` | the run that succeeded in the window, or the run under way (JSON, end `unfinished`) |
+//! | `elect:{NAME}:void:SECRET` | string, PX expiry of at least a minute | an abandoned acquire: its request, should it arrive late, takes nothing |
 //!
 //! - **places**: `--holders N` lets N leases hold the lock at once, one per place key, places
 //!   0 to N-1. A mutex (N = 1) uses place 0 only, `elect:{NAME}`, and writes no `:places` key,
@@ -24,17 +25,25 @@
 //!   `inspect` and `force release` read it and then the place keys below it, in one script: one
 //!   round trip and at most 1000 `GET`s, with no `SCAN` of the keyspace. The place keys are
 //!   built inside those scripts from the declared place-0 key (same hash tag, so same slot).
-//! - **acquire** runs in one script and is given N and the N place keys: it takes the first
-//!   free place, in order, with `INCR` on the counter and `SET place value NX PX ttl`, the new
-//!   token written into the holder JSON. The counter has no expiry and is never deleted, so a
-//!   token is never handed out twice, whatever the place (as long as the data survive: see the
-//!   README). When all N places are held it answers the holder of the lowest place and the
+//! - **acquire** runs in one script and is given N and the N place keys: it answers with the
+//!   place that holds its secret already (a retry after a lost answer), else takes the first
+//!   free place, in order, with the next token (the greater of the counter plus one and the
+//!   server's clock in microseconds, written back to the counter) and `SET place value NX PX
+//!   ttl`, the new token written into the holder JSON. The counter has no expiry and is never
+//!   deleted, and the clock covers a counter that a restart rewound, so a token is never handed
+//!   out twice, whatever the place (see the README). An acquire whose secret was abandoned
+//!   does nothing.
+//! - **abandon** settles an acquire whose answer was lost: deletes the place holding its secret
+//!   and leaves the void marker.
+//! - **claim** (`--once-per`, before the job starts) answers the live marker, or makes the run
+//!   under way the marker, so that a run whose release is lost still counts. When all N places are held it answers the holder of the lowest place and the
 //!   smallest remaining PTTL among them, which a waiter uses to wake at the first expiry.
 //! - **renew** extends the expiry of the lease's own place only if it still starts with our
 //!   secret: a holder can never extend another holder's lease. It answers `1` renewed, `0` gone,
 //!   `-1` someone else's.
 //! - **release** deletes the lease's place only if it is still ours, records the run (and the
-//!   `--once-per` marker, whose expiry the server's clock judges) in the same step, and then
+//!   `--once-per` marker, whose expiry the server's clock judges; or, after anything but a
+//!   success, removes the marker its claim left) in the same step, and then
 //!   pushes one element on the baton list (keeping at most N there, N from the lease) with a
 //!   short expiry. Waiters block on the list with `BLPOP`, which the server serves in the order
 //!   the clients blocked and one element to one client: a release wakes exactly the longest
@@ -103,6 +112,17 @@ pub fn last_key(name: &LockName) -> String {
     format!("{PREFIX}{{{name}}}:last")
 }
 
+/// The marker of an abandoned acquire: `elect:{NAME}:void:SECRET`.
+pub fn void_key(name: &LockName, secret: &str) -> String {
+    format!("{PREFIX}{{{name}}}:void:{secret}")
+}
+
+/// How long the marker of an abandoned acquire stays: longer than any request lingers in the
+/// network, and at least the lease's ttl.
+pub fn void_ttl(ttl: std::time::Duration) -> std::time::Duration {
+    ttl.max(std::time::Duration::from_secs(60))
+}
+
 /// The `--once-per` marker: `elect:{NAME}:once`.
 pub fn once_key(name: &LockName) -> String {
     format!("{PREFIX}{{{name}}}:once")
@@ -130,37 +150,84 @@ pub fn lock_of_key(key: &str) -> Option<LockName> {
     LockName::new(name).ok()
 }
 
-/// KEYS: counter, places marker, then the N place keys in order. ARGV: secret, ttl in ms, holder
-/// JSON without its token (an object), N. Returns `{1, token, place}` when acquired (place
-/// counted from 0), `{0, value, pttl}` when all N places are held: the value of the lowest place
-/// and the smallest remaining PTTL among them (-1 when none has an expiry).
+/// KEYS: counter, places marker, the secret's void marker, then the N place keys in order. ARGV:
+/// secret, ttl in ms, holder JSON without its token (an object), N. Returns `{1, token, place}`
+/// when acquired (place counted from 0), `{0, value, pttl}` when all N places are held: the value
+/// of the lowest place and the smallest remaining PTTL among them (-1 when none has an expiry),
+/// and `{-1}` when this secret was abandoned (its void marker exists): nothing was done.
 ///
-/// The token is spliced in front of the holder's other fields rather than through cjson, whose
-/// number formatting and escaping would change what elect wrote.
+/// A place that holds this secret already is the answer, its expiry reset: the same acquire,
+/// sent again after its first answer was lost, finds the lease it took rather than a second one.
+///
+/// The token is the greater of the counter plus one and the server's clock in microseconds, and
+/// is written back to the counter: tokens grow even when a restart lost the counter's last
+/// increments (AOF `everysec`, RDB snapshots) or the whole counter, as long as the server's clock
+/// does not step back. It is spliced in front of the holder's other fields rather than through
+/// cjson, whose number formatting and escaping would change what elect wrote; `%d` because Lua
+/// writes large numbers in exponent form.
 const ACQUIRE: &str = r#"
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  return {-1}
+end
 local n = tonumber(ARGV[4])
-local first, soonest = false, -1
+local mine = ARGV[1] .. '\n'
+local first, soonest, free = false, -1, false
 for k = 0, n - 1 do
-  local key = KEYS[3 + k]
+  local key = KEYS[4 + k]
   local current = redis.call('GET', key)
   if not current then
-    if n > 1 and (tonumber(redis.call('GET', KEYS[2])) or 1) < n then
-      redis.call('SET', KEYS[2], n)
+    if not free then
+      free = k
     end
-    local token = redis.call('INCR', KEYS[1])
-    local value = ARGV[1] .. '\n{"token":' .. token .. ',' .. string.sub(ARGV[3], 2)
-    redis.call('SET', key, value, 'NX', 'PX', ARGV[2])
-    return {1, token, k}
-  end
-  if not first then
-    first = current
-  end
-  local pttl = redis.call('PTTL', key)
-  if pttl >= 0 and (soonest < 0 or pttl < soonest) then
-    soonest = pttl
+  elseif string.sub(current, 1, #mine) == mine then
+    redis.call('PEXPIRE', key, ARGV[2])
+    return {1, tonumber(string.match(current, '\n{"token":(%d+),')), k}
+  else
+    if not first then
+      first = current
+    end
+    local pttl = redis.call('PTTL', key)
+    if pttl >= 0 and (soonest < 0 or pttl < soonest) then
+      soonest = pttl
+    end
   end
 end
-return {0, first, soonest}
+if not free then
+  return {0, first, soonest}
+end
+if n > 1 and (tonumber(redis.call('GET', KEYS[2])) or 1) < n then
+  redis.call('SET', KEYS[2], n)
+end
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local token = string.format('%d', math.max((tonumber(redis.call('GET', KEYS[1])) or 0) + 1, now))
+redis.call('SET', KEYS[1], token)
+local value = mine .. '{"token":' .. token .. ',' .. string.sub(ARGV[3], 2)
+redis.call('SET', KEYS[4 + free], value, 'NX', 'PX', ARGV[2])
+return {1, tonumber(token), free}
+"#;
+
+/// KEYS: the secret's void marker, baton, then the N place keys. ARGV: secret, void marker ttl in
+/// ms, baton ttl in ms. Settles an acquire whose answer was lost: deletes the place it may have
+/// taken (only if it holds this secret) and passes the baton on for it, and leaves the void
+/// marker, so that the acquire, should it reach the server only now, takes nothing. Returns 1
+/// when a lease was deleted, 0 when none held the secret.
+const ABANDON: &str = r#"
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[2])
+local mine = ARGV[1] .. '\n'
+local cap = #KEYS - 2
+for k = 3, #KEYS do
+  local current = redis.call('GET', KEYS[k])
+  if current and string.sub(current, 1, #mine) == mine then
+    redis.call('DEL', KEYS[k])
+    if redis.call('RPUSH', KEYS[2], '1') > cap then
+      redis.call('LTRIM', KEYS[2], 0, cap - 1)
+    end
+    redis.call('PEXPIRE', KEYS[2], ARGV[3])
+    return 1
+  end
+end
+return 0
 "#;
 
 /// KEYS: the lease's place. ARGV: secret, ttl in ms. Returns 1 renewed, 0 gone, -1 someone
@@ -181,6 +248,9 @@ return 1
 /// run JSON (empty: record nothing), marker ttl in ms (0: no marker), N the lease was taken with.
 /// Returns 1 released, 0 not ours (or gone): a lease that is no longer ours records no history.
 ///
+/// Without a marker to write (the run failed, or never started), the marker this lease's
+/// [`CLAIM`] left is deleted: it is recognised by the lease's token and its unfinished end.
+///
 /// The list never holds more than N batons (`LTRIM` only runs when untaken ones were there):
 /// releases nobody waited for must not later wake more waiters than there are places. A client
 /// blocked on the list is served after the script ends, so the `PEXPIRE` applies to a key that
@@ -191,8 +261,15 @@ if current and string.sub(current, 1, #ARGV[1] + 1) == ARGV[1] .. '\n' then
   redis.call('DEL', KEYS[1])
   if ARGV[3] ~= '' then
     redis.call('SET', KEYS[3], ARGV[3])
-    if tonumber(ARGV[4]) > 0 then
-      redis.call('SET', KEYS[4], ARGV[3], 'PX', ARGV[4])
+  end
+  if tonumber(ARGV[4]) > 0 then
+    redis.call('SET', KEYS[4], ARGV[3], 'PX', ARGV[4])
+  else
+    local token = string.match(current, '\n{"token":(%d+),')
+    local marker = redis.call('GET', KEYS[4])
+    if marker and string.find(marker, ',"token":' .. token .. ',', 1, true)
+        and string.find(marker, ',"unfinished":null}', 1, true) then
+      redis.call('DEL', KEYS[4])
     end
   end
   local cap = tonumber(ARGV[5])
@@ -203,6 +280,23 @@ if current and string.sub(current, 1, #ARGV[1] + 1) == ARGV[1] .. '\n' then
   return 1
 end
 return 0
+"#;
+
+/// KEYS: the lease's place, once marker. ARGV: secret, the run as started (JSON, its end
+/// unfinished), window in ms. `--once-per`, before the job starts: returns `{1, marker}` when a
+/// marker lives (the job ran in the window), else sets this run as the marker and returns `{0}`;
+/// `{-1}` when the lease is no longer ours (nothing is written).
+const CLAIM: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if not current or string.sub(current, 1, #ARGV[1] + 1) ~= ARGV[1] .. '\n' then
+  return {-1}
+end
+local marker = redis.call('GET', KEYS[2])
+if marker then
+  return {1, marker}
+end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+return {0}
 "#;
 
 /// KEYS: baton, then the waiter's N place keys. ARGV: baton ttl in ms. Returns 1 when the baton
@@ -227,9 +321,10 @@ redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1
 "#;
 
-/// KEYS: place 0, baton, places marker. ARGV: token, baton ttl in ms. An operator's
+/// KEYS: place 0, baton, places marker, once marker. ARGV: token, baton ttl in ms. An operator's
 /// compare-and-delete: deletes the place whose holder JSON carries this token (the acquire
-/// script writes it first), among the places below the marker. Returns `{1, nil}` released,
+/// script writes it first), among the places below the marker, and the `--once-per` record of
+/// that holder's run under way (the operator ended it: it does not count). Returns `{1, nil}` released,
 /// `{0, nil}` all places free, `{-1, value}` held under other tokens, with the value of the
 /// lowest held place (Lua `false` is a nil reply, and keeps the array two long).
 ///
@@ -243,6 +338,11 @@ for k = 0, n - 1 do
   if current then
     if string.match(current, '\n{"token":(%d+),') == ARGV[1] then
       redis.call('DEL', key)
+      local marker = redis.call('GET', KEYS[4])
+      if marker and string.find(marker, ',"token":' .. ARGV[1] .. ',', 1, true)
+          and string.find(marker, ',"unfinished":null}', 1, true) then
+        redis.call('DEL', KEYS[4])
+      end
       if redis.call('RPUSH', KEYS[2], '1') > n then
         redis.call('LTRIM', KEYS[2], 0, n - 1)
       end
@@ -294,8 +394,10 @@ end
 
 pub struct Scripts {
     pub acquire: Script,
+    pub abandon: Script,
     pub renew: Script,
     pub release: Script,
+    pub claim: Script,
     pub hand_on: Script,
     pub inspect: Script,
     pub force_release: Script,
@@ -303,8 +405,10 @@ pub struct Scripts {
 
 pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     acquire: Script::new(ACQUIRE),
+    abandon: Script::new(ABANDON),
     renew: Script::new(RENEW),
     release: Script::new(RELEASE),
+    claim: Script::new(CLAIM),
     hand_on: Script::new(HAND_ON),
     inspect: Script::new(&format!("{PLACE_KEY}{INSPECT}")),
     force_release: Script::new(&format!("{PLACE_KEY}{FORCE_RELEASE}")),

@@ -179,7 +179,7 @@ fn unquote(value: &str) -> String {
 fn is_secret(key: &str, value: &str) -> bool {
     key.ends_with("PASSWORD")
         || (key == "ELECT_BACKEND"
-            && BackendUrl::parse(value).is_ok_and(|url| url.password.is_some()))
+            && BackendUrl::parse(value).map_or(value.contains('@'), |url| url.holds_secret()))
 }
 
 fn check_secret_permissions(path: &Path, entries: &[Entry]) -> Result<(), Failure> {
@@ -204,6 +204,11 @@ fn check_secret_permissions(path: &Path, entries: &[Entry]) -> Result<(), Failur
 
 /// `elect config`: every setting, its value (secrets redacted) and where it came from.
 pub fn show(sources: &Sources) -> String {
+    show_with(sources, |key| std::env::var(key).ok())
+}
+
+/// [`show`], reading the environment through `var`.
+pub(crate) fn show_with(sources: &Sources, var: impl Fn(&str) -> Option<String>) -> String {
     let cmd = Cli::command();
     let defaults: BTreeMap<String, String> = cmd
         .get_subcommands()
@@ -220,7 +225,7 @@ pub fn show(sources: &Sources) -> String {
         .collect();
     let mut rows = vec![("KEY".to_owned(), "VALUE".to_owned(), "SOURCE".to_owned())];
     for key in known_keys() {
-        let value = std::env::var(&key).ok();
+        let value = var(&key);
         let source = if let Some(entry) = sources.files.iter().find(|e| e.key == key) {
             format!("file {}", entry.file.display())
         } else if value.is_some() {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
+use crate::jobenv::JobEnv;
 use crate::lease::HolderInfo;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,8 +56,9 @@ impl Running {
 }
 
 impl Hooks {
-    /// Starts the hook for `event`, if one is configured, with these variables added.
-    pub fn start(&self, event: Event, env: Vec<(String, String)>) -> Running {
+    /// Starts the hook for `event`, if one is configured, in this environment (the job's, see
+    /// [`JobEnv`], with the event's own variables).
+    pub fn start(&self, event: Event, env: JobEnv) -> Running {
         let command = match event {
             Event::Acquired => &self.on_acquired,
             Event::Busy => &self.on_busy,
@@ -87,13 +89,13 @@ pub fn holder_env(holder: Option<&HolderInfo>) -> Vec<(String, String)> {
     ]
 }
 
-async fn run(event: Event, command: String, env: Vec<(String, String)>, timeout: Duration) {
+async fn run(event: Event, command: String, env: JobEnv, timeout: Duration) {
     let name = event.name();
-    let mut child = match tokio::process::Command::new("/bin/sh")
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    env.apply(&mut cmd);
+    let mut child = match cmd
         .arg("-c")
         .arg(&command)
-        .envs(env)
-        .env_remove("NOTIFY_SOCKET")
         .stdin(Stdio::null())
         .process_group(0)
         .kill_on_drop(true)

@@ -18,6 +18,7 @@
 //!   feeds deadlines, collects the exit status.
 //! - [`run`]: `elect run`: acquire, supervise, release.
 //! - [`hooks`]: `--on-acquired`, `--on-busy`, `--on-lost` commands.
+//! - [`jobenv`]: the environment of the job and the hooks: the run's variables, no secrets.
 //! - [`notify`]: systemd readiness, status and watchdog notifications.
 //! - [`metrics`]: `--metrics-file`, Prometheus text format.
 //! - [`status`]: `elect status`, text and JSON.
@@ -34,6 +35,7 @@ pub mod exit;
 pub mod front;
 pub mod generate;
 pub mod hooks;
+pub mod jobenv;
 pub mod keeper;
 pub mod lease;
 pub mod logging;

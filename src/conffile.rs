@@ -248,7 +248,7 @@ pub(crate) fn show_with(sources: &Sources, var: impl Fn(&str) -> Option<String>)
             (None, Some(d)) => d.clone(),
             (None, None) => "-".to_owned(),
         };
-        rows.push((key, shown, source));
+        rows.push((key, crate::show::text(&shown).into_owned(), source));
     }
     let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
     let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).min(60);

@@ -82,10 +82,7 @@ pub fn holder_env(holder: Option<&HolderInfo>) -> Vec<(String, String)> {
         ("ELECT_HELD_BY_HOST".into(), h.host.clone()),
         ("ELECT_HELD_BY_PID".into(), h.pid.to_string()),
         ("ELECT_HELD_BY_TOKEN".into(), h.token.to_string()),
-        (
-            "ELECT_HELD_SINCE".into(),
-            humantime::format_rfc3339_millis(h.acquired_at).to_string(),
-        ),
+        ("ELECT_HELD_SINCE".into(), crate::show::time(h.acquired_at)),
     ]
 }
 

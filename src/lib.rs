@@ -24,6 +24,7 @@
 //! - [`status`]: `elect status`, text and JSON.
 //! - [`release`]: `elect release --token N`, an operator's compare-and-delete.
 //! - [`logging`]: one line per event on stderr, text or JSON.
+//! - [`show`]: how values that others can write are shown to people (escaped, invalid times).
 //! - [`generate`], [`manual`]: the man page and shell completions, generated from [`cli`].
 
 pub mod backend;
@@ -44,6 +45,7 @@ pub mod metrics;
 pub mod notify;
 pub mod release;
 pub mod run;
+pub mod show;
 pub mod status;
 pub mod supervisor;
 pub mod timing;

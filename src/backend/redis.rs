@@ -334,7 +334,8 @@ impl Backend for RedisBackend {
                 Ok(conn) => conn,
                 Err(e) => return Err(self.unavailable("list locks", &e)),
             };
-            let reply: std::result::Result<(u64, Vec<String>), _> = ::redis::cmd("SCAN")
+            // Bytes, not strings: one key that is not UTF-8 must not fail the whole listing.
+            let reply: std::result::Result<(u64, Vec<Vec<u8>>), _> = ::redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
                 .arg(scripts::SCAN_PATTERN)
@@ -343,7 +344,11 @@ impl Backend for RedisBackend {
                 .query_async(&mut conn)
                 .await;
             let (next, keys) = reply.map_err(|e| self.unavailable("list locks", &e))?;
-            names.extend(keys.iter().filter_map(|k| scripts::lock_of_key(k)));
+            names.extend(
+                keys.iter()
+                    .filter_map(|k| std::str::from_utf8(k).ok())
+                    .filter_map(scripts::lock_of_key),
+            );
             cursor = next;
             if cursor == 0 {
                 break;

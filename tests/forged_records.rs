@@ -6,6 +6,8 @@
 mod certs;
 #[path = "support/net.rs"]
 mod net;
+#[path = "support/postgres_server.rs"]
+mod postgres_server;
 #[path = "support/programs.rs"]
 mod programs;
 #[path = "support/redis_server.rs"]
@@ -18,6 +20,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use postgres_server::{PostgresServer, DATABASE};
 use redis_server::RedisServer;
 
 const FORGED_HOLDER: &str = r#"{"id":"evil\u001b[2J\r\nelect: error: fake","host":"h\u0007\u009b\u202e","pid":1,"acquired_at":"2026-01-01T00:00:00Z","ttl":1000,"token":5,"version":"x"}"#;
@@ -66,6 +69,11 @@ fn assert_escaped(what: &str, text: &str, lines: usize) {
 
 /// What every backend must show for the forged lock `forged` next to the honest lock `fine`.
 fn check_outputs(backend: &str, dir: &Path) {
+    check_outputs_and(backend, dir, |_| {});
+}
+
+/// [`check_outputs`], with more checks of the status table.
+fn check_outputs_and(backend: &str, dir: &Path, check_extra: impl Fn(&str)) {
     let mut run = elect(backend, dir);
     run.args(["run", "--lock", "forged", "--", "true"]);
     let out = output(run);
@@ -81,6 +89,7 @@ fn check_outputs(backend: &str, dir: &Path) {
     let table = String::from_utf8_lossy(&out.stdout);
     assert_escaped("the status table", &table, 3);
     assert!(table.lines().any(|l| l.starts_with("fine ")), "{table}");
+    check_extra(&table);
 
     let mut json = elect(backend, dir);
     json.args(["status", "--json", "--lock", "forged"]);
@@ -168,4 +177,35 @@ fn a_forged_lock_file_record_is_shown_escaped() {
     check_outputs(&url, dir.path());
     let _ = holder.kill();
     let _ = holder.wait();
+}
+
+/// A row written by hand: control characters, a time no clock shows (`infinity`), a pid and a
+/// history entry elect would never write.
+#[test]
+fn a_forged_postgres_row_is_shown_escaped() {
+    let server = PostgresServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let url = server.url();
+    for lock in ["fine", "forged"] {
+        let mut run = elect(&url, dir.path());
+        run.args(["run", "--lock", lock, "--", "true"]);
+        let out = output(run);
+        assert!(out.status.success(), "{out:?}");
+    }
+    server.psql_in(
+        DATABASE,
+        &format!(
+            "UPDATE elect_leases SET holder_id = E'evil\\x1b[2J\\r\\nelect: error: fake', \
+             host = E'h\\x07', pid = 99999999999, acquired_at = 'infinity', \
+             expires_at = now() + interval '1 hour', \
+             last_run = '{}' WHERE name = 'forged'",
+            FORGED_RUN
+                .strip_prefix("{\"last_run\":")
+                .and_then(|run| run.strip_suffix('}'))
+                .unwrap()
+        ),
+    );
+    check_outputs_and(&url, dir.path(), |table| {
+        assert!(table.contains("invalid time"), "{table}");
+    });
 }

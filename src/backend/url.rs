@@ -221,10 +221,13 @@ pub fn redact(text: &str) -> String {
     }
 }
 
-/// Redacts text that does not parse as a URL: everything between `://` (or the start) and the
-/// last `@`, and the value of every secret-named `key=value` after a `?`.
+/// Redacts text that does not parse as a URL: everything between `://` and the last `@`, and
+/// the value of every secret-named `key=value` after a `?`. Text without `://` is hidden whole:
+/// nothing tells which part of it might be a password (a backend file holding only one).
 fn redact_raw(text: &str) -> String {
-    let start = text.find("://").map_or(0, |i| i + 3);
+    let Some(start) = text.find("://").map(|i| i + 3) else {
+        return "***".to_owned();
+    };
     let (head, tail) = match text[start..].rfind('@') {
         Some(at) => (format!("{}***", &text[..start]), &text[start + at..]),
         None => (String::new(), text),
@@ -364,6 +367,8 @@ mod tests {
     fn text_that_is_no_url_is_redacted_too() {
         for (text, secret) in [
             ("redis//app:hunter2@cache", "hunter2"),
+            ("hunter2", "hunter2"),
+            ("redis:/:hunter2", "hunter2"),
             ("redis://cache:99999?password=hunter2", "hunter2"),
             ("redis://cache:99999?a=1&Pass%77ord=hunter2", "hunter2"),
             ("mysql://u:hunter2@h/db?token=t0ken", "t0ken"),

@@ -62,13 +62,29 @@ impl BackendConfig {
     }
 }
 
+/// Reads a `--backend-file`: a regular file, opened with `O_NONBLOCK` so that a FIFO cannot
+/// hang elect.
 fn read_url_file(path: &std::path::Path) -> Result<String, Failure> {
-    std::fs::read_to_string(path).map_err(|e| {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |why: String| {
         Failure::usage(format!(
-            "cannot read the backend URL from {}: {e}",
+            "cannot read the backend URL from {}: {why}",
             path.display()
         ))
-    })
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| fail(e.to_string()))?;
+    if !file.metadata().map_err(|e| fail(e.to_string()))?.is_file() {
+        return Err(fail("it is not a regular file".into()));
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(text)
 }
 
 /// Everything `elect run` needs, validated.

@@ -121,3 +121,17 @@ fn a_start_order_too_long_for_the_launcher_never_starts_the_job() {
         "the job ran with a cut start order"
     );
 }
+
+#[test]
+fn a_fifo_for_a_file_elect_reads_is_refused_without_hanging() {
+    let env = TestEnv::new();
+    let fifo = env.file("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let fifo = fifo.to_str().unwrap();
+    let out = env.run(["run", "--lock", "x", "--backend-file", fifo, "--", "true"]);
+    assert_usage(&out, "--backend-file");
+    assert!(out.stderr.contains("not a regular file"), "{}", out.stderr);
+    let out = env.run(["--config", fifo, "config"]);
+    assert_usage(&out, "--config");
+    assert!(out.stderr.contains("not a regular file"), "{}", out.stderr);
+}

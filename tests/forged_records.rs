@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use postgres_server::{PostgresServer, DATABASE};
 use redis_server::RedisServer;
 
-const FORGED_HOLDER: &str = r#"{"id":"evil\u001b[2J\r\nelect: error: fake","host":"h\u0007\u009b\u202e","pid":1,"acquired_at":"2026-01-01T00:00:00Z","ttl":1000,"token":5,"version":"x"}"#;
+const FORGED_HOLDER: &str = r#"{"id":"evil\u001b[2J\r\nelect: error: fake","host":"h\u0007\u009b\u202e\nMAINPID=1","pid":1,"acquired_at":"2026-01-01T00:00:00Z","ttl":1000,"token":5,"version":"x"}"#;
 const FORGED_RUN: &str = r#"{"last_run":{"holder":"x\u001b]0;title\u0007","host":"web\r\nelect: error: fake","pid":1,"token":4,"started_at":"2026-01-01T00:00:00Z","finished_at":"2026-01-01T00:00:01Z","duration_ms":1000,"exit_code":0}}"#;
 
 fn elect(backend: &str, dir: &Path) -> Command {
@@ -111,6 +111,32 @@ fn a_forged_redis_record_is_shown_escaped() {
     let set = server.command(&["SET", "elect:{forged}", &value, "PX", "60000"]);
     assert!(set.contains("OK"), "{set}");
     check_outputs(&url, dir.path());
+
+    // systemd's notifications while waiting name the holder's host: one assignment per line.
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut wait = elect(&url, dir.path());
+    wait.env("NOTIFY_SOCKET", &socket_path).args([
+        "run",
+        "--lock",
+        "forged",
+        "--wait=1s",
+        "--",
+        "true",
+    ]);
+    let out = output(wait);
+    assert_eq!(out.status.code(), Some(75), "{out:?}");
+    let mut buf = [0u8; 4096];
+    let n = socket.recv(&mut buf).expect("a notification");
+    let message = String::from_utf8_lossy(&buf[..n]);
+    assert!(
+        message.starts_with("STATUS=waiting for forged held by h"),
+        "{message:?}"
+    );
+    assert_eq!(message.lines().count(), 1, "{message:?}");
 
     // A forged history record, and a key that is not UTF-8.
     let mut cli = Command::new("redis-cli");

@@ -6,6 +6,8 @@
 mod certs;
 #[path = "support/net.rs"]
 mod net;
+#[path = "support/postgres_server.rs"]
+mod postgres_server;
 #[path = "support/programs.rs"]
 mod programs;
 #[path = "support/redis_server.rs"]
@@ -322,4 +324,75 @@ fn no_output_shows_the_password() {
             }
         }
     }
+}
+
+/// PostgreSQL's own variable: read by elect, so withheld from the job and every hook.
+#[test]
+fn pgpassword_reaches_neither_the_job_nor_a_hook() {
+    let server = postgres_server::PostgresServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let url = format!(
+        "postgres://{}@127.0.0.1:{}/{}?sslmode=disable",
+        postgres_server::USER,
+        server.port,
+        postgres_server::DATABASE
+    );
+    let elect = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_elect"));
+        cmd.env("ELECT_BACKEND", &url)
+            .env("PGPASSWORD", postgres_server::PASSWORD)
+            .env("HOME", d)
+            .env_remove("XDG_CONFIG_HOME")
+            .current_dir(d)
+            .stdin(Stdio::null());
+        cmd
+    };
+    let mut holder = elect();
+    holder.args([
+        "run",
+        "--lock",
+        "pg-secrets",
+        "--on-acquired",
+        "env -0 > acquired.env",
+        "--",
+        "sh",
+        "-c",
+        "env -0 > job.env; while [ ! -e busy.env ]; do sleep 0.05; done; sleep 0.2",
+    ]);
+    let holder = holder
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let job = dumped(&d.join("job.env"));
+    let acquired = dumped(&d.join("acquired.env"));
+    let mut busy = elect();
+    busy.args([
+        "run",
+        "--lock",
+        "pg-secrets",
+        "--on-busy",
+        "env -0 > busy.env",
+        "--",
+        "true",
+    ]);
+    assert_eq!(finish(busy).status.code(), Some(75));
+    let busy = dumped(&d.join("busy.env"));
+    let out = holder.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    for (what, env) in [
+        ("job", &job),
+        ("on-acquired", &acquired),
+        ("on-busy", &busy),
+    ] {
+        for (key, value) in env.iter() {
+            assert!(
+                key != "PGPASSWORD" && !value.contains(postgres_server::PASSWORD),
+                "{what}: {key}={value}"
+            );
+        }
+    }
+    assert_eq!(common(&acquired), common(&job), "on-acquired vs job");
+    assert_eq!(common(&busy), common(&job), "on-busy vs job");
 }

@@ -163,17 +163,26 @@ fn user_config_dir() -> Option<PathBuf> {
 
 /// Why a config file was not read.
 #[derive(Debug)]
-enum Unreadable {
+pub(crate) enum Unreadable {
     Missing,
     /// Unsafe or unreadable: the reason, with the fix.
     Refused(String),
+}
+
+impl std::fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Missing => f.write_str("it does not exist"),
+            Self::Refused(why) => f.write_str(why),
+        }
+    }
 }
 
 /// The file's text, if no user but root and the effective uid can have written it or a directory
 /// above it. Symlinks are resolved first and the real path is checked; the file itself is opened
 /// without following a link and checked on the open descriptor, with `O_NONBLOCK` so that a FIFO
 /// planted there cannot hang elect.
-fn read_trusted(path: &Path) -> Result<String, Unreadable> {
+pub(crate) fn read_trusted(path: &Path) -> Result<String, Unreadable> {
     let real = match std::fs::canonicalize(path) {
         Ok(real) => real,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Unreadable::Missing),

@@ -62,29 +62,15 @@ impl BackendConfig {
     }
 }
 
-/// Reads a `--backend-file`: a regular file, opened with `O_NONBLOCK` so that a FIFO cannot
-/// hang elect.
+/// Reads a `--backend-file` under the rule of the configuration files (see [`crate::conffile`]):
+/// it picks where root's leases live, so no other user may have written it.
 fn read_url_file(path: &std::path::Path) -> Result<String, Failure> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let fail = |why: String| {
+    crate::conffile::read_trusted(path).map_err(|why| {
         Failure::usage(format!(
             "cannot read the backend URL from {}: {why}",
             path.display()
         ))
-    };
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| fail(e.to_string()))?;
-    if !file.metadata().map_err(|e| fail(e.to_string()))?.is_file() {
-        return Err(fail("it is not a regular file".into()));
-    }
-    let mut text = String::new();
-    file.read_to_string(&mut text)
-        .map_err(|e| fail(e.to_string()))?;
-    Ok(text)
+    })
 }
 
 /// Everything `elect run` needs, validated.

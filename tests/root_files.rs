@@ -99,6 +99,29 @@ fn config_files_another_user_can_write_are_refused() {
     let fifo = env.file("fifo.conf");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     assert_refused(&env, &fifo, "not a regular file");
+    // A backend file picks where root's leases live: the same rule.
+    let url_file = dir.join("backend.url");
+    as_nobody(&format!(
+        "echo file://{} > {}",
+        dir.display(),
+        url_file.display()
+    ));
+    let out = env.run([
+        "run",
+        "--lock",
+        "x",
+        "--backend-file",
+        url_file.to_str().unwrap(),
+        "--",
+        "touch",
+        "ran",
+    ]);
+    out.assert_code(2);
+    assert!(
+        out.one_error_line().contains("is owned by uid 65534"),
+        "{}",
+        out.stderr
+    );
     // The same through ELECT_CONFIG, on `run`: nothing runs.
     let mut cmd = env.elect();
     cmd.env("ELECT_CONFIG", &planted)

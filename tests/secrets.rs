@@ -104,8 +104,6 @@ fn wait_for(path: &Path) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    // The writer may still be writing.
-    std::thread::sleep(Duration::from_millis(100));
 }
 
 /// The environment a process dumped with `env -0`.
@@ -188,13 +186,13 @@ fn every_hook_gets_the_jobs_environment(source: Source) {
         "--grace",
         "1s",
         "--on-acquired",
-        "env -0 > acquired.env",
+        "env -0 > acquired.tmp && mv acquired.tmp acquired.env",
         "--on-lost",
-        "env -0 > lost.env",
+        "env -0 > lost.tmp && mv lost.tmp lost.env",
         "--",
         "sh",
         "-c",
-        "env -0 > job.env; sleep 30",
+        "env -0 > job.tmp && mv job.tmp job.env; sleep 30",
     ]);
     let holder = holder
         .stdout(Stdio::piped())
@@ -211,7 +209,7 @@ fn every_hook_gets_the_jobs_environment(source: Source) {
         "--lock",
         &lock,
         "--on-busy",
-        "env -0 > busy.env",
+        "env -0 > busy.tmp && mv busy.tmp busy.env",
         "--",
         "true",
     ]);
@@ -354,11 +352,11 @@ fn pgpassword_reaches_neither_the_job_nor_a_hook() {
         "--lock",
         "pg-secrets",
         "--on-acquired",
-        "env -0 > acquired.env",
+        "env -0 > acquired.tmp && mv acquired.tmp acquired.env",
         "--",
         "sh",
         "-c",
-        "env -0 > job.env; while [ ! -e busy.env ]; do sleep 0.05; done; sleep 0.2",
+        "env -0 > job.tmp && mv job.tmp job.env; while [ ! -e busy.env ]; do sleep 0.05; done; sleep 0.2",
     ]);
     let holder = holder
         .stdout(Stdio::piped())
@@ -373,7 +371,7 @@ fn pgpassword_reaches_neither_the_job_nor_a_hook() {
         "--lock",
         "pg-secrets",
         "--on-busy",
-        "env -0 > busy.env",
+        "env -0 > busy.tmp && mv busy.tmp busy.env",
         "--",
         "true",
     ]);

@@ -9,7 +9,8 @@
 //!   variables (`PGPASSWORD`), whether they came from the environment or a configuration file;
 //! - `NOTIFY_SOCKET` is removed: elect speaks to systemd for the unit.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 
 use crate::lease::{Lease, LockName};
 
@@ -25,20 +26,20 @@ const WITHHELD: [&str; 3] = [
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JobEnv {
     set: Vec<(String, String)>,
-    withheld: Vec<String>,
+    withheld: Vec<OsString>,
 }
 
 impl JobEnv {
     /// What every hook and the job share: the lock, the backend (redacted), no secrets.
     /// `backend_secrets` are the variables the open backend read a secret from.
     pub fn new(lock: &LockName, describe: &str, backend_secrets: &[&str]) -> Self {
-        let mut withheld: Vec<String> = WITHHELD
+        let mut withheld: Vec<OsString> = WITHHELD
             .iter()
             .chain(backend_secrets)
-            .map(|k| (*k).to_owned())
+            .map(OsString::from)
             .collect();
-        let named: Vec<String> = std::env::vars_os()
-            .filter_map(|(k, _)| k.into_string().ok())
+        let named: Vec<OsString> = std::env::vars_os()
+            .map(|(k, _)| k)
             .filter(|k| is_secret_name(k) && !withheld.contains(k))
             .collect();
         withheld.extend(named);
@@ -62,7 +63,7 @@ impl JobEnv {
     /// Adds (or replaces) variables; a withheld name stays withheld.
     pub fn with(mut self, vars: impl IntoIterator<Item = (String, String)>) -> Self {
         for (key, value) in vars {
-            if self.withheld.contains(&key) {
+            if self.withheld.iter().any(|k| *k == *key) {
                 continue;
             }
             self.set.retain(|(k, _)| *k != key);
@@ -77,7 +78,7 @@ impl JobEnv {
     }
 
     /// The variables removed.
-    pub fn withheld(&self) -> &[String] {
+    pub fn withheld(&self) -> &[OsString] {
         &self.withheld
     }
 
@@ -86,7 +87,7 @@ impl JobEnv {
         self.set
             .iter()
             .map(|(k, v)| (OsString::from(k), Some(OsString::from(v))))
-            .chain(self.withheld.iter().map(|k| (OsString::from(k), None)))
+            .chain(self.withheld.iter().map(|k| (k.clone(), None)))
             .collect()
     }
 
@@ -99,9 +100,11 @@ impl JobEnv {
     }
 }
 
-/// `ELECT_*PASSWORD`: the names of elect's own secrets, present and future.
-fn is_secret_name(name: &str) -> bool {
-    name.starts_with("ELECT_") && name.ends_with("PASSWORD")
+/// `ELECT_*PASSWORD`: the names of elect's own secrets, present and future (bytes: a name need
+/// not be UTF-8).
+fn is_secret_name(name: &OsStr) -> bool {
+    let name = name.as_bytes();
+    name.starts_with(b"ELECT_") && name.ends_with(b"PASSWORD")
 }
 
 #[cfg(test)]
@@ -123,7 +126,8 @@ mod tests {
             .vars()
             .contains(&("ELECT_BACKEND".into(), "redis://app:***@cache".into())));
         assert!(env.vars().iter().any(|(k, _)| k == "ELECT_HELD_BY_ID"));
-        assert!(is_secret_name("ELECT_ZK_PASSWORD"));
-        assert!(!is_secret_name("ELECT_PASSWORD_FILE"));
+        assert!(is_secret_name(OsStr::new("ELECT_ZK_PASSWORD")));
+        assert!(is_secret_name(OsStr::from_bytes(b"ELECT_\xff_PASSWORD")));
+        assert!(!is_secret_name(OsStr::new("ELECT_PASSWORD_FILE")));
     }
 }

@@ -257,9 +257,20 @@ fn parse_lock(text: &str) -> Result<LockName, String> {
     LockName::new(text).map_err(|e| e.to_string())
 }
 
+/// The longest duration any setting takes: far beyond any sensible lease, wait or window, and
+/// short enough that every clock reading, deadline and backend expiry built from a few of them
+/// stays representable (CLOCK_BOOTTIME in u64 nanoseconds lasts 584 years; wall-clock times,
+/// Redis PX milliseconds and etcd TTL seconds last longer). A year is 365.25 days, as humantime
+/// counts it.
+pub const LONGEST: Duration = Duration::from_secs(100 * 31_557_600);
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("{e}; expected a duration such as 500ms, 15s or 2m"))
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{e}; expected a duration such as 500ms, 15s or 2m"))?;
+    if d > LONGEST {
+        return Err("too long: at most 100 years".into());
+    }
+    Ok(d)
 }
 
 fn parse_window(text: &str) -> Result<Duration, String> {
@@ -323,6 +334,20 @@ mod tests {
         assert_eq!(parse_wait("0"), Ok(Wait::No));
         assert_eq!(parse_wait("30s"), Ok(Wait::AtMost(Duration::from_secs(30))));
         assert!(parse_wait("soon").is_err());
+    }
+
+    #[test]
+    fn durations_past_the_clocks_range_are_refused() {
+        for text in ["18446744073709551615s", "600000y", "101y", "584542046090y"] {
+            let err = parse_duration(text).unwrap_err();
+            assert!(
+                err.contains("too long") || err.contains("overflow"),
+                "{text}: {err}"
+            );
+        }
+        assert_eq!(parse_duration("100y"), Ok(LONGEST));
+        assert!(parse_window("600000y").is_err());
+        assert!(parse_wait("18446744073709551615s").is_err());
     }
 
     #[test]

@@ -26,9 +26,19 @@ impl BootTime {
         Self(Duration::from_nanos(nanos))
     }
 
+    /// Saturates at `u64::MAX` (584 years of uptime): settings are bounded so that no real
+    /// deadline comes near it (see `cli::LONGEST`).
     pub fn as_nanos(self) -> u64 {
-        self.0.as_nanos() as u64
+        u64::try_from(self.0.as_nanos()).unwrap_or(u64::MAX)
     }
+
+    /// `self + d`, at most the end of the clock's range.
+    pub fn saturating_add(self, d: Duration) -> Self {
+        Self(self.0.saturating_add(d).min(Self::END))
+    }
+
+    /// The last reading the wire format (u64 nanoseconds) can carry.
+    const END: Duration = Duration::from_nanos(u64::MAX);
 
     /// Time from `self` until `later`, zero if `later` has passed.
     pub fn until(self, later: BootTime) -> Duration {
@@ -38,8 +48,9 @@ impl BootTime {
 
 impl Add<Duration> for BootTime {
     type Output = BootTime;
+    /// Saturates rather than panics: see [`BootTime::saturating_add`].
     fn add(self, rhs: Duration) -> BootTime {
-        BootTime(self.0 + rhs)
+        self.saturating_add(rhs)
     }
 }
 
@@ -63,5 +74,31 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> BootTime {
         BootTime::now()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn arithmetic_never_panics_and_stays_in_range(
+            at in any::<u64>(),
+            secs in any::<u64>(),
+            nanos in 0..1_000_000_000u32,
+        ) {
+            let t = BootTime::from_nanos(at);
+            let d = Duration::new(secs, nanos);
+            let later = t + d;
+            prop_assert!(later >= t);
+            prop_assert!(later.as_nanos() >= at);
+            prop_assert_eq!(BootTime::from_nanos(later.as_nanos()), later);
+            let earlier = t - d;
+            prop_assert!(earlier <= t);
+            prop_assert!(t.until(earlier).is_zero());
+            prop_assert!(earlier.until(t) <= d);
+        }
     }
 }

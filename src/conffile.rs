@@ -9,10 +9,20 @@
 //!
 //! A file that holds a password (a `*_PASSWORD` key, or a URL with one) must not be readable by
 //! anyone but its owner; elect refuses it otherwise.
+//!
+//! # Whose files
+//! elect often runs as root, and a file decides which backend the job's lease lives on and which
+//! hooks run. So, as sshd's StrictModes and sudo do, a file is read only when no other user can
+//! have written it: the file must be a regular file owned by root or the effective uid and not
+//! writable by group or others, and so must every directory above it (a sticky directory such as
+//! `/tmp` is allowed: others cannot rename or replace what is in it). Anything else is refused
+//! (exit 2). The per-user file of root is the one under root's home in the password database, not
+//! under `$HOME` or `$XDG_CONFIG_HOME`, which `sudo -E` keeps from the user who called it.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::os::unix::fs::MetadataExt;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use clap::CommandFactory;
@@ -90,12 +100,18 @@ pub fn load_into_env(args: &[OsString]) -> Result<Sources, Failure> {
     };
     let mut merged: BTreeMap<String, Entry> = BTreeMap::new();
     for (path, required) in paths {
-        let text = match std::fs::read_to_string(&path) {
+        let text = match read_trusted(&path) {
             Ok(text) => text,
-            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => {
+            Err(Unreadable::Missing) if !required => continue,
+            Err(Unreadable::Missing) => {
                 return Err(Failure::usage(format!(
-                    "cannot read config file {}: {e}",
+                    "cannot read config file {}: it does not exist",
+                    path.display()
+                )))
+            }
+            Err(Unreadable::Refused(why)) => {
+                return Err(Failure::usage(format!(
+                    "config file {}: {why}",
                     path.display()
                 )))
             }
@@ -123,14 +139,97 @@ pub fn load_into_env(args: &[OsString]) -> Result<Sources, Failure> {
 
 fn default_paths() -> Vec<PathBuf> {
     let mut paths = vec![PathBuf::from("/etc/elect.conf")];
-    let user = std::env::var_os("XDG_CONFIG_HOME")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
-    if let Some(dir) = user {
+    if let Some(dir) = user_config_dir() {
         paths.push(dir.join("elect.conf"));
     }
     paths
+}
+
+/// Where the per-user file lives: `$XDG_CONFIG_HOME` or `~/.config`; as root, only under root's
+/// own home from the password database (see the module doc).
+fn user_config_dir() -> Option<PathBuf> {
+    let euid = nix::unistd::geteuid();
+    if euid.is_root() {
+        return nix::unistd::User::from_uid(euid)
+            .ok()
+            .flatten()
+            .map(|user| user.dir.join(".config"));
+    }
+    std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+}
+
+/// Why a config file was not read.
+#[derive(Debug)]
+pub(crate) enum Unreadable {
+    Missing,
+    /// Unsafe or unreadable: the reason, with the fix.
+    Refused(String),
+}
+
+impl std::fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Missing => f.write_str("it does not exist"),
+            Self::Refused(why) => f.write_str(why),
+        }
+    }
+}
+
+/// The file's text, if no user but root and the effective uid can have written it or a directory
+/// above it. Symlinks are resolved first and the real path is checked; the file itself is opened
+/// without following a link and checked on the open descriptor, with `O_NONBLOCK` so that a FIFO
+/// planted there cannot hang elect.
+pub(crate) fn read_trusted(path: &Path) -> Result<String, Unreadable> {
+    let real = match std::fs::canonicalize(path) {
+        Ok(real) => real,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Unreadable::Missing),
+        Err(e) => return Err(Unreadable::Refused(format!("cannot read it: {e}"))),
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    for dir in real.ancestors().skip(1) {
+        let meta = std::fs::metadata(dir)
+            .map_err(|e| Unreadable::Refused(format!("cannot check {}: {e}", dir.display())))?;
+        trusted(&meta, me, true)
+            .map_err(|why| Unreadable::Refused(format!("the directory {} {why}", dir.display())))?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(&real)
+        .map_err(|e| Unreadable::Refused(format!("cannot read it: {e}")))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Unreadable::Refused(format!("cannot check it: {e}")))?;
+    if !meta.is_file() {
+        return Err(Unreadable::Refused("it is not a regular file".into()));
+    }
+    trusted(&meta, me, false).map_err(|why| Unreadable::Refused(format!("it {why}")))?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .map_err(|e| Unreadable::Refused(format!("cannot read it: {e}")))?;
+    Ok(text)
+}
+
+/// Whether only root and `me` can change a file or directory: `Err` says why not, and the fix.
+fn trusted(meta: &std::fs::Metadata, me: u32, directory: bool) -> Result<(), String> {
+    let mode = meta.mode() & 0o7777;
+    if meta.uid() != 0 && meta.uid() != me {
+        return Err(format!(
+            "is owned by uid {}, not by root or uid {me}: another user controls it; \
+             move the file somewhere only root and you can write",
+            meta.uid()
+        ));
+    }
+    let sticky = directory && mode & 0o1000 != 0;
+    if mode & 0o022 != 0 && !sticky {
+        return Err(format!(
+            "is writable by group or others (mode {mode:04o}): chmod go-w it"
+        ));
+    }
+    Ok(())
 }
 
 fn parse(text: &str, path: &Path, known: &[String]) -> Result<Vec<Entry>, Failure> {
@@ -179,7 +278,7 @@ fn unquote(value: &str) -> String {
 fn is_secret(key: &str, value: &str) -> bool {
     key.ends_with("PASSWORD")
         || (key == "ELECT_BACKEND"
-            && BackendUrl::parse(value).is_ok_and(|url| url.password.is_some()))
+            && BackendUrl::parse(value).map_or(value.contains('@'), |url| url.holds_secret()))
 }
 
 fn check_secret_permissions(path: &Path, entries: &[Entry]) -> Result<(), Failure> {
@@ -204,6 +303,11 @@ fn check_secret_permissions(path: &Path, entries: &[Entry]) -> Result<(), Failur
 
 /// `elect config`: every setting, its value (secrets redacted) and where it came from.
 pub fn show(sources: &Sources) -> String {
+    show_with(sources, |key| std::env::var(key).ok())
+}
+
+/// [`show`], reading the environment through `var`.
+pub(crate) fn show_with(sources: &Sources, var: impl Fn(&str) -> Option<String>) -> String {
     let cmd = Cli::command();
     let defaults: BTreeMap<String, String> = cmd
         .get_subcommands()
@@ -220,7 +324,7 @@ pub fn show(sources: &Sources) -> String {
         .collect();
     let mut rows = vec![("KEY".to_owned(), "VALUE".to_owned(), "SOURCE".to_owned())];
     for key in known_keys() {
-        let value = std::env::var(&key).ok();
+        let value = var(&key);
         let source = if let Some(entry) = sources.files.iter().find(|e| e.key == key) {
             format!("file {}", entry.file.display())
         } else if value.is_some() {
@@ -243,7 +347,7 @@ pub fn show(sources: &Sources) -> String {
             (None, Some(d)) => d.clone(),
             (None, None) => "-".to_owned(),
         };
-        rows.push((key, shown, source));
+        rows.push((key, crate::show::text(&shown).into_owned(), source));
     }
     let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
     let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).min(60);

@@ -62,10 +62,12 @@ impl BackendConfig {
     }
 }
 
+/// Reads a `--backend-file` under the rule of the configuration files (see [`crate::conffile`]):
+/// it picks where root's leases live, so no other user may have written it.
 fn read_url_file(path: &std::path::Path) -> Result<String, Failure> {
-    std::fs::read_to_string(path).map_err(|e| {
+    crate::conffile::read_trusted(path).map_err(|why| {
         Failure::usage(format!(
-            "cannot read the backend URL from {}: {e}",
+            "cannot read the backend URL from {}: {why}",
             path.display()
         ))
     })

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
+use crate::jobenv::JobEnv;
 use crate::lease::HolderInfo;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,8 +56,9 @@ impl Running {
 }
 
 impl Hooks {
-    /// Starts the hook for `event`, if one is configured, with these variables added.
-    pub fn start(&self, event: Event, env: Vec<(String, String)>) -> Running {
+    /// Starts the hook for `event`, if one is configured, in this environment (the job's, see
+    /// [`JobEnv`], with the event's own variables).
+    pub fn start(&self, event: Event, env: JobEnv) -> Running {
         let command = match event {
             Event::Acquired => &self.on_acquired,
             Event::Busy => &self.on_busy,
@@ -80,20 +82,17 @@ pub fn holder_env(holder: Option<&HolderInfo>) -> Vec<(String, String)> {
         ("ELECT_HELD_BY_HOST".into(), h.host.clone()),
         ("ELECT_HELD_BY_PID".into(), h.pid.to_string()),
         ("ELECT_HELD_BY_TOKEN".into(), h.token.to_string()),
-        (
-            "ELECT_HELD_SINCE".into(),
-            humantime::format_rfc3339_millis(h.acquired_at).to_string(),
-        ),
+        ("ELECT_HELD_SINCE".into(), crate::show::time(h.acquired_at)),
     ]
 }
 
-async fn run(event: Event, command: String, env: Vec<(String, String)>, timeout: Duration) {
+async fn run(event: Event, command: String, env: JobEnv, timeout: Duration) {
     let name = event.name();
-    let mut child = match tokio::process::Command::new("/bin/sh")
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    env.apply(&mut cmd);
+    let mut child = match cmd
         .arg("-c")
         .arg(&command)
-        .envs(env)
-        .env_remove("NOTIFY_SOCKET")
         .stdin(Stdio::null())
         .process_group(0)
         .kill_on_drop(true)

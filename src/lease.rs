@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::BootTime;
+use crate::show;
 
 /// A validated lock name: `[A-Za-z0-9][A-Za-z0-9._-]{0,127}`.
 ///
@@ -131,14 +132,15 @@ impl HolderInfo {
 
 impl fmt::Display for HolderInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A record from the backend: anyone who can write there wrote these.
         write!(
             f,
             "{} (host {}, pid {}, token {}, since {})",
-            self.id,
-            self.host,
+            show::text(&self.id),
+            show::text(&self.host),
             self.pid,
             self.token,
-            humantime::format_rfc3339_millis(self.acquired_at)
+            show::time(self.acquired_at)
         )
     }
 }
@@ -275,11 +277,13 @@ impl LastRun {
         format!(
             "{} at {} on {} (id {}, token {}, took {})",
             self.end,
-            humantime::format_rfc3339_millis(self.finished_at),
-            self.host,
-            self.holder,
+            show::time(self.finished_at),
+            show::text(&self.host),
+            show::text(&self.holder),
             self.token,
-            humantime::format_duration(Duration::from_millis(self.duration.as_millis() as u64))
+            humantime::format_duration(Duration::from_millis(
+                u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX)
+            ))
         )
     }
 }
@@ -321,8 +325,12 @@ mod rfc3339 {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::SystemTime;
 
+    /// `null` for a time RFC 3339 cannot write (only a backend's own columns can hold one).
     pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_rfc3339_millis(*t))
+        match crate::show::rfc3339(*t) {
+            Some(text) => s.serialize_str(&text),
+            None => s.serialize_none(),
+        }
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
@@ -336,7 +344,7 @@ mod millis {
     use std::time::Duration;
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_millis() as u64)
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

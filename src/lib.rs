@@ -18,11 +18,13 @@
 //!   feeds deadlines, collects the exit status.
 //! - [`run`]: `elect run`: acquire, supervise, release.
 //! - [`hooks`]: `--on-acquired`, `--on-busy`, `--on-lost` commands.
+//! - [`jobenv`]: the environment of the job and the hooks: the run's variables, no secrets.
 //! - [`notify`]: systemd readiness, status and watchdog notifications.
 //! - [`metrics`]: `--metrics-file`, Prometheus text format.
 //! - [`status`]: `elect status`, text and JSON.
 //! - [`release`]: `elect release --token N`, an operator's compare-and-delete.
 //! - [`logging`]: one line per event on stderr, text or JSON.
+//! - [`show`]: how values that others can write are shown to people (escaped, invalid times).
 //! - [`generate`], [`manual`]: the man page and shell completions, generated from [`cli`].
 
 pub mod backend;
@@ -34,6 +36,7 @@ pub mod exit;
 pub mod front;
 pub mod generate;
 pub mod hooks;
+pub mod jobenv;
 pub mod keeper;
 pub mod lease;
 pub mod logging;
@@ -42,6 +45,7 @@ pub mod metrics;
 pub mod notify;
 pub mod release;
 pub mod run;
+pub mod show;
 pub mod status;
 pub mod supervisor;
 pub mod timing;

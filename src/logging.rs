@@ -51,7 +51,12 @@ where
             Level::WARN => writer.write_str("warning: ")?,
             _ => {}
         }
-        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        // Messages carry holder records and history from the backend: one event stays one line,
+        // and no field can reach the terminal's control sequences.
+        let mut fields = String::new();
+        ctx.field_format()
+            .format_fields(Writer::new(&mut fields), event)?;
+        writer.write_str(&crate::show::text(&fields))?;
         writeln!(writer)
     }
 }

@@ -1,8 +1,15 @@
 //! `--metrics-file`: Prometheus text-format metrics of one run, written at exit for
 //! node_exporter's textfile collector (atomically: a temporary file renamed over the old one).
+//!
+//! elect may write there as root into a directory other users can write (a shared textfile
+//! directory, `/tmp`), so the temporary file is created afresh with `O_CREAT | O_EXCL |
+//! O_NOFOLLOW`: a symlink or file planted at a name elect might choose makes that name fail,
+//! never redirects the write. The rename replaces the path itself, not what a link there names.
 
+use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::Path;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::keeper::RenewStats;
@@ -144,14 +151,53 @@ pub fn render(lock: &LockName, record: &RunRecord, exit_code: u8) -> String {
 /// Writes the metrics atomically; a failure is logged, never fatal.
 pub fn write(path: &Path, lock: &LockName, record: &RunRecord, exit_code: u8) {
     let text = render(lock, record, exit_code);
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let result = std::fs::File::create(&tmp)
-        .and_then(|mut f| f.write_all(text.as_bytes()))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
+    if let Err(e) = replace(path, text.as_bytes()) {
         tracing::warn!("cannot write metrics to {}: {e}", path.display());
     }
+}
+
+/// Replaces `path` with a file holding `bytes`, through a fresh temporary file beside it.
+fn replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let (tmp, mut file) = create_fresh(path)?;
+    let result = file
+        .write_all(bytes)
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// A new file next to `path`, under a name nobody had used: never an existing file or a link.
+fn create_fresh(path: &Path) -> std::io::Result<(PathBuf, File)> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("the path names no file"))?
+        .to_string_lossy()
+        .into_owned();
+    let mut last = None;
+    for attempt in 0..16u32 {
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let tmp = path.with_file_name(format!(
+            ".{name}.{}.{nanos:x}{attempt}.tmp",
+            std::process::id()
+        ));
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+            .open(&tmp)
+        {
+            Ok(file) => return Ok((tmp, file)),
+            // Someone holds that name (perhaps on purpose): take another.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no free temporary name")))
 }
 
 #[cfg(test)]

@@ -43,11 +43,13 @@ impl Notifier {
     }
 
     pub fn ready(&self, status: &str) {
-        self.send(&format!("READY=1\nSTATUS={status}"));
+        self.send(&format!("READY=1\nSTATUS={}", crate::show::text(status)));
     }
 
+    /// The status may name a holder from the backend: escaped, so that a newline in it cannot
+    /// add an assignment of its own (`MAINPID=`, `READY=1`) to the notification.
     pub fn status(&self, status: &str) {
-        self.send(&format!("STATUS={status}"));
+        self.send(&format!("STATUS={}", crate::show::text(status)));
     }
 
     /// A renew succeeded.

@@ -18,6 +18,7 @@ use crate::config::RunConfig;
 use crate::exit::{code, Failure};
 use crate::front;
 use crate::hooks::{self, Event as HookEvent, Running};
+use crate::jobenv::JobEnv;
 use crate::lease::{Acquire, History, HolderInfo, LastRun, Lease, LockName, Renewal, RunEnd};
 use crate::metrics::{self, Outcome, RunRecord};
 use crate::notify::Notifier;
@@ -27,14 +28,6 @@ use crate::watchdog::{self, launcher, WatchdogLink, FORWARDED};
 
 /// How long a release may take before elect gives up on it (the lease then expires by its ttl).
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Environment variables the job does not inherit: secrets elect read itself, and systemd's
-/// notification socket (elect speaks for the unit).
-const WITHHELD_VARIABLES: [&str; 3] = [
-    "ELECT_ETCD_PASSWORD",
-    "ELECT_REDIS_PASSWORD",
-    "NOTIFY_SOCKET",
-];
 
 /// What `elect run` sets up first, while the process is single-threaded and small: the front at
 /// a terminal, then the watchdog (which forks the job's process at once). `main` calls this before
@@ -124,6 +117,7 @@ impl Runner<'_> {
             sig = stop_signal(signals) => return Err(interrupted(lock, sig, "connecting")),
         };
         let describe = backend.describe().to_owned();
+        let base_env = JobEnv::new(lock, &describe, backend.secret_variables());
         let req = AcquireRequest {
             name: lock.clone(),
             holder: HolderInfo {
@@ -135,7 +129,7 @@ impl Runner<'_> {
         };
         let waited = Instant::now();
         let acquired = tokio::select! {
-            lease = self.acquire(&mut backend, &req) => lease,
+            lease = self.acquire(&mut backend, &req, &base_env) => lease,
             sig = stop_signal(signals) => return Err(interrupted(lock, sig, "waiting for the lock")),
         };
         record.wait = waited.elapsed();
@@ -158,7 +152,7 @@ impl Runner<'_> {
                 Ok(Some(run)) => {
                     release(&mut backend, &lease, None).await;
                     record.outcome = Some(Outcome::Skipped);
-                    return Err(self.ran_in_window(&run, window, &describe).await);
+                    return Err(self.ran_in_window(&run, window, &describe, &base_env).await);
                 }
                 Err(e) => {
                     release(&mut backend, &lease, None).await;
@@ -170,22 +164,13 @@ impl Runner<'_> {
         self.ensure_time_to_start(&mut backend, &mut lease).await?;
         let deadline =
             (backend.expiry() == Expiry::Ttl).then(|| cfg.timing.deadline(lease.sent_at));
-        let job_env = child_env(&lease, &describe);
+        let job_env = base_env.for_lease(&lease);
         let order = Order::Start {
             deadline,
             grace: cfg.timing.grace(),
             command_at: self.command_at,
             terminal: launcher::job_takes_terminal(),
-            env: job_env
-                .iter()
-                .map(|(k, v)| (OsString::from(k), Some(OsString::from(v))))
-                .chain(
-                    WITHHELD_VARIABLES
-                        .iter()
-                        .chain(backend.secret_variables())
-                        .map(|k| (OsString::from(k), None)),
-                )
-                .collect(),
+            env: job_env.changes(),
         };
         let started = Instant::now();
         let started_at = SystemTime::now();
@@ -337,6 +322,7 @@ impl Runner<'_> {
         &self,
         backend: &mut AnyBackend,
         req: &AcquireRequest,
+        env: &JobEnv,
     ) -> Result<Lease, Failure> {
         let cfg = self.cfg;
         let describe = backend.describe().to_owned();
@@ -355,6 +341,7 @@ impl Runner<'_> {
         if cfg.wait == Wait::No {
             return Err(self
                 .busy(
+                    env,
                     holder.as_ref(),
                     format!(
                         "lock {} is held by {held_by}; not running {} (backend {describe})",
@@ -377,6 +364,7 @@ impl Runner<'_> {
                 Ok(result) => result,
                 Err(_) => {
                     return Err(self.busy(
+                        env,
                         holder.as_ref(),
                         format!(
                             "lock {} is still held after waiting {}; not running {} (backend {describe})",
@@ -397,6 +385,7 @@ impl Runner<'_> {
             }
             Acquire::Held(holder) => Err(self
                 .busy(
+                    env,
                     holder.as_ref(),
                     format!("lock {} is held (backend {describe})", cfg.lock),
                 )
@@ -405,9 +394,8 @@ impl Runner<'_> {
     }
 
     /// The run is skipped because the lock is held: the on-busy hook, then the conflict exit.
-    async fn busy(&self, holder: Option<&HolderInfo>, message: String) -> Failure {
-        let mut env = vec![("ELECT_LOCK".to_owned(), self.cfg.lock.to_string())];
-        env.extend(hooks::holder_env(holder));
+    async fn busy(&self, env: &JobEnv, holder: Option<&HolderInfo>, message: String) -> Failure {
+        let env = env.clone().with(hooks::holder_env(holder));
         self.cfg.hooks.start(HookEvent::Busy, env).finish().await;
         if self.cfg.conflict_exit_code == 0 {
             tracing::debug!("{message}");
@@ -419,7 +407,13 @@ impl Runner<'_> {
 
     /// The run is skipped because a run succeeded within the `--once-per` window: the on-busy
     /// hook, then the conflict exit, with a line that says when and where the job last ran.
-    async fn ran_in_window(&self, run: &LastRun, window: Duration, describe: &str) -> Failure {
+    async fn ran_in_window(
+        &self,
+        run: &LastRun,
+        window: Duration,
+        describe: &str,
+        env: &JobEnv,
+    ) -> Failure {
         let ago = SystemTime::now()
             .duration_since(run.finished_at)
             .map_or_else(|_| "just now".to_owned(), |d| format!("{} ago", short(d)));
@@ -430,7 +424,7 @@ impl Runner<'_> {
             humantime::format_duration(window),
             self.cfg.command[0].to_string_lossy()
         );
-        self.busy(None, message).await
+        self.busy(env, None, message).await
     }
 
     /// A slow acquire must not start a job that would be killed before its first renew: renew
@@ -529,16 +523,6 @@ fn interrupted(lock: &LockName, sig: i32, doing: &str) -> Failure {
         code::signaled(sig),
         format!("stopped by {name} while {doing} (lock {lock}); the job did not run"),
     )
-}
-
-/// The variables the job (and the hooks) get.
-fn child_env(lease: &Lease, describe: &str) -> Vec<(String, String)> {
-    vec![
-        ("ELECT_LOCK".into(), lease.name.to_string()),
-        ("ELECT_FENCING_TOKEN".into(), lease.token().to_string()),
-        ("ELECT_HOLDER_ID".into(), lease.holder.id.clone()),
-        ("ELECT_BACKEND".into(), describe.to_owned()),
-    ]
 }
 
 pub fn exit_code(exit: JobExit) -> u8 {

@@ -10,6 +10,7 @@ use crate::backend::{AnyBackend, Backend};
 use crate::config::BackendConfig;
 use crate::exit::{code, Failure};
 use crate::lease::{HolderInfo, LastRun, LockName, LockState};
+use crate::show;
 
 pub fn status(backend: BackendConfig, lock: Option<LockName>, json: bool) -> Result<u8, Failure> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -39,7 +40,7 @@ pub fn status(backend: BackendConfig, lock: Option<LockName>, json: bool) -> Res
             (Some(_), [doc]) => serde_json::to_string(doc),
             _ => serde_json::to_string(&docs),
         };
-        text.expect("status documents serialize") + "\n"
+        text.map_err(|e| Failure::new(code::INTERNAL, format!("cannot write JSON: {e}")))? + "\n"
     } else if states.is_empty() {
         format!("no locks under {describe}\n")
     } else {
@@ -82,7 +83,8 @@ pub struct HoldingDoc {
     #[serde(flatten)]
     pub holder: HolderDoc,
     pub token: u64,
-    pub acquired_at: String,
+    /// `null` where the backend's record holds a time RFC 3339 cannot write.
+    pub acquired_at: Option<String>,
     pub expires_at: Option<String>,
 }
 
@@ -95,8 +97,8 @@ impl HoldingDoc {
                 pid: h.pid,
             },
             token: h.token.0,
-            acquired_at: rfc3339(h.acquired_at),
-            expires_at: expires_in.map(|left| rfc3339(now + left)),
+            acquired_at: show::rfc3339(h.acquired_at),
+            expires_at: expires_at(now, expires_in),
         }
     }
 }
@@ -113,8 +115,8 @@ impl Document {
                 pid: h.pid,
             }),
             token: holder.map(|h| h.token.0),
-            acquired_at: holder.map(|h| rfc3339(h.acquired_at)),
-            expires_at: holder.and(state.expires_in).map(|left| rfc3339(now + left)),
+            acquired_at: holder.and_then(|h| show::rfc3339(h.acquired_at)),
+            expires_at: holder.and_then(|_| expires_at(now, state.expires_in)),
             waiters: state.waiters,
             holders: holder
                 .map(|h| HoldingDoc::new(h, state.expires_in, now))
@@ -132,8 +134,10 @@ impl Document {
     }
 }
 
-fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
+/// When a lease with `left` to run ends; `None` if that cannot be written (a backend's huge ttl).
+fn expires_at(now: SystemTime, left: Option<Duration>) -> Option<String> {
+    left.and_then(|left| now.checked_add(left))
+        .and_then(show::rfc3339)
 }
 
 /// A table with one line per lock.
@@ -187,8 +191,13 @@ pub fn table_at(states: &[LockState], now: SystemTime) -> String {
             ));
         }
     }
+    // Escaped before widths are measured: holder ids, hosts and history come from the backend.
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|c| show::text(c).into_owned()).collect())
+        .collect();
     let widths: Vec<usize> = (0..rows[0].len())
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
     for row in &rows {
@@ -218,7 +227,7 @@ fn held_row(
         h.host.clone(),
         h.pid.to_string(),
         h.token.to_string(),
-        rfc3339(h.acquired_at),
+        show::time(h.acquired_at),
         expires_in.map_or_else(|| "-".to_owned(), short),
         waiters,
         last_run,
@@ -242,7 +251,8 @@ fn last_run(run: Option<&LastRun>, now: SystemTime) -> String {
 }
 
 fn short(d: Duration) -> String {
-    humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
+    let millis = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    humantime::format_duration(Duration::from_millis(millis)).to_string()
 }
 
 #[cfg(test)]
@@ -317,5 +327,71 @@ mod tests {
         let tokens: Vec<u64> = doc.holders.iter().map(|h| h.token).collect();
         assert_eq!(tokens, [7, 8]);
         assert_eq!(doc.token, Some(7));
+    }
+
+    #[test]
+    fn forged_records_are_escaped_and_extreme_values_shown_as_invalid() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let forged = HolderInfo {
+            id: "evil\x1b[2J\r\nelect: error: fake".into(),
+            host: "h\x07\u{9b}".into(),
+            acquired_at: SystemTime::UNIX_EPOCH - Duration::from_secs(86_400 * 365 * 100),
+            token: FencingToken(u64::MAX),
+            pid: u32::MAX,
+            ..HolderInfo::this_process(None, Duration::from_secs(15))
+        };
+        let far = SystemTime::UNIX_EPOCH + Duration::from_secs(i64::MAX as u64 / 2);
+        let states = [
+            LockState {
+                lock: LockName::new("forged").unwrap(),
+                holder: Some(forged.clone()),
+                last_run: Some(LastRun {
+                    holder: "x\x1b]0;title\x07".into(),
+                    host: "web\r\nelect: error: fake".into(),
+                    pid: 1,
+                    token: FencingToken(1),
+                    started_at: far,
+                    finished_at: far,
+                    duration: Duration::MAX,
+                    end: RunEnd::Signal(i32::MAX),
+                }),
+                expires_in: Some(Duration::MAX),
+                waiters: Some(u64::MAX),
+                co_holders: Vec::new(),
+            },
+            LockState {
+                lock: LockName::new("fine").unwrap(),
+                holder: None,
+                last_run: None,
+                expires_in: None,
+                waiters: None,
+                co_holders: Vec::new(),
+            },
+        ];
+        let text = table_at(&states, now);
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert!(
+            text.contains("evil\\x1b[2J\\r\\nelect: error: fake"),
+            "{text}"
+        );
+        assert!(text.contains("invalid time"), "{text}");
+        assert!(text.lines().nth(2).unwrap().starts_with("fine"), "{text}");
+        assert!(!forged.to_string().chars().any(char::is_control));
+
+        let doc = Document::new(&states[0], "redis://h", now);
+        assert_eq!(doc.acquired_at, None);
+        assert_eq!(doc.expires_at, None);
+        let json = serde_json::to_string(&doc).unwrap();
+        // JSON keeps the value, escaped as JSON escapes it.
+        assert!(
+            json.contains(r#""id":"evil\u001b[2J\r\nelect: error: fake""#),
+            "{json}"
+        );
+        assert!(json.contains(r#""finished_at":null"#), "{json}");
+        let _ = crate::hooks::holder_env(Some(&forged));
     }
 }

@@ -195,8 +195,8 @@ pub struct Supervision<'a> {
     pub max_runtime: Option<Duration>,
     pub notifier: &'a Notifier,
     pub hooks: &'a Hooks,
-    /// The variables a hook gets (the job's `ELECT_*`).
-    pub hook_env: Vec<(String, String)>,
+    /// The environment a hook gets: the job's.
+    pub hook_env: crate::jobenv::JobEnv,
 }
 
 /// Runs the started job to its end, keeping the lease meanwhile. Returns how it ended, and the
@@ -286,7 +286,9 @@ pub async fn supervise<B: Backend, C: Clock>(
 
 fn on_lost(ctx: &Supervision<'_>, loss: &Loss) -> Running {
     ctx.notifier.status(&format!("lease lost: {loss}"));
-    let mut env = ctx.hook_env.clone();
-    env.push(("ELECT_LOSS_REASON".into(), loss.to_string()));
+    let env = ctx
+        .hook_env
+        .clone()
+        .with([("ELECT_LOSS_REASON".into(), loss.to_string())]);
     ctx.hooks.start(HookEvent::Lost, env)
 }

@@ -23,6 +23,8 @@ pub struct LeaseTiming {
 pub enum TimingError {
     #[error("--ttl must be at least 1s (got {0})")]
     TtlTooShort(Fmt),
+    #[error("--{what} {value} is too long: at most 100 years")]
+    TooLong { what: &'static str, value: Fmt },
     #[error("--renew ({renew}) must be below --ttl ({ttl})")]
     RenewNotBelowTtl { renew: Fmt, ttl: Fmt },
     #[error("--renew must be above zero")]
@@ -45,13 +47,15 @@ pub struct Fmt(pub Duration);
 
 impl std::fmt::Display for Fmt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let millis = Duration::from_millis(self.0.as_millis() as u64);
+        let millis = Duration::from_millis(u64::try_from(self.0.as_millis()).unwrap_or(u64::MAX));
         humantime::format_duration(millis).fmt(f)
     }
 }
 
 impl LeaseTiming {
     pub const MIN_TTL: Duration = Duration::from_secs(1);
+    /// The longest ttl, renew or grace (see [`crate::cli::LONGEST`]).
+    pub const LONGEST: Duration = crate::cli::LONGEST;
     const MIN_MARGIN: Duration = Duration::from_millis(250);
     /// The longest a failed renew waits before trying again.
     const MAX_RETRY: Duration = Duration::from_secs(1);
@@ -66,6 +70,15 @@ impl LeaseTiming {
             return Err(TimingError::TtlTooShort(Fmt(ttl)));
         }
         let renew = renew.unwrap_or(ttl / 3);
+        // Bounded so that no deadline built from them can leave the clock's range.
+        for (what, value) in [("ttl", ttl), ("renew", renew), ("grace", grace)] {
+            if value > Self::LONGEST {
+                return Err(TimingError::TooLong {
+                    what,
+                    value: Fmt(value),
+                });
+            }
+        }
         if renew.is_zero() {
             return Err(TimingError::RenewZero);
         }
@@ -185,5 +198,51 @@ mod tests {
         assert_eq!(t.attempt_timeout(sent, d), s(5));
         assert_eq!(t.attempt_timeout(sent + s(10), d), ms(1_700));
         assert_eq!(t.attempt_timeout(sent + s(20), d), Duration::ZERO);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn any_duration() -> impl Strategy<Value = Duration> {
+            prop_oneof![
+                (any::<u64>(), 0..1_000_000_000u32).prop_map(|(s, n)| Duration::new(s, n)),
+                (0..200 * 31_557_600u64, 0..1_000_000_000u32)
+                    .prop_map(|(s, n)| Duration::new(s, n)),
+                (0..120_000u64).prop_map(Duration::from_millis),
+            ]
+        }
+
+        proptest! {
+            /// Over the whole range: no panic; settings that are accepted keep the safety rule,
+            /// and every time derived from them stays in the clock's range for a machine up for
+            /// a century.
+            #[test]
+            fn settings_keep_the_rule_or_are_refused(
+                ttl in any_duration(),
+                renew in prop::option::of(any_duration()),
+                grace in any_duration(),
+                uptime in 0..100 * 31_557_600_000_000_000u64,
+                elapsed in any_duration(),
+            ) {
+                let Ok(t) = LeaseTiming::new(ttl, renew, grace) else {
+                    return Ok(());
+                };
+                let needed = t.renew().checked_add(t.grace()).and_then(|d| d.checked_add(t.margin()));
+                prop_assert!(needed.is_some_and(|n| n < t.ttl()));
+                let sent = BootTime::from_nanos(uptime);
+                let d = t.deadline(sent);
+                prop_assert_eq!(sent.until(d), t.ttl() - t.margin());
+                prop_assert!(d.as_nanos() < u64::MAX, "the deadline stays in range");
+                prop_assert!(t.term_at(d) <= d);
+                prop_assert_eq!(t.term_at(d).until(d), t.grace());
+                let now = sent.saturating_add(elapsed);
+                let attempt = t.attempt_timeout(now, d);
+                prop_assert!(attempt <= t.renew());
+                prop_assert!(now.saturating_add(attempt) <= t.term_at(d).max(now));
+                let _ = t.may_start(now, d);
+                prop_assert!(t.retry_interval() <= t.renew().max(Duration::from_millis(50)));
+            }
+        }
     }
 }

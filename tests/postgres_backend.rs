@@ -728,6 +728,87 @@ async fn tls_modes_verify_what_they_promise() {
     }
 }
 
+/// As libpq: a CA given with `require` (or `prefer`, once TLS is in use) is used, as with
+/// `verify-ca`; a CA given with `disable` is a warning.
+#[tokio::test]
+async fn a_ca_given_with_require_or_prefer_verifies_the_chain() {
+    let server = PostgresServer::start_tls("DNS:db.example");
+    // A CA that did not sign the server's certificate.
+    let other = tempfile::tempdir().unwrap();
+    certs::ca(other.path());
+    let other_ca = other.path().join("ca.crt");
+    let base = format!(
+        "postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{DATABASE}",
+        server.port
+    );
+    let with_ca = |ca: &std::path::Path| BackendOptions {
+        tls_ca: Some(ca.to_owned()),
+        ..BackendOptions::default()
+    };
+    for mode in ["require", "prefer"] {
+        // The right CA: the chain is good, and the name is not checked (as verify-ca).
+        AnyBackend::open(
+            Some(&format!("{base}?sslmode={mode}")),
+            &with_ca(&server.ca_file()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{mode} with the server's CA: {e}"));
+        // Another CA, from --tls-ca or from sslrootcert=: refused.
+        let by_option =
+            AnyBackend::open(Some(&format!("{base}?sslmode={mode}")), &with_ca(&other_ca)).await;
+        let url = format!("{base}?sslmode={mode}&sslrootcert={}", other_ca.display());
+        let by_url = AnyBackend::open(Some(&url), &BackendOptions::default()).await;
+        for (how, result) in [("--tls-ca", by_option), ("sslrootcert=", by_url)] {
+            match result {
+                Err(BackendError::Unavailable(msg)) => assert!(msg.contains("TLS"), "{msg}"),
+                other => panic!("{mode} with another CA by {how}: {other:?}"),
+            }
+        }
+    }
+
+    // libpq's default CA, ~/.postgresql/root.crt, through the binary (HOME is per process).
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir(home.path().join(".postgresql")).unwrap();
+    std::fs::copy(&other_ca, home.path().join(".postgresql/root.crt")).unwrap();
+    let status = |url: &str, home: &std::path::Path, extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_elect"))
+            .env("HOME", home)
+            .env_remove("XDG_CONFIG_HOME")
+            .env_remove("ELECT_CONFIG")
+            .args(["status", "--backend", url])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = status(&format!("{base}?sslmode=require"), home.path(), &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(69),
+        "root.crt of another CA: {out:?}"
+    );
+    std::fs::copy(server.ca_file(), home.path().join(".postgresql/root.crt")).unwrap();
+    let out = status(&format!("{base}?sslmode=require"), home.path(), &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "root.crt of the server's CA: {out:?}"
+    );
+
+    // disable cannot use a CA: a warning, and the connection is made in the clear.
+    let ca = server.ca_file().display().to_string();
+    let out = status(
+        &format!("{base}?sslmode=disable"),
+        other.path(),
+        &["--tls-ca", &ca],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(
+        err.contains("warning: sslmode=disable: the TLS CA") && err.contains(&ca),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn verify_full_accepts_a_certificate_for_the_host() {
     let server = PostgresServer::start_tls("IP:127.0.0.1,DNS:localhost");

@@ -535,7 +535,8 @@ impl Backend for RedisBackend {
         let mut names = std::collections::BTreeSet::new();
         let mut cursor: u64 = 0;
         loop {
-            let (next, keys): (u64, Vec<String>) = self
+            // Bytes, not strings: one key that is not UTF-8 must not fail the whole listing.
+            let (next, keys): (u64, Vec<Vec<u8>>) = self
                 .send("list locks", async |conn| {
                     ::redis::cmd("SCAN")
                         .arg(cursor)
@@ -547,7 +548,11 @@ impl Backend for RedisBackend {
                         .await
                 })
                 .await?;
-            names.extend(keys.iter().filter_map(|k| scripts::lock_of_key(k)));
+            names.extend(
+                keys.iter()
+                    .filter_map(|k| std::str::from_utf8(k).ok())
+                    .filter_map(scripts::lock_of_key),
+            );
             cursor = next;
             if cursor == 0 {
                 break;

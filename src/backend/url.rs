@@ -75,6 +75,9 @@ impl BackendUrl {
                 )))
             }
         };
+        if scheme != Scheme::File {
+            check_userinfo(rest).map_err(&bad)?;
+        }
         let (rest, query) = match rest.split_once('?') {
             Some((rest, query)) => (rest, parse_query(query).map_err(|e| bad(&e))?),
             None => (rest, Vec::new()),
@@ -137,6 +140,11 @@ impl BackendUrl {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Whether the URL carries a password or a secret-named query value.
+    pub fn holds_secret(&self) -> bool {
+        self.password.is_some() || self.query.iter().any(|(k, _)| is_secret_key(k))
+    }
+
     /// The URL with any password replaced by `***`, fit for logs, status and the child.
     pub fn redacted(&self) -> String {
         let mut out = format!("{}://", self.scheme_text);
@@ -185,7 +193,22 @@ impl BackendUrl {
     }
 }
 
-fn is_secret_key(key: &str) -> bool {
+/// The user and password end at the last `@`; any `/`, `?`, `#` or `@` before it means a
+/// reserved character was left unencoded in them (the URL would be split in the wrong place, and
+/// a piece of the password could end up in a host name, a path or an error message). Refused,
+/// without echoing any of it. The cost: an `@` elsewhere in a network URL (an etcd prefix) must
+/// be written `%40`.
+fn check_userinfo(after_scheme: &str) -> Result<(), &'static str> {
+    match after_scheme.rsplit_once('@') {
+        Some((userinfo, _)) if userinfo.contains(['/', '?', '#', '@']) => Err(
+            "the user or password holds an unencoded reserved character (/ ? @ #); \
+             percent-encode them (%2F %3F %40 %23), or give the password in ELECT_*_PASSWORD",
+        ),
+        _ => Ok(()),
+    }
+}
+
+pub(crate) fn is_secret_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
     key.contains("password") || key.contains("secret") || key.contains("token")
 }
@@ -198,14 +221,30 @@ pub fn redact(text: &str) -> String {
     }
 }
 
-/// Hides everything between `://` and the last `@` of text that does not parse as a URL.
+/// Redacts text that does not parse as a URL: everything between `://` and the last `@`, and
+/// the value of every secret-named `key=value` after a `?`. Text without `://` is hidden whole:
+/// nothing tells which part of it might be a password (a backend file holding only one).
 fn redact_raw(text: &str) -> String {
-    match (text.find("://"), text.rfind('@')) {
-        (Some(start), Some(at)) if at > start => {
-            format!("{}***{}", &text[..start + 3], &text[at..])
-        }
-        _ => text.to_owned(),
-    }
+    let Some(start) = text.find("://").map(|i| i + 3) else {
+        return "***".to_owned();
+    };
+    let (head, tail) = match text[start..].rfind('@') {
+        Some(at) => (format!("{}***", &text[..start]), &text[start + at..]),
+        None => (String::new(), text),
+    };
+    let Some((before, query)) = tail.split_once('?') else {
+        return head + tail;
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if is_secret_key(k) || decode(k).is_ok_and(|k| is_secret_key(&k)) => {
+                format!("{k}=***")
+            }
+            _ => kv.to_owned(),
+        })
+        .collect();
+    format!("{head}{before}?{}", query.join("&"))
 }
 
 fn parse_host_port(text: &str) -> Result<HostPort, String> {
@@ -303,6 +342,45 @@ mod tests {
     }
 
     #[test]
+    fn unencoded_reserved_characters_in_a_password_are_refused_unechoed() {
+        for text in [
+            "redis://app:hun/ter2@cache:6379/0",
+            "redis://app:hun?ter2@cache",
+            "redis://app:hun#ter2@cache",
+            "redis://app:hun@ter2@cache",
+            "postgres://app:hun/ter2@db/app?sslmode=disable",
+            "etcd://root:hun?ter2@a:2379,b:2379",
+        ] {
+            let err = BackendUrl::parse(text).unwrap_err().to_string();
+            assert!(err.contains("unencoded reserved character"), "{err}");
+            assert!(!err.contains("hun") && !err.contains("ter2"), "{err}");
+            assert!(!redact(text).contains("hun"), "{}", redact(text));
+        }
+        // Encoded, the same password parses.
+        let url = BackendUrl::parse("redis://app:pa%2F%3F%23%40ss@cache").unwrap();
+        assert_eq!(url.password.as_deref(), Some("pa/?#@ss"));
+        // A file path may hold an @.
+        assert!(BackendUrl::parse("file:///run/elect@x").is_ok());
+    }
+
+    #[test]
+    fn text_that_is_no_url_is_redacted_too() {
+        for (text, secret) in [
+            ("redis//app:hunter2@cache", "hunter2"),
+            ("hunter2", "hunter2"),
+            ("redis:/:hunter2", "hunter2"),
+            ("redis://cache:99999?password=hunter2", "hunter2"),
+            ("redis://cache:99999?a=1&Pass%77ord=hunter2", "hunter2"),
+            ("mysql://u:hunter2@h/db?token=t0ken", "t0ken"),
+        ] {
+            let shown = redact(text);
+            assert!(!shown.contains(secret), "{text} -> {shown}");
+            let err = BackendUrl::parse(text).unwrap_err().to_string();
+            assert!(!err.contains(secret), "{text} -> {err}");
+        }
+    }
+
+    #[test]
     fn rejects_bad_urls() {
         for bad in ["zk://x", "redis://", "redis:/x", "redis://h:99999", "nope"] {
             assert!(BackendUrl::parse(bad).is_err(), "{bad}");
@@ -311,5 +389,108 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!err.contains("pw"), "{err}");
+    }
+
+    /// Percent-encodes every byte outside RFC 3986's unreserved set.
+    fn encode(text: &str) -> String {
+        text.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Passwords of printable ASCII and a little beyond, with a fixed start so that a test
+        /// cannot pass by the password being a piece of the scheme or the host. No `*`, which is
+        /// what redaction prints.
+        fn password() -> impl Strategy<Value = String> {
+            "[!-)+-~ é€]{6,24}".prop_map(|p| format!("Q{p}"))
+        }
+
+        fn url_forms() -> impl Strategy<Value = (&'static str, &'static str)> {
+            prop::sample::select(vec![
+                ("redis", "cache:6379/0"),
+                ("rediss", "cache"),
+                ("etcd", "a:2379,b:2379?prefix=jobs/"),
+                ("postgres", "db/app?sslmode=disable"),
+                ("postgresql", "[::1]:5432/app"),
+            ])
+        }
+
+        fn assert_hidden(password: &str, outputs: &[String]) -> Result<(), TestCaseError> {
+            for out in outputs {
+                prop_assert!(!out.contains(password), "{out:?} shows {password:?}");
+            }
+            Ok(())
+        }
+
+        fn outputs_of(text: &str) -> Vec<String> {
+            let mut outputs = vec![redact(text)];
+            match BackendUrl::parse(text) {
+                Ok(url) => outputs.extend([url.redacted(), format!("{url:?}")]),
+                Err(e) => outputs.extend([e.to_string(), e.into_failure(&redact(text)).message]),
+            }
+            let config = crate::config::BackendConfig {
+                url: Some(text.to_owned()),
+                options: Default::default(),
+            };
+            outputs.push(format!("{config:?}"));
+            outputs.push(config.describe());
+            outputs.push(crate::conffile::show_with(&Default::default(), |key| {
+                (key == "ELECT_BACKEND").then(|| text.to_owned())
+            }));
+            outputs
+        }
+
+        proptest! {
+            #[test]
+            fn an_encoded_password_parses_and_never_shows(
+                password in password(),
+                (scheme, rest) in url_forms(),
+            ) {
+                let text = format!("{scheme}://app:{}@{rest}", encode(&password));
+                let url = BackendUrl::parse(&text).unwrap();
+                prop_assert_eq!(url.password.as_deref(), Some(password.as_str()));
+                assert_hidden(&password, &outputs_of(&text))?;
+            }
+
+            #[test]
+            fn an_unencoded_reserved_character_is_refused_unechoed(
+                password in password(),
+                reserved in prop::sample::select(vec!['/', '?', '#', '@']),
+                at in any::<prop::sample::Index>(),
+                (scheme, rest) in url_forms(),
+            ) {
+                let mut password = password;
+                let at = at.index(password.chars().count() + 1);
+                let byte = password.char_indices().nth(at).map_or(password.len(), |(i, _)| i);
+                password.insert(byte, reserved);
+                let text = format!("{scheme}://app:{password}@{rest}");
+                prop_assert!(BackendUrl::parse(&text).is_err());
+                assert_hidden(&password, &outputs_of(&text))?;
+                // Nor any piece of it long enough to matter.
+                for piece in password.split(['/', '?', '#', '@']).filter(|p| p.len() >= 6) {
+                    assert_hidden(piece, &outputs_of(&text))?;
+                }
+            }
+
+            #[test]
+            fn a_secret_query_value_never_shows(
+                secret in "[A-Za-z0-9]{10,20}",
+                key in prop::sample::select(vec!["password", "sslpassword", "token", "client_secret"]),
+                broken in any::<bool>(),
+            ) {
+                let port = if broken { "99999" } else { "6379" };
+                let text = format!("redis://cache:{port}/0?{key}={secret}&x=1");
+                assert_hidden(&secret, &outputs_of(&text))?;
+            }
+        }
     }
 }

@@ -99,8 +99,11 @@ fn wait_and_exec(socket: OwnedFd, watchdog: Pid, cpus: Option<Cpus>) -> ! {
     }
     let mut word = [0u8; MAX_WORD];
     let len = loop {
-        match recv(socket.as_raw_fd(), &mut word, MsgFlags::empty()) {
+        // MSG_TRUNC: the length of the whole word even when it is longer than the buffer. A cut
+        // word could decode with the withheld variables at its end lost: refused, never run.
+        match recv(socket.as_raw_fd(), &mut word, MsgFlags::MSG_TRUNC) {
             Err(Errno::EINTR) => continue,
+            Ok(len) if len > MAX_WORD => answer(&socket, Errno::E2BIG as i32),
             Ok(len) if len > 0 => break len,
             _ => quit(0),
         }

@@ -153,11 +153,11 @@ impl Target {
             Some(secs) => secs
                 .parse::<u64>()
                 .ok()
-                .filter(|s| *s > 0)
                 .map(Duration::from_secs)
+                .filter(|d| !d.is_zero() && *d <= crate::cli::LONGEST)
                 .ok_or_else(|| {
                     BackendError::Config(format!(
-                        "invalid connect_timeout {secs:?}: expected whole seconds above zero"
+                        "invalid connect_timeout {secs:?}: expected whole seconds above zero, at most 100 years"
                     ))
                 })?,
         };
@@ -365,5 +365,6 @@ mod tests {
         assert!(parse("postgres://u@db/app?table=a-b").is_err());
         assert!(parse("postgres://u@db/app?sslmode=bogus").is_err());
         assert!(parse("postgres://u@db/app?connect_timeout=0").is_err());
+        assert!(parse("postgres://u@db/app?connect_timeout=18446744073709551615").is_err());
     }
 }

@@ -3,13 +3,16 @@
 //! | sslmode | encrypted | certificate chain checked | host name checked |
 //! |---|---|---|---|
 //! | `disable` | no | - | - |
-//! | `prefer` (default) | if the server offers it | no | no |
-//! | `require` | yes | no | no |
+//! | `prefer` (default) | if the server offers it | if a CA is given | no |
+//! | `require` | yes | if a CA is given | no |
 //! | `verify-ca` | yes | yes | no |
 //! | `verify-full` | yes | yes | yes |
 //!
 //! The CA comes from `--tls-ca`, else `sslrootcert=` in the URL, else libpq's default
-//! `~/.postgresql/root.crt`, else the system's roots.
+//! `~/.postgresql/root.crt`, else (for `verify-*` only) the system's roots. As in libpq, a CA
+//! that is there turns `require` (and `prefer`, once TLS is in use) into `verify-ca`: whoever
+//! gave a CA expects it to be used. A CA, client certificate or key given with `disable` cannot
+//! be used, and elect says so in a warning.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -80,6 +83,18 @@ pub fn connector(
     files: &TlsFiles,
 ) -> Result<Option<tokio_postgres_rustls::MakeRustlsConnect>> {
     if mode == SslMode::Disable {
+        for (what, given) in [
+            ("CA (--tls-ca, sslrootcert=)", &files.ca),
+            ("client certificate (--tls-cert, sslcert=)", &files.cert),
+            ("client key (--tls-key, sslkey=)", &files.key),
+        ] {
+            if let Some(path) = given {
+                tracing::warn!(
+                    "sslmode=disable: the TLS {what} {} is not used; use sslmode=verify-full (or remove it)",
+                    path.display()
+                );
+            }
+        }
         return Ok(None);
     }
     install_crypto_provider();
@@ -88,10 +103,19 @@ pub fn connector(
     let builder = ClientConfig::builder_with_provider(Arc::new(provider))
         .with_safe_default_protocol_versions()
         .map_err(|e| BackendError::Config(format!("TLS setup: {e}")))?;
+    let given_ca = files.ca.clone().or_else(default_ca);
     let builder = match mode {
-        SslMode::Disable | SslMode::Prefer | SslMode::Require => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerification(algorithms))),
+        SslMode::Disable | SslMode::Prefer | SslMode::Require => match given_ca {
+            None => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(NoVerification(algorithms))),
+            Some(ca) => {
+                let inner = webpki_verifier(roots(Some(&ca))?)?;
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(ChainOnly(inner)))
+            }
+        },
         SslMode::VerifyCa => {
             let inner = webpki_verifier(roots(files.ca.as_deref())?)?;
             builder
@@ -133,12 +157,16 @@ fn file_error(what: &str, path: &Path, err: impl std::fmt::Display) -> BackendEr
     BackendError::Config(format!("cannot read the {what} {}: {err}", path.display()))
 }
 
-fn roots(ca: Option<&Path>) -> Result<RootCertStore> {
-    let default_ca = std::env::var_os("HOME")
+/// libpq's default CA file, `~/.postgresql/root.crt`, if it exists.
+fn default_ca() -> Option<PathBuf> {
+    std::env::var_os("HOME")
         .map(|home| Path::new(&home).join(".postgresql/root.crt"))
-        .filter(|path| path.is_file());
+        .filter(|path| path.is_file())
+}
+
+fn roots(ca: Option<&Path>) -> Result<RootCertStore> {
     let mut store = RootCertStore::empty();
-    if let Some(path) = ca.map(Path::to_path_buf).or(default_ca) {
+    if let Some(path) = ca.map(Path::to_path_buf).or_else(default_ca) {
         let certs = CertificateDer::pem_file_iter(&path)
             .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
             .map_err(|e| file_error("TLS CA file", &path, e))?;

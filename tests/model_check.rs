@@ -2,9 +2,10 @@
 //! drift within the bounds of [`bounds`], on the real lease math of `elect::timing`. The model is
 //! in `tests/model/mod.rs`.
 //!
-//! `ELECT_MODEL_DEEP=1` (or `scripts/model-check.sh --deep`) checks wider bounds: three contenders,
-//! every combination of clock rates and a longer horizon. `ELECT_MODEL_HORIZON=N` sets the horizon
-//! (in ticks) and `ELECT_MODEL_STATES=N` stops a check after about N states.
+//! `ELECT_MODEL_DEEP=1` (or `scripts/model-check.sh --deep`) checks three contenders.
+//! `ELECT_MODEL_HORIZON=N` sets the horizon (in ticks), `ELECT_MODEL_ALL_RATES=1` checks every
+//! combination of slow, exact and fast clocks, and `ELECT_MODEL_STATES=N` stops a check after
+//! about N states.
 
 mod model;
 
@@ -27,12 +28,9 @@ fn deep() -> bool {
 /// accepts at this tick, so that a lease lives four ticks and the horizon fits several handovers.
 fn bounds(rule: Rule) -> LeaseModel {
     let timing = LeaseTiming::new(ms(1000), Some(ms(250)), ms(250)).expect("valid settings");
-    let (contenders, mut horizon) = match (deep(), rule) {
-        (true, _) => (3, 8),
-        // A freeze, an expiry and a takeover fit in five ticks; the writes multiply the states.
-        (false, Rule::FrozenHost) => (2, 5),
-        (false, _) => (2, 7),
-    };
+    let contenders = if deep() { 3 } else { 2 };
+    // A freeze, an expiry and a takeover fit in five ticks; the writes multiply the states.
+    let mut horizon = if rule == Rule::FrozenHost { 5 } else { 7 };
     if let Some(h) = std::env::var("ELECT_MODEL_HORIZON")
         .ok()
         .and_then(|h| h.parse().ok())
@@ -43,9 +41,9 @@ fn bounds(rule: Rule) -> LeaseModel {
         timing,
         tick: ms(250),
         contenders,
-        // A slow clock is the one that can make a job outlive its lease; the deep check adds
-        // every other combination.
-        rates: if deep() {
+        // A slow clock is the one that can make a job outlive its lease; ELECT_MODEL_ALL_RATES
+        // adds every other combination (27 starting states with three contenders).
+        rates: if std::env::var_os("ELECT_MODEL_ALL_RATES").is_some() {
             vec![Rate::Slow, Rate::Exact, Rate::Fast]
         } else {
             vec![Rate::Slow]

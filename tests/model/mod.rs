@@ -280,10 +280,6 @@ impl LeaseModel {
         job.stop_by.map_or(at, |stop| stop.min(at))
     }
 
-    fn host_frozen(&self, c: &Contender) -> bool {
-        c.frozen
-    }
-
     fn send(&self, s: &mut State, contender: usize, sent: Tick, body: Body) {
         s.net.push(Msg {
             deliver_by: s.now + self.max_delay,
@@ -303,7 +299,7 @@ impl LeaseModel {
         for c in 0..s.contenders.len() {
             let local = self.now_at(s, c);
             let con = &s.contenders[c];
-            if self.host_frozen(con) {
+            if con.frozen {
                 continue;
             }
             let Some(job) = &con.job else { continue };

@@ -37,12 +37,13 @@ impl LeaseModel {
             .collect();
         let _ = writeln!(
             out,
-            "rule {:?}; {:?}, margin {:?}; tick {:?}; clocks: {}",
+            "rule {:?}; {:?}, margin {:?}; clocks: {}; server time in ticks of {:?} \
+             (a watchdog acts at the first tick at or after its instant)",
             self.rule,
             self.timing,
             self.timing.margin(),
+            rates.join(", "),
             self.tick,
-            rates.join(", ")
         );
         for pair in steps.windows(2) {
             let (before, Some(action)) = &pair[0] else {

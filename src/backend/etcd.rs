@@ -40,8 +40,15 @@
 //!   (bounded to one second). If both fail, the lease expires by its ttl.
 //! - Every request has its own timeout ([`REQUEST_TIMEOUT`]), and connecting one of its own, so a
 //!   stopped or unreachable etcd makes calls fail rather than hang.
-//! - Several endpoints: one client talks to one endpoint at a time; after a call fails for want
-//!   of an answer, the next call moves on to the next endpoint that answers.
+//! - Reconnecting: one client (one tonic channel) talks to one endpoint at a time. After a call
+//!   fails for want of an answer, or is dropped before it ends, the next call builds a new
+//!   client, on the next endpoint that answers (the same one if there is only one).
+//! - Waiting through failures: a wait whose connection breaks (a reset, a restart, a member
+//!   that dies) builds a new client and waits on with the same key, keeping its place in the
+//!   line, for as long as its lease may still be alive; the first step on the new channel is a
+//!   keepalive. The tries are paced by `backend::retry` (at most a second apart, a warning at
+//!   most every few seconds). Once the lease may have expired, the wait fails and the caller
+//!   queues again.
 //!
 //! # Files
 //! - `connect`: URL and options to a client of one endpoint; errors as one line with a hint.
@@ -85,8 +92,10 @@ pub struct EtcdBackend {
     /// A client of one endpoint: `endpoint` in `target.endpoints`.
     client: Client,
     endpoint: usize,
-    /// Set when a call failed for want of an answer: the next call tries the next endpoint.
-    failed: bool,
+    /// Whether the client's channel is in doubt: set while a call is under way and kept when it
+    /// failed for want of an answer, so that the next call starts on a new channel. A call whose
+    /// future was dropped (a renew past its time, an abandoned wait) leaves it set as well.
+    in_doubt: bool,
     target: Target,
     options: BackendOptions,
     settings: Settings,
@@ -124,7 +133,7 @@ impl EtcdBackend {
         Ok(Self {
             client,
             endpoint,
-            failed: false,
+            in_doubt: false,
             settings: Settings {
                 prefix: target.prefix.clone(),
             },
@@ -146,25 +155,32 @@ impl EtcdBackend {
         format!("{}{}", self.settings.prefix_of(&lease.name), lease.secret)
     }
 
-    /// Moves to the next endpoint that answers, after a call failed (with several endpoints).
+    /// Starts a call: on a new channel if the last one is in doubt.
     async fn ready(&mut self) -> Result<()> {
-        if self.failed && self.target.endpoints.len() > 1 {
-            let (client, endpoint) =
-                connect::connect_any(&self.target, &self.options, self.endpoint + 1).await?;
-            self.client = client;
-            self.endpoint = endpoint;
-            // The open keepalive stream belongs to the old connection.
-            self.keepalive = None;
+        if self.in_doubt {
+            self.reconnect().await?;
         }
-        self.failed = false;
+        self.in_doubt = true;
         Ok(())
     }
 
-    /// Notes a failure that another endpoint might not have.
+    /// Replaces the client with one of the next endpoint that answers (with a single endpoint,
+    /// the same one). tonic redials a broken connection on its own, but a channel that failed
+    /// is not trusted to have done so: a new one costs one connection and one read, and ends any
+    /// doubt about the old one (a stalled socket, a stream left half-read).
+    async fn reconnect(&mut self) -> Result<()> {
+        let (client, endpoint) =
+            connect::connect_any(&self.target, &self.options, self.endpoint + 1).await?;
+        self.client = client;
+        self.endpoint = endpoint;
+        // The open keepalive stream belongs to the old channel.
+        self.keepalive = None;
+        Ok(())
+    }
+
+    /// Ends a call: a failure for want of an answer leaves the channel in doubt.
     fn note<T>(&mut self, result: Result<T>) -> Result<T> {
-        if let Err(BackendError::Unavailable(_)) = &result {
-            self.failed = true;
-        }
+        self.in_doubt = matches!(result, Err(BackendError::Unavailable(_)));
         result
     }
 }

@@ -27,7 +27,9 @@
 //!   comes first. `redis/baton.rs` has the details.
 //! - **Timeouts**: every call is bounded (connect 3 s, response 2 s), so a stopped or
 //!   unreachable server makes calls fail rather than hang; the lease keeper decides what a
-//!   failed renew means. A connection that failed is replaced on the next call.
+//!   failed renew means. A connection that failed is replaced on the next call; one found dead
+//!   by a renew, release or status read (reset while idle) is replaced at once and the call sent
+//!   again, since those may run twice without harm.
 //! - **Listing**: `list` SCANs for `elect:{*` and takes the lock name from both lease keys and
 //!   counters, so a lock that is free but was used before (only its counter is left) is listed
 //!   as free; place keys K >= 1 are not locks of their own but holders of the lock they name,
@@ -141,6 +143,32 @@ impl RedisBackend {
         }
     }
 
+    /// [`Self::invoke`] for a call that may run twice without harm (renew, release, inspect): if
+    /// the shared connection died since its last use (reset while idle, a server restart), the
+    /// call is sent once more on a new connection instead of failing, so that a release after a
+    /// network blip frees the lock at once rather than by expiry. A call that timed out is not
+    /// sent again here.
+    async fn invoke_again<T: ::redis::FromRedisValue>(
+        &mut self,
+        doing: &str,
+        call: &::redis::ScriptInvocation<'_>,
+    ) -> Result<T> {
+        let reused = self.conn.is_some();
+        let mut conn = match self.connection().await {
+            Ok(conn) => conn,
+            Err(e) => return Err(self.unavailable(doing, &e)),
+        };
+        match call.invoke_async::<T>(&mut conn).await {
+            Ok(value) => return Ok(value),
+            Err(e) if reused && e.is_connection_dropped() => {
+                tracing::debug!(error = %describe(&e), "{doing}: the connection had died; once more on a new one");
+                self.conn = None;
+            }
+            Err(e) => return Err(self.unavailable(doing, &e)),
+        }
+        self.invoke(doing, call).await
+    }
+
     async fn try_acquire(&mut self, req: &AcquireRequest) -> Result<Attempt> {
         let secret = random_secret()?;
         let places = req.holders.max(1);
@@ -225,7 +253,7 @@ impl Backend for RedisBackend {
         call.key(&key)
             .arg(&lease.secret)
             .arg(millis(lease.holder.ttl));
-        let answer: i64 = self.invoke("renew", &call).await?;
+        let answer: i64 = self.invoke_again("renew", &call).await?;
         Ok(match answer {
             1 => Renewal::Renewed,
             0 => Renewal::Lost(format!("the lease key {key} is gone (expired or deleted)")),
@@ -251,7 +279,7 @@ impl Backend for RedisBackend {
             .arg(last_run)
             .arg(once_ms)
             .arg(lease.holder.places.max(1));
-        let released: i64 = self.invoke("release", &call).await?;
+        let released: i64 = self.invoke_again("release", &call).await?;
         if released != 1 {
             tracing::warn!(
                 lock = %lease.name,
@@ -302,7 +330,7 @@ impl Backend for RedisBackend {
         call.key(scripts::lease_key(name))
             .key(scripts::last_key(name))
             .key(scripts::places_key(name));
-        let reply: Value = self.invoke("inspect", &call).await?;
+        let reply: Value = self.invoke_again("inspect", &call).await?;
         let (last, held) = parse_inspect_reply(reply, name)?;
         let last_run = last.and_then(|l| serde_json::from_slice(&l).ok());
         // Held places in order: the lowest is `holder`, the others co-holders.

@@ -472,7 +472,7 @@ impl Runner<'_> {
 
 /// Waits for the lock. A network backend that becomes unreachable while we wait is waited out
 /// too: a singleton service in `--wait` should not die because its backend restarted. The tries
-/// are paced by [`Retry`]: at most a second apart, so that the wait resumes soon after the
+/// are paced by [`Retry`]: at most half a second apart, so that the wait resumes soon after the
 /// network is back, with a warning at most every few seconds.
 async fn wait_out_outages(
     backend: &mut AnyBackend,

@@ -41,8 +41,10 @@
 //! - Every request has its own timeout ([`REQUEST_TIMEOUT`]), and connecting one of its own, so a
 //!   stopped or unreachable etcd makes calls fail rather than hang.
 //! - Reconnecting: one client (one tonic channel) talks to one endpoint at a time. After a call
-//!   fails for want of an answer, or is dropped before it ends, the next call builds a new
-//!   client, on the next endpoint that answers (the same one if there is only one).
+//!   fails for want of an answer, the next call builds a new client, on the next endpoint that
+//!   answers (the same one if there is only one). A renew does so only with several endpoints:
+//!   tonic redials a broken connection by itself, and a new client costs a connection, an
+//!   authentication and a read, which a renew's short budget may not cover on a busy host.
 //! - Waiting through failures: a wait whose connection breaks (a reset, a restart, a member
 //!   that dies) builds a new client and waits on with the same key, keeping its place in the
 //!   line, for as long as its lease may still be alive; the first step on the new channel is a
@@ -92,10 +94,8 @@ pub struct EtcdBackend {
     /// A client of one endpoint: `endpoint` in `target.endpoints`.
     client: Client,
     endpoint: usize,
-    /// Whether the client's channel is in doubt: set while a call is under way and kept when it
-    /// failed for want of an answer, so that the next call starts on a new channel. A call whose
-    /// future was dropped (a renew past its time, an abandoned wait) leaves it set as well.
-    in_doubt: bool,
+    /// Set when a call failed for want of an answer: the next call starts on a new channel.
+    failed: bool,
     target: Target,
     options: BackendOptions,
     settings: Settings,
@@ -133,7 +133,7 @@ impl EtcdBackend {
         Ok(Self {
             client,
             endpoint,
-            in_doubt: false,
+            failed: false,
             settings: Settings {
                 prefix: target.prefix.clone(),
             },
@@ -155,12 +155,12 @@ impl EtcdBackend {
         format!("{}{}", self.settings.prefix_of(&lease.name), lease.secret)
     }
 
-    /// Starts a call: on a new channel if the last one is in doubt.
+    /// Starts a call: on a new channel if the last call failed.
     async fn ready(&mut self) -> Result<()> {
-        if self.in_doubt {
+        if self.failed {
             self.reconnect().await?;
+            self.failed = false;
         }
-        self.in_doubt = true;
         Ok(())
     }
 
@@ -178,9 +178,10 @@ impl EtcdBackend {
         Ok(())
     }
 
-    /// Ends a call: a failure for want of an answer leaves the channel in doubt.
+    /// Notes how a call ended: after a failure for want of an answer the next call starts on a
+    /// new channel; an answer proves the channel good.
     fn note<T>(&mut self, result: Result<T>) -> Result<T> {
-        self.in_doubt = matches!(result, Err(BackendError::Unavailable(_)));
+        self.failed = matches!(&result, Err(BackendError::Unavailable(_)));
         result
     }
 }
@@ -201,7 +202,12 @@ impl Backend for EtcdBackend {
     }
 
     async fn renew(&mut self, lease: &Lease) -> Result<Renewal> {
-        self.ready().await?;
+        // A renew starts on a new channel only to move to another endpoint. With one, the old
+        // channel redials by itself, and a new one (a connection, an authentication, a read)
+        // could use up the renew's short budget on a busy host, and then the next one's.
+        if self.target.endpoints.len() > 1 {
+            self.ready().await?;
+        }
         let result = self.renew_here(lease).await;
         self.note(result)
     }

@@ -11,6 +11,7 @@ pub mod etcd;
 pub mod file;
 pub mod postgres;
 pub mod redis;
+pub mod retry;
 mod url;
 
 use std::future::Future;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 
+use crate::backend::retry::Retry;
 use crate::backend::{AcquireRequest, AnyBackend, Backend, BackendError, Expiry, WaitMode};
 use crate::cli::Wait;
 use crate::clock::{Clock, SystemClock};
@@ -465,22 +466,26 @@ impl Runner<'_> {
 }
 
 /// Waits for the lock. A network backend that becomes unreachable while we wait is waited out
-/// too (with a warning): a singleton service in `--wait` should not die because its backend
-/// restarted.
+/// too: a singleton service in `--wait` should not die because its backend restarted. The tries
+/// are paced by [`Retry`]: at most half a second apart, so that the wait resumes soon after the
+/// network is back, with a warning at most every few seconds.
 async fn wait_out_outages(
     backend: &mut AnyBackend,
     req: &AcquireRequest,
 ) -> crate::backend::Result<Acquire> {
-    const RETRY: Duration = Duration::from_secs(1);
+    let lock = req.name.to_string();
+    let mut retry = Retry::new();
     loop {
         match backend.acquire(req, WaitMode::Wait).await {
             // The file backend's errors (a planted symlink, a foreign file) do not go away by
             // waiting.
             Err(BackendError::Unavailable(why)) if backend.expiry() == Expiry::Ttl => {
-                tracing::warn!(lock = %req.name, "backend unavailable while waiting ({why}); retrying");
-                tokio::time::sleep(RETRY).await;
+                tokio::time::sleep(retry.failed(&lock, "waiting", &why)).await;
             }
-            other => return other,
+            other => {
+                retry.succeeded(&lock);
+                return other;
+            }
         }
     }
 }

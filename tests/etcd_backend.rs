@@ -8,6 +8,10 @@ mod etcd_server;
 mod net;
 #[path = "support/programs.rs"]
 mod programs;
+#[path = "support/proxy.rs"]
+mod proxy;
+#[path = "support/reconnect.rs"]
+mod reconnect;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
@@ -757,9 +761,8 @@ async fn a_release_wakes_one_waiter_not_all() {
     }
 }
 
-/// A waiter whose member dies gets an error (the caller retries, as `elect run --wait` does);
-/// the retry goes through another member, revokes the lease of the broken wait first (so that
-/// its key does not stay ahead in the line for a whole ttl), and queues again.
+/// A waiter whose member dies moves to another member and waits on with the same key: it keeps
+/// its place in the line, and no error reaches the caller.
 #[tokio::test]
 async fn a_wait_broken_by_a_dead_member_resumes_through_another() {
     let mut members = EtcdServer::cluster(3);
@@ -777,38 +780,127 @@ async fn a_wait_broken_by_a_dead_member_resumes_through_another() {
     let req = long("waiter");
     let waiting = tokio::spawn(async move {
         let first = waiter.acquire(&req, WaitMode::Wait).await;
-        (first, waiter, req)
+        (first, waiter)
     });
     wait_queue_len(&members[1], "resume", 2).await;
-    members[0].kill();
-    let (first, mut waiter, req) = waiting.await.unwrap();
-    assert!(first.is_err(), "{first:?}");
-    let leases = |m: &EtcdServer| m.etcdctl_ok(&["lease", "list"]);
-    assert!(leases(&members[1]).starts_with("found 2 leases"));
     let before = members[1].keys("elect/resume/");
-    assert_eq!(before.len(), 2);
-
-    let again = tokio::spawn(async move {
-        let lease = match waiter.acquire(&req, WaitMode::Wait).await {
-            Ok(Acquire::Acquired(lease)) => lease,
-            other => panic!("{other:?}"),
-        };
-        waiter.release(&lease, None).await.unwrap();
-    });
-    // Back in line with a new key; the broken wait's key and lease are gone (revoked, long
-    // before their 30 s ttl).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let now = members[1].keys("elect/resume/");
-        if now.iter().any(|k| !before.contains(k)) {
-            assert_eq!(now.len(), 2, "{now:?}");
-            assert!(now.contains(&format!("elect/resume/{}", lease.secret)));
-            assert!(leases(&members[1]).starts_with("found 2 leases"));
-            break;
-        }
-        assert!(Instant::now() < deadline, "no new key: {now:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    members[0].kill();
+    // Time for the waiter to notice and move on.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        members[1].keys("elect/resume/"),
+        before,
+        "the same keys, in line"
+    );
     holder.release(&lease, None).await.unwrap();
-    again.await.unwrap();
+    let (first, mut waiter) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the waiter took the lock")
+        .unwrap();
+    let mine = match first {
+        Ok(Acquire::Acquired(mine)) => mine,
+        other => panic!("{other:?}"),
+    };
+    assert!(before.contains(&format!("elect/resume/{}", mine.secret)));
+    waiter.release(&mine, None).await.unwrap();
+}
+
+/// The proxy-reset fault scenario once starved waiters: each reset ended their wait, they
+/// revoked their key and queued again at the back, and with resets coming faster than their turn
+/// they never got it. A waiter now keeps its key through resets: the first in line still goes
+/// first, before a contender that queued behind it on a path without resets.
+#[tokio::test]
+async fn a_waiter_keeps_its_place_through_resets() {
+    let server = EtcdServer::start();
+    let proxy = proxy::Proxy::start(server.endpoint().parse().unwrap());
+    let proxied = format!("etcd://127.0.0.1:{}", proxy.port);
+    let long = |id: &str| AcquireRequest {
+        ttl: Duration::from_secs(10),
+        ..request("place", id)
+    };
+    let mut holder = open(&server.url()).await;
+    let lease = match holder.acquire(&long("holder"), WaitMode::NoWait).await {
+        Ok(Acquire::Acquired(lease)) => lease,
+        other => panic!("{other:?}"),
+    };
+    let (acquired, mut order) = tokio::sync::mpsc::unbounded_channel();
+    let contend = |url: String, id: &'static str| {
+        let acquired = acquired.clone();
+        tokio::spawn(async move {
+            let mut backend = open(&url).await;
+            // Retries on errors, as `elect run --wait` does.
+            let lease = loop {
+                match backend.acquire(&long(id), WaitMode::Wait).await {
+                    Ok(Acquire::Acquired(lease)) => break lease,
+                    Ok(held) => panic!("{held:?}"),
+                    Err(err) => {
+                        eprintln!("{id}: {err}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            };
+            acquired.send(id).unwrap();
+            backend.release(&lease, None).await.unwrap();
+        })
+    };
+    let first = contend(proxied, "first");
+    wait_queue_len(&server, "place", 2).await;
+    let second = contend(server.url(), "second");
+    wait_queue_len(&server, "place", 3).await;
+    let flapping = std::thread::spawn(move || {
+        // Reset windows longer than a wait's pause before it reads the line again, as in the
+        // fault scenario.
+        let (reset, pass) = (Duration::from_millis(600), Duration::from_millis(400));
+        reconnect::flap_with(&proxy, Duration::from_secs(3), reset, pass);
+        proxy
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    holder.release(&lease, None).await.unwrap();
+    let _proxy = flapping.join().unwrap();
+    for expected in ["first", "second"] {
+        let next = tokio::time::timeout(Duration::from_secs(15), order.recv()).await;
+        assert_eq!(next.expect("a contender took the lock"), Some(expected));
+    }
+    first.await.unwrap();
+    second.await.unwrap();
+}
+
+/// Connection resets while `elect run --wait` waits, then a release: the waiter rebuilds its
+/// dead channel and runs within the bound (the proxy-reset fault scenario once left waiters
+/// failing on a dead channel for ever).
+#[test]
+fn resets_while_waiting_then_a_release() {
+    let server = EtcdServer::start();
+    let proxy = proxy::Proxy::start(server.endpoint().parse().unwrap());
+    let proxied = format!("etcd://127.0.0.1:{}", proxy.port);
+    reconnect::resets_while_waiting_then_a_release(&proxied, &proxy);
+}
+
+/// A release while every connection of the waiter is reset: it runs within the bound of the
+/// path healing.
+#[test]
+fn a_release_during_resets() {
+    let server = EtcdServer::start();
+    let proxy = proxy::Proxy::start(server.endpoint().parse().unwrap());
+    let proxied = format!("etcd://127.0.0.1:{}", proxy.port);
+    reconnect::a_release_during_resets(&server.url(), &proxied, &proxy);
+}
+
+/// `--wait=3s` ends on time while every connection is reset.
+#[test]
+fn the_wait_limit_holds_while_resetting() {
+    let server = EtcdServer::start();
+    let proxy = proxy::Proxy::start(server.endpoint().parse().unwrap());
+    let proxied = format!("etcd://127.0.0.1:{}", proxy.port);
+    reconnect::the_wait_limit_holds_while_resetting(&server.url(), &proxied, &proxy);
+}
+
+/// `status` and `release --token` end in bounded time while every connection is reset, and
+/// work as soon as the path heals.
+#[test]
+fn status_and_release_resume_after_resets() {
+    let server = EtcdServer::start();
+    let proxy = proxy::Proxy::start(server.endpoint().parse().unwrap());
+    let proxied = format!("etcd://127.0.0.1:{}", proxy.port);
+    reconnect::status_and_release_resume_after_resets(&server.url(), &proxied, &proxy);
 }

@@ -97,6 +97,17 @@ on_backends!(proxy_reset, [Redis, Postgres, Etcd], |k| Setup::new(
     &[Fault::Reset]
 ));
 
+// The soak's regression case: with this seed, 110 s of resets once left two etcd waiters
+// starved for 90 s (each reset ended their wait and sent them to the back of the line). A hang
+// shows only past the harness's 90 s run limit, which the short form never reaches.
+on_backends!(proxy_reset_long, [Etcd], |k| Setup::new(
+    "proxy-reset-110s",
+    k,
+    &[Fault::Reset]
+)
+.seed(1795988218854354085)
+.duration(Duration::from_secs(110)));
+
 // 6. A job that ignores SIGTERM, stopped by each fault that stops a job.
 on_backends!(ignore_term, [File, Redis, Postgres, Etcd], |k| {
     let mut faults = vec![Fault::KillHolder, Fault::StopHolder];

@@ -12,6 +12,8 @@ mod net;
 mod postgres_server;
 #[path = "support/proxy.rs"]
 mod proxy;
+#[path = "support/reconnect.rs"]
+mod reconnect;
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant, SystemTime};
@@ -1024,4 +1026,52 @@ async fn a_url_without_a_database_is_refused() {
         Err(BackendError::Config(msg)) => assert!(msg.contains("names no database"), "{msg}"),
         other => panic!("expected a usage error, got {other:?}"),
     }
+}
+
+/// Connection resets while `elect run --wait` waits, then a release: the waiter reconnects and
+/// blocks for the release again at once, so it runs within the bound rather than at its next
+/// periodic re-check.
+#[test]
+fn resets_while_waiting_then_a_release() {
+    let server = PostgresServer::start();
+    let proxy = proxy::Proxy::start(format!("127.0.0.1:{}", server.port).parse().unwrap());
+    let proxied = server
+        .url()
+        .replace(&format!(":{}/", server.port), &format!(":{}/", proxy.port));
+    reconnect::resets_while_waiting_then_a_release(&proxied, &proxy);
+}
+
+/// A release while every connection of the waiter is reset: it runs within the bound of the
+/// path healing.
+#[test]
+fn a_release_during_resets() {
+    let server = PostgresServer::start();
+    let proxy = proxy::Proxy::start(format!("127.0.0.1:{}", server.port).parse().unwrap());
+    let proxied = server
+        .url()
+        .replace(&format!(":{}/", server.port), &format!(":{}/", proxy.port));
+    reconnect::a_release_during_resets(&server.url(), &proxied, &proxy);
+}
+
+/// `--wait=3s` ends on time while every connection is reset.
+#[test]
+fn the_wait_limit_holds_while_resetting() {
+    let server = PostgresServer::start();
+    let proxy = proxy::Proxy::start(format!("127.0.0.1:{}", server.port).parse().unwrap());
+    let proxied = server
+        .url()
+        .replace(&format!(":{}/", server.port), &format!(":{}/", proxy.port));
+    reconnect::the_wait_limit_holds_while_resetting(&server.url(), &proxied, &proxy);
+}
+
+/// `status` and `release --token` end in bounded time while every connection is reset, and
+/// work as soon as the path heals.
+#[test]
+fn status_and_release_resume_after_resets() {
+    let server = PostgresServer::start();
+    let proxy = proxy::Proxy::start(format!("127.0.0.1:{}", server.port).parse().unwrap());
+    let proxied = server
+        .url()
+        .replace(&format!(":{}/", server.port), &format!(":{}/", proxy.port));
+    reconnect::status_and_release_resume_after_resets(&server.url(), &proxied, &proxy);
 }

@@ -12,6 +12,8 @@ mod net;
 mod programs;
 #[path = "support/proxy.rs"]
 mod proxy;
+#[path = "support/reconnect.rs"]
+mod reconnect;
 #[path = "support/redis_server.rs"]
 mod redis_server;
 
@@ -1238,4 +1240,79 @@ async fn tokens_stay_above_a_counter_that_lost_increments() {
     server.command(&["SET", "elect:{rewound}:token", &ahead.to_string()]);
     let fourth = acquired(backend.acquire(&req, WaitMode::NoWait).await.unwrap());
     assert_eq!(fourth.token().0, ahead + 1);
+}
+
+/// Connection resets while `elect run --wait` waits, then a release: the waiter reconnects and
+/// blocks for the release again at once, so it runs within the bound rather than at its next
+/// periodic re-check.
+#[test]
+fn resets_while_waiting_then_a_release() {
+    let server = RedisServer::start();
+    let proxy = proxy::Proxy::start(format!("127.0.0.1:{}", server.port).parse().unwrap());
+    let proxied = format!("redis://127.0.0.1:{}", proxy.port);
+    reconnect::resets_while_waiting_then_a_release(&proxied, &proxy);
+}
+
+/// A release while every connection of the waiter is reset: it runs within the bound of the
+/// path healing.
+#[test]
+fn a_release_during_resets() {
+    let server = RedisServer::start();
+    let proxy = proxy::Proxy::start(format!("127.0.0.1:{}", server.port).parse().unwrap());
+    let proxied = format!("redis://127.0.0.1:{}", proxy.port);
+    reconnect::a_release_during_resets(&server.url(), &proxied, &proxy);
+}
+
+/// `--wait=3s` ends on time while every connection is reset.
+#[test]
+fn the_wait_limit_holds_while_resetting() {
+    let server = RedisServer::start();
+    let proxy = proxy::Proxy::start(format!("127.0.0.1:{}", server.port).parse().unwrap());
+    let proxied = format!("redis://127.0.0.1:{}", proxy.port);
+    reconnect::the_wait_limit_holds_while_resetting(&server.url(), &proxied, &proxy);
+}
+
+/// A connection reset while idle is found dead by the next call: a release then goes out on a
+/// new connection and frees the lock at once, instead of failing and leaving the lease to expire
+/// (which once kept a waiter behind resets waiting 8 s after the release).
+#[tokio::test]
+async fn a_release_after_an_idle_reset_frees_the_lock_at_once() {
+    let server = RedisServer::start();
+    let proxy = proxy::Proxy::start(format!("127.0.0.1:{}", server.port).parse().unwrap());
+    let mut holder = open(&format!("redis://127.0.0.1:{}", proxy.port)).await;
+    let ttl = Duration::from_secs(10);
+    let lease = acquired(
+        holder
+            .acquire(&request("idle", "a", ttl), WaitMode::NoWait)
+            .await
+            .unwrap(),
+    );
+    let reset = || async {
+        proxy.set_mode(proxy::Mode::Reset);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        proxy.set_mode(proxy::Mode::Pass);
+        // Time for the client to see the reset on its idle connection.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    reset().await;
+    assert_eq!(holder.renew(&lease).await.unwrap(), Renewal::Renewed);
+    reset().await;
+    holder.release(&lease, None).await.unwrap();
+    let mut other = open(&server.url()).await;
+    acquired(
+        other
+            .acquire(&request("idle", "b", ttl), WaitMode::NoWait)
+            .await
+            .unwrap(),
+    );
+}
+
+/// `status` and `release --token` end in bounded time while every connection is reset, and
+/// work as soon as the path heals.
+#[test]
+fn status_and_release_resume_after_resets() {
+    let server = RedisServer::start();
+    let proxy = proxy::Proxy::start(format!("127.0.0.1:{}", server.port).parse().unwrap());
+    let proxied = format!("redis://127.0.0.1:{}", proxy.port);
+    reconnect::status_and_release_resume_after_resets(&server.url(), &proxied, &proxy);
 }

@@ -40,8 +40,17 @@
 //!   (bounded to one second). If both fail, the lease expires by its ttl.
 //! - Every request has its own timeout ([`REQUEST_TIMEOUT`]), and connecting one of its own, so a
 //!   stopped or unreachable etcd makes calls fail rather than hang.
-//! - Several endpoints: one client talks to one endpoint at a time; after a call fails for want
-//!   of an answer, the next call moves on to the next endpoint that answers.
+//! - Reconnecting: one client (one tonic channel) talks to one endpoint at a time. After a call
+//!   fails for want of an answer, the next call builds a new client, on the next endpoint that
+//!   answers (the same one if there is only one). A renew does so only with several endpoints:
+//!   tonic redials a broken connection by itself, and a new client costs a connection, an
+//!   authentication and a read, which a renew's short budget may not cover on a busy host.
+//! - Waiting through failures: a wait whose connection breaks (a reset, a restart, a member
+//!   that dies) builds a new client and waits on with the same key, keeping its place in the
+//!   line, for as long as its lease may still be alive; the first step on the new channel is a
+//!   keepalive. The tries are paced by `backend::retry` (at most a second apart, a warning at
+//!   most every few seconds). Once the lease may have expired, the wait fails and the caller
+//!   queues again.
 //!
 //! # Files
 //! - `connect`: URL and options to a client of one endpoint; errors as one line with a hint.
@@ -85,7 +94,7 @@ pub struct EtcdBackend {
     /// A client of one endpoint: `endpoint` in `target.endpoints`.
     client: Client,
     endpoint: usize,
-    /// Set when a call failed for want of an answer: the next call tries the next endpoint.
+    /// Set when a call failed for want of an answer: the next call starts on a new channel.
     failed: bool,
     target: Target,
     options: BackendOptions,
@@ -146,25 +155,33 @@ impl EtcdBackend {
         format!("{}{}", self.settings.prefix_of(&lease.name), lease.secret)
     }
 
-    /// Moves to the next endpoint that answers, after a call failed (with several endpoints).
+    /// Starts a call: on a new channel if the last call failed.
     async fn ready(&mut self) -> Result<()> {
-        if self.failed && self.target.endpoints.len() > 1 {
-            let (client, endpoint) =
-                connect::connect_any(&self.target, &self.options, self.endpoint + 1).await?;
-            self.client = client;
-            self.endpoint = endpoint;
-            // The open keepalive stream belongs to the old connection.
-            self.keepalive = None;
+        if self.failed {
+            self.reconnect().await?;
+            self.failed = false;
         }
-        self.failed = false;
         Ok(())
     }
 
-    /// Notes a failure that another endpoint might not have.
+    /// Replaces the client with one of the next endpoint that answers (with a single endpoint,
+    /// the same one). tonic redials a broken connection on its own, but a channel that failed
+    /// is not trusted to have done so: a new one costs one connection and one read, and ends any
+    /// doubt about the old one (a stalled socket, a stream left half-read).
+    async fn reconnect(&mut self) -> Result<()> {
+        let (client, endpoint) =
+            connect::connect_any(&self.target, &self.options, self.endpoint + 1).await?;
+        self.client = client;
+        self.endpoint = endpoint;
+        // The open keepalive stream belongs to the old channel.
+        self.keepalive = None;
+        Ok(())
+    }
+
+    /// Notes how a call ended: after a failure for want of an answer the next call starts on a
+    /// new channel; an answer proves the channel good.
     fn note<T>(&mut self, result: Result<T>) -> Result<T> {
-        if let Err(BackendError::Unavailable(_)) = &result {
-            self.failed = true;
-        }
+        self.failed = matches!(&result, Err(BackendError::Unavailable(_)));
         result
     }
 }
@@ -185,7 +202,12 @@ impl Backend for EtcdBackend {
     }
 
     async fn renew(&mut self, lease: &Lease) -> Result<Renewal> {
-        self.ready().await?;
+        // A renew starts on a new channel only to move to another endpoint. With one, the old
+        // channel redials by itself, and a new one (a connection, an authentication, a read)
+        // could use up the renew's short budget on a busy host, and then the next one's.
+        if self.target.endpoints.len() > 1 {
+            self.ready().await?;
+        }
         let result = self.renew_here(lease).await;
         self.note(result)
     }

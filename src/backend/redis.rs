@@ -29,7 +29,9 @@
 //!   unreachable server makes calls fail rather than hang; the lease keeper decides what a
 //!   failed renew means. A connection that failed is replaced on the next call, and so is one
 //!   whose request was given up on before its answer came (the keeper's attempt bound is
-//!   shorter than the reply timeout): a stalled socket never takes every retry. A renew is
+//!   shorter than the reply timeout): a stalled socket never takes every retry. One found dead by
+//!   a renew, release or status read (reset while idle) is replaced at once and the call sent
+//!   again, since those may run twice without harm. A renew is
 //!   bounded by a third of the ttl, connecting included.
 //! - **Lost answers**: an acquire whose answer never came may have taken a lease under its
 //!   secret. The secret is kept: a retry sends it again (and finds that lease its own), and
@@ -199,6 +201,35 @@ impl RedisBackend {
     ) -> Result<T> {
         self.send(doing, async |conn| call.invoke_async::<T>(conn).await)
             .await
+    }
+
+    /// [`Self::invoke`] for a call that may run twice without harm (renew, release, inspect): if
+    /// the shared connection died since its last use (reset while idle, a server restart), the
+    /// call is sent once more on a new connection instead of failing, so that a release after a
+    /// network blip frees the lock at once rather than by expiry. A call that timed out is not
+    /// sent again here.
+    async fn invoke_again<T: ::redis::FromRedisValue>(
+        &mut self,
+        doing: &str,
+        call: &::redis::ScriptInvocation<'_>,
+    ) -> Result<T> {
+        let reused = self.conn.is_some() && !self.in_flight;
+        let mut conn = match self.connection().await {
+            Ok(conn) => conn,
+            Err(e) => return Err(self.unavailable(doing, &e)),
+        };
+        self.in_flight = true;
+        let first = call.invoke_async::<T>(&mut conn).await;
+        self.in_flight = false;
+        match first {
+            Ok(value) => return Ok(value),
+            Err(e) if reused && e.is_connection_dropped() => {
+                tracing::debug!(error = %describe(&e), "{doing}: the connection had died; once more on a new one");
+                self.conn = None;
+            }
+            Err(e) => return Err(self.unavailable(doing, &e)),
+        }
+        self.invoke(doing, call).await
     }
 
     async fn try_acquire(&mut self, req: &AcquireRequest) -> Result<Attempt> {
@@ -399,7 +430,7 @@ impl Backend for RedisBackend {
         // Within the keeper's budget for one attempt (at most a third of the ttl by default),
         // connecting included: an answer that cannot come in time is not waited for.
         let bound = renew_bound(lease.holder.ttl);
-        let answer: i64 = match tokio::time::timeout(bound, self.invoke("renew", &call)).await {
+        let answer: i64 = match tokio::time::timeout(bound, self.invoke_again("renew", &call)).await {
             Ok(answer) => answer?,
             Err(_) => {
                 return Err(BackendError::Unavailable(format!(
@@ -434,7 +465,7 @@ impl Backend for RedisBackend {
             .arg(last_run)
             .arg(once_ms)
             .arg(lease.holder.places.max(1));
-        let released: i64 = self.invoke("release", &call).await?;
+        let released: i64 = self.invoke_again("release", &call).await?;
         if released != 1 {
             tracing::warn!(
                 lock = %lease.name,
@@ -507,7 +538,7 @@ impl Backend for RedisBackend {
         call.key(scripts::lease_key(name))
             .key(scripts::last_key(name))
             .key(scripts::places_key(name));
-        let reply: Value = self.invoke("inspect", &call).await?;
+        let reply: Value = self.invoke_again("inspect", &call).await?;
         let (last, held) = parse_inspect_reply(reply, name)?;
         let last_run = last.and_then(|l| serde_json::from_slice(&l).ok());
         // Held places in order: the lowest is `holder`, the others co-holders.

@@ -157,6 +157,8 @@ pub struct Setup {
     pub contenders: usize,
     /// How long faults are injected (the short form; `ELECT_FAULTS_SECS` overrides).
     pub duration: Duration,
+    /// The seed of a named regression case (`ELECT_FAULTS_SEED` overrides).
+    pub seed: Option<u64>,
 }
 
 impl Setup {
@@ -171,7 +173,13 @@ impl Setup {
             skew: false,
             contenders: 3,
             duration: Duration::from_secs(6),
+            seed: None,
         }
+    }
+
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
     }
 
     pub fn mode(mut self, mode: &'static str) -> Self {
@@ -761,10 +769,11 @@ pub struct Event {
 pub struct Rng(u64);
 
 impl Rng {
-    pub fn seeded() -> Self {
+    pub fn seeded(named: Option<u64>) -> Self {
         let seed = std::env::var("ELECT_FAULTS_SEED")
             .ok()
             .and_then(|s| s.parse().ok())
+            .or(named)
             .unwrap_or_else(|| {
                 std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -975,7 +984,7 @@ impl Row {
 pub fn run(setup: Setup) -> Row {
     let server = Server::start(setup.backend);
     let arena = Arena::new(setup.scenario);
-    let mut rng = Rng::seeded();
+    let mut rng = Rng::seeded(setup.seed);
     println!(
         "scenario {} on {}: seed {} (ELECT_FAULTS_SEED replays the fault order), lock {}, files in {}",
         setup.scenario,

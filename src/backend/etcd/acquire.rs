@@ -6,6 +6,7 @@ use super::keepalive::{Alive, KeepAlive};
 use super::queue::{self, Turn};
 use super::status::holder_of;
 use super::{connect, revoke, timed, token_of, ttl_seconds, EtcdBackend, DROP_REVOKE_TIMEOUT};
+use crate::backend::retry::Retry;
 use crate::backend::{AcquireRequest, BackendError, Result, WaitMode};
 use crate::clock::BootTime;
 use crate::lease::{Acquire, HolderInfo, Lease};
@@ -97,30 +98,9 @@ impl EtcdBackend {
                 }
                 WaitMode::Wait => {
                     tracing::debug!(lock = %req.name, key = my_key, "waiting in the lock queue");
-                    let turn = if places == 1 {
-                        queue::wait_turn(
-                            &mut self.client,
-                            &queue,
-                            position.rev,
-                            &mut keepalive,
-                            keepalive_interval(req.ttl),
-                            req.ttl,
-                            &mut alive_at,
-                        )
-                        .await?
-                    } else {
-                        queue::wait_place(
-                            &mut self.client,
-                            &queue,
-                            position.rev,
-                            places,
-                            &mut keepalive,
-                            keepalive_interval(req.ttl),
-                            req.ttl,
-                            &mut alive_at,
-                        )
-                        .await?
-                    };
+                    let turn = self
+                        .wait_in_line(req, &queue, position.rev, &mut keepalive, &mut alive_at)
+                        .await?;
                     if let Turn::LeaseGone = turn {
                         self.settled(lease_id);
                         return Ok(Attempt::Expired);
@@ -169,6 +149,81 @@ impl EtcdBackend {
             lease_id,
             alive_at,
         ))))
+    }
+}
+
+impl EtcdBackend {
+    /// Waits for the turn (or a place, with `--holders`) of my key at `rev`, through transport
+    /// failures: each one builds a new client and waits on with the same key, so that the
+    /// waiter keeps its place in the line. It gives up, and the caller queues again, once the
+    /// lease may have expired (no keepalive got through for a ttl).
+    async fn wait_in_line(
+        &mut self,
+        req: &AcquireRequest,
+        queue: &str,
+        rev: i64,
+        keepalive: &mut KeepAlive,
+        alive_at: &mut BootTime,
+    ) -> Result<Turn> {
+        let lock = req.name.to_string();
+        let places = req.holders.max(1);
+        let every = keepalive_interval(req.ttl);
+        let mut retry = Retry::new();
+        let mut broken = false;
+        loop {
+            let step = if broken {
+                // A keepalive first: it also says whether the lease outlived the outage.
+                match self.reconnect().await {
+                    Ok(()) => {
+                        // Its stream belongs to the old channel.
+                        *keepalive = KeepAlive::new(keepalive.id());
+                        let sent_at = BootTime::now();
+                        match keepalive.once(&mut self.client).await {
+                            Ok(Alive::Yes) => {
+                                *alive_at = sent_at;
+                                broken = false;
+                                retry.succeeded(&lock);
+                                continue;
+                            }
+                            Ok(Alive::Gone) => Ok(Turn::LeaseGone),
+                            Err(err) => Err(err),
+                        }
+                    }
+                    Err(err) => Err(err),
+                }
+            } else if places == 1 {
+                queue::wait_turn(
+                    &mut self.client,
+                    queue,
+                    rev,
+                    keepalive,
+                    every,
+                    req.ttl,
+                    alive_at,
+                )
+                .await
+            } else {
+                queue::wait_place(
+                    &mut self.client,
+                    queue,
+                    rev,
+                    places,
+                    keepalive,
+                    every,
+                    req.ttl,
+                    alive_at,
+                )
+                .await
+            };
+            match step {
+                Err(BackendError::Unavailable(why)) if BootTime::now() < *alive_at + req.ttl => {
+                    broken = true;
+                    let pause = retry.failed(&lock, "waiting in the lock queue", &why);
+                    tokio::time::sleep(pause).await;
+                }
+                other => return other,
+            }
+        }
     }
 }
 

@@ -12,6 +12,9 @@ use crate::backend::{BackendError, Result};
 use crate::clock::BootTime;
 use crate::lease::LockName;
 
+/// How long a waiter whose session does not listen sleeps before it tries again (and listens).
+const UNHEARD_RECHECK: Duration = Duration::from_millis(100);
+
 impl PostgresBackend {
     /// The open session, or a new one.
     pub(super) async fn take_connection(&mut self) -> std::result::Result<Conn, QueryError> {
@@ -98,6 +101,14 @@ impl PostgresBackend {
         let Some(mut conn) = self.conn.take() else {
             tokio::time::sleep(limit).await;
             return;
+        };
+        // A session that does not listen was opened by the attempt, after the one before it
+        // died and LISTEN could not be sent (the server was unreachable a moment earlier): no
+        // release would wake it. Soon the next attempt listens first.
+        let limit = if conn.listening {
+            limit
+        } else {
+            limit.min(UNHEARD_RECHECK)
         };
         let deadline = tokio::time::Instant::now() + limit;
         loop {

@@ -430,7 +430,8 @@ impl Backend for RedisBackend {
         // Within the keeper's budget for one attempt (at most a third of the ttl by default),
         // connecting included: an answer that cannot come in time is not waited for.
         let bound = renew_bound(lease.holder.ttl);
-        let answer: i64 = match tokio::time::timeout(bound, self.invoke_again("renew", &call)).await {
+        let answer: i64 = match tokio::time::timeout(bound, self.invoke_again("renew", &call)).await
+        {
             Ok(answer) => answer?,
             Err(_) => {
                 return Err(BackendError::Unavailable(format!(

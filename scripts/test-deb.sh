@@ -17,14 +17,13 @@ fail() {
 deb=$(scripts/deb.sh --no-build)
 echo "deb: built $deb ($(du -k "$deb" | cut -f1) kB)"
 
-# --fail-on error: warnings are reported but do not fail the check (the report says why each is
-# kept); an error does. Overridden tags (packaging/deb/lintian-overrides) are not errors.
-# As root, lintian runs as nobody: it warns against running with root privileges.
-as_user=()
-[ "$(id -u)" -ne 0 ] || ! id nobody >/dev/null 2>&1 || as_user=(runuser -u nobody -- env HOME=/tmp)
-lintian_out=$("${as_user[@]}" lintian --fail-on error --tag-display-limit 0 "$deb" 2>&1) ||
+# --fail-on error: an error fails the check; warnings are printed. Overridden tags
+# (packaging/deb/lintian-overrides, each with its reason) are neither. As root, lintian says that
+# it should not run as root: that line is left out.
+lintian_out=$(lintian --fail-on error --tag-display-limit 0 "$deb" 2>&1) ||
   fail "lintian found errors:
 $lintian_out"
+lintian_out=$(grep -v '^running with root privileges is not recommended!$' <<<"$lintian_out" || true)
 echo "deb: lintian: no errors${lintian_out:+; it says:}"
 [ -z "$lintian_out" ] || sed 's/^/  /' <<<"$lintian_out"
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine with a Rust toolchain: installs the servers
-# the integration tests start (redis-server, etcd, PostgreSQL, PgBouncer) and the build tools (protoc and libprotobuf-dev) when
-# they are missing, then checks formatting and lints and runs every test.
+# the integration tests start (redis-server, etcd, PostgreSQL, PgBouncer), the build tools (protoc
+# and libprotobuf-dev) and the package checkers (lintian, man-db, bash-completion) when they are
+# missing, then checks formatting and lints, runs every test, builds the release binary and the
+# Debian package and checks both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/build-deps.sh
@@ -18,6 +20,10 @@ have openssl || missing+=(openssl)
 have tmux || missing+=(tmux)
 have faketime || missing+=(faketime)
 have flock || missing+=(util-linux)
+# For the Debian package's checks (scripts/test-deb.sh).
+have lintian || missing+=(lintian)
+have man || missing+=(man-db)
+[ -f /usr/share/bash-completion/bash_completion ] || missing+=(bash-completion)
 if ((${#missing[@]})); then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing packages: ${missing[*]}; install them (apt-get install ${missing[*]}) or run as root" >&2
@@ -56,3 +62,13 @@ if [ "$rc" -ne 69 ] || ! grep -q "refused" <<<"$err"; then
   exit 1
 fi
 echo "static binary: ok"
+
+# What the build needs, on a machine without it (scripts/lib/build-deps.sh).
+scripts/test-build-deps.sh
+
+# The crate holds the program, not the tests, scripts or packaging.
+extra=$(cargo package --list --locked --allow-dirty | grep -E '^(tests|scripts|packaging|\.ci|target)/' || true)
+[ -z "$extra" ] || { echo "cargo package would ship files the crate does not need: $extra" >&2; exit 1; }
+
+# The Debian package, from the binary built above: lintian, dpkg -i, -r, --purge.
+scripts/test-deb.sh

@@ -39,6 +39,12 @@ impl std::fmt::Display for Loss {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Loss::Revoked(why) => write!(f, "the backend no longer has our lease: {why}"),
+            // No failed attempt since the last success: elect itself did not run (stopped,
+            // frozen, or the machine suspended) until the deadline had passed.
+            Loss::DeadlinePassed { last_error } if last_error.is_empty() => write!(
+                f,
+                "no renew was attempted before the deadline: elect was not running"
+            ),
             Loss::DeadlinePassed { last_error } => write!(
                 f,
                 "no renew succeeded before the deadline (last error: {last_error})"

@@ -2,7 +2,8 @@
 //!
 //! The default level is info, and a run that goes as planned logs nothing at info: cron mails
 //! whatever a job prints, so elect stays as quiet as flock(1) unless something needs attention.
-//! `-v` shows every lease event (acquired, renewed, released, child exited).
+//! `-v` shows every lease event (acquired, renewed, released, child exited). The one exception
+//! is a `--wait` at a terminal, where someone watches: elect says once what it waits for.
 
 use std::fmt;
 

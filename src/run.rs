@@ -352,7 +352,13 @@ impl Runner<'_> {
                 )
                 .await);
         }
-        tracing::info!(lock = %cfg.lock, "waiting: held by {held_by}");
+        // Waiting is the plan when --wait is given: under cron a line here would be a mail on
+        // every run. At a terminal someone watches, so one line says why nothing happens yet.
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            tracing::info!("waiting for {} (held by {held_by})", cfg.lock);
+        } else {
+            tracing::debug!(lock = %cfg.lock, "waiting: held by {held_by}");
+        }
         let host = holder
             .as_ref()
             .map_or("another process", |h| h.host.as_str());
@@ -381,7 +387,7 @@ impl Runner<'_> {
         };
         match acquired.map_err(failure)? {
             Acquire::Acquired(lease) => {
-                tracing::info!(lock = %cfg.lock, token = %lease.token(), waited = ?round(waited.elapsed()), "acquired after waiting");
+                tracing::debug!(lock = %cfg.lock, token = %lease.token(), waited = ?round(waited.elapsed()), "acquired after waiting");
                 Ok(lease)
             }
             Acquire::Held(holder) => Err(self

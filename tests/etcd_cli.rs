@@ -117,7 +117,7 @@ fn a_waiter_takes_over_within_ttl_after_the_holder_is_killed() {
     env.read_pid("holder.pid");
     let waiter_script = "date +%s%N > took-over";
     let mut waiter = env.spawn(
-        ["run", "--lock", &lock, "--wait"]
+        ["run", "--lock", &lock, "--wait", "-v"]
             .into_iter()
             .chain(SHORT)
             .chain(["--", "sh", "-c", waiter_script]),
@@ -191,7 +191,7 @@ fn status_counts_the_waiters() {
     // logs that it waits, then queues.
     let mut waiters = Vec::new();
     for n in 1..=2 {
-        let mut waiter = env.spawn(["run", "--lock", &lock, "--wait", "--", "true"]);
+        let mut waiter = env.spawn(["run", "--lock", &lock, "--wait", "-v", "--", "true"]);
         // Past its first try: from now on its only key is its place in the line.
         waiter.wait_for_stderr("waiting", Duration::from_secs(10));
         waiters.push(waiter);

@@ -183,6 +183,11 @@ pub fn wait_runs_the_job_after_the_holder(env: &TestEnv) {
         ["holder", "waiter"],
         "the waiter's job runs after the holder's"
     );
+    // Waiting is the plan with --wait: under cron (stderr not a terminal) nothing is printed.
+    assert!(
+        out.stderr.is_empty(),
+        "a --wait run that waited, then ran as planned, prints nothing: {out}"
+    );
 }
 
 /// `--wait=300ms` gives up with 75 after about 300 ms, without running the job.
@@ -797,6 +802,7 @@ pub fn sigterm_stops_a_wait(env: &TestEnv) {
         "--lock",
         &lock,
         "--wait",
+        "-v",
         "--",
         "touch",
         "waiter.ran",

@@ -378,6 +378,11 @@ impl Running {
         }
     }
 
+    /// What elect has written on stdout so far.
+    pub fn stdout_so_far(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
     /// What elect has written on stderr so far.
     pub fn stderr_so_far(&self) -> String {
         std::fs::read_to_string(&self.err).unwrap_or_default()

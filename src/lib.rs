@@ -10,12 +10,16 @@
 //! - [`timing`]: the lease math of the safety rule (deadline, SIGTERM and SIGKILL times).
 //! - [`backend`]: the backend trait, the closed set of backends, URL parsing and redaction.
 //! - [`keeper`]: the renew loop; turns renewals into deadlines, or declares the lease lost.
-//! - [`front`]: at a terminal, the process the shell sees, so that Ctrl-Z and `fg` work while
+//! - [`front`] (runs in the front process): at a terminal, the process the shell sees, so that Ctrl-Z and `fg` work while
 //!   elect keeps renewing.
-//! - [`watchdog`]: a forked helper process that owns the job: spawns it in its own process group,
-//!   reaps it as a subreaper, and kills it by the deadline on its own even if elect is stopped.
-//! - [`supervisor`]: elect's side of the job: starts it through the watchdog, forwards signals,
-//!   feeds deadlines, collects the exit status.
+//! - [`watchdog`] (runs in the watchdog and launcher processes): a forked helper process that owns
+//!   the job: spawns it in its own process group, reaps it as a subreaper, and kills it by the
+//!   deadline on its own even if elect is stopped.
+//! - [`job`] (runs in elect): elect's handle on the watchdog and the job's launcher: the fork,
+//!   the sockets, the start order and its answer, the orders that follow, the reap.
+//! - [`signals`]: the signals elect forwards to the job (shared by elect, front and watchdog).
+//! - [`supervisor`]: elect's side of the job: one `select!` that feeds deadlines, forwards
+//!   signals and collects the exit status.
 //! - [`run`]: `elect run`: acquire, supervise, release.
 //! - [`hooks`]: `--on-acquired`, `--on-busy`, `--on-lost` commands.
 //! - [`notify`]: systemd readiness, status and watchdog notifications.
@@ -34,6 +38,7 @@ pub mod exit;
 pub mod front;
 pub mod generate;
 pub mod hooks;
+pub mod job;
 pub mod keeper;
 pub mod lease;
 pub mod logging;
@@ -42,6 +47,7 @@ pub mod metrics;
 pub mod notify;
 pub mod release;
 pub mod run;
+pub mod signals;
 pub mod status;
 pub mod supervisor;
 pub mod timing;

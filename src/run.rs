@@ -18,12 +18,13 @@ use crate::config::RunConfig;
 use crate::exit::{code, Failure};
 use crate::front;
 use crate::hooks::{self, Event as HookEvent, Running};
+use crate::job::{self, Forked, Handle, Start};
 use crate::lease::{Acquire, History, HolderInfo, LastRun, Lease, LockName, Renewal, RunEnd};
 use crate::metrics::{self, Outcome, RunRecord};
 use crate::notify::Notifier;
-use crate::supervisor::{self, Ending, Start, Supervision, Watchdog};
+use crate::signals::FORWARDED;
+use crate::supervisor::{self, Ending, Supervision};
 use crate::watchdog::protocol::{JobExit, Order};
-use crate::watchdog::{self, launcher, WatchdogLink, FORWARDED};
 
 /// How long a release may take before elect gives up on it (the lease then expires by its ttl).
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -40,22 +41,22 @@ const WITHHELD_VARIABLES: [&str; 3] = [
 /// a terminal, then the watchdog (which forks the job's process at once). `main` calls this before
 /// it parses the arguments, so that both forks copy little and the watchdog's work overlaps
 /// elect's; the command and the grace reach the watchdog later, in the start order.
-pub fn prepare() -> Result<WatchdogLink, Failure> {
-    front::split()
+pub fn prepare() -> Result<Forked, Failure> {
+    let front = front::split()
         .map_err(|e| Failure::new(code::INTERNAL, format!("cannot fork the front: {e}")))?;
-    watchdog::fork()
+    job::fork(front)
         .map_err(|e| Failure::new(code::INTERNAL, format!("cannot fork the watchdog: {e}")))
 }
 
-pub fn run(cfg: RunConfig, link: WatchdogLink) -> Result<u8, Failure> {
+pub fn run(cfg: RunConfig, link: Forked) -> Result<u8, Failure> {
     let watchdog = link.pid;
     let result = run_linked(cfg, link);
-    watchdog::reap(watchdog);
+    job::reap(watchdog);
     result
 }
 
 /// `run` up to the end of the watchdog's sockets.
-fn run_linked(cfg: RunConfig, link: WatchdogLink) -> Result<u8, Failure> {
+fn run_linked(cfg: RunConfig, link: Forked) -> Result<u8, Failure> {
     let command_at = command_position(&cfg.command)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -63,7 +64,7 @@ fn run_linked(cfg: RunConfig, link: WatchdogLink) -> Result<u8, Failure> {
         .map_err(|e| Failure::new(code::INTERNAL, format!("cannot start: {e}")))?;
     let mut record = RunRecord::default();
     let result = runtime.block_on(async {
-        let watchdog = Watchdog::new(link)
+        let watchdog = Handle::new(link)
             .map_err(|e| Failure::new(code::INTERNAL, format!("watchdog socket: {e}")))?;
         let mut signals = supervisor::forward_signals()
             .map_err(|e| Failure::new(code::INTERNAL, format!("cannot handle signals: {e}")))?;
@@ -104,7 +105,7 @@ struct Runner<'a> {
     cfg: &'a RunConfig,
     /// See [`command_position`].
     command_at: usize,
-    watchdog: Watchdog,
+    watchdog: Handle,
     notifier: Notifier,
 }
 
@@ -174,7 +175,7 @@ impl Runner<'_> {
             deadline,
             grace: cfg.timing.grace(),
             command_at: self.command_at,
-            terminal: launcher::job_takes_terminal(),
+            terminal: self.watchdog.job_takes_terminal(),
             env: job_env
                 .iter()
                 .map(|(k, v)| (OsString::from(k), Some(OsString::from(v))))

@@ -24,7 +24,7 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
@@ -68,25 +68,6 @@ impl Launcher {
     /// Reaps a launcher that got no word: it exits when elect's end of its socket closes.
     pub fn dismiss(self) {
         let _ = waitpid(self.pid, None);
-    }
-}
-
-/// Whether the job is to take the terminal's foreground: elect's stdin is a terminal whose
-/// foreground is the shell's job that elect belongs to (the front's group, or elect's own).
-pub fn job_takes_terminal() -> bool {
-    let stdin = io::stdin();
-    nix::unistd::isatty(stdin.as_fd()).unwrap_or(false)
-        && nix::unistd::tcgetpgrp(stdin.as_fd()).ok() == Some(crate::front::home_group())
-}
-
-/// elect's reading of the launcher's answer on its end of the socket, once readable: `Ok` when
-/// the command was executed (end of file), the exec's error otherwise.
-pub fn answer_of(socket: BorrowedFd<'_>) -> io::Result<io::Result<()>> {
-    let mut errno = [0u8; 4];
-    match recv(socket.as_raw_fd(), &mut errno, MsgFlags::MSG_DONTWAIT) {
-        Ok(0) => Ok(Ok(())),
-        Ok(_) => Ok(Err(io::Error::from_raw_os_error(i32::from_ne_bytes(errno)))),
-        Err(e) => Err(e.into()),
     }
 }
 

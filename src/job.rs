@@ -3,6 +3,8 @@
 //! Everything here runs in elect; everything in [`crate::watchdog`] runs in the watchdog and the
 //! launcher. [`crate::watchdog::protocol`] is the language both sides speak.
 
+pub mod guard;
+
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
@@ -47,6 +49,9 @@ fn packet_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 /// Forks the watchdog, which keeps `front` to mirror the job's stops on (see [`crate::front`]).
 /// Must be called while the process has a single thread.
 pub fn fork(front: Option<Front>) -> io::Result<Forked> {
+    // elect is the job's second guard: if the watchdog dies, the job's orphans come to elect
+    // (see [`guard`]).
+    nix::sys::prctl::set_child_subreaper(true)?;
     let (ours, theirs) = packet_pair()?;
     let (to_launcher, launchers) = packet_pair()?;
     let cpus = Cpus::of_this_process();
@@ -95,6 +100,8 @@ enum Answer {
 
 /// elect's handle on the watchdog and the job's launcher: their sockets, registered with tokio.
 pub struct Handle {
+    /// The watchdog's pid.
+    pid: Pid,
     socket: AsyncFd<OwnedFd>,
     launcher: AsyncFd<OwnedFd>,
     front: Option<Front>,
@@ -114,10 +121,21 @@ fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
 impl Handle {
     pub fn new(link: Forked) -> io::Result<Self> {
         Ok(Self {
+            pid: link.pid,
             socket: register(link.socket)?,
             launcher: register(link.launcher)?,
             front: link.front,
         })
+    }
+
+    /// elect's own guard over the job whose main process is `job` (see [`guard`]).
+    pub fn guard(
+        &self,
+        job: Option<i32>,
+        grace: std::time::Duration,
+        deadline: Option<crate::clock::BootTime>,
+    ) -> guard::Guard {
+        guard::Guard::new(self.pid, job.map(Pid::from_raw), grace, deadline)
     }
 
     /// Whether the job is to take the terminal's foreground (see [`job_takes_terminal`]).
@@ -144,7 +162,10 @@ impl Handle {
     pub async fn start(&self, order: &Order, lease: &Lease) -> io::Result<Start> {
         let fd = lease.kernel_lock.as_ref().map(|f| f.as_fd());
         send_order(self.socket.get_ref().as_fd(), order, fd)?;
-        let word = send_order(self.launcher.get_ref().as_fd(), order, None);
+        // The launcher keeps the lock file open across the exec, as flock(1) does: the kernel
+        // lock then lasts as long as any process of the job, even if elect and the watchdog are
+        // both killed.
+        let word = send_order(self.launcher.get_ref().as_fd(), order, fd);
         let (report, answer) = tokio::join!(self.report(), self.exec_answer(word));
         Ok(match report {
             Ok(Some(Report::Started { pid })) => match answer {

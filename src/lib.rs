@@ -17,6 +17,7 @@
 //!   deadline on its own even if elect is stopped.
 //! - [`job`] (runs in elect): elect's handle on the watchdog and the job's launcher: the fork,
 //!   the sockets, the start order and its answer, the orders that follow, the reap.
+//! - [`procfs`]: descendants and states of processes, from `/proc` (watchdog and elect).
 //! - [`signals`]: the signals elect forwards to the job (shared by elect, front and watchdog).
 //! - [`supervisor`]: elect's side of the job: one `select!` that feeds deadlines, forwards
 //!   signals and collects the exit status.
@@ -45,6 +46,7 @@ pub mod logging;
 pub mod manual;
 pub mod metrics;
 pub mod notify;
+pub mod procfs;
 pub mod release;
 pub mod run;
 pub mod signals;

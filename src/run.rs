@@ -172,6 +172,7 @@ impl Runner<'_> {
             (backend.expiry() == Expiry::Ttl).then(|| cfg.timing.deadline(lease.sent_at));
         let job_env = child_env(&lease, &describe);
         let order = Order::Start {
+            lock: lock.to_string(),
             deadline,
             grace: cfg.timing.grace(),
             command_at: self.command_at,
@@ -199,6 +200,7 @@ impl Runner<'_> {
                 ));
             }
         };
+        let grace = cfg.timing.grace();
         let (ending, lost_hook) = match start {
             Start::Running { pid } => {
                 tracing::debug!(lock = %lock, pid, "job started");
@@ -206,6 +208,8 @@ impl Runner<'_> {
                 self.notifier.ready(&holding);
                 let acquired_hook = cfg.hooks.start(HookEvent::Acquired, job_env.clone());
                 let ctx = Supervision {
+                    job: pid,
+                    deadline,
                     timing: cfg.timing,
                     max_runtime: cfg.max_runtime,
                     notifier: &self.notifier,
@@ -228,7 +232,12 @@ impl Runner<'_> {
             }
             Start::Failed(err) => (Ending::SpawnFailed(err), Running::none()),
             Start::LauncherGone => (Ending::LauncherGone, Running::none()),
-            Start::WatchdogGone => (Ending::WatchdogGone, Running::none()),
+            Start::WatchdogGone => {
+                // The job may have started before the watchdog died.
+                let mut guard = self.watchdog.guard(None, grace, deadline);
+                let exit = guard.stop_alone().await;
+                (Ending::WatchdogGone(exit), Running::none())
+            }
         };
         record.hold = started.elapsed();
         self.notifier.stopping();
@@ -323,12 +332,18 @@ impl Runner<'_> {
                     format!("the job's process for lock {lock} was killed before the job started; nothing ran (lock {lock} released)"),
                 ))
             }
-            Ending::WatchdogGone => Err(Failure::new(
-                code::INTERNAL,
-                format!(
-                    "elect's watchdog for lock {lock} vanished; the job may not have been stopped"
-                ),
-            )),
+            Ending::WatchdogGone(exit) => {
+                record.outcome = Some(Outcome::Error);
+                let end = exit.map_or(RunEnd::Signal(nix::libc::SIGKILL), run_end);
+                release(backend, lease, Some(&history(end, None))).await;
+                let how = exit.map_or_else(|| "its end unknown".to_owned(), describe_exit);
+                Err(Failure::new(
+                    code::INTERNAL,
+                    format!(
+                        "elect's watchdog for lock {lock} was killed; elect stopped the job itself ({how}); lease released"
+                    ),
+                ))
+            }
         }
     }
 

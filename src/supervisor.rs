@@ -3,7 +3,9 @@
 //!
 //! The watchdog (see [`crate::watchdog`]) spawns, stops and reaps the job; this side feeds it the
 //! deadlines the keeper produces, forwards signals, tells it to stop the job when the lease is
-//! lost, and waits until it reports that every process of the job is gone.
+//! lost, and waits until it reports that every process of the job is gone. Alongside, elect's
+//! own guard (see [`crate::job::guard`]) acts where the watchdog cannot: killed, or stopped when
+//! the job must be.
 
 use std::io;
 use std::time::Duration;
@@ -12,6 +14,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
 use crate::backend::Backend;
+use crate::clock::BootTime;
 use crate::clock::Clock;
 use crate::hooks::{Event as HookEvent, Hooks, Running};
 use crate::job::Handle;
@@ -36,8 +39,9 @@ pub enum Ending {
     Lost(Loss, JobExit),
     /// `--max-runtime` came; the job was stopped and ended this way.
     TimedOut(JobExit),
-    /// The watchdog vanished (killed by someone); the job's fate is unknown.
-    WatchdogGone,
+    /// The watchdog vanished (killed by someone); elect stopped the job itself, and every process
+    /// of it is gone. How the main process ended, if elect learned it.
+    WatchdogGone(Option<JobExit>),
 }
 
 /// Forwards the signals of [`FORWARDED`] into a channel.
@@ -59,6 +63,10 @@ pub fn forward_signals() -> io::Result<mpsc::UnboundedReceiver<i32>> {
 
 /// What supervision needs besides the lease.
 pub struct Supervision<'a> {
+    /// The job's main process, as the watchdog reported it.
+    pub job: i32,
+    /// The deadline the job started under.
+    pub deadline: Option<BootTime>,
     pub timing: LeaseTiming,
     pub max_runtime: Option<Duration>,
     pub notifier: &'a Notifier,
@@ -90,13 +98,15 @@ pub async fn supervise<B: Backend, C: Clock>(
         }
     };
     tokio::pin!(max_runtime);
+    let mut guard = watchdog.guard(Some(ctx.job), ctx.timing.grace(), ctx.deadline);
     let mut loss: Option<Loss> = None;
     let mut timed_out = false;
     let mut lost_hook = Running::none();
     loop {
+        let guard_due = until(guard.next());
         tokio::select! {
             biased;
-            report = watchdog.report() => match report {
+            report = watchdog.report(), if !guard.alone() => match report {
                 Ok(Some(Report::Finished { exit, stopped })) => {
                     // A job that ended by itself before the watchdog began to stop it was not cut
                     // short: a loss elect noticed afterwards (resumed from SIGSTOP past the
@@ -125,23 +135,49 @@ pub async fn supervise<B: Backend, C: Clock>(
                     }
                 }
                 Ok(Some(_)) => {}
-                Ok(None) | Err(_) => return (Ending::WatchdogGone, lost_hook),
+                Ok(None) | Err(_) => {
+                    tracing::warn!(lock = %lock, "the watchdog is gone; elect stops the job itself");
+                    guard.watchdog_gone();
+                }
+            },
+            () = guard_due => {
+                if let Some(exit) = guard.tick() {
+                    let ending = match (guard.alone(), loss) {
+                        (false, None) if !timed_out => {
+                            // The deadline passed with the watchdog stopped, before the keeper
+                            // said so.
+                            let lost = Loss::DeadlinePassed {
+                                last_error: "no renew succeeded in time".into(),
+                            };
+                            lost_hook = on_lost(ctx, &lost);
+                            Ending::Lost(lost, exit.unwrap_or(KILLED))
+                        }
+                        (false, None) => Ending::TimedOut(exit.unwrap_or(KILLED)),
+                        (_, Some(loss)) => Ending::Lost(loss, exit.unwrap_or(KILLED)),
+                        (true, None) => Ending::WatchdogGone(exit),
+                    };
+                    tracing::debug!(lock = %lock, "elect stopped the job without its watchdog");
+                    return (ending, lost_hook);
+                }
             },
             lost = &mut keeper, if loss.is_none() => {
                 tracing::debug!(lock = %lock, "lease lost: {lost}; stopping the job");
                 // Stop first: a hook must never delay it.
                 watchdog.order_or_log(&Order::Stop);
+                guard.stop_ordered();
                 lost_hook = on_lost(ctx, &lost);
                 loss = Some(lost);
             },
             () = &mut max_runtime, if !timed_out && loss.is_none() => {
                 tracing::debug!(lock = %lock, "the job reached --max-runtime; stopping it");
                 watchdog.order_or_log(&Order::Stop);
+                guard.stop_ordered();
                 timed_out = true;
             },
             Ok(()) = deadline_rx.changed() => {
                 let deadline = *deadline_rx.borrow_and_update();
                 watchdog.order_or_log(&Order::Deadline(deadline));
+                guard.set_deadline(deadline);
                 ctx.notifier.alive();
             },
             Some(sig) = signals.recv() => {
@@ -149,6 +185,17 @@ pub async fn supervise<B: Backend, C: Clock>(
                 watchdog.order_or_log(&Order::Signal(sig));
             },
         }
+    }
+}
+
+/// How the job ended when elect killed it and could not learn more.
+const KILLED: JobExit = JobExit::Signal(nix::libc::SIGKILL);
+
+/// Sleeps until `at` on CLOCK_BOOTTIME; never, without a time.
+async fn until(at: Option<BootTime>) {
+    match at {
+        Some(at) => tokio::time::sleep(BootTime::now().until(at)).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -32,6 +32,7 @@
 pub mod launcher;
 pub mod placement;
 pub mod protocol;
+pub mod title;
 
 use std::fs::File;
 use std::io;
@@ -156,6 +157,8 @@ impl Watchdog {
         nix::sys::prctl::set_child_subreaper(true)?;
         // Then at once, so that it is ready by the time elect has the lease (see `launcher`).
         let launcher = Some(Launcher::fork(launcher_socket, cpus));
+        // After the fork: the launcher still needs elect's arguments, which this overwrites.
+        title::set("elect-watchdog", "elect: watchdog");
         Ok(Self {
             socket,
             signals,
@@ -185,6 +188,7 @@ impl Watchdog {
         let start = loop {
             match self.receive() {
                 Ok(Some(Order::Start {
+                    lock,
                     deadline,
                     grace,
                     terminal,
@@ -196,14 +200,14 @@ impl Watchdog {
                     if let Some(cpus) = self.cpus {
                         cpus.restore();
                     }
-                    break Ok(Some(terminal));
+                    break Ok(Some((terminal, lock)));
                 }
                 Ok(Some(_)) => continue,
                 // None: elect ended without starting a job.
                 other => break other.map(|_| None),
             }
         };
-        let Ok(Some(terminal)) = start else {
+        let Ok(Some((terminal, lock))) = start else {
             launcher.map(Launcher::dismiss).ok();
             return start.map(|_| ());
         };
@@ -219,6 +223,8 @@ impl Watchdog {
                 }
                 self.job = Some(pid);
                 self.report(Report::Started { pid: pid.as_raw() });
+                // After the report, off the path to the job's start.
+                title::set("elect-watchdog", &format!("elect: watchdog for {lock}"));
             }
             Err(err) => {
                 self.report(Report::SpawnFailed {
@@ -363,7 +369,7 @@ impl Watchdog {
         if let Some(job) = self.job {
             let _ = killpg(job, sig);
         }
-        for pid in descendants(Pid::this()) {
+        for pid in crate::procfs::descendants(Pid::this(), &[]) {
             let _ = signal::kill(pid, sig);
         }
     }
@@ -515,29 +521,4 @@ impl Watchdog {
             let _ = nix::sys::socket::send(self.socket.as_raw_fd(), &bytes, MsgFlags::MSG_NOSIGNAL);
         }
     }
-}
-
-/// Every descendant of `root`, from `/proc/<pid>/task/<tid>/children`.
-fn descendants(root: Pid) -> Vec<Pid> {
-    let mut found = Vec::new();
-    let mut queue = vec![root];
-    while let Some(pid) = queue.pop() {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-            continue;
-        };
-        for task in tasks.flatten() {
-            let path = task.path().join("children");
-            let Ok(text) = std::fs::read_to_string(path) else {
-                continue;
-            };
-            for child in text.split_whitespace().filter_map(|p| p.parse().ok()) {
-                let child = Pid::from_raw(child);
-                if !found.contains(&child) {
-                    found.push(child);
-                    queue.push(child);
-                }
-            }
-        }
-    }
-    found
 }

@@ -30,7 +30,7 @@ use std::process::Command;
 
 use nix::errno::Errno;
 use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
-use nix::sys::socket::{recv, send, MsgFlags};
+use nix::sys::socket::{recvmsg, send, MsgFlags};
 use nix::sys::wait::waitpid;
 use nix::unistd::{getpgrp, getppid, setpgid, Pid};
 
@@ -78,14 +78,11 @@ fn wait_and_exec(socket: OwnedFd, watchdog: Pid, cpus: Option<Cpus>) -> ! {
         // The watchdog is gone already (or could not be followed): no job without it.
         quit(0);
     }
+    // Copied before the title overwrites them (see `title`).
+    let args: Vec<OsString> = std::env::args_os().collect();
+    super::title::set("elect-launcher", "elect: launcher");
     let mut word = [0u8; MAX_WORD];
-    let len = loop {
-        match recv(socket.as_raw_fd(), &mut word, MsgFlags::empty()) {
-            Err(Errno::EINTR) => continue,
-            Ok(len) if len > 0 => break len,
-            _ => quit(0),
-        }
-    };
+    let len = receive(&socket, &mut word);
     let Some(Order::Start {
         command_at,
         terminal,
@@ -96,7 +93,7 @@ fn wait_and_exec(socket: OwnedFd, watchdog: Pid, cpus: Option<Cpus>) -> ! {
         answer(&socket, Errno::EINVAL as i32)
     };
     // A fork of elect has elect's arguments (std keeps them from the start of the process).
-    let command: Vec<OsString> = std::env::args_os().skip(command_at).collect();
+    let command: Vec<OsString> = args.into_iter().skip(command_at).collect();
     if command.is_empty() {
         answer(&socket, Errno::EINVAL as i32)
     }
@@ -121,6 +118,30 @@ fn wait_and_exec(socket: OwnedFd, watchdog: Pid, cpus: Option<Cpus>) -> ! {
     }
     let err = cmd.exec();
     answer(&socket, err.raw_os_error().unwrap_or(Errno::ENOEXEC as i32))
+}
+
+/// Waits for the word; a lock file sent with it (file backend) stays open across the exec, so
+/// that every process of the job holds the kernel lock (see [`crate::backend::file`]). End of
+/// file: elect ended without a lease, and the launcher quits.
+fn receive(socket: &OwnedFd, word: &mut [u8]) -> usize {
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    loop {
+        let mut iov = [io::IoSliceMut::new(word)];
+        // Without MSG_CMSG_CLOEXEC: the descriptor is the job's to inherit.
+        match recvmsg::<()>(
+            socket.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::empty(),
+        ) {
+            Err(Errno::EINTR) => continue,
+            Ok(msg) if msg.flags.contains(MsgFlags::MSG_TRUNC) => {
+                answer(socket, Errno::EMSGSIZE as i32)
+            }
+            Ok(msg) if msg.bytes > 0 => return msg.bytes,
+            _ => quit(0),
+        }
+    }
 }
 
 /// Sets every signal, real-time ones included, to its default disposition. An exec keeps ignored

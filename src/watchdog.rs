@@ -158,7 +158,7 @@ impl Watchdog {
         // Then at once, so that it is ready by the time elect has the lease (see `launcher`).
         let launcher = Some(Launcher::fork(launcher_socket, cpus));
         // After the fork: the launcher still needs elect's arguments, which this overwrites.
-        title::set("elect-watchdog", "elect: watchdog");
+        title::set("lease-watchdog", "elect: watchdog");
         Ok(Self {
             socket,
             signals,
@@ -224,7 +224,7 @@ impl Watchdog {
                 self.job = Some(pid);
                 self.report(Report::Started { pid: pid.as_raw() });
                 // After the report, off the path to the job's start.
-                title::set("elect-watchdog", &format!("elect: watchdog for {lock}"));
+                title::set("lease-watchdog", &format!("elect: watchdog for {lock}"));
             }
             Err(err) => {
                 self.report(Report::SpawnFailed {

@@ -80,7 +80,7 @@ fn wait_and_exec(socket: OwnedFd, watchdog: Pid, cpus: Option<Cpus>) -> ! {
     }
     // Copied before the title overwrites them (see `title`).
     let args: Vec<OsString> = std::env::args_os().collect();
-    super::title::set("elect-launcher", "elect: launcher");
+    super::title::set("lease-launcher", "elect: launcher");
     let mut word = [0u8; MAX_WORD];
     let len = receive(&socket, &mut word);
     let Some(Order::Start {

@@ -1,8 +1,14 @@
 //! The names the watchdog and the launcher show in `ps`, so that an operator can tell them from
 //! elect: `elect: watchdog for LOCK` and `elect: launcher` (the command line, which `ps -f` and
-//! `pgrep -f` read), and `elect-watchdog` and `elect-launcher` (the short name, which `ps -e`,
+//! `pgrep -f` read), and `lease-watchdog` and `lease-launcher` (the short name, which `ps -e`,
 //! `top`, `pgrep` and `killall` read). Both are forks of elect, and would show elect's own
 //! command line and name otherwise.
+//!
+//! # Why the short names do not say `elect`
+//! `pkill -9 elect` and `killall -9 elect` match short names. Were the watchdog's `elect…`, they
+//! would kill elect and its watchdog together, the one process failure that on a network backend
+//! leaves the job's background processes unguarded (see the README's "Two guards"). As it is,
+//! they kill elect alone, and the watchdog stops the job.
 
 use std::ffi::CString;
 

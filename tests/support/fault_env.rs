@@ -921,6 +921,9 @@ fn apply(fault: Fault, arena: &Arena, server: &Server, holder: Option<(u64, usiz
                 if let Some(watchdog) = watchdog_of(pid) {
                     arena.shared.killed.lock().unwrap().insert(run);
                     arena.shared.watchdog_killed.lock().unwrap().insert(run);
+                    // Stopped first, so that neither sees the other die and stops the job.
+                    kill(pid, "STOP");
+                    kill(watchdog, "STOP");
                     kill(pid, "KILL");
                     kill(watchdog, "KILL");
                 }
@@ -929,7 +932,7 @@ fn apply(fault: Fault, arena: &Arena, server: &Server, holder: Option<(u64, usiz
     }
 }
 
-/// The watchdog of the elect `pid`: its child named `elect-watchdog`.
+/// The watchdog of the elect `pid`: its child named `lease-watchdog`.
 pub fn watchdog_of(pid: i32) -> Option<i32> {
     let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
     children
@@ -937,7 +940,7 @@ pub fn watchdog_of(pid: i32) -> Option<i32> {
         .filter_map(|c| c.parse().ok())
         .find(|c: &i32| {
             std::fs::read_to_string(format!("/proc/{c}/comm"))
-                .is_ok_and(|name| name.trim() == "elect-watchdog")
+                .is_ok_and(|name| name.trim() == "lease-watchdog")
         })
 }
 

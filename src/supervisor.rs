@@ -140,26 +140,6 @@ pub async fn supervise<B: Backend, C: Clock>(
                     guard.watchdog_gone();
                 }
             },
-            () = guard_due => {
-                if let Some(exit) = guard.tick() {
-                    let ending = match (guard.alone(), loss) {
-                        (false, None) if !timed_out => {
-                            // The deadline passed with the watchdog stopped, before the keeper
-                            // said so.
-                            let lost = Loss::DeadlinePassed {
-                                last_error: "no renew succeeded in time".into(),
-                            };
-                            lost_hook = on_lost(ctx, &lost);
-                            Ending::Lost(lost, exit.unwrap_or(KILLED))
-                        }
-                        (false, None) => Ending::TimedOut(exit.unwrap_or(KILLED)),
-                        (_, Some(loss)) => Ending::Lost(loss, exit.unwrap_or(KILLED)),
-                        (true, None) => Ending::WatchdogGone(exit),
-                    };
-                    tracing::debug!(lock = %lock, "elect stopped the job without its watchdog");
-                    return (ending, lost_hook);
-                }
-            },
             lost = &mut keeper, if loss.is_none() => {
                 tracing::debug!(lock = %lock, "lease lost: {lost}; stopping the job");
                 // Stop first: a hook must never delay it.
@@ -183,6 +163,27 @@ pub async fn supervise<B: Backend, C: Clock>(
             Some(sig) = signals.recv() => {
                 tracing::debug!(lock = %lock, signal = sig, "forwarding signal to the job");
                 watchdog.order_or_log(&Order::Signal(sig));
+            },
+            // Last: a new deadline that is ready moves the guard's time first.
+            () = guard_due => {
+                if let Some(exit) = guard.tick() {
+                    let ending = match (guard.alone(), loss) {
+                        (false, None) if !timed_out => {
+                            // The deadline passed with the watchdog stopped, before the keeper
+                            // said so.
+                            let lost = Loss::DeadlinePassed {
+                                last_error: "no renew succeeded in time".into(),
+                            };
+                            lost_hook = on_lost(ctx, &lost);
+                            Ending::Lost(lost, exit.unwrap_or(KILLED))
+                        }
+                        (false, None) => Ending::TimedOut(exit.unwrap_or(KILLED)),
+                        (_, Some(loss)) => Ending::Lost(loss, exit.unwrap_or(KILLED)),
+                        (true, None) => Ending::WatchdogGone(exit),
+                    };
+                    tracing::debug!(lock = %lock, "elect stopped the job without its watchdog");
+                    return (ending, lost_hook);
+                }
             },
         }
     }

@@ -18,8 +18,9 @@
 //! - The watchdog is gone: elect stops the job as the watchdog would (SIGTERM and SIGCONT,
 //!   SIGKILL after the grace but never after the deadline), reaps what comes to it, and ends
 //!   the run only when no process of the job is left; the lease is kept and renewed meanwhile.
-//! - The watchdog is stopped when the deadline's SIGTERM time comes, or when elect orders a stop:
-//!   elect sends the SIGTERM itself.
+//! - The watchdog is stopped while the job is to be stopped (the deadline's SIGTERM time has
+//!   come, or elect ordered a stop): elect sends the SIGTERM itself. It looks every
+//!   [`WATCH`] meanwhile, and not at all otherwise.
 //! - The SIGKILL time of the deadline, or of an ordered stop, passes without the watchdog's
 //!   report that the job is gone: elect sends SIGKILL itself, and ends the run once every
 //!   process of the job has ended (zombies of a stopped watchdog do not run).
@@ -36,6 +37,9 @@ use crate::watchdog::protocol::JobExit;
 
 /// How often elect looks again while it stops the job itself.
 const POLL: Duration = Duration::from_millis(20);
+
+/// How often elect looks at the watchdog's state while a stop is under way.
+const WATCH: Duration = Duration::from_millis(100);
 
 /// How long a running watchdog has, after the job's last process ended, to report it before elect
 /// ends the run without the report.
@@ -144,29 +148,36 @@ impl Guard {
 
     /// When [`Guard::tick`] is due next.
     pub fn next(&self) -> Option<BootTime> {
+        let now = BootTime::now();
         if self.alone || self.killed_at.is_some() {
-            return Some(BootTime::now() + POLL);
+            return Some(now + POLL);
         }
-        let term_at = self
-            .deadline
-            .filter(|_| !self.termed)
-            .map(|d| d - self.grace);
-        match (term_at, self.kill_at()) {
+        let watch = if self.stopping(now) && !self.termed {
+            // A stop is under way: see that the watchdog is not stopped meanwhile.
+            Some(now + WATCH)
+        } else {
+            self.deadline
+                .filter(|_| !self.termed)
+                .map(|d| d - self.grace)
+        };
+        match (watch, self.kill_at()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// Whether the job is to be stopped: a stop was ordered, or the deadline's SIGTERM time has
+    /// come.
+    fn stopping(&self, now: BootTime) -> bool {
+        self.stop_kill_at.is_some() || self.deadline.is_some_and(|d| now >= d - self.grace)
     }
 
     /// Acts on the time. Returns how the job's main process ended (if elect knows) once no
     /// process of the job is left and the run may end without the watchdog's report.
     pub fn tick(&mut self) -> Option<Option<JobExit>> {
         let now = BootTime::now();
-        if !self.termed {
-            if let Some(deadline) = self.deadline {
-                if now >= deadline - self.grace && procfs::state(self.watchdog) == State::Stopped {
-                    self.term();
-                }
-            }
+        if self.stopping(now) && !self.termed && procfs::state(self.watchdog) == State::Stopped {
+            self.term();
         }
         if self.killed_at.is_none() && self.kill_at().is_some_and(|at| now >= at) {
             self.killed_at = Some(now);

@@ -1466,12 +1466,19 @@ pub fn watchdog_is_named(env: &TestEnv) {
     let mut run = env.spawn(["run", "--lock", &lock, "--", "sh", "-c", &script]);
     env.read_pid("main.pid");
     let watchdog = watchdog_of(run.pid()).expect("elect has a child named lease-watchdog");
-    let cmdline = std::fs::read(format!("/proc/{watchdog}/cmdline")).expect("cmdline");
-    let shown = String::from_utf8_lossy(&cmdline);
-    assert_eq!(
-        shown.trim_end_matches('\0'),
-        format!("elect: watchdog for {lock}"),
-        "the watchdog's command line"
+    // The watchdog names itself just after it reports the start, so perhaps after the job ran.
+    let expected = format!("elect: watchdog for {lock}");
+    let mut shown = String::new();
+    let named = becomes(Duration::from_secs(5), || {
+        let cmdline = std::fs::read(format!("/proc/{watchdog}/cmdline")).unwrap_or_default();
+        shown = String::from_utf8_lossy(&cmdline)
+            .trim_end_matches('\0')
+            .to_owned();
+        shown == expected
+    });
+    assert!(
+        named,
+        "the watchdog's command line is {shown:?}, not {expected:?}"
     );
     std::fs::write(env.file("done"), "").expect("write done");
     run.wait().assert_code(0);

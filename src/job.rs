@@ -5,6 +5,7 @@
 
 pub mod guard;
 
+use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
@@ -105,6 +106,29 @@ pub struct Handle {
     socket: AsyncFd<OwnedFd>,
     launcher: AsyncFd<OwnedFd>,
     front: Option<Front>,
+    /// Where the command starts among elect's own arguments (see [`command_position`]).
+    command_at: usize,
+}
+
+/// What the job is to be started with.
+#[derive(Debug)]
+pub struct Spec {
+    /// The lock's name, which names the watchdog in `ps`.
+    pub lock: String,
+    pub deadline: Option<crate::clock::BootTime>,
+    pub grace: std::time::Duration,
+    /// Variables set (`Some`) or removed (`None`) for the job.
+    pub env: Vec<(OsString, Option<OsString>)>,
+}
+
+/// Where `command` starts among elect's own arguments, which the watchdog and the launcher share
+/// (see [`Order::Start`]): a command line of any length then costs nothing to send.
+fn command_position(command: &[OsString]) -> io::Result<usize> {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    argv.len()
+        .checked_sub(command.len())
+        .filter(|&at| !command.is_empty() && argv[at..] == *command)
+        .ok_or_else(|| io::Error::other("cannot find the command among elect's arguments"))
 }
 
 /// Registers a socket with tokio, non-blocking.
@@ -119,8 +143,10 @@ fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
 }
 
 impl Handle {
-    pub fn new(link: Forked) -> io::Result<Self> {
+    /// Registers the sockets of `link` for the job `command` (elect's own trailing arguments).
+    pub fn new(link: Forked, command: &[OsString]) -> io::Result<Self> {
         Ok(Self {
+            command_at: command_position(command)?,
             pid: link.pid,
             socket: register(link.socket)?,
             launcher: register(link.launcher)?,
@@ -138,35 +164,49 @@ impl Handle {
         guard::Guard::new(self.pid, job.map(Pid::from_raw), grace, deadline)
     }
 
-    /// Whether the job is to take the terminal's foreground (see [`job_takes_terminal`]).
-    pub fn job_takes_terminal(&self) -> bool {
-        job_takes_terminal(self.front)
-    }
-
-    pub fn order(&self, order: &Order) -> io::Result<()> {
-        send_order(self.socket.get_ref().as_fd(), order, None)
-    }
-
     /// Sends an order whose failure needs no action here: a watchdog that cannot take orders
     /// has finished or died, and its report (or its absence) says which.
-    pub fn order_or_log(&self, order: &Order) {
-        if let Err(e) = self.order(order) {
+    fn order(&self, order: &Order) {
+        if let Err(e) = send_order(self.socket.get_ref().as_fd(), order, None) {
             tracing::debug!("watchdog did not take {order:?}: {e}");
         }
+    }
+
+    /// A renew succeeded: the job may live until `deadline`.
+    pub fn set_deadline(&self, deadline: Option<crate::clock::BootTime>) {
+        self.order(&Order::Deadline(deadline));
+    }
+
+    /// Forwards signal `n` to the job's process group.
+    pub fn signal(&self, n: i32) {
+        self.order(&Order::Signal(n));
+    }
+
+    /// Orders the job stopped (SIGTERM, SIGKILL after the grace).
+    pub fn stop(&self) {
+        self.order(&Order::Stop);
     }
 
     /// Starts the job: the order goes to the watchdog first, with the open lock file if any (so
     /// the watchdog holds it too), then to the launcher, which execs the command (see
     /// [`crate::watchdog::launcher`]). An error means the watchdog could not be reached, and
     /// nothing was started.
-    pub async fn start(&self, order: &Order, lease: &Lease) -> io::Result<Start> {
+    pub async fn start(&self, spec: Spec, lease: &Lease) -> io::Result<Start> {
+        let order = &Order::Start {
+            lock: spec.lock,
+            deadline: spec.deadline,
+            grace: spec.grace,
+            command_at: self.command_at,
+            terminal: job_takes_terminal(self.front),
+            env: spec.env,
+        };
         let fd = lease.kernel_lock.as_ref().map(|f| f.as_fd());
         send_order(self.socket.get_ref().as_fd(), order, fd)?;
         // The launcher keeps the lock file open across the exec, as flock(1) does: the kernel
         // lock then lasts as long as any process of the job, even if elect and the watchdog are
         // both killed.
         let word = send_order(self.launcher.get_ref().as_fd(), order, fd);
-        let (report, answer) = tokio::join!(self.report(), self.exec_answer(word));
+        let (report, answer) = tokio::join!(self.next_report(), self.exec_answer(word));
         Ok(match report {
             Ok(Some(Report::Started { pid })) => match answer {
                 Ok(()) => Start::Running { pid },
@@ -204,7 +244,7 @@ impl Handle {
     }
 
     /// The next report; `None` when the watchdog has gone.
-    pub async fn report(&self) -> io::Result<Option<Report>> {
+    pub async fn next_report(&self) -> io::Result<Option<Report>> {
         loop {
             let mut guard = self.socket.readable().await?;
             let mut buf = [0u8; 256];

@@ -18,13 +18,13 @@ use crate::config::RunConfig;
 use crate::exit::{code, Failure};
 use crate::front;
 use crate::hooks::{self, Event as HookEvent, Running};
-use crate::job::{self, Forked, Handle, Start};
+use crate::job::{self, Forked, Handle, Spec, Start};
 use crate::lease::{Acquire, History, HolderInfo, LastRun, Lease, LockName, Renewal, RunEnd};
 use crate::metrics::{self, Outcome, RunRecord};
 use crate::notify::Notifier;
 use crate::signals::FORWARDED;
 use crate::supervisor::{self, Ending, Supervision};
-use crate::watchdog::protocol::{JobExit, Order};
+use crate::watchdog::protocol::JobExit;
 
 /// How long a release may take before elect gives up on it (the lease then expires by its ttl).
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -57,20 +57,18 @@ pub fn run(cfg: RunConfig, link: Forked) -> Result<u8, Failure> {
 
 /// `run` up to the end of the watchdog's sockets.
 fn run_linked(cfg: RunConfig, link: Forked) -> Result<u8, Failure> {
-    let command_at = command_position(&cfg.command)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Failure::new(code::INTERNAL, format!("cannot start: {e}")))?;
     let mut record = RunRecord::default();
     let result = runtime.block_on(async {
-        let watchdog = Handle::new(link)
-            .map_err(|e| Failure::new(code::INTERNAL, format!("watchdog socket: {e}")))?;
+        let watchdog = Handle::new(link, &cfg.command)
+            .map_err(|e| Failure::new(code::INTERNAL, format!("cannot set up the job: {e}")))?;
         let mut signals = supervisor::forward_signals()
             .map_err(|e| Failure::new(code::INTERNAL, format!("cannot handle signals: {e}")))?;
         let runner = Runner {
             cfg: &cfg,
-            command_at,
             watchdog,
             notifier: Notifier::from_env(),
         };
@@ -86,25 +84,8 @@ fn run_linked(cfg: RunConfig, link: Forked) -> Result<u8, Failure> {
     result
 }
 
-/// Where the command starts among elect's own arguments, which the watchdog shares (see
-/// [`Order::Start`]).
-fn command_position(command: &[OsString]) -> Result<usize, Failure> {
-    let argv: Vec<OsString> = std::env::args_os().collect();
-    argv.len()
-        .checked_sub(command.len())
-        .filter(|&at| !command.is_empty() && argv[at..] == *command)
-        .ok_or_else(|| {
-            Failure::new(
-                code::INTERNAL,
-                "cannot find the command among elect's arguments",
-            )
-        })
-}
-
 struct Runner<'a> {
     cfg: &'a RunConfig,
-    /// See [`command_position`].
-    command_at: usize,
     watchdog: Handle,
     notifier: Notifier,
 }
@@ -171,12 +152,10 @@ impl Runner<'_> {
         let deadline =
             (backend.expiry() == Expiry::Ttl).then(|| cfg.timing.deadline(lease.sent_at));
         let job_env = child_env(&lease, &describe);
-        let order = Order::Start {
+        let spec = Spec {
             lock: lock.to_string(),
             deadline,
             grace: cfg.timing.grace(),
-            command_at: self.command_at,
-            terminal: self.watchdog.job_takes_terminal(),
             env: job_env
                 .iter()
                 .map(|(k, v)| (OsString::from(k), Some(OsString::from(v))))
@@ -190,7 +169,7 @@ impl Runner<'_> {
         };
         let started = Instant::now();
         let started_at = SystemTime::now();
-        let start = match self.watchdog.start(&order, &lease).await {
+        let start = match self.watchdog.start(spec, &lease).await {
             Ok(start) => start,
             Err(e) => {
                 release(&mut backend, &lease, None).await;

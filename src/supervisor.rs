@@ -23,7 +23,7 @@ use crate::lease::Lease;
 use crate::notify::Notifier;
 use crate::signals::FORWARDED;
 use crate::timing::LeaseTiming;
-use crate::watchdog::protocol::{JobExit, Order, Report};
+use crate::watchdog::protocol::{JobExit, Report};
 
 /// How a supervised job ended.
 #[derive(Debug)]
@@ -106,7 +106,7 @@ pub async fn supervise<B: Backend, C: Clock>(
         let guard_due = until(guard.next());
         tokio::select! {
             biased;
-            report = watchdog.report(), if !guard.alone() => match report {
+            report = watchdog.next_report(), if !guard.alone() => match report {
                 Ok(Some(Report::Finished { exit, stopped })) => {
                     // A job that ended by itself before the watchdog began to stop it was not cut
                     // short: a loss elect noticed afterwards (resumed from SIGSTOP past the
@@ -143,26 +143,26 @@ pub async fn supervise<B: Backend, C: Clock>(
             lost = &mut keeper, if loss.is_none() => {
                 tracing::debug!(lock = %lock, "lease lost: {lost}; stopping the job");
                 // Stop first: a hook must never delay it.
-                watchdog.order_or_log(&Order::Stop);
+                watchdog.stop();
                 guard.stop_ordered();
                 lost_hook = on_lost(ctx, &lost);
                 loss = Some(lost);
             },
             () = &mut max_runtime, if !timed_out && loss.is_none() => {
                 tracing::debug!(lock = %lock, "the job reached --max-runtime; stopping it");
-                watchdog.order_or_log(&Order::Stop);
+                watchdog.stop();
                 guard.stop_ordered();
                 timed_out = true;
             },
             Ok(()) = deadline_rx.changed() => {
                 let deadline = *deadline_rx.borrow_and_update();
-                watchdog.order_or_log(&Order::Deadline(deadline));
+                watchdog.set_deadline(deadline);
                 guard.set_deadline(deadline);
                 ctx.notifier.alive();
             },
             Some(sig) = signals.recv() => {
                 tracing::debug!(lock = %lock, signal = sig, "forwarding signal to the job");
-                watchdog.order_or_log(&Order::Signal(sig));
+                watchdog.signal(sig);
             },
             // Last: a new deadline that is ready moves the guard's time first.
             () = guard_due => {

@@ -10,17 +10,20 @@
 //! - [`timing`]: the lease math of the safety rule (deadline, SIGTERM and SIGKILL times).
 //! - [`backend`]: the backend trait, the closed set of backends, URL parsing and redaction.
 //! - [`keeper`]: the renew loop; turns renewals into deadlines, or declares the lease lost.
-//! - [`front`] (runs in the front process): at a terminal, the process the shell sees, so that Ctrl-Z and `fg` work while
-//!   elect keeps renewing.
-//! - [`watchdog`] (runs in the watchdog and launcher processes): a forked helper process that owns
-//!   the job: spawns it in its own process group, reaps it as a subreaper, and kills it by the
-//!   deadline on its own even if elect is stopped.
+//! - [`front`] (runs in the front): at a terminal, the process the shell sees, so that Ctrl-Z
+//!   and `fg` work while elect keeps renewing.
+//! - [`watchdog`] (runs in the watchdog): a forked helper process that owns the job: spawns it in
+//!   its own process group, reaps it as a subreaper, and kills it by the deadline on its own even
+//!   if elect is stopped. Its modules: `launcher` (runs in the job's process until the exec),
+//!   `placement` (CPUs; watchdog and launcher), `title` (the names in `ps`; watchdog and
+//!   launcher), `protocol` (the messages; shared with elect).
 //! - [`job`] (runs in elect): elect's handle on the watchdog and the job's launcher: the fork,
-//!   the sockets, the start order and its answer, the orders that follow, the reap.
+//!   the sockets, the start order and its answer, the orders that follow, the reap; and
+//!   `job::guard`, elect as the job's second guard when the watchdog is killed or stopped.
 //! - [`procfs`]: descendants and states of processes, from `/proc` (watchdog and elect).
-//! - [`signals`]: the signals elect forwards to the job (shared by elect, front and watchdog).
-//! - [`supervisor`]: elect's side of the job: one `select!` that feeds deadlines, forwards
-//!   signals and collects the exit status.
+//! - [`signals`]: the signals elect forwards to the job (elect, front and watchdog).
+//! - [`supervisor`] (runs in elect): one `select!` that feeds deadlines, forwards signals, drives
+//!   the guard and collects the exit status.
 //! - [`run`]: `elect run`: acquire, supervise, release.
 //! - [`hooks`]: `--on-acquired`, `--on-busy`, `--on-lost` commands.
 //! - [`notify`]: systemd readiness, status and watchdog notifications.

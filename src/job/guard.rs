@@ -20,7 +20,7 @@
 //!   the run only when no process of the job is left; the lease is kept and renewed meanwhile.
 //! - The watchdog is stopped while the job is to be stopped (the deadline's SIGTERM time has
 //!   come, or elect ordered a stop): elect sends the SIGTERM itself. It looks every
-//!   [`WATCH`] meanwhile, and not at all otherwise.
+//!   100 ms meanwhile ([`Guard::next`]), and not at all otherwise.
 //! - The SIGKILL time of the deadline, or of an ordered stop, passes without the watchdog's
 //!   report that the job is gone: elect sends SIGKILL itself, and ends the run once every
 //!   process of the job has ended (zombies of a stopped watchdog do not run).

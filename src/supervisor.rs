@@ -166,20 +166,24 @@ pub async fn supervise<B: Backend, C: Clock>(
             },
             // Last: a new deadline that is ready moves the guard's time first.
             () = guard_due => {
-                if let Some(exit) = guard.tick() {
+                if let Some(end) = guard.tick() {
+                    let exit = end.exit.unwrap_or(KILLED);
                     let ending = match (guard.alone(), loss) {
-                        (false, None) if !timed_out => {
+                        (true, None) => Ending::WatchdogGone(end.exit),
+                        (true, Some(loss)) => Ending::Lost(loss, exit),
+                        // The job had ended by itself, as a stopped watchdog could not report.
+                        (false, _) if !end.stopped => Ending::Finished(exit),
+                        (false, Some(loss)) => Ending::Lost(loss, exit),
+                        (false, None) if timed_out => Ending::TimedOut(exit),
+                        (false, None) => {
                             // The deadline passed with the watchdog stopped, before the keeper
                             // said so.
                             let lost = Loss::DeadlinePassed {
                                 last_error: "no renew succeeded in time".into(),
                             };
                             lost_hook = on_lost(ctx, &lost);
-                            Ending::Lost(lost, exit.unwrap_or(KILLED))
+                            Ending::Lost(lost, exit)
                         }
-                        (false, None) => Ending::TimedOut(exit.unwrap_or(KILLED)),
-                        (_, Some(loss)) => Ending::Lost(loss, exit.unwrap_or(KILLED)),
-                        (true, None) => Ending::WatchdogGone(exit),
                     };
                     tracing::debug!(lock = %lock, "elect stopped the job without its watchdog");
                     return (ending, lost_hook);

@@ -64,6 +64,18 @@ pub struct Guard {
     alone: bool,
     /// How the job's main process ended, if elect reaped it itself.
     exit: Option<JobExit>,
+    /// Whether the job's main process was still running when elect first signalled it: a job
+    /// that had ended by itself was not cut short (as the watchdog's `Finished` report says).
+    stopped: Option<bool>,
+}
+
+/// How the job ended, as elect's guard saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct End {
+    /// How the main process ended, if elect learned it.
+    pub exit: Option<JobExit>,
+    /// Whether elect (or the watchdog) had begun stopping the job before its main process ended.
+    pub stopped: bool,
 }
 
 impl Guard {
@@ -83,6 +95,7 @@ impl Guard {
             killed_at: None,
             alone: false,
             exit: None,
+            stopped: None,
         }
     }
 
@@ -96,6 +109,7 @@ impl Guard {
     /// elect ordered the watchdog to stop the job.
     pub fn stop_ordered(&mut self) {
         self.begin_stop();
+        self.note_stop();
         if procfs::state(self.watchdog) == State::Stopped {
             self.term();
         }
@@ -116,8 +130,8 @@ impl Guard {
     pub async fn stop_alone(&mut self) -> Option<JobExit> {
         self.watchdog_gone();
         loop {
-            if let Some(exit) = self.tick() {
-                return exit;
+            if let Some(end) = self.tick() {
+                return end.exit;
             }
             tokio::time::sleep(POLL).await;
         }
@@ -172,15 +186,19 @@ impl Guard {
         self.stop_kill_at.is_some() || self.deadline.is_some_and(|d| now >= d - self.grace)
     }
 
-    /// Acts on the time. Returns how the job's main process ended (if elect knows) once no
-    /// process of the job is left and the run may end without the watchdog's report.
-    pub fn tick(&mut self) -> Option<Option<JobExit>> {
+    /// Acts on the time. Returns how the job ended once no process of it is left and the run
+    /// may end without the watchdog's report.
+    pub fn tick(&mut self) -> Option<End> {
         let now = BootTime::now();
-        if self.stopping(now) && !self.termed && procfs::state(self.watchdog) == State::Stopped {
-            self.term();
+        if self.stopping(now) {
+            self.note_stop();
+            if !self.termed && procfs::state(self.watchdog) == State::Stopped {
+                self.term();
+            }
         }
         if self.killed_at.is_none() && self.kill_at().is_some_and(|at| now >= at) {
             self.killed_at = Some(now);
+            self.note_stop();
             self.signal_all(Signal::SIGKILL);
         }
         if !self.alone && self.killed_at.is_none() {
@@ -198,12 +216,27 @@ impl Guard {
         let watchdog = procfs::state(self.watchdog);
         let waited = self.killed_at.is_some_and(|at| now >= at + REPORT_LIMIT);
         if self.alone || watchdog == State::Stopped || waited {
-            return Some(self.exit.or_else(|| self.zombie_exit()));
+            return Some(End {
+                exit: self.exit.or_else(|| self.zombie_exit()),
+                stopped: self.stopped.unwrap_or(true),
+            });
         }
         None
     }
 
+    /// Notes, when the stop begins, whether the job's main process was still running.
+    fn note_stop(&mut self) {
+        if self.stopped.is_none() {
+            let running = self.alone
+                || self
+                    .job
+                    .is_some_and(|job| procfs::state(job) != State::Ended);
+            self.stopped = Some(running);
+        }
+    }
+
     fn term(&mut self) {
+        self.note_stop();
         self.termed = true;
         self.signal_all(Signal::SIGTERM);
         self.signal_all(Signal::SIGCONT);

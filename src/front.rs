@@ -25,7 +25,6 @@
 
 use std::io;
 use std::os::fd::AsFd;
-use std::sync::OnceLock;
 
 use nix::errno::Errno;
 use nix::sys::signal::{self, killpg, SigHandler, SigSet, Signal};
@@ -33,7 +32,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, getpgrp, getpid, getppid, getsid, setpgid, tcgetpgrp, ForkResult, Pid};
 
-use crate::watchdog::FORWARDED;
+use crate::signals::FORWARDED;
 
 /// The front of this elect, when it has one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,17 +42,10 @@ pub struct Front {
     pub group: Pid,
 }
 
-static FRONT: OnceLock<Front> = OnceLock::new();
-
-/// The front of this elect, if [`split`] made one.
-pub fn current() -> Option<Front> {
-    FRONT.get().copied()
-}
-
 /// The process group that has the terminal while the job does not: the shell's job, which is the
 /// front's group when there is a front, or elect's own group.
-pub fn home_group() -> Pid {
-    current().map_or_else(getpgrp, |front| front.group)
+pub fn home_group(front: Option<Front>) -> Pid {
+    front.map_or_else(getpgrp, |front| front.group)
 }
 
 /// Whether this process is a job that a job-control shell started in the foreground of the
@@ -69,11 +61,11 @@ fn is_foreground_job() -> bool {
 }
 
 /// Leaves a front behind when elect is a foreground job of a job-control shell, and returns in
-/// elect proper (the child). Otherwise returns at once. Must be called while the process has a
-/// single thread; the front itself never returns.
-pub fn split() -> io::Result<()> {
+/// elect proper (the child) with the front's identity. Otherwise returns `None` at once. Must be
+/// called while the process has a single thread; the front itself never returns.
+pub fn split() -> io::Result<Option<Front>> {
     if !is_foreground_job() {
-        return Ok(());
+        return Ok(None);
     }
     let front = Front {
         pid: getpid(),
@@ -95,8 +87,7 @@ pub fn split() -> io::Result<()> {
                 // SAFETY: SIG_IGN installs no handler code.
                 unsafe { signal::signal(sig, SigHandler::SigIgn) }?;
             }
-            let _ = FRONT.set(front);
-            Ok(())
+            Ok(Some(front))
         }
         ForkResult::Parent { child } => {
             let _ = setpgid(child, child);

@@ -7,6 +7,7 @@
 //! alongside).
 
 use std::process::Stdio;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -72,6 +73,15 @@ impl Hooks {
     }
 }
 
+/// The processes of the hooks running now: elect's own children, which its guard must not take
+/// for the job's (see [`crate::job::guard`]).
+static RUNNING: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+/// The pids of the hooks running now.
+pub fn running_pids() -> Vec<i32> {
+    RUNNING.lock().map(|pids| pids.clone()).unwrap_or_default()
+}
+
 /// The variables that describe the holder of a busy lock.
 pub fn holder_env(holder: Option<&HolderInfo>) -> Vec<(String, String)> {
     let Some(h) = holder else {
@@ -104,6 +114,18 @@ async fn run(event: Event, command: String, env: JobEnv, timeout: Duration) {
             return;
         }
     };
+    let pid = child.id().and_then(|pid| i32::try_from(pid).ok());
+    if let (Some(pid), Ok(mut running)) = (pid, RUNNING.lock()) {
+        running.push(pid);
+    }
+    wait(name, &mut child, timeout).await;
+    if let (Some(pid), Ok(mut running)) = (pid, RUNNING.lock()) {
+        running.retain(|p| *p != pid);
+    }
+}
+
+/// Waits for a hook, and kills its process group after the timeout.
+async fn wait(name: &str, child: &mut tokio::process::Child, timeout: Duration) {
     match tokio::time::timeout(timeout, child.wait()).await {
         Ok(Ok(status)) if status.success() => tracing::debug!(hook = name, "hook ran"),
         Ok(Ok(status)) => tracing::warn!(hook = name, "hook failed: {status}"),

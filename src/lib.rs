@@ -10,12 +10,20 @@
 //! - [`timing`]: the lease math of the safety rule (deadline, SIGTERM and SIGKILL times).
 //! - [`backend`]: the backend trait, the closed set of backends, URL parsing and redaction.
 //! - [`keeper`]: the renew loop; turns renewals into deadlines, or declares the lease lost.
-//! - [`front`]: at a terminal, the process the shell sees, so that Ctrl-Z and `fg` work while
-//!   elect keeps renewing.
-//! - [`watchdog`]: a forked helper process that owns the job: spawns it in its own process group,
-//!   reaps it as a subreaper, and kills it by the deadline on its own even if elect is stopped.
-//! - [`supervisor`]: elect's side of the job: starts it through the watchdog, forwards signals,
-//!   feeds deadlines, collects the exit status.
+//! - [`front`] (runs in the front): at a terminal, the process the shell sees, so that Ctrl-Z
+//!   and `fg` work while elect keeps renewing.
+//! - [`watchdog`] (runs in the watchdog): a forked helper process that owns the job: spawns it in
+//!   its own process group, reaps it as a subreaper, and kills it by the deadline on its own even
+//!   if elect is stopped. Its modules: `launcher` (runs in the job's process until the exec),
+//!   `placement` (CPUs; watchdog and launcher), `title` (the names in `ps`; watchdog and
+//!   launcher), `protocol` (the messages; shared with elect).
+//! - [`job`] (runs in elect): elect's handle on the watchdog and the job's launcher: the fork,
+//!   the sockets, the start order and its answer, the orders that follow, the reap; and
+//!   `job::guard`, elect as the job's second guard when the watchdog is killed or stopped.
+//! - [`procfs`]: descendants and states of processes, from `/proc` (watchdog and elect).
+//! - [`signals`]: the signals elect forwards to the job (elect, front and watchdog).
+//! - [`supervisor`] (runs in elect): one `select!` that feeds deadlines, forwards signals, drives
+//!   the guard and collects the exit status.
 //! - [`run`]: `elect run`: acquire, supervise, release.
 //! - [`hooks`]: `--on-acquired`, `--on-busy`, `--on-lost` commands.
 //! - [`jobenv`]: the environment of the job and the hooks: the run's variables, no secrets.
@@ -36,6 +44,7 @@ pub mod exit;
 pub mod front;
 pub mod generate;
 pub mod hooks;
+pub mod job;
 pub mod jobenv;
 pub mod keeper;
 pub mod lease;
@@ -43,9 +52,11 @@ pub mod logging;
 pub mod manual;
 pub mod metrics;
 pub mod notify;
+pub mod procfs;
 pub mod release;
 pub mod run;
 pub mod show;
+pub mod signals;
 pub mod status;
 pub mod supervisor;
 pub mod timing;

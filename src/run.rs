@@ -6,7 +6,6 @@
 //! process of the job is gone; then the lease is released and elect exits with the job's code.
 //! Hooks, systemd notifications and metrics hang off the same steps.
 
-use std::ffi::OsString;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
@@ -19,13 +18,14 @@ use crate::config::RunConfig;
 use crate::exit::{code, Failure};
 use crate::front;
 use crate::hooks::{self, Event as HookEvent, Running};
+use crate::job::{self, Forked, Handle, Spec, Start};
 use crate::jobenv::JobEnv;
 use crate::lease::{Acquire, History, HolderInfo, LastRun, Lease, LockName, Renewal, RunEnd};
 use crate::metrics::{self, Outcome, RunRecord};
 use crate::notify::Notifier;
-use crate::supervisor::{self, Ending, Start, Supervision, Watchdog};
-use crate::watchdog::protocol::{JobExit, Order};
-use crate::watchdog::{self, launcher, WatchdogLink, FORWARDED};
+use crate::signals::FORWARDED;
+use crate::supervisor::{self, Ending, Supervision};
+use crate::watchdog::protocol::JobExit;
 
 /// How long a release may take before elect gives up on it (the lease then expires by its ttl).
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -34,36 +34,34 @@ const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
 /// a terminal, then the watchdog (which forks the job's process at once). `main` calls this before
 /// it parses the arguments, so that both forks copy little and the watchdog's work overlaps
 /// elect's; the command and the grace reach the watchdog later, in the start order.
-pub fn prepare() -> Result<WatchdogLink, Failure> {
-    front::split()
+pub fn prepare() -> Result<Forked, Failure> {
+    let front = front::split()
         .map_err(|e| Failure::new(code::INTERNAL, format!("cannot fork the front: {e}")))?;
-    watchdog::fork()
+    job::fork(front)
         .map_err(|e| Failure::new(code::INTERNAL, format!("cannot fork the watchdog: {e}")))
 }
 
-pub fn run(cfg: RunConfig, link: WatchdogLink) -> Result<u8, Failure> {
+pub fn run(cfg: RunConfig, link: Forked) -> Result<u8, Failure> {
     let watchdog = link.pid;
     let result = run_linked(cfg, link);
-    watchdog::reap(watchdog);
+    job::reap(watchdog);
     result
 }
 
 /// `run` up to the end of the watchdog's sockets.
-fn run_linked(cfg: RunConfig, link: WatchdogLink) -> Result<u8, Failure> {
-    let command_at = command_position(&cfg.command)?;
+fn run_linked(cfg: RunConfig, link: Forked) -> Result<u8, Failure> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Failure::new(code::INTERNAL, format!("cannot start: {e}")))?;
     let mut record = RunRecord::default();
     let result = runtime.block_on(async {
-        let watchdog = Watchdog::new(link)
-            .map_err(|e| Failure::new(code::INTERNAL, format!("watchdog socket: {e}")))?;
+        let watchdog = Handle::new(link, &cfg.command)
+            .map_err(|e| Failure::new(code::INTERNAL, format!("cannot set up the job: {e}")))?;
         let mut signals = supervisor::forward_signals()
             .map_err(|e| Failure::new(code::INTERNAL, format!("cannot handle signals: {e}")))?;
         let runner = Runner {
             cfg: &cfg,
-            command_at,
             watchdog,
             notifier: Notifier::from_env(),
         };
@@ -79,26 +77,9 @@ fn run_linked(cfg: RunConfig, link: WatchdogLink) -> Result<u8, Failure> {
     result
 }
 
-/// Where the command starts among elect's own arguments, which the watchdog shares (see
-/// [`Order::Start`]).
-fn command_position(command: &[OsString]) -> Result<usize, Failure> {
-    let argv: Vec<OsString> = std::env::args_os().collect();
-    argv.len()
-        .checked_sub(command.len())
-        .filter(|&at| !command.is_empty() && argv[at..] == *command)
-        .ok_or_else(|| {
-            Failure::new(
-                code::INTERNAL,
-                "cannot find the command among elect's arguments",
-            )
-        })
-}
-
 struct Runner<'a> {
     cfg: &'a RunConfig,
-    /// See [`command_position`].
-    command_at: usize,
-    watchdog: Watchdog,
+    watchdog: Handle,
     notifier: Notifier,
 }
 
@@ -166,16 +147,15 @@ impl Runner<'_> {
         let deadline =
             (backend.expiry() == Expiry::Ttl).then(|| cfg.timing.deadline(lease.sent_at));
         let job_env = base_env.for_lease(&lease);
-        let order = Order::Start {
+        let spec = Spec {
+            lock: lock.to_string(),
             deadline,
             grace: cfg.timing.grace(),
-            command_at: self.command_at,
-            terminal: launcher::job_takes_terminal(),
             env: job_env.changes(),
         };
         let started = Instant::now();
         let started_at = SystemTime::now();
-        let start = match self.watchdog.start(&order, &lease).await {
+        let start = match self.watchdog.start(spec, &lease).await {
             Ok(start) => start,
             Err(e) => {
                 release(&mut backend, &lease, None).await;
@@ -185,6 +165,7 @@ impl Runner<'_> {
                 ));
             }
         };
+        let grace = cfg.timing.grace();
         let (ending, lost_hook) = match start {
             Start::Running { pid } => {
                 tracing::debug!(lock = %lock, pid, "job started");
@@ -192,6 +173,8 @@ impl Runner<'_> {
                 self.notifier.ready(&holding);
                 let acquired_hook = cfg.hooks.start(HookEvent::Acquired, job_env.clone());
                 let ctx = Supervision {
+                    job: pid,
+                    deadline,
                     timing: cfg.timing,
                     max_runtime: cfg.max_runtime,
                     notifier: &self.notifier,
@@ -214,7 +197,12 @@ impl Runner<'_> {
             }
             Start::Failed(err) => (Ending::SpawnFailed(err), Running::none()),
             Start::LauncherGone => (Ending::LauncherGone, Running::none()),
-            Start::WatchdogGone => (Ending::WatchdogGone, Running::none()),
+            Start::WatchdogGone => {
+                // The job may have started before the watchdog died.
+                let mut guard = self.watchdog.guard(None, grace, deadline);
+                let exit = guard.stop_alone().await;
+                (Ending::WatchdogGone(exit), Running::none())
+            }
         };
         record.hold = started.elapsed();
         self.notifier.stopping();
@@ -309,12 +297,18 @@ impl Runner<'_> {
                     format!("the job's process for lock {lock} was killed before the job started; nothing ran (lock {lock} released)"),
                 ))
             }
-            Ending::WatchdogGone => Err(Failure::new(
-                code::INTERNAL,
-                format!(
-                    "elect's watchdog for lock {lock} vanished; the job may not have been stopped"
-                ),
-            )),
+            Ending::WatchdogGone(exit) => {
+                record.outcome = Some(Outcome::Error);
+                let end = exit.map_or(RunEnd::Signal(nix::libc::SIGKILL), run_end);
+                release(backend, lease, Some(&history(end, None))).await;
+                let how = exit.map_or_else(|| "its end unknown".to_owned(), describe_exit);
+                Err(Failure::new(
+                    code::INTERNAL,
+                    format!(
+                        "elect's watchdog for lock {lock} was killed; elect stopped the job itself ({how}); lease released"
+                    ),
+                ))
+            }
         }
     }
 

@@ -32,20 +32,18 @@
 pub mod launcher;
 pub mod placement;
 pub mod protocol;
+pub mod title;
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{self, killpg, SigHandler, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::socket::{
-    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
-    SockFlag, SockType,
-};
+use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -57,68 +55,23 @@ use self::protocol::{JobExit, Order, Report};
 use crate::clock::BootTime;
 use crate::front::Front;
 
-/// elect's end of the watchdog: its pid, the socket, and the socket to the job's launcher.
-#[derive(Debug)]
-pub struct WatchdogLink {
-    pub pid: Pid,
-    pub socket: OwnedFd,
-    pub launcher: OwnedFd,
-}
-
-/// Signals elect forwards; the watchdog ignores them so that only forwarding delivers them.
-pub const FORWARDED: [Signal; 8] = [
-    Signal::SIGHUP,
-    Signal::SIGINT,
-    Signal::SIGQUIT,
-    Signal::SIGTERM,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-    Signal::SIGWINCH,
-    Signal::SIGALRM,
-];
-
-/// A close-on-exec SOCK_SEQPACKET pair: one message per packet between elect, the watchdog and
-/// the launcher.
-fn packet_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    Ok(socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )?)
-}
-
-/// Forks the watchdog. Must be called while the process has a single thread.
-pub fn fork() -> io::Result<WatchdogLink> {
-    let (ours, theirs) = packet_pair()?;
-    let (to_launcher, launchers) = packet_pair()?;
-    let cpus = Cpus::of_this_process();
-    // SAFETY: elect calls this before it starts any thread (the async runtime comes later), so
-    // the child is a complete copy of a single-threaded process and may run ordinary code.
-    match unsafe { nix::unistd::fork() }? {
-        nix::unistd::ForkResult::Child => {
-            drop(ours);
-            drop(to_launcher);
-            let code = match Watchdog::new(theirs, launchers, cpus).and_then(Watchdog::serve) {
-                Ok(()) => 0,
-                Err(err) => {
-                    eprintln!("elect: watchdog: {err}");
-                    70
-                }
-            };
-            std::process::exit(code)
+/// The watchdog's life, in the child of elect's fork (see [`crate::job::fork`]): `socket` is its
+/// end of elect's socket, `launcher_socket` the end that the job's launcher keeps, `cpus` elect's
+/// CPUs, `front` elect's front at a terminal.
+pub fn serve_forked(
+    socket: OwnedFd,
+    launcher_socket: OwnedFd,
+    cpus: Option<Cpus>,
+    front: Option<Front>,
+) -> ! {
+    let code = match Watchdog::new(socket, launcher_socket, cpus, front).and_then(Watchdog::serve) {
+        Ok(()) => 0,
+        Err(err) => {
+            eprintln!("elect: watchdog: {err}");
+            70
         }
-        nix::unistd::ForkResult::Parent { child } => {
-            if let Some(cpus) = cpus {
-                cpus.move_elsewhere(child);
-            }
-            Ok(WatchdogLink {
-                pid: child,
-                socket: ours,
-                launcher: to_launcher,
-            })
-        }
-    }
+    };
+    std::process::exit(code)
 }
 
 /// Where the stop of the job stands.
@@ -165,8 +118,13 @@ struct Watchdog {
 }
 
 impl Watchdog {
-    fn new(socket: OwnedFd, launcher_socket: OwnedFd, cpus: Option<Cpus>) -> io::Result<Self> {
-        for sig in FORWARDED.iter().chain(&[
+    fn new(
+        socket: OwnedFd,
+        launcher_socket: OwnedFd,
+        cpus: Option<Cpus>,
+        front: Option<Front>,
+    ) -> io::Result<Self> {
+        for sig in crate::signals::FORWARDED.iter().chain(&[
             Signal::SIGTSTP,
             Signal::SIGTTIN,
             Signal::SIGTTOU,
@@ -184,7 +142,6 @@ impl Watchdog {
         // launcher itself, and the job may run, fork and exit before this process reads the start
         // order. A SIGCHLD that came before SIGCHLD was blocked would be lost, and an orphan
         // before the subreaper was set would escape to init.
-        let front = crate::front::current();
         let mut mask = SigSet::empty();
         mask.add(Signal::SIGCHLD);
         if front.is_some() {
@@ -200,6 +157,8 @@ impl Watchdog {
         nix::sys::prctl::set_child_subreaper(true)?;
         // Then at once, so that it is ready by the time elect has the lease (see `launcher`).
         let launcher = Some(Launcher::fork(launcher_socket, cpus));
+        // After the fork: the launcher still needs elect's arguments, which this overwrites.
+        title::set("lease-watchdog", "elect: watchdog");
         Ok(Self {
             socket,
             signals,
@@ -213,7 +172,7 @@ impl Watchdog {
             elect_alive: true,
             took_terminal: false,
             front,
-            home: crate::front::home_group(),
+            home: crate::front::home_group(front),
             suspended: false,
             launcher,
             cpus,
@@ -229,6 +188,7 @@ impl Watchdog {
         let start = loop {
             match self.receive() {
                 Ok(Some(Order::Start {
+                    lock,
                     deadline,
                     grace,
                     terminal,
@@ -240,14 +200,14 @@ impl Watchdog {
                     if let Some(cpus) = self.cpus {
                         cpus.restore();
                     }
-                    break Ok(Some(terminal));
+                    break Ok(Some((terminal, lock)));
                 }
                 Ok(Some(_)) => continue,
                 // None: elect ended without starting a job.
                 other => break other.map(|_| None),
             }
         };
-        let Ok(Some(terminal)) = start else {
+        let Ok(Some((terminal, lock))) = start else {
             launcher.map(Launcher::dismiss).ok();
             return start.map(|_| ());
         };
@@ -263,6 +223,8 @@ impl Watchdog {
                 }
                 self.job = Some(pid);
                 self.report(Report::Started { pid: pid.as_raw() });
+                // After the report, off the path to the job's start.
+                title::set("lease-watchdog", &format!("elect: watchdog for {lock}"));
             }
             Err(err) => {
                 self.report(Report::SpawnFailed {
@@ -407,7 +369,7 @@ impl Watchdog {
         if let Some(job) = self.job {
             let _ = killpg(job, sig);
         }
-        for pid in descendants(Pid::this()) {
+        for pid in crate::procfs::descendants(Pid::this(), &[]) {
             let _ = signal::kill(pid, sig);
         }
     }
@@ -559,75 +521,4 @@ impl Watchdog {
             let _ = nix::sys::socket::send(self.socket.as_raw_fd(), &bytes, MsgFlags::MSG_NOSIGNAL);
         }
     }
-}
-
-/// Sends an order, with a file descriptor attached when given.
-pub fn send_order(
-    socket: BorrowedFd<'_>,
-    order: &Order,
-    fd: Option<BorrowedFd<'_>>,
-) -> io::Result<()> {
-    let bytes = order.encode();
-    let iov = [io::IoSlice::new(&bytes)];
-    let raw;
-    let cmsgs: &[ControlMessage<'_>] = match fd {
-        Some(fd) => {
-            raw = [fd.as_raw_fd()];
-            &[ControlMessage::ScmRights(&raw)]
-        }
-        None => &[],
-    };
-    sendmsg::<()>(
-        socket.as_raw_fd(),
-        &iov,
-        cmsgs,
-        MsgFlags::MSG_NOSIGNAL,
-        None,
-    )?;
-    Ok(())
-}
-
-/// How long elect waits, as it exits, for its watchdog to exit.
-const REAP_LIMIT_MS: u16 = 1000;
-
-/// Reaps the watchdog once elect has closed its sockets (it exits at once then, having nothing
-/// left to watch), so that nothing of this run is left running, even as a zombie for init, when
-/// elect exits: a script that runs elect again at once does not share the machine with the last
-/// run's teardown. Waits at most [`REAP_LIMIT_MS`]: a watchdog that someone stopped must not keep
-/// elect from exiting.
-pub fn reap(pid: Pid) {
-    // SAFETY: pidfd_open takes a pid and flags, and returns a new descriptor or -1.
-    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid.as_raw(), 0) };
-    if let Ok(fd @ 0..) = i32::try_from(fd) {
-        // SAFETY: the kernel just returned this descriptor, and nothing else owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-        while poll(&mut fds, REAP_LIMIT_MS) == Err(Errno::EINTR) {}
-    }
-    let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
-}
-
-/// Every descendant of `root`, from `/proc/<pid>/task/<tid>/children`.
-fn descendants(root: Pid) -> Vec<Pid> {
-    let mut found = Vec::new();
-    let mut queue = vec![root];
-    while let Some(pid) = queue.pop() {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-            continue;
-        };
-        for task in tasks.flatten() {
-            let path = task.path().join("children");
-            let Ok(text) = std::fs::read_to_string(path) else {
-                continue;
-            };
-            for child in text.split_whitespace().filter_map(|p| p.parse().ok()) {
-                let child = Pid::from_raw(child);
-                if !found.contains(&child) {
-                    found.push(child);
-                    queue.push(child);
-                }
-            }
-        }
-    }
-    found
 }

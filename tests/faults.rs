@@ -158,6 +158,33 @@ on_backends!(pg_terminate, [Postgres], |k| Setup::new(
 )
 .work(Duration::from_millis(1500)));
 
+// 12. elect as the job's second guard: the watchdog killed; the watchdog stopped and then the
+// lease lost; elect and its watchdog killed together (`pkill -9 elect`). The job leaves a
+// background process behind (`forks`), which must not run beside a newcomer's job.
+on_backends!(kill_watchdog, [File, Redis, Postgres, Etcd], |k| {
+    Setup::new("kill-9-watchdog", k, &[Fault::KillWatchdog])
+        .mode("forks")
+        .work(Duration::from_millis(1500))
+        .daemon(Duration::from_secs(3))
+        .duration(Duration::from_secs(4))
+});
+on_backends!(stop_watchdog, [File, Redis, Postgres, Etcd], |k| {
+    Setup::new("stop-watchdog", k, &[Fault::StopWatchdog])
+        .mode("forks")
+        .work(Duration::from_secs(3))
+        .daemon(Duration::from_secs(3))
+        .duration(Duration::from_secs(4))
+});
+on_backends!(kill_both, [File], |k| Setup::new(
+    "kill-9-both",
+    k,
+    &[Fault::KillBoth]
+)
+.mode("forks")
+.work(Duration::from_millis(1500))
+.daemon(Duration::from_secs(3))
+.duration(Duration::from_secs(4)));
+
 // Every applicable fault, at random.
 on_backends!(random_mix, [File, Redis, Postgres, Etcd], |k| Setup::new(
     "random-mix",

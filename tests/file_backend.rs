@@ -37,6 +37,8 @@ battery_tests!(
     lock_stays_held_while_a_job_process_lives,
     leftovers_are_stopped_before_elect_exits,
     setsid_grandchild_is_stopped,
+    watchdog_is_named,
+    job_is_stopped_when_the_watchdog_is_killed,
     status_of_one_lock,
     status_lists_every_lock,
     sigterm_stops_a_wait,
@@ -487,4 +489,61 @@ fn job_starts_with_default_signals_and_elects_cpus() {
         status_line(&ours, "Cpus_allowed_list:"),
         "the job may run on every CPU elect may"
     );
+}
+
+/// Issue "two guards", case 3: `kill -9` of elect and its watchdog together. The job's processes
+/// hold a descriptor of the lock file (as under flock(1)), so the lock stays held, visibly in
+/// `elect status`, while the background process the job left runs, and is free once it ends.
+#[test]
+fn job_holds_the_lock_when_elect_and_watchdog_are_killed() {
+    let env = TestEnv::new();
+    let lock = env.lock("both-killed");
+    let script = format!(
+        "sleep 3 & echo $! > bg.pid.tmp && mv bg.pid.tmp bg.pid; {}; wait",
+        write_pid("main.pid")
+    );
+    let mut run = env.spawn(["run", "--lock", &lock, "--", "sh", "-c", &script]);
+    let bg = env.read_pid("bg.pid");
+    env.read_pid("main.pid");
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", run.pid()))
+        .expect("elect's children");
+    let watchdog: i32 = children
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok())
+        .find(|c: &i32| {
+            std::fs::read_to_string(format!("/proc/{c}/comm"))
+                .is_ok_and(|name| name.trim() == "lease-watchdog")
+        })
+        .expect("elect's watchdog");
+    // Stopped first, so that neither sees the other die and stops the job.
+    run.signal("STOP");
+    support::signal(watchdog, "STOP");
+    support::signal(watchdog, "KILL");
+    run.signal("KILL");
+    assert_eq!(run.wait().killed_by(), Some(9));
+    let newcomer = env.run(["run", "--lock", &lock, "--", "touch", "newcomer.ran"]);
+    let status = env.status(["--lock", &lock]);
+    let bg_alive = is_alive(bg);
+    assert!(
+        bg_alive,
+        "inconclusive: the background process ended before the checks"
+    );
+    assert_eq!(
+        newcomer.status.code(),
+        Some(75),
+        "a newcomer ran beside the old job's background process: {newcomer}"
+    );
+    assert!(status.stdout.contains("held"), "{status}");
+    // Once the background process ends, the lock is free.
+    let after = env.run([
+        "run",
+        "--lock",
+        &lock,
+        "--wait=10s",
+        "--",
+        "touch",
+        "after.ran",
+    ]);
+    after.assert_code(0);
+    assert!(!is_alive(bg));
 }

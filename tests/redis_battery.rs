@@ -45,6 +45,8 @@ battery_tests!(
     lock_stays_held_while_a_job_process_lives,
     leftovers_are_stopped_before_elect_exits,
     setsid_grandchild_is_stopped,
+    watchdog_is_named,
+    job_is_stopped_when_the_watchdog_is_killed,
     status_of_one_lock,
     status_lists_every_lock,
     sigterm_stops_a_wait,

@@ -24,13 +24,13 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 use nix::errno::Errno;
 use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
-use nix::sys::socket::{recv, send, MsgFlags};
+use nix::sys::socket::{recvmsg, send, MsgFlags};
 use nix::sys::wait::waitpid;
 use nix::unistd::{getpgrp, getppid, setpgid, Pid};
 
@@ -71,25 +71,6 @@ impl Launcher {
     }
 }
 
-/// Whether the job is to take the terminal's foreground: elect's stdin is a terminal whose
-/// foreground is the shell's job that elect belongs to (the front's group, or elect's own).
-pub fn job_takes_terminal() -> bool {
-    let stdin = io::stdin();
-    nix::unistd::isatty(stdin.as_fd()).unwrap_or(false)
-        && nix::unistd::tcgetpgrp(stdin.as_fd()).ok() == Some(crate::front::home_group())
-}
-
-/// elect's reading of the launcher's answer on its end of the socket, once readable: `Ok` when
-/// the command was executed (end of file), the exec's error otherwise.
-pub fn answer_of(socket: BorrowedFd<'_>) -> io::Result<io::Result<()>> {
-    let mut errno = [0u8; 4];
-    match recv(socket.as_raw_fd(), &mut errno, MsgFlags::MSG_DONTWAIT) {
-        Ok(0) => Ok(Ok(())),
-        Ok(_) => Ok(Err(io::Error::from_raw_os_error(i32::from_ne_bytes(errno)))),
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// The launcher's life: wait for the word, then become the job.
 fn wait_and_exec(socket: OwnedFd, watchdog: Pid, cpus: Option<Cpus>) -> ! {
     let _ = setpgid(Pid::from_raw(0), Pid::from_raw(0));
@@ -97,17 +78,13 @@ fn wait_and_exec(socket: OwnedFd, watchdog: Pid, cpus: Option<Cpus>) -> ! {
         // The watchdog is gone already (or could not be followed): no job without it.
         quit(0);
     }
+    // Copied before the title overwrites them (see `title`).
+    let args: Vec<OsString> = std::env::args_os().collect();
+    super::title::set("lease-launcher", "elect: launcher");
     let mut word = [0u8; MAX_WORD];
-    let len = loop {
-        // MSG_TRUNC: the length of the whole word even when it is longer than the buffer. A cut
-        // word could decode with the withheld variables at its end lost: refused, never run.
-        match recv(socket.as_raw_fd(), &mut word, MsgFlags::MSG_TRUNC) {
-            Err(Errno::EINTR) => continue,
-            Ok(len) if len > MAX_WORD => answer(&socket, Errno::E2BIG as i32),
-            Ok(len) if len > 0 => break len,
-            _ => quit(0),
-        }
-    };
+    // A cut word (MSG_TRUNC) could decode with the withheld variables at its end lost: `receive`
+    // refuses it, and the job never runs.
+    let len = receive(&socket, &mut word);
     let Some(Order::Start {
         command_at,
         terminal,
@@ -118,7 +95,7 @@ fn wait_and_exec(socket: OwnedFd, watchdog: Pid, cpus: Option<Cpus>) -> ! {
         answer(&socket, Errno::EINVAL as i32)
     };
     // A fork of elect has elect's arguments (std keeps them from the start of the process).
-    let command: Vec<OsString> = std::env::args_os().skip(command_at).collect();
+    let command: Vec<OsString> = args.into_iter().skip(command_at).collect();
     if command.is_empty() {
         answer(&socket, Errno::EINVAL as i32)
     }
@@ -143,6 +120,30 @@ fn wait_and_exec(socket: OwnedFd, watchdog: Pid, cpus: Option<Cpus>) -> ! {
     }
     let err = cmd.exec();
     answer(&socket, err.raw_os_error().unwrap_or(Errno::ENOEXEC as i32))
+}
+
+/// Waits for the word; a lock file sent with it (file backend) stays open across the exec, so
+/// that every process of the job holds the kernel lock (see [`crate::backend::file`]). End of
+/// file: elect ended without a lease, and the launcher quits.
+fn receive(socket: &OwnedFd, word: &mut [u8]) -> usize {
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    loop {
+        let mut iov = [io::IoSliceMut::new(word)];
+        // Without MSG_CMSG_CLOEXEC: the descriptor is the job's to inherit.
+        match recvmsg::<()>(
+            socket.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::empty(),
+        ) {
+            Err(Errno::EINTR) => continue,
+            Ok(msg) if msg.flags.contains(MsgFlags::MSG_TRUNC) => {
+                answer(socket, Errno::EMSGSIZE as i32)
+            }
+            Ok(msg) if msg.bytes > 0 => return msg.bytes,
+            _ => quit(0),
+        }
+    }
 }
 
 /// Sets every signal, real-time ones included, to its default disposition. An exec keeps ignored

@@ -16,8 +16,9 @@ pub enum Order {
     /// and the launcher are forks of elect and have the same ones, so a command line of any
     /// length costs nothing here); these variables set (`Some`) or removed (`None`); with the
     /// terminal's foreground if `terminal`; under this deadline (none: no deadline); SIGKILL
-    /// `grace` after SIGTERM when the job is stopped.
+    /// `grace` after SIGTERM when the job is stopped. `lock` names the watchdog in `ps`.
     Start {
+        lock: String,
         deadline: Option<BootTime>,
         grace: Duration,
         command_at: usize,
@@ -69,6 +70,7 @@ impl Order {
     pub fn encode(&self) -> Vec<u8> {
         match self {
             Order::Start {
+                lock,
                 deadline,
                 grace,
                 command_at,
@@ -76,7 +78,7 @@ impl Order {
                 env,
             } => {
                 let mut out = format!(
-                    "start {} {} {command_at} {}",
+                    "start {} {} {command_at} {} {lock}",
                     deadline_text(*deadline),
                     grace.as_nanos(),
                     if *terminal { "terminal" } else { "-" }
@@ -113,7 +115,10 @@ impl Order {
                     "-" => false,
                     _ => return None,
                 };
+                // A lock name has no spaces (see `LockName`).
+                let lock = words.next()?.to_owned();
                 Order::Start {
+                    lock,
                     deadline,
                     grace,
                     command_at,
@@ -192,6 +197,7 @@ mod tests {
     fn orders_round_trip() {
         let orders = [
             Order::Start {
+                lock: "nightly.backup-1".into(),
                 deadline: Some(BootTime::from_nanos(42)),
                 grace: Duration::from_millis(1500),
                 command_at: 6,
@@ -203,6 +209,7 @@ mod tests {
                 ],
             },
             Order::Start {
+                lock: "x".into(),
                 deadline: None,
                 grace: Duration::ZERO,
                 command_at: 0,

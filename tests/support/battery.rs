@@ -1455,3 +1455,89 @@ pub fn holders_a_killed_holder_frees_its_place(env: &TestEnv) {
     release(env, &mut a, "a");
     release(env, &mut c, "c");
 }
+
+/// The watchdog of the elect `pid`: its child whose short name is `lease-watchdog`.
+fn watchdog_of(pid: i32) -> Option<i32> {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    children
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok())
+        .find(|c: &i32| {
+            std::fs::read_to_string(format!("/proc/{c}/comm"))
+                .is_ok_and(|name| name.trim() == "lease-watchdog")
+        })
+}
+
+/// `ps` tells the watchdog from elect: `elect: watchdog for LOCK`, short name `lease-watchdog`.
+pub fn watchdog_is_named(env: &TestEnv) {
+    let lock = env.lock("named");
+    let script = format!("{}; {}", write_pid("main.pid"), until_exists("done"));
+    let mut run = env.spawn(["run", "--lock", &lock, "--", "sh", "-c", &script]);
+    env.read_pid("main.pid");
+    let watchdog = watchdog_of(run.pid()).expect("elect has a child named lease-watchdog");
+    // The watchdog names itself just after it reports the start, so perhaps after the job ran.
+    let expected = format!("elect: watchdog for {lock}");
+    let mut shown = String::new();
+    let named = becomes(Duration::from_secs(5), || {
+        let cmdline = std::fs::read(format!("/proc/{watchdog}/cmdline")).unwrap_or_default();
+        shown = String::from_utf8_lossy(&cmdline)
+            .trim_end_matches('\0')
+            .to_owned();
+        shown == expected
+    });
+    assert!(
+        named,
+        "the watchdog's command line is {shown:?}, not {expected:?}"
+    );
+    std::fs::write(env.file("done"), "").expect("write done");
+    run.wait().assert_code(0);
+}
+
+/// Issue "two guards", case 1: `kill -9` of the watchdog alone. The job's main process dies with
+/// it; elect stops what the job left in the background (here a process that ignores SIGTERM, so
+/// SIGKILL after the grace), releases the lease only once it is gone, and exits 70.
+pub fn job_is_stopped_when_the_watchdog_is_killed(env: &TestEnv) {
+    let lock = env.lock("wd-killed");
+    let script = format!(
+        "(trap '' TERM; exec sleep 100) & echo $! > bg.pid.tmp && mv bg.pid.tmp bg.pid; {}; wait",
+        write_pid("main.pid")
+    );
+    let mut args = vec!["run", "--lock", &lock];
+    args.extend(SHORT);
+    args.extend(["--", "sh", "-c", &script]);
+    let mut run = env.spawn(args);
+    let main = env.read_pid("main.pid");
+    let bg = env.read_pid("bg.pid");
+    let watchdog = watchdog_of(run.pid()).expect("elect's watchdog");
+    super::signal(watchdog, "KILL");
+    let killed_at = Instant::now();
+    // A newcomer at once: the lease is still held (elect keeps it while it stops the job).
+    let early = env.run(["run", "--lock", &lock, "--", "touch", "early.ran"]);
+    let bg_alive = is_alive(bg);
+    let out = run.wait();
+    out.assert_code(70);
+    assert!(
+        out.stderr.contains("watchdog") && out.stderr.contains("stopped the job itself"),
+        "{out}"
+    );
+    assert!(
+        !is_alive(main),
+        "the job's main process dies with the watchdog"
+    );
+    assert!(
+        !is_alive(bg),
+        "the job's background process outlived elect ({:?} after the kill)",
+        killed_at.elapsed()
+    );
+    if bg_alive {
+        assert_eq!(
+            early.status.code(),
+            Some(75),
+            "a newcomer ran while the old job's background process ({bg}) lived: {early}"
+        );
+    }
+    // Released: a newcomer runs at once.
+    env.run(["run", "--lock", &lock, "--", "touch", "after.ran"])
+        .assert_code(0);
+    assert!(exists(env, "after.ran"));
+}

@@ -15,7 +15,12 @@
 //! - elect's exit code is the job's (42) when the job finished, 76 when the job was stopped, and
 //!   69, 75 or 76 when no job ran;
 //! - per fault: a holder SIGSTOPped past the ttl has its job dead by `stop + ttl` (the lease
-//!   deadline is earlier still); after a holder is killed, the next job starts within ttl + 1 s.
+//!   deadline is earlier still); after a holder is killed, the next job starts within ttl + 1 s;
+//!   a holder whose watchdog was SIGSTOPped before its lease was lost has its job dead by
+//!   `stop + ttl` too (elect enforces the deadline itself);
+//! - a holder whose watchdog was killed ends with 70 (or 76 if its lease was lost meanwhile),
+//!   and its job does not outlive it; when elect and its watchdog are killed together, the job's
+//!   processes may run on, but on the file backend they hold the lock, so no overlap.
 //!
 //! Each test prints its row of the table (`FAULTS|...`, which `scripts/faults.sh` aggregates)
 //! and fails with every violation listed.
@@ -101,6 +106,13 @@ pub enum Fault {
     ReplaceLockFile,
     /// pg_terminate_backend of every session of elect's role.
     TerminateBackend,
+    /// kill -9 of the holder's watchdog alone.
+    KillWatchdog,
+    /// kill -STOP of the holder's watchdog, then the lease lost (the lock file deleted, or the
+    /// proxy holding traffic for ttl + 1 s), then kill -CONT.
+    StopWatchdog,
+    /// kill -9 of the holding elect and its watchdog together (as `pkill -9 elect` does).
+    KillBoth,
 }
 
 impl Fault {
@@ -117,14 +129,26 @@ impl Fault {
             Fault::DeleteLockFile => "delete-lock-file",
             Fault::ReplaceLockFile => "replace-lock-file",
             Fault::TerminateBackend => "pg-terminate-backend",
+            Fault::KillWatchdog => "kill-9-watchdog",
+            Fault::StopWatchdog => "stop-watchdog",
+            Fault::KillBoth => "kill-9-both",
         }
     }
 
     /// Every fault that applies to a backend.
     pub fn all_for(kind: BackendKind) -> Vec<Fault> {
-        let mut faults = vec![Fault::KillHolder, Fault::StopHolder];
+        let mut faults = vec![
+            Fault::KillHolder,
+            Fault::StopHolder,
+            Fault::KillWatchdog,
+            Fault::StopWatchdog,
+        ];
         match kind {
-            BackendKind::File => faults.extend([Fault::DeleteLockFile, Fault::ReplaceLockFile]),
+            BackendKind::File => faults.extend([
+                Fault::DeleteLockFile,
+                Fault::ReplaceLockFile,
+                Fault::KillBoth,
+            ]),
             _ => faults.extend([
                 Fault::StopServer,
                 Fault::RestartServer,
@@ -159,6 +183,8 @@ pub struct Setup {
     pub duration: Duration,
     /// The seed of a named regression case (`ELECT_FAULTS_SEED` overrides).
     pub seed: Option<u64>,
+    /// How long the `forks` job's setsid grandchild lives.
+    pub daemon: Duration,
 }
 
 impl Setup {
@@ -174,11 +200,17 @@ impl Setup {
             contenders: 3,
             duration: Duration::from_secs(6),
             seed: None,
+            daemon: Duration::from_secs(20),
         }
     }
 
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
+        self
+    }
+
+    pub fn daemon(mut self, d: Duration) -> Self {
+        self.daemon = d;
         self
     }
 
@@ -606,6 +638,8 @@ pub struct RunRec {
 pub struct Shared {
     pub runs: Mutex<Vec<RunRec>>,
     pub killed: Mutex<HashSet<u64>>,
+    /// Runs whose watchdog was killed (alone, or with elect).
+    pub watchdog_killed: Mutex<HashSet<u64>>,
     /// Runs sent SIGTERM at the end while still waiting for the lease.
     pub terminated: Mutex<HashSet<u64>>,
     pub hung: Mutex<Vec<u64>>,
@@ -648,6 +682,7 @@ impl Arena {
             shared: Arc::new(Shared {
                 runs: Mutex::new(Vec::new()),
                 killed: Mutex::new(HashSet::new()),
+                watchdog_killed: Mutex::new(HashSet::new()),
                 terminated: Mutex::new(HashSet::new()),
                 hung: Mutex::new(Vec::new()),
                 next_run: AtomicU64::new(1),
@@ -678,6 +713,7 @@ impl Arena {
             .env("FAULT_RUN", run.to_string())
             .env("FAULT_MODE", setup.mode)
             .env("FAULT_WORK_MS", setup.work.as_millis().to_string())
+            .env("FAULT_DAEMON_MS", setup.daemon.as_millis().to_string())
             .envs(extra_env.iter().copied())
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
@@ -867,7 +903,57 @@ fn apply(fault: Fault, arena: &Arena, server: &Server, holder: Option<(u64, usiz
             }
         }
         Fault::TerminateBackend => server.terminate_sessions(),
+        Fault::KillWatchdog => {
+            if let Some((run, _, pid)) = holder {
+                if let Some(watchdog) = watchdog_of(pid) {
+                    arena.shared.watchdog_killed.lock().unwrap().insert(run);
+                    kill(watchdog, "KILL");
+                }
+            }
+        }
+        Fault::StopWatchdog => {
+            if let Some((_, _, pid)) = holder {
+                if let Some(watchdog) = watchdog_of(pid) {
+                    kill(watchdog, "STOP");
+                    match server.kind() {
+                        BackendKind::File => {
+                            if let Some(path) = server.lock_file(&arena.lock) {
+                                let _ = std::fs::remove_file(path);
+                            }
+                            std::thread::sleep(hold);
+                        }
+                        _ => proxy_for(server, Mode::Blackhole, hold),
+                    }
+                    kill(watchdog, "CONT");
+                }
+            }
+        }
+        Fault::KillBoth => {
+            if let Some((run, _, pid)) = holder {
+                if let Some(watchdog) = watchdog_of(pid) {
+                    arena.shared.killed.lock().unwrap().insert(run);
+                    arena.shared.watchdog_killed.lock().unwrap().insert(run);
+                    // Stopped first, so that neither sees the other die and stops the job.
+                    kill(pid, "STOP");
+                    kill(watchdog, "STOP");
+                    kill(pid, "KILL");
+                    kill(watchdog, "KILL");
+                }
+            }
+        }
     }
+}
+
+/// The watchdog of the elect `pid`: its child named `lease-watchdog`.
+pub fn watchdog_of(pid: i32) -> Option<i32> {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    children
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok())
+        .find(|c: &i32| {
+            std::fs::read_to_string(format!("/proc/{c}/comm"))
+                .is_ok_and(|name| name.trim() == "lease-watchdog")
+        })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1032,7 +1118,20 @@ pub fn run(setup: Setup) -> Row {
         arena.shared.stop.store(true, Ordering::SeqCst);
         drain(&arena);
     });
-    // Every contender has returned: each run ended by itself (or was killed as hung).
+    // Every contender has returned: each run ended by itself (or was killed as hung). A job whose
+    // elect and watchdog were killed together may still run, until its background process ends.
+    let settle = Instant::now() + setup.daemon + Duration::from_secs(2);
+    while Instant::now() < settle
+        && !arena.shared.watchdog_killed.lock().unwrap().is_empty()
+        && arena
+            .witness
+            .snapshot()
+            .lives
+            .iter()
+            .any(|l| l.close.is_none())
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     std::thread::sleep(Duration::from_millis(100));
     let row = check(&setup, &arena, &events);
     row.print();
@@ -1105,6 +1204,7 @@ pub fn check(setup: &Setup, arena: &Arena, events: &[Event]) -> Row {
     let record = arena.witness.snapshot();
     let runs = arena.shared.runs.lock().unwrap().clone();
     let killed = arena.shared.killed.lock().unwrap().clone();
+    let watchdog_killed = arena.shared.watchdog_killed.lock().unwrap().clone();
     let terminated = arena.shared.terminated.lock().unwrap().clone();
     let mut v: Vec<String> = Vec::new();
     let lives = &record.lives;
@@ -1177,7 +1277,17 @@ pub fn check(setup: &Setup, arena: &Arena, events: &[Event]) -> Row {
         let Some(run) = l.run else { continue };
         let exit = record.exits[&run];
         let over = l.close.map(|c| c.saturating_duration_since(exit));
-        if killed.contains(&run) {
+        if killed.contains(&run) && watchdog_killed.contains(&run) {
+            // elect and its watchdog killed together: the job's other processes run on. On the
+            // file backend they hold the lock (checked as overlaps above); elsewhere nothing
+            // guards them.
+            if setup.backend.expires() {
+                v.push(format!(
+                    "OUTLIVED: {} ran on after elect and its watchdog were killed",
+                    describe(l)
+                ));
+            }
+        } else if killed.contains(&run) {
             if over.is_none_or(|o| o > GRACE + WATCHDOG_SLACK) {
                 v.push(format!(
                     "OUTLIVED: {} ran {:?} ms after its elect was killed (allowed: grace {} ms + {} ms)",
@@ -1209,6 +1319,19 @@ pub fn check(setup: &Setup, arena: &Arena, events: &[Event]) -> Row {
                 v.push(format!(
                     "run {} was killed with SIGKILL but ended with {status:?}",
                     r.run
+                ));
+            }
+            continue;
+        }
+        if watchdog_killed.contains(&r.run) {
+            // elect stopped the job itself and says so (70), or 76 if the lease was lost too.
+            let ok = matches!(status.code(), Some(70 | 76))
+                || (status.code() == Some(JOB_CODE) && life.is_some_and(|l| l.done));
+            if !ok {
+                v.push(format!(
+                    "EXIT CODE: run {} whose watchdog was killed ended with {status:?} (expected 70){}",
+                    r.run,
+                    stderr_of(Some(r.run))
                 ));
             }
             continue;
@@ -1312,6 +1435,18 @@ pub fn check(setup: &Setup, arena: &Arena, events: &[Event]) -> Row {
                         ms(LOCK_FILE_REACTION),
                         stderr_of(Some(run))
                     ));
+                }
+            }
+            Fault::StopWatchdog => {
+                if let Some(c) = held.close {
+                    if c > e.at + TTL {
+                        v.push(format!(
+                            "DEADLINE: the job of the holder whose watchdog was SIGSTOPped (run {run}) lived {} ms after the stop (bound: ttl {} ms){}",
+                            ms(c.duration_since(e.at)),
+                            ms(TTL),
+                            stderr_of(Some(run))
+                        ));
+                    }
                 }
             }
             Fault::StopHolder if setup.backend.expires() => {

@@ -286,7 +286,8 @@ fn parse_line(life: &mut Life, line: &str, at: Instant) {
 /// The job program (perl): connect to the witness, take the probe lock, report, then work.
 ///
 /// Environment: `FAULT_WITNESS` (socket), `FAULT_PROBE` (a file for the flock(2) probe),
-/// `FAULT_RUN`, `FAULT_MODE` (`plain`, `ignore-term`, `forks`, `beat`), `FAULT_WORK_MS`.
+/// `FAULT_RUN`, `FAULT_MODE` (`plain`, `ignore-term`, `forks`, `beat`), `FAULT_WORK_MS`,
+/// `FAULT_DAEMON_MS` (how long the `forks` mode's setsid grandchild lives; 20 s by default).
 /// Exits 42 after its work; every process it starts ends by itself within 20 s at most.
 pub const JOB: &str = r#"
 use strict;
@@ -317,7 +318,7 @@ if ($mode eq 'forks') {
         my $grandchild = fork();
         if (defined $grandchild && $grandchild == 0) {
             setsid();
-            sleep 20;
+            sleep(($ENV{FAULT_DAEMON_MS} // 20000) / 1000);
             _exit(0);
         }
         my $other = fork();

@@ -129,7 +129,15 @@ pub fn the_wait_bound_during_an_acquire_without_an_answer_leaves_the_lock_free(
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let mut waiter = elect(via_proxy)
-        .args(["run", "--lock", "lost-wait", "--wait=4s", "--ttl", LONG_TTL])
+        .args([
+            "run",
+            "-v",
+            "--lock",
+            "lost-wait",
+            "--wait=4s",
+            "--ttl",
+            LONG_TTL,
+        ])
         .args(["--", "true"])
         .stderr(Stdio::piped())
         .spawn()

@@ -42,9 +42,15 @@
 //!   stopped or unreachable etcd makes calls fail rather than hang.
 //! - Reconnecting: one client (one tonic channel) talks to one endpoint at a time. After a call
 //!   fails for want of an answer, the next call builds a new client, on the next endpoint that
-//!   answers (the same one if there is only one). A renew does so only with several endpoints:
-//!   tonic redials a broken connection by itself, and a new client costs a connection, an
-//!   authentication and a read, which a renew's short budget may not cover on a busy host.
+//!   answers (the same one if there is only one). After a call that failed with an answer (a
+//!   refused or reset connection), a renew does so only with several endpoints: tonic redials a
+//!   broken connection by itself, and a new client costs a connection, an authentication and a
+//!   read, which a renew's short budget may not cover on a busy host. A renew left without an
+//!   answer (its attempt dropped by the lease keeper, or past its own bound of ttl / 3) leaves
+//!   the channel suspect whatever the endpoints: a stalled connection is not seen as broken, and
+//!   every new keepalive stream would go down it. The next call starts on a new channel.
+//! - `--once-per`: the run is recorded as the marker before the job starts, in one transaction
+//!   with the check (see `history`), so that a release lost after the job still leaves it.
 //! - Waiting through failures: a wait whose connection breaks (a reset, a restart, a member
 //!   that dies) builds a new client and waits on with the same key, keeping its place in the
 //!   line, for as long as its lease may still be alive; the first step on the new channel is a
@@ -59,7 +65,8 @@
 //!   semaphore's wait for a place.
 //! - `keepalive`: one LeaseKeepAlive request and its own response at a time.
 //! - `status`: `inspect` and `list`: the holders first (one, or up to `N`), then the waiters.
-//! - `history`: the last run and the `--once-per` marker, in keys beside the queue.
+//! - `history`: the last run and the `--once-per` marker, in keys beside the queue; the claim
+//!   of a `--once-per` run before its job starts.
 
 mod acquire;
 mod connect;
@@ -96,6 +103,16 @@ pub struct EtcdBackend {
     endpoint: usize,
     /// Set when a call failed for want of an answer: the next call starts on a new channel.
     failed: bool,
+    /// Set while a renew waits for its answers. A renew whose future was dropped (the lease
+    /// keeper's bound on an attempt is shorter than the request timeouts) or that ran out of its
+    /// own bound leaves it set: a request left unanswered makes its channel suspect, and the
+    /// next call starts on a new one, even with a single endpoint, rather than send every retry
+    /// down the same stalled connection.
+    in_flight: bool,
+    /// The lease of the `--once-per` marker that `claim_run` wrote for the lease held (holder
+    /// lease id, marker lease id): the release revokes it, which removes that marker, unless
+    /// the release put the marker of a successful run in its place.
+    claimed: Option<(i64, i64)>,
     target: Target,
     options: BackendOptions,
     settings: Settings,
@@ -134,6 +151,8 @@ impl EtcdBackend {
             client,
             endpoint,
             failed: false,
+            in_flight: false,
+            claimed: None,
             settings: Settings {
                 prefix: target.prefix.clone(),
             },
@@ -155,11 +174,12 @@ impl EtcdBackend {
         format!("{}{}", self.settings.prefix_of(&lease.name), lease.secret)
     }
 
-    /// Starts a call: on a new channel if the last call failed.
+    /// Starts a call: on a new channel if the last call failed or a renew was left unanswered.
     async fn ready(&mut self) -> Result<()> {
-        if self.failed {
+        if self.failed || self.in_flight {
             self.reconnect().await?;
             self.failed = false;
+            self.in_flight = false;
         }
         Ok(())
     }
@@ -202,13 +222,34 @@ impl Backend for EtcdBackend {
     }
 
     async fn renew(&mut self, lease: &Lease) -> Result<Renewal> {
-        // A renew starts on a new channel only to move to another endpoint. With one, the old
-        // channel redials by itself, and a new one (a connection, an authentication, a read)
-        // could use up the renew's short budget on a busy host, and then the next one's.
-        if self.target.endpoints.len() > 1 {
-            self.ready().await?;
-        }
-        let result = self.renew_here(lease).await;
+        // The renew is in flight from here until its answers are read, the reconnect included:
+        // an attempt dropped in the middle of either leaves the channel suspect.
+        let stalled = std::mem::replace(&mut self.in_flight, true);
+        let bound = renew_bound(lease.holder.ttl);
+        let attempt = async {
+            // After a call that failed with an answer (a refused or reset connection), a renew
+            // starts on a new channel only to move to another endpoint: with one, the old channel
+            // redials by itself, and a new one (a connection, an authentication, a read) could
+            // use up the renew's short budget on a busy host, and then the next one's. After a
+            // renew left unanswered, the old channel is not trusted: a stalled connection keeps
+            // the same channel stalled, whatever stream is opened on it.
+            if stalled || (self.failed && self.target.endpoints.len() > 1) {
+                self.reconnect().await?;
+                self.failed = false;
+            }
+            self.renew_here(lease).await
+        };
+        let result = match tokio::time::timeout(bound, attempt).await {
+            Ok(result) => {
+                self.in_flight = false;
+                result
+            }
+            // Left in flight: the next call starts on a new channel.
+            Err(_) => Err(BackendError::Unavailable(format!(
+                "renew: etcd did not answer within {}",
+                crate::timing::Fmt(bound)
+            ))),
+        };
         self.note(result)
     }
 
@@ -221,6 +262,12 @@ impl Backend for EtcdBackend {
     async fn fresh_run(&mut self, name: &LockName) -> Result<Option<LastRun>> {
         self.ready().await?;
         let result = self.fresh_run_here(name).await;
+        self.note(result)
+    }
+
+    async fn claim_run(&mut self, lease: &Lease, window: Duration) -> Result<Option<LastRun>> {
+        self.ready().await?;
+        let result = self.claim_here(lease, window).await;
         self.note(result)
     }
 
@@ -289,9 +336,22 @@ impl EtcdBackend {
         }
         // Recorded before the revoke, while the queue key still proves the lease ours; a
         // failure to record must not keep the lock from being released.
+        let mut recorded = false;
         if let Some(history) = history {
-            if let Err(err) = self.record(lease, history).await {
-                tracing::warn!(lock = %lease.name, "cannot record the run ({err})");
+            match self.record(lease, history).await {
+                Ok(done) => recorded = done,
+                Err(err) => tracing::warn!(lock = %lease.name, "cannot record the run ({err})"),
+            }
+        }
+        if let Some((_, marker)) = self.claimed.take_if(|(holder, _)| *holder == id) {
+            // The claim's marker goes, with its lease, after a run that did not succeed (the next
+            // trigger retries) or once the successful run's own marker is in place. A success
+            // whose marker could not be written keeps it: the run still counts.
+            let succeeded = history.is_some_and(|h| h.once_per.is_some());
+            if !succeeded || recorded {
+                if let Err(err) = revoke(&mut self.client, marker).await {
+                    tracing::debug!(error = %err, "revoking the --once-per claim's lease failed; it expires with the window");
+                }
             }
         }
         revoke(&mut self.client, id).await
@@ -330,8 +390,18 @@ impl EtcdBackend {
                 tracing::debug!(error = %err, "revoking the released holder's lease failed; it expires by its ttl");
             }
         }
+        // The operator ended that holder's run: its `--once-per` claim does not count.
+        if let Err(err) = self.drop_claim_of(name, token).await {
+            tracing::warn!(lock = %name, "cannot remove the --once-per marker of the released run ({err})");
+        }
         Ok(ForcedRelease::Released)
     }
+}
+
+/// The longest one renew may take, a new channel included: the request timeout, but no more
+/// than the default renew interval (a third of the ttl), which bounds the lease keeper's attempt.
+fn renew_bound(ttl: Duration) -> Duration {
+    REQUEST_TIMEOUT.min(ttl / 3)
 }
 
 /// A lease's ttl in etcd's whole seconds, rounded up: the server must not expire it before the

@@ -247,6 +247,51 @@ fn planted_lock_files_are_refused() {
     run("hard links");
 }
 
+/// flock(2) needs only a descriptor open for reading: another user who can read a lock file can
+/// hold its lock for ever. Root's lock files are readable by root alone, and an older one with
+/// wider read bits is narrowed at the next run.
+#[test]
+fn another_user_cannot_open_a_lock_file_to_hold_it() {
+    let env = TestEnv::new();
+    open_up(&env);
+    let dir = env.file("private");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let lock = env.lock("unreadable");
+    let path = dir.join(format!("{lock}.lock"));
+    let run = || {
+        let mut cmd = env.elect();
+        cmd.env("ELECT_LOCK_DIR", &dir)
+            .args(["run", "--lock", &lock, "--", "true"]);
+        env.run_command(cmd).assert_code(0);
+    };
+    let nobody_can_open = || {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .args(["flock", "-n"])
+            .arg(&path)
+            .arg("true")
+            .status()
+            .expect("setpriv")
+            .success()
+    };
+    run();
+    assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+    assert!(
+        !nobody_can_open(),
+        "another user could open and lock root's lock file"
+    );
+    // A lock file an older elect made world-readable.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(
+        nobody_can_open(),
+        "the test must start from a readable file"
+    );
+    run();
+    assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+    assert!(!nobody_can_open(), "the old lock file was not narrowed");
+}
+
 /// Forged records: a token that cannot grow and garbage are exit 69, never a wrap or a panic.
 #[test]
 fn forged_records_are_refused() {

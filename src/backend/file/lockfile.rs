@@ -19,9 +19,13 @@ const FLAGS: i32 = nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC | nix::libc::O_N
 
 /// Opens the lock file at `path` for locking, creating it if missing, and checks that it can be
 /// trusted.
+///
+/// flock(2) needs only a descriptor open for reading, so whoever can read a lock file can hold its
+/// lock: a lock file is readable by its owner alone (0600), or by the group of a directory shared
+/// on purpose (0660). An older file with wider read bits is narrowed when it is ours.
 pub fn open_for_locking(path: &Path, sharing: Sharing) -> Result<File> {
     let mode = match sharing {
-        Sharing::Private => 0o644,
+        Sharing::Private => 0o600,
         Sharing::Group(_) => 0o660,
     };
     loop {
@@ -56,10 +60,29 @@ pub fn open_for_locking(path: &Path, sharing: Sharing) -> Result<File> {
             Err(e) => return Err(open_error(path, e)),
         };
         match check(&file, path, sharing)? {
-            Checked::Trusted => return Ok(file),
+            Checked::Trusted => {
+                narrow(&file, path, mode)?;
+                return Ok(file);
+            }
             Checked::Unlinked => continue,
         }
     }
+}
+
+/// Takes away read bits beyond `mode` from a trusted lock file of ours (one an older elect made
+/// world-readable), so that no other user can open it to hold its lock.
+fn narrow(file: &File, path: &Path, mode: u32) -> Result<()> {
+    let meta = file
+        .metadata()
+        .map_err(|e| BackendError::unavailable(format_args!("stat {}", path.display()), e))?;
+    let extra = meta.mode() & 0o077 & !mode;
+    if extra == 0 || meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Ok(());
+    }
+    file.set_permissions(std::fs::Permissions::from_mode(
+        meta.mode() & 0o7777 & !extra,
+    ))
+    .map_err(|e| BackendError::unavailable(format_args!("chmod {}", path.display()), e))
 }
 
 /// Opens an existing lock file for reading and checks it: `None` when there is none.

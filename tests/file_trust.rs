@@ -292,6 +292,62 @@ fn another_user_cannot_open_a_lock_file_to_hold_it() {
     assert!(!nobody_can_open(), "the old lock file was not narrowed");
 }
 
+/// The check for holders of an earlier lock file reads link targets, which are only text: another
+/// user in a mount namespace of their own binds a directory of theirs over the lock directory and
+/// holds a file of their own under the lock's very path. That file cannot be an earlier lock file
+/// of root's, so root's run goes ahead.
+#[test]
+fn a_file_of_another_user_under_the_locks_name_holds_nobody_up() {
+    let env = TestEnv::new();
+    open_up(&env);
+    let dir = env.file("private");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let theirs = env.file("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(NOBODY), Some(NOBODY)).unwrap();
+    let lock = env.lock("spoofed");
+    let path = dir.join(format!("{lock}.lock"));
+    sh_as(NOBODY, &format!("touch {}/{lock}.lock", theirs.display()));
+    let mut spoof = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(["unshare", "-Urm", "sh", "-c"])
+        .arg(format!(
+            "mount --bind {} {} && exec flock -x {} sleep 30",
+            theirs.display(),
+            dir.display(),
+            path.display()
+        ))
+        .spawn()
+        .expect("setpriv");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let holding = || {
+        let ino = std::fs::metadata(theirs.join(format!("{lock}.lock")))
+            .unwrap()
+            .ino();
+        std::fs::read_to_string("/proc/locks")
+            .unwrap()
+            .lines()
+            .any(|l| l.contains("FLOCK") && l.contains(&format!(":{ino} ")))
+    };
+    while !holding() {
+        if spoof.try_wait().unwrap().is_some() || Instant::now() > deadline {
+            // No unprivileged user namespaces here: the attack cannot be made at all.
+            eprintln!("unprivileged user namespaces unavailable; the spoof cannot be set up");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut cmd = env.elect();
+    cmd.env("ELECT_LOCK_DIR", &dir)
+        .args(["run", "--lock", &lock, "--", "touch", "ran"]);
+    let out = env.run_command(cmd);
+    let _ = spoof.kill();
+    let _ = spoof.wait();
+    out.assert_code(0);
+    assert!(env.file("ran").exists());
+}
+
 /// Forged records: a token that cannot grow and garbage are exit 69, never a wrap or a panic.
 #[test]
 fn forged_records_are_refused() {

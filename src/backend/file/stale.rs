@@ -89,7 +89,7 @@ pub fn earlier_holder(current: &File, path: &Path) -> Option<EarlierHolder> {
         return None;
     }
     let inodes: BTreeSet<u64> = others.iter().map(|f| f.ino).collect();
-    let names = Names::of(path);
+    let names = Names::of(path, &meta);
     let mut unexplained = BTreeSet::new();
     let pids: BTreeSet<i32> = others.iter().map(|f| f.pid).collect();
     for pid in pids {
@@ -110,24 +110,42 @@ pub fn earlier_holder(current: &File, path: &Path) -> Option<EarlierHolder> {
     scan_everyone(meta.dev(), &unexplained, &names)
 }
 
-/// The link targets that name this path: as it is, or deleted.
+/// The link targets that name this path (as it is, or deleted), and who could have made an earlier
+/// lock file of it.
+///
+/// A link target is only text: a process in a mount namespace of its own (an unprivileged user
+/// namespace suffices) can bind another directory over the lock directory and hold a file of its
+/// own under the very same name. So a match counts only for a file that a trusted lock file could
+/// have been: owned by root or the effective uid, or, in a directory shared with a group, of that
+/// group. Anything else cannot be an earlier lock file of ours and cannot hold up a newcomer.
 struct Names {
     live: Vec<u8>,
     deleted: Vec<u8>,
+    euid: u32,
+    /// The group of a shared directory's lock files (the current file is group-writable).
+    group: Option<u32>,
 }
 
 impl Names {
-    /// `path` must be the real path (no symlink in it), as the kernel shows it.
-    fn of(path: &Path) -> Self {
+    /// `path` must be the real path (no symlink in it), as the kernel shows it; `current` is the
+    /// metadata of the lock file we hold.
+    fn of(path: &Path, current: &fs::Metadata) -> Self {
         let live = path.as_os_str().to_owned().into_vec();
         let mut deleted = live.clone();
         deleted.extend_from_slice(b" (deleted)");
-        Self { live, deleted }
+        Self {
+            live,
+            deleted,
+            euid: nix::unistd::geteuid().as_raw(),
+            group: (current.mode() & 0o020 != 0).then(|| current.gid()),
+        }
     }
 
-    fn matches(&self, target: &Path) -> bool {
+    fn matches(&self, target: &Path, file: &fs::Metadata) -> bool {
         let t = target.as_os_str().as_bytes();
-        t == self.live.as_slice() || t == self.deleted.as_slice()
+        let named = t == self.live.as_slice() || t == self.deleted.as_slice();
+        let trusted = file.uid() == 0 || file.uid() == self.euid || Some(file.gid()) == self.group;
+        named && trusted
     }
 }
 
@@ -166,7 +184,7 @@ fn scan(pid: i32, dev: u64, inodes: &BTreeSet<u64>, names: &Names) -> Scan {
         if m.dev() != dev || !inodes.contains(&m.ino()) {
             continue;
         }
-        if names.matches(&target) {
+        if names.matches(&target, &m) {
             return Scan::Found(EarlierHolder { pid, fd });
         }
         elsewhere = true;

@@ -148,17 +148,13 @@ fn default_paths() -> Vec<PathBuf> {
 /// Where the per-user file lives: `$XDG_CONFIG_HOME` or `~/.config`; as root, only under root's
 /// own home from the password database (see the module doc).
 fn user_config_dir() -> Option<PathBuf> {
-    let euid = nix::unistd::geteuid();
-    if euid.is_root() {
-        return nix::unistd::User::from_uid(euid)
-            .ok()
-            .flatten()
-            .map(|user| user.dir.join(".config"));
+    if nix::unistd::geteuid().is_root() {
+        return crate::home::dir().map(|home| home.join(".config"));
     }
     std::env::var_os("XDG_CONFIG_HOME")
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .or_else(|| crate::home::dir().map(|home| home.join(".config")))
 }
 
 /// Why a config file was not read.

@@ -25,6 +25,7 @@
 //! - [`supervisor`] (runs in elect): one `select!` that feeds deadlines, forwards signals, drives
 //!   the guard and collects the exit status.
 //! - [`run`]: `elect run`: acquire, supervise, release.
+//! - [`home`]: the home directory whose files elect may read (as root, root's own).
 //! - [`hooks`]: `--on-acquired`, `--on-busy`, `--on-lost` commands.
 //! - [`jobenv`]: the environment of the job and the hooks: the run's variables, no secrets.
 //! - [`notify`]: systemd readiness, status and watchdog notifications.
@@ -43,6 +44,7 @@ pub mod config;
 pub mod exit;
 pub mod front;
 pub mod generate;
+pub mod home;
 pub mod hooks;
 pub mod job;
 pub mod jobenv;

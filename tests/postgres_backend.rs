@@ -768,28 +768,53 @@ async fn a_ca_given_with_require_or_prefer_verifies_the_chain() {
         }
     }
 
-    // libpq's default CA, ~/.postgresql/root.crt, through the binary (HOME is per process).
+    // libpq's default CA, ~/.postgresql/root.crt, through the binary (HOME is per process), as a
+    // user other than root: root reads only its own home's files, never those of the HOME that
+    // `sudo -E` keeps.
     let home = tempfile::tempdir().unwrap();
     std::fs::create_dir(home.path().join(".postgresql")).unwrap();
     std::fs::copy(&other_ca, home.path().join(".postgresql/root.crt")).unwrap();
-    let status = |url: &str, home: &std::path::Path, extra: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_elect"))
-            .env("HOME", home)
+    for path in [home.path(), &home.path().join(".postgresql")] {
+        std::os::unix::fs::chown(path, Some(65534), Some(65534)).unwrap();
+    }
+    std::fs::set_permissions(
+        home.path().join(".postgresql/root.crt"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let status = |url: &str, home: &std::path::Path, as_nobody: bool, extra: &[&str]| {
+        let mut cmd = if as_nobody {
+            let mut cmd = std::process::Command::new("setpriv");
+            cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+                .arg(env!("CARGO_BIN_EXE_elect"));
+            cmd
+        } else {
+            std::process::Command::new(env!("CARGO_BIN_EXE_elect"))
+        };
+        cmd.env("HOME", home)
             .env_remove("XDG_CONFIG_HOME")
             .env_remove("ELECT_CONFIG")
+            .current_dir("/")
             .args(["status", "--backend", url])
             .args(extra)
             .output()
             .unwrap()
     };
-    let out = status(&format!("{base}?sslmode=require"), home.path(), &[]);
+    let require = format!("{base}?sslmode=require");
+    let out = status(&require, home.path(), true, &[]);
     assert_eq!(
         out.status.code(),
         Some(69),
         "root.crt of another CA: {out:?}"
     );
+    let out = status(&require, home.path(), false, &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "root must not take the CA of another user's HOME: {out:?}"
+    );
     std::fs::copy(server.ca_file(), home.path().join(".postgresql/root.crt")).unwrap();
-    let out = status(&format!("{base}?sslmode=require"), home.path(), &[]);
+    let out = status(&require, home.path(), true, &[]);
     assert_eq!(
         out.status.code(),
         Some(3),
@@ -801,6 +826,7 @@ async fn a_ca_given_with_require_or_prefer_verifies_the_chain() {
     let out = status(
         &format!("{base}?sslmode=disable"),
         other.path(),
+        false,
         &["--tls-ca", &ca],
     );
     let err = String::from_utf8_lossy(&out.stderr);

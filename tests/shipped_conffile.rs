@@ -70,7 +70,9 @@ fn the_shipped_conffile_lists_every_key_once_with_its_default() {
     let env = TestEnv::new();
     let text = std::fs::read_to_string(SHIPPED).expect("packaging/deb/elect.conf");
     let settings = commented_settings(&text);
-    let defaults = config_with(&env, Path::new("/dev/null"));
+    let empty = env.file("empty.conf");
+    std::fs::write(&empty, "").unwrap();
+    let defaults = config_with(&env, &empty);
 
     let mut listed: Vec<&str> = settings.iter().map(|(k, _)| k.as_str()).collect();
     listed.sort_unstable();

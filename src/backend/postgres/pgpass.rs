@@ -6,7 +6,7 @@
 //! with a warning: a password readable by other users is a password leaked.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// What to look up: the connection's host, port, database and user.
 #[derive(Debug, Clone, Copy)]
@@ -45,8 +45,8 @@ fn file_path() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("PGPASSFILE").filter(|p| !p.is_empty()) {
         return Some(PathBuf::from(path));
     }
-    let home = std::env::var_os("HOME").filter(|h| !h.is_empty())?;
-    Some(Path::new(&home).join(".pgpass"))
+    // As root, root's own home (see `crate::home`), not the `HOME` that `sudo -E` keeps.
+    Some(crate::home::dir()?.join(".pgpass"))
 }
 
 /// The password of the first line of `text` that matches `lookup`.

@@ -157,10 +157,11 @@ fn file_error(what: &str, path: &Path, err: impl std::fmt::Display) -> BackendEr
     BackendError::Config(format!("cannot read the {what} {}: {err}", path.display()))
 }
 
-/// libpq's default CA file, `~/.postgresql/root.crt`, if it exists.
+/// libpq's default CA file, `~/.postgresql/root.crt`, if it exists (as root, in root's own home:
+/// see [`crate::home`]).
 fn default_ca() -> Option<PathBuf> {
-    std::env::var_os("HOME")
-        .map(|home| Path::new(&home).join(".postgresql/root.crt"))
+    crate::home::dir()
+        .map(|home| home.join(".postgresql/root.crt"))
         .filter(|path| path.is_file())
 }
 

@@ -55,7 +55,7 @@ use self::protocol::{JobExit, Order, Report};
 use crate::clock::BootTime;
 use crate::front::Front;
 
-/// The watchdog's life, in the child of elect's fork (see [`crate::job::fork`]): `socket` is its
+/// The watchdog's life, in the child of elect's fork (see `job::fork`, in elect): `socket` is its
 /// end of elect's socket, `launcher_socket` the end that the job's launcher keeps, `cpus` elect's
 /// CPUs, `front` elect's front at a terminal.
 pub fn serve_forked(

@@ -74,7 +74,7 @@ impl Hooks {
 }
 
 /// The processes of the hooks running now: elect's own children, which its guard must not take
-/// for the job's (see `job::guard` (in elect)).
+/// for the job's (see `job::guard`, in elect).
 static RUNNING: Mutex<Vec<i32>> = Mutex::new(Vec::new());
 
 /// The pids of the hooks running now.

@@ -1,5 +1,5 @@
-//! What `/proc` says about processes, for the watchdog and for elect's own guard (see
-//! `job::guard` (in elect)): the descendants of a process, and the state of one.
+//! What `/proc` says about processes, for the watchdog and for elect's own guard (`job::guard`):
+//! the descendants of a process, and the state of one.
 
 use nix::unistd::Pid;
 

@@ -1059,11 +1059,7 @@ async fn a_url_without_a_database_is_refused() {
 /// periodic re-check.
 #[test]
 fn resets_while_waiting_then_a_release() {
-    let server = PostgresServer::start();
-    let proxy = proxy::Proxy::start(format!("127.0.0.1:{}", server.port).parse().unwrap());
-    let proxied = server
-        .url()
-        .replace(&format!(":{}/", server.port), &format!(":{}/", proxy.port));
+    let (_server, proxy, proxied) = behind_proxy();
     reconnect::resets_while_waiting_then_a_release(&proxied, &proxy);
 }
 
@@ -1071,22 +1067,14 @@ fn resets_while_waiting_then_a_release() {
 /// path healing.
 #[test]
 fn a_release_during_resets() {
-    let server = PostgresServer::start();
-    let proxy = proxy::Proxy::start(format!("127.0.0.1:{}", server.port).parse().unwrap());
-    let proxied = server
-        .url()
-        .replace(&format!(":{}/", server.port), &format!(":{}/", proxy.port));
+    let (server, proxy, proxied) = behind_proxy();
     reconnect::a_release_during_resets(&server.url(), &proxied, &proxy);
 }
 
 /// `--wait=3s` ends on time while every connection is reset.
 #[test]
 fn the_wait_limit_holds_while_resetting() {
-    let server = PostgresServer::start();
-    let proxy = proxy::Proxy::start(format!("127.0.0.1:{}", server.port).parse().unwrap());
-    let proxied = server
-        .url()
-        .replace(&format!(":{}/", server.port), &format!(":{}/", proxy.port));
+    let (server, proxy, proxied) = behind_proxy();
     reconnect::the_wait_limit_holds_while_resetting(&server.url(), &proxied, &proxy);
 }
 
@@ -1094,10 +1082,6 @@ fn the_wait_limit_holds_while_resetting() {
 /// work as soon as the path heals.
 #[test]
 fn status_and_release_resume_after_resets() {
-    let server = PostgresServer::start();
-    let proxy = proxy::Proxy::start(format!("127.0.0.1:{}", server.port).parse().unwrap());
-    let proxied = server
-        .url()
-        .replace(&format!(":{}/", server.port), &format!(":{}/", proxy.port));
+    let (server, proxy, proxied) = behind_proxy();
     reconnect::status_and_release_resume_after_resets(&server.url(), &proxied, &proxy);
 }

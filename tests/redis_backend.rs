@@ -1247,9 +1247,7 @@ async fn tokens_stay_above_a_counter_that_lost_increments() {
 /// periodic re-check.
 #[test]
 fn resets_while_waiting_then_a_release() {
-    let server = RedisServer::start();
-    let proxy = proxy::Proxy::start(format!("127.0.0.1:{}", server.port).parse().unwrap());
-    let proxied = format!("redis://127.0.0.1:{}", proxy.port);
+    let (_server, proxy, proxied) = behind_proxy();
     reconnect::resets_while_waiting_then_a_release(&proxied, &proxy);
 }
 
@@ -1257,18 +1255,14 @@ fn resets_while_waiting_then_a_release() {
 /// path healing.
 #[test]
 fn a_release_during_resets() {
-    let server = RedisServer::start();
-    let proxy = proxy::Proxy::start(format!("127.0.0.1:{}", server.port).parse().unwrap());
-    let proxied = format!("redis://127.0.0.1:{}", proxy.port);
+    let (server, proxy, proxied) = behind_proxy();
     reconnect::a_release_during_resets(&server.url(), &proxied, &proxy);
 }
 
 /// `--wait=3s` ends on time while every connection is reset.
 #[test]
 fn the_wait_limit_holds_while_resetting() {
-    let server = RedisServer::start();
-    let proxy = proxy::Proxy::start(format!("127.0.0.1:{}", server.port).parse().unwrap());
-    let proxied = format!("redis://127.0.0.1:{}", proxy.port);
+    let (server, proxy, proxied) = behind_proxy();
     reconnect::the_wait_limit_holds_while_resetting(&server.url(), &proxied, &proxy);
 }
 
@@ -1277,9 +1271,8 @@ fn the_wait_limit_holds_while_resetting() {
 /// (which once kept a waiter behind resets waiting 8 s after the release).
 #[tokio::test]
 async fn a_release_after_an_idle_reset_frees_the_lock_at_once() {
-    let server = RedisServer::start();
-    let proxy = proxy::Proxy::start(format!("127.0.0.1:{}", server.port).parse().unwrap());
-    let mut holder = open(&format!("redis://127.0.0.1:{}", proxy.port)).await;
+    let (server, proxy, proxied) = behind_proxy();
+    let mut holder = open(&proxied).await;
     let ttl = Duration::from_secs(10);
     let lease = acquired(
         holder
@@ -1311,8 +1304,6 @@ async fn a_release_after_an_idle_reset_frees_the_lock_at_once() {
 /// work as soon as the path heals.
 #[test]
 fn status_and_release_resume_after_resets() {
-    let server = RedisServer::start();
-    let proxy = proxy::Proxy::start(format!("127.0.0.1:{}", server.port).parse().unwrap());
-    let proxied = format!("redis://127.0.0.1:{}", proxy.port);
+    let (server, proxy, proxied) = behind_proxy();
     reconnect::status_and_release_resume_after_resets(&server.url(), &proxied, &proxy);
 }

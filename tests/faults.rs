@@ -10,8 +10,12 @@
 mod certs;
 #[path = "support/fault_env/mod.rs"]
 mod fault_env;
+#[path = "support/freezer.rs"]
+mod freezer;
 #[path = "support/net.rs"]
 mod net;
+#[path = "support/netns.rs"]
+mod netns;
 #[path = "support/postgres_server.rs"]
 mod postgres_server;
 #[path = "support/programs.rs"]
@@ -185,6 +189,37 @@ on_backends!(kill_both, [File], |k| Setup::new(
 .daemon(Duration::from_secs(3))
 .duration(Duration::from_secs(4)));
 
+// 13. A frozen host: the holder's elect, watchdog and job frozen together by the cgroup
+// freezer past the ttl while another contender takes over, then thawed. The job works longer
+// than the freeze, so that it is still running at the thaw and writes to the fenced register.
+on_backends!(freeze_host, [Redis, Postgres, Etcd], |k| Setup::new(
+    "freeze-host",
+    k,
+    &[Fault::FreezeHost]
+)
+.work(Duration::from_secs(5)));
+
+// 14. Real partitions: each contender a host of its own (a network namespace on a veth pair),
+// the holder's host cut off by nftables both ways, its replies only, and until a takeover.
+on_backends!(partition, [Redis, Postgres, Etcd], |k| Setup::new(
+    "netns-partition",
+    k,
+    &[Fault::Partition]
+)
+.work(Duration::from_secs(2)));
+on_backends!(partition_replies, [Redis, Postgres, Etcd], |k| Setup::new(
+    "netns-drop-replies",
+    k,
+    &[Fault::PartitionReplies]
+)
+.work(Duration::from_secs(2)));
+on_backends!(partition_heals, [Redis, Postgres, Etcd], |k| Setup::new(
+    "netns-heals",
+    k,
+    &[Fault::PartitionHeals]
+)
+.work(Duration::from_secs(4)));
+
 // Every applicable fault, at random.
 on_backends!(random_mix, [File, Redis, Postgres, Etcd], |k| Setup::new(
     "random-mix",
@@ -224,24 +259,26 @@ mod ctrl_z {
 }
 
 /// The checker itself: two jobs started at once without elect must be caught overlapping, by the
-/// witness and by the flock probe, and a job left running must be caught outliving its parent.
+/// witness and by the flock probe; with the same token, their interleaved writes to the fenced
+/// register are stale writes accepted; a lower token's writes are refused.
 #[test]
 fn checker_sees_an_overlap_without_elect() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let job = dir.path().join("job.pl");
     std::fs::write(&job, witness::JOB).expect("write job");
     let w = witness::Witness::start(&dir.path().join("w.sock"));
-    let start = |run: u64| {
+    let start_with = |run: u64, token: &str| {
         std::process::Command::new("perl")
             .arg(&job)
             .env("FAULT_WITNESS", w.path())
             .env("FAULT_PROBE", dir.path().join("probe"))
             .env("FAULT_RUN", run.to_string())
             .env("FAULT_WORK_MS", "600")
-            .env("ELECT_FENCING_TOKEN", "7")
+            .env("ELECT_FENCING_TOKEN", token)
             .spawn()
             .expect("start perl")
     };
+    let start = |run: u64| start_with(run, "7");
     let mut a = start(1);
     std::thread::sleep(Duration::from_millis(200));
     let mut b = start(2);
@@ -253,4 +290,26 @@ fn checker_sees_an_overlap_without_elect() {
     assert_eq!(record.overlaps, vec![(0, 1)], "{record:?}");
     assert!(record.lives[1].busy, "the probe must see the overlap too");
     assert!(record.lives.iter().all(|l| l.done && l.close.is_some()));
+    let (counted, stale) = fault_env::fenced(&record);
+    assert!(counted.stale > 0 && !stale.is_empty(), "{counted:?}");
+    assert_eq!(counted.refused, 0, "{counted:?}");
+
+    // A lower token after a higher one: every write of the second job is refused.
+    let mut c = start_with(3, "9");
+    std::thread::sleep(Duration::from_millis(200));
+    let mut d = start_with(4, "8");
+    assert_eq!(c.wait().unwrap().code(), Some(fault_env::JOB_CODE));
+    assert_eq!(d.wait().unwrap().code(), Some(fault_env::JOB_CODE));
+    std::thread::sleep(Duration::from_millis(100));
+    let record = w.snapshot();
+    let lower = record
+        .lives
+        .iter()
+        .position(|l| l.token == Some(8))
+        .unwrap();
+    let writes: Vec<_> = record.writes.iter().filter(|w| w.life == lower).collect();
+    assert!(
+        !writes.is_empty() && writes.iter().all(|w| !w.accepted),
+        "{writes:?}"
+    );
 }

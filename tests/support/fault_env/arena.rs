@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::hosts::Hosts;
 use super::process::kill;
 use super::server::Server;
 use super::setup::Setup;
@@ -47,6 +48,10 @@ pub struct Arena {
     pub shared: Arc<Shared>,
     pub job: PathBuf,
     pub probe: PathBuf,
+    /// A name unique to the test, for the hosts' namespaces and cgroups.
+    pub tag: String,
+    /// Where each contender's runs live (see [`Hosts`]); none unless the faults need them.
+    pub hosts: Hosts,
 }
 
 impl Arena {
@@ -69,6 +74,7 @@ impl Arena {
             .collect();
         Self {
             lock: format!("{scenario}-{tag}"),
+            hosts: Hosts::none(),
             probe: dir.path().join("probe"),
             job,
             witness,
@@ -82,15 +88,17 @@ impl Arena {
                 stop: AtomicBool::new(false),
             }),
             dir,
+            tag,
         }
     }
 
-    /// The command of one run; `extra_env` for faketime.
+    /// The command of one run of contender `index`; `extra_env` for faketime.
     pub fn command(
         &self,
         server: &Server,
         setup: &Setup,
         run: u64,
+        index: usize,
         extra_env: &[(&str, &str)],
     ) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_elect"));
@@ -100,6 +108,8 @@ impl Arena {
             }
         }
         let (key, value) = server.env();
+        let value = self.hosts.backend().map_or(value, str::to_owned);
+        self.hosts.enter(index, &mut cmd);
         cmd.env(key, value)
             .env("FAULT_WITNESS", self.witness.path())
             .env("FAULT_PROBE", &self.probe)
@@ -138,7 +148,7 @@ pub(super) fn contend(arena: &Arena, server: &Server, setup: &Setup, index: usiz
     while !arena.shared.stop.load(Ordering::SeqCst) {
         let run = arena.shared.next_run.fetch_add(1, Ordering::SeqCst);
         let stderr = arena.dir.path().join("runs").join(format!("{run}.err"));
-        let mut cmd = arena.command(server, setup, run, &extra);
+        let mut cmd = arena.command(server, setup, run, index, &extra);
         cmd.stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).expect("stderr file"));
         let started = Instant::now();

@@ -7,6 +7,7 @@ use super::process::{kill, watchdog_of};
 use super::server::Server;
 use super::setup::{BackendKind, Fault};
 use super::TTL;
+use crate::netns::Cut;
 use crate::proxy::Mode;
 
 /// A fault as applied.
@@ -16,15 +17,20 @@ pub struct Event {
     pub at: Instant,
     /// The holder at the time: its run and its life (index in the witness record).
     pub holder: Option<(u64, usize)>,
+    /// When the fault was over (the host thawed, the partition healed); `at` for one that is a
+    /// single act.
+    pub ended: Instant,
 }
 
+/// Applies `fault`; returns when it ended (the thaw, the heal), or now.
 pub(super) fn apply(
     fault: Fault,
     arena: &Arena,
     server: &Server,
     holder: Option<(u64, usize, i32)>,
-) {
+) -> Instant {
     let hold = TTL + Duration::from_secs(1);
+    let mut ended = None;
     let proxy_for = |server: &Server, mode: Mode, how_long: Duration| {
         if let Some(p) = server.proxy() {
             p.set_mode(mode);
@@ -99,6 +105,46 @@ pub(super) fn apply(
                 }
             }
         }
+        Fault::FreezeHost => {
+            if let Some(freezer) = host_of(arena, holder).and_then(|i| arena.hosts.freezer(i)) {
+                freezer.freeze();
+                std::thread::sleep(hold);
+                ended = Some(Instant::now());
+                freezer.thaw();
+            }
+        }
+        Fault::Partition | Fault::PartitionReplies => {
+            if let Some(host) = host_of(arena, holder).and_then(|i| arena.hosts.host(i)) {
+                host.cut(if fault == Fault::Partition {
+                    Cut::Both
+                } else {
+                    Cut::Replies
+                });
+                std::thread::sleep(hold);
+                ended = Some(Instant::now());
+                host.cut(Cut::None);
+            }
+        }
+        Fault::PartitionHeals => {
+            if let Some(host) = host_of(arena, holder).and_then(|i| arena.hosts.host(i)) {
+                host.cut(Cut::Both);
+                // Until another host's job has started (the takeover), and a little after.
+                let run = holder.map(|h| h.0);
+                let deadline = Instant::now() + TTL * 5;
+                while Instant::now() < deadline
+                    && !arena
+                        .witness
+                        .open_lives()
+                        .iter()
+                        .any(|l| l.run.is_some() && l.run != run)
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                std::thread::sleep(Duration::from_millis(500));
+                ended = Some(Instant::now());
+                host.cut(Cut::None);
+            }
+        }
         Fault::KillBoth => {
             if let Some((run, _, pid)) = holder {
                 if let Some(watchdog) = watchdog_of(pid) {
@@ -113,4 +159,12 @@ pub(super) fn apply(
             }
         }
     }
+    ended.unwrap_or_else(Instant::now)
+}
+
+/// The contender (and so the host) whose run holds the lease.
+fn host_of(arena: &Arena, holder: Option<(u64, usize, i32)>) -> Option<usize> {
+    let (run, _, _) = holder?;
+    let runs = arena.shared.runs.lock().unwrap();
+    runs.iter().find(|r| r.run == run).map(|r| r.contender)
 }

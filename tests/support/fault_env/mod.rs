@@ -33,16 +33,18 @@
 //! - `arena`: the lock, the witness, the job program and the contenders that loop on them;
 //! - `inject`: applying a fault to the holder or the server; `rng`: the replayable order;
 //! - `check`: the invariants, one function each; `report`: the row of the table;
+//! - `hosts`: contenders as hosts of their own (network namespaces, freezer cgroups);
 //! - `ctrl_z`: the tmux scenario; `process`: signals and `/proc`.
 //!
-//! The test crate declares the `certs`, `net`, `postgres_server`, `programs`, `proxy` and
-//! `witness` modules of `tests/support` beside this one.
+//! The test crate declares the `certs`, `freezer`, `net`, `netns`, `postgres_server`,
+//! `programs`, `proxy` and `witness` modules of `tests/support` beside this one.
 
 #![allow(dead_code)]
 
 mod arena;
 mod check;
 mod ctrl_z;
+mod hosts;
 mod inject;
 mod process;
 mod report;
@@ -58,7 +60,7 @@ use inject::{apply, Event};
 use rng::Rng;
 use server::Server;
 
-pub use check::check;
+pub use check::{check, fenced};
 pub use ctrl_z::ctrl_z;
 pub use report::Row;
 pub use setup::{BackendKind, Fault, Setup};
@@ -80,7 +82,8 @@ pub const RUN_LIMIT: Duration = Duration::from_secs(90);
 /// Runs a scenario and checks it; panics with every violation found.
 pub fn run(setup: Setup) -> Row {
     let server = Server::start(setup.backend);
-    let arena = Arena::new(setup.scenario);
+    let mut arena = Arena::new(setup.scenario);
+    arena.hosts = hosts::Hosts::start(&setup, &server, &arena.tag);
     let mut rng = Rng::seeded(setup.seed);
     println!(
         "scenario {} on {}: seed {} (ELECT_FAULTS_SEED replays the fault order), lock {}, files in {}",
@@ -117,11 +120,12 @@ pub fn run(setup: Setup) -> Row {
                 order[0]
             };
             let at = Instant::now();
-            apply(fault, &arena, server_ref, Some(h));
+            let ended = apply(fault, &arena, server_ref, Some(h));
             events.push(Event {
                 fault,
                 at,
                 holder: Some((h.0, h.1)),
+                ended,
             });
             std::thread::sleep(Duration::from_millis(300 + rng.below(1200) as u64));
         }

@@ -221,22 +221,36 @@ impl Server {
         self.kind
     }
 
-    /// How elect reaches the backend: `ELECT_BACKEND` or `ELECT_LOCK_DIR`.
+    /// How elect reaches the backend: `ELECT_BACKEND` (through the proxy) or `ELECT_LOCK_DIR`.
     pub fn env(&self) -> (&'static str, String) {
-        let port = self.proxy.as_ref().map_or(0, |p| p.port);
+        match (&self.inner, &self.proxy) {
+            (Inner::File { lock_dir }, _) => ("ELECT_LOCK_DIR", lock_dir.display().to_string()),
+            (_, Some(proxy)) => ("ELECT_BACKEND", self.url_at(addr(proxy.port))),
+            (_, None) => unreachable!("a network backend always has its proxy"),
+        }
+    }
+
+    /// `ELECT_BACKEND` for a server reached at `at` (the proxy, or a relay to [`Self::port`]).
+    pub fn url_at(&self, at: SocketAddr) -> String {
         match &self.inner {
-            Inner::File { lock_dir } => ("ELECT_LOCK_DIR", lock_dir.display().to_string()),
-            Inner::Redis(_) => ("ELECT_BACKEND", format!("redis://127.0.0.1:{port}")),
-            Inner::Etcd(_) => ("ELECT_BACKEND", format!("etcd://127.0.0.1:{port}")),
-            Inner::Postgres { .. } => (
-                "ELECT_BACKEND",
-                format!(
-                    "postgres://{}:{}@127.0.0.1:{port}/{}?sslmode=disable",
-                    crate::postgres_server::USER,
-                    crate::postgres_server::PASSWORD,
-                    crate::postgres_server::DATABASE
-                ),
+            Inner::File { lock_dir } => lock_dir.display().to_string(),
+            Inner::Redis(_) => format!("redis://{at}"),
+            Inner::Etcd(_) => format!("etcd://{at}"),
+            Inner::Postgres { .. } => format!(
+                "postgres://{}:{}@{at}/{}?sslmode=disable",
+                crate::postgres_server::USER,
+                crate::postgres_server::PASSWORD,
+                crate::postgres_server::DATABASE
             ),
+        }
+    }
+
+    /// The server's own port on 127.0.0.1 (0 for the file backend).
+    pub fn port(&self) -> u16 {
+        match &self.inner {
+            Inner::File { .. } => 0,
+            Inner::Redis(p) | Inner::Etcd(p) => p.lock().unwrap().port,
+            Inner::Postgres { server, .. } => server.port,
         }
     }
 

@@ -61,6 +61,16 @@ pub enum Fault {
     StopWatchdog,
     /// kill -9 of the holding elect and its watchdog together (as `pkill -9 elect` does).
     KillBoth,
+    /// The holder's whole host (elect, its watchdog, the job and its children) frozen by the
+    /// cgroup freezer for ttl + 1 s, then thawed.
+    FreezeHost,
+    /// The holder's host cut off from the server's both ways (nftables in its namespace) for
+    /// ttl + 1 s.
+    Partition,
+    /// The holder's host still reaches the server, but the replies are dropped, for ttl + 1 s.
+    PartitionReplies,
+    /// The holder's host cut off both ways until another host's job has started, then healed.
+    PartitionHeals,
 }
 
 impl Fault {
@@ -80,7 +90,37 @@ impl Fault {
             Fault::KillWatchdog => "kill-9-watchdog",
             Fault::StopWatchdog => "stop-watchdog",
             Fault::KillBoth => "kill-9-both",
+            Fault::FreezeHost => "freeze-host",
+            Fault::Partition => "partition",
+            Fault::PartitionReplies => "partition-replies",
+            Fault::PartitionHeals => "partition-heals",
         }
+    }
+
+    /// How the fault is made, for the table.
+    pub fn mechanism(self) -> &'static str {
+        match self {
+            Fault::Blackhole | Fault::DropReplies | Fault::Latency | Fault::Reset => "proxy",
+            Fault::Partition | Fault::PartitionReplies | Fault::PartitionHeals => "netns+nft",
+            Fault::FreezeHost => "cgroup freezer",
+            Fault::DeleteLockFile | Fault::ReplaceLockFile => "file system",
+            Fault::TerminateBackend => "sql",
+            Fault::StopWatchdog => "signal+proxy",
+            Fault::KillHolder
+            | Fault::StopHolder
+            | Fault::StopServer
+            | Fault::RestartServer
+            | Fault::KillWatchdog
+            | Fault::KillBoth => "signal",
+        }
+    }
+
+    /// Whether the contenders must run as hosts of their own, in network namespaces.
+    pub fn needs_network(self) -> bool {
+        matches!(
+            self,
+            Fault::Partition | Fault::PartitionReplies | Fault::PartitionHeals
+        )
     }
 
     /// Every fault that applies to a backend.
@@ -185,6 +225,18 @@ impl Setup {
     pub fn duration(mut self, d: Duration) -> Self {
         self.duration = d;
         self
+    }
+
+    /// The mechanisms of the setup's faults, for the table: one, or `mixed`.
+    pub fn mechanism(&self) -> String {
+        let mut all: Vec<&str> = self.faults.iter().map(|f| f.mechanism()).collect();
+        all.sort_unstable();
+        all.dedup();
+        match all.as_slice() {
+            [] => "terminal".to_owned(),
+            [one] => (*one).to_owned(),
+            _ => "mixed".to_owned(),
+        }
     }
 
     /// The soak form: `ELECT_FAULTS_SECS` seconds of faults per test when set.

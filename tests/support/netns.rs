@@ -116,9 +116,42 @@ fn free_subnet(seed: usize) -> (u8, u8) {
     panic!("no free 10.x.y.0/24 subnet for the test network");
 }
 
+/// Removes what a test process that died without its drops left behind: its namespaces and
+/// bridges are named after its process id (`el<pid>x<n>`).
+fn sweep() {
+    let dead = |name: &str| {
+        name.strip_prefix("el")
+            .and_then(|r| r.split_once('x'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+            .is_some_and(|pid| {
+                pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+            })
+    };
+    let list = |args: &[&str]| {
+        Command::new("ip")
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    for line in list(&["netns", "list"]).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        if name.strip_prefix("elect-").is_some_and(dead) {
+            let _ = ip(&["netns", "del", name]);
+        }
+    }
+    for line in list(&["-br", "link", "show", "type", "bridge"]).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        if dead(name) {
+            let _ = ip(&["link", "del", name]);
+        }
+    }
+}
+
 impl Network {
     /// A bridge and `hosts` namespaces joined to it; needs root.
     pub fn create(hosts: usize) -> Self {
+        sweep();
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let tag = format!("el{}x{n}", std::process::id());
         let (a, b) = free_subnet(n);

@@ -39,14 +39,18 @@ seconds() {
 cargo test --test faults --no-run >/dev/null 2>&1 || cargo test --test faults --no-run
 if [ -n "$soak" ]; then
   total=$(seconds "$soak")
-  n=$(cargo test --test faults -- --list "${filter[@]}" 2>/dev/null | grep -c ': test$' || true)
-  [ "$n" -gt 0 ] || { echo "no tests match" >&2; exit 2; }
-  # Tests run $threads at a time; each gets an equal share of the time asked for, less the
-  # ~10 s of start-up and drain every test has anyway.
-  per=$(( total * threads / n - 10 ))
+  list=$(cargo test --test faults -- --list "${filter[@]}" 2>/dev/null | grep ': test$' || true)
+  n=$(grep -c . <<<"$list" || true)
+  [ -n "$list" ] && [ "$n" -gt 0 ] || { echo "no tests match" >&2; exit 2; }
+  # Tests run $threads at a time; each gets a share of the time asked for, less the ~10 s of
+  # start-up and drain every test has anyway. The churn tests (Setup::soak_shares) get 4 shares:
+  # they make most of the handovers.
+  churn=$(grep -c '^churn::' <<<"$list" || true)
+  shares=$(( n + 3 * churn ))
+  per=$(( (total * threads - 10 * n) / shares ))
   ((per >= 10)) || per=10
   export ELECT_FAULTS_SECS=$per
-  echo "soak: $n tests, $threads at a time, ${per}s of faults each"
+  echo "soak: $n tests, $threads at a time, ${per}s of faults each (churn: $(( 4 * per ))s)"
 fi
 
 log=$(mktemp /tmp/elect-faults.XXXXXX)

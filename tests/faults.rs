@@ -220,6 +220,19 @@ on_backends!(partition_heals, [Redis, Postgres, Etcd], |k| Setup::new(
 )
 .work(Duration::from_secs(4)));
 
+// 15. Volume: short jobs handed over as fast as four contenders can, with a kill -9 of the
+// holder every few seconds; the soak gives these tests four shares of its time (by the name
+// `churn`, in scripts/faults.sh), and most of its handovers come from here.
+on_backends!(churn, [File, Redis, Postgres, Etcd], |k| Setup::new(
+    "handover-churn",
+    k,
+    &[Fault::KillHolder]
+)
+.work(Duration::from_millis(100))
+.contenders(4)
+.pause(Duration::from_secs(5))
+.soak_shares(4));
+
 // Every applicable fault, at random.
 on_backends!(random_mix, [File, Redis, Postgres, Etcd], |k| Setup::new(
     "random-mix",

@@ -212,10 +212,17 @@ pub(super) fn holder(arena: &Arena, settled: Duration) -> Option<(u64, usize, i3
         })
 }
 
-pub(super) fn wait_holder(arena: &Arena, timeout: Duration) -> Option<(u64, usize, i32)> {
+/// Waits for a holder whose job has run for 250 ms, or for a third of its work if that is
+/// shorter.
+pub(super) fn wait_holder(
+    arena: &Arena,
+    work: Duration,
+    timeout: Duration,
+) -> Option<(u64, usize, i32)> {
+    let settled = Duration::from_millis(250).min(work / 3);
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if let Some(h) = holder(arena, Duration::from_millis(250)) {
+        if let Some(h) = holder(arena, settled) {
             return Some(h);
         }
         std::thread::sleep(Duration::from_millis(20));

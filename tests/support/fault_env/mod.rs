@@ -107,7 +107,7 @@ pub fn run(setup: Setup) -> Row {
         let mut order = setup.faults.clone();
         let mut next = 0usize;
         while started.elapsed() < duration {
-            let Some(h) = wait_holder(&arena, Duration::from_secs(15)) else {
+            let Some(h) = wait_holder(&arena, setup.work, Duration::from_secs(15)) else {
                 break;
             };
             let fault = if next < order.len() {
@@ -127,7 +127,7 @@ pub fn run(setup: Setup) -> Row {
                 holder: Some((h.0, h.1)),
                 ended,
             });
-            std::thread::sleep(Duration::from_millis(300 + rng.below(1200) as u64));
+            std::thread::sleep(setup.pause + Duration::from_millis(300 + rng.below(1200) as u64));
         }
         order.clear();
         arena.shared.stop.store(true, Ordering::SeqCst);

@@ -173,6 +173,11 @@ pub struct Setup {
     pub seed: Option<u64>,
     /// How long the `forks` job's setsid grandchild lives.
     pub daemon: Duration,
+    /// The least time between two faults (a random 0.3 to 1.5 s is added).
+    pub pause: Duration,
+    /// How many shares of the soak's time the test gets (`scripts/faults.sh` gives the `churn`
+    /// tests 4, by name).
+    pub soak_shares: u32,
 }
 
 impl Setup {
@@ -189,11 +194,28 @@ impl Setup {
             duration: Duration::from_secs(6),
             seed: None,
             daemon: Duration::from_secs(20),
+            pause: Duration::ZERO,
+            soak_shares: 1,
         }
     }
 
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
+        self
+    }
+
+    pub fn pause(mut self, d: Duration) -> Self {
+        self.pause = d;
+        self
+    }
+
+    pub fn soak_shares(mut self, n: u32) -> Self {
+        self.soak_shares = n;
+        self
+    }
+
+    pub fn contenders(mut self, n: usize) -> Self {
+        self.contenders = n;
         self
     }
 
@@ -239,13 +261,13 @@ impl Setup {
         }
     }
 
-    /// The soak form: `ELECT_FAULTS_SECS` seconds of faults per test when set.
+    /// The soak form: `ELECT_FAULTS_SECS` seconds of faults per share when set.
     pub(super) fn effective_duration(&self) -> Duration {
         match std::env::var("ELECT_FAULTS_SECS")
             .ok()
             .and_then(|s| s.parse::<u64>().ok())
         {
-            Some(secs) if secs > 0 => Duration::from_secs(secs),
+            Some(secs) if secs > 0 => Duration::from_secs(secs * u64::from(self.soak_shares)),
             _ => self.duration,
         }
     }

@@ -220,7 +220,29 @@ on_backends!(partition_heals, [Redis, Postgres, Etcd], |k| Setup::new(
 )
 .work(Duration::from_secs(4)));
 
-// 15. Volume: short jobs handed over as fast as four contenders can, with a kill -9 of the
+// 15. etcd with three members, each on a host of its own, while contenders loop: kill -9 of the
+// leader (restarted on its data), the leader cut off from the other two members, and a rolling
+// restart of every member.
+on_backends!(kill_leader, [EtcdCluster], |k| Setup::new(
+    "etcd-kill-9-leader",
+    k,
+    &[Fault::KillLeader]
+)
+.work(Duration::from_secs(2)));
+on_backends!(partition_leader, [EtcdCluster], |k| Setup::new(
+    "etcd-partition-leader",
+    k,
+    &[Fault::PartitionLeader]
+)
+.work(Duration::from_secs(2)));
+on_backends!(rolling_restart, [EtcdCluster], |k| Setup::new(
+    "etcd-rolling-restart",
+    k,
+    &[Fault::RollingRestart]
+)
+.work(Duration::from_secs(2)));
+
+// 16. Volume: short jobs handed over as fast as four contenders can, with a kill -9 of the
 // holder every few seconds; the soak gives these tests four shares of its time (by the name
 // `churn`, in scripts/faults.sh), and most of its handovers come from here.
 on_backends!(churn, [File, Redis, Postgres, Etcd], |k| Setup::new(

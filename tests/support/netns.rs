@@ -35,6 +35,7 @@ pub enum Cut {
 /// One namespace, its veth pair and its address.
 pub struct Host {
     pub name: String,
+    pub address: Ipv4Addr,
     server: Ipv4Addr,
     netns: OwnedFd,
 }
@@ -180,6 +181,7 @@ impl Network {
                 .into();
             net.hosts.push(Host {
                 name: name.clone(),
+                address,
                 server: gateway,
                 netns,
             });
@@ -245,17 +247,37 @@ impl Host {
         }
     }
 
+    /// The same host, for another owner (the namespace's descriptor duplicated).
+    pub fn try_clone(&self) -> Host {
+        Host {
+            name: self.name.clone(),
+            address: self.address,
+            server: self.server,
+            netns: self.netns.try_clone().expect("dup a namespace descriptor"),
+        }
+    }
+
     /// Drops the host's traffic with the server's host as `cut` says; [`Cut::None`] heals.
     pub fn cut(&self, cut: Cut) {
-        let server = self.server;
-        let rules = match cut {
-            Cut::None => String::new(),
-            Cut::Both => format!(
-                "add rule inet elect_partition input ip saddr {server} drop\n\
-                 add rule inet elect_partition output ip daddr {server} drop\n"
-            ),
-            Cut::Replies => format!("add rule inet elect_partition input ip saddr {server} drop\n"),
-        };
+        self.cut_from(&[self.server], cut);
+    }
+
+    /// Drops the host's traffic with each of `peers` as `cut` says; [`Cut::None`] heals (every
+    /// rule, whoever it was for).
+    pub fn cut_from(&self, peers: &[Ipv4Addr], cut: Cut) {
+        let mut rules = String::new();
+        for peer in peers {
+            match cut {
+                Cut::None => {}
+                Cut::Both => rules.push_str(&format!(
+                    "add rule inet elect_partition input ip saddr {peer} drop\n\
+                     add rule inet elect_partition output ip daddr {peer} drop\n"
+                )),
+                Cut::Replies => rules.push_str(&format!(
+                    "add rule inet elect_partition input ip saddr {peer} drop\n"
+                )),
+            }
+        }
         nft(
             &self.name,
             &format!(

@@ -145,6 +145,21 @@ pub(super) fn apply(
                 host.cut(Cut::None);
             }
         }
+        Fault::KillLeader => {
+            if let Some(cluster) = server.etcd_cluster() {
+                cluster.kill_leader(hold);
+            }
+        }
+        Fault::PartitionLeader => {
+            if let Some(cluster) = server.etcd_cluster() {
+                cluster.partition_leader(hold + Duration::from_secs(1));
+            }
+        }
+        Fault::RollingRestart => {
+            if let Some(cluster) = server.etcd_cluster() {
+                cluster.rolling_restart(Duration::from_millis(500));
+            }
+        }
         Fault::KillBoth => {
             if let Some((run, _, pid)) = holder {
                 if let Some(watchdog) = watchdog_of(pid) {

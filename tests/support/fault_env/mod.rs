@@ -30,6 +30,7 @@
 //!   is a variant there and an arm in `server`; a new fault is a variant there, its action in
 //!   `inject` and, when it has a bound of its own, a function in `check`;
 //! - `server`: starting, freezing and restarting each backend's server, behind its proxy;
+//!   `etcd_cluster`: three etcd members on hosts of their own, and their faults;
 //! - `arena`: the lock, the witness, the job program and the contenders that loop on them;
 //! - `inject`: applying a fault to the holder or the server; `rng`: the replayable order;
 //! - `check`: the invariants, one function each; `report`: the row of the table;
@@ -44,6 +45,7 @@
 mod arena;
 mod check;
 mod ctrl_z;
+mod etcd_cluster;
 mod hosts;
 mod inject;
 mod process;

@@ -12,6 +12,8 @@ pub enum BackendKind {
     Redis,
     Postgres,
     Etcd,
+    /// etcd with three members, each on a host of its own.
+    EtcdCluster,
 }
 
 impl BackendKind {
@@ -21,6 +23,7 @@ impl BackendKind {
             BackendKind::Redis => "redis",
             BackendKind::Postgres => "postgres",
             BackendKind::Etcd => "etcd",
+            BackendKind::EtcdCluster => "etcd-3",
         }
     }
 
@@ -71,6 +74,12 @@ pub enum Fault {
     PartitionReplies,
     /// The holder's host cut off both ways until another host's job has started, then healed.
     PartitionHeals,
+    /// kill -9 of the etcd cluster's leader; the member started again on its data after ttl + 1 s.
+    KillLeader,
+    /// The etcd cluster's leader cut off from the other two members for ttl + 2 s.
+    PartitionLeader,
+    /// Each etcd member in turn stopped (SIGTERM), started again and waited for.
+    RollingRestart,
 }
 
 impl Fault {
@@ -94,6 +103,9 @@ impl Fault {
             Fault::Partition => "partition",
             Fault::PartitionReplies => "partition-replies",
             Fault::PartitionHeals => "partition-heals",
+            Fault::KillLeader => "kill-9-leader",
+            Fault::PartitionLeader => "partition-leader",
+            Fault::RollingRestart => "rolling-restart",
         }
     }
 
@@ -101,7 +113,10 @@ impl Fault {
     pub fn mechanism(self) -> &'static str {
         match self {
             Fault::Blackhole | Fault::DropReplies | Fault::Latency | Fault::Reset => "proxy",
-            Fault::Partition | Fault::PartitionReplies | Fault::PartitionHeals => "netns+nft",
+            Fault::Partition
+            | Fault::PartitionReplies
+            | Fault::PartitionHeals
+            | Fault::PartitionLeader => "netns+nft",
             Fault::FreezeHost => "cgroup freezer",
             Fault::DeleteLockFile | Fault::ReplaceLockFile => "file system",
             Fault::TerminateBackend => "sql",
@@ -111,7 +126,9 @@ impl Fault {
             | Fault::StopServer
             | Fault::RestartServer
             | Fault::KillWatchdog
-            | Fault::KillBoth => "signal",
+            | Fault::KillBoth
+            | Fault::KillLeader
+            | Fault::RollingRestart => "signal",
         }
     }
 

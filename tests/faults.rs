@@ -76,6 +76,14 @@ on_backends!(kill_server, [Redis, Postgres, Etcd], |k| Setup::new(
     &[Fault::RestartServer]
 ));
 
+// 4b. A clean restart of the server mid-lease (PostgreSQL's fast shutdown ends every session).
+on_backends!(restart_server, [Redis, Postgres, Etcd], |k| Setup::new(
+    "restart-server",
+    k,
+    &[Fault::RestartServerClean]
+)
+.work(Duration::from_secs(2)));
+
 // 5. The proxy: blackhole both ways, replies only, latency, resets.
 on_backends!(proxy_blackhole, [Redis, Postgres, Etcd], |k| Setup::new(
     "proxy-blackhole",

@@ -58,6 +58,7 @@ pub(super) fn apply(
             server.thaw();
         }
         Fault::RestartServer => server.restart(),
+        Fault::RestartServerClean => server.restart_clean(),
         Fault::Blackhole => proxy_for(server, Mode::Blackhole, hold),
         Fault::DropReplies => proxy_for(server, Mode::DropReplies, hold),
         Fault::Latency => proxy_for(

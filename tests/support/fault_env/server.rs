@@ -316,6 +316,21 @@ impl Server {
         }
     }
 
+    /// A clean stop of the server (SIGTERM; PostgreSQL's fast shutdown, which ends every
+    /// session), then the same server again on the same data and port.
+    pub fn restart_clean(&self) {
+        match &self.inner {
+            Inner::File { .. } => {}
+            Inner::Redis(p) | Inner::Etcd(p) => {
+                let mut p = p.lock().unwrap();
+                p.signal_and_wait("TERM");
+                p.start();
+            }
+            Inner::EtcdCluster(cluster) => cluster.rolling_restart(Duration::ZERO),
+            Inner::Postgres { server, restarted } => relaunch_postgres(server, restarted, false),
+        }
+    }
+
     /// kill -9 of the server, then the same server again on the same data and port.
     pub fn restart(&self) {
         match &self.inner {

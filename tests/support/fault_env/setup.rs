@@ -43,6 +43,8 @@ pub enum Fault {
     StopServer,
     /// kill -9 of the server, then a restart on the same data.
     RestartServer,
+    /// A clean stop of the server (SIGTERM, PostgreSQL's fast shutdown), then a restart.
+    RestartServerClean,
     /// The proxy holds traffic both ways for ttl + 1 s.
     Blackhole,
     /// The proxy holds replies for ttl + 1 s.
@@ -89,6 +91,7 @@ impl Fault {
             Fault::StopHolder => "stop-holder",
             Fault::StopServer => "stop-server",
             Fault::RestartServer => "kill-9-server",
+            Fault::RestartServerClean => "restart-server",
             Fault::Blackhole => "blackhole",
             Fault::DropReplies => "drop-replies",
             Fault::Latency => "latency",
@@ -125,6 +128,7 @@ impl Fault {
             | Fault::StopHolder
             | Fault::StopServer
             | Fault::RestartServer
+            | Fault::RestartServerClean
             | Fault::KillWatchdog
             | Fault::KillBoth
             | Fault::KillLeader

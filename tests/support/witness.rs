@@ -26,8 +26,6 @@
 //! here; the jobs also take a non-blocking flock(2) on a shared file (`BUSY`), which the kernel
 //! decides exactly, so such an overlap still shows.
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};

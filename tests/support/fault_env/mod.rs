@@ -40,8 +40,6 @@
 //! The test crate declares the `certs`, `freezer`, `net`, `netns`, `postgres_server`,
 //! `programs`, `proxy` and `witness` modules of `tests/support` beside this one.
 
-#![allow(dead_code)]
-
 mod arena;
 mod check;
 mod ctrl_z;
@@ -88,9 +86,15 @@ pub fn run(setup: Setup) -> Row {
     arena.hosts = hosts::Hosts::start(&setup, &server, &arena.tag);
     let mut rng = Rng::seeded(setup.seed);
     println!(
-        "scenario {} on {}: seed {} (ELECT_FAULTS_SEED replays the fault order), lock {}, files in {}",
+        "scenario {} on {} ({}): seed {} (ELECT_FAULTS_SEED replays the fault order), lock {}, files in {}",
         setup.scenario,
         setup.backend.name(),
+        setup
+            .faults
+            .iter()
+            .map(|f| f.name())
+            .collect::<Vec<_>>()
+            .join(", "),
         rng.seed(),
         arena.lock,
         arena.dir.path().display()

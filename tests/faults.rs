@@ -205,7 +205,7 @@ on_backends!(freeze_host, [Redis, Postgres, Etcd], |k| Setup::new(
     k,
     &[Fault::FreezeHost]
 )
-.work(Duration::from_secs(5)));
+.work(Duration::from_secs(4)));
 
 // 14. Real partitions: each contender a host of its own (a network namespace on a veth pair),
 // the holder's host cut off by nftables both ways, its replies only, and until a takeover.
@@ -261,6 +261,7 @@ on_backends!(churn, [File, Redis, Postgres, Etcd], |k| Setup::new(
 .work(Duration::from_millis(100))
 .contenders(4)
 .pause(Duration::from_secs(5))
+.duration(Duration::from_secs(3))
 .soak_shares(4));
 
 // Every applicable fault, at random.

@@ -43,14 +43,14 @@ if [ -n "$soak" ]; then
   n=$(grep -c . <<<"$list" || true)
   [ -n "$list" ] && [ "$n" -gt 0 ] || { echo "no tests match" >&2; exit 2; }
   # Tests run $threads at a time; each gets a share of the time asked for, less the ~10 s of
-  # start-up and drain every test has anyway. The churn tests (Setup::soak_shares) get 4 shares:
+  # start-up and drain every test has anyway. The churn tests (Setup::soak_shares) get 6 shares:
   # they make most of the handovers.
   churn=$(grep -c '^churn::' <<<"$list" || true)
-  shares=$(( n + 3 * churn ))
+  shares=$(( n + 5 * churn ))
   per=$(( (total * threads - 10 * n) / shares ))
   ((per >= 10)) || per=10
   export ELECT_FAULTS_SECS=$per
-  echo "soak: $n tests, $threads at a time, ${per}s of faults each (churn: $(( 4 * per ))s)"
+  echo "soak: $n tests, $threads at a time, ${per}s of faults each (churn: $(( 6 * per ))s)"
 fi
 
 log=$(mktemp /tmp/elect-faults.XXXXXX)

@@ -251,7 +251,7 @@ on_backends!(rolling_restart, [EtcdCluster], |k| Setup::new(
 .work(Duration::from_secs(2)));
 
 // 16. Volume: short jobs handed over as fast as four contenders can, with a kill -9 of the
-// holder every few seconds; the soak gives these tests four shares of its time (by the name
+// holder every few seconds; the soak gives these tests six shares of its time (by the name
 // `churn`, in scripts/faults.sh), and most of its handovers come from here.
 on_backends!(churn, [File, Redis, Postgres, Etcd], |k| Setup::new(
     "handover-churn",
@@ -262,7 +262,7 @@ on_backends!(churn, [File, Redis, Postgres, Etcd], |k| Setup::new(
 .contenders(4)
 .pause(Duration::from_secs(5))
 .duration(Duration::from_secs(3))
-.soak_shares(4));
+.soak_shares(6));
 
 // Every applicable fault, at random.
 on_backends!(random_mix, [File, Redis, Postgres, Etcd], |k| Setup::new(

@@ -12,6 +12,7 @@ use std::ffi::CString;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Which freezer the kernel offers.
@@ -29,12 +30,15 @@ pub struct Freezer {
     procs: CString,
 }
 
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
 const V1: &str = "/sys/fs/cgroup/freezer";
 const V2: &str = "/sys/fs/cgroup";
 
 impl Freezer {
-    /// A new cgroup named `name` (unique per test), or a panic that says why there is none.
-    pub fn create(name: &str) -> Self {
+    /// A new cgroup, or a panic that says why there is none. Its name holds the test process's
+    /// id, so that cgroups left by a test process that died are removed by the next.
+    pub fn create() -> Self {
         let (root, version) = if Path::new(V1).join("freezer.state").exists()
             || Path::new(V1).join("cgroup.procs").exists()
         {
@@ -44,6 +48,12 @@ impl Freezer {
         } else {
             panic!("no cgroup freezer: neither {V1} nor a cgroup v2 hierarchy at {V2}");
         };
+        sweep(Path::new(root));
+        let name = format!(
+            "elect-faults-{}x{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
         let dir = Path::new(root).join(name);
         std::fs::create_dir(&dir)
             .unwrap_or_else(|e| panic!("cannot create the cgroup {}: {e} (root?)", dir.display()));
@@ -122,6 +132,30 @@ impl Freezer {
             .unwrap_or_default()
             .trim()
             .to_owned()
+    }
+}
+
+/// Removes the cgroups of test processes that are gone (thawed first: a frozen cgroup's processes
+/// could never end).
+fn sweep(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("elect-faults-")
+            .and_then(|r| r.split_once('x'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let dir = entry.path();
+            let _ = std::fs::write(dir.join("freezer.state"), "THAWED");
+            let _ = std::fs::write(dir.join("cgroup.freeze"), "0");
+            let _ = std::fs::remove_dir(&dir);
+        }
     }
 }
 

@@ -48,8 +48,6 @@ pub struct Arena {
     pub shared: Arc<Shared>,
     pub job: PathBuf,
     pub probe: PathBuf,
-    /// A name unique to the test, for the hosts' namespaces and cgroups.
-    pub tag: String,
     /// Where each contender's runs live (see [`Hosts`]); none unless the faults need them.
     pub hosts: Hosts,
 }
@@ -88,7 +86,6 @@ impl Arena {
                 stop: AtomicBool::new(false),
             }),
             dir,
-            tag,
         }
     }
 

@@ -27,8 +27,8 @@ impl Hosts {
         }
     }
 
-    /// The hosts `setup`'s faults need, one per contender; `tag` makes the names unique.
-    pub fn start(setup: &Setup, server: &Server, tag: &str) -> Self {
+    /// The hosts `setup`'s faults need, one per contender.
+    pub fn start(setup: &Setup, server: &Server) -> Self {
         let mut hosts = Self::none();
         if setup.faults.iter().any(|f| f.needs_network()) {
             let mut network = Network::create(setup.contenders);
@@ -37,9 +37,7 @@ impl Hosts {
             hosts.network = Some(network);
         }
         if setup.faults.contains(&Fault::FreezeHost) {
-            hosts.freezers = (0..setup.contenders)
-                .map(|i| Freezer::create(&format!("elect-faults-{tag}-{i}")))
-                .collect();
+            hosts.freezers = (0..setup.contenders).map(|_| Freezer::create()).collect();
         }
         hosts
     }

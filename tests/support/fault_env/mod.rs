@@ -83,7 +83,7 @@ pub const RUN_LIMIT: Duration = Duration::from_secs(90);
 pub fn run(setup: Setup) -> Row {
     let server = Server::start(setup.backend);
     let mut arena = Arena::new(setup.scenario);
-    arena.hosts = hosts::Hosts::start(&setup, &server, &arena.tag);
+    arena.hosts = hosts::Hosts::start(&setup, &server);
     let mut rng = Rng::seeded(setup.seed);
     println!(
         "scenario {} on {} ({}): seed {} (ELECT_FAULTS_SEED replays the fault order), lock {}, files in {}",

@@ -197,7 +197,7 @@ pub struct Setup {
     /// The least time between two faults (a random 0.3 to 1.5 s is added).
     pub pause: Duration,
     /// How many shares of the soak's time the test gets (`scripts/faults.sh` gives the `churn`
-    /// tests 4, by name).
+    /// tests 6, by name).
     pub soak_shares: u32,
 }
 

@@ -152,6 +152,7 @@ impl Runner<'_> {
             deadline,
             grace: cfg.timing.grace(),
             env: job_env.changes(),
+            isolation: cfg.isolation,
         };
         let started = Instant::now();
         let started_at = SystemTime::now();

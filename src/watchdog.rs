@@ -369,9 +369,7 @@ impl Watchdog {
         if let Some(job) = self.job {
             let _ = killpg(job, sig);
         }
-        for pid in crate::procfs::descendants(Pid::this(), &[]) {
-            let _ = signal::kill(pid, sig);
-        }
+        crate::procfs::signal_descendants(Pid::this(), &[], sig);
     }
 
     /// Reaps every child that has ended. True when no process of the job is left.

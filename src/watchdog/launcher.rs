@@ -23,7 +23,7 @@
 //! close-on-exec: elect reads end of file when the exec succeeded, or the exec's errno.
 //!
 //! With `--pid-namespace` the launcher does not exec: it makes a PID namespace, forks its init
-//! and the job into it, and stays as the job's main process for the watchdog (see [`namespace`]).
+//! and the job into it, and stays as the job's main process for the watchdog (see `namespace`).
 
 use std::ffi::OsString;
 use std::io;

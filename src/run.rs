@@ -172,7 +172,9 @@ impl Runner<'_> {
                 tracing::debug!(lock = %lock, pid, "job started");
                 let holding = format!("holding {lock}, token {}", lease.token());
                 self.notifier.ready(&holding);
-                let acquired_hook = cfg.hooks.start(HookEvent::Acquired, job_env.clone());
+                let acquired_hook =
+                    cfg.hooks
+                        .start_fenced(HookEvent::Acquired, job_env.clone(), pid);
                 let ctx = Supervision {
                     job: pid,
                     deadline,

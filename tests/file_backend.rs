@@ -39,6 +39,7 @@ battery_tests!(
     setsid_grandchild_is_stopped,
     watchdog_is_named,
     job_is_stopped_when_the_watchdog_is_killed,
+    job_dies_with_elect_and_watchdog_in_a_pid_namespace,
     status_of_one_lock,
     status_lists_every_lock,
     sigterm_stops_a_wait,

@@ -12,6 +12,11 @@
 //! elect itself is stopped and cannot enforce the hook's timeout (and so do Ctrl-C and the
 //! signals elect forwards to the job). `--on-busy` and `--on-lost` run when no lease is held,
 //! each in a process group of its own, bounded by the timeout alone.
+//!
+//! After the job's main process ends, elect waits for `--on-acquired` before it releases the
+//! lease, and renews no more: the watchdog holds what is left in the job's group to the last
+//! deadline meanwhile. A hook that starts after the job's group is gone (a job that ended before
+//! its hook could start) runs in a group of its own, bounded by the timeout alone.
 
 use std::process::Stdio;
 use std::sync::Mutex;

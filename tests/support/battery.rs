@@ -1582,6 +1582,12 @@ pub fn job_dies_with_elect_and_watchdog_in_a_pid_namespace(env: &TestEnv) {
     let mut run = env.spawn(args);
     let bg = env.read_pid("bg.pid");
     let main = env.read_pid("main.pid");
+    // By pid and start time: pids are reused quickly on a busy machine (pid_max 32768).
+    let started = |pid: i32| proc_stat(pid).expect("a live process").start;
+    let (bg_start, main_start) = (started(bg), started(main));
+    let lives = move |pid: i32, start: u64| {
+        proc_stat(pid).is_some_and(|s| s.start == start && s.state != 'Z' && s.state != 'X')
+    };
     assert!(becomes(APPEAR, || !beats(env, "bg.beats").is_empty()));
     let watchdog = watchdog_of(run.pid()).expect("elect's watchdog");
     // Stopped first, so that neither sees the other die and stops the job.
@@ -1592,7 +1598,7 @@ pub fn job_dies_with_elect_and_watchdog_in_a_pid_namespace(env: &TestEnv) {
     let killed = Instant::now();
     assert_eq!(run.wait().killed_by(), Some(9));
     assert!(
-        dies_within(bg, Duration::from_secs(5)),
+        becomes(Duration::from_secs(5), || !lives(bg, bg_start)),
         "the job's setsid'd background process outlived elect and its watchdog"
     );
     eprintln!(
@@ -1600,7 +1606,7 @@ pub fn job_dies_with_elect_and_watchdog_in_a_pid_namespace(env: &TestEnv) {
         killed.elapsed()
     );
     assert!(
-        !is_alive(main),
+        !lives(main, main_start),
         "the job's main process outlived the watchdog"
     );
     let newcomer = |name: &str, wait: &[&str]| {
@@ -1626,18 +1632,30 @@ pub fn job_dies_with_elect_and_watchdog_in_a_pid_namespace(env: &TestEnv) {
 /// Issue "lost replies", 5: an `--on-acquired` hook runs while the lease is held, so it is fenced
 /// like the job. elect is stopped (it can enforce neither the deadline nor the hook's timeout),
 /// the ttl passes, and the watchdog stops the job by the deadline: the hook, which writes in a
-/// loop, stops with it, before a newcomer's job starts.
+/// loop, stops with it, before a newcomer's job starts. The same when the job has ended already
+/// and elect, stopped, waits for the hook with the lease still held.
 pub fn on_acquired_hook_is_fenced_when_elect_is_stopped(env: &TestEnv) {
-    let lock = env.lock("hook-fenced");
+    hook_is_fenced(env, "while-job-runs", &["sleep", "60"], 76);
+    // A job that outlives the hook's start, so that the hook joins its group.
+    hook_is_fenced(env, "after-job-ended", &["sleep", "0.5"], 0);
+}
+
+fn hook_is_fenced(env: &TestEnv, case: &str, job: &[&str], code: i32) {
+    let lock = env.lock(&format!("hook-fenced-{case}"));
+    let _ = std::fs::remove_file(env.file("hook.pid"));
+    let _ = std::fs::remove_file(env.file("hook.beats"));
     let hook = format!(
         "{}; while :; do date +%s%N >> hook.beats; sleep 0.05; done",
         write_host_pid("hook.pid")
     );
     let mut args = vec!["run", "--lock", &lock, "--hook-timeout", "60s"];
     args.extend(SHORT);
-    args.extend(["--on-acquired", &hook, "--", "sleep", "60"]);
+    args.extend(["--on-acquired", &hook, "--"]);
+    args.extend(job);
     let mut run = env.spawn(args);
     let hook_pid = env.read_pid("hook.pid");
+    // By pid and start time: pids are reused quickly on a busy machine.
+    let hook_start = proc_stat(hook_pid).expect("the hook runs").start;
     assert!(becomes(APPEAR, || !beats(env, "hook.beats").is_empty()));
     run.signal("STOP");
     let stopped = Instant::now();
@@ -1652,23 +1670,23 @@ pub fn on_acquired_hook_is_fenced_when_elect_is_stopped(env: &TestEnv) {
         "-c",
         "date +%s%N > newcomer.at",
     ]);
-    let hook_alive = is_alive(hook_pid);
+    newcomer.assert_code(0);
+    let hook_alive = proc_stat(hook_pid).is_some_and(|s| s.start == hook_start && s.state != 'Z');
     let last_beat = *beats(env, "hook.beats").iter().max().unwrap();
     if hook_alive {
         super::signal(hook_pid, "KILL");
     }
     assert!(
         !hook_alive,
-        "the hook still ran {:?} after elect was stopped, past the lease deadline",
+        "{case}: the hook still ran {:?} after elect was stopped, past the lease deadline",
         stopped.elapsed()
     );
     run.signal("CONT");
-    run.wait().assert_code(76);
-    newcomer.assert_code(0);
+    run.wait().assert_code(code);
     let start = beats(env, "newcomer.at")[0];
     assert!(
         start > last_beat,
-        "the hook wrote {} ms after the newcomer's job started",
+        "{case}: the hook wrote {} ms after the newcomer's job started",
         (last_beat - start) / 1_000_000
     );
 }

@@ -133,6 +133,8 @@ pub struct Setup {
     pub seed: Option<u64>,
     /// How long the `forks` job's setsid grandchild lives.
     pub daemon: Duration,
+    /// Run every elect with `--pid-namespace`.
+    pub pid_namespace: bool,
 }
 
 impl Setup {
@@ -149,7 +151,13 @@ impl Setup {
             duration: Duration::from_secs(6),
             seed: None,
             daemon: Duration::from_secs(20),
+            pid_namespace: false,
         }
+    }
+
+    pub fn pid_namespace(mut self) -> Self {
+        self.pid_namespace = true;
+        self
     }
 
     pub fn seed(mut self, seed: u64) -> Self {

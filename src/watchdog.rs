@@ -26,7 +26,8 @@
 //!   grace) when the deadline's SIGTERM time passes, when elect orders it, or when elect dies.
 //!   After the job's main process exits, whatever it left running is stopped the same way.
 //! - Reports `Finished` only when no process of the job is left; elect releases the lease only
-//!   then. On the file backend it also holds a copy of the lock file descriptor, so the kernel lock
+//!   then. Until elect hangs up, it still holds what is left in the job's process group (the
+//!   `--on-acquired` hook, see [`crate::hooks`]) to the deadline: elect renews no more by then. On the file backend it also holds a copy of the lock file descriptor, so the kernel lock
 //!   stays until the last process is gone, even if elect was killed.
 
 pub mod launcher;

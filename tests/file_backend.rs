@@ -607,3 +607,19 @@ fn job_holds_the_lock_when_elect_and_watchdog_are_killed() {
     after.assert_code(0);
     assert!(!is_alive(bg));
 }
+
+/// Only root may make a PID namespace: `--pid-namespace` as another user is refused before
+/// anything starts, with one line that says so (exit 2).
+#[test]
+fn pid_namespace_needs_root() {
+    let out = Command::new("runuser")
+        .args(["-u", "nobody", "--", env!("CARGO_BIN_EXE_elect")])
+        .args(["run", "--lock", "x", "--pid-namespace", "--", "true"])
+        .env_remove("ELECT_LOCK_DIR")
+        .output()
+        .expect("runuser");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--pid-namespace") && stderr.contains("needs root"));
+}

@@ -42,6 +42,8 @@ complete -c elect -n "__fish_elect_using_subcommand run" -l conflict-exit-code -
 complete -c elect -n "__fish_elect_using_subcommand run" -l once-per -d 'After a successful run (exit 0), skip the job (exit 75) until DURATION has passed, by the backend\'s clock: once per window across every machine' -r
 complete -c elect -n "__fish_elect_using_subcommand run" -l holders -d 'At most N holders of the lock at once across every machine, each with its own fencing token (every contender of the lock must use the same N)' -r
 complete -c elect -n "__fish_elect_using_subcommand run" -l max-runtime -d 'Stop the job after DURATION (SIGTERM, SIGKILL after --grace) and exit 124' -r
+complete -c elect -n "__fish_elect_using_subcommand run" -l pid-namespace -d 'Run the job in a PID namespace of its own (root only), so that every process it starts, daemons included, dies with elect\'s watchdog; the job then sees its own pids only' -r -f -a "true\t''
+false\t''"
 complete -c elect -n "__fish_elect_using_subcommand run" -l on-acquired -d 'Run CMD (with sh -c) when the lease is taken' -r
 complete -c elect -n "__fish_elect_using_subcommand run" -l on-busy -d 'Run CMD when the run is skipped because the lock is held' -r
 complete -c elect -n "__fish_elect_using_subcommand run" -l on-lost -d 'Run CMD when the lease is lost while the job runs' -r

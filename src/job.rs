@@ -23,7 +23,7 @@ use crate::front::Front;
 use crate::lease::Lease;
 use crate::watchdog;
 use crate::watchdog::placement::Cpus;
-use crate::watchdog::protocol::{Order, Report};
+use crate::watchdog::protocol::{Isolation, Order, Report};
 
 /// elect's end of the watchdog, before the async runtime exists: its pid, the socket, and the
 /// socket to the job's launcher.
@@ -119,6 +119,8 @@ pub struct Spec {
     pub grace: std::time::Duration,
     /// Variables set (`Some`) or removed (`None`) for the job.
     pub env: Vec<(OsString, Option<OsString>)>,
+    /// Whether the job gets a PID namespace of its own.
+    pub isolation: Isolation,
 }
 
 /// Where `command` starts among elect's own arguments, which the watchdog and the launcher share
@@ -199,6 +201,7 @@ impl Handle {
             command_at: self.command_at,
             terminal: job_takes_terminal(self.front),
             env: spec.env,
+            isolation: spec.isolation,
         };
         let fd = lease.kernel_lock.as_ref().map(|f| f.as_fd());
         send_order(self.socket.get_ref().as_fd(), order, fd)?;

@@ -14,7 +14,8 @@
 //!   and `fg` work while elect keeps renewing.
 //! - [`watchdog`] (runs in the watchdog): a forked helper process that owns the job: spawns it in
 //!   its own process group, reaps it as a subreaper, and kills it by the deadline on its own even
-//!   if elect is stopped. Its modules: `launcher` (runs in the job's process until the exec),
+//!   if elect is stopped. Its modules: `launcher` (runs in the job's process until the exec;
+//!   with `--pid-namespace`, `launcher::namespace` runs in it and in the namespace's init),
 //!   `placement` (CPUs; watchdog and launcher), `title` (the names in `ps`; watchdog and
 //!   launcher), `protocol` (the messages; shared with elect).
 //! - [`job`] (runs in elect): elect's handle on the watchdog and the job's launcher: the fork,

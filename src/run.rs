@@ -152,6 +152,7 @@ impl Runner<'_> {
             deadline,
             grace: cfg.timing.grace(),
             env: job_env.changes(),
+            isolation: cfg.isolation,
         };
         let started = Instant::now();
         let started_at = SystemTime::now();
@@ -171,7 +172,9 @@ impl Runner<'_> {
                 tracing::debug!(lock = %lock, pid, "job started");
                 let holding = format!("holding {lock}, token {}", lease.token());
                 self.notifier.ready(&holding);
-                let acquired_hook = cfg.hooks.start(HookEvent::Acquired, job_env.clone());
+                let acquired_hook =
+                    cfg.hooks
+                        .start_fenced(HookEvent::Acquired, job_env.clone(), pid);
                 let ctx = Supervision {
                     job: pid,
                     deadline,

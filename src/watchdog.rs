@@ -26,7 +26,8 @@
 //!   grace) when the deadline's SIGTERM time passes, when elect orders it, or when elect dies.
 //!   After the job's main process exits, whatever it left running is stopped the same way.
 //! - Reports `Finished` only when no process of the job is left; elect releases the lease only
-//!   then. On the file backend it also holds a copy of the lock file descriptor, so the kernel lock
+//!   then. Until elect hangs up, it still holds what is left in the job's process group (the
+//!   `--on-acquired` hook, see [`crate::hooks`]) to the deadline: elect renews no more by then. On the file backend it also holds a copy of the lock file descriptor, so the kernel lock
 //!   stays until the last process is gone, even if elect was killed.
 
 pub mod launcher;
@@ -115,6 +116,10 @@ struct Watchdog {
     cpus: Option<Cpus>,
     /// The lock file of the file backend, kept open so the lock outlives elect.
     _kernel_lock: Option<File>,
+    /// The job's main process, pinned by a pidfd, to signal its group after it is reaped.
+    leader: Option<crate::procfs::Pinned>,
+    /// Whether the group was sent SIGTERM after the job's end (see [`Watchdog::linger_fenced`]).
+    group_termed: bool,
 }
 
 impl Watchdog {
@@ -177,6 +182,8 @@ impl Watchdog {
             launcher,
             cpus,
             _kernel_lock: None,
+            leader: None,
+            group_termed: false,
         })
     }
 
@@ -222,6 +229,8 @@ impl Watchdog {
                     self.took_terminal = true;
                 }
                 self.job = Some(pid);
+                // Its own child, not reaped yet: the pid is surely the launcher's.
+                self.leader = crate::procfs::Pinned::open(pid);
                 self.report(Report::Started { pid: pid.as_raw() });
                 // After the report, off the path to the job's start.
                 title::set("lease-watchdog", &format!("elect: watchdog for {lock}"));
@@ -369,9 +378,7 @@ impl Watchdog {
         if let Some(job) = self.job {
             let _ = killpg(job, sig);
         }
-        for pid in crate::procfs::descendants(Pid::this(), &[]) {
-            let _ = signal::kill(pid, sig);
-        }
+        crate::procfs::signal_descendants(Pid::this(), &[], sig);
     }
 
     /// Reaps every child that has ended. True when no process of the job is left.
@@ -508,10 +515,74 @@ impl Watchdog {
     fn linger(&mut self) {
         self._kernel_lock = None;
         while self.elect_alive {
+            if let Some(deadline) = self.deadline.filter(|_| self.leader.is_some()) {
+                self.linger_fenced(deadline);
+                continue;
+            }
             match self.receive() {
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => self.elect_alive = false,
             }
+        }
+    }
+
+    /// One wait of [`Watchdog::linger`] under a deadline: for elect's next order or its hang-up,
+    /// and for the deadline, which still holds for what is left in the job's process group (the
+    /// `--on-acquired` hook, see [`crate::hooks`]): elect renews no more once the job has ended,
+    /// and may be stopped.
+    fn linger_fenced(&mut self, deadline: BootTime) {
+        let now = BootTime::now();
+        if now >= deadline {
+            self.signal_group(Signal::SIGKILL);
+            self.deadline = None;
+            return;
+        }
+        if now >= deadline - self.grace && !self.group_termed {
+            self.signal_group(Signal::SIGTERM);
+            self.signal_group(Signal::SIGCONT);
+            self.group_termed = true;
+        }
+        let at = if self.group_termed {
+            deadline
+        } else {
+            deadline - self.grace
+        };
+        let spec = TimeSpec::from_duration(Duration::from_nanos(at.as_nanos().max(1)));
+        if self
+            .timer
+            .set(
+                Expiration::OneShot(spec),
+                TimerSetTimeFlags::TFD_TIMER_ABSTIME,
+            )
+            .is_err()
+        {
+            self.deadline = None;
+            return;
+        }
+        let mut fds = [
+            PollFd::new(self.socket.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.timer.as_fd(), PollFlags::POLLIN),
+        ];
+        if matches!(poll(&mut fds, PollTimeout::NONE), Ok(_) | Err(Errno::EINTR))
+            && fds[0].revents().is_none_or(|r| r.is_empty())
+        {
+            return;
+        }
+        match self.receive() {
+            Ok(Some(Order::Deadline(d))) if !self.group_termed => self.deadline = d,
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => self.elect_alive = false,
+        }
+    }
+
+    /// Signals the job's process group through its leader's pidfd, which names the group itself
+    /// even once the leader is reaped (Linux 6.9). Before, by number, while the group has members.
+    fn signal_group(&self, sig: Signal) {
+        let (Some(job), Some(leader)) = (self.job, &self.leader) else {
+            return;
+        };
+        if leader.signal_group(sig) == Err(Errno::EINVAL) && killpg(job, None).is_ok() {
+            let _ = killpg(job, sig);
         }
     }
 

@@ -263,6 +263,36 @@ on_backends!(churn, [File, Redis, Postgres, Etcd], |k| Setup::new(
 .pause(Duration::from_secs(5))
 .duration(Duration::from_secs(3))
 .soak_shares(6));
+// The same three with the job in a PID namespace (`--pid-namespace`): elect and its watchdog
+// killed together is then covered on every backend, the kernel killing the job's processes.
+on_backends!(
+    kill_both_pid_namespace,
+    [File, Redis, Postgres, Etcd],
+    |k| {
+        Setup::new("kill-9-both-pid-namespace", k, &[Fault::KillBoth])
+            .mode("forks")
+            .work(Duration::from_millis(1500))
+            .daemon(Duration::from_secs(3))
+            .duration(Duration::from_secs(4))
+            .pid_namespace()
+    }
+);
+on_backends!(kill_watchdog_pid_namespace, [Redis], |k| {
+    Setup::new("kill-9-watchdog-pid-namespace", k, &[Fault::KillWatchdog])
+        .mode("forks")
+        .work(Duration::from_millis(1500))
+        .daemon(Duration::from_secs(3))
+        .duration(Duration::from_secs(4))
+        .pid_namespace()
+});
+on_backends!(stop_watchdog_pid_namespace, [Redis], |k| {
+    Setup::new("stop-watchdog-pid-namespace", k, &[Fault::StopWatchdog])
+        .mode("forks")
+        .work(Duration::from_secs(3))
+        .daemon(Duration::from_secs(3))
+        .duration(Duration::from_secs(4))
+        .pid_namespace()
+});
 
 // Every applicable fault, at random.
 on_backends!(random_mix, [File, Redis, Postgres, Etcd], |k| Setup::new(

@@ -16,7 +16,9 @@ pub enum Order {
     /// and the launcher are forks of elect and have the same ones, so a command line of any
     /// length costs nothing here); these variables set (`Some`) or removed (`None`); with the
     /// terminal's foreground if `terminal`; under this deadline (none: no deadline); SIGKILL
-    /// `grace` after SIGTERM when the job is stopped. `lock` names the watchdog in `ps`.
+    /// `grace` after SIGTERM when the job is stopped. `lock` names the watchdog in `ps`;
+    /// `isolation` says whether the job runs in a PID namespace of its own (see
+    /// [`super::launcher`]).
     Start {
         lock: String,
         deadline: Option<BootTime>,
@@ -24,6 +26,7 @@ pub enum Order {
         command_at: usize,
         terminal: bool,
         env: Vec<(OsString, Option<OsString>)>,
+        isolation: Isolation,
     },
     /// A renew succeeded: the job may live until this new deadline.
     Deadline(Option<BootTime>),
@@ -31,6 +34,16 @@ pub enum Order {
     Signal(i32),
     /// The lease is lost or elect is shutting down: stop the job now.
     Stop,
+}
+
+/// Where the job's processes live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Isolation {
+    /// Among the machine's processes, as any command.
+    #[default]
+    Shared,
+    /// In a PID namespace of its own, which the kernel empties when the watchdog dies.
+    PidNamespace,
 }
 
 /// Watchdog to elect.
@@ -76,6 +89,7 @@ impl Order {
                 command_at,
                 terminal,
                 env,
+                isolation,
             } => {
                 let mut out = format!(
                     "start {} {} {command_at} {} {lock}",
@@ -84,6 +98,9 @@ impl Order {
                     if *terminal { "terminal" } else { "-" }
                 )
                 .into_bytes();
+                if *isolation == Isolation::PidNamespace {
+                    out.extend_from_slice(b" pid-namespace");
+                }
                 for (k, v) in env {
                     out.push(0);
                     out.extend_from_slice(k.as_bytes());
@@ -117,7 +134,13 @@ impl Order {
                 };
                 // A lock name has no spaces (see `LockName`).
                 let lock = words.next()?.to_owned();
+                let isolation = match words.next() {
+                    None => Isolation::Shared,
+                    Some("pid-namespace") => Isolation::PidNamespace,
+                    Some(_) => return None,
+                };
                 Order::Start {
+                    isolation,
                     lock,
                     deadline,
                     grace,
@@ -207,6 +230,7 @@ mod tests {
                     ("E".into(), Some("".into())),
                     ("GONE".into(), None),
                 ],
+                isolation: Isolation::PidNamespace,
             },
             Order::Start {
                 lock: "x".into(),
@@ -215,6 +239,7 @@ mod tests {
                 command_at: 0,
                 terminal: false,
                 env: vec![],
+                isolation: Isolation::Shared,
             },
             Order::Deadline(Some(BootTime::from_nanos(7))),
             Order::Deadline(None),

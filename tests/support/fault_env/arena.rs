@@ -120,6 +120,7 @@ impl Arena {
             .args(["run", "--lock", &self.lock])
             .args(["--ttl", &format!("{}ms", TTL.as_millis())])
             .args(["--grace", &format!("{}ms", GRACE.as_millis())])
+            .args(setup.pid_namespace.then_some("--pid-namespace"))
             .args(["--wait", "--", "perl"])
             .arg(&self.job);
         cmd

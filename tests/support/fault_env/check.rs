@@ -213,7 +213,18 @@ fn outlived(setup: &Setup, f: &Facts) -> Vec<String> {
         let Some(run) = l.run else { continue };
         let exit = f.record.exits[&run];
         let over = l.close.map(|c| c.saturating_duration_since(exit));
-        if f.killed.contains(&run) && f.watchdog_killed.contains(&run) {
+        if f.killed.contains(&run) && f.watchdog_killed.contains(&run) && setup.pid_namespace {
+            // elect and its watchdog killed together, the job in a PID namespace: the kernel
+            // kills every process of the job as the watchdog dies.
+            if over.is_none_or(|o| o > WATCHDOG_SLACK) {
+                v.push(format!(
+                    "OUTLIVED: {} ran {:?} ms after elect and its watchdog were killed, in a PID namespace (allowed: {} ms)",
+                    f.describe(l),
+                    over.map(ms),
+                    ms(WATCHDOG_SLACK)
+                ));
+            }
+        } else if f.killed.contains(&run) && f.watchdog_killed.contains(&run) {
             // elect and its watchdog killed together: the job's other processes run on. On the
             // file backend they hold the lock (checked as overlaps); elsewhere nothing guards
             // them.

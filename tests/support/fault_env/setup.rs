@@ -199,6 +199,8 @@ pub struct Setup {
     /// How many shares of the soak's time the test gets (`scripts/faults.sh` gives the `churn`
     /// tests 6, by name).
     pub soak_shares: u32,
+    /// Run every elect with `--pid-namespace`.
+    pub pid_namespace: bool,
 }
 
 impl Setup {
@@ -217,7 +219,13 @@ impl Setup {
             daemon: Duration::from_secs(20),
             pause: Duration::ZERO,
             soak_shares: 1,
+            pid_namespace: false,
         }
+    }
+
+    pub fn pid_namespace(mut self) -> Self {
+        self.pid_namespace = true;
+        self
     }
 
     pub fn seed(mut self, seed: u64) -> Self {

@@ -4,7 +4,10 @@
 
 mod support;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use support::{write_pid, TestEnv};
 
@@ -144,3 +147,158 @@ fn a_lock_file_moved_to_another_directory_behaves_as_replaced() {
     });
 }
 
+/// Runs a shell command as `nobody`.
+fn as_nobody(script: &str) {
+    let out = Command::new("setpriv")
+        .args([
+            &format!("--reuid={NOBODY}"),
+            &format!("--regid={NOBODY}"),
+            "--clear-groups",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .expect("setpriv");
+    assert!(out.status.success(), "as nobody: {script}: {out:?}");
+}
+
+/// The test's directory made like /tmp (sticky, world-writable), so that `nobody` can plant
+/// things in it.
+fn open_up(env: &TestEnv) {
+    std::fs::set_permissions(env.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+}
+
+/// A process of the test, killed when the test ends, whether it passes or fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// While `nobody` flips `race` between missing and a symlink to a directory of theirs, root's
+/// runs with a lock directory below `race` never create anything in that directory: a missing
+/// lock directory is created from checked directory descriptors, never by name.
+#[test]
+fn a_lock_directory_is_never_created_through_a_raced_symlink() {
+    let env = TestEnv::new();
+    open_up(&env);
+    let theirs = env.file("theirs");
+    let race = env.file("race");
+    as_nobody(&format!("mkdir {}", theirs.display()));
+    let flip = format!(
+        "import os\nwhile True:\n    try: os.symlink({theirs:?}, {race:?})\n    except OSError: pass\n    try: os.unlink({race:?})\n    except OSError: pass\n",
+        theirs = theirs.to_str().unwrap(),
+        race = race.to_str().unwrap(),
+    );
+    let _attacker = KillOnDrop(
+        Command::new("setpriv")
+            .args([
+                &format!("--reuid={NOBODY}"),
+                &format!("--regid={NOBODY}"),
+                "--clear-groups",
+                "--",
+                "/usr/bin/python3",
+                "-c",
+                &flip,
+            ])
+            .spawn()
+            .expect("setpriv"),
+    );
+    let lock = env.lock("race");
+    let started = Instant::now();
+    let mut runs = 0;
+    let mut created = 0;
+    while runs < 200 && started.elapsed() < Duration::from_secs(4) {
+        let mut run = env.elect();
+        run.env("ELECT_LOCK_DIR", race.join("sub/locks"))
+            .args(["run", "--lock", &lock, "--", "true"]);
+        let out = env.run_command(run);
+        out.assert_no_panic();
+        match out.code() {
+            0 => created += 1,
+            69 => assert!(out.one_error_line().contains("uid 65534"), "{out}"),
+            _ => panic!("the run must succeed or refuse the link: {out}"),
+        }
+        runs += 1;
+        let planted = std::fs::read_dir(&theirs).unwrap().count();
+        assert_eq!(
+            planted, 0,
+            "run {runs} created a directory through the link"
+        );
+        if std::fs::symlink_metadata(&race).is_ok_and(|m| m.is_dir()) {
+            std::fs::remove_dir_all(&race).unwrap();
+        }
+    }
+    eprintln!("{runs} runs, {created} created the directory");
+}
+
+/// The directories above `--metrics-file` are checked as a lock directory's are: a symlink that
+/// another user planted, a directory another user owns or can write (without the sticky bit)
+/// on the way makes elect write nothing there and say why; the run itself is unaffected.
+#[test]
+fn metrics_are_never_written_through_a_directory_another_user_controls() {
+    let env = TestEnv::new();
+    open_up(&env);
+    let root_only = env.file("root-only");
+    std::fs::create_dir(&root_only).unwrap();
+    let link = env.file("link");
+    as_nobody(&format!("ln -s {} {}", root_only.display(), link.display()));
+    let writable = env.file("writable");
+    std::fs::create_dir_all(writable.join("sub")).unwrap();
+    std::fs::set_permissions(&writable, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let theirs = env.file("theirs");
+    as_nobody(&format!("mkdir -p {}/sub", theirs.display()));
+    let lock = env.lock("metrics");
+    for (target, wrong) in [
+        (link.join("m.prom"), "uid 65534"),
+        (writable.join("sub/m.prom"), "writable by others"),
+        (theirs.join("sub/m.prom"), "uid 65534"),
+    ] {
+        let out = env.run([
+            "run",
+            "--lock",
+            &lock,
+            "--metrics-file",
+            target.to_str().unwrap(),
+            "--",
+            "true",
+        ]);
+        out.assert_code(0).assert_no_panic();
+        assert!(
+            out.stderr.contains("cannot write metrics") && out.stderr.contains(wrong),
+            "{}: {out}",
+            target.display()
+        );
+        assert!(!target.exists(), "{} was written", target.display());
+    }
+    assert_eq!(std::fs::read_dir(&root_only).unwrap().count(), 0);
+    // A directory of theirs at the end is fine: the file is replaced there, never written into.
+    let textfile = env.file("textfile");
+    as_nobody(&format!(
+        "mkdir {d}; echo theirs > {d}/m.prom; ln {d}/m.prom {d}/kept",
+        d = textfile.display()
+    ));
+    let target = textfile.join("m.prom");
+    env.run([
+        "run",
+        "--lock",
+        &lock,
+        "--metrics-file",
+        target.to_str().unwrap(),
+        "--",
+        "true",
+    ])
+    .assert_code(0);
+    assert!(std::fs::read_to_string(&target)
+        .unwrap()
+        .contains("elect_exit_code"));
+    assert_eq!(
+        std::fs::read_to_string(textfile.join("kept")).unwrap(),
+        "theirs\n"
+    );
+}

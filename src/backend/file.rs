@@ -42,6 +42,7 @@ mod places;
 mod proclocks;
 mod record;
 mod stale;
+pub(crate) mod walk;
 mod watch;
 
 use std::fs::{self, File};

@@ -302,3 +302,78 @@ fn metrics_are_never_written_through_a_directory_another_user_controls() {
         "theirs\n"
     );
 }
+
+/// A btrfs filesystem in a file of the test, loop-mounted on the test's lock directory;
+/// unmounted on drop. `None` where it cannot be made (no mkfs.btrfs, no loop device).
+struct Btrfs(std::path::PathBuf);
+
+impl Btrfs {
+    fn mount(env: &TestEnv) -> Option<Self> {
+        let image = env.file("btrfs.img");
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(120 << 20))
+            .ok()?;
+        let made = Command::new("mkfs.btrfs")
+            .args(["-q", image.to_str()?])
+            .output()
+            .ok()?;
+        if !made.status.success() {
+            return None;
+        }
+        let dir = env.lock_dir()?.to_owned();
+        std::fs::create_dir_all(&dir).ok()?;
+        let mounted = Command::new("mount")
+            .args(["-o", "loop", image.to_str()?, dir.to_str()?])
+            .output()
+            .ok()?;
+        mounted.status.success().then_some(Self(dir))
+    }
+}
+
+impl Drop for Btrfs {
+    fn drop(&mut self) {
+        let quiet = |args: &[&str]| {
+            Command::new("umount")
+                .args(args)
+                .arg(&self.0)
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        if !quiet(&[]) {
+            quiet(&["-l"]);
+        }
+    }
+}
+
+/// On btrfs, `stat` and `/proc/locks` name different devices for a lock file. `status` still
+/// sees the holder, and a newcomer still waits for the holder of a replaced lock file.
+#[test]
+fn locks_on_btrfs_are_seen_where_stat_names_another_device() {
+    let env = TestEnv::new();
+    let Some(_btrfs) = Btrfs::mount(&env) else {
+        eprintln!("skipped: cannot mount a btrfs image here");
+        return;
+    };
+    let lock = env.lock("btrfs");
+    let job = format!(
+        "trap '' TERM; {}; while :; do sleep 0.05; done",
+        write_pid("old.pid")
+    );
+    let mut old = env.spawn([
+        "run", "--lock", &lock, "--ttl", "60s", "--grace", "2s", "--", "sh", "-c", &job,
+    ]);
+    env.read_pid("old.pid");
+    let status = env.status(["--lock", &lock]);
+    status.assert_code(0).assert_no_panic();
+    let path = env.lock_dir().unwrap().join(format!("{lock}.lock"));
+    let new = path.with_extension("new");
+    std::fs::write(&new, "").unwrap();
+    std::fs::rename(&new, &path).unwrap();
+    let out = env.run(["run", "--lock", &lock, "--", "touch", "ran"]);
+    out.assert_code(75).assert_no_panic();
+    assert!(
+        !env.file("ran").exists(),
+        "the newcomer ran beside the old job"
+    );
+    old.wait().assert_code(76);
+}

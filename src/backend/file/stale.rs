@@ -77,6 +77,7 @@ impl EarlierHolder {
 /// file we have locked), if any can be seen.
 pub fn earlier_holder(current: &File, path: &Path) -> Option<EarlierHolder> {
     let meta = current.metadata().ok()?;
+    let devices = proclocks::Devices::of(current, &meta);
     let text = match proclocks::read() {
         Ok(text) => text,
         Err(e) => {
@@ -87,7 +88,7 @@ pub fn earlier_holder(current: &File, path: &Path) -> Option<EarlierHolder> {
         }
     };
     let others: Vec<proclocks::Flock> = proclocks::flocks(&text)
-        .filter(|f| f.is_on_device(meta.dev()) && f.ino != meta.ino())
+        .filter(|f| f.is_on_device(&devices) && f.ino != meta.ino())
         .collect();
     if others.is_empty() {
         return None;

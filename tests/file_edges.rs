@@ -377,3 +377,29 @@ fn locks_on_btrfs_are_seen_where_stat_names_another_device() {
     );
     old.wait().assert_code(76);
 }
+
+/// A job that releases the lock it inherited (`flock -u`) loses the lease: a newcomer can then
+/// start, and the holder stops its own job at the next renew, exit 76, rather than run beside
+/// the newcomer's for ever.
+#[test]
+fn a_job_that_unlocks_its_lock_loses_the_lease() {
+    let env = TestEnv::new();
+    let lock = env.lock("unlock");
+    let path = env.lock_dir().unwrap().join(format!("{lock}.lock"));
+    env.run(["run", "--lock", &lock, "--", "true"])
+        .assert_code(0);
+    let job = format!(
+        r#"lock=$(readlink -f {lock}); n=
+for f in /proc/$$/fd/*; do [ "$(readlink "$f")" = "$lock" ] && n=${{f##*/}}; done
+flock -u "$n" && touch unlocked; sleep 30"#,
+        lock = path.display()
+    );
+    let mut holder = env.spawn([
+        "run", "--lock", &lock, "--ttl", "6s", "--renew", "1s", "--grace", "1s", "--", "sh", "-c",
+        &job,
+    ]);
+    env.wait_for_file("unlocked", Duration::from_secs(10));
+    let out = holder.wait_timeout(Duration::from_secs(15));
+    out.assert_code(76).assert_no_panic();
+    assert!(out.stderr.contains("flock -u"), "{out}");
+}

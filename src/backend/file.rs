@@ -16,7 +16,8 @@
 //!   rewrite or truncate the record through it. Records are written through a second, read-write
 //!   descriptor of the same file that elect alone holds, close-on-exec ([`Held`]). What the job
 //!   can still do is what flock(1) allows: `flock -u` on its descriptor releases the lock for
-//!   everyone, since the description is shared.
+//!   everyone, since the description is shared. Each renew checks in `/proc/locks` that the
+//!   flock is still this process's, and the lease is lost when it is not.
 //! - After locking, elect checks that the path still names the file it locked (someone may have
 //!   replaced it in between), that no process still holds the flock of an earlier, deleted or
 //!   replaced file of the same name ([`stale`]), and writes the holder record ([`record`]): the
@@ -90,6 +91,10 @@ struct Held {
     /// The inotify watch on the file: how the holder learns at once that it was deleted or
     /// replaced. `None` without inotify (renewals still check).
     watch: Option<Watch>,
+    /// Our flock as `/proc/locks` showed it once taken: each renew checks that it is still
+    /// there, since any process that inherited the descriptor can release it (`flock -u`).
+    /// `None` where `/proc/locks` does not show it.
+    flock: Option<proclocks::OwnFlock>,
 }
 
 /// What one try at a place found.
@@ -235,7 +240,11 @@ impl FileBackend {
                 next.unwrap_or_else(record::first_token)
             };
             record::write_holder(&writer, &path, &self.real_path(&path), &holder)?;
-            self.held = Some(Held { writer, watch });
+            self.held = Some(Held {
+                writer,
+                watch,
+                flock: proclocks::OwnFlock::of(&file),
+            });
             return Ok(Take::Taken(Lease {
                 name: req.name.clone(),
                 holder,
@@ -408,15 +417,28 @@ impl FileBackend {
         self.real_dir.join(path.file_name().unwrap_or_default())
     }
 
-    /// Why `lease` is lost, if its path no longer names the file it locked.
+    /// Why `lease` is lost, if its path no longer names the file it locked, or its flock is no
+    /// longer ours.
     fn replaced(&self, lease: &Lease) -> Option<String> {
         let file = lease
             .kernel_lock
             .as_ref()
             .expect("a file lease has its file");
         let path = self.place_path(&lease.name, lease.slot);
-        (!still_named(file, &path))
-            .then(|| format!("lock file {} was deleted or replaced", path.display()))
+        if !still_named(file, &path) {
+            return Some(format!(
+                "lock file {} was deleted or replaced",
+                path.display()
+            ));
+        }
+        let flock = self.held.as_ref().and_then(|h| h.flock.as_ref());
+        flock.filter(|f| !f.is_held()).map(|_| {
+            format!(
+                "the lock on {} was released while held: a process that inherited its \
+                 descriptor unlocked or changed it (flock -u)",
+                path.display()
+            )
+        })
     }
 }
 

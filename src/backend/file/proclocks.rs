@@ -64,6 +64,40 @@ impl Flock {
     }
 }
 
+/// This process's own flock on `file`, as `/proc/locks` shows it: how a holder checks later that
+/// its lock is still its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnFlock {
+    devices: Devices,
+    ino: u64,
+    /// This process as `/proc` numbers it (the pid namespace of the `/proc` mount).
+    pid: i32,
+}
+
+impl OwnFlock {
+    /// Our flock on `file`, if `/proc/locks` shows it (it does not on a filesystem that names
+    /// files some other way, or without `/proc`).
+    pub fn of(file: &File) -> Option<Self> {
+        let meta = file.metadata().ok()?;
+        let pid = fs::read_link("/proc/self").ok()?.to_str()?.parse().ok()?;
+        let own = Self {
+            devices: Devices::of(file, &meta),
+            ino: meta.ino(),
+            pid,
+        };
+        own.is_held().then_some(own)
+    }
+
+    /// Whether `/proc/locks` still shows it; `true` when it cannot be read.
+    pub fn is_held(&self) -> bool {
+        read().map_or(true, |text| self.is_in(&text))
+    }
+
+    fn is_in(&self, text: &str) -> bool {
+        flocks(text).any(|f| f.pid == self.pid && f.is_on(&self.devices, self.ino))
+    }
+}
+
 /// The `mnt_id` in the text of `/proc/PID/fdinfo/FD`.
 fn mount_id(fdinfo: &str) -> Option<u64> {
     fdinfo
@@ -168,5 +202,20 @@ mod tests {
             "stat's device alone misses it"
         );
         assert!(!is_flocked(text, &devices, 258));
+    }
+
+    #[test]
+    fn an_own_flock_is_ours_only() {
+        let own = OwnFlock {
+            devices: on(0xfd, 0x01),
+            ino: 123,
+            pid: 4242,
+        };
+        assert!(own.is_in("1: FLOCK  ADVISORY  WRITE 4242 fd:01:123 0 EOF\n"));
+        assert!(
+            !own.is_in("1: FLOCK  ADVISORY  WRITE 4243 fd:01:123 0 EOF\n"),
+            "another process took it"
+        );
+        assert!(!own.is_in(""), "released");
     }
 }

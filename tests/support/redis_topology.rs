@@ -464,29 +464,40 @@ impl Cluster {
 
     /// The port of the primary that owns `key`'s slot, and of its replica.
     pub fn owner_of(&self, key: &str) -> (u16, u16) {
-        let any = self.live_ports()[0];
+        self.try_owner_of(key)
+            .and_then(|(owner, replica)| Some((owner, replica?)))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no healthy primary with a replica owns {key}: {:?}",
+                    self.table()
+                )
+            })
+    }
+
+    /// [`Self::owner_of`] while the cluster may be changing: `None` when no healthy primary
+    /// owns the slot now.
+    fn try_owner_of(&self, key: &str) -> Option<(u16, Option<u16>)> {
+        let any = *self.live_ports().first()?;
         let slot: u16 = cli(any, Some(PASSWORD), &["CLUSTER", "KEYSLOT", key])
             .trim()
             .parse()
-            .expect("a slot number");
+            .ok()?;
         let table = self.table();
-        let (id, port, ..) = table
-            .iter()
-            .find(|(_, _, flags, _, slots)| {
-                flags.contains("master")
-                    && !flags.contains("fail")
-                    && slots.split_whitespace().any(|range| {
-                        let (a, b) = range.split_once('-').unwrap_or((range, range));
-                        matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if a <= slot && slot <= b)
-                    })
-            })
-            .unwrap_or_else(|| panic!("no primary owns slot {slot}: {table:?}"));
+        let (id, port, ..) = table.iter().find(|(_, _, flags, _, slots)| {
+            flags.contains("master")
+                && !flags.contains("fail")
+                && slots.split_whitespace().any(|range| {
+                    let (a, b) = range.split_once('-').unwrap_or((range, range));
+                    matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if a <= slot && slot <= b)
+                })
+        })?;
         let replica = table
             .iter()
-            .find(|(_, _, flags, master, _)| master == id && flags.contains("slave"))
-            .map(|(_, p, ..)| *p)
-            .expect("the owner has a replica");
-        (*port, replica)
+            .find(|(_, _, flags, master, _)| {
+                master == id && flags.contains("slave") && !flags.contains("fail")
+            })
+            .map(|(_, p, ..)| *p);
+        Some((*port, replica))
     }
 
     /// `CLUSTER FAILOVER` on the replica of `key`'s owner; waits until it is the primary.
@@ -496,7 +507,7 @@ impl Cluster {
         let answer = cli(replica, Some(PASSWORD), &["CLUSTER", "FAILOVER"]);
         assert!(answer.contains("OK"), "CLUSTER FAILOVER: {answer}");
         until("the replica to take over the slot", || {
-            self.owner_of(key).0 == replica
+            self.try_owner_of(key).map(|o| o.0) == Some(replica)
         });
         started.elapsed()
     }
@@ -515,7 +526,7 @@ impl Cluster {
             self.live_ports()
                 .iter()
                 .all(|&p| cli(p, Some(PASSWORD), &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
-                && self.owner_of(key).0 == replica
+                && self.try_owner_of(key).map(|o| o.0) == Some(replica)
         });
         started.elapsed()
     }

@@ -34,7 +34,7 @@ use std::time::Duration;
 use ::redis::{RedisError, Value};
 
 use super::conn::Conn;
-use super::connect::{Target, RESPONSE_TIMEOUT};
+use super::connect::{Target, RESPONSE_TIMEOUT, WAIT_RESPONSE_TIMEOUT};
 use super::scripts::{self, BATON_TTL, SCRIPTS};
 use crate::lease::LockName;
 
@@ -60,7 +60,7 @@ impl Waiter {
     pub async fn open(target: &Target, name: &LockName, places: u32) -> Result<Self, RedisError> {
         Ok(Self {
             // Set per block on a node; a cluster connection keeps this bound for every command.
-            conn: target.connect_with(MAX_BLOCK + RESPONSE_TIMEOUT).await?,
+            conn: target.connect_with(WAIT_RESPONSE_TIMEOUT).await?,
             places: scripts::place_keys(name, places),
             baton: scripts::baton_key(name),
         })

@@ -45,6 +45,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Time to wait for the answer to one command. The lease keeper adds its own, shorter bound on
 /// renewals; this one keeps every other call (status, release, acquire) from hanging.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The reply timeout of a waiter's connection, which blocks for up to the baton's longest block.
+pub const WAIT_RESPONSE_TIMEOUT: Duration =
+    Duration::from_secs(super::baton::MAX_BLOCK.as_secs() + RESPONSE_TIMEOUT.as_secs());
 
 const DEFAULT_PORT: u16 = 6379;
 const DEFAULT_SENTINEL_PORT: u16 = 26379;
@@ -93,7 +96,8 @@ enum Kind {
     /// connection to a sentinel is shared between runtimes (the settling thread of a drop has
     /// its own).
     Sentinel(Box<SentinelSpec>),
-    Cluster(Box<ClusterClient>),
+    /// One client for calls, one for waiters' blocking calls (see [`WAIT_RESPONSE_TIMEOUT`]).
+    Cluster(Box<ClusterClient>, Box<ClusterClient>),
 }
 
 #[derive(Clone)]
@@ -243,26 +247,33 @@ impl Target {
                     )));
                 }
                 let seeds = hosts(DEFAULT_PORT);
-                let mut builder = ClusterClient::builder(
-                    seeds
-                        .iter()
-                        .map(|(h, p)| node_addr(h, *p, tls).into_connection_info())
-                        .collect::<std::result::Result<Vec<_>, _>>()
-                        .map_err(settings)?,
-                )
-                .connection_timeout(CONNECT_TIMEOUT)
-                .response_timeout(RESPONSE_TIMEOUT);
-                if let Some(user) = &url.user {
-                    builder = builder.username(user);
-                }
-                if let Some(password) = &password {
-                    builder = builder.password(password);
-                }
-                if let Some(certs) = certificates {
-                    builder = builder.tls(TlsMode::Secure).certs(certs);
-                }
+                let nodes = seeds
+                    .iter()
+                    .map(|(h, p)| node_addr(h, *p, tls).into_connection_info())
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(settings)?;
+                // The crate bounds a whole request, redirections and retries included, by the
+                // reply timeout the client is built with: a waiter's client is built with the
+                // longer bound its blocks need.
+                let client = |response: Duration| {
+                    let mut builder = ClusterClient::builder(nodes.clone())
+                        .connection_timeout(CONNECT_TIMEOUT)
+                        .response_timeout(response);
+                    if let Some(user) = &url.user {
+                        builder = builder.username(user);
+                    }
+                    if let Some(password) = &password {
+                        builder = builder.password(password);
+                    }
+                    if let Some(certs) = &certificates {
+                        builder = builder.tls(TlsMode::Secure).certs(certs.clone());
+                    }
+                    builder.build().map_err(settings)
+                };
+                let calls = client(RESPONSE_TIMEOUT)?;
+                let waits = client(WAIT_RESPONSE_TIMEOUT)?;
                 Ok(Self {
-                    kind: Kind::Cluster(Box::new(builder.build().map_err(settings)?)),
+                    kind: Kind::Cluster(Box::new(calls), Box::new(waits)),
                     addr: format!("cluster {}", joined(&seeds)),
                     ack,
                 })
@@ -304,7 +315,12 @@ impl Target {
                 })??;
                 Conn::Node(found)
             }
-            Kind::Cluster(client) => {
+            Kind::Cluster(calls, waits) => {
+                let client = if response_timeout > RESPONSE_TIMEOUT {
+                    waits
+                } else {
+                    calls
+                };
                 let config = ClusterConfig::new()
                     .set_connection_timeout(CONNECT_TIMEOUT)
                     .set_response_timeout(response_timeout);

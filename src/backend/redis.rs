@@ -311,6 +311,25 @@ impl RedisBackend {
         Ok(attempt)
     }
 
+    /// Undoes an acquire that was not acknowledged by enough replicas: the same compare-and-delete
+    /// as for a lost answer, on the connection that took it; if that fails, it is settled as a
+    /// lost answer would be.
+    async fn undo(&mut self, taken: Unsettled) {
+        self.unsettled = Some(taken.clone());
+        let undone = self
+            .send("undo the unacknowledged acquire", async |conn| {
+                abandon(conn, &taken).await
+            })
+            .await;
+        match undone {
+            Ok(_) => self.unsettled = None,
+            Err(e) => {
+                tracing::debug!(lock = %taken.name, "{e}; settling on a new connection");
+                self.settle().await;
+            }
+        }
+    }
+
     /// Settles an acquire whose answer never came: deletes the lease it may have taken, if
     /// that still holds its secret, and leaves a marker that makes the request take nothing
     /// should it reach the server only now. On a new connection: the old one is in doubt.
@@ -432,13 +451,13 @@ impl Backend for RedisBackend {
                     if let Err(e) = self.acknowledge("acquire", &key).await {
                         // Not on enough replicas: a failover could hand the lock to someone
                         // else. Undone with the same compare-and-delete as a lost answer.
-                        self.unsettled = Some(Unsettled {
+                        self.undo(Unsettled {
                             name: req.name.clone(),
                             secret: lease.secret.clone(),
                             places: req.holders.max(1),
                             ttl: req.ttl,
-                        });
-                        self.settle().await;
+                        })
+                        .await;
                         return Err(e);
                     }
                     return Ok(Acquire::Acquired(lease));

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the fault-injection suite (tests/faults.rs) and prints one table: scenario x backend,
+# Runs the fault-injection suite (tests/faults.rs, and the Redis Sentinel and Cluster failover
+# rounds of tests/redis_sentinel.rs and tests/redis_cluster.rs) and prints one table: scenario x backend,
 # runs, handovers, overlaps, max and median takeover time, tokens monotonic, violations.
 #
 #   scripts/faults.sh                 the short form (what CI runs, a few minutes)
@@ -35,7 +36,8 @@ seconds() {
   esac
 }
 
-cargo test --test faults --no-run >/dev/null 2>&1 || cargo test --test faults --no-run
+suites=(--test faults --test redis_sentinel --test redis_cluster)
+cargo test "${suites[@]}" --no-run >/dev/null 2>&1 || cargo test "${suites[@]}" --no-run
 if [ -n "$soak" ]; then
   total=$(seconds "$soak")
   n=$(cargo test --test faults -- --list "${filter[@]}" 2>/dev/null | grep -c ': test$' || true)
@@ -50,7 +52,7 @@ fi
 
 log=$(mktemp /tmp/elect-faults.XXXXXX)
 status=0
-cargo test --test faults -- --nocapture --test-threads="$threads" "${filter[@]}" >"$log" 2>&1 || status=$?
+cargo test "${suites[@]}" -- --nocapture --test-threads="$threads" "${filter[@]}" >"$log" 2>&1 || status=$?
 grep -E '^(test |FAULTS\||test result)' "$log" | grep -v '^FAULTS|' || true
 echo
 grep '^FAULTS|' "$log" | python3 -c '

@@ -177,6 +177,10 @@ fn failover_with_acknowledgement(cluster: &Cluster) {
         || cluster.failover(&key),
     );
     println!("{}", round.summary("Cluster, CLUSTER FAILOVER, wait=1"));
+    println!(
+        "{}",
+        round.fault_row("cluster-failover-wait1", "cluster", true)
+    );
     assert!(
         round.unexpected().is_empty(),
         "{:#?}\n{}",
@@ -187,6 +191,11 @@ fn failover_with_acknowledgement(cluster: &Cluster) {
         round.record.overlaps.is_empty(),
         "jobs overlapped with acknowledgement on: {}",
         round.summary("")
+    );
+    assert!(
+        round.monotonic(),
+        "tokens must grow: {:?}",
+        round.record.lives
     );
     assert!(
         round.completed_after_fault() > 0,
@@ -215,7 +224,7 @@ fn kill_of_the_slot_owner(cluster: &Cluster) {
         "{}",
         round.summary("Cluster, kill -9 of the slot owner, no wait")
     );
-    println!("{}", round.errors());
+    println!("{}", round.fault_row("kill-slot-owner", "cluster", false));
     assert!(
         round.unexpected().is_empty(),
         "{:#?}\n{}",

@@ -121,6 +121,36 @@ impl Round {
             .join("\n")
     }
 
+    /// Whether fencing tokens strictly increase in the order the jobs started.
+    pub fn monotonic(&self) -> bool {
+        let mut lives: Vec<_> = self.record.lives.iter().collect();
+        lives.sort_by_key(|l| l.connect);
+        lives
+            .windows(2)
+            .all(|w| matches!((w[0].token, w[1].token), (Some(a), Some(b)) if a < b))
+    }
+
+    /// The `FAULTS|` line that `scripts/faults.sh` adds to its table: scenario, backend, runs,
+    /// handovers (jobs that ran to their end), overlaps, tokens monotonic, violations (exit
+    /// codes that are not explained, and overlaps where acknowledgement was on), and the
+    /// takeover: the longest time without a job from the fault on.
+    pub fn fault_row(&self, scenario: &str, backend: &str, acknowledged: bool) -> String {
+        let violations = self.unexpected().len()
+            + if acknowledged {
+                self.record.overlaps.len()
+            } else {
+                0
+            };
+        format!(
+            "FAULTS|{scenario}|{backend}|{}|{}|{}|{}|{violations}|{}",
+            self.runs.len(),
+            self.completed(),
+            self.record.overlaps.len(),
+            if self.monotonic() { "yes" } else { "no" },
+            self.longest_gap_after_fault().as_millis()
+        )
+    }
+
     /// One line for the fault table.
     pub fn summary(&self, what: &str) -> String {
         format!(

@@ -291,6 +291,17 @@ impl SentinelSet {
         started.elapsed()
     }
 
+    /// Waits until the primary has `n` replicas in sync (after a `kill -9`, the sentinels point
+    /// the remaining replica at the new primary, which then needs a full resynchronisation).
+    pub fn await_replicas(&self, n: usize) {
+        until("the primary's replicas in sync", || {
+            self.on_primary(&["INFO", "replication"])
+                .matches("state=online")
+                .count()
+                >= n
+        });
+    }
+
     fn await_new_primary(&self, old: u16) {
         until("the sentinels to name a new primary", || {
             self.sentinels.iter().all(|s| {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs the fault-injection suite (tests/faults.rs) and prints one table: scenario x backend,
-# mechanism, runs, handovers, overlaps, max and median takeover time, tokens monotonic, writes
-# the fenced register refused, violations; then the totals and the frozen-host figures.
+# Runs the fault-injection suite (tests/faults.rs, and the Redis Sentinel and Cluster failover
+# rounds of tests/redis_sentinel.rs and tests/redis_cluster.rs) and prints one table: scenario x
+# backend, mechanism, runs, handovers, overlaps, max and median takeover time, tokens monotonic,
+# writes the fenced register refused, violations; then the totals and the frozen-host figures.
 #
 #   scripts/faults.sh                 the short form (what CI runs, a few minutes)
 #   scripts/faults.sh --soak 10m      about that long in all (s, m or h), every test longer
@@ -36,7 +37,8 @@ seconds() {
   esac
 }
 
-cargo test --test faults --no-run >/dev/null 2>&1 || cargo test --test faults --no-run
+suites=(--test faults --test redis_sentinel --test redis_cluster)
+cargo test "${suites[@]}" --no-run >/dev/null 2>&1 || cargo test "${suites[@]}" --no-run
 if [ -n "$soak" ]; then
   total=$(seconds "$soak")
   list=$(cargo test --test faults -- --list "${filter[@]}" 2>/dev/null | grep ': test$' || true)
@@ -55,7 +57,7 @@ fi
 
 log=$(mktemp /tmp/elect-faults.XXXXXX)
 status=0
-cargo test --test faults -- --nocapture --test-threads="$threads" "${filter[@]}" >"$log" 2>&1 || status=$?
+cargo test "${suites[@]}" -- --nocapture --test-threads="$threads" "${filter[@]}" >"$log" 2>&1 || status=$?
 grep -E '^(test |FAULTS\||test result)' "$log" | grep -v '^FAULTS|' || true
 echo
 grep -E '^(FAULTS|FROZEN)\|' "$log" | python3 -c '

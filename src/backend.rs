@@ -5,7 +5,8 @@
 //! trait and their tests drive a scripted fake.
 //!
 //! The URL scheme picks the backend: `file://` (or no URL) for the local lock file, `redis://` /
-//! `rediss://`, `etcd://` / `etcds://`, `postgres://` / `postgresql://`.
+//! `rediss://` (and their `+sentinel` and `+cluster` forms), `etcd://` / `etcds://`,
+//! `postgres://` / `postgresql://`.
 
 pub mod etcd;
 pub mod file;
@@ -200,7 +201,12 @@ impl AnyBackend {
             Scheme::Etcd | Scheme::Etcds => Ok(Self::Etcd(Box::new(
                 etcd::EtcdBackend::open(&url, options).await?,
             ))),
-            Scheme::Redis | Scheme::Rediss => {
+            Scheme::Redis
+            | Scheme::Rediss
+            | Scheme::RedisSentinel
+            | Scheme::RedissSentinel
+            | Scheme::RedisCluster
+            | Scheme::RedissCluster => {
                 Ok(Self::Redis(redis::RedisBackend::open(&url, options).await?))
             }
             Scheme::Postgres => Ok(Self::Postgres(

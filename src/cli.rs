@@ -59,7 +59,8 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct BackendArgs {
-    /// Where leases live: file:///DIR, redis://, rediss://, etcd://, etcds://, postgres://
+    /// Where leases live: file:///DIR, redis://, rediss://, redis+sentinel://, redis+cluster://,
+    /// etcd://, etcds://, postgres://
     /// [default: the local lock directory]
     #[arg(
         long,

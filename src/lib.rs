@@ -16,7 +16,7 @@
 //!   its own process group, reaps it as a subreaper, and kills it by the deadline on its own even
 //!   if elect is stopped. Its modules: `launcher` (runs in the job's process until the exec),
 //!   `placement` (CPUs; watchdog and launcher), `title` (the names in `ps`; watchdog and
-//!   launcher), `protocol` (the messages; shared with elect).
+//!   launcher), `protocol` (the messages; shared with elect), `releaser` (starts [`handoff`]).
 //! - [`job`] (runs in elect): elect's handle on the watchdog and the job's launcher: the fork,
 //!   the sockets, the start order and its answer, the orders that follow, the reap; and
 //!   `job::guard`, elect as the job's second guard when the watchdog is killed or stopped.
@@ -32,6 +32,8 @@
 //! - [`metrics`]: `--metrics-file`, Prometheus text format.
 //! - [`status`]: `elect status`, text and JSON.
 //! - [`release`]: `elect release --token N`, an operator's compare-and-delete.
+//! - [`handoff`] (runs in a process the watchdog starts): the release of the lease when elect
+//!   alone died; the watchdog's side is `watchdog::releaser`.
 //! - [`logging`]: one line per event on stderr, text or JSON.
 //! - [`show`]: how values that others can write are shown to people (escaped, invalid times).
 //! - [`generate`], [`manual`]: the man page and shell completions, generated from [`cli`].
@@ -44,6 +46,7 @@ pub mod config;
 pub mod exit;
 pub mod front;
 pub mod generate;
+pub mod handoff;
 pub mod home;
 pub mod hooks;
 pub mod job;

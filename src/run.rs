@@ -17,6 +17,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::RunConfig;
 use crate::exit::{code, Failure};
 use crate::front;
+use crate::handoff;
 use crate::hooks::{self, Event as HookEvent, Running};
 use crate::job::{self, Forked, Handle, Spec, Start};
 use crate::jobenv::JobEnv;
@@ -155,6 +156,11 @@ impl Runner<'_> {
         };
         let started = Instant::now();
         let started_at = SystemTime::now();
+        if backend.expiry() == Expiry::Ttl {
+            if let Some(identity) = handoff::Identity::encode(&cfg.backend, &lease) {
+                self.watchdog.hold(identity);
+            }
+        }
         let start = match self.watchdog.start(spec, &lease).await {
             Ok(start) => start,
             Err(e) => {

@@ -1,0 +1,117 @@
+//! elect alone killed (`kill -9`) while it holds a lease: on every network backend the watchdog
+//! stops the job and has the lease released at once (see `src/handoff.rs`), so a waiting standby
+//! takes over in the grace period, not the ttl; an unreachable backend leaves the lease to its
+//! ttl; a lease that was lost and taken by another holder is left alone.
+
+#[path = "support/certs.rs"]
+mod certs;
+#[path = "support/cli_scenarios.rs"]
+mod cli_scenarios;
+#[path = "support/crash_takeover.rs"]
+mod crash_takeover;
+#[path = "support/etcd_server.rs"]
+mod etcd_server;
+#[path = "support/net.rs"]
+mod net;
+#[path = "support/postgres_server.rs"]
+mod postgres_server;
+#[path = "support/programs.rs"]
+mod programs;
+#[path = "support/proxy.rs"]
+mod proxy;
+#[path = "support/redis_server.rs"]
+mod redis_server;
+#[path = "support/witness.rs"]
+mod witness;
+
+use etcd_server::EtcdServer;
+use postgres_server::{PostgresServer, DATABASE, PASSWORD, USER};
+use proxy::Proxy;
+use redis_server::RedisServer;
+
+fn postgres_url(port: u16) -> String {
+    format!("postgres://{USER}:{PASSWORD}@127.0.0.1:{port}/{DATABASE}?sslmode=disable")
+}
+
+mod redis {
+    use super::*;
+
+    #[test]
+    fn a_killed_elect_hands_over_within_the_grace() {
+        let server = RedisServer::start();
+        crash_takeover::a_killed_elect_hands_over_within_the_grace(&server.url());
+    }
+
+    #[test]
+    fn an_unreachable_backend_leaves_the_lease_to_its_ttl() {
+        let server = RedisServer::start();
+        let proxy = Proxy::start(([127, 0, 0, 1], server.port).into());
+        let proxied = format!("redis://127.0.0.1:{}", proxy.port);
+        crash_takeover::an_unreachable_backend_leaves_the_lease_to_its_ttl(
+            &server.url(),
+            &proxied,
+            &proxy,
+        );
+    }
+
+    #[test]
+    fn a_lease_lost_and_taken_is_left_alone() {
+        let server = RedisServer::start();
+        crash_takeover::a_lease_lost_and_taken_is_left_alone(&server.url());
+    }
+}
+
+mod etcd {
+    use super::*;
+
+    #[test]
+    fn a_killed_elect_hands_over_within_the_grace() {
+        let server = EtcdServer::start();
+        crash_takeover::a_killed_elect_hands_over_within_the_grace(&server.url());
+    }
+
+    #[test]
+    fn an_unreachable_backend_leaves_the_lease_to_its_ttl() {
+        let server = EtcdServer::start();
+        let proxy = Proxy::start(server.endpoint().parse().unwrap());
+        let proxied = format!("etcd://127.0.0.1:{}", proxy.port);
+        crash_takeover::an_unreachable_backend_leaves_the_lease_to_its_ttl(
+            &server.url(),
+            &proxied,
+            &proxy,
+        );
+    }
+
+    #[test]
+    fn a_lease_lost_and_taken_is_left_alone() {
+        let server = EtcdServer::start();
+        crash_takeover::a_lease_lost_and_taken_is_left_alone(&server.url());
+    }
+}
+
+mod postgres {
+    use super::*;
+
+    #[test]
+    fn a_killed_elect_hands_over_within_the_grace() {
+        let server = PostgresServer::start();
+        crash_takeover::a_killed_elect_hands_over_within_the_grace(&server.url());
+    }
+
+    #[test]
+    fn an_unreachable_backend_leaves_the_lease_to_its_ttl() {
+        let server = PostgresServer::start();
+        let proxy = Proxy::start(([127, 0, 0, 1], server.port).into());
+        crash_takeover::an_unreachable_backend_leaves_the_lease_to_its_ttl(
+            &server.url(),
+            &postgres_url(proxy.port),
+            &proxy,
+        );
+    }
+
+    #[test]
+    fn a_lease_lost_and_taken_is_left_alone() {
+        let server = PostgresServer::start();
+        crash_takeover::a_lease_lost_and_taken_is_left_alone(&server.url());
+    }
+}

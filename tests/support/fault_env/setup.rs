@@ -61,6 +61,16 @@ pub enum Fault {
     StopWatchdog,
     /// kill -9 of the holding elect and its watchdog together (as `pkill -9 elect` does).
     KillBoth,
+    /// kill -9 of the holding elect alone, the server reachable: its watchdog stops the job and
+    /// has the lease released (src/handoff.rs), so the next job starts within grace + 1 s.
+    HandOff,
+    /// kill -9 of the holding elect alone while the proxy holds all traffic for 3 s (longer than
+    /// the release's bound): the lease is left to its ttl.
+    HandOffUnreachable,
+    /// kill -STOP of the holding elect for ttl + 1 s (its lease expires, another holder takes
+    /// it), then kill -9: the release that its watchdog then starts must not touch the new
+    /// holder's lease.
+    StopThenKill,
 }
 
 impl Fault {
@@ -80,6 +90,9 @@ impl Fault {
             Fault::KillWatchdog => "kill-9-watchdog",
             Fault::StopWatchdog => "stop-watchdog",
             Fault::KillBoth => "kill-9-both",
+            Fault::HandOff => "kill-9-elect-handoff",
+            Fault::HandOffUnreachable => "kill-9-elect-unreachable",
+            Fault::StopThenKill => "stop-then-kill-9-holder",
         }
     }
 

@@ -17,6 +17,9 @@
 //!   release, within [`LIMIT`]: a backend it cannot reach in time keeps the lease until its
 //!   ttl, as before. A lease that was lost and taken by another holder carries another secret
 //!   (or lease id, or row token): the release changes nothing then.
+//! - A wait that leaves a lease on the server (etcd's queue key, which stands ahead of every
+//!   later waiter) is handed over the same way while elect waits, and revoked should elect die
+//!   then (see `AnyBackend::announce_queued`).
 //! - Nothing of it delays the job's stop: the watchdog forks the release only after the stop,
 //!   and does not wait for it.
 //!
@@ -141,15 +144,17 @@ pub fn serve() -> u8 {
     match released {
         Ok(()) => {
             tracing::info!(
-                "elect died holding lock {lock} (token {token}); its job is stopped, and the \
-                 lease is released where it was still this holder's (backend {describe})"
+                "elect died with a lease on lock {lock} (token {token}); no process of its job \
+                 is left, and the lease is released where it was still its own (backend \
+                 {describe})"
             );
             crate::exit::code::OK
         }
         Err(e) => {
             tracing::warn!(
-                "elect died holding lock {lock} (token {token}); its job is stopped, but the \
-                 lease could not be released ({e}); it expires by its ttl (backend {describe})"
+                "elect died with a lease on lock {lock} (token {token}); no process of its job \
+                 is left, but the lease could not be released ({e}); it expires by its ttl \
+                 (backend {describe})"
             );
             crate::exit::code::UNAVAILABLE
         }

@@ -277,6 +277,15 @@ impl Handle {
     }
 }
 
+/// elect ends as planned (whatever the outcome), or the run's handle is dropped: the watchdog is
+/// not to release a lease on elect's behalf (see [`crate::handoff`]). Only a killed elect skips
+/// this.
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.order(&Order::Forget);
+    }
+}
+
 /// Sends an order, with a file descriptor attached when given.
 pub fn send_order(
     socket: BorrowedFd<'_>,

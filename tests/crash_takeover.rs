@@ -82,6 +82,47 @@ mod etcd {
         );
     }
 
+    /// A waiter's queue key would stand ahead of every later waiter until its ttl: killed while
+    /// it waits, its watchdog has the key's lease revoked.
+    #[test]
+    fn a_killed_waiter_leaves_no_key_behind() {
+        let server = EtcdServer::start();
+        let mut stage = crash_takeover::Stage::new();
+        let url = server.url();
+        let long = std::time::Duration::from_secs(600);
+        let (first, mut holder) = stage.run(&url, &["--ttl", "30s"], long);
+        stage.life(first, std::time::Duration::from_secs(10));
+        let (_, mut waiter) = stage.run(&url, &["--wait", "--ttl", "30s"], long);
+        let keys = || server.keys("elect/crash/").len();
+        let started = std::time::Instant::now();
+        while keys() < 2 {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "no waiter key"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // The key comes first, then elect hands its lease to the watchdog.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        waiter.kill().unwrap();
+        waiter.wait().unwrap();
+        let killed = std::time::Instant::now();
+        while keys() > 1 {
+            assert!(
+                killed.elapsed() < std::time::Duration::from_secs(3),
+                "the killed waiter's key is still there (ttl 30 s)"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(holder.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        holder.wait().unwrap();
+        stage.assert_no_overlap();
+    }
+
     #[test]
     fn a_lease_lost_and_taken_is_left_alone() {
         let server = EtcdServer::start();

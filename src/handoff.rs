@@ -104,6 +104,8 @@ impl Identity {
 /// lease was still this holder's), 69 when the backend could not be reached in time, 2 for an
 /// identity it cannot read.
 pub fn serve() -> u8 {
+    // Named like the watchdog (`lease-watchdog`), not `elect`; argv[0] already says what it is.
+    let _ = nix::sys::prctl::set_name(c"lease-release");
     let mut bytes = Vec::new();
     let read = std::io::stdin()
         .take(MAX_LEN as u64 + 1)
@@ -128,7 +130,7 @@ pub fn serve() -> u8 {
         .build()
         .map_err(|e| e.to_string())
         .and_then(|runtime| {
-            runtime.block_on(async {
+            let released = runtime.block_on(async {
                 let release = async {
                     let mut backend = AnyBackend::open(Some(&url), &options).await?;
                     backend.release(&lease, None).await
@@ -137,7 +139,10 @@ pub fn serve() -> u8 {
                     Ok(result) => result.map_err(|e| e.to_string()),
                     Err(_) => Err(format!("no answer within {LIMIT:?}")),
                 }
-            })
+            });
+            // A name lookup still blocking a thread must not hold the exit past the bound.
+            runtime.shutdown_background();
+            released
         });
     let lock = &lease.name;
     let token = lease.token();

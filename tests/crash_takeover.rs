@@ -156,3 +156,34 @@ mod postgres {
         crash_takeover::a_lease_lost_and_taken_is_left_alone(&server.url());
     }
 }
+
+/// The release mode reads its lease on stdin: anything else there is refused with one line and
+/// exit 2, and nothing is released.
+#[test]
+fn the_release_mode_refuses_what_is_not_a_lease() {
+    use std::io::Write;
+    use std::os::unix::process::CommandExt;
+    for input in [
+        &b""[..],
+        b"not json",
+        b"{\"url\":\"redis://127.0.0.1:1\"}",
+        &[0xff; 9000],
+    ] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_elect"))
+            .arg0(elect::handoff::ARGV0)
+            .env_clear()
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The release mode may stop reading early: a broken pipe is fine.
+        let _ = child.stdin.take().unwrap().write_all(input);
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.starts_with("elect: error: "), "{stderr}");
+        assert!(out.stdout.is_empty());
+    }
+}

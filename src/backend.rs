@@ -217,6 +217,15 @@ impl AnyBackend {
 }
 
 impl AnyBackend {
+    /// Has a waiting acquire send the lease it waits under, where a waiter leaves something on
+    /// the server that outlives it (etcd's queue key): see [`crate::handoff`]. The other
+    /// backends keep nothing of a waiter once its connection is gone.
+    pub fn announce_queued(&mut self, to: tokio::sync::mpsc::UnboundedSender<Lease>) {
+        if let Self::Etcd(etcd) = self {
+            etcd.announce_queued(to);
+        }
+    }
+
     /// Environment variables that hold a secret this backend reads and that are not elect's own
     /// (`ELECT_*`): the job must not inherit them either.
     pub fn secret_variables(&self) -> &'static [&'static str] {

@@ -237,9 +237,16 @@ impl Handle {
         }
     }
 
+    /// Gives the watchdog the identity of the lease elect holds, so that a lease elect cannot
+    /// release, having died, is released once the job is gone (see [`crate::handoff`]).
+    pub fn hold(&self, identity: Vec<u8>) {
+        self.order(&Order::Hold(identity));
+    }
+
     /// Tells the watchdog, after its last report, that elect needs it no more: it then exits at
-    /// once instead of waiting for elect to exit.
+    /// once instead of waiting for elect to exit. elect releases the lease itself.
     pub fn hang_up(&self) {
+        self.order(&Order::Forget);
         let _ = nix::sys::socket::shutdown(
             self.socket.get_ref().as_raw_fd(),
             nix::sys::socket::Shutdown::Both,
@@ -270,6 +277,15 @@ impl Handle {
                 Err(_would_block) => {}
             }
         }
+    }
+}
+
+/// elect ends as planned (whatever the outcome), or the run's handle is dropped: the watchdog is
+/// not to release a lease on elect's behalf (see [`crate::handoff`]). Only a killed elect skips
+/// this.
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.order(&Order::Forget);
     }
 }
 

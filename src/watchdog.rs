@@ -29,10 +29,13 @@
 //!   then. Until elect hangs up, it still holds what is left in the job's process group (the
 //!   `--on-acquired` hook, see [`crate::hooks`]) to the deadline: elect renews no more by then. On the file backend it also holds a copy of the lock file descriptor, so the kernel lock
 //!   stays until the last process is gone, even if elect was killed.
+//! - On the other backends, if elect died holding the lease, starts its release by a fresh
+//!   process once the last process of the job is gone (see [`crate::handoff`] and [`releaser`]).
 
 pub mod launcher;
 pub mod placement;
 pub mod protocol;
+pub mod releaser;
 pub mod title;
 
 use std::fs::File;
@@ -120,6 +123,10 @@ struct Watchdog {
     leader: Option<crate::procfs::Pinned>,
     /// Whether the group was sent SIGTERM after the job's end (see [`Watchdog::linger_fenced`]).
     group_termed: bool,
+    /// elect's binary, to start the release with should elect die (see [`crate::handoff`]).
+    binary: Option<releaser::Binary>,
+    /// The lease elect holds, from its `hold` order, until elect says `forget`.
+    identity: Option<Vec<u8>>,
 }
 
 impl Watchdog {
@@ -162,6 +169,8 @@ impl Watchdog {
         nix::sys::prctl::set_child_subreaper(true)?;
         // Then at once, so that it is ready by the time elect has the lease (see `launcher`).
         let launcher = Some(Launcher::fork(launcher_socket, cpus));
+        // Now, while the file it names is the binary that runs (see `releaser`).
+        let binary = releaser::Binary::open();
         // After the fork: the launcher still needs elect's arguments, which this overwrites.
         title::set("lease-watchdog", "elect: watchdog");
         Ok(Self {
@@ -184,6 +193,8 @@ impl Watchdog {
             _kernel_lock: None,
             leader: None,
             group_termed: false,
+            binary,
+            identity: None,
         })
     }
 
@@ -209,6 +220,7 @@ impl Watchdog {
                     }
                     break Ok(Some((terminal, lock)));
                 }
+                Ok(Some(order @ (Order::Hold(_) | Order::Forget))) => self.keep(order),
                 Ok(Some(_)) => continue,
                 // None: elect ended without starting a job.
                 other => break other.map(|_| None),
@@ -216,6 +228,10 @@ impl Watchdog {
         };
         let Ok(Some((terminal, lock))) = start else {
             launcher.map(Launcher::dismiss).ok();
+            if let Ok(None) = start {
+                // elect is gone and no job ran: a lease it held and did not release may go.
+                self.hand_off();
+            }
             return start.map(|_| ());
         };
         // elect sends the launcher the same order next, and the launcher execs the command.
@@ -294,6 +310,7 @@ impl Watchdog {
                     });
                 }
                 self.linger();
+                self.hand_off();
                 return Ok(());
             }
         }
@@ -313,6 +330,27 @@ impl Watchdog {
                 }
             }
             Order::Stop => self.stop_by(self.grace),
+            Order::Hold(_) | Order::Forget => self.keep(order),
+        }
+    }
+
+    /// Keeps or drops the lease's identity (see [`crate::handoff`]).
+    fn keep(&mut self, order: Order) {
+        match order {
+            Order::Hold(identity) => self.identity = Some(identity),
+            Order::Forget => self.identity = None,
+            _ => {}
+        }
+    }
+
+    /// elect is gone without releasing the lease it held, and no process of the job is left:
+    /// starts the release (see [`crate::handoff`]).
+    fn hand_off(&mut self) {
+        let (Some(identity), Some(binary)) = (self.identity.take(), &self.binary) else {
+            return;
+        };
+        if let Err(err) = binary.release(&identity) {
+            eprintln!("elect: watchdog: cannot start the release of the lease: {err}");
         }
     }
 
@@ -520,6 +558,7 @@ impl Watchdog {
                 continue;
             }
             match self.receive() {
+                Ok(Some(order @ (Order::Hold(_) | Order::Forget))) => self.keep(order),
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => self.elect_alive = false,
             }

@@ -120,6 +120,19 @@ on_backends!(proxy_reset_long, [Etcd], |k| Setup::new(
 .seed(1795988218854354085)
 .duration(Duration::from_secs(110)));
 
+// 7. kill -9 of elect alone: its watchdog has the lease released (src/handoff.rs), and leaves
+// it to the ttl when the server cannot be reached, or when it was lost and taken meanwhile.
+on_backends!(handoff, [Redis, Postgres, Etcd], |k| Setup::new(
+    "kill-9-elect-handoff",
+    k,
+    &[
+        Fault::HandOff,
+        Fault::HandOffUnreachable,
+        Fault::StopThenKill
+    ]
+)
+.work(Duration::from_secs(3)));
+
 // 6. A job that ignores SIGTERM, stopped by each fault that stops a job.
 on_backends!(ignore_term, [File, Redis, Postgres, Etcd], |k| {
     let mut faults = vec![Fault::KillHolder, Fault::StopHolder];

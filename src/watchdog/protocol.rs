@@ -34,6 +34,12 @@ pub enum Order {
     Signal(i32),
     /// The lease is lost or elect is shutting down: stop the job now.
     Stop,
+    /// The lease elect holds, as the release mode reads it (see [`crate::handoff`]): should elect
+    /// die, the watchdog hands these bytes on once no process of the job is left. It keeps them
+    /// without reading them.
+    Hold(Vec<u8>),
+    /// elect ends as planned and releases the lease itself: the watchdog drops what `hold` gave.
+    Forget,
 }
 
 /// Where the job's processes live.
@@ -114,6 +120,8 @@ impl Order {
             Order::Deadline(d) => format!("deadline {}", deadline_text(*d)).into_bytes(),
             Order::Signal(n) => format!("signal {n}").into_bytes(),
             Order::Stop => b"stop".to_vec(),
+            Order::Hold(identity) => [b"hold ".as_slice(), identity].concat(),
+            Order::Forget => b"forget".to_vec(),
         }
     }
 
@@ -160,6 +168,9 @@ impl Order {
             "deadline" => Order::Deadline(parse_deadline(arg)?),
             "signal" => Order::Signal(arg.parse().ok()?),
             "stop" => Order::Stop,
+            // The identity is JSON: UTF-8 without NUL, in the head whole.
+            "hold" => Order::Hold(arg.as_bytes().to_vec()),
+            "forget" => Order::Forget,
             _ => return None,
         })
     }
@@ -245,6 +256,8 @@ mod tests {
             Order::Deadline(None),
             Order::Signal(15),
             Order::Stop,
+            Order::Hold(br#"{"url":"redis://u:p w@h/0","lock":"x"}"#.to_vec()),
+            Order::Forget,
         ];
         for order in orders {
             assert_eq!(Order::decode(&order.encode()), Some(order.clone()));

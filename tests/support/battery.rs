@@ -933,8 +933,9 @@ pub fn bad_input_is_a_usage_error(env: &TestEnv) {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
-/// A network backend keeps a SIGKILLed holder's lease until its ttl; an operator frees it with
-/// `elect release --token N`, which refuses a wrong token and touches nothing then.
+/// A network backend keeps the lease of a holder lost with its host until its ttl (nothing is
+/// left to release it: here elect and its watchdog are stopped and killed together); an operator
+/// frees it with `elect release --token N`, which refuses a wrong token and touches nothing then.
 pub fn forced_release_frees_a_dead_holders_lease(env: &TestEnv) {
     let lock = env.lock("forced");
     let mut holder = env.spawn([
@@ -952,7 +953,12 @@ pub fn forced_release_frees_a_dead_holders_lease(env: &TestEnv) {
     ]);
     env.wait_for_file("token", Duration::from_secs(10));
     let token: u64 = env.lines("token")[0].parse().expect("a token");
+    // Stopped first, so that the watchdog does not see elect die and release the lease.
+    let watchdog = watchdog_of(holder.pid()).expect("elect's watchdog");
+    holder.signal("STOP");
+    super::signal(watchdog, "STOP");
     holder.signal("KILL");
+    super::signal(watchdog, "KILL");
     assert_eq!(holder.wait().killed_by(), Some(9));
 
     env.run(["run", "--lock", &lock, "--", "true"])

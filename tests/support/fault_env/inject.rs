@@ -10,6 +10,10 @@ use super::TTL;
 use crate::netns::Cut;
 use crate::proxy::Mode;
 
+/// How long [`Fault::HandOffUnreachable`] holds all traffic: longer than the release's own
+/// bound (2.5 s), so that it gives up.
+pub const BLACKHOLE_AT_KILL: Duration = Duration::from_secs(3);
+
 /// A fault as applied.
 #[derive(Debug, Clone)]
 pub struct Event {
@@ -39,7 +43,7 @@ pub(super) fn apply(
         }
     };
     match fault {
-        Fault::KillHolder => {
+        Fault::KillHolder | Fault::HandOff => {
             if let Some((run, _, pid)) = holder {
                 arena.shared.killed.lock().unwrap().insert(run);
                 kill(pid, "KILL");
@@ -50,6 +54,23 @@ pub(super) fn apply(
                 kill(pid, "STOP");
                 std::thread::sleep(hold);
                 kill(pid, "CONT");
+            }
+        }
+        Fault::HandOffUnreachable => {
+            if let (Some((run, _, pid)), Some(p)) = (holder, server.proxy()) {
+                p.set_mode(Mode::Blackhole);
+                arena.shared.killed.lock().unwrap().insert(run);
+                kill(pid, "KILL");
+                std::thread::sleep(BLACKHOLE_AT_KILL);
+                p.set_mode(Mode::Pass);
+            }
+        }
+        Fault::StopThenKill => {
+            if let Some((run, _, pid)) = holder {
+                kill(pid, "STOP");
+                std::thread::sleep(hold);
+                arena.shared.killed.lock().unwrap().insert(run);
+                kill(pid, "KILL");
             }
         }
         Fault::StopServer => {

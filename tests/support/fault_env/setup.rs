@@ -82,6 +82,16 @@ pub enum Fault {
     PartitionLeader,
     /// Each etcd member in turn stopped (SIGTERM), started again and waited for.
     RollingRestart,
+    /// kill -9 of the holding elect alone, the server reachable: its watchdog stops the job and
+    /// has the lease released (src/handoff.rs), so the next job starts within grace + 1 s.
+    HandOff,
+    /// kill -9 of the holding elect alone while the proxy holds all traffic for 3 s (longer than
+    /// the release's bound): the lease is left to its ttl.
+    HandOffUnreachable,
+    /// kill -STOP of the holding elect for ttl + 1 s (its lease expires, another holder takes
+    /// it), then kill -9: the release that its watchdog then starts must not touch the new
+    /// holder's lease.
+    StopThenKill,
 }
 
 impl Fault {
@@ -109,6 +119,9 @@ impl Fault {
             Fault::KillLeader => "kill-9-leader",
             Fault::PartitionLeader => "partition-leader",
             Fault::RollingRestart => "rolling-restart",
+            Fault::HandOff => "kill-9-elect-handoff",
+            Fault::HandOffUnreachable => "kill-9-elect-unreachable",
+            Fault::StopThenKill => "stop-then-kill-9-holder",
         }
     }
 

@@ -21,6 +21,8 @@ mod programs;
 mod proxy;
 #[path = "support/redis_server.rs"]
 mod redis_server;
+// Only the job lifetimes of the witness, not its fenced register.
+#[allow(dead_code)]
 #[path = "support/witness.rs"]
 mod witness;
 

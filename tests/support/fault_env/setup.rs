@@ -136,8 +136,10 @@ impl Fault {
             Fault::FreezeHost => "cgroup freezer",
             Fault::DeleteLockFile | Fault::ReplaceLockFile => "file system",
             Fault::TerminateBackend => "sql",
-            Fault::StopWatchdog => "signal+proxy",
+            Fault::StopWatchdog | Fault::HandOffUnreachable => "signal+proxy",
             Fault::KillHolder
+            | Fault::HandOff
+            | Fault::StopThenKill
             | Fault::StopHolder
             | Fault::StopServer
             | Fault::RestartServer

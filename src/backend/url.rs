@@ -15,6 +15,7 @@ pub enum Scheme {
     Etcd,
     Etcds,
     Postgres,
+    Zk,
 }
 
 impl Scheme {
@@ -24,6 +25,7 @@ impl Scheme {
             Scheme::Redis | Scheme::Rediss => "redis",
             Scheme::Etcd | Scheme::Etcds => "etcd",
             Scheme::Postgres => "postgres",
+            Scheme::Zk => "zookeeper",
         }
     }
 }
@@ -69,9 +71,10 @@ impl BackendUrl {
             "etcd" | "http" => Scheme::Etcd,
             "etcds" | "https" => Scheme::Etcds,
             "postgres" | "postgresql" => Scheme::Postgres,
+            "zk" | "zookeeper" => Scheme::Zk,
             _ => {
                 return Err(bad(&format!(
-                    "unknown scheme {scheme_text:?} (known: file, redis, rediss, etcd, etcds, postgres, postgresql)"
+                    "unknown scheme {scheme_text:?} (known: file, redis, rediss, etcd, etcds, postgres, postgresql, zk)"
                 )))
             }
         };
@@ -382,7 +385,7 @@ mod tests {
 
     #[test]
     fn rejects_bad_urls() {
-        for bad in ["zk://x", "redis://", "redis:/x", "redis://h:99999", "nope"] {
+        for bad in ["zk://", "redis://", "redis:/x", "redis://h:99999", "nope"] {
             assert!(BackendUrl::parse(bad).is_err(), "{bad}");
         }
         let err = BackendUrl::parse("mysql://u:pw@h/db")
@@ -421,6 +424,7 @@ mod tests {
                 ("etcd", "a:2379,b:2379?prefix=jobs/"),
                 ("postgres", "db/app?sslmode=disable"),
                 ("postgresql", "[::1]:5432/app"),
+                ("zk", "a:2181,b:2181/apps/locks"),
             ])
         }
 

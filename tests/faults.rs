@@ -1,5 +1,5 @@
 //! The fault-injection suite: contenders loop on one lock while faults are injected, and a
-//! checker judges every run (see `tests/support/fault_env.rs` for the invariants and
+//! checker judges every run (see `tests/support/fault_env/` for the invariants and
 //! `tests/support/witness.rs` for how job lifetimes are observed).
 //!
 //! Each scenario × backend is its own test, with its own server, so that they run in parallel.
@@ -8,7 +8,7 @@
 
 #[path = "support/certs.rs"]
 mod certs;
-#[path = "support/fault_env.rs"]
+#[path = "support/fault_env/mod.rs"]
 mod fault_env;
 #[path = "support/net.rs"]
 mod net;

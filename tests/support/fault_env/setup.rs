@@ -1,0 +1,200 @@
+//! What a scenario is: its backend, its faults, and the shape of its contention.
+//!
+//! A new backend kind is a variant of [`BackendKind`] and an arm in `server.rs`; a new fault is a
+//! variant of [`Fault`] (and [`Fault::all_for`] if the random mix should draw it), its action in
+//! `inject.rs`, and a function in `check.rs` if it has a bound of its own.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    File,
+    Redis,
+    Postgres,
+    Etcd,
+}
+
+impl BackendKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::File => "file",
+            BackendKind::Redis => "redis",
+            BackendKind::Postgres => "postgres",
+            BackendKind::Etcd => "etcd",
+        }
+    }
+
+    /// Whether the lease expires by a ttl (the file lease does not: the kernel holds it).
+    pub fn expires(self) -> bool {
+        self != BackendKind::File
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// kill -9 of the holding elect.
+    KillHolder,
+    /// kill -STOP of the holding elect for ttl + 1 s.
+    StopHolder,
+    /// kill -STOP of the server for ttl + 1 s.
+    StopServer,
+    /// kill -9 of the server, then a restart on the same data.
+    RestartServer,
+    /// The proxy holds traffic both ways for ttl + 1 s.
+    Blackhole,
+    /// The proxy holds replies for ttl + 1 s.
+    DropReplies,
+    /// The proxy delays each chunk by 1 s for 3 s.
+    Latency,
+    /// The proxy resets every connection, and new ones for 500 ms.
+    Reset,
+    /// The lock file is deleted (file backend).
+    DeleteLockFile,
+    /// The lock file is replaced by a copy (a new inode with the same content).
+    ReplaceLockFile,
+    /// pg_terminate_backend of every session of elect's role.
+    TerminateBackend,
+    /// kill -9 of the holder's watchdog alone.
+    KillWatchdog,
+    /// kill -STOP of the holder's watchdog, then the lease lost (the lock file deleted, or the
+    /// proxy holding traffic for ttl + 1 s), then kill -CONT.
+    StopWatchdog,
+    /// kill -9 of the holding elect and its watchdog together (as `pkill -9 elect` does).
+    KillBoth,
+}
+
+impl Fault {
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::KillHolder => "kill-9-holder",
+            Fault::StopHolder => "stop-holder",
+            Fault::StopServer => "stop-server",
+            Fault::RestartServer => "kill-9-server",
+            Fault::Blackhole => "blackhole",
+            Fault::DropReplies => "drop-replies",
+            Fault::Latency => "latency",
+            Fault::Reset => "reset",
+            Fault::DeleteLockFile => "delete-lock-file",
+            Fault::ReplaceLockFile => "replace-lock-file",
+            Fault::TerminateBackend => "pg-terminate-backend",
+            Fault::KillWatchdog => "kill-9-watchdog",
+            Fault::StopWatchdog => "stop-watchdog",
+            Fault::KillBoth => "kill-9-both",
+        }
+    }
+
+    /// Every fault that applies to a backend.
+    pub fn all_for(kind: BackendKind) -> Vec<Fault> {
+        let mut faults = vec![
+            Fault::KillHolder,
+            Fault::StopHolder,
+            Fault::KillWatchdog,
+            Fault::StopWatchdog,
+        ];
+        match kind {
+            BackendKind::File => faults.extend([
+                Fault::DeleteLockFile,
+                Fault::ReplaceLockFile,
+                Fault::KillBoth,
+            ]),
+            _ => faults.extend([
+                Fault::StopServer,
+                Fault::RestartServer,
+                Fault::Blackhole,
+                Fault::DropReplies,
+                Fault::Latency,
+                Fault::Reset,
+            ]),
+        }
+        if kind == BackendKind::Postgres {
+            faults.push(Fault::TerminateBackend);
+        }
+        faults
+    }
+}
+
+/// One scenario on one backend.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub scenario: &'static str,
+    pub backend: BackendKind,
+    pub faults: Vec<Fault>,
+    /// After each fault once, keep picking at random.
+    pub random: bool,
+    /// The job's mode (see [`JOB`]): `plain`, `ignore-term`, `forks`, `beat`.
+    pub mode: &'static str,
+    pub work: Duration,
+    /// Run the first contender's elect with its clock 1% fast, the second 1% slow (libfaketime).
+    pub skew: bool,
+    pub contenders: usize,
+    /// How long faults are injected (the short form; `ELECT_FAULTS_SECS` overrides).
+    pub duration: Duration,
+    /// The seed of a named regression case (`ELECT_FAULTS_SEED` overrides).
+    pub seed: Option<u64>,
+    /// How long the `forks` job's setsid grandchild lives.
+    pub daemon: Duration,
+}
+
+impl Setup {
+    pub fn new(scenario: &'static str, backend: BackendKind, faults: &[Fault]) -> Self {
+        Self {
+            scenario,
+            backend,
+            faults: faults.to_vec(),
+            random: false,
+            mode: "plain",
+            work: Duration::from_millis(800),
+            skew: false,
+            contenders: 3,
+            duration: Duration::from_secs(6),
+            seed: None,
+            daemon: Duration::from_secs(20),
+        }
+    }
+
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    pub fn daemon(mut self, d: Duration) -> Self {
+        self.daemon = d;
+        self
+    }
+
+    pub fn mode(mut self, mode: &'static str) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    pub fn work(mut self, work: Duration) -> Self {
+        self.work = work;
+        self
+    }
+
+    pub fn random(mut self) -> Self {
+        self.random = true;
+        self
+    }
+
+    pub fn skew(mut self) -> Self {
+        self.skew = true;
+        self
+    }
+
+    pub fn duration(mut self, d: Duration) -> Self {
+        self.duration = d;
+        self
+    }
+
+    /// The soak form: `ELECT_FAULTS_SECS` seconds of faults per test when set.
+    pub(super) fn effective_duration(&self) -> Duration {
+        match std::env::var("ELECT_FAULTS_SECS")
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            Some(secs) if secs > 0 => Duration::from_secs(secs),
+            _ => self.duration,
+        }
+    }
+}

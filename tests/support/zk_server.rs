@@ -124,61 +124,13 @@ impl ZkServer {
     }
 
     fn spawn(dir: PathBuf, me: Member, members: &[Member], die_with_parent: bool) -> Self {
-        let java = programs::require(
-            "java",
-            "install the zookeeper package (apt-get install zookeeper), which brings a Java runtime",
-        );
-        assert!(
-            Path::new(JAR).is_file(),
-            "{JAR} not found: install the zookeeper package (apt-get install zookeeper)"
-        );
-        let data = dir.join("data");
-        std::fs::create_dir_all(&data).expect("data directory");
-        let mut config = format!(
-            "tickTime={TICK_MS}\n\
-             minSessionTimeout={MIN_SESSION_MS}\n\
-             maxSessionTimeout={MAX_SESSION_MS}\n\
-             initLimit=20\nsyncLimit=8\n\
-             dataDir={}\n\
-             clientPort={}\nclientPortAddress=127.0.0.1\n\
-             admin.enableServer=false\n\
-             4lw.commands.whitelist=*\n\
-             maxClientCnxns=0\n\
-             preAllocSize=64\nsnapCount=10000\n\
-             autopurge.purgeInterval=0\n",
-            data.display(),
-            me.port
-        );
-        if !members.is_empty() {
-            std::fs::write(data.join("myid"), format!("{}\n", me.id)).expect("myid");
-            for m in members {
-                config.push_str(&format!(
-                    "server.{}=127.0.0.1:{}:{}\n",
-                    m.id, m.peer, m.election
-                ));
-            }
-        }
-        let config_file = dir.join("zoo.cfg");
-        std::fs::write(&config_file, config).expect("zoo.cfg");
+        let (java, args) = command(&dir, me, members);
         let log = std::fs::File::create(dir.join("server.log")).expect("server log");
         let mut cmd = Command::new(java);
-        cmd.args([
-            "-Xmx128m",
-            "-XX:+UseSerialGC",
-            "-XX:TieredStopAtLevel=1",
-            "-Xshare:auto",
-            "-Dzookeeper.jmx.log4j.disable=true",
-        ])
-        .arg(format!("-Dzookeeper.log.dir={}", dir.display()))
-        .args([
-            "-cp",
-            JAR,
-            "org.apache.zookeeper.server.quorum.QuorumPeerMain",
-        ])
-        .arg(&config_file)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
         if die_with_parent {
             // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
             unsafe {
@@ -207,7 +159,7 @@ impl ZkServer {
                     self.log()
                 ));
             }
-            if self.four_letters("srvr").contains("Mode:") {
+            if serving(self.port) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -221,15 +173,7 @@ impl ZkServer {
 
     /// A four-letter-word command's answer (`srvr`, `ruok`, `cons`); empty if none.
     pub fn four_letters(&self, word: &str) -> String {
-        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return String::new();
-        };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-        let mut answer = String::new();
-        if stream.write_all(word.as_bytes()).is_ok() {
-            let _ = stream.read_to_string(&mut answer);
-        }
-        answer
+        four_letters(self.port, word)
     }
 
     /// `leader`, `follower` or `standalone`.
@@ -283,6 +227,92 @@ impl ZkServer {
             let _ = child.wait();
         }
     }
+}
+
+/// The program and arguments of a server with its data in `dir` (its `zoo.cfg` written there),
+/// serving clients on `port`: for a harness that starts and restarts it itself.
+pub fn standalone_command(dir: &Path, port: u16) -> (PathBuf, Vec<String>) {
+    let me = Member {
+        id: 1,
+        port,
+        peer: 0,
+        election: 0,
+    };
+    command(dir, me, &[])
+}
+
+fn command(dir: &Path, me: Member, members: &[Member]) -> (PathBuf, Vec<String>) {
+    let java = programs::require(
+        "java",
+        "install the zookeeper package (apt-get install zookeeper), which brings a Java runtime",
+    );
+    assert!(
+        Path::new(JAR).is_file(),
+        "{JAR} not found: install the zookeeper package (apt-get install zookeeper)"
+    );
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).expect("data directory");
+    let mut config = format!(
+        "tickTime={TICK_MS}\n\
+         minSessionTimeout={MIN_SESSION_MS}\n\
+         maxSessionTimeout={MAX_SESSION_MS}\n\
+         initLimit=20\nsyncLimit=8\n\
+         dataDir={}\n\
+         clientPort={}\nclientPortAddress=127.0.0.1\n\
+         admin.enableServer=false\n\
+         4lw.commands.whitelist=*\n\
+         maxClientCnxns=0\n\
+         preAllocSize=64\nsnapCount=10000\n\
+         autopurge.purgeInterval=0\n",
+        data.display(),
+        me.port
+    );
+    if !members.is_empty() {
+        std::fs::write(data.join("myid"), format!("{}\n", me.id)).expect("myid");
+        for m in members {
+            config.push_str(&format!(
+                "server.{}=127.0.0.1:{}:{}\n",
+                m.id, m.peer, m.election
+            ));
+        }
+    }
+    let config_file = dir.join("zoo.cfg");
+    std::fs::write(&config_file, config).expect("zoo.cfg");
+    let args = [
+        "-Xmx128m",
+        "-XX:+UseSerialGC",
+        "-XX:TieredStopAtLevel=1",
+        "-Xshare:auto",
+        "-Dzookeeper.jmx.log4j.disable=true",
+    ]
+    .map(str::to_owned)
+    .into_iter()
+    .chain([
+        format!("-Dzookeeper.log.dir={}", dir.display()),
+        "-cp".to_owned(),
+        JAR.to_owned(),
+        "org.apache.zookeeper.server.quorum.QuorumPeerMain".to_owned(),
+        config_file.display().to_string(),
+    ])
+    .collect();
+    (java, args)
+}
+
+/// Whether the server on `port` serves clients (in an ensemble: has joined a quorum).
+pub fn serving(port: u16) -> bool {
+    four_letters(port, "srvr").contains("Mode:")
+}
+
+fn four_letters(port: u16, word: &str) -> String {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut answer = String::new();
+    if stream.write_all(word.as_bytes()).is_ok() {
+        let _ = stream.read_to_string(&mut answer);
+    }
+    answer
 }
 
 impl Drop for ZkServer {

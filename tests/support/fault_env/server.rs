@@ -99,6 +99,7 @@ enum Inner {
     },
     Redis(Mutex<Proc>),
     Etcd(Mutex<Proc>),
+    Zk(Mutex<Proc>),
     Postgres {
         server: PostgresServer,
         /// The postmaster started again after a kill -9 (through setpriv).
@@ -197,6 +198,22 @@ impl Server {
                 proc.start();
                 Inner::Etcd(Mutex::new(proc))
             }
+            BackendKind::Zk => {
+                let data = tempfile::tempdir().expect("zookeeper dir");
+                let port = free_port();
+                let (program, args) = crate::zk_server::standalone_command(data.path(), port);
+                let mut proc = Proc {
+                    program,
+                    args,
+                    child: None,
+                    dir: data,
+                    port,
+                    ready: crate::zk_server::serving,
+                    starts: 0,
+                };
+                proc.start();
+                Inner::Zk(Mutex::new(proc))
+            }
             BackendKind::Postgres => {
                 let server = PostgresServer::start();
                 let restarted = Mutex::new(None);
@@ -206,7 +223,9 @@ impl Server {
         };
         let proxy = match &inner {
             Inner::File { .. } => None,
-            Inner::Redis(p) | Inner::Etcd(p) => Some(Proxy::start(addr(p.lock().unwrap().port))),
+            Inner::Redis(p) | Inner::Etcd(p) | Inner::Zk(p) => {
+                Some(Proxy::start(addr(p.lock().unwrap().port)))
+            }
             Inner::Postgres { server, .. } => Some(Proxy::start(addr(server.port))),
         };
         Self {
@@ -228,6 +247,7 @@ impl Server {
             Inner::File { lock_dir } => ("ELECT_LOCK_DIR", lock_dir.display().to_string()),
             Inner::Redis(_) => ("ELECT_BACKEND", format!("redis://127.0.0.1:{port}")),
             Inner::Etcd(_) => ("ELECT_BACKEND", format!("etcd://127.0.0.1:{port}")),
+            Inner::Zk(_) => ("ELECT_BACKEND", format!("zk://127.0.0.1:{port}")),
             Inner::Postgres { .. } => (
                 "ELECT_BACKEND",
                 format!(
@@ -254,7 +274,9 @@ impl Server {
     pub fn freeze(&self) {
         match &self.inner {
             Inner::File { .. } => {}
-            Inner::Redis(p) | Inner::Etcd(p) => kill(p.lock().unwrap().pid(), "STOP"),
+            Inner::Redis(p) | Inner::Etcd(p) | Inner::Zk(p) => {
+                kill(p.lock().unwrap().pid(), "STOP")
+            }
             Inner::Postgres { server, .. } => server.freeze(),
         }
     }
@@ -262,7 +284,9 @@ impl Server {
     pub fn thaw(&self) {
         match &self.inner {
             Inner::File { .. } => {}
-            Inner::Redis(p) | Inner::Etcd(p) => kill(p.lock().unwrap().pid(), "CONT"),
+            Inner::Redis(p) | Inner::Etcd(p) | Inner::Zk(p) => {
+                kill(p.lock().unwrap().pid(), "CONT")
+            }
             Inner::Postgres { server, .. } => server.thaw(),
         }
     }
@@ -271,7 +295,7 @@ impl Server {
     pub fn restart(&self) {
         match &self.inner {
             Inner::File { .. } => {}
-            Inner::Redis(p) | Inner::Etcd(p) => {
+            Inner::Redis(p) | Inner::Etcd(p) | Inner::Zk(p) => {
                 let mut p = p.lock().unwrap();
                 p.kill();
                 std::thread::sleep(Duration::from_millis(200));

@@ -12,6 +12,7 @@ pub enum BackendKind {
     Redis,
     Postgres,
     Etcd,
+    Zk,
 }
 
 impl BackendKind {
@@ -21,6 +22,7 @@ impl BackendKind {
             BackendKind::Redis => "redis",
             BackendKind::Postgres => "postgres",
             BackendKind::Etcd => "etcd",
+            BackendKind::Zk => "zookeeper",
         }
     }
 

@@ -1,6 +1,7 @@
 //! `elect` end to end on the ZooKeeper backend: the shared battery of scenarios, then what only
 //! ZooKeeper has (the session timeout's bounds, digest credentials, kazoo's `Lock` on the same
-//! queue). One server for the whole binary (Java takes seconds to start); each test has a base
+//! queue, a three-server ensemble whose server under the holder's session is stopped or
+//! killed). One server for the whole binary (Java takes seconds to start); each test has a base
 //! path of its own in it, so that `status` sees only the test's own locks.
 
 mod support;
@@ -479,4 +480,139 @@ fn bad_urls_are_one_line_usage_errors_that_hide_the_password() {
         }
     }
     assert!(!env.file("ran").exists());
+}
+
+/// The ensemble test's ttl: the client drops a silent connection after 2/5 of it.
+const ENSEMBLE_TTL: &str = "8s";
+
+/// The session that owns the first contender of `lock` (the holder's), as `0x...`, read with
+/// kazoo (the `python3-kazoo` package).
+fn holder_session(hosts: &str, lock: &str) -> Option<String> {
+    let script = format!(
+        "from kazoo.client import KazooClient\n\
+         zk = KazooClient(hosts={hosts:?}, timeout=10)\n\
+         zk.start()\n\
+         path = '/elect/{lock}'\n\
+         c = sorted(zk.get_children(path), key=lambda n: n[-10:])[0]\n\
+         print(hex(zk.get(path + '/' + c)[1].ephemeralOwner))\n\
+         zk.stop()"
+    );
+    let out = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3 with kazoo (apt-get install python3-kazoo)");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// The member the session `sid` is connected to, by its `cons` list.
+fn connected(servers: &[ZkServer], sid: &str) -> Option<usize> {
+    let needle = format!("sid={sid},");
+    servers
+        .iter()
+        .position(|s| s.pid() != 0 && s.four_letters("cons").contains(&needle))
+}
+
+/// Runs a holder whose job takes `work`, applies `fault` to the server its session is on, and
+/// checks that the job ran to its end (exit 0), the session moved, and a waiter's job started
+/// only after the holder's ended.
+fn survives(env: &TestEnv, servers: &mut [ZkServer], fault: impl FnOnce(&mut ZkServer)) {
+    let lock = env.lock("moved");
+    let _ = std::fs::remove_file(env.file("log"));
+    let job =
+        |secs: &str| format!("echo \"start $$\" >> log; sleep {secs}; echo \"end $$\" >> log");
+    let mut holder = env.spawn([
+        "run",
+        "--lock",
+        &lock,
+        "--ttl",
+        ENSEMBLE_TTL,
+        "--grace",
+        "500ms",
+        "-v",
+        "--",
+        "sh",
+        "-c",
+        &job("11"),
+    ]);
+    wait_for("the holder's job to start", Duration::from_secs(15), || {
+        env.file("log").exists()
+    });
+    let mut waiter = env.spawn([
+        "run",
+        "--lock",
+        &lock,
+        "--ttl",
+        ENSEMBLE_TTL,
+        "--grace",
+        "500ms",
+        "--wait",
+        "-v",
+        "--",
+        "sh",
+        "-c",
+        &job("0.1"),
+    ]);
+    waiter.wait_for_stderr("waiting", Duration::from_secs(10));
+    let hosts: Vec<String> = servers
+        .iter()
+        .filter(|s| s.pid() != 0)
+        .map(ZkServer::endpoint)
+        .collect();
+    let sid = holder_session(&hosts.join(","), &lock).expect("the holder's session");
+    let mut on = None;
+    wait_for(
+        "the holder's session to show",
+        Duration::from_secs(5),
+        || {
+            on = connected(servers, &sid);
+            on.is_some()
+        },
+    );
+    let on = on.unwrap();
+    let faulted = Instant::now();
+    fault(&mut servers[on]);
+    let out = holder.wait_timeout(Duration::from_secs(30));
+    out.assert_code(0);
+    let now_on = connected(servers, &sid);
+    assert!(
+        now_on.is_none() || now_on != Some(on),
+        "the session left the faulted server"
+    );
+    assert!(
+        faulted.elapsed() > Duration::from_secs(4),
+        "the holder's job ran on after the fault"
+    );
+    waiter.wait_timeout(Duration::from_secs(30)).assert_code(0);
+    let log = env.lines("log");
+    assert_eq!(log.len(), 4, "{log:?}");
+    let field = |i: usize, n: usize| log[i].split_whitespace().nth(n).unwrap().to_owned();
+    assert!(
+        log[0].starts_with("start") && log[1].starts_with("end"),
+        "{log:?}"
+    );
+    assert_eq!(field(0, 1), field(1, 1), "one job ran at a time: {log:?}");
+    assert!(
+        log[2].starts_with("start") && log[3].starts_with("end"),
+        "{log:?}"
+    );
+}
+
+#[test]
+fn in_an_ensemble_the_session_moves_when_its_server_is_stopped_or_killed() {
+    let mut servers = ZkServer::ensemble(3);
+    let hosts: Vec<String> = servers.iter().map(ZkServer::endpoint).collect();
+    let env = TestEnv::with_backend(&format!("zk://{}", hosts.join(",")));
+    // SIGSTOP past the ttl: the client drops the silent connection and reconnects elsewhere.
+    let mut stopped = None;
+    survives(&env, &mut servers, |server| {
+        server.stop();
+        stopped = Some(server.pid());
+        std::thread::sleep(Duration::from_secs(9));
+        server.resume();
+    });
+    assert!(stopped.is_some());
+    // kill -9: the connection breaks at once.
+    survives(&env, &mut servers, ZkServer::kill);
 }

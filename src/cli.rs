@@ -59,7 +59,7 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct BackendArgs {
-    /// Where leases live: file:///DIR, redis://, rediss://, etcd://, etcds://, postgres://
+    /// Where leases live: file:///DIR, redis://, rediss://, etcd://, etcds://, postgres://, zk://
     /// [default: the local lock directory]
     #[arg(
         long,

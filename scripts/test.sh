@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine with a Rust toolchain: installs the servers
 # the integration tests start (redis-server, etcd, PostgreSQL, PgBouncer, ZooKeeper and kazoo),
-# the build tools (protoc and libprotobuf-dev) and the package checkers (lintian, man-db, bash-completion) when they are
-# missing, then checks formatting and lints, runs every test, builds the release binary and the
-# Debian package and checks both.
+# the build tools (protoc and libprotobuf-dev) and the package checkers (lintian, man-db,
+# bash-completion) when they are missing, then checks formatting and lints, runs every test, builds
+# the release binary and the Debian package and checks both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/build-deps.sh

@@ -616,3 +616,29 @@ fn in_an_ensemble_the_session_moves_when_its_server_is_stopped_or_killed() {
     // kill -9: the connection breaks at once.
     survives(&env, &mut servers, ZkServer::kill);
 }
+
+#[test]
+fn a_wait_that_gives_up_leaves_no_node_in_the_queue() {
+    let env = env_for("abandoned");
+    let lock = env.lock("abandoned");
+    let path = format!("/abandoned/{lock}");
+    let mut holder = env.spawn([
+        "run",
+        "--lock",
+        &lock,
+        "--",
+        "sh",
+        "-c",
+        &until_exists("go"),
+    ]);
+    wait_for("the holder to hold", Duration::from_secs(10), || {
+        children(&path).len() == 1
+    });
+    let gave_up = env.run(["run", "--lock", &lock, "--wait=1s", "--", "touch", "ran"]);
+    gave_up.assert_code(75);
+    // Deleted on the way out, not when the session expires (15 s, the default ttl).
+    assert_eq!(children(&path).len(), 1, "the waiter's node is gone");
+    std::fs::write(env.file("go"), "").unwrap();
+    holder.wait().assert_code(0);
+    assert!(!env.file("ran").exists());
+}

@@ -16,7 +16,7 @@
 
 use std::time::SystemTime;
 
-use zookeeper_client::{Client, CreateMode, SessionState};
+use zookeeper_client::{Client, CreateMode};
 
 use super::queue::{self, NODE_NAME};
 use super::status::holder_of;
@@ -104,15 +104,23 @@ impl ZkBackend {
             self.pending.remove(0);
         }
         let mut waited = false;
+        let mut retry = Retry::new();
         loop {
             let sent_at = BootTime::now();
             let children = match timed("list the lock queue", client.list_children(&lock)).await {
                 Ok(children) => children,
                 Err(Missing::Gone) => Vec::new(),
                 Err(Missing::Failed(err)) => {
-                    return self.failed_while_waiting(client, err, waited).await
+                    match self
+                        .failed_while_waiting(client, err, waited, &mut retry, req.name.as_str())
+                        .await?
+                    {
+                        Some(attempt) => return Ok(attempt),
+                        None => continue,
+                    }
                 }
             };
+            retry.succeeded(req.name.as_str());
             let contenders = queue::contenders(&children);
             let Some(mine) = contenders.iter().position(|c| c.name == node) else {
                 self.settled(&path);
@@ -176,7 +184,13 @@ impl ZkBackend {
                         "watch the queue: {}",
                         super::describe(&err)
                     ));
-                    return self.failed_while_waiting(client, err, waited).await;
+                    match self
+                        .failed_while_waiting(client, err, waited, &mut retry, req.name.as_str())
+                        .await?
+                    {
+                        Some(attempt) => return Ok(attempt),
+                        None => continue,
+                    }
                 }
             }
         }
@@ -225,35 +239,34 @@ impl ZkBackend {
         }
     }
 
-    /// A request failed while in the queue: an ended session means queuing again; anything else
-    /// is retried (the client reconnects by itself) unless nothing was waited for yet.
+    /// A request failed while in the queue. An ended session took the node with it: queue
+    /// again. Before any wait, the failure is the caller's. While waiting, the node keeps its
+    /// place for as long as the session lives (the client reconnects by itself, and declares
+    /// the session expired after 7/5 of its timeout without a connection): `None`, look again,
+    /// paced by `retry`.
     async fn failed_while_waiting(
         &mut self,
         client: &Client,
         err: BackendError,
         waited: bool,
-    ) -> Result<Attempt> {
+        retry: &mut Retry,
+        lock: &str,
+    ) -> Result<Option<Attempt>> {
         let state = client.state();
         if state.is_terminated() {
             self.session = None;
             self.pending.clear();
-            return Ok(Attempt::Requeue(format!(
+            return Ok(Some(Attempt::Requeue(format!(
                 "the ZooKeeper session ended ({state})"
-            )));
+            ))));
         }
         if !waited {
             return Err(err);
         }
-        // Paced by the caller's retry; the node keeps its place.
-        let pause = crate::backend::retry::MAX_PAUSE;
-        tracing::debug!(error = %err, "waiting through a ZooKeeper failure");
+        let why = err.to_string();
+        let pause = retry.failed(lock, "waiting in the lock queue", &why);
         tokio::time::sleep(pause).await;
-        if client.state() == SessionState::Expired {
-            self.session = None;
-            self.pending.clear();
-            return Ok(Attempt::Requeue("the ZooKeeper session expired".into()));
-        }
-        Err(err)
+        Ok(None)
     }
 
     /// After a wait: the metadata says when the lock was taken; that write is the lease's start.

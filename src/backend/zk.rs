@@ -52,18 +52,21 @@ mod acquire;
 pub mod connect;
 mod history;
 mod queue;
+mod request;
 mod status;
 
-use std::future::Future;
 use std::time::Duration;
 
 use zookeeper_client::{Client, CreateMode, SessionState};
 
 use self::connect::Target;
+pub use self::request::describe;
+use self::request::{request, request_error, session_end, timed, Missing};
 use super::{
     AcquireRequest, Backend, BackendError, BackendUrl, Expiry, ForcedRelease, Result, WaitMode,
 };
 use crate::lease::{Acquire, FencingToken, History, LastRun, Lease, LockName, LockState, Renewal};
+use Missing::{Failed, Gone};
 
 pub use self::connect::PASSWORD_VARIABLE;
 
@@ -344,77 +347,6 @@ impl Drop for ZkBackend {
         if cleaner.is_ok() {
             let _ = finished.recv_timeout(DROP_CLEANUP_TIMEOUT + Duration::from_millis(100));
         }
-    }
-}
-
-/// How a request that may find its node gone ended.
-enum Missing {
-    /// The node does not exist (`NoNode`).
-    Gone,
-    Failed(BackendError),
-}
-use Missing::{Failed, Gone};
-
-/// Runs one request within [`REQUEST_TIMEOUT`]; `NoNode` apart, naming what was being done on
-/// any other failure.
-async fn timed<T>(
-    what: &str,
-    request: impl Future<Output = std::result::Result<T, zookeeper_client::Error>>,
-) -> std::result::Result<T, Missing> {
-    match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(zookeeper_client::Error::NoNode)) => Err(Gone),
-        Ok(Err(err)) => Err(Failed(request_error(what, &err))),
-        Err(_) => Err(Failed(BackendError::Unavailable(format!(
-            "{what}: ZooKeeper did not answer within {}s",
-            REQUEST_TIMEOUT.as_secs()
-        )))),
-    }
-}
-
-/// [`timed`] for a request where a missing node is an error too.
-async fn request<T>(
-    what: &str,
-    request: impl Future<Output = std::result::Result<T, zookeeper_client::Error>>,
-) -> Result<T> {
-    match timed(what, request).await {
-        Ok(value) => Ok(value),
-        Err(Gone) => Err(BackendError::Unavailable(format!(
-            "{what}: the node does not exist"
-        ))),
-        Err(Failed(err)) => Err(err),
-    }
-}
-
-fn request_error(what: &str, err: &zookeeper_client::Error) -> BackendError {
-    BackendError::Unavailable(format!("{what}: {}", describe(err)))
-}
-
-/// The words for an error of the client, with what to do where there is something to do.
-pub fn describe(err: &zookeeper_client::Error) -> String {
-    use zookeeper_client::Error as E;
-    match err {
-        E::NoAuth => "not authorized (the node's ACL refuses these credentials: check the \
-                      user and password of the URL)"
-            .into(),
-        E::AuthFailed => "authentication failed".into(),
-        E::NoHosts => "no server answered".into(),
-        E::SessionExpired => "the session expired".into(),
-        E::ConnectionLoss => "the connection was lost".into(),
-        other => other.to_string(),
-    }
-}
-
-/// Why a request's error means the session, and so the lease, is gone.
-fn session_end(err: &zookeeper_client::Error) -> Option<String> {
-    use zookeeper_client::Error as E;
-    match err {
-        E::SessionExpired => {
-            Some("the ZooKeeper session expired, and its lock node with it".into())
-        }
-        E::AuthFailed => Some("ZooKeeper refused the session's credentials".into()),
-        E::ClientClosed => Some("the ZooKeeper session was closed".into()),
-        _ => None,
     }
 }
 

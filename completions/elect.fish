@@ -50,7 +50,7 @@ complete -c elect -n "__fish_elect_using_subcommand run" -l on-lost -d 'Run CMD 
 complete -c elect -n "__fish_elect_using_subcommand run" -l hook-timeout -d 'How long a hook may run before it is killed' -r
 complete -c elect -n "__fish_elect_using_subcommand run" -l metrics-file -d 'Write Prometheus metrics of the run to PATH at exit (textfile collector)' -r -F
 complete -c elect -n "__fish_elect_using_subcommand run" -l id -d 'Holder identity recorded with the lease [default: HOSTNAME:PID]' -r
-complete -c elect -n "__fish_elect_using_subcommand run" -l backend -d 'Where leases live: file:///DIR, redis://, rediss://, redis+sentinel://, redis+cluster://, etcd://, etcds://, postgres:// [default: the local lock directory]' -r
+complete -c elect -n "__fish_elect_using_subcommand run" -l backend -d 'Where leases live: file:///DIR, redis://, rediss://, redis+sentinel://, redis+cluster://, etcd://, etcds://, postgres://, zk:// [default: the local lock directory]' -r
 complete -c elect -n "__fish_elect_using_subcommand run" -l backend-file -d 'Read the backend URL from a file, so that secrets stay out of argv' -r -F
 complete -c elect -n "__fish_elect_using_subcommand run" -l tls-ca -d 'CA certificate that verifies a TLS backend' -r -F
 complete -c elect -n "__fish_elect_using_subcommand run" -l tls-cert -d 'Client certificate for a TLS backend' -r -F
@@ -62,7 +62,7 @@ complete -c elect -n "__fish_elect_using_subcommand run" -s q -l quiet -d 'Only 
 complete -c elect -n "__fish_elect_using_subcommand run" -s v -l verbose -d 'More detail on stderr: -v every lease event, -vv everything'
 complete -c elect -n "__fish_elect_using_subcommand run" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c elect -n "__fish_elect_using_subcommand status" -l lock -d 'Show only this lock' -r
-complete -c elect -n "__fish_elect_using_subcommand status" -l backend -d 'Where leases live: file:///DIR, redis://, rediss://, redis+sentinel://, redis+cluster://, etcd://, etcds://, postgres:// [default: the local lock directory]' -r
+complete -c elect -n "__fish_elect_using_subcommand status" -l backend -d 'Where leases live: file:///DIR, redis://, rediss://, redis+sentinel://, redis+cluster://, etcd://, etcds://, postgres://, zk:// [default: the local lock directory]' -r
 complete -c elect -n "__fish_elect_using_subcommand status" -l backend-file -d 'Read the backend URL from a file, so that secrets stay out of argv' -r -F
 complete -c elect -n "__fish_elect_using_subcommand status" -l tls-ca -d 'CA certificate that verifies a TLS backend' -r -F
 complete -c elect -n "__fish_elect_using_subcommand status" -l tls-cert -d 'Client certificate for a TLS backend' -r -F
@@ -76,7 +76,7 @@ complete -c elect -n "__fish_elect_using_subcommand status" -s v -l verbose -d '
 complete -c elect -n "__fish_elect_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c elect -n "__fish_elect_using_subcommand release" -l lock -d 'The lock to free' -r
 complete -c elect -n "__fish_elect_using_subcommand release" -l token -d 'Free it only if its holder\'s fencing token is N (see `elect status`)' -r
-complete -c elect -n "__fish_elect_using_subcommand release" -l backend -d 'Where leases live: file:///DIR, redis://, rediss://, redis+sentinel://, redis+cluster://, etcd://, etcds://, postgres:// [default: the local lock directory]' -r
+complete -c elect -n "__fish_elect_using_subcommand release" -l backend -d 'Where leases live: file:///DIR, redis://, rediss://, redis+sentinel://, redis+cluster://, etcd://, etcds://, postgres://, zk:// [default: the local lock directory]' -r
 complete -c elect -n "__fish_elect_using_subcommand release" -l backend-file -d 'Read the backend URL from a file, so that secrets stay out of argv' -r -F
 complete -c elect -n "__fish_elect_using_subcommand release" -l tls-ca -d 'CA certificate that verifies a TLS backend' -r -F
 complete -c elect -n "__fish_elect_using_subcommand release" -l tls-cert -d 'Client certificate for a TLS backend' -r -F

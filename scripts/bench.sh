@@ -217,6 +217,9 @@ out ""
 out "N contenders --wait on one held lock; over ${herd_window} s of waiting: server requests (Redis: total_commands_processed; etcd: grpc_server_msg_received_total from /metrics, stream messages included; PostgreSQL: calls in pg_stat_statements) and CPU time (schedstat) of the server and of the waiting elect processes. Then the holder's job exits: how many contenders' jobs start within 1 s (each job then holds the lock for 3 s), the server requests that one release caused, and the delay to the first job."
 out ""
 
+# ZooKeeper, in a file of its own (its server, wall time against kazoo, handover, takeover, waiters).
+source "$root/scripts/bench/zk.sh"
+
 # --------------------------------------------------------------------------------- 7. diagnostics
 out "## 7. Where the time of one run goes"
 out ""

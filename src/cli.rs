@@ -60,7 +60,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct BackendArgs {
     /// Where leases live: file:///DIR, redis://, rediss://, redis+sentinel://, redis+cluster://,
-    /// etcd://, etcds://, postgres://
+    /// etcd://, etcds://, postgres://, zk://
     /// [default: the local lock directory]
     #[arg(
         long,

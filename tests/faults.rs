@@ -24,6 +24,8 @@ mod programs;
 mod proxy;
 #[path = "support/witness.rs"]
 mod witness;
+#[path = "support/zk_server.rs"]
+mod zk_server;
 
 use std::time::Duration;
 
@@ -47,22 +49,17 @@ macro_rules! on_backends {
 }
 
 // 1. kill -9 of the holding elect.
-on_backends!(kill_holder, [File, Redis, Postgres, Etcd], |k| Setup::new(
-    "kill-9-holder",
-    k,
-    &[Fault::KillHolder]
-));
+on_backends!(kill_holder, [File, Redis, Postgres, Etcd, Zk], |k| {
+    Setup::new("kill-9-holder", k, &[Fault::KillHolder])
+});
 
 // 2. kill -STOP of the holding elect for longer than the ttl; a job longer than the ttl.
-on_backends!(stop_holder, [File, Redis, Postgres, Etcd], |k| Setup::new(
-    "stop-holder",
-    k,
-    &[Fault::StopHolder]
-)
-.work(Duration::from_secs(3)));
+on_backends!(stop_holder, [File, Redis, Postgres, Etcd, Zk], |k| {
+    Setup::new("stop-holder", k, &[Fault::StopHolder]).work(Duration::from_secs(3))
+});
 
 // 3. kill -STOP of the server.
-on_backends!(stop_server, [Redis, Postgres, Etcd], |k| Setup::new(
+on_backends!(stop_server, [Redis, Postgres, Etcd, Zk], |k| Setup::new(
     "stop-server",
     k,
     &[Fault::StopServer]
@@ -70,7 +67,7 @@ on_backends!(stop_server, [Redis, Postgres, Etcd], |k| Setup::new(
 .work(Duration::from_secs(2)));
 
 // 4. kill -9 of the server and a restart on the same data.
-on_backends!(kill_server, [Redis, Postgres, Etcd], |k| Setup::new(
+on_backends!(kill_server, [Redis, Postgres, Etcd, Zk], |k| Setup::new(
     "kill-9-server",
     k,
     &[Fault::RestartServer]
@@ -85,25 +82,19 @@ on_backends!(restart_server, [Redis, Postgres, Etcd], |k| Setup::new(
 .work(Duration::from_secs(2)));
 
 // 5. The proxy: blackhole both ways, replies only, latency, resets.
-on_backends!(proxy_blackhole, [Redis, Postgres, Etcd], |k| Setup::new(
-    "proxy-blackhole",
-    k,
-    &[Fault::Blackhole]
-)
-.work(Duration::from_secs(2)));
-on_backends!(proxy_drop_replies, [Redis, Postgres, Etcd], |k| Setup::new(
-    "proxy-drop-replies",
-    k,
-    &[Fault::DropReplies]
-)
-.work(Duration::from_secs(2)));
-on_backends!(proxy_latency, [Redis, Postgres, Etcd], |k| Setup::new(
+on_backends!(proxy_blackhole, [Redis, Postgres, Etcd, Zk], |k| {
+    Setup::new("proxy-blackhole", k, &[Fault::Blackhole]).work(Duration::from_secs(2))
+});
+on_backends!(proxy_drop_replies, [Redis, Postgres, Etcd, Zk], |k| {
+    Setup::new("proxy-drop-replies", k, &[Fault::DropReplies]).work(Duration::from_secs(2))
+});
+on_backends!(proxy_latency, [Redis, Postgres, Etcd, Zk], |k| Setup::new(
     "proxy-latency",
     k,
     &[Fault::Latency]
 )
 .work(Duration::from_secs(2)));
-on_backends!(proxy_reset, [Redis, Postgres, Etcd], |k| Setup::new(
+on_backends!(proxy_reset, [Redis, Postgres, Etcd, Zk], |k| Setup::new(
     "proxy-reset",
     k,
     &[Fault::Reset]

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -326,6 +327,11 @@ class ServerStats:
                                   "-qAtc", "select coalesce(sum(calls), 0) from pg_stat_statements"],
                                  capture_output=True, text=True, timeout=10, check=True).stdout
             return int(out.strip())
+        elif self.kind == "zk":
+            with socket.create_connection(("127.0.0.1", a.port), timeout=10) as c:
+                c.sendall(b"mntr")
+                text = b"".join(iter(lambda: c.recv(65536), b"")).decode()
+            return int(next(line.split()[1] for line in text.splitlines() if line.startswith("zk_packets_received")))
         return None
 
     # Requests that one call of requests() itself adds to the next reading (INFO; the SELECT on
@@ -446,7 +452,7 @@ def main():
 
     p = sub.add_parser("contention")
     common(p)
-    p.add_argument("--kind", choices=["file", "redis", "etcd", "postgres"], required=True)
+    p.add_argument("--kind", choices=["file", "redis", "etcd", "postgres", "zk"], required=True)
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--window", type=float, default=5)
     p.add_argument("--job", type=float, default=3, help="seconds each contender's job holds the lease")

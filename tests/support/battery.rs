@@ -880,9 +880,9 @@ pub fn bad_input_is_a_usage_error(env: &TestEnv) {
         ),
         (with_job(&["run"]), Says::Clap, "--lock"),
         (
-            with_job(&["run", "--lock", "x", "--backend", "zk://x"]),
+            with_job(&["run", "--lock", "x", "--backend", "consul://x"]),
             Says::Elect,
-            "zk",
+            "consul",
         ),
         (
             with_job(&["run", "--lock", "x", "--wait=soon"]),

@@ -127,6 +127,7 @@ enum Inner {
     Redis(Mutex<Proc>),
     Etcd(Mutex<Proc>),
     EtcdCluster(EtcdCluster),
+    Zk(Mutex<Proc>),
     Postgres {
         server: PostgresServer,
         /// The postmaster started again after a kill -9 (through setpriv).
@@ -230,6 +231,24 @@ impl Server {
                 Inner::Etcd(Mutex::new(proc))
             }
             BackendKind::EtcdCluster => Inner::EtcdCluster(EtcdCluster::start()),
+            BackendKind::Zk => {
+                let data = tempfile::tempdir().expect("zookeeper dir");
+                let port = free_port();
+                let (program, args) = crate::zk_server::standalone_command(data.path(), port);
+                let mut proc = Proc {
+                    program,
+                    args,
+                    child: None,
+                    dir: data,
+                    ip: Ipv4Addr::LOCALHOST,
+                    port,
+                    ready: |addr| crate::zk_server::serving(addr.port()),
+                    starts: 0,
+                    host: None,
+                };
+                proc.start();
+                Inner::Zk(Mutex::new(proc))
+            }
             BackendKind::Postgres => {
                 let server = PostgresServer::start();
                 let restarted = Mutex::new(None);
@@ -239,7 +258,9 @@ impl Server {
         };
         let proxy = match &inner {
             Inner::File { .. } | Inner::EtcdCluster(_) => None,
-            Inner::Redis(p) | Inner::Etcd(p) => Some(Proxy::start(addr(p.lock().unwrap().port))),
+            Inner::Redis(p) | Inner::Etcd(p) | Inner::Zk(p) => {
+                Some(Proxy::start(addr(p.lock().unwrap().port)))
+            }
             Inner::Postgres { server, .. } => Some(Proxy::start(addr(server.port))),
         };
         Self {
@@ -270,6 +291,7 @@ impl Server {
             Inner::File { lock_dir } => lock_dir.display().to_string(),
             Inner::Redis(_) => format!("redis://{at}"),
             Inner::Etcd(_) | Inner::EtcdCluster(_) => format!("etcd://{at}"),
+            Inner::Zk(_) => format!("zk://{at}"),
             Inner::Postgres { .. } => format!(
                 "postgres://{}:{}@{at}/{}?sslmode=disable",
                 crate::postgres_server::USER,
@@ -284,7 +306,7 @@ impl Server {
     pub fn port(&self) -> u16 {
         match &self.inner {
             Inner::File { .. } | Inner::EtcdCluster(_) => 0,
-            Inner::Redis(p) | Inner::Etcd(p) => p.lock().unwrap().port,
+            Inner::Redis(p) | Inner::Etcd(p) | Inner::Zk(p) => p.lock().unwrap().port,
             Inner::Postgres { server, .. } => server.port,
         }
     }
@@ -303,7 +325,9 @@ impl Server {
     pub fn freeze(&self) {
         match &self.inner {
             Inner::File { .. } | Inner::EtcdCluster(_) => {}
-            Inner::Redis(p) | Inner::Etcd(p) => kill(p.lock().unwrap().pid(), "STOP"),
+            Inner::Redis(p) | Inner::Etcd(p) | Inner::Zk(p) => {
+                kill(p.lock().unwrap().pid(), "STOP")
+            }
             Inner::Postgres { server, .. } => server.freeze(),
         }
     }
@@ -311,7 +335,9 @@ impl Server {
     pub fn thaw(&self) {
         match &self.inner {
             Inner::File { .. } | Inner::EtcdCluster(_) => {}
-            Inner::Redis(p) | Inner::Etcd(p) => kill(p.lock().unwrap().pid(), "CONT"),
+            Inner::Redis(p) | Inner::Etcd(p) | Inner::Zk(p) => {
+                kill(p.lock().unwrap().pid(), "CONT")
+            }
             Inner::Postgres { server, .. } => server.thaw(),
         }
     }
@@ -321,7 +347,7 @@ impl Server {
     pub fn restart_clean(&self) {
         match &self.inner {
             Inner::File { .. } => {}
-            Inner::Redis(p) | Inner::Etcd(p) => {
+            Inner::Redis(p) | Inner::Etcd(p) | Inner::Zk(p) => {
                 let mut p = p.lock().unwrap();
                 p.signal_and_wait("TERM");
                 p.start();
@@ -335,7 +361,7 @@ impl Server {
     pub fn restart(&self) {
         match &self.inner {
             Inner::File { .. } | Inner::EtcdCluster(_) => {}
-            Inner::Redis(p) | Inner::Etcd(p) => {
+            Inner::Redis(p) | Inner::Etcd(p) | Inner::Zk(p) => {
                 let mut p = p.lock().unwrap();
                 p.kill();
                 std::thread::sleep(Duration::from_millis(200));

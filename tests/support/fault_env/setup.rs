@@ -14,6 +14,7 @@ pub enum BackendKind {
     Etcd,
     /// etcd with three members, each on a host of its own.
     EtcdCluster,
+    Zk,
 }
 
 impl BackendKind {
@@ -24,6 +25,7 @@ impl BackendKind {
             BackendKind::Postgres => "postgres",
             BackendKind::Etcd => "etcd",
             BackendKind::EtcdCluster => "etcd-3",
+            BackendKind::Zk => "zookeeper",
         }
     }
 

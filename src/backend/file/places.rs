@@ -30,8 +30,10 @@ const META_SUFFIX: &str = ".lock.meta";
 /// How often a waiter for one of several places re-checks without an inotify event.
 const PLACES_RECHECK: Duration = Duration::from_secs(1);
 /// How long a contender that finds a lock busy waits for the new holder's record (see
-/// `current_holder`); a holder writes it within microseconds of taking the flock.
-const RECORD_WAIT: Duration = Duration::from_millis(100);
+/// `current_holder`). A holder writes it after its checks of `/proc/locks`, within a millisecond
+/// of taking the flock on an idle host; a loaded one can deschedule it for far longer, and the
+/// wait only ever costs a contender that lost the race.
+const RECORD_WAIT: Duration = Duration::from_millis(500);
 
 impl FileBackend {
     /// `--holders N` with N > 1: the first free place, waiting (on inotify) if asked.

@@ -328,7 +328,7 @@ fn checker_sees_an_overlap_without_elect() {
     let mut b = start(2);
     assert_eq!(a.wait().unwrap().code(), Some(fault_env::JOB_CODE));
     assert_eq!(b.wait().unwrap().code(), Some(fault_env::JOB_CODE));
-    std::thread::sleep(Duration::from_millis(100));
+    w.catch_up();
     let record = w.snapshot();
     assert_eq!(record.lives.len(), 2, "{record:?}");
     assert_eq!(record.overlaps, vec![(0, 1)], "{record:?}");
@@ -344,7 +344,7 @@ fn checker_sees_an_overlap_without_elect() {
     let mut d = start_with(4, "8");
     assert_eq!(c.wait().unwrap().code(), Some(fault_env::JOB_CODE));
     assert_eq!(d.wait().unwrap().code(), Some(fault_env::JOB_CODE));
-    std::thread::sleep(Duration::from_millis(100));
+    w.catch_up();
     let record = w.snapshot();
     let lower = record
         .lives

@@ -79,7 +79,8 @@ on_backends!(restart_server, [Redis, Postgres, Etcd], |k| Setup::new(
     k,
     &[Fault::RestartServerClean]
 )
-.work(Duration::from_secs(2)));
+.work(Duration::from_secs(2))
+.duration(Duration::from_secs(3)));
 
 // 5. The proxy: blackhole both ways, replies only, latency, resets.
 on_backends!(proxy_blackhole, [Redis, Postgres, Etcd, Zk], |k| {
@@ -209,7 +210,8 @@ on_backends!(freeze_host, [Redis, Postgres, Etcd], |k| Setup::new(
     k,
     &[Fault::FreezeHost]
 )
-.work(Duration::from_secs(4)));
+.work(Duration::from_secs(4))
+.duration(Duration::from_secs(3)));
 
 // 14. Real partitions: each contender a host of its own (a network namespace on a veth pair),
 // the holder's host cut off by nftables both ways, its replies only, and until a takeover.
@@ -218,19 +220,22 @@ on_backends!(partition, [Redis, Postgres, Etcd], |k| Setup::new(
     k,
     &[Fault::Partition]
 )
-.work(Duration::from_secs(2)));
+.work(Duration::from_secs(2))
+.duration(Duration::from_secs(3)));
 on_backends!(partition_replies, [Redis, Postgres, Etcd], |k| Setup::new(
     "netns-drop-replies",
     k,
     &[Fault::PartitionReplies]
 )
-.work(Duration::from_secs(2)));
+.work(Duration::from_secs(2))
+.duration(Duration::from_secs(3)));
 on_backends!(partition_heals, [Redis, Postgres, Etcd], |k| Setup::new(
     "netns-heals",
     k,
     &[Fault::PartitionHeals]
 )
-.work(Duration::from_secs(4)));
+.work(Duration::from_secs(4))
+.duration(Duration::from_secs(3)));
 
 // 15. etcd with three members, each on a host of its own, while contenders loop: kill -9 of the
 // leader (restarted on its data), the leader cut off from the other two members, and a rolling
@@ -240,19 +245,22 @@ on_backends!(kill_leader, [EtcdCluster], |k| Setup::new(
     k,
     &[Fault::KillLeader]
 )
-.work(Duration::from_secs(2)));
+.work(Duration::from_secs(2))
+.duration(Duration::from_secs(3)));
 on_backends!(partition_leader, [EtcdCluster], |k| Setup::new(
     "etcd-partition-leader",
     k,
     &[Fault::PartitionLeader]
 )
-.work(Duration::from_secs(2)));
+.work(Duration::from_secs(2))
+.duration(Duration::from_secs(3)));
 on_backends!(rolling_restart, [EtcdCluster], |k| Setup::new(
     "etcd-rolling-restart",
     k,
     &[Fault::RollingRestart]
 )
-.work(Duration::from_secs(2)));
+.work(Duration::from_secs(2))
+.duration(Duration::from_secs(3)));
 
 // 16. Volume: short jobs handed over as fast as four contenders can, with a kill -9 of the
 // holder every few seconds; the soak gives these tests six shares of its time (by the name
@@ -362,7 +370,7 @@ fn checker_sees_an_overlap_without_elect() {
     let mut b = start(2);
     assert_eq!(a.wait().unwrap().code(), Some(fault_env::JOB_CODE));
     assert_eq!(b.wait().unwrap().code(), Some(fault_env::JOB_CODE));
-    std::thread::sleep(Duration::from_millis(100));
+    w.catch_up();
     let record = w.snapshot();
     assert_eq!(record.lives.len(), 2, "{record:?}");
     assert_eq!(record.overlaps, vec![(0, 1)], "{record:?}");
@@ -378,7 +386,7 @@ fn checker_sees_an_overlap_without_elect() {
     let mut d = start_with(4, "8");
     assert_eq!(c.wait().unwrap().code(), Some(fault_env::JOB_CODE));
     assert_eq!(d.wait().unwrap().code(), Some(fault_env::JOB_CODE));
-    std::thread::sleep(Duration::from_millis(100));
+    w.catch_up();
     let record = w.snapshot();
     let lower = record
         .lives

@@ -81,6 +81,8 @@ pub struct Record {
     pub writes: Vec<Write>,
     /// The highest token the register has accepted.
     pub highest: Option<u64>,
+    /// Rounds of the poll loop completed, for [`Witness::catch_up`].
+    pub rounds: u64,
 }
 
 impl Record {
@@ -157,6 +159,18 @@ impl Witness {
 
     pub fn snapshot(&self) -> Record {
         self.state.lock().unwrap().clone()
+    }
+
+    /// Returns once a whole round of the poll loop has begun and ended after the call: every
+    /// line, end of file and exit that had happened by then is in the record. The witness is a
+    /// thread of a test process on a loaded machine, and may lag behind the processes it watches.
+    pub fn catch_up(&self) {
+        let start = self.state.lock().unwrap().rounds;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.state.lock().unwrap().rounds < start + 2 && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 
     /// Lives still open.
@@ -304,6 +318,7 @@ fn serve(
                 }
             }
         }
+        st.rounds += 1;
         drop(state_guard);
     }
 }

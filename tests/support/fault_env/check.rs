@@ -296,9 +296,11 @@ fn exit_codes(f: &Facts, events: &[Event]) -> Vec<String> {
             continue;
         }
         if f.terminated.contains(&r.run) {
-            // SIGTERM while waiting; if it had just acquired, the job got the SIGTERM.
+            // SIGTERM while waiting; if it had just acquired, the job got the SIGTERM. A run on a
+            // host cut off from the server may have been failing to connect (69) meanwhile.
             let ok = match (life, status.code()) {
                 (Some(l), Some(code)) if l.done => code == JOB_CODE || code == 143,
+                (None, Some(69)) => true,
                 (_, Some(code)) => code == 143 || code == 76,
                 (_, None) => false,
             };

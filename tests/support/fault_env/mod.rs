@@ -8,8 +8,11 @@
 //! the server. When the time is up the contenders stop looping and every run finishes by itself.
 //!
 //! The checker then looks at what the witness and the runs recorded:
-//! - no two lifetimes of the lock overlap (proven by the witness, or by the jobs' flock probe);
+//! - no two lifetimes of the lock overlap (proven by the witness, or by the jobs' flock probe),
+//!   except beside a job frozen with its host, which is counted apart (outside the promise);
 //! - tokens strictly increase in the order the jobs started;
+//! - the fenced register (the witness) never accepted a write after a later holder's;
+//! - a run's job starts once: a holder cut off and back does not run again;
 //! - no job outlives its elect (an elect the harness killed with SIGKILL: by at most the grace,
 //!   plus [`WATCHDOG_SLACK`] for the watchdog's own wake-ups);
 //! - elect's exit code is the job's (42) when the job finished, 76 when the job was stopped, and
@@ -18,7 +21,8 @@
 //!   deadline is earlier still); after a holder is killed, the next job starts within ttl + 1 s,
 //!   and within grace + 1 s (and [`WATCHDOG_SLACK`]) when its watchdog can release the lease;
 //!   a holder whose watchdog was SIGSTOPped before its lease was lost has its job dead by
-//!   `stop + ttl` too (elect enforces the deadline itself);
+//!   `stop + ttl` too (elect enforces the deadline itself), and so has a holder whose host was
+//!   cut off from the server; a frozen host's job ends within the grace (and slack) of its thaw;
 //! - a holder whose watchdog was killed ends with 70 (or 76 if its lease was lost meanwhile),
 //!   and its job does not outlive it; when elect and its watchdog are killed together, the job's
 //!   processes may run on, but on the file backend they hold the lock, so no overlap.
@@ -155,6 +159,7 @@ pub fn run(setup: Setup) -> Row {
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(100));
+    arena.witness.catch_up();
     let row = check(&setup, &arena, &events);
     row.print();
     drop(server);

@@ -172,7 +172,12 @@ pub async fn supervise<B: Backend, C: Clock>(
                         (true, None) => Ending::WatchdogGone(end.exit),
                         (true, Some(loss)) => Ending::Lost(loss, exit),
                         // The job had ended by itself, as a stopped watchdog could not report.
-                        (false, _) if !end.stopped => Ending::Finished(exit),
+                        // Its status is known only if elect could reap it; when it is not, and
+                        // the lease was lost meanwhile, the run ends as lost (76) rather than
+                        // claim a kill that never happened.
+                        (false, _) if !end.stopped && (end.exit.is_some() || loss.is_none()) => {
+                            Ending::Finished(exit)
+                        }
                         (false, Some(loss)) => Ending::Lost(loss, exit),
                         (false, None) if timed_out => Ending::TimedOut(exit),
                         (false, None) => {

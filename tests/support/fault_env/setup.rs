@@ -62,7 +62,7 @@ pub enum Fault {
     /// kill -9 of the holding elect and its watchdog together (as `pkill -9 elect` does).
     KillBoth,
     /// kill -9 of the holding elect alone, the server reachable: its watchdog stops the job and
-    /// has the lease released (src/handoff.rs), so the next job starts within grace + 1 s.
+    /// has the lease released (src/handoff.rs).
     HandOff,
     /// kill -9 of the holding elect alone while the proxy holds all traffic for 3 s (longer than
     /// the release's bound): the lease is left to its ttl.

@@ -19,9 +19,11 @@ out "|---|---:|---:|---:|---:|---:|"
 for b in "${backends[@]}"; do
   IFS='|' read -r label url kind port pid <<<"$b"
   [ "$kind" = file ] && continue
+  # A row that fails (a limit reached) is reported as such, and the run goes on.
   python3 "$root/scripts/bench/scale.py" held --elect "$elect" --label "$label" --backend "$url" \
     --kind "$kind" --counts "$scale_counts" --window "$scale_window" \
-    ${port:+--port "$port"} ${pid:+--server-pid "$pid"} | emit
+    ${port:+--port "$port"} ${pid:+--server-pid "$pid"} 2>"$BENCH_WORK/scale-$label.err" | emit \
+    || out "| $label | **failed** | $(tail -1 "$BENCH_WORK/scale-$label.err") | | | |"
 done
 out ""
 out "N elects at once, each holding its own lock (default ttl 15 s, so one renew every 5 s each) and supervising \`sleep\`. Over ${scale_window} s once every job runs: the server's requests (counted as in section 6) and CPU time; the proportional set size (PSS: shared pages divided among their sharers) of elect and its watchdog, summed and divided by N; the wall time of one \`elect status\` listing every lock (median of 3)."
@@ -34,7 +36,9 @@ for b in "${backends[@]}"; do
   IFS='|' read -r label url kind port pid <<<"$b"
   [ "$kind" = file ] && continue
   "${measure[@]}" contention --elect "$elect" --label "$label" --backend "$url" --kind "$kind" \
-    --n "$scale_waiters" --window "$scale_window" ${port:+--port "$port"} ${pid:+--server-pid "$pid"} | emit
+    --n "$scale_waiters" --window "$scale_window" ${port:+--port "$port"} ${pid:+--server-pid "$pid"} \
+    2>"$BENCH_WORK/waiters-$label.err" | emit \
+    || out "| $label | $scale_waiters | **failed**: $(tail -1 "$BENCH_WORK/waiters-$label.err") | | | | | |"
 done
 out ""
 out "As section 6, with ${scale_waiters} waiters."

@@ -15,6 +15,11 @@ use crate::witness::{Life, Witness, JOB};
 /// The ttl of the killed holder where the takeover must not wait for it.
 const LONG_TTL: &str = "30s";
 const GRACE: Duration = Duration::from_secs(1);
+/// What a loaded machine adds to the takeover: the release runs the debug binary here, whose
+/// password exchange with PostgreSQL (SCRAM) alone takes a few hundred ms, seconds when other
+/// builds share the cores. Still far below the 30 s ttl that the takeover used to wait for;
+/// BENCHMARKS.md measures the release build.
+const LOAD_SLACK: Duration = Duration::from_secs(2);
 
 /// A witness, the job it counts, and `elect` runs of that job.
 pub struct Stage {
@@ -125,7 +130,7 @@ pub fn held_token(url: &str) -> Option<u64> {
 }
 
 /// `kill -9` of the holder's elect: a waiting contender's job starts within the grace plus one
-/// second, although the killed holder's ttl is 30 s; no two jobs overlap.
+/// second (and [`LOAD_SLACK`]), although the killed holder's ttl is 30 s; no two jobs overlap.
 pub fn a_killed_elect_hands_over_within_the_grace(url: &str) {
     let mut stage = Stage::new();
     let grace = format!("{}ms", GRACE.as_millis());
@@ -142,7 +147,7 @@ pub fn a_killed_elect_hands_over_within_the_grace(url: &str) {
     let next = stage.life(second, Duration::from_secs(25));
     let takeover = next.connect.saturating_duration_since(killed);
     assert!(
-        takeover < GRACE + Duration::from_secs(1),
+        takeover < GRACE + Duration::from_secs(1) + LOAD_SLACK,
         "the standby started {takeover:?} after the holder's elect was killed (ttl 30 s); \
          holder's stderr: {}",
         stage.stderr(first)

@@ -18,8 +18,8 @@
 //! - elect's exit code is the job's (42) when the job finished, 76 when the job was stopped, and
 //!   69, 75 or 76 when no job ran;
 //! - per fault: a holder SIGSTOPped past the ttl has its job dead by `stop + ttl` (the lease
-//!   deadline is earlier still); after a holder is killed, the next job starts within ttl + 1 s,
-//!   and within grace + 1 s (and [`WATCHDOG_SLACK`]) when its watchdog can release the lease;
+//!   deadline is earlier still); after a holder is killed (elect alone, whose watchdog then
+//!   releases the lease, or with the server cut off), the next job starts within ttl + 1 s;
 //!   a holder whose watchdog was SIGSTOPped before its lease was lost has its job dead by
 //!   `stop + ttl` too (elect enforces the deadline itself), and so has a holder whose host was
 //!   cut off from the server; a frozen host's job ends within the grace (and slack) of its thaw;

@@ -85,7 +85,7 @@ pub enum Fault {
     /// Each etcd member in turn stopped (SIGTERM), started again and waited for.
     RollingRestart,
     /// kill -9 of the holding elect alone, the server reachable: its watchdog stops the job and
-    /// has the lease released (src/handoff.rs), so the next job starts within grace + 1 s.
+    /// has the lease released (src/handoff.rs).
     HandOff,
     /// kill -9 of the holding elect alone while the proxy holds all traffic for 3 s (longer than
     /// the release's bound): the lease is left to its ttl.

@@ -233,6 +233,8 @@ awk 'NR == 1 { t0 = $2 } { $2 = sprintf("%8.3f", ($2 - t0) * 1000); print }' "$B
 out '```'
 out ""
 
+source "$root/scripts/bench/redis-topo.sh"  # 8. Redis topologies: Sentinel and Cluster
+
 # ------------------------------------------------------------------------------------ BENCHMARKS.md
 missed=$(grep -c -F '**missed**' "$report" || true)
 {

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine with a Rust toolchain: installs the servers
-# the integration tests start (redis-server, etcd, PostgreSQL, PgBouncer), the build tools (protoc
-# and libprotobuf-dev) and the package checkers (lintian, man-db, bash-completion) when they are
-# missing, then checks formatting and lints, runs every test, builds the release binary and the
-# Debian package and checks both.
+# the integration tests start (redis-server, etcd, PostgreSQL, PgBouncer, ZooKeeper and kazoo),
+# the build tools (protoc and libprotobuf-dev) and the package checkers (lintian, man-db,
+# bash-completion) when they are missing, then checks formatting and lints, runs every test, builds
+# the release binary and the Debian package and checks both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/build-deps.sh
@@ -19,6 +19,9 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql
 have openssl || missing+=(openssl)
 have tmux || missing+=(tmux)
 have faketime || missing+=(faketime)
+# ZooKeeper's server jar (it brings a Java runtime) and kazoo, whose Lock the interop tests use.
+[ -f /usr/share/java/zookeeper.jar ] && have java || missing+=(zookeeper)
+/usr/bin/python3 -c 'import kazoo' 2>/dev/null || missing+=(python3-kazoo)
 have flock || missing+=(util-linux)
 # For the Debian package's checks (scripts/test-deb.sh).
 have lintian || missing+=(lintian)

@@ -6,7 +6,7 @@
 //!
 //! The URL scheme picks the backend: `file://` (or no URL) for the local lock file, `redis://` /
 //! `rediss://` (and their `+sentinel` and `+cluster` forms), `etcd://` / `etcds://`,
-//! `postgres://` / `postgresql://`.
+//! `postgres://` / `postgresql://`, `zk://`.
 
 pub mod etcd;
 pub mod file;
@@ -14,6 +14,7 @@ pub mod postgres;
 pub mod redis;
 pub mod retry;
 mod url;
+pub mod zk;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -187,6 +188,7 @@ pub enum AnyBackend {
     Etcd(Box<etcd::EtcdBackend>),
     Redis(redis::RedisBackend),
     Postgres(postgres::PostgresBackend),
+    Zk(zk::ZkBackend),
 }
 
 impl AnyBackend {
@@ -212,18 +214,29 @@ impl AnyBackend {
             Scheme::Postgres => Ok(Self::Postgres(
                 postgres::PostgresBackend::open(&url, options).await?,
             )),
+            Scheme::Zk => Ok(Self::Zk(zk::ZkBackend::open(&url).await?)),
         }
     }
 }
 
 impl AnyBackend {
+    /// Has a waiting acquire send the lease it waits under, where a waiter leaves something on
+    /// the server that outlives it (etcd's queue key): see [`crate::handoff`]. The other
+    /// backends keep nothing of a waiter once its connection is gone.
+    pub fn announce_queued(&mut self, to: tokio::sync::mpsc::UnboundedSender<Lease>) {
+        if let Self::Etcd(etcd) = self {
+            etcd.announce_queued(to);
+        }
+    }
+
     /// Environment variables that hold a secret this backend reads and that are not elect's own
     /// (`ELECT_*`): the job must not inherit them either.
     pub fn secret_variables(&self) -> &'static [&'static str] {
         match self {
             Self::Postgres(_) => postgres::SECRET_VARIABLES,
-            // ELECT_ETCD_PASSWORD is one of elect's own variables, withheld with the others.
-            Self::File(_) | Self::Etcd(_) | Self::Redis(_) => &[],
+            // ELECT_ETCD_PASSWORD and ELECT_ZK_PASSWORD are elect's own variables, withheld
+            // with the others.
+            Self::File(_) | Self::Etcd(_) | Self::Redis(_) | Self::Zk(_) => &[],
         }
     }
 }
@@ -235,6 +248,7 @@ macro_rules! dispatch {
             AnyBackend::Etcd($b) => $e,
             AnyBackend::Redis($b) => $e,
             AnyBackend::Postgres($b) => $e,
+            AnyBackend::Zk($b) => $e,
         }
     };
 }

@@ -16,9 +16,10 @@ use crate::lease::{Lease, LockName};
 
 /// Withheld whether or not they are set: a configuration file may have put them into elect's
 /// environment.
-const WITHHELD: [&str; 3] = [
+const WITHHELD: [&str; 4] = [
     "ELECT_ETCD_PASSWORD",
     "ELECT_REDIS_PASSWORD",
+    "ELECT_ZK_PASSWORD",
     "NOTIFY_SOCKET",
 ];
 

@@ -18,9 +18,11 @@ use crate::cli::{LogArgs, LogFormat};
 pub fn init(args: &LogArgs) {
     let filter = match (args.quiet, args.verbose) {
         (q, _) if q > 0 => EnvFilter::new("error"),
-        (_, 1) => EnvFilter::new("debug"),
+        // The ZooKeeper client announces every session at info: for elect that is debug.
+        (_, 1) => EnvFilter::new("debug,zookeeper_client=info"),
         (_, v) if v > 1 => EnvFilter::new("trace"),
-        _ => EnvFilter::try_from_env("ELECT_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        _ => EnvFilter::try_from_env("ELECT_LOG")
+            .unwrap_or_else(|_| EnvFilter::new("info,zookeeper_client=warn")),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

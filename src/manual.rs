@@ -103,6 +103,14 @@ A row per lock in the table \fBelect_leases\fR (created if missing); acquire, re
 single statements judged by the server's \fBclock_timestamp()\fR; NOTIFY wakes waiters. Works
 through PgBouncer in transaction mode; a standby is refused. Password also from \fBPGPASSWORD\fR
 or ~/.pgpass.
+.TP
+\fBzk://[USER:PASSWORD@]HOST[:PORT][,HOST[:PORT]...][/BASE]\fR
+The layout of kazoo's Lock recipe: an ephemeral sequential node BASE/NAME/UUID__lock__SEQ per
+contender (BASE defaults to /elect), so that a kazoo Lock on BASE/NAME and elect exclude each
+other; the lowest holds, each waiter watches the one just ahead. The session is the lease: its
+timeout is \fB\-\-ttl\fR (refused, exit 2, if the server grants less); an expired session is a
+lost lease. The fencing token is the node's creation zxid. Digest credentials; password also from
+\fBELECT_ZK_PASSWORD\fR.
 .PP
 Every URL elect prints or passes to the job has its password replaced by ***.
 .SH "FORCED RELEASE"

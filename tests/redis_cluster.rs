@@ -21,6 +21,8 @@ mod redis_failover;
 #[path = "support/redis_topology.rs"]
 mod redis_topology;
 mod support;
+// Only the job lifetimes of the witness, not its fenced register.
+#[allow(dead_code)]
 #[path = "support/witness.rs"]
 mod witness;
 

@@ -157,7 +157,7 @@ if [ "${have_redis:-0}" = 1 ] && command -v redis-cli >/dev/null; then
   topo_cluster_start
   primary_url="redis://127.0.0.1:$(topo_sentinel_primary)"
 
-  out "## 8. Redis topologies: Sentinel and Cluster"
+  out "## 9. Redis topologies: Sentinel and Cluster"
   out ""
   out "Sentinel: 1 primary, 2 replicas, 3 sentinels; Cluster: 3 primaries with 1 replica each; all on loopback, no persistence."
   out ""

@@ -21,6 +21,7 @@ pub enum Scheme {
     Etcd,
     Etcds,
     Postgres,
+    Zk,
 }
 
 impl Scheme {
@@ -35,6 +36,7 @@ impl Scheme {
             | Scheme::RedissCluster => "redis",
             Scheme::Etcd | Scheme::Etcds => "etcd",
             Scheme::Postgres => "postgres",
+            Scheme::Zk => "zookeeper",
         }
     }
 }
@@ -84,9 +86,10 @@ impl BackendUrl {
             "etcd" | "http" => Scheme::Etcd,
             "etcds" | "https" => Scheme::Etcds,
             "postgres" | "postgresql" => Scheme::Postgres,
+            "zk" | "zookeeper" => Scheme::Zk,
             _ => {
                 return Err(bad(&format!(
-                    "unknown scheme {scheme_text:?} (known: file, redis, rediss, redis+sentinel, rediss+sentinel, redis+cluster, rediss+cluster, etcd, etcds, postgres, postgresql)"
+                    "unknown scheme {scheme_text:?} (known: file, redis, rediss, redis+sentinel, rediss+sentinel, redis+cluster, rediss+cluster, etcd, etcds, postgres, postgresql, zk)"
                 )))
             }
         };
@@ -397,7 +400,7 @@ mod tests {
 
     #[test]
     fn rejects_bad_urls() {
-        for bad in ["zk://x", "redis://", "redis:/x", "redis://h:99999", "nope"] {
+        for bad in ["zk://", "redis://", "redis:/x", "redis://h:99999", "nope"] {
             assert!(BackendUrl::parse(bad).is_err(), "{bad}");
         }
         let err = BackendUrl::parse("mysql://u:pw@h/db")
@@ -436,6 +439,7 @@ mod tests {
                 ("etcd", "a:2379,b:2379?prefix=jobs/"),
                 ("postgres", "db/app?sslmode=disable"),
                 ("postgresql", "[::1]:5432/app"),
+                ("zk", "a:2181,b:2181/apps/locks"),
             ])
         }
 

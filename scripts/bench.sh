@@ -10,6 +10,7 @@
 #   6. contention: N --wait'ing contenders on one lock: server requests while they wait, and how
 #      many of them start a job per release
 #   8. scaling: 1, 100, 1,000 held locks; 1,000 waiters on one lock (scripts/bench/scale.sh)
+#   9. Redis under Sentinel and as a Cluster next to standalone (scripts/bench/redis-topo.sh)
 # Servers (redis-server, etcd, PostgreSQL) are started here on 127.0.0.1, free ports, data in a
 # temporary directory, and stopped on exit. A backend that this elect was built without is skipped
 # with a note. Writes the tables to stdout and to BENCHMARKS.md.
@@ -242,6 +243,7 @@ out '```'
 out ""
 
 source "$root/scripts/bench/scale.sh"  # 8. scaling: many held locks, many waiters
+source "$root/scripts/bench/redis-topo.sh"  # 9. Redis topologies: Sentinel and Cluster
 
 # ------------------------------------------------------------------------------------ BENCHMARKS.md
 missed=$(grep -c -F '**missed**' "$report" || true)

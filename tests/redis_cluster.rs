@@ -1,7 +1,8 @@
 //! Redis Cluster: three primaries with one replica each, made by `redis-cli --cluster create`
 //! once for this file (`tests/support/redis_topology.rs`) and used by one test in steps, since
 //! the later steps change the topology and forming it takes seconds:
-//! 1. the backend battery, scenarios in parallel;
+//! 1. the battery's scenarios that exercise the backend (not those about the job process alone,
+//!    which the standalone battery covers), in parallel;
 //! 2. `elect status` lists the locks of every primary;
 //! 3. a release wakes exactly one of several waiters (the baton with `BLPOP`);
 //! 4. `CLUSTER FAILOVER` on the replica of the lock's slot owner under witness-checked
@@ -61,6 +62,10 @@ fn cluster_topology() {
             holders_admit_n_at_once,
             holders_wait_for_a_free_place,
             holders_never_exceed_n,
+            holders_a_killed_holder_frees_its_place,
+            once_per_failed_run_leaves_no_marker,
+            job_dies_when_elect_is_killed,
+            job_is_stopped_when_the_watchdog_is_killed,
         ),
         3,
     );
@@ -88,8 +93,8 @@ fn status_reads_every_primary(cluster: &Cluster) {
         "the locks should lie on several primaries: {owners:?}"
     );
     let out = env.status(["--json"]);
-    // 3: no lock is held.
-    out.assert_code(3);
+    // 0 when some lock is held (another scenario's may still be), 3 when none.
+    assert!(matches!(out.code(), 0 | 3), "{out}");
     let doc = Json::parse(out.stdout.trim()).expect("JSON");
     let listed: Vec<&str> = doc
         .as_array()

@@ -1,7 +1,8 @@
 //! Redis under Sentinel: one primary, two replicas, three sentinels, started once for this file
 //! (`tests/support/redis_topology.rs`) and used by one test in steps, since the steps change
 //! the topology (failovers) and forming it takes seconds:
-//! 1. the backend battery, scenarios in parallel;
+//! 1. the battery's scenarios that exercise the backend (not those about the job process alone,
+//!    which the standalone battery covers), in parallel;
 //! 2. unreachable sentinels are skipped, and none reachable is exit 69 at start;
 //! 3. `SENTINEL FAILOVER` under witness-checked contenders, without acknowledgement: new runs
 //!    follow the new primary; a holder's lease goes on there; overlaps are reported;
@@ -61,6 +62,10 @@ fn sentinel_topology() {
             holders_admit_n_at_once,
             holders_wait_for_a_free_place,
             holders_never_exceed_n,
+            holders_a_killed_holder_frees_its_place,
+            once_per_failed_run_leaves_no_marker,
+            job_dies_when_elect_is_killed,
+            job_is_stopped_when_the_watchdog_is_killed,
         ),
         3,
     );

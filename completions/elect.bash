@@ -261,7 +261,7 @@ _elect() {
             return 0
             ;;
         elect__subcmd__run)
-            opts="-q -v -h --lock --ttl --renew --grace --wait --conflict-exit-code --once-per --holders --max-runtime --on-acquired --on-busy --on-lost --hook-timeout --metrics-file --id --backend --backend-file --tls-ca --tls-cert --tls-key --quiet --verbose --log-format --config --help"
+            opts="-q -v -h --lock --ttl --renew --grace --wait --conflict-exit-code --once-per --holders --max-runtime --pid-namespace --on-acquired --on-busy --on-lost --hook-timeout --metrics-file --id --backend --backend-file --tls-ca --tls-cert --tls-key --quiet --verbose --log-format --config --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -301,6 +301,10 @@ _elect() {
                     ;;
                 --max-runtime)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pid-namespace)
+                    COMPREPLY=($(compgen -W "true false" -- "${cur}"))
                     return 0
                     ;;
                 --on-acquired)

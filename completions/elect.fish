@@ -42,13 +42,15 @@ complete -c elect -n "__fish_elect_using_subcommand run" -l conflict-exit-code -
 complete -c elect -n "__fish_elect_using_subcommand run" -l once-per -d 'After a successful run (exit 0), skip the job (exit 75) until DURATION has passed, by the backend\'s clock: once per window across every machine' -r
 complete -c elect -n "__fish_elect_using_subcommand run" -l holders -d 'At most N holders of the lock at once across every machine, each with its own fencing token (every contender of the lock must use the same N)' -r
 complete -c elect -n "__fish_elect_using_subcommand run" -l max-runtime -d 'Stop the job after DURATION (SIGTERM, SIGKILL after --grace) and exit 124' -r
+complete -c elect -n "__fish_elect_using_subcommand run" -l pid-namespace -d 'Run the job in a PID namespace of its own (root only), so that every process it starts, daemons included, dies with elect\'s watchdog; the job then sees its own pids only' -r -f -a "true\t''
+false\t''"
 complete -c elect -n "__fish_elect_using_subcommand run" -l on-acquired -d 'Run CMD (with sh -c) when the lease is taken' -r
 complete -c elect -n "__fish_elect_using_subcommand run" -l on-busy -d 'Run CMD when the run is skipped because the lock is held' -r
 complete -c elect -n "__fish_elect_using_subcommand run" -l on-lost -d 'Run CMD when the lease is lost while the job runs' -r
 complete -c elect -n "__fish_elect_using_subcommand run" -l hook-timeout -d 'How long a hook may run before it is killed' -r
 complete -c elect -n "__fish_elect_using_subcommand run" -l metrics-file -d 'Write Prometheus metrics of the run to PATH at exit (textfile collector)' -r -F
 complete -c elect -n "__fish_elect_using_subcommand run" -l id -d 'Holder identity recorded with the lease [default: HOSTNAME:PID]' -r
-complete -c elect -n "__fish_elect_using_subcommand run" -l backend -d 'Where leases live: file:///DIR, redis://, rediss://, etcd://, etcds://, postgres://, zk:// [default: the local lock directory]' -r
+complete -c elect -n "__fish_elect_using_subcommand run" -l backend -d 'Where leases live: file:///DIR, redis://, rediss://, redis+sentinel://, redis+cluster://, etcd://, etcds://, postgres://, zk:// [default: the local lock directory]' -r
 complete -c elect -n "__fish_elect_using_subcommand run" -l backend-file -d 'Read the backend URL from a file, so that secrets stay out of argv' -r -F
 complete -c elect -n "__fish_elect_using_subcommand run" -l tls-ca -d 'CA certificate that verifies a TLS backend' -r -F
 complete -c elect -n "__fish_elect_using_subcommand run" -l tls-cert -d 'Client certificate for a TLS backend' -r -F
@@ -60,7 +62,7 @@ complete -c elect -n "__fish_elect_using_subcommand run" -s q -l quiet -d 'Only 
 complete -c elect -n "__fish_elect_using_subcommand run" -s v -l verbose -d 'More detail on stderr: -v every lease event, -vv everything'
 complete -c elect -n "__fish_elect_using_subcommand run" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c elect -n "__fish_elect_using_subcommand status" -l lock -d 'Show only this lock' -r
-complete -c elect -n "__fish_elect_using_subcommand status" -l backend -d 'Where leases live: file:///DIR, redis://, rediss://, etcd://, etcds://, postgres://, zk:// [default: the local lock directory]' -r
+complete -c elect -n "__fish_elect_using_subcommand status" -l backend -d 'Where leases live: file:///DIR, redis://, rediss://, redis+sentinel://, redis+cluster://, etcd://, etcds://, postgres://, zk:// [default: the local lock directory]' -r
 complete -c elect -n "__fish_elect_using_subcommand status" -l backend-file -d 'Read the backend URL from a file, so that secrets stay out of argv' -r -F
 complete -c elect -n "__fish_elect_using_subcommand status" -l tls-ca -d 'CA certificate that verifies a TLS backend' -r -F
 complete -c elect -n "__fish_elect_using_subcommand status" -l tls-cert -d 'Client certificate for a TLS backend' -r -F
@@ -74,7 +76,7 @@ complete -c elect -n "__fish_elect_using_subcommand status" -s v -l verbose -d '
 complete -c elect -n "__fish_elect_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c elect -n "__fish_elect_using_subcommand release" -l lock -d 'The lock to free' -r
 complete -c elect -n "__fish_elect_using_subcommand release" -l token -d 'Free it only if its holder\'s fencing token is N (see `elect status`)' -r
-complete -c elect -n "__fish_elect_using_subcommand release" -l backend -d 'Where leases live: file:///DIR, redis://, rediss://, etcd://, etcds://, postgres://, zk:// [default: the local lock directory]' -r
+complete -c elect -n "__fish_elect_using_subcommand release" -l backend -d 'Where leases live: file:///DIR, redis://, rediss://, redis+sentinel://, redis+cluster://, etcd://, etcds://, postgres://, zk:// [default: the local lock directory]' -r
 complete -c elect -n "__fish_elect_using_subcommand release" -l backend-file -d 'Read the backend URL from a file, so that secrets stay out of argv' -r -F
 complete -c elect -n "__fish_elect_using_subcommand release" -l tls-ca -d 'CA certificate that verifies a TLS backend' -r -F
 complete -c elect -n "__fish_elect_using_subcommand release" -l tls-cert -d 'Client certificate for a TLS backend' -r -F

@@ -5,7 +5,8 @@
 //! trait and their tests drive a scripted fake.
 //!
 //! The URL scheme picks the backend: `file://` (or no URL) for the local lock file, `redis://` /
-//! `rediss://`, `etcd://` / `etcds://`, `postgres://` / `postgresql://`, `zk://`.
+//! `rediss://` (and their `+sentinel` and `+cluster` forms), `etcd://` / `etcds://`,
+//! `postgres://` / `postgresql://`, `zk://`.
 
 pub mod etcd;
 pub mod file;
@@ -202,7 +203,12 @@ impl AnyBackend {
             Scheme::Etcd | Scheme::Etcds => Ok(Self::Etcd(Box::new(
                 etcd::EtcdBackend::open(&url, options).await?,
             ))),
-            Scheme::Redis | Scheme::Rediss => {
+            Scheme::Redis
+            | Scheme::Rediss
+            | Scheme::RedisSentinel
+            | Scheme::RedissSentinel
+            | Scheme::RedisCluster
+            | Scheme::RedissCluster => {
                 Ok(Self::Redis(redis::RedisBackend::open(&url, options).await?))
             }
             Scheme::Postgres => Ok(Self::Postgres(
@@ -214,6 +220,15 @@ impl AnyBackend {
 }
 
 impl AnyBackend {
+    /// Has a waiting acquire send the lease it waits under, where a waiter leaves something on
+    /// the server that outlives it (etcd's queue key): see [`crate::handoff`]. The other
+    /// backends keep nothing of a waiter once its connection is gone.
+    pub fn announce_queued(&mut self, to: tokio::sync::mpsc::UnboundedSender<Lease>) {
+        if let Self::Etcd(etcd) = self {
+            etcd.announce_queued(to);
+        }
+    }
+
     /// Environment variables that hold a secret this backend reads and that are not elect's own
     /// (`ELECT_*`): the job must not inherit them either.
     pub fn secret_variables(&self) -> &'static [&'static str] {

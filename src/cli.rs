@@ -59,7 +59,8 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct BackendArgs {
-    /// Where leases live: file:///DIR, redis://, rediss://, etcd://, etcds://, postgres://, zk://
+    /// Where leases live: file:///DIR, redis://, rediss://, redis+sentinel://, redis+cluster://,
+    /// etcd://, etcds://, postgres://, zk://
     /// [default: the local lock directory]
     #[arg(
         long,
@@ -178,6 +179,13 @@ pub struct RunArgs {
     /// Stop the job after DURATION (SIGTERM, SIGKILL after --grace) and exit 124
     #[arg(long, env = "ELECT_MAX_RUNTIME", value_name = "DURATION", value_parser = parse_duration)]
     pub max_runtime: Option<Duration>,
+
+    /// Run the job in a PID namespace of its own (root only), so that every process it starts,
+    /// daemons included, dies with elect's watchdog; the job then sees its own pids only
+    #[arg(long, env = "ELECT_PID_NAMESPACE", value_name = "BOOL", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub pid_namespace: Option<bool>,
 
     /// Run CMD (with sh -c) when the lease is taken
     #[arg(long, env = "ELECT_ON_ACQUIRED", value_name = "CMD")]

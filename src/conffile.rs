@@ -32,10 +32,11 @@ use crate::cli::Cli;
 use crate::exit::Failure;
 
 /// Variables elect reads that are not flags.
-const EXTRA_KEYS: [&str; 6] = [
+const EXTRA_KEYS: [&str; 7] = [
     "ELECT_LOG",
     "ELECT_LOCK_DIR",
     "ELECT_REDIS_PASSWORD",
+    "ELECT_REDIS_SENTINEL_PASSWORD",
     "ELECT_ETCD_USER",
     "ELECT_ETCD_PASSWORD",
     "ELECT_ZK_PASSWORD",

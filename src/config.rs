@@ -13,6 +13,7 @@ use crate::exit::Failure;
 use crate::hooks::Hooks;
 use crate::lease::LockName;
 use crate::timing::LeaseTiming;
+use crate::watchdog::protocol::Isolation;
 
 /// Where to find the backend, with its secret kept out of `Debug`.
 #[derive(Clone, Default)]
@@ -73,6 +74,20 @@ fn read_url_file(path: &std::path::Path) -> Result<String, Failure> {
     })
 }
 
+/// Where the job runs. A PID namespace takes CAP_SYS_ADMIN, which elect has as root: asked for
+/// without root, it is refused before anything starts, rather than failing at the job's start.
+fn isolation(pid_namespace: bool, lock: &LockName) -> Result<Isolation, Failure> {
+    if !pid_namespace {
+        return Ok(Isolation::Shared);
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Failure::usage(format!(
+            "lock {lock}: --pid-namespace (ELECT_PID_NAMESPACE) needs root: only root may create a PID namespace; drop the option, or run elect as root"
+        )));
+    }
+    Ok(Isolation::PidNamespace)
+}
+
 /// Everything `elect run` needs, validated.
 #[derive(Debug)]
 pub struct RunConfig {
@@ -90,6 +105,8 @@ pub struct RunConfig {
     pub holders: u32,
     pub hooks: Hooks,
     pub metrics_file: Option<PathBuf>,
+    /// `--pid-namespace`: the job in a PID namespace of its own.
+    pub isolation: Isolation,
 }
 
 impl RunConfig {
@@ -97,7 +114,9 @@ impl RunConfig {
         let timing = LeaseTiming::new(args.ttl, args.renew, args.grace)
             .map_err(|e| Failure::usage(format!("lock {}: {e}", args.lock)))?;
         let backend = BackendConfig::from_args(&args.backend, matches)?;
+        let isolation = isolation(args.pid_namespace.unwrap_or(false), &args.lock)?;
         Ok(Self {
+            isolation,
             lock: args.lock,
             timing,
             wait: args.wait.unwrap_or(Wait::No),

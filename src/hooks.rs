@@ -5,11 +5,25 @@
 //! killed). A failing hook is logged and changes nothing else: never the job's exit code, and
 //! never the stopping of a job whose lease is lost (the stop is ordered first; the hook runs
 //! alongside).
+//!
+//! # Which hooks are fenced
+//! `--on-acquired` runs while the lease is held, so it is fenced like the job: it runs in the
+//! job's process group, where the watchdog's stop reaches it by the lease deadline even when
+//! elect itself is stopped and cannot enforce the hook's timeout (and so do Ctrl-C and the
+//! signals elect forwards to the job). `--on-busy` and `--on-lost` run when no lease is held,
+//! each in a process group of its own, bounded by the timeout alone.
+//!
+//! After the job's main process ends, elect waits for `--on-acquired` before it releases the
+//! lease, and renews no more: the watchdog holds what is left in the job's group to the last
+//! deadline meanwhile. A hook that starts after the job's group is gone (a job that ended before
+//! its hook could start) runs in a group of its own, bounded by the timeout alone.
 
 use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 use tokio::task::JoinHandle;
 
 use crate::jobenv::JobEnv;
@@ -56,10 +70,30 @@ impl Running {
     }
 }
 
+/// The process group a hook runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Group {
+    /// Its own: the hook runs when no lease is held.
+    Own,
+    /// The job's (the job's main process, which leads it): the hook runs while the lease is held,
+    /// and is stopped with the job.
+    Job(i32),
+}
+
 impl Hooks {
     /// Starts the hook for `event`, if one is configured, in this environment (the job's, see
-    /// [`JobEnv`], with the event's own variables).
+    /// [`JobEnv`], with the event's own variables), in a process group of its own.
     pub fn start(&self, event: Event, env: JobEnv) -> Running {
+        self.start_in(event, env, Group::Own)
+    }
+
+    /// Starts the hook for `event` as [`Hooks::start`] does, in the process group of the job
+    /// whose main process is `job`: fenced with the job (see the module doc).
+    pub fn start_fenced(&self, event: Event, env: JobEnv, job: i32) -> Running {
+        self.start_in(event, env, Group::Job(job))
+    }
+
+    fn start_in(&self, event: Event, env: JobEnv, group: Group) -> Running {
         let command = match event {
             Event::Acquired => &self.on_acquired,
             Event::Busy => &self.on_busy,
@@ -69,7 +103,7 @@ impl Hooks {
             return Running(None);
         };
         let timeout = self.timeout;
-        Running(Some(tokio::spawn(run(event, command, env, timeout))))
+        Running(Some(tokio::spawn(run(event, command, env, timeout, group))))
     }
 }
 
@@ -96,47 +130,61 @@ pub fn holder_env(holder: Option<&HolderInfo>) -> Vec<(String, String)> {
     ]
 }
 
-async fn run(event: Event, command: String, env: JobEnv, timeout: Duration) {
+async fn run(event: Event, command: String, env: JobEnv, timeout: Duration, group: Group) {
     let name = event.name();
-    let mut cmd = tokio::process::Command::new("/bin/sh");
-    env.apply(&mut cmd);
-    let mut child = match cmd
-        .arg("-c")
-        .arg(&command)
-        .stdin(Stdio::null())
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-    {
+    let mut child = match spawn(&command, &env, group) {
         Ok(child) => child,
-        Err(e) => {
-            tracing::warn!(hook = name, "hook could not start: {e}");
-            return;
+        // The job's group is gone (the job has ended): the hook runs on its own.
+        Err(e) if group != Group::Own && e.raw_os_error() == Some(nix::libc::EPERM) => {
+            match spawn(&command, &env, Group::Own) {
+                Ok(child) => child,
+                Err(e) => return tracing::warn!(hook = name, "hook could not start: {e}"),
+            }
         }
+        Err(e) => return tracing::warn!(hook = name, "hook could not start: {e}"),
     };
     let pid = child.id().and_then(|pid| i32::try_from(pid).ok());
     if let (Some(pid), Ok(mut running)) = (pid, RUNNING.lock()) {
         running.push(pid);
     }
-    wait(name, &mut child, timeout).await;
+    wait(name, &mut child, timeout, group).await;
     if let (Some(pid), Ok(mut running)) = (pid, RUNNING.lock()) {
         running.retain(|p| *p != pid);
     }
 }
 
-/// Waits for a hook, and kills its process group after the timeout.
-async fn wait(name: &str, child: &mut tokio::process::Child, timeout: Duration) {
+fn spawn(command: &str, env: &JobEnv, group: Group) -> std::io::Result<tokio::process::Child> {
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    env.apply(&mut cmd);
+    cmd.arg("-c")
+        .arg(command)
+        .stdin(Stdio::null())
+        .process_group(match group {
+            Group::Own => 0,
+            Group::Job(job) => job,
+        })
+        .kill_on_drop(true)
+        .spawn()
+}
+
+/// Waits for a hook, and kills it and every process it started after the timeout: its group
+/// when the group is its own, each process otherwise (the group is the job's).
+async fn wait(name: &str, child: &mut tokio::process::Child, timeout: Duration, group: Group) {
     match tokio::time::timeout(timeout, child.wait()).await {
         Ok(Ok(status)) if status.success() => tracing::debug!(hook = name, "hook ran"),
         Ok(Ok(status)) => tracing::warn!(hook = name, "hook failed: {status}"),
         Ok(Err(e)) => tracing::warn!(hook = name, "hook failed: {e}"),
         Err(_) => {
-            if let Some(pid) = child.id() {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+            if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
+                let pid = Pid::from_raw(pid);
+                // Not reaped yet, so its pid is still its own.
+                if group == Group::Own {
+                    let _ = nix::sys::signal::killpg(pid, Signal::SIGKILL);
+                }
+                // Its processes first: once the hook is gone they are no longer below it.
+                crate::procfs::signal_descendants(pid, &[], Signal::SIGKILL);
             }
+            let _ = child.start_kill();
             let _ = child.wait().await;
             tracing::warn!(
                 hook = name,

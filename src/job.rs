@@ -23,7 +23,7 @@ use crate::front::Front;
 use crate::lease::Lease;
 use crate::watchdog;
 use crate::watchdog::placement::Cpus;
-use crate::watchdog::protocol::{Order, Report};
+use crate::watchdog::protocol::{Isolation, Order, Report};
 
 /// elect's end of the watchdog, before the async runtime exists: its pid, the socket, and the
 /// socket to the job's launcher.
@@ -119,6 +119,8 @@ pub struct Spec {
     pub grace: std::time::Duration,
     /// Variables set (`Some`) or removed (`None`) for the job.
     pub env: Vec<(OsString, Option<OsString>)>,
+    /// Whether the job gets a PID namespace of its own.
+    pub isolation: Isolation,
 }
 
 /// Where `command` starts among elect's own arguments, which the watchdog and the launcher share
@@ -199,6 +201,7 @@ impl Handle {
             command_at: self.command_at,
             terminal: job_takes_terminal(self.front),
             env: spec.env,
+            isolation: spec.isolation,
         };
         let fd = lease.kernel_lock.as_ref().map(|f| f.as_fd());
         send_order(self.socket.get_ref().as_fd(), order, fd)?;
@@ -234,9 +237,16 @@ impl Handle {
         }
     }
 
+    /// Gives the watchdog the identity of the lease elect holds, so that a lease elect cannot
+    /// release, having died, is released once the job is gone (see [`crate::handoff`]).
+    pub fn hold(&self, identity: Vec<u8>) {
+        self.order(&Order::Hold(identity));
+    }
+
     /// Tells the watchdog, after its last report, that elect needs it no more: it then exits at
-    /// once instead of waiting for elect to exit.
+    /// once instead of waiting for elect to exit. elect releases the lease itself.
     pub fn hang_up(&self) {
+        self.order(&Order::Forget);
         let _ = nix::sys::socket::shutdown(
             self.socket.get_ref().as_raw_fd(),
             nix::sys::socket::Shutdown::Both,
@@ -267,6 +277,15 @@ impl Handle {
                 Err(_would_block) => {}
             }
         }
+    }
+}
+
+/// elect ends as planned (whatever the outcome), or the run's handle is dropped: the watchdog is
+/// not to release a lease on elect's behalf (see [`crate::handoff`]). Only a killed elect skips
+/// this.
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.order(&Order::Forget);
     }
 }
 

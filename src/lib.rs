@@ -14,9 +14,10 @@
 //!   and `fg` work while elect keeps renewing.
 //! - [`watchdog`] (runs in the watchdog): a forked helper process that owns the job: spawns it in
 //!   its own process group, reaps it as a subreaper, and kills it by the deadline on its own even
-//!   if elect is stopped. Its modules: `launcher` (runs in the job's process until the exec),
+//!   if elect is stopped. Its modules: `launcher` (runs in the job's process until the exec;
+//!   with `--pid-namespace`, `launcher::namespace` runs in it and in the namespace's init),
 //!   `placement` (CPUs; watchdog and launcher), `title` (the names in `ps`; watchdog and
-//!   launcher), `protocol` (the messages; shared with elect).
+//!   launcher), `protocol` (the messages; shared with elect), `releaser` (starts [`handoff`]).
 //! - [`job`] (runs in elect): elect's handle on the watchdog and the job's launcher: the fork,
 //!   the sockets, the start order and its answer, the orders that follow, the reap; and
 //!   `job::guard`, elect as the job's second guard when the watchdog is killed or stopped.
@@ -32,6 +33,8 @@
 //! - [`metrics`]: `--metrics-file`, Prometheus text format.
 //! - [`status`]: `elect status`, text and JSON.
 //! - [`release`]: `elect release --token N`, an operator's compare-and-delete.
+//! - [`handoff`] (runs in a process the watchdog starts): the release of the lease when elect
+//!   alone died; the watchdog's side is `watchdog::releaser`.
 //! - [`logging`]: one line per event on stderr, text or JSON.
 //! - [`show`]: how values that others can write are shown to people (escaped, invalid times).
 //! - [`generate`], [`manual`]: the man page and shell completions, generated from [`cli`].
@@ -44,6 +47,7 @@ pub mod config;
 pub mod exit;
 pub mod front;
 pub mod generate;
+pub mod handoff;
 pub mod home;
 pub mod hooks;
 pub mod job;

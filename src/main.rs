@@ -10,6 +10,9 @@ use elect::exit::Failure;
 
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.len() == 1 && args[0] == elect::handoff::ARGV0 {
+        return ExitCode::from(elect::handoff::serve());
+    }
     let sources = match elect::conffile::load_into_env(&args) {
         Ok(sources) => sources,
         Err(failure) => {

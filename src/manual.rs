@@ -79,8 +79,18 @@ waits. The kernel lock cannot expire while the job runs.
 SET NX PX with a random secret, in one Lua script with the fencing-token INCR; token-checked renew
 and release scripts; keys \fBelect:{NAME}\fR, \fBelect:{NAME}:token\fR, \fBelect:{NAME}:baton\fR
 (one Redis Cluster slot per lock). Waiters queue on the baton list: a release wakes one.
-Asynchronous replication: a failover to a replica that lacked the key can lose a lease.
+Asynchronous replication: a failover to a replica that lacked the key can lose a lease;
+\fB?wait=N\fR makes acquire and renew count only once N replicas acknowledged them (WAIT).
 Password also from \fBELECT_REDIS_PASSWORD\fR.
+.TP
+\fBredis+sentinel://[USER:PASSWORD@]HOST[:PORT][,HOST[:PORT]...]/MASTER[/DB]\fR
+The primary that the sentinels name, found again after a failover; sentinels that do not answer
+are skipped. The sentinels' own login: \fB?sentinel_user=\fR, \fB?sentinel_password=\fR or
+\fBELECT_REDIS_SENTINEL_PASSWORD\fR. \fBrediss+sentinel://\fR for TLS.
+.TP
+\fBredis+cluster://[USER:PASSWORD@]HOST[:PORT][,HOST[:PORT]...]\fR
+A Redis Cluster through its seed nodes: redirections followed, \fBstatus\fR reads every primary.
+\fBrediss+cluster://\fR for TLS.
 .TP
 \fBetcd://HOST:PORT[,HOST:PORT...][?prefix=P]\fR, \fBetcds://...\fR (TLS)
 An etcd lease kept alive while the job runs, and the key layout of etcd's concurrency mutex

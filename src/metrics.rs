@@ -1,17 +1,32 @@
 //! `--metrics-file`: Prometheus text-format metrics of one run, written at exit for
 //! node_exporter's textfile collector (atomically: a temporary file renamed over the old one).
 //!
-//! elect may write there as root into a directory other users can write (a shared textfile
-//! directory, `/tmp`), so the temporary file is created afresh with `O_CREAT | O_EXCL |
-//! O_NOFOLLOW`: a symlink or file planted at a name elect might choose makes that name fail,
-//! never redirects the write. The rename replaces the path itself, not what a link there names.
+//! elect may write there as root, into a directory other users can write (a shared textfile
+//! directory, `/tmp`), under directories that other users might control. So:
+//! - the directory is reached by walking its path from `/` through checked directory
+//!   descriptors ([`walk`]): every directory above it must belong to root or elect's user and be
+//!   writable by nobody else unless sticky, and every symlink on the way must belong to root or
+//!   elect's user. Otherwise nothing is written, and a warning says which directory is wrong.
+//!   Nobody can then swap a directory on the way, or point a link of theirs elsewhere (`/etc`).
+//! - everything after that is relative to the directory's descriptor: the temporary file is
+//!   created afresh with `O_CREAT | O_EXCL | O_NOFOLLOW` (a symlink or file planted at a name
+//!   elect might choose makes that name fail, never redirects the write), then renamed over the
+//!   target with `renameat`, which replaces the name itself, never what a link there names, and
+//!   never writes into a file someone else made.
 
-use std::fs::{File, OpenOptions};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+
+use crate::backend::file::walk::{self, Missing};
 use crate::keeper::RenewStats;
 use crate::lease::LockName;
 
@@ -158,46 +173,62 @@ pub fn write(path: &Path, lock: &LockName, record: &RunRecord, exit_code: u8) {
 
 /// Replaces `path` with a file holding `bytes`, through a fresh temporary file beside it.
 fn replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let (tmp, mut file) = create_fresh(path)?;
-    let result = file
-        .write_all(bytes)
-        .and_then(|()| std::fs::rename(&tmp, path));
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("the path names no file"))?;
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let euid = nix::unistd::geteuid().as_raw();
+    let dir = walk::walk(&std::path::absolute(parent)?, euid, Missing::Refuse)
+        .map_err(std::io::Error::other)?;
+    let (tmp, file) = create_fresh(&dir.fd, name)?;
+    let result = File::from(file).write_all(bytes).and_then(|()| {
+        Ok(nix::fcntl::renameat(
+            &dir.fd,
+            tmp.as_os_str(),
+            &dir.fd,
+            name,
+        )?)
+    });
     if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = nix::unistd::unlinkat(
+            &dir.fd,
+            tmp.as_os_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
     }
     result
 }
 
-/// A new file next to `path`, under a name nobody had used: never an existing file or a link.
-fn create_fresh(path: &Path) -> std::io::Result<(PathBuf, File)> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other("the path names no file"))?
-        .to_string_lossy()
-        .into_owned();
-    let mut last = None;
+/// A new file in `dir` beside `name`, under a name nobody had used: never an existing file or a
+/// link.
+fn create_fresh(dir: &OwnedFd, name: &OsStr) -> std::io::Result<(OsString, OwnedFd)> {
+    let mut last = Errno::EEXIST;
     for attempt in 0..16u32 {
         let nanos = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
-        let tmp = path.with_file_name(format!(
-            ".{name}.{}.{nanos:x}{attempt}.tmp",
-            std::process::id()
-        ));
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-            .open(&tmp)
-        {
+        let mut tmp = OsString::from(".");
+        tmp.push(name);
+        tmp.push(format!(".{}.{nanos:x}{attempt}.tmp", std::process::id()));
+        if tmp.as_bytes().len() > 255 {
+            return Err(std::io::Error::other("the file name is too long"));
+        }
+        match nix::fcntl::openat(
+            dir,
+            tmp.as_os_str(),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o644),
+        ) {
             Ok(file) => return Ok((tmp, file)),
             // Someone holds that name (perhaps on purpose): take another.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
-            Err(e) => return Err(e),
+            Err(Errno::EEXIST) => last = Errno::EEXIST,
+            Err(e) => return Err(e.into()),
         }
     }
-    Err(last.unwrap_or_else(|| std::io::Error::other("no free temporary name")))
+    Err(last.into())
 }
 
 #[cfg(test)]

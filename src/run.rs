@@ -17,6 +17,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::RunConfig;
 use crate::exit::{code, Failure};
 use crate::front;
+use crate::handoff;
 use crate::hooks::{self, Event as HookEvent, Running};
 use crate::job::{self, Forked, Handle, Spec, Start};
 use crate::jobenv::JobEnv;
@@ -110,9 +111,12 @@ impl Runner<'_> {
             holders: cfg.holders,
         };
         let waited = Instant::now();
+        let (queued_to, mut queued) = mpsc::unbounded_channel();
+        backend.announce_queued(queued_to);
         let acquired = tokio::select! {
             lease = self.acquire(&mut backend, &req, &base_env) => lease,
             sig = stop_signal(signals) => return Err(interrupted(lock, sig, "waiting for the lock")),
+            never = self.hold_while_waiting(&mut queued) => match never {},
         };
         record.wait = waited.elapsed();
         let mut lease = match acquired {
@@ -152,9 +156,15 @@ impl Runner<'_> {
             deadline,
             grace: cfg.timing.grace(),
             env: job_env.changes(),
+            isolation: cfg.isolation,
         };
         let started = Instant::now();
         let started_at = SystemTime::now();
+        if backend.expiry() == Expiry::Ttl {
+            if let Some(identity) = handoff::Identity::encode(&cfg.backend, &lease) {
+                self.watchdog.hold(identity);
+            }
+        }
         let start = match self.watchdog.start(spec, &lease).await {
             Ok(start) => start,
             Err(e) => {
@@ -171,7 +181,9 @@ impl Runner<'_> {
                 tracing::debug!(lock = %lock, pid, "job started");
                 let holding = format!("holding {lock}, token {}", lease.token());
                 self.notifier.ready(&holding);
-                let acquired_hook = cfg.hooks.start(HookEvent::Acquired, job_env.clone());
+                let acquired_hook =
+                    cfg.hooks
+                        .start_fenced(HookEvent::Acquired, job_env.clone(), pid);
                 let ctx = Supervision {
                     job: pid,
                     deadline,
@@ -395,6 +407,23 @@ impl Runner<'_> {
     }
 
     /// The run is skipped because the lock is held: the on-busy hook, then the conflict exit.
+    /// Hands the watchdog each lease that the wait leaves on the server (see
+    /// [`AnyBackend::announce_queued`]), so that it is released should elect die while waiting.
+    async fn hold_while_waiting(
+        &self,
+        queued: &mut mpsc::UnboundedReceiver<Lease>,
+    ) -> std::convert::Infallible {
+        loop {
+            if let Some(lease) = queued.recv().await {
+                if let Some(identity) = handoff::Identity::encode(&self.cfg.backend, &lease) {
+                    self.watchdog.hold(identity);
+                }
+            } else {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     async fn busy(&self, env: &JobEnv, holder: Option<&HolderInfo>, message: String) -> Failure {
         let env = env.clone().with(hooks::holder_env(holder));
         self.cfg.hooks.start(HookEvent::Busy, env).finish().await;

@@ -26,12 +26,16 @@
 //!   grace) when the deadline's SIGTERM time passes, when elect orders it, or when elect dies.
 //!   After the job's main process exits, whatever it left running is stopped the same way.
 //! - Reports `Finished` only when no process of the job is left; elect releases the lease only
-//!   then. On the file backend it also holds a copy of the lock file descriptor, so the kernel lock
+//!   then. Until elect hangs up, it still holds what is left in the job's process group (the
+//!   `--on-acquired` hook, see [`crate::hooks`]) to the deadline: elect renews no more by then. On the file backend it also holds a copy of the lock file descriptor, so the kernel lock
 //!   stays until the last process is gone, even if elect was killed.
+//! - On the other backends, if elect died holding the lease, starts its release by a fresh
+//!   process once the last process of the job is gone (see [`crate::handoff`] and [`releaser`]).
 
 pub mod launcher;
 pub mod placement;
 pub mod protocol;
+pub mod releaser;
 pub mod title;
 
 use std::fs::File;
@@ -115,6 +119,14 @@ struct Watchdog {
     cpus: Option<Cpus>,
     /// The lock file of the file backend, kept open so the lock outlives elect.
     _kernel_lock: Option<File>,
+    /// The job's main process, pinned by a pidfd, to signal its group after it is reaped.
+    leader: Option<crate::procfs::Pinned>,
+    /// Whether the group was sent SIGTERM after the job's end (see [`Watchdog::linger_fenced`]).
+    group_termed: bool,
+    /// elect's binary, to start the release with should elect die (see [`crate::handoff`]).
+    binary: Option<releaser::Binary>,
+    /// The lease elect holds, from its `hold` order, until elect says `forget`.
+    identity: Option<Vec<u8>>,
 }
 
 impl Watchdog {
@@ -157,6 +169,8 @@ impl Watchdog {
         nix::sys::prctl::set_child_subreaper(true)?;
         // Then at once, so that it is ready by the time elect has the lease (see `launcher`).
         let launcher = Some(Launcher::fork(launcher_socket, cpus));
+        // Now, while the file it names is the binary that runs (see `releaser`).
+        let binary = releaser::Binary::open();
         // After the fork: the launcher still needs elect's arguments, which this overwrites.
         title::set("lease-watchdog", "elect: watchdog");
         Ok(Self {
@@ -177,6 +191,10 @@ impl Watchdog {
             launcher,
             cpus,
             _kernel_lock: None,
+            leader: None,
+            group_termed: false,
+            binary,
+            identity: None,
         })
     }
 
@@ -202,6 +220,7 @@ impl Watchdog {
                     }
                     break Ok(Some((terminal, lock)));
                 }
+                Ok(Some(order @ (Order::Hold(_) | Order::Forget))) => self.keep(order),
                 Ok(Some(_)) => continue,
                 // None: elect ended without starting a job.
                 other => break other.map(|_| None),
@@ -209,6 +228,10 @@ impl Watchdog {
         };
         let Ok(Some((terminal, lock))) = start else {
             launcher.map(Launcher::dismiss).ok();
+            if let Ok(None) = start {
+                // elect is gone and no job ran: a lease it held and did not release may go.
+                self.hand_off();
+            }
             return start.map(|_| ());
         };
         // elect sends the launcher the same order next, and the launcher execs the command.
@@ -222,6 +245,8 @@ impl Watchdog {
                     self.took_terminal = true;
                 }
                 self.job = Some(pid);
+                // Its own child, not reaped yet: the pid is surely the launcher's.
+                self.leader = crate::procfs::Pinned::open(pid);
                 self.report(Report::Started { pid: pid.as_raw() });
                 // After the report, off the path to the job's start.
                 title::set("lease-watchdog", &format!("elect: watchdog for {lock}"));
@@ -285,6 +310,7 @@ impl Watchdog {
                     });
                 }
                 self.linger();
+                self.hand_off();
                 return Ok(());
             }
         }
@@ -304,6 +330,27 @@ impl Watchdog {
                 }
             }
             Order::Stop => self.stop_by(self.grace),
+            Order::Hold(_) | Order::Forget => self.keep(order),
+        }
+    }
+
+    /// Keeps or drops the lease's identity (see [`crate::handoff`]).
+    fn keep(&mut self, order: Order) {
+        match order {
+            Order::Hold(identity) => self.identity = Some(identity),
+            Order::Forget => self.identity = None,
+            _ => {}
+        }
+    }
+
+    /// elect is gone without releasing the lease it held, and no process of the job is left:
+    /// starts the release (see [`crate::handoff`]).
+    fn hand_off(&mut self) {
+        let (Some(identity), Some(binary)) = (self.identity.take(), &self.binary) else {
+            return;
+        };
+        if let Err(err) = binary.release(&identity) {
+            eprintln!("elect: watchdog: cannot start the release of the lease: {err}");
         }
     }
 
@@ -369,9 +416,7 @@ impl Watchdog {
         if let Some(job) = self.job {
             let _ = killpg(job, sig);
         }
-        for pid in crate::procfs::descendants(Pid::this(), &[]) {
-            let _ = signal::kill(pid, sig);
-        }
+        crate::procfs::signal_descendants(Pid::this(), &[], sig);
     }
 
     /// Reaps every child that has ended. True when no process of the job is left.
@@ -508,10 +553,75 @@ impl Watchdog {
     fn linger(&mut self) {
         self._kernel_lock = None;
         while self.elect_alive {
+            if let Some(deadline) = self.deadline.filter(|_| self.leader.is_some()) {
+                self.linger_fenced(deadline);
+                continue;
+            }
             match self.receive() {
+                Ok(Some(order @ (Order::Hold(_) | Order::Forget))) => self.keep(order),
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => self.elect_alive = false,
             }
+        }
+    }
+
+    /// One wait of [`Watchdog::linger`] under a deadline: for elect's next order or its hang-up,
+    /// and for the deadline, which still holds for what is left in the job's process group (the
+    /// `--on-acquired` hook, see [`crate::hooks`]): elect renews no more once the job has ended,
+    /// and may be stopped.
+    fn linger_fenced(&mut self, deadline: BootTime) {
+        let now = BootTime::now();
+        if now >= deadline {
+            self.signal_group(Signal::SIGKILL);
+            self.deadline = None;
+            return;
+        }
+        if now >= deadline - self.grace && !self.group_termed {
+            self.signal_group(Signal::SIGTERM);
+            self.signal_group(Signal::SIGCONT);
+            self.group_termed = true;
+        }
+        let at = if self.group_termed {
+            deadline
+        } else {
+            deadline - self.grace
+        };
+        let spec = TimeSpec::from_duration(Duration::from_nanos(at.as_nanos().max(1)));
+        if self
+            .timer
+            .set(
+                Expiration::OneShot(spec),
+                TimerSetTimeFlags::TFD_TIMER_ABSTIME,
+            )
+            .is_err()
+        {
+            self.deadline = None;
+            return;
+        }
+        let mut fds = [
+            PollFd::new(self.socket.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.timer.as_fd(), PollFlags::POLLIN),
+        ];
+        if matches!(poll(&mut fds, PollTimeout::NONE), Ok(_) | Err(Errno::EINTR))
+            && fds[0].revents().is_none_or(|r| r.is_empty())
+        {
+            return;
+        }
+        match self.receive() {
+            Ok(Some(Order::Deadline(d))) if !self.group_termed => self.deadline = d,
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => self.elect_alive = false,
+        }
+    }
+
+    /// Signals the job's process group through its leader's pidfd, which names the group itself
+    /// even once the leader is reaped (Linux 6.9). Before, by number, while the group has members.
+    fn signal_group(&self, sig: Signal) {
+        let (Some(job), Some(leader)) = (self.job, &self.leader) else {
+            return;
+        };
+        if leader.signal_group(sig) == Err(Errno::EINVAL) && killpg(job, None).is_ok() {
+            let _ = killpg(job, sig);
         }
     }
 

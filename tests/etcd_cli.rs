@@ -54,6 +54,8 @@ battery_tests!(
     setsid_grandchild_is_stopped,
     watchdog_is_named,
     job_is_stopped_when_the_watchdog_is_killed,
+    job_dies_with_elect_and_watchdog_in_a_pid_namespace,
+    on_acquired_hook_is_fenced_when_elect_is_stopped,
     status_of_one_lock,
     // A used lock stays listed (as free) through its `<name>.last` history key.
     status_lists_every_lock,

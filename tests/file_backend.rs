@@ -39,6 +39,7 @@ battery_tests!(
     setsid_grandchild_is_stopped,
     watchdog_is_named,
     job_is_stopped_when_the_watchdog_is_killed,
+    job_dies_with_elect_and_watchdog_in_a_pid_namespace,
     status_of_one_lock,
     status_lists_every_lock,
     sigterm_stops_a_wait,
@@ -408,6 +409,65 @@ fn ctrl_c_reaches_the_job_once() {
     assert_eq!(env.lines("code"), ["0"]);
 }
 
+/// With `--pid-namespace` the terminal behaves as without it: in an interactive bash, Ctrl-Z stops
+/// the job and bash reports it stopped, `fg` continues it, and Ctrl-C reaches it once.
+#[test]
+fn terminal_works_in_a_pid_namespace() {
+    let env = TestEnv::new();
+    let lock = env.lock("tty-pidns");
+    env.script(
+        "ticks.sh",
+        "trap 'echo got-int >> ints; exit 0' INT\n\
+         read p _ < /proc/self/stat; echo $p > ready.tmp && mv ready.tmp ready\n\
+         while :; do echo x >> ticks; sleep 0.1; done",
+    );
+    let tmux = Tmux::start(
+        &env,
+        "tty-pidns",
+        "env -i PATH=/usr/bin:/bin TERM=screen HOME=/tmp bash --norc --noprofile",
+    );
+    let line = format!(
+        "cd '{dir}' && ELECT_LOCK_DIR='{locks}' '{elect}' run --lock {lock} --pid-namespace -- ./ticks.sh",
+        dir = env.path().display(),
+        locks = env.lock_dir().unwrap().display(),
+        elect = env!("CARGO_BIN_EXE_elect"),
+    );
+    tmux.send_keys(&[&line, "Enter"]);
+    let job = env.read_pid("ready");
+    let ticks = || env.lines("ticks").len();
+    wait_for("the job to tick", Duration::from_secs(10), || ticks() >= 3);
+    tmux.send_keys(&["C-z"]);
+    wait_for("the job to stop", Duration::from_secs(10), || {
+        support::proc_stat(job).is_some_and(|s| s.state == 'T')
+    });
+    wait_for(
+        "bash to report the job stopped",
+        Duration::from_secs(10),
+        || tmux.screen().contains("Stopped"),
+    );
+    let stopped_at = ticks();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(ticks(), stopped_at, "the stopped job ran on");
+    tmux.send_keys(&["fg", "Enter"]);
+    wait_for("the job to run again", Duration::from_secs(10), || {
+        ticks() > stopped_at
+    });
+    tmux.send_keys(&["C-c"]);
+    wait_for("the job to end", Duration::from_secs(10), || !is_alive(job));
+    // After a stop, bash would run the rest of a line at once: `fg`'s status, typed after.
+    tmux.send_keys(&["echo $? > code", "Enter"]);
+    wait_for("elect to exit", Duration::from_secs(10), || {
+        !env.lines("code").is_empty()
+    });
+    assert_eq!(
+        env.lines("ints"),
+        ["got-int"],
+        "the job must get SIGINT exactly once; screen:\n{}",
+        tmux.screen()
+    );
+    assert_eq!(env.lines("code"), ["0"], "screen:\n{}", tmux.screen());
+}
+
 /// A file lock belongs to the kernel: `elect release` cannot take it from a live holder, says
 /// so, and finds nothing to do once the holder is gone.
 #[test]
@@ -546,4 +606,20 @@ fn job_holds_the_lock_when_elect_and_watchdog_are_killed() {
     ]);
     after.assert_code(0);
     assert!(!is_alive(bg));
+}
+
+/// Only root may make a PID namespace: `--pid-namespace` as another user is refused before
+/// anything starts, with one line that says so (exit 2).
+#[test]
+fn pid_namespace_needs_root() {
+    let out = Command::new("runuser")
+        .args(["-u", "nobody", "--", env!("CARGO_BIN_EXE_elect")])
+        .args(["run", "--lock", "x", "--pid-namespace", "--", "true"])
+        .env_remove("ELECT_LOCK_DIR")
+        .output()
+        .expect("runuser");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--pid-namespace") && stderr.contains("needs root"));
 }

@@ -47,6 +47,8 @@ battery_tests!(
     setsid_grandchild_is_stopped,
     watchdog_is_named,
     job_is_stopped_when_the_watchdog_is_killed,
+    job_dies_with_elect_and_watchdog_in_a_pid_namespace,
+    on_acquired_hook_is_fenced_when_elect_is_stopped,
     status_of_one_lock,
     status_lists_every_lock,
     sigterm_stops_a_wait,

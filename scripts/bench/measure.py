@@ -4,7 +4,7 @@ experiment against a running backend and prints markdown (a table, or rows of on
 
     measure.py wall JSON [--target NAME=RATIO ...]      hyperfine JSON -> table, first row vs the rest
     measure.py handover   --elect E --label L [--backend URL] --rounds N
-    measure.py takeover   --elect E --label L [--backend URL] --rounds N --ttl 2s --grace 500ms
+    measure.py takeover   --elect E --label L [--backend URL] --rounds N --ttl 2s --grace 500ms --what elect|host
     measure.py memory     --elect E LABEL=URL ...        (URL "-" means the default file backend)
     measure.py contention --elect E --label L [--backend URL] --n N --window S --kind K ...
 
@@ -211,9 +211,26 @@ def cmd_handover(args):
 # --------------------------------------------------------------------------------------- takeover
 
 
+def lose(holder, job, what):
+    """WHAT=elect: SIGKILL the holding elect alone (its watchdog stops the job and has the lease
+    released). WHAT=host: as if the host vanished: elect, its watchdog and the job are frozen
+    together (SIGSTOP, so that none of them acts on another's end), then killed; nothing is left
+    to release the lease, which expires by its ttl."""
+    if what == "elect":
+        holder.kill()
+        return
+    pids = [holder.pid] + children(holder.pid) + [job]
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+
 def cmd_takeover(args):
-    """SIGKILL a holder whose job sleeps; time until a --wait'ing contender's job starts, and
-    until the dead holder's job is gone (its watchdog stops it)."""
+    """SIGKILL a holder whose job sleeps (see `lose`); time until a --wait'ing contender's job
+    starts, and until the dead holder's job is gone (its watchdog stops it)."""
     takeover, job_gone = [], []
     lease = ["--ttl", args.ttl, "--grace", args.grace]
     with tempfile.TemporaryDirectory(prefix="elect-bench-take.") as d:
@@ -233,7 +250,7 @@ def cmd_takeover(args):
                 if contender.poll() is not None:
                     raise RuntimeError(f"round {i}: contender exited {contender.returncode} before the kill")
                 killed = time.time_ns()
-                holder.kill()
+                lose(holder, job, args.what)
                 gone = None
                 deadline = time.monotonic() + 30
                 while time.monotonic() < deadline and (gone is None or contender.poll() is None):
@@ -250,7 +267,8 @@ def cmd_takeover(args):
                     os.kill(job, signal.SIGKILL)
     mn, md, mx = summary(takeover)
     gmn, gmd, gmx = summary(job_gone)
-    print(f"| {args.label} | {args.ttl} / {args.grace} | {len(takeover)} | {fmt_ms(mn)} | {fmt_ms(md)} | {fmt_ms(mx)} "
+    died = {"elect": "elect killed, host alive", "host": "host lost (no release possible)"}[args.what]
+    print(f"| {args.label} | {died} | {args.ttl} / {args.grace} | {len(takeover)} | {fmt_ms(mn)} | {fmt_ms(md)} | {fmt_ms(mx)} "
           f"| {fmt_ms(gmd)} (max {fmt_ms(gmx)}) | {verdict(md / 1e6, args.target, ' ms')} |")
 
 
@@ -424,6 +442,7 @@ def main():
     p.add_argument("--ttl", default="2s")
     p.add_argument("--grace", default="500ms")
     p.add_argument("--settle", type=float, default=0.5, help="seconds for the contender to start waiting")
+    p.add_argument("--what", choices=["elect", "host"], default="elect", help="what dies (see lose)")
     p.add_argument("--target", type=float, default=2500, help="ms")
 
     p = sub.add_parser("memory")

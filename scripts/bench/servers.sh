@@ -65,9 +65,10 @@ start_postgres() {
   PG_DATA=$PG_HOME/data
   runuser -u postgres -- "$PG_BIN/initdb" -D "$PG_DATA" -U "$PG_USER" -A trust --no-sync -E UTF8 \
     >"$PG_HOME/initdb.log" 2>&1 || { echo "initdb failed: $PG_HOME/initdb.log" >&2; return 1; }
-  # max_connections: every waiting contender holds a connection (or two) during the contention run.
+  # max_connections: every waiting contender holds a connection (or two) during the contention run,
+  # and the scaling run holds 1,000 locks, or has 1,000 waiters, at once.
   runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_HOME/server.log" -w -t 30 \
-    -o "-p $PG_PORT -k $PG_HOME -c listen_addresses=127.0.0.1 -c max_connections=600 -c shared_preload_libraries=pg_stat_statements" \
+    -o "-p $PG_PORT -k $PG_HOME -c listen_addresses=127.0.0.1 -c max_connections=2200 -c shared_preload_libraries=pg_stat_statements" \
     start >/dev/null || { echo "PostgreSQL did not start: $PG_HOME/server.log" >&2; return 1; }
   psql -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -d postgres -qAtc "create database $PG_DB" >/dev/null
   psql -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -d "$PG_DB" -qAtc "create extension pg_stat_statements" >/dev/null

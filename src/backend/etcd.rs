@@ -119,6 +119,10 @@ pub struct EtcdBackend {
     describe: String,
     /// The keepalive stream of the lease held, reused from one renewal to the next.
     keepalive: Option<KeepAlive>,
+    /// Where a waiter announces the lease of its queue key, so that elect's watchdog can revoke
+    /// it should elect die while it waits (see [`crate::handoff`]): the key would otherwise
+    /// stand ahead of every later waiter until its ttl.
+    queued: Option<tokio::sync::mpsc::UnboundedSender<Lease>>,
     /// Leases granted by acquires that did not finish (an error, or the future was dropped while
     /// waiting): their keys may still stand in a queue, ahead of later waiters, so they are
     /// revoked at the next opportunity. One whose revoke failed (the endpoint was down) stays
@@ -161,6 +165,7 @@ impl EtcdBackend {
             describe: url.redacted(),
             keepalive: None,
             pending: Vec::new(),
+            queued: None,
         })
     }
 
@@ -203,6 +208,14 @@ impl EtcdBackend {
     fn note<T>(&mut self, result: Result<T>) -> Result<T> {
         self.failed = matches!(&result, Err(BackendError::Unavailable(_)));
         result
+    }
+}
+
+impl EtcdBackend {
+    /// From now on, each lease that a waiting acquire queues under is sent on `to` (see
+    /// [`EtcdBackend::queued`]).
+    pub fn announce_queued(&mut self, to: tokio::sync::mpsc::UnboundedSender<Lease>) {
+        self.queued = Some(to);
     }
 }
 

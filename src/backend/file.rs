@@ -9,10 +9,16 @@
 //!   or deleted: deleting a lock file would let two processes lock two different files under one
 //!   name.
 //! - The lease is an exclusive flock on the open file. The kernel releases it when every file
-//!   descriptor of that open file is closed; elect hands one to its watchdog, so the lock outlives
-//!   a killed elect until the last process of the job is gone. It cannot expire, so there is no
-//!   deadline to enforce ([`Expiry::HeldByProcess`]).
-//! - After locking, elect checks that the path still names the file it locked (someone may have
+//!   descriptor of that open file is closed; elect hands one to its watchdog and the job inherits
+//!   one, so the lock outlives a killed elect until the last process of the job is gone. It
+//!   cannot expire, so there is no deadline to enforce ([`Expiry::HeldByProcess`]).
+//! - The flocked file is open read-only, so the job (and whatever user it drops to) cannot
+//!   rewrite or truncate the record through it. Records are written through a second, read-write
+//!   descriptor of the same file that elect alone holds, close-on-exec ([`Held`]). What the job
+//!   can still do is what flock(1) allows: `flock -u` on its descriptor releases the lock for
+//!   everyone, since the description is shared. Each renew checks in `/proc/locks` that the
+//!   flock is still this process's, and the lease is lost when it is not.
+//! - After locking ([`take`]), elect checks that the path still names the file it locked (someone may have
 //!   replaced it in between), that no process still holds the flock of an earlier, deleted or
 //!   replaced file of the same name ([`stale`]), and writes the holder record ([`record`]): the
 //!   holder metadata and the fencing token, the previous record's token plus one.
@@ -37,31 +43,24 @@ mod places;
 mod proclocks;
 mod record;
 mod stale;
+mod take;
+pub(crate) mod walk;
 mod watch;
 
 use std::fs::{self, File};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
 
 pub use self::dir::ROOT_DIR;
 use self::dir::{LockDir, Sharing};
+use self::take::Take;
 use self::watch::Watch;
 use super::{
     AcquireRequest, Backend, BackendError, BackendUrl, Expiry, ForcedRelease, Result, WaitMode,
 };
-use crate::clock::BootTime;
-use crate::lease::{
-    Acquire, FencingToken, History, HolderInfo, LastRun, Lease, LockName, LockState, Renewal,
-};
+use crate::lease::{Acquire, FencingToken, History, LastRun, Lease, LockName, LockState, Renewal};
 
 const SUFFIX: &str = ".lock";
-/// How often a contender that waits for the holder of an earlier, deleted or replaced lock file
-/// looks again: that holder is already stopping its job (it watches its file), so the wait is
-/// about one job stop.
-const EARLIER_POLL: Duration = Duration::from_millis(50);
 
 #[derive(Debug)]
 pub struct FileBackend {
@@ -71,16 +70,23 @@ pub struct FileBackend {
     /// Which lock files in the directory can be trusted.
     sharing: Sharing,
     describe: String,
-    /// The inotify watch on the lock file this process holds, from a successful acquire until
-    /// the release: how the holder learns at once that its file was deleted or replaced.
-    held: Option<Watch>,
+    /// The lock file this process holds, from a successful acquire until the release.
+    held: Option<Held>,
 }
 
-/// What one try at a place found.
-enum Take {
-    Taken(Lease),
-    /// Busy: the holder when it is known already (the holder of an earlier file of the name).
-    Busy(Option<HolderInfo>),
+/// What a holder keeps besides the lease's read-only, flocked file.
+#[derive(Debug)]
+struct Held {
+    /// The same file open for writing, close-on-exec: the only descriptor records are written
+    /// through. The job inherits the flocked description, which is read-only.
+    writer: File,
+    /// The inotify watch on the file: how the holder learns at once that it was deleted or
+    /// replaced. `None` without inotify (renewals still check).
+    watch: Option<Watch>,
+    /// Our flock as `/proc/locks` showed it once taken: each renew checks that it is still
+    /// there, since any process that inherited the descriptor can release it (`flock -u`).
+    /// `None` where `/proc/locks` does not show it.
+    flock: Option<proclocks::OwnFlock>,
 }
 
 impl FileBackend {
@@ -130,122 +136,6 @@ impl FileBackend {
             k => self.dir.join(format!("{name}{SUFFIX}.{k}")),
         }
     }
-
-    /// Locks the file, in the way `wait` asks. `Ok(None)` when it is busy and we must not wait.
-    async fn lock(file: File, wait: WaitMode) -> Result<Option<File>> {
-        match wait {
-            WaitMode::NoWait => match file.try_lock() {
-                Ok(()) => Ok(Some(file)),
-                Err(fs::TryLockError::WouldBlock) => Ok(None),
-                Err(fs::TryLockError::Error(e)) => Err(BackendError::unavailable("flock", e)),
-            },
-            WaitMode::Wait => {
-                // A plain thread rather than tokio's blocking pool: a runtime shutting down waits
-                // for its pool, and an abandoned wait must not hold the process.
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                std::thread::Builder::new()
-                    .name("flock-wait".into())
-                    .spawn(move || {
-                        let _ = tx.send(file.lock().map(|()| file));
-                    })
-                    .map_err(|e| BackendError::unavailable("spawn a waiting thread", e))?;
-                match rx.await {
-                    Ok(Ok(file)) => Ok(Some(file)),
-                    Ok(Err(e)) => Err(BackendError::unavailable("flock", e)),
-                    Err(_) => Err(BackendError::Unavailable("the waiting thread died".into())),
-                }
-            }
-        }
-    }
-
-    /// Locks place `slot` and writes our record.
-    async fn take(&mut self, req: &AcquireRequest, slot: u32, wait: WaitMode) -> Result<Take> {
-        let path = self.place_path(&req.name, slot);
-        loop {
-            let file = lockfile::open_for_locking(&path, self.sharing)?;
-            let Some(file) = Self::lock(file, wait).await? else {
-                return Ok(Take::Busy(None));
-            };
-            // The path may have been replaced between open and lock: then we hold a lock on a
-            // file nobody else will look at, and must start over.
-            if !still_named(&file, &path) {
-                continue;
-            }
-            match self.outlive_earlier(&file, &path, wait).await {
-                Earlier::Gone => {}
-                Earlier::Holds(holder) => return Ok(Take::Busy(Some(holder))),
-                Earlier::Replaced => continue,
-            }
-            // Watching starts before the last look at the path, so that no change is missed.
-            // Without a watch (no inotify instance left for this user, no /proc), renewals
-            // still notice, one renew interval later.
-            let watch = Watch::holder(file.as_raw_fd(), &self.dir)
-                .inspect_err(|e| {
-                    tracing::warn!(lock = %req.name, "cannot watch the lock file ({e}); a deleted or replaced lock file is noticed at the next renew")
-                })
-                .ok();
-            if !still_named(&file, &path) {
-                continue;
-            }
-            let sent_at = BootTime::now();
-            let previous = record::read_holder(&file, &path)?;
-            let mut holder = req.holder.clone();
-            holder.acquired_at = std::time::SystemTime::now();
-            let next = record::token_after(previous.as_ref(), &path)?;
-            holder.token = if req.holders > 1 {
-                self.next_shared_token(&req.name, next)?
-            } else {
-                next.unwrap_or_else(record::first_token)
-            };
-            record::write_holder(&file, &path, &holder)?;
-            self.held = watch;
-            return Ok(Take::Taken(Lease {
-                name: req.name.clone(),
-                holder,
-                sent_at,
-                secret: String::new(),
-                kernel_lock: Some(Arc::new(file)),
-                slot,
-            }));
-        }
-    }
-
-    /// With the flock of `file` taken: waits (with `--wait`) until no process holds the flock of
-    /// an earlier file at `path`, or reports that one does.
-    async fn outlive_earlier(&self, file: &File, path: &Path, wait: WaitMode) -> Earlier {
-        let real = self.real_dir.join(path.file_name().unwrap_or_default());
-        let mut told = false;
-        loop {
-            let Some(earlier) = stale::earlier_holder(file, &real) else {
-                return Earlier::Gone;
-            };
-            if wait == WaitMode::NoWait {
-                return Earlier::Holds(earlier.describe(path));
-            }
-            if !told {
-                tracing::info!(
-                    "waiting for pid {}, which still holds an earlier, deleted or replaced {}",
-                    earlier.pid,
-                    path.display()
-                );
-                told = true;
-            }
-            tokio::time::sleep(EARLIER_POLL).await;
-            if !still_named(file, path) {
-                return Earlier::Replaced;
-            }
-        }
-    }
-}
-
-/// What a newcomer found about holders of earlier files of its lock path.
-enum Earlier {
-    /// None is left (or none can be seen).
-    Gone,
-    /// This one still holds its flock, and we must not wait.
-    Holds(HolderInfo),
-    /// While we waited, our own file was replaced: start over.
-    Replaced,
 }
 
 impl Backend for FileBackend {
@@ -280,7 +170,7 @@ impl Backend for FileBackend {
             if let Some(why) = self.replaced(lease) {
                 return why;
             }
-            let Some(watch) = &self.held else {
+            let Some(watch) = self.held.as_ref().and_then(|h| h.watch.as_ref()) else {
                 return std::future::pending().await;
             };
             if let Err(e) = watch.event().await {
@@ -291,7 +181,7 @@ impl Backend for FileBackend {
     }
 
     async fn release(&mut self, lease: &Lease, history: Option<&History>) -> Result<()> {
-        self.held = None;
+        let held = self.held.take();
         if let Some(file) = &lease.kernel_lock {
             let path = self.place_path(&lease.name, lease.slot);
             // Written while the lock is held, so that the next holder reads it whole; a lease
@@ -300,7 +190,12 @@ impl Backend for FileBackend {
                 let written = if lease.holder.places > 1 {
                     self.write_shared_history(&lease.name, history)
                 } else {
-                    record::write_history(file, &path, history)
+                    match &held {
+                        Some(held) => record::write_history(&held.writer, &path, history),
+                        None => Err(BackendError::Unavailable(
+                            "the lock file is not open for writing".into(),
+                        )),
+                    }
                 };
                 if let Err(e) = written {
                     tracing::warn!(lock = %lease.name, "cannot record the run ({e})");
@@ -309,6 +204,9 @@ impl Backend for FileBackend {
             file.unlock()
                 .map_err(|e| BackendError::unavailable("unlock", e))?;
         }
+        // The writer closes after the unlock: its close (IN_CLOSE_WRITE) is what wakes a
+        // waiter for one of several places.
+        drop(held);
         Ok(())
     }
 
@@ -357,15 +255,33 @@ impl Backend for FileBackend {
 }
 
 impl FileBackend {
-    /// Why `lease` is lost, if its path no longer names the file it locked.
+    /// How `/proc/PID/fd` names the lock file at `path` in our directory.
+    fn real_path(&self, path: &Path) -> PathBuf {
+        self.real_dir.join(path.file_name().unwrap_or_default())
+    }
+
+    /// Why `lease` is lost, if its path no longer names the file it locked, or its flock is no
+    /// longer ours.
     fn replaced(&self, lease: &Lease) -> Option<String> {
         let file = lease
             .kernel_lock
             .as_ref()
             .expect("a file lease has its file");
         let path = self.place_path(&lease.name, lease.slot);
-        (!still_named(file, &path))
-            .then(|| format!("lock file {} was deleted or replaced", path.display()))
+        if !still_named(file, &path) {
+            return Some(format!(
+                "lock file {} was deleted or replaced",
+                path.display()
+            ));
+        }
+        let flock = self.held.as_ref().and_then(|h| h.flock.as_ref());
+        flock.filter(|f| !f.is_held()).map(|_| {
+            format!(
+                "the lock on {} was released while held: a process that inherited its \
+                 descriptor unlocked or changed it (flock -u)",
+                path.display()
+            )
+        })
     }
 }
 

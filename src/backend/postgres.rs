@@ -32,8 +32,11 @@
 //!   `--holders` above 1. An older elect on the same lock would count from `token` alone.
 //! - **Waiting**: a waiter runs `LISTEN elect_released` on its session before each attempt and
 //!   retries when its lock name is notified (the release of any place). Without a notification
-//!   (the holder died, or LISTEN does not reach it through a pooler) it sleeps until the
-//!   soonest expiry of the places it may take as the server reports it, at most 2 s (`RECHECK`).
+//!   (the holder died) it retries at the soonest expiry of the places it may take as the server
+//!   reports it, at most 10 s later (`HEARING_RECHECK`, for a session cut off silently). Once
+//!   per session it checks that notifications reach it at all: a second, short-lived session
+//!   sends one while the first sits idle. Through a transaction-pooling proxy none arrives, and
+//!   such a waiter retries every 2 s at most (`RECHECK`).
 //! - **Sessions**: holding needs no session state (no advisory lock, no open transaction, no
 //!   prepared statement left on the server), so it works through PgBouncer in transaction mode,
 //!   and a dropped session loses nothing: the next call reconnects and the row is still ours.
@@ -77,6 +80,9 @@ use crate::lease::{
 
 /// The longest a waiter sleeps between two attempts when no release wakes it.
 const RECHECK: Duration = Duration::from_secs(2);
+/// The same for a waiter whose session hears releases: a bound only for a session cut off
+/// without a reset (a partition), which would miss the release's notification.
+const HEARING_RECHECK: Duration = Duration::from_secs(10);
 /// Spread added to each waiter's sleep, so that waiters behind an expired lease do not all
 /// arrive in the same millisecond.
 const JITTER_MS: u64 = 50;
@@ -494,7 +500,12 @@ impl Backend for PostgresBackend {
                     return Ok(Acquire::Held(Some(holder)))
                 }
                 Attempt::Held { remaining, .. } => {
-                    let limit = remaining.min(RECHECK) + jitter();
+                    // A session that hears releases re-checks only for a holder that died
+                    // without one: at the expiry the server reported.
+                    let limit = match &self.conn {
+                        Some(conn) if conn.hears => remaining.min(HEARING_RECHECK),
+                        _ => remaining.min(RECHECK),
+                    } + jitter();
                     self.wait_for_release(&req.name, limit).await;
                 }
             }

@@ -44,16 +44,17 @@
 //!   the locks' own keys, and could not be updated atomically with them.
 
 mod baton;
+mod conn;
 mod connect;
 mod scripts;
 
 use std::io::Read;
 use std::time::Duration;
 
-use ::redis::aio::MultiplexedConnection;
 use ::redis::{RedisError, Value};
 
 use self::baton::Waiter;
+use self::conn::Conn;
 use self::connect::{breaks_connection, describe, Target};
 use self::scripts::SCRIPTS;
 use super::{
@@ -76,7 +77,7 @@ pub struct RedisBackend {
     describe: String,
     /// The open connection, if the last call left a good one. Dropped after a network error so
     /// that the next call connects afresh instead of reusing a connection in an unknown state.
-    conn: Option<MultiplexedConnection>,
+    conn: Option<Conn>,
     /// Set while a request waits for its answer. A call whose future was dropped before the
     /// answer came (an outer timeout, such as the lease keeper's bound on a renew attempt, which
     /// is shorter than the client's own) leaves it set, and the next call opens a new
@@ -138,7 +139,7 @@ impl RedisBackend {
         Ok(backend)
     }
 
-    async fn connection(&mut self) -> std::result::Result<MultiplexedConnection, RedisError> {
+    async fn connection(&mut self) -> std::result::Result<Conn, RedisError> {
         if std::mem::take(&mut self.in_flight) {
             self.conn = None;
         }
@@ -176,12 +177,34 @@ impl RedisBackend {
         ))
     }
 
+    /// With `?wait=N`: whether N replicas have the write just made to `key` (`WAIT`, on the
+    /// connection that made it). Fewer, or no answer, is an error: the write does not count.
+    async fn acknowledge(&mut self, doing: &str, key: &str) -> Result<()> {
+        let Some(ack) = self.target.ack else {
+            return Ok(());
+        };
+        let key = key.to_owned();
+        let acknowledged = self
+            .send(doing, async |conn| conn.acknowledged(&key, ack).await)
+            .await?;
+        if acknowledged >= i64::from(ack.replicas) {
+            return Ok(());
+        }
+        Err(BackendError::Unavailable(format!(
+            "{doing} (Redis at {}): acknowledged by {acknowledged} of the {} replicas required (wait={}) within {}",
+            self.target.addr,
+            ack.replicas,
+            ack.replicas,
+            crate::timing::Fmt(ack.timeout)
+        )))
+    }
+
     /// Sends one request on the shared connection, mapping errors with `doing`. The request is
     /// in flight (see `in_flight`) from the moment it is sent until its answer is read.
     async fn send<T>(
         &mut self,
         doing: &str,
-        request: impl AsyncFnOnce(&mut MultiplexedConnection) -> ::redis::RedisResult<T>,
+        request: impl AsyncFnOnce(&mut Conn) -> ::redis::RedisResult<T>,
     ) -> Result<T> {
         let mut conn = match self.connection().await {
             Ok(conn) => conn,
@@ -225,6 +248,12 @@ impl RedisBackend {
             Ok(value) => return Ok(value),
             Err(e) if reused && e.is_connection_dropped() => {
                 tracing::debug!(error = %describe(&e), "{doing}: the connection had died; once more on a new one");
+                self.conn = None;
+            }
+            // A failover demoted the node: a new connection reaches the new primary (through
+            // the sentinels, or the cluster's new slot map).
+            Err(e) if connect::is_demoted(&e) => {
+                tracing::info!(error = %describe(&e), "{doing}: the node is no longer the primary; once more on the new one");
                 self.conn = None;
             }
             Err(e) => return Err(self.unavailable(doing, &e)),
@@ -282,6 +311,25 @@ impl RedisBackend {
         Ok(attempt)
     }
 
+    /// Undoes an acquire that was not acknowledged by enough replicas: the same compare-and-delete
+    /// as for a lost answer, on the connection that took it; if that fails, it is settled as a
+    /// lost answer would be.
+    async fn undo(&mut self, taken: Unsettled) {
+        self.unsettled = Some(taken.clone());
+        let undone = self
+            .send("undo the unacknowledged acquire", async |conn| {
+                abandon(conn, &taken).await
+            })
+            .await;
+        match undone {
+            Ok(_) => self.unsettled = None,
+            Err(e) => {
+                tracing::debug!(lock = %taken.name, "{e}; settling on a new connection");
+                self.settle().await;
+            }
+        }
+    }
+
     /// Settles an acquire whose answer never came: deletes the lease it may have taken, if
     /// that still holds its secret, and leaves a marker that makes the request take nothing
     /// should it reach the server only now. On a new connection: the old one is in doubt.
@@ -317,10 +365,7 @@ impl RedisBackend {
 }
 
 /// Runs the abandon script for an unsettled acquire; true when it deleted a lease.
-async fn abandon(
-    conn: &mut MultiplexedConnection,
-    unsettled: &Unsettled,
-) -> std::result::Result<bool, RedisError> {
+async fn abandon(conn: &mut Conn, unsettled: &Unsettled) -> std::result::Result<bool, RedisError> {
     let mut call = SCRIPTS.abandon.prepare_invoke();
     call.key(scripts::void_key(&unsettled.name, &unsettled.secret))
         .key(scripts::baton_key(&unsettled.name));
@@ -386,6 +431,8 @@ impl Backend for RedisBackend {
         let mut waiter: Option<Waiter> = None;
         // Whether the last block ended with the baton: the attempt that follows is our turn.
         let mut woken = false;
+        // Whether the last block failed and its connection was replaced.
+        let mut reopened = false;
         loop {
             let attempt = match self.try_acquire(req).await {
                 Ok(attempt) => attempt,
@@ -399,14 +446,29 @@ impl Backend for RedisBackend {
                 }
             };
             let (holder, pttl) = match attempt {
-                Attempt::Acquired(lease) => return Ok(Acquire::Acquired(lease)),
+                Attempt::Acquired(lease) => {
+                    let key = scripts::place_key(&lease.name, lease.slot);
+                    if let Err(e) = self.acknowledge("acquire", &key).await {
+                        // Not on enough replicas: a failover could hand the lock to someone
+                        // else. Undone with the same compare-and-delete as a lost answer.
+                        self.undo(Unsettled {
+                            name: req.name.clone(),
+                            secret: lease.secret.clone(),
+                            places: req.holders.max(1),
+                            ttl: req.ttl,
+                        })
+                        .await;
+                        return Err(e);
+                    }
+                    return Ok(Acquire::Acquired(lease));
+                }
                 Attempt::Held { holder, pttl } => (holder, pttl),
                 Attempt::Void => continue,
             };
             if wait == WaitMode::NoWait {
                 return Ok(Acquire::Held(holder));
             }
-            let waiter = match &mut waiter {
+            let blocked = match &mut waiter {
                 Some(waiter) => waiter,
                 None => waiter.insert(
                     Waiter::open(&self.target, &req.name, req.holders)
@@ -414,10 +476,21 @@ impl Backend for RedisBackend {
                         .map_err(|e| self.failed("connect to wait for a release", &e))?,
                 ),
             };
-            woken = waiter
-                .block(pttl)
-                .await
-                .map_err(|e| self.failed("wait for a release", &e))?;
+            woken = match blocked.block(pttl).await {
+                Ok(woken) => woken,
+                // A failover unblocked us (the node became a replica) or took the connection
+                // down: wait again on a new one, after an attempt that shows whether the
+                // backend is there at all. Twice in a row is a real failure.
+                Err(e) if !reopened && breaks_connection(&e) => {
+                    tracing::debug!(lock = %req.name, error = %describe(&e), "the wait was cut short; waiting again on a new connection");
+                    self.conn = None;
+                    waiter = None;
+                    reopened = true;
+                    continue;
+                }
+                Err(e) => return Err(self.failed("wait for a release", &e)),
+            };
+            reopened = false;
         }
     }
 
@@ -430,8 +503,14 @@ impl Backend for RedisBackend {
         // Within the keeper's budget for one attempt (at most a third of the ttl by default),
         // connecting included: an answer that cannot come in time is not waited for.
         let bound = renew_bound(lease.holder.ttl);
-        let answer: i64 = match tokio::time::timeout(bound, self.invoke_again("renew", &call)).await
-        {
+        let renewed = async {
+            let answer: i64 = self.invoke_again("renew", &call).await?;
+            if answer == 1 {
+                self.acknowledge("renew", &key).await?;
+            }
+            Ok(answer)
+        };
+        let answer: i64 = match tokio::time::timeout(bound, renewed).await {
             Ok(answer) => answer?,
             Err(_) => {
                 return Err(BackendError::Unavailable(format!(
@@ -564,32 +643,17 @@ impl Backend for RedisBackend {
     }
 
     async fn list(&mut self) -> Result<Vec<LockState>> {
-        let mut names = std::collections::BTreeSet::new();
-        let mut cursor: u64 = 0;
-        loop {
-            // Bytes, not strings: one key that is not UTF-8 must not fail the whole listing.
-            let (next, keys): (u64, Vec<Vec<u8>>) = self
-                .send("list locks", async |conn| {
-                    ::redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(scripts::SCAN_PATTERN)
-                        .arg("COUNT")
-                        .arg(SCAN_COUNT)
-                        .query_async(conn)
-                        .await
-                })
-                .await?;
-            names.extend(
-                keys.iter()
-                    .filter_map(|k| std::str::from_utf8(k).ok())
-                    .filter_map(scripts::lock_of_key),
-            );
-            cursor = next;
-            if cursor == 0 {
-                break;
-            }
-        }
+        // On a cluster, every primary is scanned: each lock lives in the slot of its name.
+        let keys = self
+            .send("list locks", async |conn| {
+                conn.scan_all(scripts::SCAN_PATTERN, SCAN_COUNT).await
+            })
+            .await?;
+        let names: std::collections::BTreeSet<LockName> = keys
+            .iter()
+            .filter_map(|k| std::str::from_utf8(k).ok())
+            .filter_map(scripts::lock_of_key)
+            .collect();
         let mut states = Vec::with_capacity(names.len());
         for name in &names {
             states.push(self.inspect(name).await?);

@@ -12,6 +12,12 @@ pub enum Scheme {
     File,
     Redis,
     Rediss,
+    /// `redis+sentinel://`: the primary that the named sentinels report.
+    RedisSentinel,
+    RedissSentinel,
+    /// `redis+cluster://`: a Redis Cluster, reached through its seed nodes.
+    RedisCluster,
+    RedissCluster,
     Etcd,
     Etcds,
     Postgres,
@@ -22,7 +28,12 @@ impl Scheme {
     pub fn name(self) -> &'static str {
         match self {
             Scheme::File => "file",
-            Scheme::Redis | Scheme::Rediss => "redis",
+            Scheme::Redis
+            | Scheme::Rediss
+            | Scheme::RedisSentinel
+            | Scheme::RedissSentinel
+            | Scheme::RedisCluster
+            | Scheme::RedissCluster => "redis",
             Scheme::Etcd | Scheme::Etcds => "etcd",
             Scheme::Postgres => "postgres",
             Scheme::Zk => "zookeeper",
@@ -68,13 +79,17 @@ impl BackendUrl {
             "file" => Scheme::File,
             "redis" => Scheme::Redis,
             "rediss" => Scheme::Rediss,
+            "redis+sentinel" => Scheme::RedisSentinel,
+            "rediss+sentinel" => Scheme::RedissSentinel,
+            "redis+cluster" => Scheme::RedisCluster,
+            "rediss+cluster" => Scheme::RedissCluster,
             "etcd" | "http" => Scheme::Etcd,
             "etcds" | "https" => Scheme::Etcds,
             "postgres" | "postgresql" => Scheme::Postgres,
             "zk" | "zookeeper" => Scheme::Zk,
             _ => {
                 return Err(bad(&format!(
-                    "unknown scheme {scheme_text:?} (known: file, redis, rediss, etcd, etcds, postgres, postgresql, zk)"
+                    "unknown scheme {scheme_text:?} (known: file, redis, rediss, redis+sentinel, rediss+sentinel, redis+cluster, rediss+cluster, etcd, etcds, postgres, postgresql, zk)"
                 )))
             }
         };

@@ -27,7 +27,7 @@
 
 use std::time::Duration;
 
-use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
@@ -51,6 +51,8 @@ pub struct Guard {
     watchdog: Pid,
     /// The job's main process and process group, once the watchdog reported it.
     job: Option<Pid>,
+    /// The job's main process, pinned by a pidfd, to signal its group (see [`Guard::signal_all`]).
+    leader: Option<procfs::Pinned>,
     grace: Duration,
     /// The lease deadline in force (none: the lease does not expire).
     deadline: Option<BootTime>,
@@ -67,6 +69,15 @@ pub struct Guard {
     /// Whether the job's main process was still running when elect first signalled it: a job
     /// that had ended by itself was not cut short (as the watchdog's `Finished` report says).
     stopped: Option<bool>,
+}
+
+/// Pins the job's main process `job`, checking once pinned that it is the one the watchdog
+/// reported (the watchdog's child, or elect's once the watchdog is gone), not a process that was
+/// given its pid after it ended.
+fn pin_job(job: Pid, watchdog: Pid) -> Option<procfs::Pinned> {
+    let pinned = procfs::Pinned::open(job)?;
+    let parent = procfs::parent(job)?;
+    (parent == watchdog || parent == Pid::this()).then_some(pinned)
 }
 
 /// How the job ended, as elect's guard saw it.
@@ -88,6 +99,7 @@ impl Guard {
         Self {
             watchdog,
             job,
+            leader: job.and_then(|job| pin_job(job, watchdog)),
             grace,
             deadline,
             stop_kill_at: None,
@@ -244,23 +256,49 @@ impl Guard {
 
     /// Every process of the job elect can find (see the module doc).
     fn members(&self) -> Vec<Pid> {
-        let hooks: Vec<Pid> = crate::hooks::running_pids()
-            .into_iter()
-            .map(Pid::from_raw)
-            .collect();
-        procfs::descendants(Pid::this(), &hooks)
+        procfs::descendants(Pid::this(), &self.hooks())
             .into_iter()
             .filter(|pid| *pid != self.watchdog)
             .collect()
     }
 
+    /// Signals the job's process group and every process of the job, each through a pidfd (see
+    /// [`procfs::signal_each`]): a pid found here that ended and was reused meanwhile is never
+    /// signalled.
     fn signal_all(&self, sig: Signal) {
-        if let Some(job) = self.job {
+        let tree = procfs::descendants(Pid::this(), &self.hooks());
+        let members: Vec<Pid> = tree
+            .iter()
+            .copied()
+            .filter(|pid| *pid != self.watchdog)
+            .collect();
+        self.signal_group(sig, &members);
+        let mut family = tree;
+        family.push(Pid::this());
+        procfs::signal_each(&members, &family, sig);
+    }
+
+    /// Signals the job's process group through the pidfd of its leader, the job's main process,
+    /// which names the group itself rather than its number. Before Linux 6.9, by number, and only
+    /// while a process of the job is still in the group (a group keeps its number while it has a
+    /// member, so the number cannot have been reused).
+    fn signal_group(&self, sig: Signal, members: &[Pid]) {
+        let (Some(job), Some(leader)) = (self.job, &self.leader) else {
+            return;
+        };
+        if leader.signal_group(sig) == Err(nix::errno::Errno::EINVAL)
+            && members.iter().any(|pid| procfs::group(*pid) == Some(job))
+        {
             let _ = killpg(job, sig);
         }
-        for pid in self.members() {
-            let _ = kill(pid, sig);
-        }
+    }
+
+    /// The hooks elect runs, which are not the job's (see [`crate::hooks::running_pids`]).
+    fn hooks(&self) -> Vec<Pid> {
+        crate::hooks::running_pids()
+            .into_iter()
+            .map(Pid::from_raw)
+            .collect()
     }
 
     /// Reaps the processes of the job that came to elect and ended.

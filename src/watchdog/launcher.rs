@@ -21,6 +21,9 @@
 //! resets every disposition to the default and clears the mask, goes back to elect's CPUs (see
 //! [`super::placement`]), and execs the command (with a search of PATH). Its end of the socket is
 //! close-on-exec: elect reads end of file when the exec succeeded, or the exec's errno.
+//!
+//! With `--pid-namespace` the launcher does not exec: it makes a PID namespace, forks its init
+//! and the job into it, and stays as the job's main process for the watchdog (see `namespace`).
 
 use std::ffi::OsString;
 use std::io;
@@ -35,7 +38,9 @@ use nix::sys::wait::waitpid;
 use nix::unistd::{getpgrp, getppid, setpgid, Pid};
 
 use super::placement::Cpus;
-use super::protocol::Order;
+use super::protocol::{Isolation, Order};
+
+mod namespace;
 
 /// The largest word: a start order (at most the watchdog's 8 KiB; a few short ELECT_* variables
 /// in practice). On the stack, as in the watchdog, to spare page faults.
@@ -89,6 +94,8 @@ fn wait_and_exec(socket: OwnedFd, watchdog: Pid, cpus: Option<Cpus>) -> ! {
         command_at,
         terminal,
         env,
+        isolation,
+        grace,
         ..
     }) = Order::decode(&word[..len])
     else {
@@ -105,8 +112,6 @@ fn wait_and_exec(socket: OwnedFd, watchdog: Pid, cpus: Option<Cpus>) -> ! {
         let tty = unsafe { BorrowedFd::borrow_raw(0) };
         let _ = nix::unistd::tcsetpgrp(tty, getpgrp());
     }
-    reset_dispositions();
-    let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
     if let Some(cpus) = cpus {
         cpus.restore();
     }
@@ -118,8 +123,19 @@ fn wait_and_exec(socket: OwnedFd, watchdog: Pid, cpus: Option<Cpus>) -> ! {
             None => cmd.env_remove(key),
         };
     }
+    match isolation {
+        Isolation::Shared => become_job(cmd, &socket),
+        Isolation::PidNamespace => namespace::run(cmd, socket, grace),
+    }
+}
+
+/// Execs the job's command in this process, with every signal at its default disposition and
+/// none blocked; answers elect with the errno if the exec fails.
+fn become_job(mut cmd: Command, socket: &OwnedFd) -> ! {
+    reset_dispositions();
+    let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
     let err = cmd.exec();
-    answer(&socket, err.raw_os_error().unwrap_or(Errno::ENOEXEC as i32))
+    answer(socket, err.raw_os_error().unwrap_or(Errno::ENOEXEC as i32))
 }
 
 /// Waits for the word; a lock file sent with it (file backend) stays open across the exec, so

@@ -16,7 +16,9 @@ pub enum Order {
     /// and the launcher are forks of elect and have the same ones, so a command line of any
     /// length costs nothing here); these variables set (`Some`) or removed (`None`); with the
     /// terminal's foreground if `terminal`; under this deadline (none: no deadline); SIGKILL
-    /// `grace` after SIGTERM when the job is stopped. `lock` names the watchdog in `ps`.
+    /// `grace` after SIGTERM when the job is stopped. `lock` names the watchdog in `ps`;
+    /// `isolation` says whether the job runs in a PID namespace of its own (see
+    /// [`super::launcher`]).
     Start {
         lock: String,
         deadline: Option<BootTime>,
@@ -24,6 +26,7 @@ pub enum Order {
         command_at: usize,
         terminal: bool,
         env: Vec<(OsString, Option<OsString>)>,
+        isolation: Isolation,
     },
     /// A renew succeeded: the job may live until this new deadline.
     Deadline(Option<BootTime>),
@@ -31,6 +34,22 @@ pub enum Order {
     Signal(i32),
     /// The lease is lost or elect is shutting down: stop the job now.
     Stop,
+    /// The lease elect holds, as the release mode reads it (see [`crate::handoff`]): should elect
+    /// die, the watchdog hands these bytes on once no process of the job is left. It keeps them
+    /// without reading them.
+    Hold(Vec<u8>),
+    /// elect ends as planned and releases the lease itself: the watchdog drops what `hold` gave.
+    Forget,
+}
+
+/// Where the job's processes live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Isolation {
+    /// Among the machine's processes, as any command.
+    #[default]
+    Shared,
+    /// In a PID namespace of its own, which the kernel empties when the watchdog dies.
+    PidNamespace,
 }
 
 /// Watchdog to elect.
@@ -76,6 +95,7 @@ impl Order {
                 command_at,
                 terminal,
                 env,
+                isolation,
             } => {
                 let mut out = format!(
                     "start {} {} {command_at} {} {lock}",
@@ -84,6 +104,9 @@ impl Order {
                     if *terminal { "terminal" } else { "-" }
                 )
                 .into_bytes();
+                if *isolation == Isolation::PidNamespace {
+                    out.extend_from_slice(b" pid-namespace");
+                }
                 for (k, v) in env {
                     out.push(0);
                     out.extend_from_slice(k.as_bytes());
@@ -97,6 +120,8 @@ impl Order {
             Order::Deadline(d) => format!("deadline {}", deadline_text(*d)).into_bytes(),
             Order::Signal(n) => format!("signal {n}").into_bytes(),
             Order::Stop => b"stop".to_vec(),
+            Order::Hold(identity) => [b"hold ".as_slice(), identity].concat(),
+            Order::Forget => b"forget".to_vec(),
         }
     }
 
@@ -117,7 +142,13 @@ impl Order {
                 };
                 // A lock name has no spaces (see `LockName`).
                 let lock = words.next()?.to_owned();
+                let isolation = match words.next() {
+                    None => Isolation::Shared,
+                    Some("pid-namespace") => Isolation::PidNamespace,
+                    Some(_) => return None,
+                };
                 Order::Start {
+                    isolation,
                     lock,
                     deadline,
                     grace,
@@ -137,6 +168,9 @@ impl Order {
             "deadline" => Order::Deadline(parse_deadline(arg)?),
             "signal" => Order::Signal(arg.parse().ok()?),
             "stop" => Order::Stop,
+            // The identity is JSON: UTF-8 without NUL, in the head whole.
+            "hold" => Order::Hold(arg.as_bytes().to_vec()),
+            "forget" => Order::Forget,
             _ => return None,
         })
     }
@@ -207,6 +241,7 @@ mod tests {
                     ("E".into(), Some("".into())),
                     ("GONE".into(), None),
                 ],
+                isolation: Isolation::PidNamespace,
             },
             Order::Start {
                 lock: "x".into(),
@@ -215,11 +250,14 @@ mod tests {
                 command_at: 0,
                 terminal: false,
                 env: vec![],
+                isolation: Isolation::Shared,
             },
             Order::Deadline(Some(BootTime::from_nanos(7))),
             Order::Deadline(None),
             Order::Signal(15),
             Order::Stop,
+            Order::Hold(br#"{"url":"redis://u:p w@h/0","lock":"x"}"#.to_vec()),
+            Order::Forget,
         ];
         for order in orders {
             assert_eq!(Order::decode(&order.encode()), Some(order.clone()));

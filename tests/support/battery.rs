@@ -933,8 +933,9 @@ pub fn bad_input_is_a_usage_error(env: &TestEnv) {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
-/// A network backend keeps a SIGKILLed holder's lease until its ttl; an operator frees it with
-/// `elect release --token N`, which refuses a wrong token and touches nothing then.
+/// A network backend keeps the lease of a holder lost with its host until its ttl (nothing is
+/// left to release it: here elect and its watchdog are stopped and killed together); an operator
+/// frees it with `elect release --token N`, which refuses a wrong token and touches nothing then.
 pub fn forced_release_frees_a_dead_holders_lease(env: &TestEnv) {
     let lock = env.lock("forced");
     let mut holder = env.spawn([
@@ -952,7 +953,12 @@ pub fn forced_release_frees_a_dead_holders_lease(env: &TestEnv) {
     ]);
     env.wait_for_file("token", Duration::from_secs(10));
     let token: u64 = env.lines("token")[0].parse().expect("a token");
+    // Stopped first, so that the watchdog does not see elect die and release the lease.
+    let watchdog = watchdog_of(holder.pid()).expect("elect's watchdog");
+    holder.signal("STOP");
+    super::signal(watchdog, "STOP");
     holder.signal("KILL");
+    super::signal(watchdog, "KILL");
     assert_eq!(holder.wait().killed_by(), Some(9));
 
     env.run(["run", "--lock", &lock, "--", "true"])
@@ -1540,4 +1546,153 @@ pub fn job_is_stopped_when_the_watchdog_is_killed(env: &TestEnv) {
     env.run(["run", "--lock", &lock, "--", "touch", "after.ran"])
         .assert_code(0);
     assert!(exists(env, "after.ran"));
+}
+
+/// Shell that writes the pid of the shell running it, as the machine numbers it, into `file`:
+/// `$$` is the pid in the job's own PID namespace, `/proc/self` (the machine's /proc) is not.
+fn write_host_pid(file: &str) -> String {
+    format!("read p _ < /proc/self/stat; echo $p > {file}.tmp && mv {file}.tmp {file}")
+}
+
+/// The times (ns since the epoch) written one a line into `name`.
+fn beats(env: &TestEnv, name: &str) -> Vec<u128> {
+    env.lines(name)
+        .iter()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "--pid-namespace needs root: run these tests as root"
+    );
+}
+
+/// Issue "two guards", case 3, with `--pid-namespace`: `kill -9` of elect and its watchdog
+/// together. The job's processes, a setsid'd background one that ignores SIGTERM included, die
+/// with the watchdog (the kernel empties the namespace when its init dies). A newcomer at once
+/// and one that waits past the ttl never run while any of them does: the background process's
+/// last beat comes before either newcomer's job starts.
+pub fn job_dies_with_elect_and_watchdog_in_a_pid_namespace(env: &TestEnv) {
+    require_root();
+    let lock = env.lock("pidns-both");
+    let script = format!(
+        "setsid sh -c '{}; trap \"\" TERM; while :; do date +%s%N >> bg.beats; sleep 0.05; done' & {}; wait",
+        write_host_pid("bg.pid"),
+        write_host_pid("main.pid")
+    );
+    let mut args = vec!["run", "--lock", &lock, "--pid-namespace"];
+    args.extend(SHORT);
+    args.extend(["--", "sh", "-c", &script]);
+    let mut run = env.spawn(args);
+    let bg = env.read_pid("bg.pid");
+    let main = env.read_pid("main.pid");
+    // By pid and start time: pids are reused quickly on a busy machine (pid_max 32768).
+    let started = |pid: i32| proc_stat(pid).expect("a live process").start;
+    let (bg_start, main_start) = (started(bg), started(main));
+    let lives = move |pid: i32, start: u64| {
+        proc_stat(pid).is_some_and(|s| s.start == start && s.state != 'Z' && s.state != 'X')
+    };
+    assert!(becomes(APPEAR, || !beats(env, "bg.beats").is_empty()));
+    let watchdog = watchdog_of(run.pid()).expect("elect's watchdog");
+    // Stopped first, so that neither sees the other die and stops the job.
+    run.signal("STOP");
+    super::signal(watchdog, "STOP");
+    super::signal(watchdog, "KILL");
+    run.signal("KILL");
+    let killed = Instant::now();
+    assert_eq!(run.wait().killed_by(), Some(9));
+    assert!(
+        becomes(Duration::from_secs(5), || !lives(bg, bg_start)),
+        "the job's setsid'd background process outlived elect and its watchdog"
+    );
+    eprintln!(
+        "the background process was gone {:?} after the kill",
+        killed.elapsed()
+    );
+    assert!(
+        !lives(main, main_start),
+        "the job's main process outlived the watchdog"
+    );
+    let newcomer = |name: &str, wait: &[&str]| {
+        let mut args = vec!["run", "--lock", &lock];
+        args.extend(wait);
+        let job = format!("date +%s%N > {name}.at");
+        args.extend(["--", "sh", "-c", &job]);
+        let out = env.run(args);
+        (out.status.code() == Some(0)).then(|| beats(env, &format!("{name}.at"))[0])
+    };
+    let at_once = newcomer("at-once", &[]);
+    let later = newcomer("later", &["--wait=10s"]).expect("a newcomer runs after the ttl");
+    let last_beat = *beats(env, "bg.beats").iter().max().unwrap();
+    for start in at_once.into_iter().chain([later]) {
+        assert!(
+            start > last_beat,
+            "a newcomer's job started {} ms before the old job's last beat",
+            (last_beat - start) / 1_000_000
+        );
+    }
+}
+
+/// Issue "lost replies", 5: an `--on-acquired` hook runs while the lease is held, so it is fenced
+/// like the job. elect is stopped (it can enforce neither the deadline nor the hook's timeout),
+/// the ttl passes, and the watchdog stops the job by the deadline: the hook, which writes in a
+/// loop, stops with it, before a newcomer's job starts. The same when the job has ended already
+/// and elect, stopped, waits for the hook with the lease still held.
+pub fn on_acquired_hook_is_fenced_when_elect_is_stopped(env: &TestEnv) {
+    hook_is_fenced(env, "while-job-runs", &["sleep", "60"], 76);
+    // A job that outlives the hook's start, so that the hook joins its group.
+    hook_is_fenced(env, "after-job-ended", &["sleep", "0.5"], 0);
+}
+
+fn hook_is_fenced(env: &TestEnv, case: &str, job: &[&str], code: i32) {
+    let lock = env.lock(&format!("hook-fenced-{case}"));
+    let _ = std::fs::remove_file(env.file("hook.pid"));
+    let _ = std::fs::remove_file(env.file("hook.beats"));
+    let hook = format!(
+        "{}; while :; do date +%s%N >> hook.beats; sleep 0.05; done",
+        write_host_pid("hook.pid")
+    );
+    let mut args = vec!["run", "--lock", &lock, "--hook-timeout", "60s"];
+    args.extend(SHORT);
+    args.extend(["--on-acquired", &hook, "--"]);
+    args.extend(job);
+    let mut run = env.spawn(args);
+    let hook_pid = env.read_pid("hook.pid");
+    // By pid and start time: pids are reused quickly on a busy machine.
+    let hook_start = proc_stat(hook_pid).expect("the hook runs").start;
+    assert!(becomes(APPEAR, || !beats(env, "hook.beats").is_empty()));
+    run.signal("STOP");
+    let stopped = Instant::now();
+    // The lease expires within the ttl (2 s) of elect's stop; a newcomer waits for it.
+    let newcomer = env.run([
+        "run",
+        "--lock",
+        &lock,
+        "--wait=10s",
+        "--",
+        "sh",
+        "-c",
+        "date +%s%N > newcomer.at",
+    ]);
+    newcomer.assert_code(0);
+    let hook_alive = proc_stat(hook_pid).is_some_and(|s| s.start == hook_start && s.state != 'Z');
+    let last_beat = *beats(env, "hook.beats").iter().max().unwrap();
+    if hook_alive {
+        super::signal(hook_pid, "KILL");
+    }
+    assert!(
+        !hook_alive,
+        "{case}: the hook still ran {:?} after elect was stopped, past the lease deadline",
+        stopped.elapsed()
+    );
+    run.signal("CONT");
+    run.wait().assert_code(code);
+    let start = beats(env, "newcomer.at")[0];
+    assert!(
+        start > last_beat,
+        "{case}: the hook wrote {} ms after the newcomer's job started",
+        (last_beat - start) / 1_000_000
+    );
 }

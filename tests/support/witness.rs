@@ -2,8 +2,9 @@
 //!
 //! Each job connects at start, writes one line `TOKEN PID RUN BUSY`, and keeps the connection
 //! open with the descriptor inherited by every process it starts, so the kernel closes it only
-//! when the last process of the job is gone, even on SIGKILL. Later lines are `B` (a heartbeat)
-//! and `DONE` (the main process is about to exit by itself).
+//! when the last process of the job is gone, even on SIGKILL. Later lines are `B` (a heartbeat),
+//! `W` (a write to the fenced register), `TERM` (a SIGTERM ignored) and `DONE` (the main process
+//! is about to exit by itself).
 //!
 //! One thread polls the listener, every connection and a pidfd per `elect` run. Each round, after
 //! poll(2) returns, it (1) accepts every pending connection, (2) notes every elect that has
@@ -14,12 +15,16 @@
 //! - "a job outlived its elect" is *proven* when an elect found exited in step 2 (this round or
 //!   earlier) still has its job's connection open in step 3.
 //!
+//! The witness is also the fenced resource the jobs write to: a register that accepts a write
+//! (`W`, carrying the token of the job's header) only when its token is at least the highest it
+//! has accepted, as a storage system that checks fencing tokens does. A job writes when it
+//! starts and every 100 ms while it works. Writes are decided in the order the witness reads
+//! them; the checker asks of that history whether a stale write was ever accepted.
+//!
 //! Timestamps (one `Instant` per step) give the sizes: takeover times, how long a job outlived an
 //! elect that was killed. A real overlap that starts and ends between two rounds would be missed
 //! here; the jobs also take a non-blocking flock(2) on a shared file (`BUSY`), which the kernel
 //! decides exactly, so such an overlap still shows.
-
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read};
@@ -52,6 +57,16 @@ pub struct Life {
     pub beats: Vec<Instant>,
 }
 
+/// One write to the fenced register, in the order the register decided them.
+#[derive(Debug, Clone)]
+pub struct Write {
+    /// The writer (index into `lives`).
+    pub life: usize,
+    pub token: Option<u64>,
+    pub at: Instant,
+    pub accepted: bool,
+}
+
 /// What the witness has recorded so far.
 #[derive(Debug, Default, Clone)]
 pub struct Record {
@@ -62,6 +77,30 @@ pub struct Record {
     pub overlaps: Vec<(usize, usize)>,
     /// Lives proven to have been open after their run's elect exited.
     pub outlived: Vec<usize>,
+    /// Every write to the fenced register.
+    pub writes: Vec<Write>,
+    /// The highest token the register has accepted.
+    pub highest: Option<u64>,
+    /// Rounds of the poll loop completed, for [`Witness::catch_up`].
+    pub rounds: u64,
+}
+
+impl Record {
+    /// The register's rule: a write without a token, or with a token lower than the highest
+    /// accepted, is refused.
+    fn write(&mut self, life: usize, at: Instant) {
+        let token = self.lives[life].token;
+        let accepted = token.is_some() && token >= self.highest;
+        if accepted {
+            self.highest = token;
+        }
+        self.writes.push(Write {
+            life,
+            token,
+            at,
+            accepted,
+        });
+    }
 }
 
 pub struct Witness {
@@ -120,6 +159,18 @@ impl Witness {
 
     pub fn snapshot(&self) -> Record {
         self.state.lock().unwrap().clone()
+    }
+
+    /// Returns once a whole round of the poll loop has begun and ended after the call: every
+    /// line, end of file and exit that had happened by then is in the record. The witness is a
+    /// thread of a test process on a loaded machine, and may lag behind the processes it watches.
+    pub fn catch_up(&self) {
+        let start = self.state.lock().unwrap().rounds;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.state.lock().unwrap().rounds < start + 2 && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 
     /// Lives still open.
@@ -224,14 +275,17 @@ fn serve(
                     Err(_) => break true,
                 }
             };
-            let life = &mut st.lives[conn.life];
             while let Some(end) = conn.buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = conn.buf.drain(..=end).collect();
                 let line = String::from_utf8_lossy(&line).trim().to_owned();
-                parse_line(life, &line, read_at);
+                if line == "W" {
+                    st.write(conn.life, read_at);
+                } else {
+                    parse_line(&mut st.lives[conn.life], &line, read_at);
+                }
             }
             if closed {
-                life.close = Some(read_at);
+                st.lives[conn.life].close = Some(read_at);
             } else {
                 still_open.push(conn.life);
             }
@@ -264,6 +318,7 @@ fn serve(
                 }
             }
         }
+        st.rounds += 1;
         drop(state_guard);
     }
 }
@@ -307,6 +362,8 @@ for my $fh ($s, $probe) {
 $s->autoflush(1);
 my $token = $ENV{ELECT_FENCING_TOKEN} // 'none';
 print $s "$token $$ $ENV{FAULT_RUN} $busy\n";
+# The first write to the fenced register, as the job starts; then one every 100 ms of work.
+print $s "W\n";
 my $mode = $ENV{FAULT_MODE} // 'plain';
 my $work = ($ENV{FAULT_WORK_MS} // 800) / 1000;
 # A job that ignores SIGTERM, but says it got one: elect reports 76 for a job it had begun to
@@ -333,14 +390,15 @@ if ($mode eq 'forks') {
 if ($mode eq 'beat') {
     my $end = time + $work;
     while (time < $end) {
-        print $s "B\n";
+        print $s "B\nW\n";
         sleep 0.1;
     }
 } else {
     # A loop, since a signal handler cuts a sleep short.
     my $end = time + $work;
     while ((my $left = $end - time) > 0) {
-        sleep $left;
+        sleep($left < 0.1 ? $left : 0.1);
+        print $s "W\n";
     }
 }
 print $s "DONE\n";

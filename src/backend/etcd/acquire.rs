@@ -98,6 +98,9 @@ impl EtcdBackend {
                 }
                 WaitMode::Wait => {
                     tracing::debug!(lock = %req.name, key = my_key, "waiting in the lock queue");
+                    if let Some(to) = &self.queued {
+                        let _ = to.send(lease(req, me.clone(), position.rev, lease_id, alive_at));
+                    }
                     let turn = self
                         .wait_in_line(req, &queue, position.rev, &mut keepalive, &mut alive_at)
                         .await?;

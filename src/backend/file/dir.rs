@@ -15,10 +15,13 @@
 //! someone else can write in.
 //!
 //! # A directory given explicitly
-//! `ELECT_LOCK_DIR` or `file:///DIR`. The path is resolved one component at a time: every
-//! directory on the way and every symlink followed must belong to root or the effective uid, and
-//! no directory on the way may be writable by others unless it is sticky, so that no other user
-//! can swap the lock directory for one of their own. The directory itself:
+//! `ELECT_LOCK_DIR` or `file:///DIR`. The path is walked one component at a time from checked
+//! directory descriptors ([`walk`]): every directory on the way and every symlink followed must
+//! belong to root or the effective uid, and no directory on the way may be writable by others
+//! unless it is sticky, so that no other user can swap the lock directory for one of their own.
+//! Missing directories are created with `mkdirat` in the directory just checked, never by name,
+//! so nobody can race a symlink into the path between the check and the creation. The directory
+//! itself:
 //! - owned by root or the effective uid and writable by nobody else: [`Sharing::Private`];
 //! - sticky and world-writable (`/tmp`): also private, since the sticky bit stops others from
 //!   renaming or deleting our files, and a lock file that someone else created there is refused;
@@ -27,19 +30,19 @@
 //! - anything else (group-writable without setgid, world-writable without sticky, another owner)
 //!   is refused with exit 69 and the fix.
 
-use std::ffi::OsString;
 use std::fs::{self, Metadata};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
+use nix::sys::stat::FileStat;
+
+use super::walk::{self, Missing};
 use crate::backend::{BackendError, Result};
 
 /// root's default lock directory.
 pub const ROOT_DIR: &str = "/run/lock/elect";
 /// Where the default directories of other users live: `/run/lock/elect-UID`.
 const USERS_PREFIX: &str = "/run/lock/elect-";
-/// At most this many symlinks are followed while resolving an explicit directory.
-const MAX_LINKS: usize = 40;
 
 /// How lock files in a directory are trusted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,49 +141,24 @@ fn unusable(path: &Path, why: impl std::fmt::Display, fix: &str) -> BackendError
     ))
 }
 
-/// A directory given with `ELECT_LOCK_DIR` or `file:///DIR`: created if missing, then checked.
+/// A directory given with `ELECT_LOCK_DIR` or `file:///DIR`: walked from `/` through checked
+/// directory descriptors, the missing parts created on the way ([`walk`]), then checked.
 pub fn explicit_dir(path: &Path) -> Result<LockDir> {
     let euid = nix::unistd::geteuid().as_raw();
     let absolute = std::path::absolute(path).map_err(|e| {
         BackendError::unavailable(format_args!("lock directory {}", path.display()), e)
     })?;
-    // Directories are created only below one that passes the checks: never through a path that
-    // another user controls.
-    if fs::symlink_metadata(&absolute).is_err() {
-        let existing = absolute
-            .ancestors()
-            .find(|a| fs::symlink_metadata(a).is_ok())
-            .unwrap_or(Path::new("/"));
-        resolve(existing, euid)
-            .and_then(|(real, _)| check_crossed(&real, euid))
-            .map_err(|why| {
-                BackendError::Unavailable(format!(
-                    "lock directory {} cannot be created safely: {why}",
-                    path.display()
-                ))
-            })?;
-    }
-    if let Err(err) = fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(path)
-    {
-        return Err(BackendError::unavailable(
-            format_args!("cannot create lock directory {}", path.display()),
-            err,
-        ));
-    }
-    let (resolved, meta) = resolve(&absolute, euid).map_err(|why| {
+    let walked = walk::walk(&absolute, euid, Missing::Create(0o755)).map_err(|why| {
         BackendError::Unavailable(format!(
             "lock directory {} cannot be trusted: {why}",
             path.display()
         ))
     })?;
-    let sharing = classify(&meta, euid).map_err(|why| {
+    let sharing = classify(&walked.stat, euid).map_err(|why| {
         BackendError::Unavailable(format!("lock directory {} {why}", path.display()))
     })?;
-    if resolved != absolute {
-        tracing::debug!(dir = %path.display(), resolved = %resolved.display(), "lock directory resolved");
+    if walked.real != absolute {
+        tracing::debug!(dir = %path.display(), resolved = %walked.real.display(), "lock directory resolved");
     }
     Ok(LockDir {
         path: path.to_owned(),
@@ -188,93 +166,15 @@ pub fn explicit_dir(path: &Path) -> Result<LockDir> {
     })
 }
 
-/// Follows `path` from `/`, checking every directory crossed and every symlink followed; returns
-/// the real directory and its metadata.
-fn resolve(path: &Path, euid: u32) -> std::result::Result<(PathBuf, Metadata), String> {
-    let mut todo: Vec<OsString> = parts(path);
-    let mut current = PathBuf::from("/");
-    let mut links = 0;
-    while let Some(part) = todo.pop() {
-        if part == ".." {
-            current.pop();
-            continue;
-        }
-        check_crossed(&current, euid)?;
-        let next = current.join(&part);
-        let meta = fs::symlink_metadata(&next).map_err(|e| format!("{}: {e}", next.display()))?;
-        if meta.file_type().is_symlink() {
-            links += 1;
-            if links > MAX_LINKS {
-                return Err(format!("too many symlinks at {}", next.display()));
-            }
-            if !trusted_owner(meta.uid(), euid) {
-                return Err(format!(
-                    "the symlink {} belongs to {}, who could point it elsewhere",
-                    next.display(),
-                    owner(meta.uid())
-                ));
-            }
-            let target = fs::read_link(&next).map_err(|e| format!("{}: {e}", next.display()))?;
-            if target.is_absolute() {
-                current = PathBuf::from("/");
-            }
-            todo.extend(parts(&target));
-            continue;
-        }
-        if !meta.is_dir() {
-            return Err(format!("{} is not a directory", next.display()));
-        }
-        current = next;
-    }
-    let meta = fs::symlink_metadata(&current).map_err(|e| format!("{}: {e}", current.display()))?;
-    Ok((current, meta))
-}
-
-/// The components of `path` still to walk, last first (popped from the end).
-fn parts(path: &Path) -> Vec<OsString> {
-    let mut parts: Vec<OsString> = path
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(name) => Some(name.to_owned()),
-            Component::ParentDir => Some("..".into()),
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => None,
-        })
-        .collect();
-    parts.reverse();
-    parts
-}
-
-/// A directory whose entries we are about to trust: only root or us may change them, or, in a
-/// sticky directory, only each entry's owner.
-fn check_crossed(dir: &Path, euid: u32) -> std::result::Result<(), String> {
-    let meta = fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    if !trusted_owner(meta.uid(), euid) {
-        return Err(format!(
-            "{} belongs to {}, who could replace what is in it",
-            dir.display(),
-            owner(meta.uid())
-        ));
-    }
-    if meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0 {
-        return Err(format!(
-            "{} (mode {:04o}) is writable by others without the sticky bit, so they could \
-             replace what is in it",
-            dir.display(),
-            meta.mode() & 0o7777
-        ));
-    }
-    Ok(())
-}
-
 /// How lock files in the final directory are trusted, or why it cannot be used (the text follows
 /// "lock directory DIR").
-fn classify(meta: &Metadata, euid: u32) -> std::result::Result<Sharing, String> {
-    let mode = meta.mode();
-    if !trusted_owner(meta.uid(), euid) {
+fn classify(stat: &FileStat, euid: u32) -> std::result::Result<Sharing, String> {
+    let mode = stat.st_mode;
+    if !trusted_owner(stat.st_uid, euid) {
         return Err(format!(
             "belongs to {}, not to you or root: its owner could replace any lock file in it; \
              use a directory that you or root own",
-            owner(meta.uid())
+            owner(stat.st_uid)
         ));
     }
     if mode & 0o002 != 0 {
@@ -289,12 +189,12 @@ fn classify(meta: &Metadata, euid: u32) -> std::result::Result<Sharing, String> 
     }
     if mode & 0o020 != 0 {
         if mode & 0o2000 != 0 {
-            return Ok(Sharing::Group(meta.gid()));
+            return Ok(Sharing::Group(stat.st_gid));
         }
         return Err(format!(
             "is writable by group {} without the setgid bit (mode {:04o}): to share its locks \
              with that group, chmod g+s it; otherwise chmod g-w it",
-            group(meta.gid()),
+            group(stat.st_gid),
             mode & 0o7777
         ));
     }
@@ -325,16 +225,6 @@ pub fn group(gid: u32) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn parts_are_walked_in_order() {
-        let mut todo = parts(Path::new("/a/./b/../c"));
-        let mut seen = Vec::new();
-        while let Some(p) = todo.pop() {
-            seen.push(p.into_string().unwrap());
-        }
-        assert_eq!(seen, ["a", "b", "..", "c"]);
-    }
-
     /// root's default directory, made by someone else or left world-writable, is refused.
     #[test]
     fn root_default_must_be_roots_and_closed() {
@@ -361,17 +251,5 @@ mod tests {
         assert!(check_default(&link, &meta, 0)
             .unwrap_err()
             .contains("symlink"));
-    }
-
-    #[test]
-    fn resolving_follows_trusted_links() {
-        let dir = tempfile::tempdir().unwrap();
-        let real = dir.path().join("real");
-        fs::create_dir(&real).unwrap();
-        std::os::unix::fs::symlink("real", dir.path().join("link")).unwrap();
-        let euid = nix::unistd::geteuid().as_raw();
-        let (resolved, meta) = resolve(&dir.path().join("link"), euid).unwrap();
-        assert!(meta.is_dir());
-        assert_eq!(resolved, real.canonicalize().unwrap());
     }
 }

@@ -27,7 +27,8 @@ impl FileBackend {
         // Read whether held or not: a file that is not an elect lock file is reported as such.
         let holder = record::read_holder(&file, &path)?;
         let last_run = record::read_history(&file).last_run;
-        if !proclocks::is_flocked(&locks, meta.dev(), meta.ino()) {
+        let devices = proclocks::Devices::of(&file, &meta);
+        if !proclocks::is_flocked(&locks, &devices, meta.ino()) {
             return Ok(LockState {
                 last_run,
                 ..free(name)
@@ -95,7 +96,8 @@ impl FileBackend {
                 }
             };
             let Ok(meta) = file.metadata() else { continue };
-            if !proclocks::is_flocked(proc_locks, meta.dev(), meta.ino()) {
+            let devices = proclocks::Devices::of(&file, &meta);
+            if !proclocks::is_flocked(proc_locks, &devices, meta.ino()) {
                 continue;
             }
             match record::read_holder(&file, &path) {

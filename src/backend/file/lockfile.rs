@@ -18,42 +18,18 @@ use crate::backend::{BackendError, Result};
 const FLAGS: i32 = nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC | nix::libc::O_NONBLOCK;
 
 /// Opens the lock file at `path` for locking, creating it if missing, and checks that it can be
-/// trusted.
+/// trusted. The file is open read-only: this description carries the flock and is the one the
+/// job inherits, so that nothing the job runs can rewrite or truncate the record through it
+/// (records are written through [`open_writer`], which elect alone holds).
 ///
 /// flock(2) needs only a descriptor open for reading, so whoever can read a lock file can hold its
 /// lock: a lock file is readable by its owner alone (0600), or by the group of a directory shared
 /// on purpose (0660). An older file with wider read bits is narrowed when it is ours.
 pub fn open_for_locking(path: &Path, sharing: Sharing) -> Result<File> {
-    let mode = match sharing {
-        Sharing::Private => 0o600,
-        Sharing::Group(_) => 0o660,
-    };
+    let mode = mode_of(sharing);
     loop {
-        match OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .custom_flags(FLAGS)
-            .open(path)
-        {
-            Ok(file) => {
-                // The umask trims the mode given to open; a group directory needs group write.
-                file.set_permissions(std::fs::Permissions::from_mode(mode))
-                    .map_err(|e| {
-                        BackendError::unavailable(format_args!("chmod {}", path.display()), e)
-                    })?;
-                return Ok(file);
-            }
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(open_error(path, e)),
-        }
-        let file = match OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(FLAGS)
-            .open(path)
-        {
+        create(path, mode)?;
+        let file = match OpenOptions::new().read(true).custom_flags(FLAGS).open(path) {
             Ok(file) => file,
             // Deleted between the two opens: create it.
             Err(e) if e.kind() == ErrorKind::NotFound => continue,
@@ -66,6 +42,77 @@ pub fn open_for_locking(path: &Path, sharing: Sharing) -> Result<File> {
             }
             Checked::Unlinked => continue,
         }
+    }
+}
+
+/// Opens the lock file at `path` for reading and writing (close-on-exec, never handed on),
+/// creating it if missing, and checks it: for files elect writes under a short lock of its own
+/// (the counter of a lock with several places, its history).
+pub fn open_for_writing(path: &Path, sharing: Sharing) -> Result<File> {
+    let mode = mode_of(sharing);
+    loop {
+        create(path, mode)?;
+        let file = match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(FLAGS)
+            .open(path)
+        {
+            Ok(file) => file,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(open_error(path, e)),
+        };
+        match check(&file, path, sharing)? {
+            Checked::Trusted => return Ok(file),
+            Checked::Unlinked => continue,
+        }
+    }
+}
+
+/// The descriptor through which the holder of `locked` (the read-only file it flocked at `path`)
+/// writes its records: `None` when `path` names another file by now (replaced since: the lock
+/// is on a file nobody else will look at).
+pub fn open_writer(path: &Path, locked: &File) -> Result<Option<File>> {
+    let file = match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(FLAGS)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(open_error(path, e)),
+    };
+    let stat = |f: &File| {
+        f.metadata()
+            .map(|m| (m.dev(), m.ino()))
+            .map_err(|e| BackendError::unavailable(format_args!("stat {}", path.display()), e))
+    };
+    Ok((stat(&file)? == stat(locked)?).then_some(file))
+}
+
+fn mode_of(sharing: Sharing) -> u32 {
+    match sharing {
+        Sharing::Private => 0o600,
+        Sharing::Group(_) => 0o660,
+    }
+}
+
+/// Creates the lock file if it is missing, with exactly `mode`.
+fn create(path: &Path, mode: u32) -> Result<()> {
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(FLAGS)
+        .open(path)
+    {
+        // The umask trims the mode given to open; a group directory needs group write.
+        Ok(file) => file
+            .set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(|e| BackendError::unavailable(format_args!("chmod {}", path.display()), e)),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(open_error(path, e)),
     }
 }
 

@@ -8,11 +8,13 @@
 //!   and tokens grow across places. The history record stays in `<name>.lock` and is written
 //!   under the same short lock.
 //! - A waiter cannot block in flock(2) on N files at once, so it watches the directory with
-//!   inotify: the kernel releases a flock when the holder's last descriptor of the file closes,
-//!   which is also when inotify reports `IN_CLOSE_WRITE`; the waiter then tries every place
-//!   again. Every waiter on the machine wakes and tries (a few system calls each), one wins. A
-//!   re-check every second covers an event lost to a queue overflow, and the holder of an earlier,
-//!   deleted file of a place (whose close the directory does not report).
+//!   inotify for `IN_CLOSE_WRITE`: a holder unlocks its place, then closes its writer (the one
+//!   descriptor of a lock file open for writing). The waiter then tries every place again. Every
+//!   waiter on the machine wakes and tries (a few system calls each), one wins. A contender's
+//!   tries open lock files read-only, so they wake nobody (`IN_CLOSE_NOWRITE` is not watched)
+//!   and a waiter does not wake itself. A re-check every second covers an event lost to a queue
+//!   overflow, a holder whose elect was killed (its job's last close is read-only), and the
+//!   holder of an earlier, deleted file of a place (whose close the directory does not report).
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -28,8 +30,10 @@ const META_SUFFIX: &str = ".lock.meta";
 /// How often a waiter for one of several places re-checks without an inotify event.
 const PLACES_RECHECK: Duration = Duration::from_secs(1);
 /// How long a contender that finds a lock busy waits for the new holder's record (see
-/// `current_holder`); a holder writes it within microseconds of taking the flock.
-const RECORD_WAIT: Duration = Duration::from_millis(100);
+/// `current_holder`). A holder writes it after its checks of `/proc/locks`, within a millisecond
+/// of taking the flock on an idle host; a loaded one can deschedule it for far longer, and the
+/// wait only ever costs a contender that lost the race.
+const RECORD_WAIT: Duration = Duration::from_millis(500);
 
 impl FileBackend {
     /// `--holders N` with N > 1: the first free place, waiting (on inotify) if asked.
@@ -89,7 +93,7 @@ impl FileBackend {
     /// Opens and locks the counter file of a lock with several places, for a short update.
     fn lock_meta(&self, name: &LockName) -> Result<File> {
         let path = self.meta_path(name);
-        let file = lockfile::open_for_locking(&path, self.sharing)?;
+        let file = lockfile::open_for_writing(&path, self.sharing)?;
         file.lock()
             .map_err(|e| BackendError::unavailable(format_args!("flock {}", path.display()), e))?;
         Ok(file)
@@ -112,7 +116,7 @@ impl FileBackend {
     pub(super) fn write_shared_history(&self, name: &LockName, history: &History) -> Result<()> {
         let _meta = self.lock_meta(name)?;
         let path = self.path(name);
-        let file = lockfile::open_for_locking(&path, self.sharing)?;
+        let file = lockfile::open_for_writing(&path, self.sharing)?;
         record::write_history(&file, &path, history)
     }
 }

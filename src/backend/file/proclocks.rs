@@ -1,6 +1,15 @@
 //! Reading `/proc/locks`: which files are flocked, and by which process.
+//!
+//! `/proc/locks` names a file by the device of its filesystem's superblock and its inode number.
+//! `stat` may give another device for the same file: on btrfs every subvolume has a device of its
+//! own (the top-level one included), and other filesystems do the same. So a file's devices are
+//! both: the one `stat` gives, and the superblock's, which `/proc/self/mountinfo` shows for the
+//! mount the file was opened through (its `mnt_id` in `/proc/self/fdinfo`). A flock is on the
+//! file when its inode matches and its device is either.
 
-use std::fs;
+use std::fs::{self, File, Metadata};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
 /// One held flock from `/proc/locks` (waiters, shown with `->`, are left out).
@@ -14,14 +23,100 @@ pub struct Flock {
     pub ino: u64,
 }
 
-impl Flock {
-    pub fn is_on(&self, dev: u64, ino: u64) -> bool {
-        self.is_on_device(dev) && self.ino == ino
+/// The devices (major, minor) under which `/proc/locks` may name an open file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Devices {
+    /// From `stat`.
+    stat: (u64, u64),
+    /// The superblock's, from the file's mount, when it can be read.
+    mount: Option<(u64, u64)>,
+}
+
+impl Devices {
+    /// The devices of `file`, whose metadata is `meta`.
+    pub fn of(file: &File, meta: &Metadata) -> Self {
+        let dev = meta.dev();
+        let mount = fs::read_to_string(format!("/proc/self/fdinfo/{}", file.as_raw_fd()))
+            .ok()
+            .and_then(|info| mount_id(&info))
+            .and_then(|id| {
+                let table = fs::read_to_string("/proc/self/mountinfo").ok()?;
+                mount_device(&table, id)
+            });
+        Self {
+            stat: (nix::sys::stat::major(dev), nix::sys::stat::minor(dev)),
+            mount,
+        }
     }
 
-    pub fn is_on_device(&self, dev: u64) -> bool {
-        self.major == nix::sys::stat::major(dev) && self.minor == nix::sys::stat::minor(dev)
+    fn contain(&self, major: u64, minor: u64) -> bool {
+        self.stat == (major, minor) || self.mount == Some((major, minor))
     }
+}
+
+impl Flock {
+    pub fn is_on(&self, devices: &Devices, ino: u64) -> bool {
+        self.is_on_device(devices) && self.ino == ino
+    }
+
+    pub fn is_on_device(&self, devices: &Devices) -> bool {
+        devices.contain(self.major, self.minor)
+    }
+}
+
+/// This process's own flock on `file`, as `/proc/locks` shows it: how a holder checks later that
+/// its lock is still its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnFlock {
+    devices: Devices,
+    ino: u64,
+    /// This process as `/proc` numbers it (the pid namespace of the `/proc` mount).
+    pid: i32,
+}
+
+impl OwnFlock {
+    /// Our flock on `file`, if `/proc/locks` shows it (it does not on a filesystem that names
+    /// files some other way, or without `/proc`).
+    pub fn of(file: &File) -> Option<Self> {
+        let meta = file.metadata().ok()?;
+        let pid = fs::read_link("/proc/self").ok()?.to_str()?.parse().ok()?;
+        let own = Self {
+            devices: Devices::of(file, &meta),
+            ino: meta.ino(),
+            pid,
+        };
+        own.is_held().then_some(own)
+    }
+
+    /// Whether `/proc/locks` still shows it; `true` when it cannot be read.
+    pub fn is_held(&self) -> bool {
+        read().map_or(true, |text| self.is_in(&text))
+    }
+
+    fn is_in(&self, text: &str) -> bool {
+        flocks(text).any(|f| f.pid == self.pid && f.is_on(&self.devices, self.ino))
+    }
+}
+
+/// The `mnt_id` in the text of `/proc/PID/fdinfo/FD`.
+fn mount_id(fdinfo: &str) -> Option<u64> {
+    fdinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("mnt_id:"))
+        .and_then(|id| id.trim().parse().ok())
+}
+
+/// The superblock device (major, minor) of mount `id` in the text of `/proc/PID/mountinfo`:
+/// "36 35 0:45 / /srv rw,relatime shared:1 - btrfs /dev/loop0 rw".
+fn mount_device(mountinfo: &str, id: u64) -> Option<(u64, u64)> {
+    mountinfo.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        if fields.next()?.parse::<u64>().ok()? != id {
+            return None;
+        }
+        let (major, minor) = fields.nth(1)?.split_once(':')?;
+        Some((major.parse().ok()?, minor.parse().ok()?))
+    })
 }
 
 /// The table, read afresh.
@@ -51,14 +146,21 @@ pub fn flocks(text: &str) -> impl Iterator<Item = Flock> + '_ {
     })
 }
 
-/// Whether `/proc/locks` lists a flock on the file `dev`/`ino`.
-pub fn is_flocked(text: &str, dev: u64, ino: u64) -> bool {
-    flocks(text).any(|f| f.is_on(dev, ino))
+/// Whether `/proc/locks` lists a flock on the file `ino` of `devices`.
+pub fn is_flocked(text: &str, devices: &Devices, ino: u64) -> bool {
+    flocks(text).any(|f| f.is_on(devices, ino))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn on(major: u64, minor: u64) -> Devices {
+        Devices {
+            stat: (major, minor),
+            mount: None,
+        }
+    }
 
     #[test]
     fn proc_locks_lines() {
@@ -66,15 +168,54 @@ mod tests {
                     1: -> FLOCK  ADVISORY  WRITE 4243 fd:01:456 0 EOF\n\
                     2: POSIX  ADVISORY  WRITE 99 fd:01:789 0 EOF\n\
                     3: FLOCK  ADVISORY  WRITE -1 103:1a:77 0 EOF\n";
-        let dev = nix::sys::stat::makedev(0xfd, 0x01);
-        assert!(is_flocked(text, dev, 123));
-        assert!(!is_flocked(text, dev, 456), "a waiter is not a holder");
-        assert!(!is_flocked(text, dev, 789), "a POSIX lock is not ours");
+        let dev = on(0xfd, 0x01);
+        assert!(is_flocked(text, &dev, 123));
+        assert!(!is_flocked(text, &dev, 456), "a waiter is not a holder");
+        assert!(!is_flocked(text, &dev, 789), "a POSIX lock is not ours");
         let other = flocks(text).last().unwrap();
         assert_eq!(
             (other.pid, other.major, other.minor, other.ino),
             (-1, 0x103, 0x1a, 77)
         );
-        assert!(other.is_on(nix::sys::stat::makedev(0x103, 0x1a), 77));
+        assert!(other.is_on(&on(0x103, 0x1a), 77));
+    }
+
+    /// On btrfs, `stat` gives the subvolume's device (here 0:52) and `/proc/locks` the
+    /// superblock's (0:45), which mountinfo shows for the mount.
+    #[test]
+    fn a_btrfs_file_is_found_by_its_mounts_device() {
+        let fdinfo = "pos:\t0\nflags:\t02100000\nmnt_id:\t36\nino:\t257\n";
+        let mountinfo = "22 27 0:21 / /proc rw,relatime - proc proc rw\n\
+                         36 27 0:45 / /srv rw,relatime shared:1 - btrfs /dev/loop0 rw,space_cache=v2\n\
+                         37 36 0:45 /sub /mnt rw,relatime - btrfs /dev/loop0 rw\n";
+        assert_eq!(mount_id(fdinfo), Some(36));
+        assert_eq!(mount_device(mountinfo, 36), Some((0, 45)));
+        assert_eq!(mount_device(mountinfo, 99), None);
+        let devices = Devices {
+            stat: (0, 52),
+            mount: mount_device(mountinfo, 36),
+        };
+        let text = "1: FLOCK  ADVISORY  WRITE 4242 00:2d:257 0 EOF\n";
+        assert!(is_flocked(text, &devices, 257));
+        assert!(
+            !is_flocked(text, &on(0, 52), 257),
+            "stat's device alone misses it"
+        );
+        assert!(!is_flocked(text, &devices, 258));
+    }
+
+    #[test]
+    fn an_own_flock_is_ours_only() {
+        let own = OwnFlock {
+            devices: on(0xfd, 0x01),
+            ino: 123,
+            pid: 4242,
+        };
+        assert!(own.is_in("1: FLOCK  ADVISORY  WRITE 4242 fd:01:123 0 EOF\n"));
+        assert!(
+            !own.is_in("1: FLOCK  ADVISORY  WRITE 4243 fd:01:123 0 EOF\n"),
+            "another process took it"
+        );
+        assert!(!own.is_in(""), "released");
     }
 }

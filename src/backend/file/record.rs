@@ -47,9 +47,41 @@ pub fn read_holder(file: &File, path: &Path) -> Result<Option<HolderInfo>> {
     })
 }
 
-pub fn write_holder(file: &File, path: &Path, holder: &HolderInfo) -> Result<()> {
-    let record = serde_json::to_vec(holder).expect("holder metadata serializes");
+/// The holder record as written: the holder, and the lock file it was taken as.
+#[derive(serde::Serialize)]
+struct Written<'a> {
+    #[serde(flatten)]
+    holder: &'a HolderInfo,
+    /// The real path of the lock file (no symlink in it) when the lock was taken: how a newcomer
+    /// recognises a file of its lock that was renamed while held (see `stale`). Left out when
+    /// it would not fit in the record (a very long directory path).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lock_file: Option<String>,
+}
+
+/// Writes the holder record of the lock file whose real path is `real`.
+pub fn write_holder(file: &File, path: &Path, real: &Path, holder: &HolderInfo) -> Result<()> {
+    let mut written = Written {
+        holder,
+        lock_file: Some(real.to_string_lossy().into_owned()),
+    };
+    let mut record = serde_json::to_vec(&written).expect("holder metadata serializes");
+    if record.len() >= RECORD_LEN {
+        written.lock_file = None;
+        record = serde_json::to_vec(&written).expect("holder metadata serializes");
+    }
     write_padded(file, path, record, 0, RECORD_LEN)
+}
+
+/// The real path of the lock file a holder record was written for, if it names one.
+pub fn lock_file_of(bytes: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        lock_file: Option<String>,
+    }
+    let text = std::str::from_utf8(bytes).ok()?;
+    let text = text.trim_matches(|c: char| c.is_ascii_whitespace() || c == '\0');
+    serde_json::from_str::<Named>(text).ok()?.lock_file
 }
 
 /// The token after the last holder's record, refusing one that cannot grow: `None` for a file
@@ -188,6 +220,27 @@ pub fn parse_holder(bytes: &[u8]) -> std::result::Result<Option<HolderInfo>, Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn holder_records_name_their_lock_file() {
+        let file = tempfile::tempfile().unwrap();
+        let mut holder = HolderInfo::this_process(None, std::time::Duration::from_secs(1));
+        holder.token = FencingToken(7);
+        let real = Path::new("/run/lock/elect/x.lock");
+        write_holder(&file, Path::new("x.lock"), real, &holder).unwrap();
+        let mut buf = vec![0u8; RECORD_LEN];
+        let n = read_at_full(&file, &mut buf, 0).unwrap();
+        assert_eq!(
+            parse_holder(&buf[..n]).unwrap().unwrap().token,
+            FencingToken(7)
+        );
+        assert_eq!(
+            lock_file_of(&buf[..n]).as_deref(),
+            Some("/run/lock/elect/x.lock")
+        );
+        assert_eq!(lock_file_of(b"{\"id\":\"old\"}"), None);
+        assert_eq!(lock_file_of(b"garbage"), None);
+    }
 
     #[test]
     fn records() {

@@ -17,8 +17,12 @@
 //! - A holder in another mount namespace shows its path as that namespace names it, and one in
 //!   another pid namespace is listed in `/proc/locks` without a pid: the first is missed, the
 //!   second costs a scan of every visible process.
-//! - A file moved to another name in the directory (`mv x.lock x.old`) is not "this path"
-//!   any more; its holder still stops at once through inotify.
+//!
+//! A file renamed while held (`mv x.lock x.old`, or into another directory of the filesystem) is
+//! not "this path" any more, but its holder record names the lock file it was taken as (its real
+//! path): a flocked file whose record names this path counts as an earlier file of it too, so a
+//! rename behaves as a replace. The holder stops at once through inotify; the newcomer waits for
+//! its job to be gone.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
@@ -60,7 +64,7 @@ impl EarlierHolder {
             h
         });
         holder.id = format!(
-            "pid {}, which still holds an earlier, deleted or replaced {}",
+            "pid {}, which still holds an earlier, deleted or replaced (or renamed) {}",
             self.pid,
             path.display()
         );
@@ -73,6 +77,7 @@ impl EarlierHolder {
 /// file we have locked), if any can be seen.
 pub fn earlier_holder(current: &File, path: &Path) -> Option<EarlierHolder> {
     let meta = current.metadata().ok()?;
+    let devices = proclocks::Devices::of(current, &meta);
     let text = match proclocks::read() {
         Ok(text) => text,
         Err(e) => {
@@ -83,7 +88,7 @@ pub fn earlier_holder(current: &File, path: &Path) -> Option<EarlierHolder> {
         }
     };
     let others: Vec<proclocks::Flock> = proclocks::flocks(&text)
-        .filter(|f| f.is_on_device(meta.dev()) && f.ino != meta.ino())
+        .filter(|f| f.is_on_device(&devices) && f.ino != meta.ino())
         .collect();
     if others.is_empty() {
         return None;
@@ -120,6 +125,8 @@ pub fn earlier_holder(current: &File, path: &Path) -> Option<EarlierHolder> {
 /// group. Anything else cannot be an earlier lock file of ours and cannot hold up a newcomer.
 struct Names {
     live: Vec<u8>,
+    /// The path as a holder record names it.
+    recorded: String,
     deleted: Vec<u8>,
     euid: u32,
     /// The group of a shared directory's lock files (the current file is group-writable).
@@ -134,6 +141,7 @@ impl Names {
         let mut deleted = live.clone();
         deleted.extend_from_slice(b" (deleted)");
         Self {
+            recorded: path.to_string_lossy().into_owned(),
             live,
             deleted,
             euid: nix::unistd::geteuid().as_raw(),
@@ -141,12 +149,30 @@ impl Names {
         }
     }
 
-    fn matches(&self, target: &Path, file: &fs::Metadata) -> bool {
-        let t = target.as_os_str().as_bytes();
-        let named = t == self.live.as_slice() || t == self.deleted.as_slice();
+    /// Whether the file open at `fd` (whose target is `target`) is an earlier file of this path:
+    /// named so (as it is, or deleted), or renamed since, with a holder record that names it.
+    fn matches(&self, fd: &Path, target: &Path, file: &fs::Metadata) -> bool {
         let trusted = file.uid() == 0 || file.uid() == self.euid || Some(file.gid()) == self.group;
-        named && trusted
+        if !trusted || !file.is_file() {
+            return false;
+        }
+        let t = target.as_os_str().as_bytes();
+        t == self.live.as_slice()
+            || t == self.deleted.as_slice()
+            || recorded_path(fd).is_some_and(|p| p == self.recorded)
     }
+}
+
+/// The lock file named in the holder record of the file open at `fd`.
+fn recorded_path(fd: &Path) -> Option<String> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+        .open(fd)
+        .ok()?;
+    let mut buf = vec![0u8; record::RECORD_LEN];
+    let n = record::read_at_full(&file, &mut buf, 0).ok()?;
+    record::lock_file_of(&buf[..n])
 }
 
 enum Scan {
@@ -184,7 +210,7 @@ fn scan(pid: i32, dev: u64, inodes: &BTreeSet<u64>, names: &Names) -> Scan {
         if m.dev() != dev || !inodes.contains(&m.ino()) {
             continue;
         }
-        if names.matches(&target, &m) {
+        if names.matches(&fd, &target, &m) {
             return Scan::Found(EarlierHolder { pid, fd });
         }
         elsewhere = true;

@@ -67,6 +67,10 @@ pub struct Conn {
     pub released: mpsc::UnboundedReceiver<String>,
     /// Whether this session has run `LISTEN`.
     pub listening: bool,
+    /// Whether a notification sent by another session reached this one while it sat idle: only
+    /// then can a waiter count on being woken by a release. Through a transaction-pooling proxy
+    /// (PgBouncer) an idle client is attached to no server session, and hears nothing.
+    pub hears: bool,
     task: JoinHandle<()>,
 }
 
@@ -74,6 +78,7 @@ impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Conn")
             .field("listening", &self.listening)
+            .field("hears", &self.hears)
             .finish_non_exhaustive()
     }
 }
@@ -270,6 +275,7 @@ where
         client,
         released: rx,
         listening: false,
+        hears: false,
         task,
     }
 }

@@ -14,6 +14,9 @@ use crate::lease::LockName;
 
 /// How long a waiter whose session does not listen sleeps before it tries again (and listens).
 const UNHEARD_RECHECK: Duration = Duration::from_millis(100);
+/// How long a listening session may take to hear another session's notification (see
+/// [`PostgresBackend::hears_others`]): a direct session hears it within milliseconds.
+const PROBE_WAIT: Duration = Duration::from_millis(500);
 
 impl PostgresBackend {
     /// The open session, or a new one.
@@ -135,7 +138,7 @@ impl PostgresBackend {
             let listen = format!("LISTEN {CHANNEL}");
             match tokio::time::timeout(STATEMENT_TIMEOUT, conn.client.batch_execute(&listen)).await
             {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => conn.hears = self.hears_others(&mut conn).await,
                 Ok(Err(err)) => {
                     tracing::debug!(err = %describe(&err), "LISTEN failed; waiting by expiry only")
                 }
@@ -146,6 +149,44 @@ impl PostgresBackend {
         // Releases notified before this attempt are answered by the attempt itself.
         while conn.released.try_recv().is_ok() {}
         self.conn = Some(conn);
+    }
+}
+
+impl PostgresBackend {
+    /// Whether `conn`, listening, hears a notification that another session sends while `conn`
+    /// sits idle, as a release's would be: once per session, at the cost of one short-lived
+    /// second session. No (a transaction-pooling proxy, or no answer within [`PROBE_WAIT`]):
+    /// the waiter keeps re-checking every [`super::RECHECK`].
+    async fn hears_others(&self, conn: &mut Conn) -> bool {
+        let Ok(tag) = super::random_secret() else {
+            return false;
+        };
+        let tag = format!("probe {tag}");
+        let sent = async {
+            let other = self.target.connect().await.ok()?;
+            // The tag is hex: nothing to quote.
+            let notify = format!("NOTIFY {CHANNEL}, '{tag}'");
+            other.client.batch_execute(&notify).await.ok()
+        };
+        if tokio::time::timeout(STATEMENT_TIMEOUT, sent)
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+        {
+            return false;
+        }
+        let heard = async {
+            while let Some(payload) = conn.released.recv().await {
+                if payload == tag {
+                    return true;
+                }
+            }
+            false
+        };
+        tokio::time::timeout(PROBE_WAIT, heard)
+            .await
+            .unwrap_or(false)
     }
 }
 

@@ -31,10 +31,10 @@
 
 use std::time::Duration;
 
-use ::redis::aio::MultiplexedConnection;
 use ::redis::{RedisError, Value};
 
-use super::connect::{Target, RESPONSE_TIMEOUT};
+use super::conn::Conn;
+use super::connect::{Target, RESPONSE_TIMEOUT, WAIT_RESPONSE_TIMEOUT};
 use super::scripts::{self, BATON_TTL, SCRIPTS};
 use crate::lease::LockName;
 
@@ -49,7 +49,7 @@ const MIN_BLOCK: Duration = Duration::from_millis(10);
 
 /// A waiter's own connection, blocked on the baton list between attempts.
 pub struct Waiter {
-    conn: MultiplexedConnection,
+    conn: Conn,
     /// The place keys the waiter may take (`--holders N`: places 0 to N-1).
     places: Vec<String>,
     baton: String,
@@ -59,7 +59,8 @@ impl Waiter {
     /// A waiter for one of `places` places of `name`.
     pub async fn open(target: &Target, name: &LockName, places: u32) -> Result<Self, RedisError> {
         Ok(Self {
-            conn: target.connect().await?,
+            // Set per block on a node; a cluster connection keeps this bound for every command.
+            conn: target.connect_with(WAIT_RESPONSE_TIMEOUT).await?,
             places: scripts::place_keys(name, places),
             baton: scripts::baton_key(name),
         })

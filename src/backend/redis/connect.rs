@@ -4,41 +4,131 @@
 //! The connection details are built field by field rather than by handing the URL text to the
 //! client: the password then never travels through a string that could end up in an error.
 
+//! From a Redis URL to a checked connection, and from client errors to one-line messages that
+//! say what to do.
+//!
+//! Three forms, one per topology (`+sentinel` and `+cluster` as Python's redis-sentinel-url and
+//! other clients spell them):
+//! - `redis[s]://[user:password@]host[:port][/db]`: one server;
+//! - `redis[s]+sentinel://[user:password@]host[:port][,host[:port]...]/master[/db]`: the
+//!   sentinels (port 26379 by default) and the name of the master they watch; the user and
+//!   password are the data nodes', as in the plain form; the sentinels' own credentials, where
+//!   they need them, are `?sentinel_user=` and `?sentinel_password=` or
+//!   `ELECT_REDIS_SENTINEL_PASSWORD`. TLS (`rediss+sentinel`) applies to both;
+//! - `redis[s]+cluster://[user:password@]host[:port][,host[:port]...]`: seed nodes of a Redis
+//!   Cluster (database 0 only, as Cluster has no other).
+//!
+//! Every form takes `?wait=N[&wait_timeout=500ms]` (see [`Ack`]).
+//!
+//! The connection details are built field by field rather than by handing the URL text to the
+//! client: the password then never travels through a string that could end up in an error.
+//! The `redis` crate does the Sentinel and Cluster protocols: finding the primary through the
+//! sentinels (skipping those that do not answer, and checking that the node it names is a
+//! primary), and the cluster's slot map, `MOVED` and `ASK`.
+
 use std::time::Duration;
 
-use ::redis::aio::MultiplexedConnection;
+use ::redis::cluster::{ClusterClient, ClusterConfig};
+use ::redis::sentinel::{SentinelClientBuilder, SentinelServerType};
 use ::redis::{
     AsyncConnectionConfig, Client, ClientTlsConfig, ConnectionAddr, ErrorKind, IntoConnectionInfo,
-    RedisConnectionInfo, RedisError, TlsCertificates,
+    RedisConnectionInfo, RedisError, ServerErrorKind, TlsCertificates, TlsMode,
 };
 
+use super::conn::Conn;
 use crate::backend::{BackendError, BackendOptions, BackendUrl, Result, Scheme};
 
 /// Time to set up a connection: TCP, TLS, AUTH, SELECT. A SIGSTOPped server still completes the
 /// TCP handshake from its listen backlog, so only this bound stops a connect from hanging there.
+/// Through the sentinels it bounds the whole discovery, the primary's connection included.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Time to wait for the answer to one command. The lease keeper adds its own, shorter bound on
 /// renewals; this one keeps every other call (status, release, acquire) from hanging.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The reply timeout of a waiter's connection, which blocks for up to the baton's longest block.
+pub const WAIT_RESPONSE_TIMEOUT: Duration =
+    Duration::from_secs(super::baton::MAX_BLOCK.as_secs() + RESPONSE_TIMEOUT.as_secs());
 
 const DEFAULT_PORT: u16 = 6379;
+const DEFAULT_SENTINEL_PORT: u16 = 26379;
 /// The password when the URL has none: it keeps the secret out of argv and out of URL files.
 /// `elect run` does not pass this variable on to the job.
 pub const PASSWORD_VARIABLE: &str = "ELECT_REDIS_PASSWORD";
+/// The sentinels' password when the URL has no `sentinel_password`; withheld from the job like
+/// every `ELECT_*PASSWORD`.
+pub const SENTINEL_PASSWORD_VARIABLE: &str = "ELECT_REDIS_SENTINEL_PASSWORD";
 
-/// Where to connect, parsed from the URL; `client` carries the credentials.
-#[derive(Debug, Clone)]
+/// The default and the largest `wait_timeout`: `WAIT` must answer within [`RESPONSE_TIMEOUT`]
+/// and within a renew's bound (a third of the ttl).
+const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_millis(500);
+const MAX_WAIT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Replica acknowledgement (`?wait=N`): an acquire or renew counts only once `WAIT N timeout`
+/// says that N replicas have the write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    pub replicas: u32,
+    pub timeout: Duration,
+}
+
+/// Where to connect, parsed from the URL; `kind` carries the credentials.
+#[derive(Clone)]
 pub struct Target {
-    pub client: Client,
-    /// `host:port`, for messages.
+    kind: Kind,
+    /// What the URL names, for messages: `host:port`, or the master and its sentinels, or the
+    /// cluster's seeds.
     pub addr: String,
+    /// Replica acknowledgement, if the URL asks for it.
+    pub ack: Option<Ack>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.addr)
+    }
+}
+
+#[derive(Clone)]
+/// Each variant boxed: the clients' settings differ much in size.
+enum Kind {
+    Single(Box<Client>),
+    /// Kept as the builder's inputs: each connect builds a fresh sentinel client, so that no
+    /// connection to a sentinel is shared between runtimes (the settling thread of a drop has
+    /// its own).
+    Sentinel(Box<SentinelSpec>),
+    /// One client for calls, one for waiters' blocking calls (see [`WAIT_RESPONSE_TIMEOUT`]).
+    Cluster(Box<ClusterClient>, Box<ClusterClient>),
+}
+
+#[derive(Clone)]
+struct SentinelSpec {
+    sentinels: Vec<ConnectionAddr>,
+    master: String,
+    db: i64,
+    user: Option<String>,
+    password: Option<String>,
+    sentinel_user: Option<String>,
+    sentinel_password: Option<String>,
+    tls: Option<TlsCertificates>,
+}
+
+/// The transport of a URL: whether it uses TLS and which topology it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Topology {
+    Single,
+    Sentinel,
+    Cluster,
 }
 
 impl Target {
     pub fn from_url(url: &BackendUrl, options: &BackendOptions) -> Result<Self> {
-        let tls = match url.scheme() {
-            Scheme::Redis => false,
-            Scheme::Rediss => true,
+        let (topology, tls) = match url.scheme() {
+            Scheme::Redis => (Topology::Single, false),
+            Scheme::Rediss => (Topology::Single, true),
+            Scheme::RedisSentinel => (Topology::Sentinel, false),
+            Scheme::RedissSentinel => (Topology::Sentinel, true),
+            Scheme::RedisCluster => (Topology::Cluster, false),
+            Scheme::RedissCluster => (Topology::Cluster, true),
             other => {
                 return Err(BackendError::Config(format!(
                     "not a Redis URL (scheme {})",
@@ -46,72 +136,299 @@ impl Target {
                 )))
             }
         };
-        let [host] = url.hosts.as_slice() else {
-            return Err(BackendError::Config(
-                "a Redis URL names one server: redis://[user:password@]host[:port][/db]".into(),
-            ));
+        let options_known: &[&str] = match topology {
+            Topology::Sentinel => &["wait", "wait_timeout", "sentinel_user", "sentinel_password"],
+            Topology::Single | Topology::Cluster => &["wait", "wait_timeout"],
         };
-        if let Some((key, _)) = url.query.first() {
+        if let Some((key, _)) = url
+            .query
+            .iter()
+            .find(|(k, _)| !options_known.contains(&k.as_str()))
+        {
             return Err(BackendError::Config(format!(
-                "unknown Redis URL option {key:?} (a Redis URL takes no options)"
+                "unknown Redis URL option {key:?} (known here: {})",
+                options_known.join(", ")
             )));
         }
-        let port = host.port.unwrap_or(DEFAULT_PORT);
-        let db = parse_db(&url.path)?;
-
-        let mut redis = RedisConnectionInfo::default().set_db(db);
-        if let Some(user) = &url.user {
-            redis = redis.set_username(user);
+        let ack = parse_ack(url)?;
+        if !tls && (options.tls_ca.is_some() || options.tls_cert.is_some()) {
+            tracing::warn!("TLS options are ignored for a redis:// URL; use rediss:// for TLS");
         }
-        let from_env = std::env::var(PASSWORD_VARIABLE)
-            .ok()
-            .filter(|p| !p.is_empty());
-        if let Some(password) = url.password.as_ref().or(from_env.as_ref()) {
-            redis = redis.set_password(password);
-        }
-        let addr = if tls {
-            ConnectionAddr::TcpTls {
-                host: host.host.clone(),
-                port,
-                insecure: false,
-                tls_params: None,
-            }
-        } else {
-            if options.tls_ca.is_some() || options.tls_cert.is_some() {
-                tracing::warn!("TLS options are ignored for a redis:// URL; use rediss:// for TLS");
-            }
-            ConnectionAddr::Tcp(host.host.clone(), port)
-        };
-        let info = addr
-            .into_connection_info()
-            .map_err(|e| BackendError::Config(one_line(&e)))?
-            .set_redis_settings(redis);
-        let client = if tls {
+        let certificates = if tls {
             install_crypto_provider();
-            Client::build_with_tls(info, tls_certificates(options)?)
+            Some(tls_certificates(options)?)
         } else {
-            Client::open(info)
+            None
+        };
+        let from_env = |name: &str| std::env::var(name).ok().filter(|p| !p.is_empty());
+        let password = url.password.clone().or_else(|| from_env(PASSWORD_VARIABLE));
+        let settings = |e: RedisError| {
+            BackendError::Config(format!("Redis client settings: {}", one_line(&e)))
+        };
+        let hosts = |default_port: u16| -> Vec<(String, u16)> {
+            url.hosts
+                .iter()
+                .map(|h| (h.host.clone(), h.port.unwrap_or(default_port)))
+                .collect()
+        };
+        let joined = |hosts: &[(String, u16)]| {
+            hosts
+                .iter()
+                .map(|(h, p)| format!("{h}:{p}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        match topology {
+            Topology::Single => {
+                let [(host, port)] = hosts(DEFAULT_PORT).try_into().map_err(|_| {
+                    BackendError::Config(
+                        "a redis:// URL names one server: redis://[user:password@]host[:port][/db] \
+                         (redis+sentinel:// or redis+cluster:// name several)"
+                            .into(),
+                    )
+                })?;
+                let db = parse_db(&url.path)?;
+                let mut redis = RedisConnectionInfo::default().set_db(db);
+                if let Some(user) = &url.user {
+                    redis = redis.set_username(user);
+                }
+                if let Some(password) = &password {
+                    redis = redis.set_password(password);
+                }
+                let info = node_addr(&host, port, tls)
+                    .into_connection_info()
+                    .map_err(|e| BackendError::Config(one_line(&e)))?
+                    .set_redis_settings(redis);
+                let client = match certificates {
+                    Some(certs) => Client::build_with_tls(info, certs),
+                    None => Client::open(info),
+                }
+                .map_err(settings)?;
+                Ok(Self {
+                    kind: Kind::Single(Box::new(client)),
+                    addr: format!("{host}:{port}"),
+                    ack,
+                })
+            }
+            Topology::Sentinel => {
+                let (master, db) = parse_master(&url.path)?;
+                let sentinels = hosts(DEFAULT_SENTINEL_PORT);
+                let spec = SentinelSpec {
+                    sentinels: sentinels
+                        .iter()
+                        .map(|(h, p)| node_addr(h, *p, tls))
+                        .collect(),
+                    master: master.clone(),
+                    db,
+                    user: url.user.clone(),
+                    password,
+                    sentinel_user: url.query_value("sentinel_user").map(str::to_owned),
+                    sentinel_password: url
+                        .query_value("sentinel_password")
+                        .map(str::to_owned)
+                        .or_else(|| from_env(SENTINEL_PASSWORD_VARIABLE)),
+                    tls: certificates,
+                };
+                // Checked now, so that a bad combination is a configuration error, not a
+                // failure to connect.
+                spec.client().map_err(settings)?;
+                Ok(Self {
+                    kind: Kind::Sentinel(Box::new(spec)),
+                    addr: format!("master {master} via sentinels {}", joined(&sentinels)),
+                    ack,
+                })
+            }
+            Topology::Cluster => {
+                if !matches!(url.path.as_str(), "" | "/" | "/0") {
+                    return Err(BackendError::Config(format!(
+                        "invalid path {:?} in a Redis Cluster URL: a cluster has database 0 only \
+                         (redis+cluster://host:port[,host:port...])",
+                        url.path
+                    )));
+                }
+                let seeds = hosts(DEFAULT_PORT);
+                let nodes = seeds
+                    .iter()
+                    .map(|(h, p)| node_addr(h, *p, tls).into_connection_info())
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(settings)?;
+                // The crate bounds a whole request, redirections and retries included, by the
+                // reply timeout the client is built with: a waiter's client is built with the
+                // longer bound its blocks need.
+                let client = |response: Duration| {
+                    let mut builder = ClusterClient::builder(nodes.clone())
+                        .connection_timeout(CONNECT_TIMEOUT)
+                        .response_timeout(response);
+                    if let Some(user) = &url.user {
+                        builder = builder.username(user);
+                    }
+                    if let Some(password) = &password {
+                        builder = builder.password(password);
+                    }
+                    if let Some(certs) = &certificates {
+                        builder = builder.tls(TlsMode::Secure).certs(certs.clone());
+                    }
+                    builder.build().map_err(settings)
+                };
+                let calls = client(RESPONSE_TIMEOUT)?;
+                let waits = client(WAIT_RESPONSE_TIMEOUT)?;
+                Ok(Self {
+                    kind: Kind::Cluster(Box::new(calls), Box::new(waits)),
+                    addr: format!("cluster {}", joined(&seeds)),
+                    ack,
+                })
+            }
         }
-        .map_err(|e| BackendError::Config(format!("Redis client settings: {}", one_line(&e))))?;
-        Ok(Self {
-            client,
-            addr: format!("{}:{port}", host.host),
-        })
     }
 
     /// A new connection, checked with a PING so that a wrong password, database or port shows up
-    /// now rather than at the first lease operation.
-    pub async fn connect(&self) -> Result<MultiplexedConnection, RedisError> {
+    /// now rather than at the first lease operation. Through the sentinels, to the primary they
+    /// name now.
+    pub async fn connect(&self) -> Result<Conn, RedisError> {
+        self.connect_with(RESPONSE_TIMEOUT).await
+    }
+
+    /// [`Self::connect`] with another reply timeout (a waiter blocks longer than the usual one).
+    pub async fn connect_with(&self, response_timeout: Duration) -> Result<Conn, RedisError> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT));
-        let mut conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
+            .set_response_timeout(Some(response_timeout));
+        let mut conn = match &self.kind {
+            Kind::Single(client) => Conn::Node(
+                client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?,
+            ),
+            Kind::Sentinel(spec) => {
+                let found = tokio::time::timeout(CONNECT_TIMEOUT, async {
+                    let client = spec.client()?.async_get_client().await?;
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await
+                })
+                .await
+                .map_err(|_| {
+                    RedisError::from((
+                        ErrorKind::Io,
+                        "no sentinel named a reachable primary in time",
+                    ))
+                })??;
+                Conn::Node(found)
+            }
+            Kind::Cluster(calls, waits) => {
+                let client = if response_timeout > RESPONSE_TIMEOUT {
+                    waits
+                } else {
+                    calls
+                };
+                let config = ClusterConfig::new()
+                    .set_connection_timeout(CONNECT_TIMEOUT)
+                    .set_response_timeout(response_timeout);
+                // Connecting reads the slot map from a seed: that is the check.
+                return Ok(Conn::Cluster(
+                    client.get_async_connection_with_config(config).await?,
+                ));
+            }
+        };
         ::redis::cmd("PING").query_async::<()>(&mut conn).await?;
         Ok(conn)
     }
+}
+
+impl SentinelSpec {
+    fn client(&self) -> std::result::Result<::redis::sentinel::SentinelClient, RedisError> {
+        let mut builder = SentinelClientBuilder::new(
+            self.sentinels.clone(),
+            &self.master,
+            SentinelServerType::Master,
+        )?
+        .set_client_to_redis_db(self.db);
+        if let Some(user) = &self.user {
+            builder = builder.set_client_to_redis_username(user);
+        }
+        if let Some(password) = &self.password {
+            builder = builder.set_client_to_redis_password(password);
+        }
+        if let Some(user) = &self.sentinel_user {
+            builder = builder.set_client_to_sentinel_username(user);
+        }
+        if let Some(password) = &self.sentinel_password {
+            builder = builder.set_client_to_sentinel_password(password);
+        }
+        if let Some(certs) = &self.tls {
+            builder = builder
+                .set_client_to_redis_tls_mode(TlsMode::Secure)
+                .set_client_to_redis_certificates(certs.clone())
+                .set_client_to_sentinel_tls_mode(TlsMode::Secure)
+                .set_client_to_sentinel_certificates(certs.clone());
+        }
+        builder.build()
+    }
+}
+
+fn node_addr(host: &str, port: u16, tls: bool) -> ConnectionAddr {
+    if tls {
+        ConnectionAddr::TcpTls {
+            host: host.to_owned(),
+            port,
+            insecure: false,
+            tls_params: None,
+        }
+    } else {
+        ConnectionAddr::Tcp(host.to_owned(), port)
+    }
+}
+
+/// `?wait=N[&wait_timeout=D]`: N replicas, D at most [`MAX_WAIT_TIMEOUT`].
+fn parse_ack(url: &BackendUrl) -> Result<Option<Ack>> {
+    let timeout = match url.query_value("wait_timeout") {
+        None => DEFAULT_WAIT_TIMEOUT,
+        Some(text) => humantime::parse_duration(text.trim())
+            .ok()
+            .filter(|d| !d.is_zero() && *d <= MAX_WAIT_TIMEOUT)
+            .ok_or_else(|| {
+                BackendError::Config(format!(
+                    "invalid wait_timeout {text:?} in the Redis URL: a duration from 1ms to {}, as in wait_timeout=500ms",
+                    humantime::format_duration(MAX_WAIT_TIMEOUT)
+                ))
+            })?,
+    };
+    let Some(text) = url.query_value("wait") else {
+        if url.query_value("wait_timeout").is_some() {
+            return Err(BackendError::Config(
+                "wait_timeout in the Redis URL needs wait=N (the number of replicas)".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let replicas = text.parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+        BackendError::Config(format!(
+            "invalid wait {text:?} in the Redis URL: the number of replicas that must acknowledge, 1 or more, as in wait=1"
+        ))
+    })?;
+    Ok(Some(Ack { replicas, timeout }))
+}
+
+/// `/master[/db]` of a Sentinel URL.
+fn parse_master(path: &str) -> Result<(String, i64)> {
+    let usage = "redis+sentinel://[user:password@]host:26379[,host:26379...]/master[/db]";
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    let master = parts.next().unwrap_or_default();
+    if master.is_empty() {
+        return Err(BackendError::Config(format!(
+            "a Sentinel URL names the master after the sentinels: {usage}"
+        )));
+    }
+    if master.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(BackendError::Config(format!(
+            "invalid master name {master:?} in the Sentinel URL: {usage}"
+        )));
+    }
+    let db = match parts.next() {
+        None => 0,
+        Some(db) => parse_db(&format!("/{db}"))?,
+    };
+    Ok((master.to_owned(), db))
 }
 
 /// `/N` selects database N; no path or `/` is database 0.
@@ -165,8 +482,17 @@ fn tls_certificates(options: &BackendOptions) -> Result<TlsCertificates> {
 
 /// Whether an error leaves the connection in doubt, so that the next call should open a new one.
 /// A server's error reply (a script error, NOPERM) does not.
+///
+/// READONLY does: the node is no longer the primary (demoted by a failover), and a new
+/// connection, through the sentinels or the slot map, finds the one that is.
 pub fn breaks_connection(err: &RedisError) -> bool {
-    !matches!(err.kind(), ErrorKind::Server(_) | ErrorKind::Extension)
+    is_demoted(err) || !matches!(err.kind(), ErrorKind::Server(_) | ErrorKind::Extension)
+}
+
+/// The node answered as a replica: the primary moved.
+pub fn is_demoted(err: &RedisError) -> bool {
+    err.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly)
+        || err.to_string().contains("UNBLOCKED")
 }
 
 /// A client error on one line, with a hint at the usual cause.
@@ -237,5 +563,62 @@ mod tests {
         assert!(parse("redis://a,b").is_err());
         assert!(parse("redis://h?x=1").is_err());
         assert!(parse("redis://h/db").is_err());
+        assert!(parse("redis://h?sentinel_user=x").is_err());
+    }
+
+    #[test]
+    fn sentinel_urls() {
+        let opts = BackendOptions::default();
+        let parse = |u: &str| Target::from_url(&BackendUrl::parse(u).unwrap(), &opts);
+        let t = parse("redis+sentinel://u:p@a,b:26380/main/2?sentinel_password=s").unwrap();
+        assert_eq!(t.addr, "master main via sentinels a:26379,b:26380");
+        assert!(parse("rediss+sentinel://a/main").is_ok());
+        assert!(parse("redis+sentinel://a").is_err());
+        assert!(parse("redis+sentinel://a/").is_err());
+        assert!(parse("redis+sentinel://a/main/x").is_err());
+        assert!(parse("redis+sentinel://a/main?x=1").is_err());
+        assert_eq!(parse_master("/m").unwrap(), ("m".into(), 0));
+        assert_eq!(parse_master("/m/3").unwrap(), ("m".into(), 3));
+    }
+
+    #[test]
+    fn cluster_urls() {
+        let opts = BackendOptions::default();
+        let parse = |u: &str| Target::from_url(&BackendUrl::parse(u).unwrap(), &opts);
+        let t = parse("redis+cluster://u:p@a:7000,b:7001").unwrap();
+        assert_eq!(t.addr, "cluster a:7000,b:7001");
+        assert!(parse("redis+cluster://a/0").is_ok());
+        assert!(parse("redis+cluster://a/1").is_err());
+        assert!(parse("redis+cluster://a?sentinel_user=x").is_err());
+    }
+
+    #[test]
+    fn acknowledgement_options() {
+        let opts = BackendOptions::default();
+        let parse = |u: &str| Target::from_url(&BackendUrl::parse(u).unwrap(), &opts);
+        assert_eq!(parse("redis://h").unwrap().ack, None);
+        assert_eq!(
+            parse("redis://h?wait=2").unwrap().ack,
+            Some(Ack {
+                replicas: 2,
+                timeout: DEFAULT_WAIT_TIMEOUT
+            })
+        );
+        assert_eq!(
+            parse("redis+cluster://h?wait=1&wait_timeout=200ms")
+                .unwrap()
+                .ack
+                .map(|a| a.timeout),
+            Some(Duration::from_millis(200))
+        );
+        for bad in [
+            "wait=0",
+            "wait=x",
+            "wait=1&wait_timeout=5s",
+            "wait_timeout=1s",
+            "wait=1&wait_timeout=0s",
+        ] {
+            assert!(parse(&format!("redis://h?{bad}")).is_err(), "{bad}");
+        }
     }
 }

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::hosts::Hosts;
 use super::process::kill;
 use super::server::Server;
 use super::setup::Setup;
@@ -47,6 +48,8 @@ pub struct Arena {
     pub shared: Arc<Shared>,
     pub job: PathBuf,
     pub probe: PathBuf,
+    /// Where each contender's runs live (see [`Hosts`]); none unless the faults need them.
+    pub hosts: Hosts,
 }
 
 impl Arena {
@@ -69,6 +72,7 @@ impl Arena {
             .collect();
         Self {
             lock: format!("{scenario}-{tag}"),
+            hosts: Hosts::none(),
             probe: dir.path().join("probe"),
             job,
             witness,
@@ -85,12 +89,13 @@ impl Arena {
         }
     }
 
-    /// The command of one run; `extra_env` for faketime.
+    /// The command of one run of contender `index`; `extra_env` for faketime.
     pub fn command(
         &self,
         server: &Server,
         setup: &Setup,
         run: u64,
+        index: usize,
         extra_env: &[(&str, &str)],
     ) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_elect"));
@@ -100,6 +105,8 @@ impl Arena {
             }
         }
         let (key, value) = server.env();
+        let value = self.hosts.backend().map_or(value, str::to_owned);
+        self.hosts.enter(index, &mut cmd);
         cmd.env(key, value)
             .env("FAULT_WITNESS", self.witness.path())
             .env("FAULT_PROBE", &self.probe)
@@ -113,6 +120,7 @@ impl Arena {
             .args(["run", "--lock", &self.lock])
             .args(["--ttl", &format!("{}ms", TTL.as_millis())])
             .args(["--grace", &format!("{}ms", GRACE.as_millis())])
+            .args(setup.pid_namespace.then_some("--pid-namespace"))
             .args(["--wait", "--", "perl"])
             .arg(&self.job);
         cmd
@@ -138,7 +146,7 @@ pub(super) fn contend(arena: &Arena, server: &Server, setup: &Setup, index: usiz
     while !arena.shared.stop.load(Ordering::SeqCst) {
         let run = arena.shared.next_run.fetch_add(1, Ordering::SeqCst);
         let stderr = arena.dir.path().join("runs").join(format!("{run}.err"));
-        let mut cmd = arena.command(server, setup, run, &extra);
+        let mut cmd = arena.command(server, setup, run, index, &extra);
         cmd.stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).expect("stderr file"));
         let started = Instant::now();
@@ -202,10 +210,17 @@ pub(super) fn holder(arena: &Arena, settled: Duration) -> Option<(u64, usize, i3
         })
 }
 
-pub(super) fn wait_holder(arena: &Arena, timeout: Duration) -> Option<(u64, usize, i32)> {
+/// Waits for a holder whose job has run for 250 ms, or for a third of its work if that is
+/// shorter.
+pub(super) fn wait_holder(
+    arena: &Arena,
+    work: Duration,
+    timeout: Duration,
+) -> Option<(u64, usize, i32)> {
+    let settled = Duration::from_millis(250).min(work / 3);
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if let Some(h) = holder(arena, Duration::from_millis(250)) {
+        if let Some(h) = holder(arena, settled) {
             return Some(h);
         }
         std::thread::sleep(Duration::from_millis(20));

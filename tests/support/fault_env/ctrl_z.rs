@@ -146,6 +146,7 @@ pub fn ctrl_z(kind: BackendKind) -> Row {
             code.trim()
         ));
     }
+    arena.witness.catch_up();
     let record = arena.witness.snapshot();
     let life = record
         .lives

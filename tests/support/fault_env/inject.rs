@@ -7,7 +7,12 @@ use super::process::{kill, watchdog_of};
 use super::server::Server;
 use super::setup::{BackendKind, Fault};
 use super::TTL;
+use crate::netns::Cut;
 use crate::proxy::Mode;
+
+/// How long [`Fault::HandOffUnreachable`] holds all traffic: longer than the release's own
+/// bound (2.5 s), so that it gives up.
+pub const BLACKHOLE_AT_KILL: Duration = Duration::from_secs(3);
 
 /// A fault as applied.
 #[derive(Debug, Clone)]
@@ -16,15 +21,20 @@ pub struct Event {
     pub at: Instant,
     /// The holder at the time: its run and its life (index in the witness record).
     pub holder: Option<(u64, usize)>,
+    /// When the fault was over (the host thawed, the partition healed); `at` for one that is a
+    /// single act.
+    pub ended: Instant,
 }
 
+/// Applies `fault`; returns when it ended (the thaw, the heal), or now.
 pub(super) fn apply(
     fault: Fault,
     arena: &Arena,
     server: &Server,
     holder: Option<(u64, usize, i32)>,
-) {
+) -> Instant {
     let hold = TTL + Duration::from_secs(1);
+    let mut ended = None;
     let proxy_for = |server: &Server, mode: Mode, how_long: Duration| {
         if let Some(p) = server.proxy() {
             p.set_mode(mode);
@@ -33,7 +43,7 @@ pub(super) fn apply(
         }
     };
     match fault {
-        Fault::KillHolder => {
+        Fault::KillHolder | Fault::HandOff => {
             if let Some((run, _, pid)) = holder {
                 arena.shared.killed.lock().unwrap().insert(run);
                 kill(pid, "KILL");
@@ -46,12 +56,30 @@ pub(super) fn apply(
                 kill(pid, "CONT");
             }
         }
+        Fault::HandOffUnreachable => {
+            if let (Some((run, _, pid)), Some(p)) = (holder, server.proxy()) {
+                p.set_mode(Mode::Blackhole);
+                arena.shared.killed.lock().unwrap().insert(run);
+                kill(pid, "KILL");
+                std::thread::sleep(BLACKHOLE_AT_KILL);
+                p.set_mode(Mode::Pass);
+            }
+        }
+        Fault::StopThenKill => {
+            if let Some((run, _, pid)) = holder {
+                kill(pid, "STOP");
+                std::thread::sleep(hold);
+                arena.shared.killed.lock().unwrap().insert(run);
+                kill(pid, "KILL");
+            }
+        }
         Fault::StopServer => {
             server.freeze();
             std::thread::sleep(hold);
             server.thaw();
         }
         Fault::RestartServer => server.restart(),
+        Fault::RestartServerClean => server.restart_clean(),
         Fault::Blackhole => proxy_for(server, Mode::Blackhole, hold),
         Fault::DropReplies => proxy_for(server, Mode::DropReplies, hold),
         Fault::Latency => proxy_for(
@@ -99,6 +127,61 @@ pub(super) fn apply(
                 }
             }
         }
+        Fault::FreezeHost => {
+            if let Some(freezer) = host_of(arena, holder).and_then(|i| arena.hosts.freezer(i)) {
+                freezer.freeze();
+                std::thread::sleep(hold);
+                ended = Some(Instant::now());
+                freezer.thaw();
+            }
+        }
+        Fault::Partition | Fault::PartitionReplies => {
+            if let Some(host) = host_of(arena, holder).and_then(|i| arena.hosts.host(i)) {
+                host.cut(if fault == Fault::Partition {
+                    Cut::Both
+                } else {
+                    Cut::Replies
+                });
+                std::thread::sleep(hold);
+                ended = Some(Instant::now());
+                host.cut(Cut::None);
+            }
+        }
+        Fault::PartitionHeals => {
+            if let Some(host) = host_of(arena, holder).and_then(|i| arena.hosts.host(i)) {
+                host.cut(Cut::Both);
+                // Until another host's job has started (the takeover), and a little after.
+                let run = holder.map(|h| h.0);
+                let deadline = Instant::now() + TTL * 5;
+                while Instant::now() < deadline
+                    && !arena
+                        .witness
+                        .open_lives()
+                        .iter()
+                        .any(|l| l.run.is_some() && l.run != run)
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                std::thread::sleep(Duration::from_millis(500));
+                ended = Some(Instant::now());
+                host.cut(Cut::None);
+            }
+        }
+        Fault::KillLeader => {
+            if let Some(cluster) = server.etcd_cluster() {
+                cluster.kill_leader(hold);
+            }
+        }
+        Fault::PartitionLeader => {
+            if let Some(cluster) = server.etcd_cluster() {
+                cluster.partition_leader(hold + Duration::from_secs(1));
+            }
+        }
+        Fault::RollingRestart => {
+            if let Some(cluster) = server.etcd_cluster() {
+                cluster.rolling_restart(Duration::from_millis(500));
+            }
+        }
         Fault::KillBoth => {
             if let Some((run, _, pid)) = holder {
                 if let Some(watchdog) = watchdog_of(pid) {
@@ -113,4 +196,12 @@ pub(super) fn apply(
             }
         }
     }
+    ended.unwrap_or_else(Instant::now)
+}
+
+/// The contender (and so the host) whose run holds the lease.
+fn host_of(arena: &Arena, holder: Option<(u64, usize, i32)>) -> Option<usize> {
+    let (run, _, _) = holder?;
+    let runs = arena.shared.runs.lock().unwrap();
+    runs.iter().find(|r| r.run == run).map(|r| r.contender)
 }

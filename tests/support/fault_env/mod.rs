@@ -8,16 +8,21 @@
 //! the server. When the time is up the contenders stop looping and every run finishes by itself.
 //!
 //! The checker then looks at what the witness and the runs recorded:
-//! - no two lifetimes of the lock overlap (proven by the witness, or by the jobs' flock probe);
+//! - no two lifetimes of the lock overlap (proven by the witness, or by the jobs' flock probe),
+//!   except beside a job frozen with its host, which is counted apart (outside the promise);
 //! - tokens strictly increase in the order the jobs started;
+//! - the fenced register (the witness) never accepted a write after a later holder's;
+//! - a run's job starts once: a holder cut off and back does not run again;
 //! - no job outlives its elect (an elect the harness killed with SIGKILL: by at most the grace,
 //!   plus [`WATCHDOG_SLACK`] for the watchdog's own wake-ups);
 //! - elect's exit code is the job's (42) when the job finished, 76 when the job was stopped, and
 //!   69, 75 or 76 when no job ran;
 //! - per fault: a holder SIGSTOPped past the ttl has its job dead by `stop + ttl` (the lease
-//!   deadline is earlier still); after a holder is killed, the next job starts within ttl + 1 s;
+//!   deadline is earlier still); after a holder is killed, the next job starts within ttl + 1 s,
+//!   and within grace + 1 s (and [`WATCHDOG_SLACK`]) when its watchdog can release the lease;
 //!   a holder whose watchdog was SIGSTOPped before its lease was lost has its job dead by
-//!   `stop + ttl` too (elect enforces the deadline itself);
+//!   `stop + ttl` too (elect enforces the deadline itself), and so has a holder whose host was
+//!   cut off from the server; a frozen host's job ends within the grace (and slack) of its thaw;
 //! - a holder whose watchdog was killed ends with 70 (or 76 if its lease was lost meanwhile),
 //!   and its job does not outlive it; when elect and its watchdog are killed together, the job's
 //!   processes may run on, but on the file backend they hold the lock, so no overlap.
@@ -30,19 +35,21 @@
 //!   is a variant there and an arm in `server`; a new fault is a variant there, its action in
 //!   `inject` and, when it has a bound of its own, a function in `check`;
 //! - `server`: starting, freezing and restarting each backend's server, behind its proxy;
+//!   `etcd_cluster`: three etcd members on hosts of their own, and their faults;
 //! - `arena`: the lock, the witness, the job program and the contenders that loop on them;
 //! - `inject`: applying a fault to the holder or the server; `rng`: the replayable order;
 //! - `check`: the invariants, one function each; `report`: the row of the table;
+//! - `hosts`: contenders as hosts of their own (network namespaces, freezer cgroups);
 //! - `ctrl_z`: the tmux scenario; `process`: signals and `/proc`.
 //!
-//! The test crate declares the `certs`, `net`, `postgres_server`, `programs`, `proxy` and
-//! `witness` modules of `tests/support` beside this one.
-
-#![allow(dead_code)]
+//! The test crate declares the `certs`, `freezer`, `net`, `netns`, `postgres_server`,
+//! `programs`, `proxy` and `witness` modules of `tests/support` beside this one.
 
 mod arena;
 mod check;
 mod ctrl_z;
+mod etcd_cluster;
+mod hosts;
 mod inject;
 mod process;
 mod report;
@@ -58,7 +65,7 @@ use inject::{apply, Event};
 use rng::Rng;
 use server::Server;
 
-pub use check::check;
+pub use check::{check, fenced};
 pub use ctrl_z::ctrl_z;
 pub use report::Row;
 pub use setup::{BackendKind, Fault, Setup};
@@ -80,12 +87,19 @@ pub const RUN_LIMIT: Duration = Duration::from_secs(90);
 /// Runs a scenario and checks it; panics with every violation found.
 pub fn run(setup: Setup) -> Row {
     let server = Server::start(setup.backend);
-    let arena = Arena::new(setup.scenario);
+    let mut arena = Arena::new(setup.scenario);
+    arena.hosts = hosts::Hosts::start(&setup, &server);
     let mut rng = Rng::seeded(setup.seed);
     println!(
-        "scenario {} on {}: seed {} (ELECT_FAULTS_SEED replays the fault order), lock {}, files in {}",
+        "scenario {} on {} ({}): seed {} (ELECT_FAULTS_SEED replays the fault order), lock {}, files in {}",
         setup.scenario,
         setup.backend.name(),
+        setup
+            .faults
+            .iter()
+            .map(|f| f.name())
+            .collect::<Vec<_>>()
+            .join(", "),
         rng.seed(),
         arena.lock,
         arena.dir.path().display()
@@ -104,7 +118,7 @@ pub fn run(setup: Setup) -> Row {
         let mut order = setup.faults.clone();
         let mut next = 0usize;
         while started.elapsed() < duration {
-            let Some(h) = wait_holder(&arena, Duration::from_secs(15)) else {
+            let Some(h) = wait_holder(&arena, setup.work, Duration::from_secs(15)) else {
                 break;
             };
             let fault = if next < order.len() {
@@ -117,13 +131,14 @@ pub fn run(setup: Setup) -> Row {
                 order[0]
             };
             let at = Instant::now();
-            apply(fault, &arena, server_ref, Some(h));
+            let ended = apply(fault, &arena, server_ref, Some(h));
             events.push(Event {
                 fault,
                 at,
                 holder: Some((h.0, h.1)),
+                ended,
             });
-            std::thread::sleep(Duration::from_millis(300 + rng.below(1200) as u64));
+            std::thread::sleep(setup.pause + Duration::from_millis(300 + rng.below(1200) as u64));
         }
         order.clear();
         arena.shared.stop.store(true, Ordering::SeqCst);
@@ -144,6 +159,7 @@ pub fn run(setup: Setup) -> Row {
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(100));
+    arena.witness.catch_up();
     let row = check(&setup, &arena, &events);
     row.print();
     drop(server);

@@ -1,63 +1,90 @@
 //! The backend of one test: its server process, started, frozen, killed and started again on the
 //! same data and port, and the proxy that elect talks through.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::etcd_cluster::EtcdCluster;
 use super::process::{alive, kill};
 use super::setup::BackendKind;
 use crate::net::free_port;
+use crate::netns::Host;
 use crate::postgres_server::{self, PostgresServer};
 use crate::programs;
 use crate::proxy::Proxy;
 
 /// A server process the harness can kill and start again on the same data and port.
-struct Proc {
-    program: PathBuf,
-    args: Vec<String>,
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-    port: u16,
-    ready: fn(u16) -> bool,
-    starts: usize,
+pub(super) struct Proc {
+    pub(super) program: PathBuf,
+    pub(super) args: Vec<String>,
+    pub(super) child: Option<Child>,
+    pub(super) dir: tempfile::TempDir,
+    /// Where it listens for clients: 127.0.0.1, or its host's address.
+    pub(super) ip: Ipv4Addr,
+    pub(super) port: u16,
+    pub(super) ready: fn(SocketAddr) -> bool,
+    pub(super) starts: usize,
+    /// The host (network namespace) it runs on, if not the harness's.
+    pub(super) host: Option<Host>,
 }
 
 impl Proc {
-    fn start(&mut self) {
+    pub(super) fn start(&mut self) {
+        self.spawn();
+        self.wait_ready();
+    }
+
+    pub(super) fn spawn(&mut self) {
         let log = self.dir.path().join(format!("server-{}.log", self.starts));
         self.starts += 1;
         let log = std::fs::File::create(&log).expect("server log");
-        let child = Command::new(&self.program)
-            .args(&self.args)
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
-            .stderr(log)
+            .stderr(log);
+        if let Some(host) = &self.host {
+            host.enter(&mut cmd);
+        }
+        let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.program.display()));
         self.child = Some(child);
+    }
+
+    pub(super) fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !(self.ready)(self.port) {
+        while !(self.ready)(self.addr()) {
             assert!(
                 Instant::now() < deadline,
-                "{} did not become ready on port {}",
+                "{} did not become ready on {}",
                 self.program.display(),
-                self.port
+                self.addr()
             );
             std::thread::sleep(Duration::from_millis(30));
         }
     }
 
-    fn pid(&self) -> i32 {
+    pub(super) fn addr(&self) -> SocketAddr {
+        SocketAddr::from((self.ip, self.port))
+    }
+
+    pub(super) fn pid(&self) -> i32 {
         self.child.as_ref().map_or(0, |c| c.id() as i32)
     }
 
-    fn kill(&mut self) {
+    /// kill -9 (or `sig`), and the wait for its end.
+    pub(super) fn kill(&mut self) {
+        self.signal_and_wait("KILL");
+    }
+
+    pub(super) fn signal_and_wait(&mut self, sig: &str) {
         if let Some(mut child) = self.child.take() {
             kill(child.id() as i32, "CONT");
-            let _ = child.kill();
+            kill(child.id() as i32, sig);
             let _ = child.wait();
         }
     }
@@ -69,9 +96,9 @@ impl Drop for Proc {
     }
 }
 
-fn redis_ready(port: u16) -> bool {
+fn redis_ready(addr: SocketAddr) -> bool {
     use std::io::{Read, Write};
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+    let Ok(mut s) = TcpStream::connect(addr) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
@@ -81,9 +108,9 @@ fn redis_ready(port: u16) -> bool {
             .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
 }
 
-fn etcd_ready(port: u16) -> bool {
+pub(super) fn etcd_ready(addr: SocketAddr) -> bool {
     use std::io::{Read, Write};
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+    let Ok(mut s) = TcpStream::connect(addr) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
@@ -99,6 +126,7 @@ enum Inner {
     },
     Redis(Mutex<Proc>),
     Etcd(Mutex<Proc>),
+    EtcdCluster(EtcdCluster),
     Zk(Mutex<Proc>),
     Postgres {
         server: PostgresServer,
@@ -155,9 +183,11 @@ impl Server {
                     args,
                     child: None,
                     dir: data,
+                    ip: Ipv4Addr::LOCALHOST,
                     port,
                     ready: redis_ready,
                     starts: 0,
+                    host: None,
                 };
                 proc.start();
                 Inner::Redis(Mutex::new(proc))
@@ -191,13 +221,16 @@ impl Server {
                     args,
                     child: None,
                     dir: data,
+                    ip: Ipv4Addr::LOCALHOST,
                     port,
                     ready: etcd_ready,
                     starts: 0,
+                    host: None,
                 };
                 proc.start();
                 Inner::Etcd(Mutex::new(proc))
             }
+            BackendKind::EtcdCluster => Inner::EtcdCluster(EtcdCluster::start()),
             BackendKind::Zk => {
                 let data = tempfile::tempdir().expect("zookeeper dir");
                 let port = free_port();
@@ -207,9 +240,11 @@ impl Server {
                     args,
                     child: None,
                     dir: data,
+                    ip: Ipv4Addr::LOCALHOST,
                     port,
-                    ready: crate::zk_server::serving,
+                    ready: |addr| crate::zk_server::serving(addr.port()),
                     starts: 0,
+                    host: None,
                 };
                 proc.start();
                 Inner::Zk(Mutex::new(proc))
@@ -222,7 +257,7 @@ impl Server {
             }
         };
         let proxy = match &inner {
-            Inner::File { .. } => None,
+            Inner::File { .. } | Inner::EtcdCluster(_) => None,
             Inner::Redis(p) | Inner::Etcd(p) | Inner::Zk(p) => {
                 Some(Proxy::start(addr(p.lock().unwrap().port)))
             }
@@ -240,23 +275,39 @@ impl Server {
         self.kind
     }
 
-    /// How elect reaches the backend: `ELECT_BACKEND` or `ELECT_LOCK_DIR`.
+    /// How elect reaches the backend: `ELECT_BACKEND` (through the proxy) or `ELECT_LOCK_DIR`.
     pub fn env(&self) -> (&'static str, String) {
-        let port = self.proxy.as_ref().map_or(0, |p| p.port);
+        match (&self.inner, &self.proxy) {
+            (Inner::File { lock_dir }, _) => ("ELECT_LOCK_DIR", lock_dir.display().to_string()),
+            (Inner::EtcdCluster(cluster), _) => ("ELECT_BACKEND", cluster.url()),
+            (_, Some(proxy)) => ("ELECT_BACKEND", self.url_at(addr(proxy.port))),
+            (_, None) => unreachable!("a network backend always has its proxy"),
+        }
+    }
+
+    /// `ELECT_BACKEND` for a server reached at `at` (the proxy, or a relay to [`Self::port`]).
+    pub fn url_at(&self, at: SocketAddr) -> String {
         match &self.inner {
-            Inner::File { lock_dir } => ("ELECT_LOCK_DIR", lock_dir.display().to_string()),
-            Inner::Redis(_) => ("ELECT_BACKEND", format!("redis://127.0.0.1:{port}")),
-            Inner::Etcd(_) => ("ELECT_BACKEND", format!("etcd://127.0.0.1:{port}")),
-            Inner::Zk(_) => ("ELECT_BACKEND", format!("zk://127.0.0.1:{port}")),
-            Inner::Postgres { .. } => (
-                "ELECT_BACKEND",
-                format!(
-                    "postgres://{}:{}@127.0.0.1:{port}/{}?sslmode=disable",
-                    crate::postgres_server::USER,
-                    crate::postgres_server::PASSWORD,
-                    crate::postgres_server::DATABASE
-                ),
+            Inner::File { lock_dir } => lock_dir.display().to_string(),
+            Inner::Redis(_) => format!("redis://{at}"),
+            Inner::Etcd(_) | Inner::EtcdCluster(_) => format!("etcd://{at}"),
+            Inner::Zk(_) => format!("zk://{at}"),
+            Inner::Postgres { .. } => format!(
+                "postgres://{}:{}@{at}/{}?sslmode=disable",
+                crate::postgres_server::USER,
+                crate::postgres_server::PASSWORD,
+                crate::postgres_server::DATABASE
             ),
+        }
+    }
+
+    /// The server's own port on 127.0.0.1 (0 for the file backend and the cluster, whose members
+    /// are on hosts of their own).
+    pub fn port(&self) -> u16 {
+        match &self.inner {
+            Inner::File { .. } | Inner::EtcdCluster(_) => 0,
+            Inner::Redis(p) | Inner::Etcd(p) | Inner::Zk(p) => p.lock().unwrap().port,
+            Inner::Postgres { server, .. } => server.port,
         }
     }
 
@@ -273,7 +324,7 @@ impl Server {
 
     pub fn freeze(&self) {
         match &self.inner {
-            Inner::File { .. } => {}
+            Inner::File { .. } | Inner::EtcdCluster(_) => {}
             Inner::Redis(p) | Inner::Etcd(p) | Inner::Zk(p) => {
                 kill(p.lock().unwrap().pid(), "STOP")
             }
@@ -283,7 +334,7 @@ impl Server {
 
     pub fn thaw(&self) {
         match &self.inner {
-            Inner::File { .. } => {}
+            Inner::File { .. } | Inner::EtcdCluster(_) => {}
             Inner::Redis(p) | Inner::Etcd(p) | Inner::Zk(p) => {
                 kill(p.lock().unwrap().pid(), "CONT")
             }
@@ -291,10 +342,25 @@ impl Server {
         }
     }
 
+    /// A clean stop of the server (SIGTERM; PostgreSQL's fast shutdown, which ends every
+    /// session), then the same server again on the same data and port.
+    pub fn restart_clean(&self) {
+        match &self.inner {
+            Inner::File { .. } => {}
+            Inner::Redis(p) | Inner::Etcd(p) | Inner::Zk(p) => {
+                let mut p = p.lock().unwrap();
+                p.signal_and_wait("TERM");
+                p.start();
+            }
+            Inner::EtcdCluster(cluster) => cluster.rolling_restart(Duration::ZERO),
+            Inner::Postgres { server, restarted } => relaunch_postgres(server, restarted, false),
+        }
+    }
+
     /// kill -9 of the server, then the same server again on the same data and port.
     pub fn restart(&self) {
         match &self.inner {
-            Inner::File { .. } => {}
+            Inner::File { .. } | Inner::EtcdCluster(_) => {}
             Inner::Redis(p) | Inner::Etcd(p) | Inner::Zk(p) => {
                 let mut p = p.lock().unwrap();
                 p.kill();
@@ -304,6 +370,15 @@ impl Server {
             Inner::Postgres { server, restarted } => relaunch_postgres(server, restarted, true),
         }
     }
+
+    /// The three members, for the cluster's own faults.
+    pub(super) fn etcd_cluster(&self) -> Option<&EtcdCluster> {
+        match &self.inner {
+            Inner::EtcdCluster(cluster) => Some(cluster),
+            _ => None,
+        }
+    }
+
     /// pg_terminate_backend of every session of elect's role.
     pub fn terminate_sessions(&self) {
         if let Inner::Postgres { server, .. } = &self.inner {

@@ -12,6 +12,8 @@ pub enum BackendKind {
     Redis,
     Postgres,
     Etcd,
+    /// etcd with three members, each on a host of its own.
+    EtcdCluster,
     Zk,
 }
 
@@ -22,6 +24,7 @@ impl BackendKind {
             BackendKind::Redis => "redis",
             BackendKind::Postgres => "postgres",
             BackendKind::Etcd => "etcd",
+            BackendKind::EtcdCluster => "etcd-3",
             BackendKind::Zk => "zookeeper",
         }
     }
@@ -42,6 +45,8 @@ pub enum Fault {
     StopServer,
     /// kill -9 of the server, then a restart on the same data.
     RestartServer,
+    /// A clean stop of the server (SIGTERM, PostgreSQL's fast shutdown), then a restart.
+    RestartServerClean,
     /// The proxy holds traffic both ways for ttl + 1 s.
     Blackhole,
     /// The proxy holds replies for ttl + 1 s.
@@ -63,6 +68,32 @@ pub enum Fault {
     StopWatchdog,
     /// kill -9 of the holding elect and its watchdog together (as `pkill -9 elect` does).
     KillBoth,
+    /// The holder's whole host (elect, its watchdog, the job and its children) frozen by the
+    /// cgroup freezer for ttl + 1 s, then thawed.
+    FreezeHost,
+    /// The holder's host cut off from the server's both ways (nftables in its namespace) for
+    /// ttl + 1 s.
+    Partition,
+    /// The holder's host still reaches the server, but the replies are dropped, for ttl + 1 s.
+    PartitionReplies,
+    /// The holder's host cut off both ways until another host's job has started, then healed.
+    PartitionHeals,
+    /// kill -9 of the etcd cluster's leader; the member started again on its data after ttl + 1 s.
+    KillLeader,
+    /// The etcd cluster's leader cut off from the other two members for ttl + 2 s.
+    PartitionLeader,
+    /// Each etcd member in turn stopped (SIGTERM), started again and waited for.
+    RollingRestart,
+    /// kill -9 of the holding elect alone, the server reachable: its watchdog stops the job and
+    /// has the lease released (src/handoff.rs), so the next job starts within grace + 1 s.
+    HandOff,
+    /// kill -9 of the holding elect alone while the proxy holds all traffic for 3 s (longer than
+    /// the release's bound): the lease is left to its ttl.
+    HandOffUnreachable,
+    /// kill -STOP of the holding elect for ttl + 1 s (its lease expires, another holder takes
+    /// it), then kill -9: the release that its watchdog then starts must not touch the new
+    /// holder's lease.
+    StopThenKill,
 }
 
 impl Fault {
@@ -72,6 +103,7 @@ impl Fault {
             Fault::StopHolder => "stop-holder",
             Fault::StopServer => "stop-server",
             Fault::RestartServer => "kill-9-server",
+            Fault::RestartServerClean => "restart-server",
             Fault::Blackhole => "blackhole",
             Fault::DropReplies => "drop-replies",
             Fault::Latency => "latency",
@@ -82,7 +114,51 @@ impl Fault {
             Fault::KillWatchdog => "kill-9-watchdog",
             Fault::StopWatchdog => "stop-watchdog",
             Fault::KillBoth => "kill-9-both",
+            Fault::FreezeHost => "freeze-host",
+            Fault::Partition => "partition",
+            Fault::PartitionReplies => "partition-replies",
+            Fault::PartitionHeals => "partition-heals",
+            Fault::KillLeader => "kill-9-leader",
+            Fault::PartitionLeader => "partition-leader",
+            Fault::RollingRestart => "rolling-restart",
+            Fault::HandOff => "kill-9-elect-handoff",
+            Fault::HandOffUnreachable => "kill-9-elect-unreachable",
+            Fault::StopThenKill => "stop-then-kill-9-holder",
         }
+    }
+
+    /// How the fault is made, for the table.
+    pub fn mechanism(self) -> &'static str {
+        match self {
+            Fault::Blackhole | Fault::DropReplies | Fault::Latency | Fault::Reset => "proxy",
+            Fault::Partition
+            | Fault::PartitionReplies
+            | Fault::PartitionHeals
+            | Fault::PartitionLeader => "netns+nft",
+            Fault::FreezeHost => "cgroup freezer",
+            Fault::DeleteLockFile | Fault::ReplaceLockFile => "file system",
+            Fault::TerminateBackend => "sql",
+            Fault::StopWatchdog | Fault::HandOffUnreachable => "signal+proxy",
+            Fault::KillHolder
+            | Fault::HandOff
+            | Fault::StopThenKill
+            | Fault::StopHolder
+            | Fault::StopServer
+            | Fault::RestartServer
+            | Fault::RestartServerClean
+            | Fault::KillWatchdog
+            | Fault::KillBoth
+            | Fault::KillLeader
+            | Fault::RollingRestart => "signal",
+        }
+    }
+
+    /// Whether the contenders must run as hosts of their own, in network namespaces.
+    pub fn needs_network(self) -> bool {
+        matches!(
+            self,
+            Fault::Partition | Fault::PartitionReplies | Fault::PartitionHeals
+        )
     }
 
     /// Every fault that applies to a backend.
@@ -135,6 +211,13 @@ pub struct Setup {
     pub seed: Option<u64>,
     /// How long the `forks` job's setsid grandchild lives.
     pub daemon: Duration,
+    /// The least time between two faults (a random 0.3 to 1.5 s is added).
+    pub pause: Duration,
+    /// How many shares of the soak's time the test gets (`scripts/faults.sh` gives the `churn`
+    /// tests 6, by name).
+    pub soak_shares: u32,
+    /// Run every elect with `--pid-namespace`.
+    pub pid_namespace: bool,
 }
 
 impl Setup {
@@ -151,11 +234,34 @@ impl Setup {
             duration: Duration::from_secs(6),
             seed: None,
             daemon: Duration::from_secs(20),
+            pause: Duration::ZERO,
+            soak_shares: 1,
+            pid_namespace: false,
         }
+    }
+
+    pub fn pid_namespace(mut self) -> Self {
+        self.pid_namespace = true;
+        self
     }
 
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
+        self
+    }
+
+    pub fn pause(mut self, d: Duration) -> Self {
+        self.pause = d;
+        self
+    }
+
+    pub fn soak_shares(mut self, n: u32) -> Self {
+        self.soak_shares = n;
+        self
+    }
+
+    pub fn contenders(mut self, n: usize) -> Self {
+        self.contenders = n;
         self
     }
 
@@ -189,13 +295,25 @@ impl Setup {
         self
     }
 
-    /// The soak form: `ELECT_FAULTS_SECS` seconds of faults per test when set.
+    /// The mechanisms of the setup's faults, for the table: one, or `mixed`.
+    pub fn mechanism(&self) -> String {
+        let mut all: Vec<&str> = self.faults.iter().map(|f| f.mechanism()).collect();
+        all.sort_unstable();
+        all.dedup();
+        match all.as_slice() {
+            [] => "terminal".to_owned(),
+            [one] => (*one).to_owned(),
+            _ => "mixed".to_owned(),
+        }
+    }
+
+    /// The soak form: `ELECT_FAULTS_SECS` seconds of faults per share when set.
     pub(super) fn effective_duration(&self) -> Duration {
         match std::env::var("ELECT_FAULTS_SECS")
             .ok()
             .and_then(|s| s.parse::<u64>().ok())
         {
-            Some(secs) if secs > 0 => Duration::from_secs(secs),
+            Some(secs) if secs > 0 => Duration::from_secs(secs * u64::from(self.soak_shares)),
             _ => self.duration,
         }
     }

@@ -1,0 +1,176 @@
+//! Taking one place of a lock: open its lock file read-only, flock it, make sure that the path
+//! still names it and that no process holds an earlier file of the name, then open the writer
+//! and write the holder record.
+
+use std::fs::{self, File};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::watch::Watch;
+use super::{lockfile, proclocks, record, stale, still_named, FileBackend, Held};
+use crate::backend::{AcquireRequest, BackendError, Result, WaitMode};
+use crate::clock::BootTime;
+use crate::lease::{HolderInfo, Lease};
+
+/// How often a contender that waits for the holder of an earlier, deleted or replaced lock file
+/// looks again: that holder is already stopping its job (it watches its file), so the wait is
+/// about one job stop.
+const EARLIER_POLL: Duration = Duration::from_millis(50);
+
+/// What one try at a place found.
+pub(super) enum Take {
+    Taken(Lease),
+    /// Busy: the holder when it is known already (the holder of an earlier file of the name).
+    Busy(Option<HolderInfo>),
+}
+
+impl FileBackend {
+    /// Opens and locks the lock file at `path`, in the way `wait` asks: `Ok(None)` when it is
+    /// busy and we must not wait.
+    async fn lock(&self, path: &Path, wait: WaitMode) -> Result<Option<File>> {
+        let file = lockfile::open_for_locking(path, self.sharing)?;
+        match Self::flock(file, wait).await {
+            // NFSv4 emulates flock with a byte-range lock, which wants a descriptor open for
+            // writing: there, and only there, the job inherits one.
+            Err(e) if e.raw_os_error() == Some(nix::libc::EBADF) => {
+                tracing::warn!(
+                    "{} cannot be locked through a read-only descriptor on this filesystem; the \
+                     job inherits it open for writing",
+                    path.display()
+                );
+                let file = lockfile::open_for_writing(path, self.sharing)?;
+                Self::flock(file, wait)
+                    .await
+                    .map_err(|e| BackendError::unavailable("flock", e))
+            }
+            other => other.map_err(|e| BackendError::unavailable("flock", e)),
+        }
+    }
+
+    async fn flock(file: File, wait: WaitMode) -> std::io::Result<Option<File>> {
+        match wait {
+            WaitMode::NoWait => match file.try_lock() {
+                Ok(()) => Ok(Some(file)),
+                Err(fs::TryLockError::WouldBlock) => Ok(None),
+                Err(fs::TryLockError::Error(e)) => Err(e),
+            },
+            WaitMode::Wait => {
+                // A plain thread rather than tokio's blocking pool: a runtime shutting down waits
+                // for its pool, and an abandoned wait must not hold the process.
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                std::thread::Builder::new()
+                    .name("flock-wait".into())
+                    .spawn(move || {
+                        let _ = tx.send(file.lock().map(|()| file));
+                    })?;
+                match rx.await {
+                    Ok(locked) => locked.map(Some),
+                    Err(_) => Err(std::io::Error::other("the waiting thread died")),
+                }
+            }
+        }
+    }
+
+    /// Locks place `slot` and writes our record.
+    pub(super) async fn take(
+        &mut self,
+        req: &AcquireRequest,
+        slot: u32,
+        wait: WaitMode,
+    ) -> Result<Take> {
+        let path = self.place_path(&req.name, slot);
+        loop {
+            let Some(file) = self.lock(&path, wait).await? else {
+                return Ok(Take::Busy(None));
+            };
+            // The path may have been replaced between open and lock: then we hold a lock on a
+            // file nobody else will look at, and must start over.
+            if !still_named(&file, &path) {
+                continue;
+            }
+            match self.outlive_earlier(&file, &path, wait).await {
+                Earlier::Gone => {}
+                Earlier::Holds(holder) => return Ok(Take::Busy(Some(holder))),
+                Earlier::Replaced => continue,
+            }
+            // Watching starts before the last look at the path, so that no change is missed.
+            // Without a watch (no inotify instance left for this user, no /proc), renewals
+            // still notice, one renew interval later.
+            let watch = Watch::holder(file.as_raw_fd(), &self.dir)
+                .inspect_err(|e| {
+                    tracing::warn!(lock = %req.name, "cannot watch the lock file ({e}); a deleted or replaced lock file is noticed at the next renew")
+                })
+                .ok();
+            if !still_named(&file, &path) {
+                continue;
+            }
+            let Some(writer) = lockfile::open_writer(&path, &file)? else {
+                continue;
+            };
+            let sent_at = BootTime::now();
+            let previous = record::read_holder(&file, &path)?;
+            let mut holder = req.holder.clone();
+            holder.acquired_at = std::time::SystemTime::now();
+            let next = record::token_after(previous.as_ref(), &path)?;
+            holder.token = if req.holders > 1 {
+                self.next_shared_token(&req.name, next)?
+            } else {
+                next.unwrap_or_else(record::first_token)
+            };
+            record::write_holder(&writer, &path, &self.real_path(&path), &holder)?;
+            self.held = Some(Held {
+                writer,
+                watch,
+                flock: proclocks::OwnFlock::of(&file),
+            });
+            return Ok(Take::Taken(Lease {
+                name: req.name.clone(),
+                holder,
+                sent_at,
+                secret: String::new(),
+                kernel_lock: Some(Arc::new(file)),
+                slot,
+            }));
+        }
+    }
+
+    /// With the flock of `file` taken: waits (with `--wait`) until no process holds the flock of
+    /// an earlier file at `path`, or reports that one does.
+    async fn outlive_earlier(&self, file: &File, path: &Path, wait: WaitMode) -> Earlier {
+        let real = self.real_path(path);
+        let mut told = false;
+        loop {
+            let Some(earlier) = stale::earlier_holder(file, &real) else {
+                return Earlier::Gone;
+            };
+            if wait == WaitMode::NoWait {
+                return Earlier::Holds(earlier.describe(path));
+            }
+            if !told {
+                tracing::info!(
+                    "waiting for pid {}, which still holds an earlier, deleted or replaced (or \
+                     renamed) {}",
+                    earlier.pid,
+                    path.display()
+                );
+                told = true;
+            }
+            tokio::time::sleep(EARLIER_POLL).await;
+            if !still_named(file, path) {
+                return Earlier::Replaced;
+            }
+        }
+    }
+}
+
+/// What a newcomer found about holders of earlier files of its lock path.
+enum Earlier {
+    /// None is left (or none can be seen).
+    Gone,
+    /// This one still holds its flock, and we must not wait.
+    Holds(HolderInfo),
+    /// While we waited, our own file was replaced: start over.
+    Replaced,
+}

@@ -180,12 +180,9 @@ fn a_waiter_takes_over_within_the_session_timeout_after_the_holder_is_killed() {
     let _ = holder.wait();
     env.wait_for_file("took-over", Duration::from_secs(10));
     let took = killed.elapsed();
-    // The session timeout (2 s) plus the server's expiry tick and a loaded machine.
+    // At once when the watchdog releases the dead elect's lease (see `handoff`); else the
+    // session timeout (2 s) plus the server's expiry tick, on a loaded machine.
     assert!(took < Duration::from_secs(5), "takeover took {took:?}");
-    assert!(
-        took > Duration::from_millis(1500),
-        "the node of a killed holder lives until its session expires: {took:?}"
-    );
     waiter.wait().assert_code(0);
 }
 

@@ -168,6 +168,7 @@ pub async fn supervise<B: Backend, C: Clock>(
             () = guard_due => {
                 if let Some(end) = guard.tick() {
                     let exit = end.exit.unwrap_or(KILLED);
+                    let status_known = end.exit.is_some() || loss.is_none();
                     let ending = match (guard.alone(), loss) {
                         (true, None) => Ending::WatchdogGone(end.exit),
                         (true, Some(loss)) => Ending::Lost(loss, exit),
@@ -175,7 +176,7 @@ pub async fn supervise<B: Backend, C: Clock>(
                         // Its status is known only if elect could reap it; when it is not, and
                         // the lease was lost meanwhile, the run ends as lost (76) rather than
                         // claim a kill that never happened.
-                        (false, _) if !end.stopped && (end.exit.is_some() || loss.is_none()) => {
+                        (false, _) if !end.stopped && status_known => {
                             Ending::Finished(exit)
                         }
                         (false, Some(loss)) => Ending::Lost(loss, exit),

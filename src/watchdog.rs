@@ -609,6 +609,7 @@ impl Watchdog {
         }
         match self.receive() {
             Ok(Some(Order::Deadline(d))) if !self.group_termed => self.deadline = d,
+            Ok(Some(order @ (Order::Hold(_) | Order::Forget))) => self.keep(order),
             Ok(Some(_)) => {}
             Ok(None) | Err(_) => self.elect_alive = false,
         }

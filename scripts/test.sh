@@ -23,6 +23,10 @@ have faketime || missing+=(faketime)
 [ -f /usr/share/java/zookeeper.jar ] && have java || missing+=(zookeeper)
 /usr/bin/python3 -c 'import kazoo' 2>/dev/null || missing+=(python3-kazoo)
 have flock || missing+=(util-linux)
+# The fault suite's hosts (network namespaces, veth, nftables) and the btrfs lock-file test.
+have ip || [ -x /sbin/ip ] || [ -x /bin/ip ] || missing+=(iproute2)
+have nft || [ -x /usr/sbin/nft ] || missing+=(nftables)
+have mkfs.btrfs || [ -x /usr/sbin/mkfs.btrfs ] || [ -x /sbin/mkfs.btrfs ] || missing+=(btrfs-progs)
 # For the Debian package's checks (scripts/test-deb.sh).
 have lintian || missing+=(lintian)
 have man || missing+=(man-db)

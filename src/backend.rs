@@ -221,7 +221,7 @@ impl AnyBackend {
 
 impl AnyBackend {
     /// Has a waiting acquire send the lease it waits under, where a waiter leaves something on
-    /// the server that outlives it (etcd's queue key): see [`crate::handoff`]. The other
+    /// the server that outlives it (etcd's queue key): see `handoff`. The other
     /// backends keep nothing of a waiter once its connection is gone.
     pub fn announce_queued(&mut self, to: tokio::sync::mpsc::UnboundedSender<Lease>) {
         if let Self::Etcd(etcd) = self {

@@ -12,7 +12,7 @@
 //!   the watchdog forks and `fexecve`s the binary it opened at start-up (`/proc/self/exe`, so
 //!   that a binary replaced on disk since does not matter), with argv[0] [`ARGV0`] and the
 //!   identity on its stdin, a pipe: never in argv or the environment, which `ps` and other
-//!   users may read (see [`crate::watchdog::releaser`]).
+//!   users may read (see `watchdog::releaser`).
 //! - That process ([`serve`], here) releases with the same compare-and-delete as elect's own
 //!   release, within [`LIMIT`]: a backend it cannot reach in time keeps the lease until its
 //!   ttl, as before. A lease that was lost and taken by another holder carries another secret

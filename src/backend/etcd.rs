@@ -120,7 +120,7 @@ pub struct EtcdBackend {
     /// The keepalive stream of the lease held, reused from one renewal to the next.
     keepalive: Option<KeepAlive>,
     /// Where a waiter announces the lease of its queue key, so that elect's watchdog can revoke
-    /// it should elect die while it waits (see [`crate::handoff`]): the key would otherwise
+    /// it should elect die while it waits (see `handoff`): the key would otherwise
     /// stand ahead of every later waiter until its ttl.
     queued: Option<tokio::sync::mpsc::UnboundedSender<Lease>>,
     /// Leases granted by acquires that did not finish (an error, or the future was dropped while

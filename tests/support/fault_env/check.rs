@@ -192,13 +192,21 @@ fn unfinished(f: &Facts) -> Vec<String> {
 /// Tokens strictly increase in the order the jobs started: whether they did, and the violations.
 fn tokens(f: &Facts) -> (bool, Vec<String>) {
     let mut v = Vec::new();
-    for pair in f.record.lives.windows(2) {
+    // A job killed before it said its token (its holder killed at once) tells nothing here; its
+    // lifetime still counts for the overlap check.
+    let told: Vec<_> = f
+        .record
+        .lives
+        .iter()
+        .filter(|l| l.token.is_some())
+        .collect();
+    for pair in told.windows(2) {
         match (pair[0].token, pair[1].token) {
             (Some(a), Some(b)) if b > a => {}
             _ => v.push(format!(
                 "TOKEN not increasing: {} then {}",
-                f.describe(&pair[0]),
-                f.describe(&pair[1])
+                f.describe(pair[0]),
+                f.describe(pair[1])
             )),
         }
     }
@@ -274,7 +282,10 @@ fn exit_codes(f: &Facts, events: &[Event]) -> Vec<String> {
         };
         let life = f.record.lives.iter().find(|l| l.run == Some(r.run));
         if f.killed.contains(&r.run) {
-            if status.signal() != Some(9) {
+            // A kill that lands after the run ended by itself finds a process already exiting:
+            // the job's own code, its job done, is as good.
+            let ended_first = status.code() == Some(JOB_CODE) && life.is_some_and(|l| l.done);
+            if status.signal() != Some(9) && !ended_first {
                 v.push(format!(
                     "run {} was killed with SIGKILL but ended with {status:?}",
                     r.run
@@ -451,13 +462,15 @@ fn per_fault(setup: &Setup, f: &Facts, events: &[Event]) -> PerFault {
             // time on a loaded machine: tests/crash_takeover.rs tells them apart (ttl 30 s).
             // Here the release is checked for safety: no overlap, tokens that grow.
             Fault::KillHolder | Fault::HandOff => v.extend(takeover_after_kill(e, run, held, next)),
-            // Every contender is cut off too: none can take over before the path heals.
+            // Every contender is cut off too: none can take over before the path heals, and
+            // then not before its client has reconnected (PostgreSQL's takes up to about 0.8 s,
+            // more on a loaded host).
             Fault::HandOffUnreachable => v.extend(takeover_within(
                 e,
                 run,
                 held,
                 next,
-                BLACKHOLE_AT_KILL.max(TTL) + Duration::from_secs(1),
+                BLACKHOLE_AT_KILL.max(TTL) + Duration::from_secs(2),
                 "kill -9 of elect alone with the server unreachable",
             )),
             Fault::StopThenKill => {

@@ -107,6 +107,9 @@ pub fn run(setup: Setup) -> Row {
     let duration = setup.effective_duration();
     let mut events = Vec::new();
     std::thread::scope(|scope| {
+        // The contenders stop even when a fault panics: the scope waits for them before it
+        // passes the panic on, and would otherwise wait for ever.
+        let _stop = StopOnDrop(&arena.shared.stop);
         let server_ref = &server;
         let mut handles = Vec::new();
         for i in 0..setup.contenders {
@@ -176,4 +179,13 @@ pub fn run(setup: Setup) -> Row {
         );
     }
     row
+}
+
+/// Sets the contenders' stop flag when dropped, on a panic too.
+struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }

@@ -28,47 +28,16 @@ mod witness;
 
 use std::time::Duration;
 
-use redis_failover::{battery_on, contend};
+use redis_failover::{backend_scenarios, battery_on, contend};
 use redis_topology::{cli, Cluster, PASSWORD};
-use support::{battery, Json, TestEnv};
-
-macro_rules! scenarios {
-    ($($scenario:ident),* $(,)?) => {
-        [$((stringify!($scenario), battery::$scenario as fn(&TestEnv))),*]
-    };
-}
+use support::{Json, TestEnv};
 
 #[test]
 fn cluster_topology() {
     let cluster = Cluster::start();
     let url = cluster.url("");
 
-    battery_on(
-        &url,
-        &scenarios!(
-            five_concurrent_runs_run_the_job_once,
-            conflict_exit_code_zero_skips_silently,
-            wait_runs_the_job_after_the_holder,
-            bounded_wait_gives_up_with_75,
-            job_environment,
-            fencing_token_increases,
-            status_of_one_lock,
-            status_lists_every_lock,
-            sigterm_stops_a_wait,
-            forced_release_frees_a_dead_holders_lease,
-            release_records_the_last_run,
-            once_per_runs_once_across_skewed_contenders,
-            a_lost_lease_records_no_history,
-            holders_admit_n_at_once,
-            holders_wait_for_a_free_place,
-            holders_never_exceed_n,
-            holders_a_killed_holder_frees_its_place,
-            once_per_failed_run_leaves_no_marker,
-            job_dies_when_elect_is_killed,
-            job_is_stopped_when_the_watchdog_is_killed,
-        ),
-        3,
-    );
+    battery_on(&url, &backend_scenarios(), 3);
 
     status_reads_every_primary(&cluster);
     a_release_wakes_one_waiter(&cluster);

@@ -53,7 +53,23 @@ ensure_build_deps
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
-cargo test --locked
+# Every test target on its own, so that each one's time is printed at the end. The fault suite
+# runs four scenarios at a time, as scripts/faults.sh does: its scenarios mostly wait on ttls and
+# takeovers, not on the CPU.
+cargo test --locked --no-run
+cargo test --locked --lib --bins
+cargo test --locked --doc
+times=()
+for file in tests/*.rs; do
+  target=$(basename "$file" .rs)
+  threads=()
+  [ "$target" != faults ] || threads=(--test-threads="${ELECT_FAULTS_THREADS:-4}")
+  started=$SECONDS
+  cargo test --locked --test "$target" -- "${threads[@]}"
+  times+=("$((SECONDS - started))s $target")
+done
+printf 'test time per target:\n'
+printf '  %s\n' "${times[@]}" | sort -rn
 
 # The README's build command and the binary it makes (static on glibc Linux): a job on the file
 # backend, and a host name that the static binary must still resolve (a refused connection, not a

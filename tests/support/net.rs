@@ -3,12 +3,37 @@
 #![allow(dead_code)]
 
 use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-/// A port nobody listens on right now. Another process may take it before the caller binds it.
+/// A port nobody listens on right now, below the kernel's range for outgoing connections
+/// (`net.ipv4.ip_local_port_range`). A port from that range can be taken by any client socket of
+/// a test running in parallel between this call and the server's bind, and the server then never
+/// starts; below it only another listener can take it, and each caller gets a different one.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local address").port()
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+    const LOWEST: u32 = 10_000;
+    let below = first_outgoing_port().max(LOWEST + 1_000);
+    let span = below - LOWEST;
+    // Test binaries that run at the same time start at different places.
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let n = CALLS.fetch_add(1, Ordering::Relaxed);
+        let port = LOWEST + (start + n) % span;
+        let port = u16::try_from(port).expect("ports fit in u16");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {LOWEST} and {below}");
+}
+
+/// The lowest port the kernel gives to outgoing connections (32768 if it cannot be read).
+fn first_outgoing_port() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// Whether something accepts connections on 127.0.0.1:`port`, polling every 20 ms until

@@ -74,7 +74,7 @@ impl EtcdCluster {
         for m in &mut members {
             m.spawn();
         }
-        for m in &members {
+        for m in &mut members {
             m.wait_ready();
         }
         Self {

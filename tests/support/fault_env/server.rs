@@ -55,9 +55,27 @@ impl Proc {
         self.child = Some(child);
     }
 
-    pub(super) fn wait_ready(&self) {
+    /// Waits until the server answers; a server that exited meanwhile (its port taken, its data
+    /// refused) fails at once with its log.
+    pub(super) fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !(self.ready)(self.addr()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                let log = self
+                    .dir
+                    .path()
+                    .join(format!("server-{}.log", self.starts - 1));
+                let log = std::fs::read_to_string(log).unwrap_or_default();
+                panic!(
+                    "{} exited ({status}) before it served on {}:\n{log}",
+                    self.program.display(),
+                    self.addr()
+                );
+            }
             assert!(
                 Instant::now() < deadline,
                 "{} did not become ready on {}",

@@ -403,3 +403,57 @@ flock -u "$n" && touch unlocked; sleep 30"#,
     out.assert_code(76).assert_no_panic();
     assert!(out.stderr.contains("flock -u"), "{out}");
 }
+
+/// A waiter blocked on a lock file that is then deleted follows the path to the new file at once,
+/// rather than waiting until the old file's last holder (a job that ignores SIGTERM, for its
+/// grace) is gone: it is first in line for the new file, ahead of a contender that came after
+/// the deletion. Before, that contender won, and under steady contention a waiter could lose
+/// every round for as long as lock files kept being replaced.
+#[test]
+fn a_waiter_follows_a_deleted_lock_file_to_the_new_one() {
+    let env = TestEnv::new();
+    let lock = env.lock("follow");
+    let job = format!(
+        "trap '' TERM; {}; while :; do sleep 0.05; done",
+        write_pid("old.pid")
+    );
+    let mut old = env.spawn([
+        "run", "--lock", &lock, "--ttl", "60s", "--grace", "3s", "--", "sh", "-c", &job,
+    ]);
+    env.read_pid("old.pid");
+    let first = "echo first >> order";
+    let mut waiter = env.spawn([
+        "run",
+        "--lock",
+        &lock,
+        "--wait=30s",
+        "--",
+        "sh",
+        "-c",
+        first,
+    ]);
+    // The waiter blocks on the lock file before it is deleted.
+    std::thread::sleep(Duration::from_millis(700));
+    let path = env.lock_dir().unwrap().join(format!("{lock}.lock"));
+    std::fs::remove_file(&path).unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let second = "echo second >> order";
+    let mut later = env.spawn([
+        "run",
+        "--lock",
+        &lock,
+        "--wait=30s",
+        "--",
+        "sh",
+        "-c",
+        second,
+    ]);
+    waiter.wait().assert_code(0);
+    later.wait().assert_code(0);
+    old.wait().assert_code(76);
+    let order = std::fs::read_to_string(env.file("order")).unwrap();
+    assert_eq!(
+        order, "first\nsecond\n",
+        "the waiter that was in line before the deletion runs first"
+    );
+}

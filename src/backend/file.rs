@@ -31,7 +31,9 @@
 //! - `status` ([`listing`]) learns whether a file is locked from `/proc/locks`, never by taking
 //!   the lock itself (a probing status would make a contender see the lock as busy).
 //! - Waiting is a blocking flock(2) on a thread: the kernel wakes the waiter when the holder's
-//!   lock goes, with no polling.
+//!   lock goes, with no polling. The waiter also watches its file and directory (a re-check every
+//!   second as a backstop): when the path stops naming the file it waits on, it waits on the file
+//!   the path names now, instead of on one that only an old holder still has.
 //!
 //! # Several holders (`--holders N`)
 //! See [`places`]: place K >= 1 is `<name>.lock.K`, tokens come from `<name>.lock.meta`.
@@ -287,10 +289,13 @@ impl FileBackend {
 
 /// Whether `path` still names the open `file` (same device and inode).
 fn still_named(file: &File, path: &Path) -> bool {
-    match (file.metadata(), fs::symlink_metadata(path)) {
-        (Ok(held), Ok(named)) => held.dev() == named.dev() && held.ino() == named.ino(),
-        _ => false,
-    }
+    file.metadata().is_ok_and(|held| names(path, &held))
+}
+
+/// Whether `path` names the file whose metadata is `held`.
+fn names(path: &Path, held: &fs::Metadata) -> bool {
+    fs::symlink_metadata(path)
+        .is_ok_and(|named| named.dev() == held.dev() && named.ino() == held.ino())
 }
 
 fn warn_if_network_fs(dir: &Path) {

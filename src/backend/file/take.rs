@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::watch::Watch;
-use super::{lockfile, proclocks, record, stale, still_named, FileBackend, Held};
+use super::{lockfile, names, proclocks, record, stale, still_named, FileBackend, Held};
 use crate::backend::{AcquireRequest, BackendError, Result, WaitMode};
 use crate::clock::BootTime;
 use crate::lease::{HolderInfo, Lease};
@@ -26,12 +26,24 @@ pub(super) enum Take {
     Busy(Option<HolderInfo>),
 }
 
+/// How often a waiter looks whether the path still names the file it waits on, when no inotify
+/// event came (no watch could be made, or an event was lost).
+const WAITER_RECHECK: Duration = Duration::from_secs(1);
+
+/// What one flock of a lock file came to.
+enum Flocked {
+    Locked(File),
+    /// Busy, and we must not wait.
+    Busy,
+    /// While we waited, the path stopped naming the file: deleted, replaced or moved.
+    Replaced,
+}
+
 impl FileBackend {
-    /// Opens and locks the lock file at `path`, in the way `wait` asks: `Ok(None)` when it is
-    /// busy and we must not wait.
-    async fn lock(&self, path: &Path, wait: WaitMode) -> Result<Option<File>> {
+    /// Opens and locks the lock file at `path`, in the way `wait` asks.
+    async fn lock(&self, path: &Path, wait: WaitMode) -> Result<Flocked> {
         let file = lockfile::open_for_locking(path, self.sharing)?;
-        match Self::flock(file, wait).await {
+        match Self::flock(file, path, wait).await {
             // NFSv4 emulates flock with a byte-range lock, which wants a descriptor open for
             // writing: there, and only there, the job inherits one.
             Err(e) if e.raw_os_error() == Some(nix::libc::EBADF) => {
@@ -41,7 +53,7 @@ impl FileBackend {
                     path.display()
                 );
                 let file = lockfile::open_for_writing(path, self.sharing)?;
-                Self::flock(file, wait)
+                Self::flock(file, path, wait)
                     .await
                     .map_err(|e| BackendError::unavailable("flock", e))
             }
@@ -49,25 +61,44 @@ impl FileBackend {
         }
     }
 
-    async fn flock(file: File, wait: WaitMode) -> std::io::Result<Option<File>> {
+    async fn flock(file: File, path: &Path, wait: WaitMode) -> std::io::Result<Flocked> {
         match wait {
             WaitMode::NoWait => match file.try_lock() {
-                Ok(()) => Ok(Some(file)),
-                Err(fs::TryLockError::WouldBlock) => Ok(None),
+                Ok(()) => Ok(Flocked::Locked(file)),
+                Err(fs::TryLockError::WouldBlock) => Ok(Flocked::Busy),
                 Err(fs::TryLockError::Error(e)) => Err(e),
             },
             WaitMode::Wait => {
+                // A waiter blocked on a file that was deleted or replaced would wait until that
+                // file's last holder goes, while newcomers lock the new file at once and win
+                // every time: it follows the path instead. The watch is on the file and its
+                // directory, so it is made before the file moves to the waiting thread.
+                let dir = path.parent().unwrap_or(Path::new("."));
+                let watch = Watch::holder(file.as_raw_fd(), dir).ok();
+                let held = file.metadata()?;
                 // A plain thread rather than tokio's blocking pool: a runtime shutting down waits
-                // for its pool, and an abandoned wait must not hold the process.
-                let (tx, rx) = tokio::sync::oneshot::channel();
+                // for its pool, and an abandoned wait must not hold the process. A wait abandoned
+                // for a replaced file drops the file, and with it the flock, when it returns.
+                let (tx, mut rx) = tokio::sync::oneshot::channel();
                 std::thread::Builder::new()
                     .name("flock-wait".into())
                     .spawn(move || {
                         let _ = tx.send(file.lock().map(|()| file));
                     })?;
-                match rx.await {
-                    Ok(locked) => locked.map(Some),
-                    Err(_) => Err(std::io::Error::other("the waiting thread died")),
+                loop {
+                    tokio::select! {
+                        locked = &mut rx => {
+                            return match locked {
+                                Ok(locked) => locked.map(Flocked::Locked),
+                                Err(_) => Err(std::io::Error::other("the waiting thread died")),
+                            };
+                        }
+                        () = changed(watch.as_ref()) => {
+                            if !names(path, &held) {
+                                return Ok(Flocked::Replaced);
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -82,8 +113,10 @@ impl FileBackend {
     ) -> Result<Take> {
         let path = self.place_path(&req.name, slot);
         loop {
-            let Some(file) = self.lock(&path, wait).await? else {
-                return Ok(Take::Busy(None));
+            let file = match self.lock(&path, wait).await? {
+                Flocked::Locked(file) => file,
+                Flocked::Busy => return Ok(Take::Busy(None)),
+                Flocked::Replaced => continue,
             };
             // The path may have been replaced between open and lock: then we hold a lock on a
             // file nobody else will look at, and must start over.
@@ -162,6 +195,14 @@ impl FileBackend {
                 return Earlier::Replaced;
             }
         }
+    }
+}
+
+/// Returns after an event of the waiter's watch, or after [`WAITER_RECHECK`].
+async fn changed(watch: Option<&Watch>) {
+    match watch {
+        Some(watch) if watch.changed(WAITER_RECHECK).await.is_ok() => {}
+        _ => tokio::time::sleep(WAITER_RECHECK).await,
     }
 }
 

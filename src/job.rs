@@ -21,6 +21,7 @@ use tokio::io::Interest;
 
 use crate::front::Front;
 use crate::lease::Lease;
+use crate::procfs;
 use crate::watchdog;
 use crate::watchdog::placement::Cpus;
 use crate::watchdog::protocol::{Isolation, Order, Report};
@@ -322,7 +323,10 @@ const REAP_LIMIT_MS: u16 = 1000;
 /// left to watch), so that nothing of this run is left running, even as a zombie for init, when
 /// elect exits: a script that runs elect again at once does not share the machine with the last
 /// run's teardown. Waits at most [`REAP_LIMIT_MS`]: a watchdog that someone stopped must not keep
-/// elect from exiting.
+/// elect from exiting. Such a watchdog is killed: it has nothing left to guard (the job is gone and
+/// elect has released or lost the lease), but while stopped it would keep its copy of a file
+/// lock's descriptor open, and newcomers wait for any process that holds an earlier, deleted or
+/// replaced lock file (see `backend::file`).
 pub fn reap(pid: Pid) {
     // SAFETY: pidfd_open takes a pid and flags, and returns a new descriptor or -1.
     let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid.as_raw(), 0) };
@@ -331,6 +335,13 @@ pub fn reap(pid: Pid) {
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
         while poll(&mut fds, REAP_LIMIT_MS) == Err(Errno::EINTR) {}
+        // Still our unreaped child, so the pid is still the watchdog's.
+        if procfs::state(pid) == procfs::State::Stopped {
+            tracing::warn!("the watchdog (pid {pid}) is stopped; killing it as elect exits");
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+            return;
+        }
     }
     let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
 }

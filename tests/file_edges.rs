@@ -457,3 +457,39 @@ fn a_waiter_follows_a_deleted_lock_file_to_the_new_one() {
         "the waiter that was in line before the deletion runs first"
     );
 }
+
+/// A watchdog stopped while elect ends (here: the lease lost to a deleted lock file, the job
+/// stopped by elect itself) is killed as elect exits: stopped, it kept its copy of the old lock
+/// file's descriptor, and every newcomer waited for it (exit 75 without `--wait`).
+#[test]
+fn a_stopped_watchdog_does_not_outlive_its_elect() {
+    let env = TestEnv::new();
+    let lock = env.lock("stopped-watchdog");
+    let job = format!("{}; sleep 30", write_pid("job.pid"));
+    let mut run = env.spawn([
+        "run", "--lock", &lock, "--grace", "1s", "--", "sh", "-c", &job,
+    ]);
+    env.read_pid("job.pid");
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", run.pid()))
+        .expect("elect's children");
+    let watchdog: i32 = children
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok())
+        .find(|c: &i32| {
+            std::fs::read_to_string(format!("/proc/{c}/comm"))
+                .is_ok_and(|name| name.trim() == "lease-watchdog")
+        })
+        .expect("elect's watchdog");
+    support::signal(watchdog, "STOP");
+    let path = env.lock_dir().unwrap().join(format!("{lock}.lock"));
+    std::fs::remove_file(&path).unwrap();
+    let ended = run.wait();
+    let lingering = support::is_alive(watchdog);
+    if lingering {
+        support::signal(watchdog, "KILL");
+    }
+    ended.assert_code(76);
+    assert!(!lingering, "the stopped watchdog outlived elect");
+    env.run(["run", "--lock", &lock, "--", "true"])
+        .assert_code(0);
+}

@@ -51,6 +51,8 @@ fi
 
 ensure_build_deps
 
+# One clean build: incremental compilation only pays on the builds after it.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 # Every test target on its own, so that each one's time is printed at the end. The fault suite

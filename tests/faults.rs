@@ -382,7 +382,21 @@ fn checker_sees_an_overlap_without_elect() {
 
     // A lower token after a higher one: every write of the second job is refused.
     let mut c = start_with(3, "9");
-    std::thread::sleep(Duration::from_millis(200));
+    // The higher token must have written before the lower one starts (perl starts slowly on a
+    // loaded machine).
+    let started = std::time::Instant::now();
+    loop {
+        w.catch_up();
+        let record = w.snapshot();
+        let by_nine = |life: usize| record.lives[life].token == Some(9);
+        if record.writes.iter().any(|w| by_nine(w.life)) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the job with token 9 never wrote"
+        );
+    }
     let mut d = start_with(4, "8");
     assert_eq!(c.wait().unwrap().code(), Some(fault_env::JOB_CODE));
     assert_eq!(d.wait().unwrap().code(), Some(fault_env::JOB_CODE));

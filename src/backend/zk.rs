@@ -51,6 +51,7 @@
 mod acquire;
 pub mod connect;
 mod history;
+mod node;
 mod queue;
 mod request;
 mod status;

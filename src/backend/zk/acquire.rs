@@ -19,7 +19,7 @@ use zookeeper_client::Client;
 
 use super::node::lease;
 use super::queue;
-use super::{timed, Missing, ZkBackend};
+use super::{timed, Missing, Opening, ZkBackend};
 use crate::backend::retry::Retry;
 use crate::backend::{AcquireRequest, BackendError, Result, WaitMode};
 use crate::clock::BootTime;
@@ -51,7 +51,11 @@ impl ZkBackend {
         let mut retry = Retry::new();
         loop {
             let began = Instant::now();
-            let outcome = match self.client(Some(req.ttl)).await {
+            let opening = match wait {
+                WaitMode::NoWait => Opening::Once,
+                WaitMode::Wait => Opening::Soon,
+            };
+            let outcome = match self.client_opened(Some(req.ttl), opening).await {
                 Ok(client) => self.pass(&client, req, wait, &mut retry).await,
                 Err(err) => Err(err),
             };

@@ -51,6 +51,7 @@
 mod acquire;
 pub mod connect;
 mod history;
+mod node;
 mod queue;
 mod request;
 mod status;
@@ -90,6 +91,15 @@ pub struct ZkBackend {
     /// The holder node whose `--once-per` claim wrote the marker: its release removes the
     /// marker unless the run succeeded.
     claimed: Option<String>,
+}
+
+/// How a session is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opening {
+    /// One try of every server: a call that fails tells the user at once.
+    Once,
+    /// Tries side by side until one gets through ([`connect::Target::connect_soon`]): a wait.
+    Soon,
 }
 
 /// One ZooKeeper session, and the timeout it asked for.
@@ -138,6 +148,15 @@ impl ZkBackend {
     /// The client of a live session, opened (again) if there is none, it ended, or it asked for
     /// another timeout than `timeout` (`None`: any will do).
     async fn client(&mut self, timeout: Option<Duration>) -> Result<Client> {
+        self.client_opened(timeout, Opening::Once).await
+    }
+
+    /// [`ZkBackend::client`], opening a session as `opening` says.
+    async fn client_opened(
+        &mut self,
+        timeout: Option<Duration>,
+        opening: Opening,
+    ) -> Result<Client> {
         let usable = self.session.as_ref().is_some_and(|s| {
             !s.client.state().is_terminated() && timeout.is_none_or(|t| t == s.asked)
         });
@@ -145,7 +164,10 @@ impl ZkBackend {
             let asked = timeout.unwrap_or(DEFAULT_SESSION);
             // The old session closes when its client is dropped, and its nodes go with it.
             self.session = None;
-            let client = self.target.connect(asked).await?;
+            let client = match opening {
+                Opening::Once => self.target.connect(asked).await?,
+                Opening::Soon => self.target.connect_soon(asked).await?,
+            };
             self.session = Some(Session { client, asked });
         }
         let session = self.session.as_ref().expect("a session was just opened");

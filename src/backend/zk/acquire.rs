@@ -12,19 +12,18 @@
 //!   When the turn comes after a wait, the metadata is rewritten so that it says when the lock
 //!   was taken; that write's send time is the lease's start.
 //! - A session that expires while waiting took the node with it: queue again, at the back,
-//!   on a new session.
+//!   on a new session, at once: a fresh elect would not wait either (see [`pace`]).
 
-use std::time::SystemTime;
+use tokio::time::Instant;
+use zookeeper_client::Client;
 
-use zookeeper_client::{Client, CreateMode};
-
-use super::queue::{self, NODE_NAME};
-use super::status::holder_of;
-use super::{persistent, request, timed, token_of, Missing, ZkBackend};
+use super::node::lease;
+use super::queue;
+use super::{timed, Missing, Opening, ZkBackend};
 use crate::backend::retry::Retry;
 use crate::backend::{AcquireRequest, BackendError, Result, WaitMode};
 use crate::clock::BootTime;
-use crate::lease::{Acquire, HolderInfo, Lease};
+use crate::lease::Acquire;
 
 /// How many unfinished acquires' nodes are remembered for deleting.
 const MAX_PENDING: usize = 16;
@@ -32,34 +31,64 @@ const MAX_PENDING: usize = 16;
 /// How one pass at the queue ended.
 enum Attempt {
     Done(Acquire),
-    /// The session ended while waiting, and the node with it: queue again.
+    /// The place in the queue is gone (the session ended, or the node was deleted): queue
+    /// again.
     Requeue(String),
 }
 
 impl ZkBackend {
+    /// Without waiting, one pass: any failure is the caller's. Waiting, the wait goes on through
+    /// failures and lost places, on a new session when the last one ended, until the lock is
+    /// taken (or the caller drops the wait). The tries are paced here, by one [`Retry`] that
+    /// starts afresh whenever the queue was joined again, so that an outage does not slow the
+    /// recovery from the next one.
     pub(super) async fn acquire_here(
         &mut self,
         req: &AcquireRequest,
         wait: WaitMode,
     ) -> Result<Acquire> {
+        let lock = req.name.as_str();
         let mut retry = Retry::new();
         loop {
-            let client = self.client(Some(req.ttl)).await?;
-            self.check_granted(&client, req)?;
-            self.delete_pending(&client).await;
-            match self.attempt(&client, req, wait).await {
+            let began = Instant::now();
+            let opening = match wait {
+                WaitMode::NoWait => Opening::Once,
+                WaitMode::Wait => Opening::Soon,
+            };
+            let outcome = match self.client_opened(Some(req.ttl), opening).await {
+                Ok(client) => self.pass(&client, req, wait, &mut retry).await,
+                Err(err) => Err(err),
+            };
+            match outcome {
                 Ok(Attempt::Done(outcome)) => return Ok(outcome),
                 Ok(Attempt::Requeue(why)) => {
-                    tracing::warn!(lock = %req.name, "{why} while waiting in the queue; queuing again");
-                    let pause = retry.failed(req.name.as_str(), "waiting in the lock queue", &why);
-                    tokio::time::sleep(pause).await;
+                    tracing::warn!(lock, "{why} while waiting in the queue; queuing again");
+                    pace(&mut retry, lock, began, &why).await;
                 }
-                Err(err) => {
-                    self.delete_pending(&client).await;
-                    return Err(err);
+                Err(BackendError::Unavailable(why)) if wait == WaitMode::Wait => {
+                    pace(&mut retry, lock, began, &why).await;
                 }
+                Err(err) => return Err(err),
             }
         }
+    }
+
+    /// One pass at the queue on the session's client; the nodes of earlier passes that did not
+    /// finish are deleted first, and again if this one fails.
+    async fn pass(
+        &mut self,
+        client: &Client,
+        req: &AcquireRequest,
+        wait: WaitMode,
+        retry: &mut Retry,
+    ) -> Result<Attempt> {
+        self.check_granted(client, req)?;
+        self.delete_pending(client).await;
+        let outcome = self.attempt(client, req, wait, retry).await;
+        if outcome.is_err() {
+            self.delete_pending(client).await;
+        }
+        outcome
     }
 
     /// The session timeout the server granted must cover the ttl: a shorter one could expire
@@ -92,6 +121,7 @@ impl ZkBackend {
         client: &Client,
         req: &AcquireRequest,
         wait: WaitMode,
+        retry: &mut Retry,
     ) -> Result<Attempt> {
         let lock = self.lock_path(&req.name);
         let places = req.holders.max(1);
@@ -104,7 +134,6 @@ impl ZkBackend {
             self.pending.remove(0);
         }
         let mut waited = false;
-        let mut retry = Retry::new();
         loop {
             let sent_at = BootTime::now();
             let children = match timed("list the lock queue", client.list_children(&lock)).await {
@@ -112,7 +141,7 @@ impl ZkBackend {
                 Err(Missing::Gone) => Vec::new(),
                 Err(Missing::Failed(err)) => {
                     match self
-                        .failed_while_waiting(client, err, waited, &mut retry, req.name.as_str())
+                        .failed_while_waiting(client, err, waited, retry, req.name.as_str())
                         .await?
                     {
                         Some(attempt) => return Ok(attempt),
@@ -129,6 +158,26 @@ impl ZkBackend {
                 )));
             };
             let ahead = &contenders[..mine];
+            if let Some(own) = self.abandoned_among(&lock, ahead) {
+                // An earlier pass's node whose delete failed while the connection was down: it
+                // must not stand ahead of this one for as long as the session lives.
+                if let Err(Missing::Failed(err)) = timed(
+                    "delete an abandoned place in the queue",
+                    client.delete(&own, None),
+                )
+                .await
+                {
+                    match self
+                        .failed_while_waiting(client, err, waited, retry, req.name.as_str())
+                        .await?
+                    {
+                        Some(attempt) => return Ok(attempt),
+                        None => continue,
+                    }
+                }
+                self.settled(&own);
+                continue;
+            }
             let ahead_places = if places == 1 {
                 // Any contender ahead keeps a mutex user out: no need to read them.
                 vec![1; ahead.len()]
@@ -185,7 +234,7 @@ impl ZkBackend {
                         super::describe(&err)
                     ));
                     match self
-                        .failed_while_waiting(client, err, waited, &mut retry, req.name.as_str())
+                        .failed_while_waiting(client, err, waited, retry, req.name.as_str())
                         .await?
                     {
                         Some(attempt) => return Ok(attempt),
@@ -196,54 +245,11 @@ impl ZkBackend {
         }
     }
 
-    /// Creates my node in the lock's queue (and the lock's node first, if missing); returns its
-    /// name and creation zxid.
-    async fn join(&self, client: &Client, lock: &str, me: &HolderInfo) -> Result<(String, i64)> {
-        let data = holder_json(me)?;
-        let prefix = format!(
-            "{lock}/{}{NODE_NAME}",
-            // kazoo's own form, `uuid4().hex`: an elect node looks like a kazoo one.
-            uuid::Uuid::new_v4().simple()
-        );
-        let options = CreateMode::EphemeralSequential.with_acls(self.target.acls());
-        let mut made_parent = false;
-        loop {
-            match timed(
-                "join the lock queue",
-                client.create(&prefix, &data, &options),
-            )
-            .await
-            {
-                Ok((stat, sequence)) => {
-                    let name = format!(
-                        "{}{NODE_NAME}{sequence}",
-                        &prefix[lock.len() + 1..prefix.len() - NODE_NAME.len()]
-                    );
-                    return Ok((name, stat.czxid));
-                }
-                Err(Missing::Gone) if !made_parent => {
-                    request(
-                        "create the lock's node",
-                        client.mkdir(lock, &persistent(&self.target)),
-                    )
-                    .await?;
-                    made_parent = true;
-                }
-                Err(Missing::Gone) => {
-                    return Err(BackendError::Unavailable(format!(
-                        "join the lock queue: {lock} keeps disappearing"
-                    )))
-                }
-                Err(Missing::Failed(err)) => return Err(err),
-            }
-        }
-    }
-
     /// A request failed while in the queue. An ended session took the node with it: queue
-    /// again. Before any wait, the failure is the caller's. While waiting, the node keeps its
-    /// place for as long as the session lives (the client reconnects by itself, and declares
-    /// the session expired after 7/5 of its timeout without a connection): `None`, look again,
-    /// paced by `retry`.
+    /// again. Before any wait, the failure is the pass's (a wait tries again, see
+    /// `acquire_here`). While waiting, the node keeps its place for as long as the session lives
+    /// (the client reconnects by itself, and declares the session expired after 7/5 of its
+    /// timeout without a connection): `None`, look again, paced by `retry`.
     async fn failed_while_waiting(
         &mut self,
         client: &Client,
@@ -269,60 +275,12 @@ impl ZkBackend {
         Ok(None)
     }
 
-    /// After a wait: the metadata says when the lock was taken; that write is the lease's start.
-    async fn taken_after_wait(
-        &self,
-        client: &Client,
-        path: &str,
-        mut holder: HolderInfo,
-        listed_at: BootTime,
-    ) -> Result<(HolderInfo, BootTime)> {
-        holder.acquired_at = SystemTime::now();
-        let data = holder_json(&holder)?;
-        let sent_at = BootTime::now();
-        match timed("record the holder", client.set_data(path, &data, None)).await {
-            Ok(_) => Ok((holder, sent_at)),
-            // The list's answer still counts.
-            Err(Missing::Failed(err)) => {
-                tracing::debug!(error = %err, "rewriting the holder metadata failed");
-                Ok((holder, listed_at))
-            }
-            Err(Missing::Gone) => Err(BackendError::Unavailable(format!(
-                "the queue node {path} was deleted as the lock was taken"
-            ))),
-        }
-    }
-
-    /// The `--holders` of each contender ahead (1 for one without elect's metadata).
-    async fn places_of(
-        &self,
-        client: &Client,
-        lock: &str,
-        ahead: &[queue::Contender],
-    ) -> Result<Vec<u32>> {
-        let mut places = Vec::with_capacity(ahead.len());
-        for contender in ahead {
-            let path = format!("{lock}/{}", contender.name);
-            match timed("read a contender", client.get_data(&path)).await {
-                Ok((data, _)) => places.push(
-                    serde_json::from_slice::<HolderInfo>(&data).map_or(1, |h| h.places.max(1)),
-                ),
-                // Gone since the list: it no longer counts.
-                Err(Missing::Gone) => {}
-                Err(Missing::Failed(err)) => return Err(err),
-            }
-        }
-        Ok(places)
-    }
-
-    /// Who holds the lock, for the busy message; `None` for a holder without elect's metadata
-    /// (kazoo) or one that is gone.
-    async fn holder_at(&self, client: &Client, lock: &str, node: &str) -> Option<HolderInfo> {
-        let path = format!("{lock}/{node}");
-        let (data, stat) = timed("read the holder", client.get_data(&path))
-            .await
-            .ok()?;
-        holder_of(&data, &stat)
+    /// The first of the contenders ahead that is a node of an unfinished earlier pass.
+    fn abandoned_among(&self, lock: &str, ahead: &[queue::Contender]) -> Option<String> {
+        ahead
+            .iter()
+            .map(|c| format!("{lock}/{}", c.name))
+            .find(|path| self.pending.contains(path))
     }
 
     /// The node no longer needs deleting: it is held, or already gone.
@@ -331,27 +289,21 @@ impl ZkBackend {
     }
 }
 
-/// The lease of a lock just taken; its token is the node's creation zxid, its secret the node's
-/// name.
-fn lease(
-    req: &AcquireRequest,
-    mut holder: HolderInfo,
-    node: &str,
-    czxid: i64,
-    sent_at: BootTime,
-) -> Lease {
-    holder.token = token_of(czxid);
-    Lease {
-        name: req.name.clone(),
-        holder,
-        sent_at,
-        secret: node.to_owned(),
-        kernel_lock: None,
-        slot: 0,
+/// Sleeps until the next try after a failure or a lost place: the [`Retry`]'s pause, counted from
+/// when the failed try began, with up to a fifth more at random so that waiters cut off together
+/// do not come back in step. Two consequences, both deliberate:
+/// - a place lost after a wait (the session expired: it went at least its timeout without an
+///   answer) is sought again at once, as a freshly started elect would: a waiter that paused
+///   first came back behind every newcomer, fault after fault, and waited for ever;
+/// - a try that itself took the whole pause (a handshake that went unanswered while the
+///   network was cut) is followed at once by the next, so that one is under way whenever the
+///   network comes back.
+async fn pace(retry: &mut Retry, lock: &str, began: Instant, why: &str) {
+    let pause = retry
+        .failed(lock, "waiting in the lock queue", why)
+        .saturating_sub(began.elapsed());
+    if !pause.is_zero() {
+        let fifths = uuid::Uuid::new_v4().as_u128() % 1000;
+        tokio::time::sleep(pause + pause.mul_f64(fifths as f64 / 5000.0)).await;
     }
-}
-
-fn holder_json(holder: &HolderInfo) -> Result<Vec<u8>> {
-    serde_json::to_vec(holder)
-        .map_err(|e| BackendError::Config(format!("holder metadata does not serialize: {e}")))
 }

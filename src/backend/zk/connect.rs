@@ -9,6 +9,8 @@
 
 use std::time::Duration;
 
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 use zookeeper_client::{Acl, Acls, Client, Permission};
 
 use super::{describe, CONNECT_TIMEOUT};
@@ -22,6 +24,13 @@ pub const DEFAULT_BASE: &str = "/elect";
 
 /// The environment variable that may hold the password (the URL's wins).
 pub const PASSWORD_VARIABLE: &str = "ELECT_ZK_PASSWORD";
+
+/// While no handshake is answered, how long a try to open a session goes on alone before the
+/// next starts beside it.
+const STAGGER: Duration = Duration::from_millis(200);
+/// The most tries to open a session under way at once: each waits up to 2/5 of the session
+/// timeout for its answer (the client library's bound), a new one starts every [`STAGGER`].
+const MAX_TRIES: usize = 5;
 
 /// With credentials, elect's nodes are writable by the same identity only and readable by anyone
 /// (so that `status` and kazoo's `contenders()` work without credentials); without, they are
@@ -141,6 +150,43 @@ impl Target {
                 self.hosts,
                 CONNECT_TIMEOUT.as_secs()
             ))),
+        }
+    }
+}
+
+impl Target {
+    /// Opens a session as soon as the network lets one through, for a waiter that lost its
+    /// place. A handshake sent while the network is down or slow cannot be answered within the
+    /// library's bound once it comes back (the proxy's latency rows: a try sent a moment before
+    /// a one-second delay ends is answered a second later, past the 800 ms bound of a 2 s
+    /// session), so a new try starts every [`STAGGER`] beside the ones still waiting, and the
+    /// first session opened wins; the others are dropped, and a session one of them opened
+    /// meanwhile is closed with its client. Fails when every try has failed: at once when they
+    /// fail fast (a refused connection; the caller paces the next round), or after
+    /// [`CONNECT_TIMEOUT`] of tries.
+    pub async fn connect_soon(&self, timeout: Duration) -> Result<Client> {
+        let mut tries = JoinSet::new();
+        let stop_starting = Instant::now() + CONNECT_TIMEOUT;
+        loop {
+            if tries.len() < MAX_TRIES && Instant::now() < stop_starting {
+                let target = self.clone();
+                tries.spawn(async move { target.connect(timeout).await });
+            }
+            tokio::select! {
+                Some(done) = tries.join_next() => match done {
+                    Ok(Ok(client)) => return Ok(client),
+                    Ok(Err(err)) if tries.is_empty() => return Err(err),
+                    Ok(Err(_)) | Err(_) => {}
+                },
+                () = tokio::time::sleep(STAGGER) => {}
+            }
+            if tries.is_empty() && Instant::now() >= stop_starting {
+                return Err(BackendError::Unavailable(format!(
+                    "connect to {}: no session within {}s",
+                    self.hosts,
+                    CONNECT_TIMEOUT.as_secs()
+                )));
+            }
         }
     }
 }

@@ -17,7 +17,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use etcd_server::EtcdServer;
-use support::{battery, until_exists, wait_for, write_pid, Json, TestEnv};
+use serde_json::Value;
+use support::{battery, until_exists, wait_for, write_pid, TestEnv};
 
 /// One `#[test]` per battery scenario, each on an etcd of its own, with authentication on (so
 /// that the password's redaction is checked too).
@@ -202,14 +203,14 @@ fn status_counts_the_waiters() {
         wait_for("a waiter to queue", Duration::from_secs(10), || {
             let out = env.status(["--lock", &lock, "--json"]);
             out.assert_code(0);
-            let json =
-                Json::parse(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
-            assert_eq!(json.get("state").as_str(), Some("held"), "{}", out.stdout);
+            let json = serde_json::from_str::<Value>(out.stdout.trim())
+                .unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
+            assert_eq!(json["state"].as_str(), Some("held"), "{}", out.stdout);
             assert_eq!(
-                json.get("holder").get("pid").as_u64(),
+                json["holder"]["pid"].as_u64(),
                 Some(u64::from(holder.pid() as u32))
             );
-            json.get("waiters").as_u64() == Some(n)
+            json["waiters"].as_u64() == Some(n)
         });
     }
     assert_eq!(server.keys(&format!("elect/{lock}/")).len(), 3);

@@ -79,8 +79,8 @@ fn the_job_cannot_rewrite_the_lock_file_it_inherits() {
     );
     let token_of = |env: &TestEnv| {
         let out = env.status(["--lock", &lock, "--json"]);
-        let json = support::Json::parse(&out.stdout).unwrap();
-        json.get("last_run").get("token").as_u64().unwrap()
+        let json = serde_json::from_str::<serde_json::Value>(&out.stdout).unwrap();
+        json["last_run"]["token"].as_u64().unwrap()
     };
     let before = token_of(&env);
     env.run(["run", "--lock", &lock, "--", "true"])

@@ -30,7 +30,8 @@ use std::time::Duration;
 
 use redis_failover::{backend_scenarios, battery_on, contend};
 use redis_topology::{cli, Cluster, PASSWORD};
-use support::{Json, TestEnv};
+use serde_json::Value;
+use support::TestEnv;
 
 #[test]
 fn cluster_topology() {
@@ -64,12 +65,12 @@ fn status_reads_every_primary(cluster: &Cluster) {
     let out = env.status(["--json"]);
     // 0 when some lock is held (another scenario's may still be), 3 when none.
     assert!(matches!(out.code(), 0 | 3), "{out}");
-    let doc = Json::parse(out.stdout.trim()).expect("JSON");
+    let doc = serde_json::from_str::<Value>(out.stdout.trim()).expect("JSON");
     let listed: Vec<&str> = doc
         .as_array()
         .expect("an array")
         .iter()
-        .filter_map(|d| d.get("lock").as_str())
+        .filter_map(|d| d["lock"].as_str())
         .collect();
     for lock in &locks {
         assert!(listed.contains(&lock.as_str()), "{lock} missing: {out}");

@@ -16,7 +16,8 @@ mod zk_server;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{battery, until_exists, wait_for, write_pid, Json, TestEnv};
+use serde_json::Value;
+use support::{battery, until_exists, wait_for, write_pid, TestEnv};
 use zk_server::ZkServer;
 
 /// A test's own namespace on the shared server, with digest credentials (so that the
@@ -439,8 +440,8 @@ fn status_counts_waiters_and_shows_the_token_as_the_nodes_czxid() {
     let mut waiter = env.spawn(["run", "--lock", &lock, "--wait", "-v", "--", "true"]);
     waiter.wait_for_stderr("waiting", Duration::from_secs(10));
     let doc = env.status(["--lock", &lock, "--json"]);
-    let json = Json::parse(doc.stdout.trim()).expect("status JSON");
-    assert_eq!(json.get("waiters").as_u64(), Some(1), "{doc}");
+    let json = serde_json::from_str::<Value>(doc.stdout.trim()).expect("status JSON");
+    assert_eq!(json["waiters"].as_u64(), Some(1), "{doc}");
     let token = env.lines("token")[0].clone();
     let czxid = kazoo(&format!(
         "c = sorted(zk.get_children('/czxid/{lock}'), key=lambda n: n[-10:])[0]\n\

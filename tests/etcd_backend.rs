@@ -1,21 +1,16 @@
 //! The etcd backend through the library API, against a real `etcd` and the real `etcdctl`.
 
-#[path = "support/certs.rs"]
-mod certs;
-#[path = "support/cli_scenarios.rs"]
-mod cli_scenarios;
-#[path = "support/etcd_server.rs"]
-mod etcd_server;
-#[path = "support/lost_replies.rs"]
-mod lost_replies;
-#[path = "support/net.rs"]
-mod net;
-#[path = "support/programs.rs"]
-mod programs;
-#[path = "support/proxy.rs"]
-mod proxy;
-#[path = "support/reconnect.rs"]
-mod reconnect;
+mod support {
+    pub mod certs;
+    pub mod cli_scenarios;
+    pub mod etcd_server;
+    pub mod lost_replies;
+    pub mod net;
+    pub mod process;
+    pub mod programs;
+    pub mod proxy;
+    pub mod reconnect;
+}
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
@@ -23,8 +18,9 @@ use std::time::{Duration, Instant};
 
 use elect::backend::{AcquireRequest, AnyBackend, Backend, BackendError, BackendOptions, WaitMode};
 use elect::lease::{Acquire, HolderInfo, Lease, LockName, Renewal};
-use etcd_server::{EtcdServer, Options};
-use net::free_port;
+use support::etcd_server::{EtcdServer, Options};
+use support::net::free_port;
+use support::{lost_replies, proxy, reconnect};
 
 const TTL: Duration = Duration::from_secs(2);
 

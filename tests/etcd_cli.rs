@@ -2,23 +2,24 @@
 //! has (lease expiry after a crash, `etcdctl lock` on the same queue, the wait queue in status).
 //! Every test starts an etcd of its own, so that `status` sees only the test's own locks.
 
-mod support;
-
-#[path = "support/certs.rs"]
-mod certs;
-#[path = "support/etcd_server.rs"]
-mod etcd_server;
-#[path = "support/net.rs"]
-mod net;
-#[path = "support/programs.rs"]
-mod programs;
+mod support {
+    pub mod battery;
+    pub mod certs;
+    pub mod env;
+    pub mod etcd_server;
+    pub mod net;
+    pub mod process;
+    pub mod programs;
+}
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use etcd_server::EtcdServer;
 use serde_json::Value;
-use support::{battery, until_exists, wait_for, write_pid, TestEnv};
+use support::battery;
+use support::env::{until_exists, wait_for, write_pid, TestEnv};
+use support::etcd_server::EtcdServer;
+use support::{etcd_server, net};
 
 /// One `#[test]` per battery scenario, each on an etcd of its own, with authentication on (so
 /// that the password's redaction is checked too).
@@ -300,7 +301,10 @@ fn a_stopped_etcd_stops_the_job_before_the_lease_can_expire() {
     out.assert_code(76);
     // The deadline counts from the last renewal, before the stop: within the ttl.
     assert!(took < Duration::from_secs(3), "took {took:?}");
-    assert!(!support::is_alive(job), "the job outlived the lease");
+    assert!(
+        !support::process::is_alive(job),
+        "the job outlived the lease"
+    );
 }
 
 #[test]

@@ -1,13 +1,19 @@
 //! `elect` end to end on the file backend: the shared battery of scenarios, then what only the
 //! file backend has (the lock file on disk, its directory, the terminal).
 
-mod support;
+mod support {
+    pub mod battery;
+    pub mod env;
+    pub mod process;
+}
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use support::{battery, is_alive, until_exists, wait_for, write_pid, TestEnv};
+use support::battery;
+use support::env::{until_exists, wait_for, write_pid, TestEnv};
+use support::process::is_alive;
 
 /// One `#[test]` per battery scenario, each on a file backend of its own.
 macro_rules! battery_tests {
@@ -351,7 +357,7 @@ fn interactive_job_reads_the_terminal() {
     let mut screen = String::new();
     // Typed before bash is ready, the keys wait in the terminal's input queue.
     tmux.send_keys(&["echo hi-$ELECT_LOCK", "Enter"]);
-    let shown = support::becomes(Duration::from_secs(10), || {
+    let shown = support::env::becomes(Duration::from_secs(10), || {
         screen = tmux.screen();
         screen.lines().any(|l| l.trim() == expected)
     });
@@ -438,7 +444,7 @@ fn terminal_works_in_a_pid_namespace() {
     wait_for("the job to tick", Duration::from_secs(10), || ticks() >= 3);
     tmux.send_keys(&["C-z"]);
     wait_for("the job to stop", Duration::from_secs(10), || {
-        support::proc_stat(job).is_some_and(|s| s.state == 'T')
+        support::process::proc_stat(job).is_some_and(|s| s.state == 'T')
     });
     wait_for(
         "bash to report the job stopped",
@@ -577,8 +583,8 @@ fn job_holds_the_lock_when_elect_and_watchdog_are_killed() {
         .expect("elect's watchdog");
     // Stopped first, so that neither sees the other die and stops the job.
     run.signal("STOP");
-    support::signal(watchdog, "STOP");
-    support::signal(watchdog, "KILL");
+    support::process::signal(watchdog, "STOP");
+    support::process::signal(watchdog, "KILL");
     run.signal("KILL");
     assert_eq!(run.wait().killed_by(), Some(9));
     let newcomer = env.run(["run", "--lock", &lock, "--", "touch", "newcomer.ran"]);

@@ -2,14 +2,17 @@
 //! inherits (as a second user it drops to), a lock file renamed while held, lock directories and
 //! metrics directories that a second user races or plants links in.
 
-mod support;
+mod support {
+    pub mod env;
+    pub mod process;
+}
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{write_pid, TestEnv};
+use support::env::{write_pid, TestEnv};
 
 const NOBODY: u32 = 65534;
 

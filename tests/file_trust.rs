@@ -5,14 +5,17 @@
 //! Users and groups are numeric ids of this file's own (no account needed: the kernel only checks
 //! numbers), distinct per test, so that tests running in parallel never share a default directory.
 
-mod support;
+mod support {
+    pub mod env;
+    pub mod process;
+}
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{until_exists, write_pid, TestEnv};
+use support::env::{until_exists, write_pid, TestEnv};
 
 const NOBODY: u32 = 65534;
 /// The ids of the users and the group of these tests.

@@ -1,19 +1,15 @@
 //! The PostgreSQL backend against a real PostgreSQL server, through the library API.
 
-#[path = "support/certs.rs"]
-mod certs;
-#[path = "support/cli_scenarios.rs"]
-mod cli_scenarios;
-#[path = "support/lost_replies.rs"]
-mod lost_replies;
-#[path = "support/net.rs"]
-mod net;
-#[path = "support/postgres_server.rs"]
-mod postgres_server;
-#[path = "support/proxy.rs"]
-mod proxy;
-#[path = "support/reconnect.rs"]
-mod reconnect;
+mod support {
+    pub mod certs;
+    pub mod cli_scenarios;
+    pub mod lost_replies;
+    pub mod net;
+    pub mod postgres_server;
+    pub mod process;
+    pub mod proxy;
+    pub mod reconnect;
+}
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant, SystemTime};
@@ -21,8 +17,9 @@ use std::time::{Duration, Instant, SystemTime};
 use elect::backend::{AcquireRequest, AnyBackend, Backend, BackendError, BackendOptions, WaitMode};
 use elect::clock::BootTime;
 use elect::lease::{Acquire, History, HolderInfo, LastRun, Lease, LockName, Renewal, RunEnd};
-use postgres_server::{PostgresServer, DATABASE, PASSWORD, USER};
-use proxy::Proxy;
+use support::postgres_server::{PostgresServer, DATABASE, PASSWORD, USER};
+use support::proxy::Proxy;
+use support::{certs, lost_replies, net, postgres_server, reconnect};
 
 /// Only the acquire statements take a row on conflict.
 const ACQUIRE_REQUEST: &[u8] = b"ON CONFLICT";

@@ -1,16 +1,18 @@
 //! The backend-independent battery of `tests/support/battery.rs` on a real PostgreSQL, one
 //! cluster per scenario, reached with a password so that redaction is checked too.
 
-#[path = "support/certs.rs"]
-mod certs;
-#[path = "support/net.rs"]
-mod net;
-#[path = "support/postgres_server.rs"]
-mod postgres_server;
-mod support;
+mod support {
+    pub mod battery;
+    pub mod certs;
+    pub mod env;
+    pub mod net;
+    pub mod postgres_server;
+    pub mod process;
+}
 
-use postgres_server::PostgresServer;
-use support::{battery, TestEnv};
+use support::battery;
+use support::env::TestEnv;
+use support::postgres_server::PostgresServer;
 
 macro_rules! battery_tests {
     ($($scenario:ident),* $(,)?) => {

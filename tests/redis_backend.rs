@@ -1,21 +1,16 @@
 //! The Redis backend against a real redis-server, through the library API.
 
-#[path = "support/certs.rs"]
-mod certs;
-#[path = "support/cli_scenarios.rs"]
-mod cli_scenarios;
-#[path = "support/lost_replies.rs"]
-mod lost_replies;
-#[path = "support/net.rs"]
-mod net;
-#[path = "support/programs.rs"]
-mod programs;
-#[path = "support/proxy.rs"]
-mod proxy;
-#[path = "support/reconnect.rs"]
-mod reconnect;
-#[path = "support/redis_server.rs"]
-mod redis_server;
+mod support {
+    pub mod certs;
+    pub mod cli_scenarios;
+    pub mod lost_replies;
+    pub mod net;
+    pub mod process;
+    pub mod programs;
+    pub mod proxy;
+    pub mod reconnect;
+    pub mod redis_server;
+}
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -25,9 +20,10 @@ use elect::backend::{
     AcquireRequest, AnyBackend, Backend, BackendError, BackendOptions, ForcedRelease, WaitMode,
 };
 use elect::lease::{Acquire, HolderInfo, Lease, LockName, Renewal};
-use net::free_port;
-use proxy::Proxy;
-use redis_server::{Options, RedisServer};
+use support::net::free_port;
+use support::proxy::Proxy;
+use support::redis_server::{Options, RedisServer};
+use support::{lost_replies, proxy, reconnect};
 
 /// Only the acquire script names the token counter among its keys.
 const ACQUIRE_REQUEST: &[u8] = b":token";

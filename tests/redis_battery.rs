@@ -1,18 +1,19 @@
 //! The backend-independent battery of `tests/support/battery.rs` on a real redis-server, one
 //! server (with a password, so that redaction is checked too) per scenario.
 
-#[path = "support/certs.rs"]
-mod certs;
-#[path = "support/net.rs"]
-mod net;
-#[path = "support/programs.rs"]
-mod programs;
-#[path = "support/redis_server.rs"]
-mod redis_server;
-mod support;
+mod support {
+    pub mod battery;
+    pub mod certs;
+    pub mod env;
+    pub mod net;
+    pub mod process;
+    pub mod programs;
+    pub mod redis_server;
+}
 
-use redis_server::{Options, RedisServer};
-use support::{battery, TestEnv};
+use support::battery;
+use support::env::TestEnv;
+use support::redis_server::{Options, RedisServer};
 
 macro_rules! battery_tests {
     ($($scenario:ident),* $(,)?) => {

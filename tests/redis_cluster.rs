@@ -12,26 +12,25 @@
 //! The rounds print one line each for the fault table (`cargo test --test redis_cluster --
 //! --nocapture`).
 
-#[path = "support/net.rs"]
-mod net;
-#[path = "support/programs.rs"]
-mod programs;
-#[path = "support/redis_failover.rs"]
-mod redis_failover;
-#[path = "support/redis_topology.rs"]
-mod redis_topology;
-mod support;
-// Only the job lifetimes of the witness, not its fenced register.
-#[allow(dead_code)]
-#[path = "support/witness.rs"]
-mod witness;
+mod support {
+    pub mod battery;
+    pub mod env;
+    pub mod net;
+    pub mod process;
+    pub mod programs;
+    pub mod redis_failover;
+    pub mod redis_topology;
+    // Only the job lifetimes of the witness, not its fenced register.
+    #[allow(dead_code)]
+    pub mod witness;
+}
 
 use std::time::Duration;
 
-use redis_failover::{backend_scenarios, battery_on, contend};
-use redis_topology::{cli, Cluster, PASSWORD};
 use serde_json::Value;
-use support::TestEnv;
+use support::env::TestEnv;
+use support::redis_failover::{backend_scenarios, battery_on, contend};
+use support::redis_topology::{cli, Cluster, PASSWORD};
 
 #[test]
 fn cluster_topology() {
@@ -122,7 +121,7 @@ fn a_release_wakes_one_waiter(cluster: &Cluster) {
             ])
         })
         .collect();
-    support::wait_for("four blocked waiters", Duration::from_secs(15), || {
+    support::env::wait_for("four blocked waiters", Duration::from_secs(15), || {
         blocked() >= before + 4
     });
     std::fs::write(env.file("go"), "").expect("touch go");

@@ -12,25 +12,25 @@
 //! The rounds print one line each for the fault table (`cargo test --test redis_sentinel --
 //! --nocapture`).
 
-#[path = "support/net.rs"]
-mod net;
-#[path = "support/programs.rs"]
-mod programs;
-#[path = "support/redis_failover.rs"]
-mod redis_failover;
-#[path = "support/redis_topology.rs"]
-mod redis_topology;
-mod support;
-// Only the job lifetimes of the witness, not its fenced register.
-#[allow(dead_code)]
-#[path = "support/witness.rs"]
-mod witness;
+mod support {
+    pub mod battery;
+    pub mod env;
+    pub mod net;
+    pub mod process;
+    pub mod programs;
+    pub mod redis_failover;
+    pub mod redis_topology;
+    // Only the job lifetimes of the witness, not its fenced register.
+    #[allow(dead_code)]
+    pub mod witness;
+}
 
 use std::time::Duration;
 
-use redis_failover::{backend_scenarios, battery_on, contend};
-use redis_topology::{SentinelSet, PASSWORD};
-use support::TestEnv;
+use support::env::TestEnv;
+use support::redis_failover::{backend_scenarios, battery_on, contend};
+use support::redis_topology::{SentinelSet, PASSWORD};
+use support::{net, redis_topology};
 
 #[test]
 fn sentinel_topology() {
@@ -110,7 +110,7 @@ fn missing_key_on_the_new_primary_is_lost(set: &SentinelSet) {
     let mut holder = env.spawn([
         "run", "--lock", &lock, "--ttl", "3s", "--grace", "500ms", "--", "sleep", "20",
     ]);
-    support::wait_for("the holder's lease key", Duration::from_secs(10), || {
+    support::env::wait_for("the holder's lease key", Duration::from_secs(10), || {
         set.on_primary(&["EXISTS", &format!("elect:{{{lock}}}")])
             .trim()
             == "1"

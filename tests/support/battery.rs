@@ -6,14 +6,17 @@
 //! scenarios may run in parallel on one shared server. Bounds on time are generous: a scenario
 //! fails when elect misbehaves, not when the machine is slow.
 
+// A library of scenarios: each binary runs those that apply to its backend.
+#![allow(dead_code)]
+
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{
-    becomes, dies_within, is_alive, proc_stat, until_exists, wait_all, write_pid, Outcome, Running,
-    TestEnv,
+use super::env::{
+    becomes, dies_within, until_exists, wait_all, write_pid, Outcome, Running, TestEnv,
 };
+use super::process::{is_alive, proc_stat, signal, watchdog_of};
 
 /// Short lease settings that satisfy `renew + grace + margin < ttl` (renew defaults to ttl / 3).
 const SHORT: [&str; 4] = ["--ttl", "2s", "--grace", "500ms"];
@@ -953,9 +956,9 @@ pub fn forced_release_frees_a_dead_holders_lease(env: &TestEnv) {
     // Stopped first, so that the watchdog does not see elect die and release the lease.
     let watchdog = watchdog_of(holder.pid()).expect("elect's watchdog");
     holder.signal("STOP");
-    super::signal(watchdog, "STOP");
+    signal(watchdog, "STOP");
     holder.signal("KILL");
-    super::signal(watchdog, "KILL");
+    signal(watchdog, "KILL");
     assert_eq!(holder.wait().killed_by(), Some(9));
 
     env.run(["run", "--lock", &lock, "--", "true"])
@@ -1456,18 +1459,6 @@ pub fn holders_a_killed_holder_frees_its_place(env: &TestEnv) {
     release(env, &mut c, "c");
 }
 
-/// The watchdog of the elect `pid`: its child whose short name is `lease-watchdog`.
-fn watchdog_of(pid: i32) -> Option<i32> {
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
-    children
-        .split_whitespace()
-        .filter_map(|c| c.parse().ok())
-        .find(|c: &i32| {
-            std::fs::read_to_string(format!("/proc/{c}/comm"))
-                .is_ok_and(|name| name.trim() == "lease-watchdog")
-        })
-}
-
 /// `ps` tells the watchdog from elect: `elect: watchdog for LOCK`, short name `lease-watchdog`.
 pub fn watchdog_is_named(env: &TestEnv) {
     let lock = env.lock("named");
@@ -1509,7 +1500,7 @@ pub fn job_is_stopped_when_the_watchdog_is_killed(env: &TestEnv) {
     let main = env.read_pid("main.pid");
     let bg = env.read_pid("bg.pid");
     let watchdog = watchdog_of(run.pid()).expect("elect's watchdog");
-    super::signal(watchdog, "KILL");
+    signal(watchdog, "KILL");
     let killed_at = Instant::now();
     // A newcomer at once: the lease is still held (elect keeps it while it stops the job).
     let early = env.run(["run", "--lock", &lock, "--", "touch", "early.ran"]);
@@ -1592,8 +1583,8 @@ pub fn job_dies_with_elect_and_watchdog_in_a_pid_namespace(env: &TestEnv) {
     let watchdog = watchdog_of(run.pid()).expect("elect's watchdog");
     // Stopped first, so that neither sees the other die and stops the job.
     run.signal("STOP");
-    super::signal(watchdog, "STOP");
-    super::signal(watchdog, "KILL");
+    signal(watchdog, "STOP");
+    signal(watchdog, "KILL");
     run.signal("KILL");
     let killed = Instant::now();
     assert_eq!(run.wait().killed_by(), Some(9));
@@ -1674,7 +1665,7 @@ fn hook_is_fenced(env: &TestEnv, case: &str, job: &[&str], code: i32) {
     let hook_alive = proc_stat(hook_pid).is_some_and(|s| s.start == hook_start && s.state != 'Z');
     let last_beat = *beats(env, "hook.beats").iter().max().unwrap();
     if hook_alive {
-        super::signal(hook_pid, "KILL");
+        signal(hook_pid, "KILL");
     }
     assert!(
         !hook_alive,

@@ -8,6 +8,7 @@
 //! The test crate declares the `cli_scenarios` and `proxy` modules of `tests/support` beside
 //! this one.
 
+// A library of scenarios: each backend's binary runs those that apply to it.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -15,8 +16,8 @@ use std::process::{Child, ChildStderr, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
-use crate::cli_scenarios::{code, elect};
-use crate::proxy::{Mode, Proxy};
+use super::cli_scenarios::{code, elect};
+use super::proxy::{Mode, Proxy};
 
 /// A lease long enough that a lock left held would still be held when the next contender comes.
 const LONG_TTL: &str = "30s";

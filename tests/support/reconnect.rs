@@ -6,13 +6,15 @@
 //! the same proxy or directly. What is measured is how long after the release, or after the path
 //! healed, the waiter's job starts; and that `status` and `release` end in bounded time.
 
+// A library of scenarios: each backend's binary runs those that apply to it.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::proxy::{Mode, Proxy};
+use super::process::signal;
+use super::proxy::{Mode, Proxy};
 
 /// How soon after the path heals (and the lock is free) the waiter must run.
 pub const BOUND: Duration = Duration::from_secs(2);
@@ -165,7 +167,7 @@ fn finish(child: Child, what: &str) -> Output {
     match rx.recv_timeout(Duration::from_secs(30)) {
         Ok(out) => out.unwrap(),
         Err(_) => {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            signal(pid as i32, "KILL");
             panic!("{what} still ran 30 s later");
         }
     }

@@ -9,6 +9,7 @@
 //!
 //! The test crate declares `witness` beside this module.
 
+// `Run` keeps what a failing round's `{:?}` should show, beyond what the checks read.
 #![allow(dead_code)]
 
 use std::process::{Command, Stdio};
@@ -16,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::witness::{Record, Witness, JOB};
+use super::witness::{Record, Witness, JOB};
 
 /// The witness job's exit code when it ran to its end.
 pub const JOB_CODE: i32 = 42;
@@ -271,15 +272,15 @@ pub fn contend(
 }
 
 /// A battery scenario by name.
-pub type Scenario = (&'static str, fn(&crate::support::TestEnv));
+pub type Scenario = (&'static str, fn(&super::env::TestEnv));
 
 /// The battery's scenarios that talk to the backend (the job-process ones run on standalone Redis
 /// only): what every topology runs.
 pub fn backend_scenarios() -> Vec<Scenario> {
-    use crate::support::battery;
+    use super::battery;
     macro_rules! scenarios {
         ($($scenario:ident),* $(,)?) => {
-            vec![$((stringify!($scenario), battery::$scenario as fn(&crate::support::TestEnv))),*]
+            vec![$((stringify!($scenario), battery::$scenario as fn(&super::env::TestEnv))),*]
         };
     }
     scenarios!(
@@ -317,7 +318,7 @@ pub fn battery_on(url: &str, scenarios: &[Scenario], threads: usize) {
                 let Some((name, scenario)) = queue.lock().unwrap().next() else {
                     return;
                 };
-                let env = crate::support::TestEnv::with_backend(url);
+                let env = super::env::TestEnv::with_backend(url);
                 let result =
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(&env)));
                 if let Err(e) = result {

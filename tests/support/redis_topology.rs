@@ -10,6 +10,7 @@
 //!
 //! The test crate declares the `net` and `programs` modules of `tests/support` beside this one.
 
+// Sentinel's binary uses the Sentinel set, the Cluster's the cluster.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -17,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::{net, programs};
+use super::{net, programs};
 
 /// The data nodes' password.
 pub const PASSWORD: &str = "topology-secret";

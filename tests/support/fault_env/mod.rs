@@ -40,9 +40,9 @@
 //! - `inject`: applying a fault to the holder or the server; `rng`: the replayable order;
 //! - `check`: the invariants, one function each; `report`: the row of the table;
 //! - `hosts`: contenders as hosts of their own (network namespaces, freezer cgroups);
-//! - `ctrl_z`: the tmux scenario; `process`: signals and `/proc`.
+//! - `ctrl_z`: the tmux scenario.
 //!
-//! The test crate declares the `certs`, `freezer`, `net`, `netns`, `postgres_server`,
+//! The test crate declares the `certs`, `freezer`, `net`, `netns`, `postgres_server`, `process`,
 //! `programs`, `proxy` and `witness` modules of `tests/support` beside this one.
 
 mod arena;
@@ -51,7 +51,6 @@ mod ctrl_z;
 mod etcd_cluster;
 mod hosts;
 mod inject;
-mod process;
 mod report;
 mod rng;
 mod server;

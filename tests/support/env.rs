@@ -12,9 +12,8 @@
 //! a test that ends early kills what it started (elect on drop of [`Running`], recorded job
 //! processes on drop of the [`TestEnv`]).
 
+// A toolkit: each test binary uses the part of it that its scenarios need.
 #![allow(dead_code)]
-
-pub mod battery;
 
 use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
@@ -24,6 +23,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use super::process::{is_alive, proc_stat, signal};
 
 /// The longest any single `elect` may run in a test before it is killed and the test fails.
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -553,49 +554,9 @@ pub fn wait_for_file(path: &Path, timeout: Duration) {
     });
 }
 
-/// The fields of `/proc/PID/stat` that the tests look at.
-#[derive(Debug, Clone, Copy)]
-pub struct ProcStat {
-    pub state: char,
-    pub pgrp: i32,
-    pub session: i32,
-    pub start: u64,
-}
-
-/// `/proc/PID/stat`, or `None` when there is no such process.
-pub fn proc_stat(pid: i32) -> Option<ProcStat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may hold spaces; the fields after it are fixed.
-    let (_, rest) = text.rsplit_once(") ")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    Some(ProcStat {
-        state: fields.first()?.chars().next()?,
-        pgrp: fields.get(2)?.parse().ok()?,
-        session: fields.get(3)?.parse().ok()?,
-        start: fields.get(19)?.parse().ok()?,
-    })
-}
-
-/// Whether a process exists and is not a zombie (a zombie runs nothing).
-pub fn is_alive(pid: i32) -> bool {
-    proc_stat(pid).is_some_and(|s| s.state != 'Z' && s.state != 'X')
-}
-
 /// Waits up to `timeout` for `pid` to be gone; whether it is.
 pub fn dies_within(pid: i32, timeout: Duration) -> bool {
     becomes(timeout, || !is_alive(pid))
-}
-
-/// Sends signal `sig` (a name such as `TERM`) to `pid` with kill(1).
-pub fn signal(pid: i32, sig: &str) {
-    let status = Command::new("kill")
-        .args(["-s", sig, &pid.to_string()])
-        .stderr(Stdio::null())
-        .status()
-        .expect("run kill(1)");
-    // A process that has just exited is not a failure of the harness; the test's assertions say
-    // what should have happened.
-    let _ = status;
 }
 
 /// A shell loop that waits (at most 30 s, so nothing lingers after a failed test) for `file`.

@@ -75,13 +75,13 @@ fn acquired(a: Acquire) -> Lease {
     }
 }
 
+/// `req` acquired on `backend`; fails the test on an error or if the lock is held.
+async fn acquire(backend: &mut AnyBackend, req: &AcquireRequest, mode: WaitMode) -> Lease {
+    acquired(backend.acquire(req, mode).await.unwrap())
+}
+
 async fn take(backend: &mut AnyBackend, name: &str, id: &str, ttl: Duration) -> Lease {
-    acquired(
-        backend
-            .acquire(&request(name, id, ttl), WaitMode::NoWait)
-            .await
-            .unwrap(),
-    )
+    acquire(backend, &request(name, id, ttl), WaitMode::NoWait).await
 }
 
 #[tokio::test]
@@ -156,16 +156,18 @@ async fn two_holders_take_two_places() {
     let ttl = Duration::from_secs(10);
     let name = LockName::new("pair").unwrap();
 
-    let first = acquired(
-        a.acquire(&places_request("pair", "a", ttl, 2), WaitMode::NoWait)
-            .await
-            .unwrap(),
-    );
-    let second = acquired(
-        b.acquire(&places_request("pair", "b", ttl, 2), WaitMode::NoWait)
-            .await
-            .unwrap(),
-    );
+    let first = acquire(
+        &mut a,
+        &places_request("pair", "a", ttl, 2),
+        WaitMode::NoWait,
+    )
+    .await;
+    let second = acquire(
+        &mut b,
+        &places_request("pair", "b", ttl, 2),
+        WaitMode::NoWait,
+    )
+    .await;
     assert_eq!((first.slot, second.slot), (0, 1));
     assert!(second.token() > first.token(), "{second:?} after {first:?}");
     match c
@@ -209,11 +211,12 @@ async fn two_holders_take_two_places() {
     assert!(a.fresh_run(&name).await.unwrap().is_some());
 
     // The freed place goes to the next contender, with a greater token.
-    let third = acquired(
-        c.acquire(&places_request("pair", "c", ttl, 2), WaitMode::NoWait)
-            .await
-            .unwrap(),
-    );
+    let third = acquire(
+        &mut c,
+        &places_request("pair", "c", ttl, 2),
+        WaitMode::NoWait,
+    )
+    .await;
     assert_eq!(third.slot, 1);
     assert!(third.token() > second.token());
 
@@ -228,11 +231,12 @@ async fn two_holders_take_two_places() {
     assert_eq!(listed[0].holder.as_ref().map(|h| h.id.as_str()), Some("c"));
 
     // A place 0 taken now counts on from the places' tokens.
-    let fourth = acquired(
-        a.acquire(&places_request("pair", "a", ttl, 2), WaitMode::NoWait)
-            .await
-            .unwrap(),
-    );
+    let fourth = acquire(
+        &mut a,
+        &places_request("pair", "a", ttl, 2),
+        WaitMode::NoWait,
+    )
+    .await;
     assert_eq!(fourth.slot, 0);
     assert!(fourth.token() > third.token());
     assert_eq!(c.renew(&third).await.unwrap(), Renewal::Renewed);
@@ -255,11 +259,7 @@ async fn forced_release_finds_the_place_and_wakes_a_waiter() {
     let waiter = tokio::spawn(async move {
         let mut c = open(&server.url()).await;
         let started = Instant::now();
-        let lease = acquired(
-            c.acquire(&places_request("trio", "c", ttl, 2), WaitMode::Wait)
-                .await
-                .unwrap(),
-        );
+        let lease = acquire(&mut c, &places_request("trio", "c", ttl, 2), WaitMode::Wait).await;
         (lease, started.elapsed(), server)
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -288,12 +288,12 @@ async fn take_places(
     ttl: Duration,
     holders: u32,
 ) -> Lease {
-    acquired(
-        backend
-            .acquire(&places_request(name, id, ttl, holders), WaitMode::NoWait)
-            .await
-            .unwrap(),
+    acquire(
+        backend,
+        &places_request(name, id, ttl, holders),
+        WaitMode::NoWait,
     )
+    .await
 }
 
 #[tokio::test]
@@ -351,11 +351,7 @@ async fn a_release_wakes_a_waiter_at_once() {
     let lease = take(&mut a, "wake", "a", ttl).await;
 
     let waiter = tokio::spawn(async move {
-        let lease = acquired(
-            b.acquire(&request("wake", "b", ttl), WaitMode::Wait)
-                .await
-                .unwrap(),
-        );
+        let lease = acquire(&mut b, &request("wake", "b", ttl), WaitMode::Wait).await;
         (Instant::now(), lease)
     });
     // Long enough for the waiter to be listening, short of its first periodic re-check.
@@ -385,11 +381,7 @@ async fn an_idle_waiter_waits_for_the_release_not_a_timer() {
     let ttl = Duration::from_secs(30);
     let lease = take(&mut a, "idle", "a", ttl).await;
     let waiter = tokio::spawn(async move {
-        let lease = acquired(
-            b.acquire(&request("idle", "b", ttl), WaitMode::Wait)
-                .await
-                .unwrap(),
-        );
+        let lease = acquire(&mut b, &request("idle", "b", ttl), WaitMode::Wait).await;
         (Instant::now(), lease)
     });
     // Time to listen, check that notifications arrive, and try once.
@@ -999,7 +991,7 @@ async fn a_retried_acquire_finds_the_lease_its_lost_request_took() {
     let taken = direct.inspect(&req.name).await.unwrap().holder;
     let taken = taken.expect("the lost request took the lock").token;
     proxy.thaw();
-    let lease = acquired(backend.acquire(&req, WaitMode::NoWait).await.unwrap());
+    let lease = acquire(&mut backend, &req, WaitMode::NoWait).await;
     assert!(lease.token() > taken, "{} then {}", taken, lease.token());
     assert_eq!(backend.renew(&lease).await.unwrap(), Renewal::Renewed);
     backend.release(&lease, None).await.unwrap();

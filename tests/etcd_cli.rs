@@ -4,6 +4,7 @@
 
 mod support {
     pub mod battery;
+    pub mod battery_tests;
     pub mod certs;
     pub mod env;
     pub mod etcd_server;
@@ -16,62 +17,27 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::battery;
+use support::battery_tests;
 use support::env::{until_exists, wait_for, write_pid, TestEnv};
 use support::etcd_server::EtcdServer;
 use support::{etcd_server, net};
 
-/// One `#[test]` per battery scenario, each on an etcd of its own, with authentication on (so
-/// that the password's redaction is checked too).
-macro_rules! battery_tests {
-    ($($scenario:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $scenario() {
-                let server = EtcdServer::with(etcd_server::Options {
-                    root_password: Some("battery-secret".into()),
-                    tls: false,
-                });
-                battery::$scenario(&TestEnv::with_backend(&server.url()).private());
-            }
-        )*
-    };
+/// A battery scenario on an etcd of its own, with authentication on (so that the password's
+/// redaction is checked too).
+fn on_etcd(_test: &str, scenario: fn(&TestEnv)) {
+    let server = EtcdServer::with(etcd_server::Options {
+        root_password: Some("battery-secret".into()),
+        tls: false,
+    });
+    scenario(&TestEnv::with_backend(&server.url()).private());
 }
 
-battery_tests!(
-    five_concurrent_runs_run_the_job_once,
-    conflict_exit_code_zero_skips_silently,
-    wait_runs_the_job_after_the_holder,
-    bounded_wait_gives_up_with_75,
-    exit_codes_pass_through,
-    signal_deaths_exit_128_plus_n,
-    missing_command_exits_127,
-    non_executable_command_exits_126,
-    job_environment,
-    fencing_token_increases,
-    signals_reach_the_job_group_once,
-    job_dies_when_elect_is_killed,
-    lock_stays_held_while_a_job_process_lives,
-    leftovers_are_stopped_before_elect_exits,
-    setsid_grandchild_is_stopped,
-    watchdog_is_named,
-    job_is_stopped_when_the_watchdog_is_killed,
+battery_tests::tests!(
+    on_etcd;
+    common,
     job_dies_with_elect_and_watchdog_in_a_pid_namespace,
-    on_acquired_hook_is_fenced_when_elect_is_stopped,
-    status_of_one_lock,
-    // A used lock stays listed (as free) through its `<name>.last` history key.
-    status_lists_every_lock,
-    sigterm_stops_a_wait,
-    bad_input_is_a_usage_error,
     forced_release_frees_a_dead_holders_lease,
-    release_records_the_last_run,
-    once_per_runs_once_across_skewed_contenders,
-    once_per_failed_run_leaves_no_marker,
-    a_lost_lease_records_no_history,
-    holders_admit_n_at_once,
-    holders_wait_for_a_free_place,
-    holders_never_exceed_n,
-    holders_a_killed_holder_frees_its_place,
+    on_acquired_hook_is_fenced_when_elect_is_stopped,
 );
 
 const SHORT: [&str; 4] = ["--ttl", "2s", "--grace", "500ms"];

@@ -3,6 +3,7 @@
 
 mod support {
     pub mod battery;
+    pub mod battery_tests;
     pub mod env;
     pub mod process;
 }
@@ -11,54 +12,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use support::battery;
+use support::battery_tests;
 use support::env::{until_exists, wait_for, write_pid, TestEnv};
 use support::process::is_alive;
 
-/// One `#[test]` per battery scenario, each on a file backend of its own.
-macro_rules! battery_tests {
-    ($($scenario:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $scenario() {
-                battery::$scenario(&TestEnv::new());
-            }
-        )*
-    };
+/// A battery scenario on a file backend of its own.
+fn on_file(_test: &str, scenario: fn(&TestEnv)) {
+    scenario(&TestEnv::new());
 }
 
-battery_tests!(
-    five_concurrent_runs_run_the_job_once,
-    conflict_exit_code_zero_skips_silently,
-    wait_runs_the_job_after_the_holder,
-    bounded_wait_gives_up_with_75,
-    exit_codes_pass_through,
-    signal_deaths_exit_128_plus_n,
-    missing_command_exits_127,
-    non_executable_command_exits_126,
-    job_environment,
-    fencing_token_increases,
-    signals_reach_the_job_group_once,
-    job_dies_when_elect_is_killed,
-    lock_stays_held_while_a_job_process_lives,
-    leftovers_are_stopped_before_elect_exits,
-    setsid_grandchild_is_stopped,
-    watchdog_is_named,
-    job_is_stopped_when_the_watchdog_is_killed,
-    job_dies_with_elect_and_watchdog_in_a_pid_namespace,
-    status_of_one_lock,
-    status_lists_every_lock,
-    sigterm_stops_a_wait,
-    bad_input_is_a_usage_error,
-    release_records_the_last_run,
-    once_per_runs_once_across_skewed_contenders,
-    once_per_failed_run_leaves_no_marker,
-    a_lost_lease_records_no_history,
-    holders_admit_n_at_once,
-    holders_wait_for_a_free_place,
-    holders_never_exceed_n,
-    holders_a_killed_holder_frees_its_place,
-);
+battery_tests::tests!(on_file; common, job_dies_with_elect_and_watchdog_in_a_pid_namespace);
 
 fn lock_path(env: &TestEnv, lock: &str) -> PathBuf {
     env.lock_dir()

@@ -6,6 +6,7 @@
 
 mod support {
     pub mod battery;
+    pub mod battery_tests;
     pub mod env;
     pub mod net;
     pub mod process;
@@ -17,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::battery;
+use support::battery_tests;
 use support::env::{until_exists, wait_for, write_pid, Running, TestEnv};
 use support::zk_server;
 use support::zk_server::ZkServer;
@@ -30,51 +31,13 @@ fn env_for(test: &str) -> TestEnv {
     TestEnv::with_backend(&url).private()
 }
 
-/// One `#[test]` per battery scenario, each under a base path of its own.
-macro_rules! battery_tests {
-    ($($scenario:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $scenario() {
-                battery::$scenario(&env_for(stringify!($scenario)));
-            }
-        )*
-    };
+/// A battery scenario under a base path of its own on the shared server. A used lock stays listed
+/// by `status` (as free) through its `<name>.last` history node.
+fn on_zk(test: &str, scenario: fn(&TestEnv)) {
+    scenario(&env_for(test));
 }
 
-battery_tests!(
-    five_concurrent_runs_run_the_job_once,
-    conflict_exit_code_zero_skips_silently,
-    wait_runs_the_job_after_the_holder,
-    bounded_wait_gives_up_with_75,
-    exit_codes_pass_through,
-    signal_deaths_exit_128_plus_n,
-    missing_command_exits_127,
-    non_executable_command_exits_126,
-    job_environment,
-    fencing_token_increases,
-    signals_reach_the_job_group_once,
-    job_dies_when_elect_is_killed,
-    lock_stays_held_while_a_job_process_lives,
-    leftovers_are_stopped_before_elect_exits,
-    setsid_grandchild_is_stopped,
-    watchdog_is_named,
-    job_is_stopped_when_the_watchdog_is_killed,
-    status_of_one_lock,
-    // A used lock stays listed (as free) through its `<name>.last` history node.
-    status_lists_every_lock,
-    sigterm_stops_a_wait,
-    bad_input_is_a_usage_error,
-    forced_release_frees_a_dead_holders_lease,
-    release_records_the_last_run,
-    once_per_runs_once_across_skewed_contenders,
-    once_per_failed_run_leaves_no_marker,
-    a_lost_lease_records_no_history,
-    holders_admit_n_at_once,
-    holders_wait_for_a_free_place,
-    holders_never_exceed_n,
-    holders_a_killed_holder_frees_its_place,
-);
+battery_tests::tests!(on_zk; common, forced_release_frees_a_dead_holders_lease);
 
 const SHORT: [&str; 4] = ["--ttl", "2s", "--grace", "500ms"];
 

@@ -121,18 +121,7 @@ fn newcomer_defers_to_a_renamed_file(
         !env.file("ran").exists(),
         "the newcomer ran beside the old job"
     );
-    let mut waiter = env.elect();
-    waiter
-        .args(["run", "--lock", &lock, "--wait=20s", "--", "sh", "-c"])
-        .arg(format!(
-            "kill -0 {old_job} 2>/dev/null && echo overlap > overlap; touch ran"
-        ));
-    env.run_command(waiter).assert_code(0);
-    assert!(env.file("ran").exists());
-    assert!(
-        !env.file("overlap").exists(),
-        "the newcomer ran while the old job lived"
-    );
+    env.assert_waiter_runs_after(&lock, old_job);
     old.wait().assert_code(76);
 }
 

@@ -245,6 +245,23 @@ impl TestEnv {
         pid
     }
 
+    /// `elect run --lock LOCK --wait=20s` of a job that touches `ran`; fails the test unless it
+    /// exits 0 and its job ran after the process `old_job` had ended.
+    pub fn assert_waiter_runs_after(&self, lock: &str, old_job: i32) {
+        let mut waiter = self.elect();
+        waiter
+            .args(["run", "--lock", lock, "--wait=20s", "--", "sh", "-c"])
+            .arg(format!(
+                "kill -0 {old_job} 2>/dev/null && echo overlap > overlap; touch ran"
+            ));
+        self.run_command(waiter).assert_code(0);
+        assert!(self.file("ran").exists());
+        assert!(
+            !self.file("overlap").exists(),
+            "the newcomer ran while the old job lived"
+        );
+    }
+
     /// Remembers a process to kill on drop of the environment if it is still alive then.
     pub fn track(&self, pid: i32) {
         if let Some(stat) = proc_stat(pid) {

@@ -1,5 +1,5 @@
 //! Redis Cluster: three primaries with one replica each, made by `redis-cli --cluster create`
-//! once for this file (`tests/support/redis_topology.rs`) and used by one test in steps, since
+//! once for this file (`tests/support/redis_cluster_set.rs`) and used by one test in steps, since
 //! the later steps change the topology and forming it takes seconds:
 //! 1. the battery's scenarios that exercise the backend (not those about the job process alone,
 //!    which the standalone battery covers), in parallel;
@@ -18,6 +18,7 @@ mod support {
     pub mod net;
     pub mod process;
     pub mod programs;
+    pub mod redis_cluster_set;
     pub mod redis_failover;
     pub mod redis_topology;
     // Only the job lifetimes of the witness, not its fenced register.
@@ -29,8 +30,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::env::TestEnv;
+use support::redis_cluster_set::Cluster;
 use support::redis_failover::{backend_scenarios, battery_on, contend};
-use support::redis_topology::{cli, Cluster, PASSWORD};
+use support::redis_topology::{cli, PASSWORD};
 
 #[test]
 fn cluster_topology() {

@@ -6,8 +6,6 @@
 //! the same proxy or directly. What is measured is how long after the release, or after the path
 //! healed, the waiter's job starts; and that `status` and `release` end in bounded time.
 
-// A library of scenarios: each backend's binary runs those that apply to it.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -9,8 +9,6 @@
 //!
 //! The test crate declares `witness` beside this module.
 
-// `Run` keeps what a failing round's `{:?}` should show, beyond what the checks read.
-#![allow(dead_code)]
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,10 +23,8 @@ pub const JOB_CODE: i32 = 42;
 /// One run of one contender.
 #[derive(Debug, Clone)]
 pub struct Run {
-    pub id: u64,
     pub code: Option<i32>,
     pub started: Instant,
-    pub ended: Instant,
     pub stderr: String,
 }
 
@@ -237,10 +233,8 @@ pub fn contend(
                     };
                     let failed = status.and_then(|s| s.code()) != Some(JOB_CODE);
                     runs.lock().unwrap().push(Run {
-                        id,
                         code: status.and_then(|s| s.code()),
                         started,
-                        ended: Instant::now(),
                         stderr: std::fs::read_to_string(&stderr_path).unwrap_or_default(),
                     });
                     if failed {

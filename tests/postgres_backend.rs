@@ -19,7 +19,7 @@ use elect::clock::BootTime;
 use elect::lease::{Acquire, History, HolderInfo, LastRun, Lease, LockName, Renewal, RunEnd};
 use support::postgres_server::{PostgresServer, DATABASE, PASSWORD, USER};
 use support::proxy::Proxy;
-use support::{certs, lost_replies, net, postgres_server, reconnect};
+use support::{certs, net, postgres_server, reconnect};
 
 /// Only the acquire statements take a row on conflict.
 const ACQUIRE_REQUEST: &[u8] = b"ON CONFLICT";
@@ -923,50 +923,7 @@ async fn works_through_pgbouncer_in_transaction_mode() {
 
 // Lost replies: the request reached the server, its answer did not come back.
 
-#[test]
-fn an_acquire_without_an_answer_leaves_the_lock_free() {
-    let (server, proxy, url) = behind_proxy();
-    lost_replies::an_acquire_without_an_answer_leaves_the_lock_free(
-        &url,
-        &server.url(),
-        &proxy,
-        ACQUIRE_REQUEST,
-    );
-}
-
-#[test]
-fn sigterm_during_an_acquire_without_an_answer_leaves_the_lock_free() {
-    let (server, proxy, url) = behind_proxy();
-    lost_replies::sigterm_during_an_acquire_without_an_answer_leaves_the_lock_free(
-        &url,
-        &server.url(),
-        &proxy,
-        ACQUIRE_REQUEST,
-    );
-}
-
-#[test]
-fn the_wait_bound_during_an_acquire_without_an_answer_leaves_the_lock_free() {
-    let (server, proxy, url) = behind_proxy();
-    lost_replies::the_wait_bound_during_an_acquire_without_an_answer_leaves_the_lock_free(
-        &url,
-        &server.url(),
-        &proxy,
-        ACQUIRE_REQUEST,
-    );
-}
-
-#[test]
-fn a_stalled_connection_is_replaced_for_the_next_renew() {
-    let (_server, proxy, url) = behind_proxy();
-    lost_replies::a_stalled_connection_is_replaced_for_the_next_renew(&url, &proxy);
-}
-
-#[test]
-fn a_lost_release_does_not_let_once_per_run_twice() {
-    let (server, proxy, url) = behind_proxy();
-    lost_replies::a_lost_release_does_not_let_once_per_run_twice(&url, &server.url(), &proxy);
-}
+lost_replies_tests!(behind_proxy, ACQUIRE_REQUEST);
 
 /// An acquire retried after its answer was lost (a later call of the same backend) takes over
 /// the place its first request took, as its own (with the next token: the lost one was never

@@ -23,7 +23,7 @@ use elect::lease::{Acquire, HolderInfo, Lease, LockName, Renewal};
 use support::net::free_port;
 use support::proxy::Proxy;
 use support::redis_server::{Options, RedisServer};
-use support::{lost_replies, proxy, reconnect};
+use support::{proxy, reconnect};
 
 /// Only the acquire script names the token counter among its keys.
 const ACQUIRE_REQUEST: &[u8] = b":token";
@@ -998,50 +998,7 @@ async fn a_stopped_server_makes_renew_fail_in_bounded_time() {
 
 // Lost replies: the request reached the server, its answer did not come back.
 
-#[test]
-fn an_acquire_without_an_answer_leaves_the_lock_free() {
-    let (server, proxy, url) = behind_proxy();
-    lost_replies::an_acquire_without_an_answer_leaves_the_lock_free(
-        &url,
-        &server.url(),
-        &proxy,
-        ACQUIRE_REQUEST,
-    );
-}
-
-#[test]
-fn sigterm_during_an_acquire_without_an_answer_leaves_the_lock_free() {
-    let (server, proxy, url) = behind_proxy();
-    lost_replies::sigterm_during_an_acquire_without_an_answer_leaves_the_lock_free(
-        &url,
-        &server.url(),
-        &proxy,
-        ACQUIRE_REQUEST,
-    );
-}
-
-#[test]
-fn the_wait_bound_during_an_acquire_without_an_answer_leaves_the_lock_free() {
-    let (server, proxy, url) = behind_proxy();
-    lost_replies::the_wait_bound_during_an_acquire_without_an_answer_leaves_the_lock_free(
-        &url,
-        &server.url(),
-        &proxy,
-        ACQUIRE_REQUEST,
-    );
-}
-
-#[test]
-fn a_stalled_connection_is_replaced_for_the_next_renew() {
-    let (_server, proxy, url) = behind_proxy();
-    lost_replies::a_stalled_connection_is_replaced_for_the_next_renew(&url, &proxy);
-}
-
-#[test]
-fn a_lost_release_does_not_let_once_per_run_twice() {
-    let (server, proxy, url) = behind_proxy();
-    lost_replies::a_lost_release_does_not_let_once_per_run_twice(&url, &server.url(), &proxy);
-}
+lost_replies_tests!(behind_proxy, ACQUIRE_REQUEST);
 
 /// An acquire retried after its answer was lost finds the lease its first request took: one
 /// lease, one token, no second place.

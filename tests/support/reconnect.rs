@@ -6,7 +6,6 @@
 //! the same proxy or directly. What is measured is how long after the release, or after the path
 //! healed, the waiter's job starts; and that `status` and `release` end in bounded time.
 
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

@@ -9,7 +9,6 @@
 //!
 //! The test crate declares `witness` beside this module.
 
-
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -864,45 +864,7 @@ async fn a_waiter_keeps_its_place_through_resets() {
     second.await.unwrap();
 }
 
-/// Connection resets while `elect run --wait` waits, then a release: the waiter rebuilds its
-/// dead channel and runs within the bound (the proxy-reset fault scenario once left waiters
-/// failing on a dead channel for ever).
-#[test]
-fn resets_while_waiting_then_a_release() {
-    let server = EtcdServer::start();
-    let proxy = proxy::Proxy::start(server.endpoint().parse().unwrap());
-    let proxied = format!("etcd://127.0.0.1:{}", proxy.port);
-    reconnect::resets_while_waiting_then_a_release(&proxied, &proxy);
-}
-
-/// A release while every connection of the waiter is reset: it runs within the bound of the
-/// path healing.
-#[test]
-fn a_release_during_resets() {
-    let server = EtcdServer::start();
-    let proxy = proxy::Proxy::start(server.endpoint().parse().unwrap());
-    let proxied = format!("etcd://127.0.0.1:{}", proxy.port);
-    reconnect::a_release_during_resets(&server.url(), &proxied, &proxy);
-}
-
-/// `--wait=3s` ends on time while every connection is reset.
-#[test]
-fn the_wait_limit_holds_while_resetting() {
-    let server = EtcdServer::start();
-    let proxy = proxy::Proxy::start(server.endpoint().parse().unwrap());
-    let proxied = format!("etcd://127.0.0.1:{}", proxy.port);
-    reconnect::the_wait_limit_holds_while_resetting(&server.url(), &proxied, &proxy);
-}
-
-/// `status` and `release --token` end in bounded time while every connection is reset, and
-/// work as soon as the path heals.
-#[test]
-fn status_and_release_resume_after_resets() {
-    let server = EtcdServer::start();
-    let proxy = proxy::Proxy::start(server.endpoint().parse().unwrap());
-    let proxied = format!("etcd://127.0.0.1:{}", proxy.port);
-    reconnect::status_and_release_resume_after_resets(&server.url(), &proxied, &proxy);
-}
+reconnect_tests!(behind_proxy);
 
 /// A server and a proxy in front of it: (server, proxy, URL through the proxy).
 fn behind_proxy() -> (EtcdServer, proxy::Proxy, String) {

@@ -19,7 +19,7 @@ use elect::clock::BootTime;
 use elect::lease::{Acquire, History, HolderInfo, LastRun, Lease, LockName, Renewal, RunEnd};
 use support::postgres_server::{PostgresServer, DATABASE, PASSWORD, USER};
 use support::proxy::Proxy;
-use support::{certs, net, postgres_server, reconnect};
+use support::{certs, net, postgres_server};
 
 /// Only the acquire statements take a row on conflict.
 const ACQUIRE_REQUEST: &[u8] = b"ON CONFLICT";
@@ -1040,34 +1040,4 @@ async fn a_url_without_a_database_is_refused() {
     }
 }
 
-/// Connection resets while `elect run --wait` waits, then a release: the waiter reconnects and
-/// blocks for the release again at once, so it runs within the bound rather than at its next
-/// periodic re-check.
-#[test]
-fn resets_while_waiting_then_a_release() {
-    let (_server, proxy, proxied) = behind_proxy();
-    reconnect::resets_while_waiting_then_a_release(&proxied, &proxy);
-}
-
-/// A release while every connection of the waiter is reset: it runs within the bound of the
-/// path healing.
-#[test]
-fn a_release_during_resets() {
-    let (server, proxy, proxied) = behind_proxy();
-    reconnect::a_release_during_resets(&server.url(), &proxied, &proxy);
-}
-
-/// `--wait=3s` ends on time while every connection is reset.
-#[test]
-fn the_wait_limit_holds_while_resetting() {
-    let (server, proxy, proxied) = behind_proxy();
-    reconnect::the_wait_limit_holds_while_resetting(&server.url(), &proxied, &proxy);
-}
-
-/// `status` and `release --token` end in bounded time while every connection is reset, and
-/// work as soon as the path heals.
-#[test]
-fn status_and_release_resume_after_resets() {
-    let (server, proxy, proxied) = behind_proxy();
-    reconnect::status_and_release_resume_after_resets(&server.url(), &proxied, &proxy);
-}
+reconnect_tests!(behind_proxy);

@@ -21,9 +21,9 @@ use elect::backend::{
 };
 use elect::lease::{Acquire, HolderInfo, Lease, LockName, Renewal};
 use support::net::free_port;
+use support::proxy;
 use support::proxy::Proxy;
 use support::redis_server::{Options, RedisServer};
-use support::{proxy, reconnect};
 
 /// Only the acquire script names the token counter among its keys.
 const ACQUIRE_REQUEST: &[u8] = b":token";
@@ -1109,29 +1109,7 @@ async fn tokens_stay_above_a_counter_that_lost_increments() {
     assert_eq!(fourth.token().0, ahead + 1);
 }
 
-/// Connection resets while `elect run --wait` waits, then a release: the waiter reconnects and
-/// blocks for the release again at once, so it runs within the bound rather than at its next
-/// periodic re-check.
-#[test]
-fn resets_while_waiting_then_a_release() {
-    let (_server, proxy, proxied) = behind_proxy();
-    reconnect::resets_while_waiting_then_a_release(&proxied, &proxy);
-}
-
-/// A release while every connection of the waiter is reset: it runs within the bound of the
-/// path healing.
-#[test]
-fn a_release_during_resets() {
-    let (server, proxy, proxied) = behind_proxy();
-    reconnect::a_release_during_resets(&server.url(), &proxied, &proxy);
-}
-
-/// `--wait=3s` ends on time while every connection is reset.
-#[test]
-fn the_wait_limit_holds_while_resetting() {
-    let (server, proxy, proxied) = behind_proxy();
-    reconnect::the_wait_limit_holds_while_resetting(&server.url(), &proxied, &proxy);
-}
+reconnect_tests!(behind_proxy);
 
 /// A connection reset while idle is found dead by the next call: a release then goes out on a
 /// new connection and frees the lock at once, instead of failing and leaving the lease to expire
@@ -1155,12 +1133,4 @@ async fn a_release_after_an_idle_reset_frees_the_lock_at_once() {
     holder.release(&lease, None).await.unwrap();
     let mut other = open(&server.url()).await;
     acquire(&mut other, &request("idle", "b", ttl), WaitMode::NoWait).await;
-}
-
-/// `status` and `release --token` end in bounded time while every connection is reset, and
-/// work as soon as the path heals.
-#[test]
-fn status_and_release_resume_after_resets() {
-    let (server, proxy, proxied) = behind_proxy();
-    reconnect::status_and_release_resume_after_resets(&server.url(), &proxied, &proxy);
 }

@@ -301,3 +301,38 @@ pub fn status_and_release_resume_after_resets(direct: &str, proxied: &str, proxy
     std::fs::write(&holder.go, b"").unwrap();
     let _ = finish(holder.child, "the holder");
 }
+
+/// The `#[test]`s of the scenarios above for a backend whose `$behind_proxy()` gives `(server,
+/// proxy, url)` (elect reaching the server through the proxy).
+#[macro_export]
+macro_rules! reconnect_tests {
+    ($behind_proxy:path) => {
+        #[test]
+        fn resets_while_waiting_then_a_release() {
+            use $crate::support::reconnect as scenario;
+            let (_server, proxy, proxied) = $behind_proxy();
+            scenario::resets_while_waiting_then_a_release(&proxied, &proxy);
+        }
+
+        #[test]
+        fn a_release_during_resets() {
+            use $crate::support::reconnect as scenario;
+            let (server, proxy, proxied) = $behind_proxy();
+            scenario::a_release_during_resets(&server.url(), &proxied, &proxy);
+        }
+
+        #[test]
+        fn the_wait_limit_holds_while_resetting() {
+            use $crate::support::reconnect as scenario;
+            let (server, proxy, proxied) = $behind_proxy();
+            scenario::the_wait_limit_holds_while_resetting(&server.url(), &proxied, &proxy);
+        }
+
+        #[test]
+        fn status_and_release_resume_after_resets() {
+            use $crate::support::reconnect as scenario;
+            let (server, proxy, proxied) = $behind_proxy();
+            scenario::status_and_release_resume_after_resets(&server.url(), &proxied, &proxy);
+        }
+    };
+}

@@ -2,7 +2,7 @@
 //!
 //! A [`TestEnv`] is a temporary directory and a backend: the file backend in a lock directory
 //! of its own ([`TestEnv::new`]), or any backend URL ([`TestEnv::with_backend`]), so that the
-//! backend-independent scenarios of [`battery`] run unchanged on every backend. Every `elect`
+//! backend-independent scenarios of `battery.rs` run unchanged on every backend. Every `elect`
 //! it starts runs in that directory (jobs write their marker files there), with the inherited
 //! `ELECT_*` variables removed, stdin from /dev/null, and stdout and stderr sent to files rather
 //! than pipes: a job process that outlives elect must not be able to hang a test that reads

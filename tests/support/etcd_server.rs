@@ -6,8 +6,8 @@
 //! certificates made at test time with the `openssl` command (a CA, a server certificate for
 //! 127.0.0.1 and localhost, and a client certificate).
 //!
-//! The test crate declares the `certs`, `net` and `programs` modules of `tests/support` beside this
-//! one.
+//! The binary's `mod support` block declares the `certs`, `net`, `process` and `programs` modules
+//! beside this one.
 
 // A harness: each binary uses the part of it that its tests need.
 #![allow(dead_code)]

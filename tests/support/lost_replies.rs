@@ -5,8 +5,8 @@
 //! Each scenario takes the URL through the proxy, the URL straight to the server, the proxy, and
 //! a byte pattern that only the backend's acquire request contains.
 //!
-//! The test crate declares the `cli_scenarios` and `proxy` modules of `tests/support` beside
-//! this one.
+//! The binary's `mod support` block declares the `cli_scenarios` and `proxy` modules beside this
+//! one.
 
 // A library of scenarios: each backend's binary runs those that apply to it.
 #![allow(dead_code)]

@@ -6,7 +6,8 @@
 //! that user. Setup statements go through `psql` over the cluster's Unix socket as the superuser
 //! (trusted locally); elect connects over TCP with a password (scram-sha-256).
 //!
-//! The test crate declares the `certs` and `net` modules of `tests/support` beside this one.
+//! The binary's `mod support` block declares the `certs`, `net` and `process` modules beside this
+//! one.
 
 // A harness: each binary uses the part of it that its tests need.
 #![allow(dead_code)]

@@ -7,7 +7,8 @@
 //! is proven, not inferred. [`Round`] carries what a test asserts and what the fault table and
 //! the figures report.
 //!
-//! The test crate declares `witness` beside this module.
+//! The binary's `mod support` block declares the `battery`, `env` and `witness` modules beside
+//! this one.
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -11,7 +11,8 @@
 //! Every server has `tickTime=250` with session timeouts allowed from 500 ms to 60 s, so that
 //! the tests' short ttls (1-3 s) and elect's default (15 s) are both granted as asked.
 //!
-//! The test crate declares the `net` and `programs` modules of `tests/support` beside this one.
+//! The binary's `mod support` block declares the `net`, `process` and `programs` modules beside
+//! this one.
 
 // A harness: each binary uses the part of it that its tests need.
 #![allow(dead_code)]

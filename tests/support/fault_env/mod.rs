@@ -43,7 +43,8 @@
 //! - `ctrl_z`: the tmux scenario.
 //!
 //! The test crate declares the `certs`, `freezer`, `net`, `netns`, `postgres_server`, `process`,
-//! `programs`, `proxy` and `witness` modules of `tests/support` beside this one.
+//! `programs`, `proxy` and `witness` modules of `tests/support` beside this one, and names them
+//! at its root (`use support::{...}`), where this module finds them as `crate::NAME`.
 
 mod arena;
 mod check;

@@ -25,10 +25,8 @@ case "$host" in
     built=target/dist/elect
     ;;
 esac
-# A copy, not a link: on the machine of BENCHMARKS.md, runs of the very file the linker wrote took
-# 0.4 ms more (of 2.5 ms, all of it kernel time) than runs of a byte-identical copy written with
-# write(2), as `install` writes one; most likely the linker's file sits in the page cache in small
-# pages, which cost more to map at every exec.
+# A copy, not a link: the file the linker wrote costs more to map at every exec than a copy
+# written with write(2), as `install` writes one (BENCHMARKS.md, section 7).
 mkdir -p target/release
 cp "$built" target/release/elect.tmp
 mv -f target/release/elect.tmp target/release/elect

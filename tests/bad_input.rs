@@ -3,12 +3,15 @@
 //! values run a job to its end, release and record; a start order too long for the job's
 //! launcher never starts the job.
 
-mod support;
+mod support {
+    pub mod env;
+    pub mod process;
+}
 
-use support::TestEnv;
+use support::env::TestEnv;
 
 /// Exit 2, an `error:` line naming the problem, and no panic.
-fn assert_usage(out: &support::Outcome, what: &str) {
+fn assert_usage(out: &support::env::Outcome, what: &str) {
     out.assert_code(2);
     let err = &out.stderr;
     assert!(!err.contains("panicked"), "{what}: {err}");

@@ -3,33 +3,27 @@
 //! takes over in the grace period, not the ttl; an unreachable backend leaves the lease to its
 //! ttl; a lease that was lost and taken by another holder is left alone.
 
-#[path = "support/certs.rs"]
-mod certs;
-#[path = "support/cli_scenarios.rs"]
-mod cli_scenarios;
-#[path = "support/crash_takeover.rs"]
-mod crash_takeover;
-#[path = "support/etcd_server.rs"]
-mod etcd_server;
-#[path = "support/net.rs"]
-mod net;
-#[path = "support/postgres_server.rs"]
-mod postgres_server;
-#[path = "support/programs.rs"]
-mod programs;
-#[path = "support/proxy.rs"]
-mod proxy;
-#[path = "support/redis_server.rs"]
-mod redis_server;
-// Only the job lifetimes of the witness, not its fenced register.
-#[allow(dead_code)]
-#[path = "support/witness.rs"]
-mod witness;
+mod support {
+    pub mod certs;
+    pub mod cli_scenarios;
+    pub mod crash_takeover;
+    pub mod etcd_server;
+    pub mod net;
+    pub mod postgres_server;
+    pub mod process;
+    pub mod programs;
+    pub mod proxy;
+    pub mod redis_server;
+    // Only the job lifetimes of the witness, not its fenced register.
+    #[allow(dead_code)]
+    pub mod witness;
+}
 
-use etcd_server::EtcdServer;
-use postgres_server::{PostgresServer, DATABASE, PASSWORD, USER};
-use proxy::Proxy;
-use redis_server::RedisServer;
+use support::crash_takeover;
+use support::etcd_server::EtcdServer;
+use support::postgres_server::{PostgresServer, DATABASE, PASSWORD, USER};
+use support::proxy::Proxy;
+use support::redis_server::RedisServer;
 
 fn postgres_url(port: u16) -> String {
     format!("postgres://{USER}:{PASSWORD}@127.0.0.1:{port}/{DATABASE}?sslmode=disable")

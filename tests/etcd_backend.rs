@@ -1,21 +1,16 @@
 //! The etcd backend through the library API, against a real `etcd` and the real `etcdctl`.
 
-#[path = "support/certs.rs"]
-mod certs;
-#[path = "support/cli_scenarios.rs"]
-mod cli_scenarios;
-#[path = "support/etcd_server.rs"]
-mod etcd_server;
-#[path = "support/lost_replies.rs"]
-mod lost_replies;
-#[path = "support/net.rs"]
-mod net;
-#[path = "support/programs.rs"]
-mod programs;
-#[path = "support/proxy.rs"]
-mod proxy;
-#[path = "support/reconnect.rs"]
-mod reconnect;
+mod support {
+    pub mod certs;
+    pub mod cli_scenarios;
+    pub mod etcd_server;
+    pub mod lost_replies;
+    pub mod net;
+    pub mod process;
+    pub mod programs;
+    pub mod proxy;
+    pub mod reconnect;
+}
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
@@ -23,8 +18,9 @@ use std::time::{Duration, Instant};
 
 use elect::backend::{AcquireRequest, AnyBackend, Backend, BackendError, BackendOptions, WaitMode};
 use elect::lease::{Acquire, HolderInfo, Lease, LockName, Renewal};
-use etcd_server::{EtcdServer, Options};
-use net::free_port;
+use support::etcd_server::{EtcdServer, Options};
+use support::net::free_port;
+use support::{lost_replies, proxy, reconnect};
 
 const TTL: Duration = Duration::from_secs(2);
 
@@ -868,45 +864,7 @@ async fn a_waiter_keeps_its_place_through_resets() {
     second.await.unwrap();
 }
 
-/// Connection resets while `elect run --wait` waits, then a release: the waiter rebuilds its
-/// dead channel and runs within the bound (the proxy-reset fault scenario once left waiters
-/// failing on a dead channel for ever).
-#[test]
-fn resets_while_waiting_then_a_release() {
-    let server = EtcdServer::start();
-    let proxy = proxy::Proxy::start(server.endpoint().parse().unwrap());
-    let proxied = format!("etcd://127.0.0.1:{}", proxy.port);
-    reconnect::resets_while_waiting_then_a_release(&proxied, &proxy);
-}
-
-/// A release while every connection of the waiter is reset: it runs within the bound of the
-/// path healing.
-#[test]
-fn a_release_during_resets() {
-    let server = EtcdServer::start();
-    let proxy = proxy::Proxy::start(server.endpoint().parse().unwrap());
-    let proxied = format!("etcd://127.0.0.1:{}", proxy.port);
-    reconnect::a_release_during_resets(&server.url(), &proxied, &proxy);
-}
-
-/// `--wait=3s` ends on time while every connection is reset.
-#[test]
-fn the_wait_limit_holds_while_resetting() {
-    let server = EtcdServer::start();
-    let proxy = proxy::Proxy::start(server.endpoint().parse().unwrap());
-    let proxied = format!("etcd://127.0.0.1:{}", proxy.port);
-    reconnect::the_wait_limit_holds_while_resetting(&server.url(), &proxied, &proxy);
-}
-
-/// `status` and `release --token` end in bounded time while every connection is reset, and
-/// work as soon as the path heals.
-#[test]
-fn status_and_release_resume_after_resets() {
-    let server = EtcdServer::start();
-    let proxy = proxy::Proxy::start(server.endpoint().parse().unwrap());
-    let proxied = format!("etcd://127.0.0.1:{}", proxy.port);
-    reconnect::status_and_release_resume_after_resets(&server.url(), &proxied, &proxy);
-}
+reconnect_tests!(behind_proxy);
 
 /// A server and a proxy in front of it: (server, proxy, URL through the proxy).
 fn behind_proxy() -> (EtcdServer, proxy::Proxy, String) {

@@ -2,74 +2,42 @@
 //! has (lease expiry after a crash, `etcdctl lock` on the same queue, the wait queue in status).
 //! Every test starts an etcd of its own, so that `status` sees only the test's own locks.
 
-mod support;
-
-#[path = "support/certs.rs"]
-mod certs;
-#[path = "support/etcd_server.rs"]
-mod etcd_server;
-#[path = "support/net.rs"]
-mod net;
-#[path = "support/programs.rs"]
-mod programs;
+mod support {
+    pub mod battery;
+    pub mod battery_tests;
+    pub mod certs;
+    pub mod env;
+    pub mod etcd_server;
+    pub mod net;
+    pub mod process;
+    pub mod programs;
+}
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use etcd_server::EtcdServer;
-use support::{battery, until_exists, wait_for, write_pid, Json, TestEnv};
+use serde_json::Value;
+use support::battery_tests;
+use support::env::{until_exists, wait_for, write_pid, TestEnv};
+use support::etcd_server::EtcdServer;
+use support::{etcd_server, net};
 
-/// One `#[test]` per battery scenario, each on an etcd of its own, with authentication on (so
-/// that the password's redaction is checked too).
-macro_rules! battery_tests {
-    ($($scenario:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $scenario() {
-                let server = EtcdServer::with(etcd_server::Options {
-                    root_password: Some("battery-secret".into()),
-                    tls: false,
-                });
-                battery::$scenario(&TestEnv::with_backend(&server.url()).private());
-            }
-        )*
-    };
+/// A battery scenario on an etcd of its own, with authentication on (so that the password's
+/// redaction is checked too).
+fn on_etcd(_test: &str, scenario: fn(&TestEnv)) {
+    let server = EtcdServer::with(etcd_server::Options {
+        root_password: Some("battery-secret".into()),
+        tls: false,
+    });
+    scenario(&TestEnv::with_backend(&server.url()).private());
 }
 
-battery_tests!(
-    five_concurrent_runs_run_the_job_once,
-    conflict_exit_code_zero_skips_silently,
-    wait_runs_the_job_after_the_holder,
-    bounded_wait_gives_up_with_75,
-    exit_codes_pass_through,
-    signal_deaths_exit_128_plus_n,
-    missing_command_exits_127,
-    non_executable_command_exits_126,
-    job_environment,
-    fencing_token_increases,
-    signals_reach_the_job_group_once,
-    job_dies_when_elect_is_killed,
-    lock_stays_held_while_a_job_process_lives,
-    leftovers_are_stopped_before_elect_exits,
-    setsid_grandchild_is_stopped,
-    watchdog_is_named,
-    job_is_stopped_when_the_watchdog_is_killed,
+battery_tests::tests!(
+    on_etcd;
+    common,
     job_dies_with_elect_and_watchdog_in_a_pid_namespace,
-    on_acquired_hook_is_fenced_when_elect_is_stopped,
-    status_of_one_lock,
-    // A used lock stays listed (as free) through its `<name>.last` history key.
-    status_lists_every_lock,
-    sigterm_stops_a_wait,
-    bad_input_is_a_usage_error,
     forced_release_frees_a_dead_holders_lease,
-    release_records_the_last_run,
-    once_per_runs_once_across_skewed_contenders,
-    once_per_failed_run_leaves_no_marker,
-    a_lost_lease_records_no_history,
-    holders_admit_n_at_once,
-    holders_wait_for_a_free_place,
-    holders_never_exceed_n,
-    holders_a_killed_holder_frees_its_place,
+    on_acquired_hook_is_fenced_when_elect_is_stopped,
 );
 
 const SHORT: [&str; 4] = ["--ttl", "2s", "--grace", "500ms"];
@@ -202,14 +170,14 @@ fn status_counts_the_waiters() {
         wait_for("a waiter to queue", Duration::from_secs(10), || {
             let out = env.status(["--lock", &lock, "--json"]);
             out.assert_code(0);
-            let json =
-                Json::parse(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
-            assert_eq!(json.get("state").as_str(), Some("held"), "{}", out.stdout);
+            let json = serde_json::from_str::<Value>(out.stdout.trim())
+                .unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
+            assert_eq!(json["state"].as_str(), Some("held"), "{}", out.stdout);
             assert_eq!(
-                json.get("holder").get("pid").as_u64(),
+                json["holder"]["pid"].as_u64(),
                 Some(u64::from(holder.pid() as u32))
             );
-            json.get("waiters").as_u64() == Some(n)
+            json["waiters"].as_u64() == Some(n)
         });
     }
     assert_eq!(server.keys(&format!("elect/{lock}/")).len(), 3);
@@ -299,7 +267,10 @@ fn a_stopped_etcd_stops_the_job_before_the_lease_can_expire() {
     out.assert_code(76);
     // The deadline counts from the last renewal, before the stop: within the ttl.
     assert!(took < Duration::from_secs(3), "took {took:?}");
-    assert!(!support::is_alive(job), "the job outlived the lease");
+    assert!(
+        !support::process::is_alive(job),
+        "the job outlived the lease"
+    );
 }
 
 #[test]

@@ -6,30 +6,26 @@
 //! The short form (the default) injects faults for a few seconds per test; `scripts/faults.sh
 //! --soak 10m` sets `ELECT_FAULTS_SECS` for a long form and prints one table for the whole run.
 
-#[path = "support/certs.rs"]
-mod certs;
-#[path = "support/fault_env/mod.rs"]
-mod fault_env;
-#[path = "support/freezer.rs"]
-mod freezer;
-#[path = "support/net.rs"]
-mod net;
-#[path = "support/netns.rs"]
-mod netns;
-#[path = "support/postgres_server.rs"]
-mod postgres_server;
-#[path = "support/programs.rs"]
-mod programs;
-#[path = "support/proxy.rs"]
-mod proxy;
-#[path = "support/witness.rs"]
-mod witness;
-#[path = "support/zk_server.rs"]
-mod zk_server;
+mod support {
+    pub mod certs;
+    pub mod fault_env;
+    pub mod freezer;
+    pub mod net;
+    pub mod netns;
+    pub mod postgres_server;
+    pub mod process;
+    pub mod programs;
+    pub mod proxy;
+    pub mod witness;
+    pub mod zk_server;
+}
 
 use std::time::Duration;
 
-use fault_env::{run, BackendKind, Fault, Setup};
+use support::fault_env::{run, BackendKind, Fault, Setup};
+use support::{
+    fault_env, freezer, net, netns, postgres_server, process, programs, proxy, witness, zk_server,
+};
 
 macro_rules! on_backends {
     ($name:ident, [$($backend:ident),*], $setup:expr) => {

@@ -1,58 +1,27 @@
 //! `elect` end to end on the file backend: the shared battery of scenarios, then what only the
 //! file backend has (the lock file on disk, its directory, the terminal).
 
-mod support;
+mod support {
+    pub mod battery;
+    pub mod battery_tests;
+    pub mod env;
+    pub mod process;
+}
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use support::{battery, is_alive, until_exists, wait_for, write_pid, TestEnv};
+use support::battery_tests;
+use support::env::{until_exists, wait_for, write_pid, TestEnv};
+use support::process::is_alive;
 
-/// One `#[test]` per battery scenario, each on a file backend of its own.
-macro_rules! battery_tests {
-    ($($scenario:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $scenario() {
-                battery::$scenario(&TestEnv::new());
-            }
-        )*
-    };
+/// A battery scenario on a file backend of its own.
+fn on_file(_test: &str, scenario: fn(&TestEnv)) {
+    scenario(&TestEnv::new());
 }
 
-battery_tests!(
-    five_concurrent_runs_run_the_job_once,
-    conflict_exit_code_zero_skips_silently,
-    wait_runs_the_job_after_the_holder,
-    bounded_wait_gives_up_with_75,
-    exit_codes_pass_through,
-    signal_deaths_exit_128_plus_n,
-    missing_command_exits_127,
-    non_executable_command_exits_126,
-    job_environment,
-    fencing_token_increases,
-    signals_reach_the_job_group_once,
-    job_dies_when_elect_is_killed,
-    lock_stays_held_while_a_job_process_lives,
-    leftovers_are_stopped_before_elect_exits,
-    setsid_grandchild_is_stopped,
-    watchdog_is_named,
-    job_is_stopped_when_the_watchdog_is_killed,
-    job_dies_with_elect_and_watchdog_in_a_pid_namespace,
-    status_of_one_lock,
-    status_lists_every_lock,
-    sigterm_stops_a_wait,
-    bad_input_is_a_usage_error,
-    release_records_the_last_run,
-    once_per_runs_once_across_skewed_contenders,
-    once_per_failed_run_leaves_no_marker,
-    a_lost_lease_records_no_history,
-    holders_admit_n_at_once,
-    holders_wait_for_a_free_place,
-    holders_never_exceed_n,
-    holders_a_killed_holder_frees_its_place,
-);
+battery_tests::tests!(on_file; common, job_dies_with_elect_and_watchdog_in_a_pid_namespace);
 
 fn lock_path(env: &TestEnv, lock: &str) -> PathBuf {
     env.lock_dir()
@@ -351,7 +320,7 @@ fn interactive_job_reads_the_terminal() {
     let mut screen = String::new();
     // Typed before bash is ready, the keys wait in the terminal's input queue.
     tmux.send_keys(&["echo hi-$ELECT_LOCK", "Enter"]);
-    let shown = support::becomes(Duration::from_secs(10), || {
+    let shown = support::env::becomes(Duration::from_secs(10), || {
         screen = tmux.screen();
         screen.lines().any(|l| l.trim() == expected)
     });
@@ -438,7 +407,7 @@ fn terminal_works_in_a_pid_namespace() {
     wait_for("the job to tick", Duration::from_secs(10), || ticks() >= 3);
     tmux.send_keys(&["C-z"]);
     wait_for("the job to stop", Duration::from_secs(10), || {
-        support::proc_stat(job).is_some_and(|s| s.state == 'T')
+        support::process::proc_stat(job).is_some_and(|s| s.state == 'T')
     });
     wait_for(
         "bash to report the job stopped",
@@ -577,8 +546,8 @@ fn job_holds_the_lock_when_elect_and_watchdog_are_killed() {
         .expect("elect's watchdog");
     // Stopped first, so that neither sees the other die and stops the job.
     run.signal("STOP");
-    support::signal(watchdog, "STOP");
-    support::signal(watchdog, "KILL");
+    support::process::signal(watchdog, "STOP");
+    support::process::signal(watchdog, "KILL");
     run.signal("KILL");
     assert_eq!(run.wait().killed_by(), Some(9));
     let newcomer = env.run(["run", "--lock", &lock, "--", "touch", "newcomer.ran"]);

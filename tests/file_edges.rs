@@ -2,14 +2,17 @@
 //! inherits (as a second user it drops to), a lock file renamed while held, lock directories and
 //! metrics directories that a second user races or plants links in.
 
-mod support;
+mod support {
+    pub mod env;
+    pub mod process;
+}
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{write_pid, TestEnv};
+use support::env::{write_pid, TestEnv};
 
 const NOBODY: u32 = 65534;
 
@@ -79,8 +82,8 @@ fn the_job_cannot_rewrite_the_lock_file_it_inherits() {
     );
     let token_of = |env: &TestEnv| {
         let out = env.status(["--lock", &lock, "--json"]);
-        let json = support::Json::parse(&out.stdout).unwrap();
-        json.get("last_run").get("token").as_u64().unwrap()
+        let json = serde_json::from_str::<serde_json::Value>(&out.stdout).unwrap();
+        json["last_run"]["token"].as_u64().unwrap()
     };
     let before = token_of(&env);
     env.run(["run", "--lock", &lock, "--", "true"])
@@ -118,18 +121,7 @@ fn newcomer_defers_to_a_renamed_file(
         !env.file("ran").exists(),
         "the newcomer ran beside the old job"
     );
-    let mut waiter = env.elect();
-    waiter
-        .args(["run", "--lock", &lock, "--wait=20s", "--", "sh", "-c"])
-        .arg(format!(
-            "kill -0 {old_job} 2>/dev/null && echo overlap > overlap; touch ran"
-        ));
-    env.run_command(waiter).assert_code(0);
-    assert!(env.file("ran").exists());
-    assert!(
-        !env.file("overlap").exists(),
-        "the newcomer ran while the old job lived"
-    );
+    env.assert_waiter_runs_after(&lock, old_job);
     old.wait().assert_code(76);
 }
 

@@ -5,14 +5,17 @@
 //! Users and groups are numeric ids of this file's own (no account needed: the kernel only checks
 //! numbers), distinct per test, so that tests running in parallel never share a default directory.
 
-mod support;
+mod support {
+    pub mod env;
+    pub mod process;
+}
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{until_exists, write_pid, TestEnv};
+use support::env::{until_exists, write_pid, TestEnv};
 
 const NOBODY: u32 = 65534;
 /// The ids of the users and the group of these tests.
@@ -687,18 +690,7 @@ fn newcomer_defers_to_the_old_holder(kill_elect: bool) {
         "the line names the old holder: {line}"
     );
     assert!(!env.file("ran").exists());
-    let mut waiter = env.elect();
-    waiter
-        .args(["run", "--lock", &lock, "--wait=20s", "--", "sh", "-c"])
-        .arg(format!(
-            "kill -0 {old_job} 2>/dev/null && echo overlap > overlap; touch ran"
-        ));
-    env.run_command(waiter).assert_code(0);
-    assert!(env.file("ran").exists());
-    assert!(
-        !env.file("overlap").exists(),
-        "the newcomer ran while the old job lived"
-    );
+    env.assert_waiter_runs_after(&lock, old_job);
     if !kill_elect {
         old.wait().assert_code(76);
     }

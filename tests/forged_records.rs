@@ -2,16 +2,14 @@
 //! history entry cannot clear the screen or add a line that looks like elect's own. JSON keeps
 //! them as JSON escapes them. A key elect cannot read does not hide the other locks.
 
-#[path = "support/certs.rs"]
-mod certs;
-#[path = "support/net.rs"]
-mod net;
-#[path = "support/postgres_server.rs"]
-mod postgres_server;
-#[path = "support/programs.rs"]
-mod programs;
-#[path = "support/redis_server.rs"]
-mod redis_server;
+mod support {
+    pub mod certs;
+    pub mod net;
+    pub mod postgres_server;
+    pub mod process;
+    pub mod programs;
+    pub mod redis_server;
+}
 
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
@@ -20,8 +18,8 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use postgres_server::{PostgresServer, DATABASE};
-use redis_server::RedisServer;
+use support::postgres_server::{PostgresServer, DATABASE};
+use support::redis_server::RedisServer;
 
 const FORGED_HOLDER: &str = r#"{"id":"evil\u001b[2J\r\nelect: error: fake","host":"h\u0007\u009b\u202e\nMAINPID=1","pid":1,"acquired_at":"2026-01-01T00:00:00Z","ttl":1000,"token":5,"version":"x"}"#;
 const FORGED_RUN: &str = r#"{"last_run":{"holder":"x\u001b]0;title\u0007","host":"web\r\nelect: error: fake","pid":1,"token":4,"started_at":"2026-01-01T00:00:00Z","finished_at":"2026-01-01T00:00:01Z","duration_ms":1000,"exit_code":0}}"#;

@@ -1,13 +1,18 @@
 //! Production operations, end to end: --max-runtime, hooks, systemd notifications, the config
 //! file and `elect config`, metrics. Forced release runs in the battery on every backend.
 
-mod support;
+mod support {
+    pub mod battery;
+    pub mod env;
+    pub mod process;
+}
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
-use support::{is_alive, TestEnv};
+use support::env::TestEnv;
+use support::process::is_alive;
 
 #[test]
 fn max_runtime_stops_the_job_and_exits_124() {

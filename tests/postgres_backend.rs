@@ -1,19 +1,15 @@
 //! The PostgreSQL backend against a real PostgreSQL server, through the library API.
 
-#[path = "support/certs.rs"]
-mod certs;
-#[path = "support/cli_scenarios.rs"]
-mod cli_scenarios;
-#[path = "support/lost_replies.rs"]
-mod lost_replies;
-#[path = "support/net.rs"]
-mod net;
-#[path = "support/postgres_server.rs"]
-mod postgres_server;
-#[path = "support/proxy.rs"]
-mod proxy;
-#[path = "support/reconnect.rs"]
-mod reconnect;
+mod support {
+    pub mod certs;
+    pub mod cli_scenarios;
+    pub mod lost_replies;
+    pub mod net;
+    pub mod postgres_server;
+    pub mod process;
+    pub mod proxy;
+    pub mod reconnect;
+}
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant, SystemTime};
@@ -21,8 +17,9 @@ use std::time::{Duration, Instant, SystemTime};
 use elect::backend::{AcquireRequest, AnyBackend, Backend, BackendError, BackendOptions, WaitMode};
 use elect::clock::BootTime;
 use elect::lease::{Acquire, History, HolderInfo, LastRun, Lease, LockName, Renewal, RunEnd};
-use postgres_server::{PostgresServer, DATABASE, PASSWORD, USER};
-use proxy::Proxy;
+use support::postgres_server::{PostgresServer, DATABASE, PASSWORD, USER};
+use support::proxy::Proxy;
+use support::{certs, net, postgres_server};
 
 /// Only the acquire statements take a row on conflict.
 const ACQUIRE_REQUEST: &[u8] = b"ON CONFLICT";
@@ -78,13 +75,13 @@ fn acquired(a: Acquire) -> Lease {
     }
 }
 
+/// `req` acquired on `backend`; fails the test on an error or if the lock is held.
+async fn acquire(backend: &mut AnyBackend, req: &AcquireRequest, mode: WaitMode) -> Lease {
+    acquired(backend.acquire(req, mode).await.unwrap())
+}
+
 async fn take(backend: &mut AnyBackend, name: &str, id: &str, ttl: Duration) -> Lease {
-    acquired(
-        backend
-            .acquire(&request(name, id, ttl), WaitMode::NoWait)
-            .await
-            .unwrap(),
-    )
+    acquire(backend, &request(name, id, ttl), WaitMode::NoWait).await
 }
 
 #[tokio::test]
@@ -159,16 +156,18 @@ async fn two_holders_take_two_places() {
     let ttl = Duration::from_secs(10);
     let name = LockName::new("pair").unwrap();
 
-    let first = acquired(
-        a.acquire(&places_request("pair", "a", ttl, 2), WaitMode::NoWait)
-            .await
-            .unwrap(),
-    );
-    let second = acquired(
-        b.acquire(&places_request("pair", "b", ttl, 2), WaitMode::NoWait)
-            .await
-            .unwrap(),
-    );
+    let first = acquire(
+        &mut a,
+        &places_request("pair", "a", ttl, 2),
+        WaitMode::NoWait,
+    )
+    .await;
+    let second = acquire(
+        &mut b,
+        &places_request("pair", "b", ttl, 2),
+        WaitMode::NoWait,
+    )
+    .await;
     assert_eq!((first.slot, second.slot), (0, 1));
     assert!(second.token() > first.token(), "{second:?} after {first:?}");
     match c
@@ -212,11 +211,12 @@ async fn two_holders_take_two_places() {
     assert!(a.fresh_run(&name).await.unwrap().is_some());
 
     // The freed place goes to the next contender, with a greater token.
-    let third = acquired(
-        c.acquire(&places_request("pair", "c", ttl, 2), WaitMode::NoWait)
-            .await
-            .unwrap(),
-    );
+    let third = acquire(
+        &mut c,
+        &places_request("pair", "c", ttl, 2),
+        WaitMode::NoWait,
+    )
+    .await;
     assert_eq!(third.slot, 1);
     assert!(third.token() > second.token());
 
@@ -231,11 +231,12 @@ async fn two_holders_take_two_places() {
     assert_eq!(listed[0].holder.as_ref().map(|h| h.id.as_str()), Some("c"));
 
     // A place 0 taken now counts on from the places' tokens.
-    let fourth = acquired(
-        a.acquire(&places_request("pair", "a", ttl, 2), WaitMode::NoWait)
-            .await
-            .unwrap(),
-    );
+    let fourth = acquire(
+        &mut a,
+        &places_request("pair", "a", ttl, 2),
+        WaitMode::NoWait,
+    )
+    .await;
     assert_eq!(fourth.slot, 0);
     assert!(fourth.token() > third.token());
     assert_eq!(c.renew(&third).await.unwrap(), Renewal::Renewed);
@@ -258,11 +259,7 @@ async fn forced_release_finds_the_place_and_wakes_a_waiter() {
     let waiter = tokio::spawn(async move {
         let mut c = open(&server.url()).await;
         let started = Instant::now();
-        let lease = acquired(
-            c.acquire(&places_request("trio", "c", ttl, 2), WaitMode::Wait)
-                .await
-                .unwrap(),
-        );
+        let lease = acquire(&mut c, &places_request("trio", "c", ttl, 2), WaitMode::Wait).await;
         (lease, started.elapsed(), server)
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -291,12 +288,12 @@ async fn take_places(
     ttl: Duration,
     holders: u32,
 ) -> Lease {
-    acquired(
-        backend
-            .acquire(&places_request(name, id, ttl, holders), WaitMode::NoWait)
-            .await
-            .unwrap(),
+    acquire(
+        backend,
+        &places_request(name, id, ttl, holders),
+        WaitMode::NoWait,
     )
+    .await
 }
 
 #[tokio::test]
@@ -354,11 +351,7 @@ async fn a_release_wakes_a_waiter_at_once() {
     let lease = take(&mut a, "wake", "a", ttl).await;
 
     let waiter = tokio::spawn(async move {
-        let lease = acquired(
-            b.acquire(&request("wake", "b", ttl), WaitMode::Wait)
-                .await
-                .unwrap(),
-        );
+        let lease = acquire(&mut b, &request("wake", "b", ttl), WaitMode::Wait).await;
         (Instant::now(), lease)
     });
     // Long enough for the waiter to be listening, short of its first periodic re-check.
@@ -388,11 +381,7 @@ async fn an_idle_waiter_waits_for_the_release_not_a_timer() {
     let ttl = Duration::from_secs(30);
     let lease = take(&mut a, "idle", "a", ttl).await;
     let waiter = tokio::spawn(async move {
-        let lease = acquired(
-            b.acquire(&request("idle", "b", ttl), WaitMode::Wait)
-                .await
-                .unwrap(),
-        );
+        let lease = acquire(&mut b, &request("idle", "b", ttl), WaitMode::Wait).await;
         (Instant::now(), lease)
     });
     // Time to listen, check that notifications arrive, and try once.
@@ -934,50 +923,7 @@ async fn works_through_pgbouncer_in_transaction_mode() {
 
 // Lost replies: the request reached the server, its answer did not come back.
 
-#[test]
-fn an_acquire_without_an_answer_leaves_the_lock_free() {
-    let (server, proxy, url) = behind_proxy();
-    lost_replies::an_acquire_without_an_answer_leaves_the_lock_free(
-        &url,
-        &server.url(),
-        &proxy,
-        ACQUIRE_REQUEST,
-    );
-}
-
-#[test]
-fn sigterm_during_an_acquire_without_an_answer_leaves_the_lock_free() {
-    let (server, proxy, url) = behind_proxy();
-    lost_replies::sigterm_during_an_acquire_without_an_answer_leaves_the_lock_free(
-        &url,
-        &server.url(),
-        &proxy,
-        ACQUIRE_REQUEST,
-    );
-}
-
-#[test]
-fn the_wait_bound_during_an_acquire_without_an_answer_leaves_the_lock_free() {
-    let (server, proxy, url) = behind_proxy();
-    lost_replies::the_wait_bound_during_an_acquire_without_an_answer_leaves_the_lock_free(
-        &url,
-        &server.url(),
-        &proxy,
-        ACQUIRE_REQUEST,
-    );
-}
-
-#[test]
-fn a_stalled_connection_is_replaced_for_the_next_renew() {
-    let (_server, proxy, url) = behind_proxy();
-    lost_replies::a_stalled_connection_is_replaced_for_the_next_renew(&url, &proxy);
-}
-
-#[test]
-fn a_lost_release_does_not_let_once_per_run_twice() {
-    let (server, proxy, url) = behind_proxy();
-    lost_replies::a_lost_release_does_not_let_once_per_run_twice(&url, &server.url(), &proxy);
-}
+lost_replies_tests!(behind_proxy, ACQUIRE_REQUEST);
 
 /// An acquire retried after its answer was lost (a later call of the same backend) takes over
 /// the place its first request took, as its own (with the next token: the lost one was never
@@ -1002,7 +948,7 @@ async fn a_retried_acquire_finds_the_lease_its_lost_request_took() {
     let taken = direct.inspect(&req.name).await.unwrap().holder;
     let taken = taken.expect("the lost request took the lock").token;
     proxy.thaw();
-    let lease = acquired(backend.acquire(&req, WaitMode::NoWait).await.unwrap());
+    let lease = acquire(&mut backend, &req, WaitMode::NoWait).await;
     assert!(lease.token() > taken, "{} then {}", taken, lease.token());
     assert_eq!(backend.renew(&lease).await.unwrap(), Renewal::Renewed);
     backend.release(&lease, None).await.unwrap();
@@ -1094,34 +1040,4 @@ async fn a_url_without_a_database_is_refused() {
     }
 }
 
-/// Connection resets while `elect run --wait` waits, then a release: the waiter reconnects and
-/// blocks for the release again at once, so it runs within the bound rather than at its next
-/// periodic re-check.
-#[test]
-fn resets_while_waiting_then_a_release() {
-    let (_server, proxy, proxied) = behind_proxy();
-    reconnect::resets_while_waiting_then_a_release(&proxied, &proxy);
-}
-
-/// A release while every connection of the waiter is reset: it runs within the bound of the
-/// path healing.
-#[test]
-fn a_release_during_resets() {
-    let (server, proxy, proxied) = behind_proxy();
-    reconnect::a_release_during_resets(&server.url(), &proxied, &proxy);
-}
-
-/// `--wait=3s` ends on time while every connection is reset.
-#[test]
-fn the_wait_limit_holds_while_resetting() {
-    let (server, proxy, proxied) = behind_proxy();
-    reconnect::the_wait_limit_holds_while_resetting(&server.url(), &proxied, &proxy);
-}
-
-/// `status` and `release --token` end in bounded time while every connection is reset, and
-/// work as soon as the path heals.
-#[test]
-fn status_and_release_resume_after_resets() {
-    let (server, proxy, proxied) = behind_proxy();
-    reconnect::status_and_release_resume_after_resets(&server.url(), &proxied, &proxy);
-}
+reconnect_tests!(behind_proxy);

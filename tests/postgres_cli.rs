@@ -1,18 +1,18 @@
 //! `elect` end to end on the PostgreSQL backend: the built binary, real jobs, a real PostgreSQL.
 
-#[path = "support/certs.rs"]
-mod certs;
-#[path = "support/cli_scenarios.rs"]
-mod cli_scenarios;
-#[path = "support/net.rs"]
-mod net;
-#[path = "support/postgres_server.rs"]
-mod postgres_server;
+mod support {
+    pub mod certs;
+    pub mod cli_scenarios;
+    pub mod net;
+    pub mod postgres_server;
+    pub mod process;
+}
 
 use std::process::Command;
 
-use cli_scenarios::code;
-use postgres_server::{PostgresServer, DATABASE, USER};
+use support::cli_scenarios::code;
+use support::postgres_server::{PostgresServer, DATABASE, USER};
+use support::{cli_scenarios, postgres_server};
 
 fn elect(server: &PostgresServer) -> Command {
     cli_scenarios::elect(&server.url())

@@ -2,20 +2,19 @@
 //! did not acknowledge is undone and the run fails 69; acknowledged acquires and renewals hold
 //! a lease as usual; renewals that stop being acknowledged stop the job before the deadline.
 
-#[path = "support/certs.rs"]
-mod certs;
-#[path = "support/net.rs"]
-mod net;
-#[path = "support/programs.rs"]
-mod programs;
-#[path = "support/redis_server.rs"]
-mod redis_server;
-mod support;
+mod support {
+    pub mod certs;
+    pub mod env;
+    pub mod net;
+    pub mod process;
+    pub mod programs;
+    pub mod redis_server;
+}
 
 use std::time::Duration;
 
-use redis_server::RedisServer;
-use support::TestEnv;
+use support::env::TestEnv;
+use support::redis_server::RedisServer;
 
 /// A primary and a replica of it, in sync.
 fn pair() -> (RedisServer, RedisServer) {
@@ -23,7 +22,7 @@ fn pair() -> (RedisServer, RedisServer) {
     let replica = RedisServer::start();
     let answer = replica.command(&["REPLICAOF", "127.0.0.1", &primary.port.to_string()]);
     assert!(answer.contains("OK"), "REPLICAOF: {answer}");
-    support::wait_for("the replica in sync", Duration::from_secs(20), || {
+    support::env::wait_for("the replica in sync", Duration::from_secs(20), || {
         primary
             .command(&["INFO", "replication"])
             .contains("state=online")

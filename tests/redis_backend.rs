@@ -1,21 +1,16 @@
 //! The Redis backend against a real redis-server, through the library API.
 
-#[path = "support/certs.rs"]
-mod certs;
-#[path = "support/cli_scenarios.rs"]
-mod cli_scenarios;
-#[path = "support/lost_replies.rs"]
-mod lost_replies;
-#[path = "support/net.rs"]
-mod net;
-#[path = "support/programs.rs"]
-mod programs;
-#[path = "support/proxy.rs"]
-mod proxy;
-#[path = "support/reconnect.rs"]
-mod reconnect;
-#[path = "support/redis_server.rs"]
-mod redis_server;
+mod support {
+    pub mod certs;
+    pub mod cli_scenarios;
+    pub mod lost_replies;
+    pub mod net;
+    pub mod process;
+    pub mod programs;
+    pub mod proxy;
+    pub mod reconnect;
+    pub mod redis_server;
+}
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -25,9 +20,10 @@ use elect::backend::{
     AcquireRequest, AnyBackend, Backend, BackendError, BackendOptions, ForcedRelease, WaitMode,
 };
 use elect::lease::{Acquire, HolderInfo, Lease, LockName, Renewal};
-use net::free_port;
-use proxy::Proxy;
-use redis_server::{Options, RedisServer};
+use support::net::free_port;
+use support::proxy;
+use support::proxy::Proxy;
+use support::redis_server::{Options, RedisServer};
 
 /// Only the acquire script names the token counter among its keys.
 const ACQUIRE_REQUEST: &[u8] = b":token";
@@ -87,6 +83,11 @@ fn acquired(a: Acquire) -> Lease {
     }
 }
 
+/// `req` acquired on `backend`; fails the test on an error or if the lock is held.
+async fn acquire(backend: &mut AnyBackend, req: &AcquireRequest, mode: WaitMode) -> Lease {
+    acquired(backend.acquire(req, mode).await.unwrap())
+}
+
 #[tokio::test]
 async fn acquire_hold_renew_release() {
     let server = RedisServer::start();
@@ -95,11 +96,7 @@ async fn acquire_hold_renew_release() {
     let ttl = Duration::from_secs(10);
 
     let before = elect::clock::BootTime::now();
-    let lease = acquired(
-        a.acquire(&request("billing", "a", ttl), WaitMode::NoWait)
-            .await
-            .unwrap(),
-    );
+    let lease = acquire(&mut a, &request("billing", "a", ttl), WaitMode::NoWait).await;
     assert!(lease.sent_at >= before && lease.sent_at <= elect::clock::BootTime::now());
     assert_eq!(lease.secret.len(), 32);
 
@@ -117,11 +114,7 @@ async fn acquire_hold_renew_release() {
     assert_eq!(a.renew(&lease).await.unwrap(), Renewal::Renewed);
     a.release(&lease, None).await.unwrap();
 
-    let second = acquired(
-        b.acquire(&request("billing", "b", ttl), WaitMode::NoWait)
-            .await
-            .unwrap(),
-    );
+    let second = acquire(&mut b, &request("billing", "b", ttl), WaitMode::NoWait).await;
     assert!(second.token() > lease.token());
     // The old holder's renew after a release: the key belongs to b now.
     assert!(matches!(a.renew(&lease).await.unwrap(), Renewal::Lost(_)));
@@ -133,15 +126,12 @@ async fn tokens_strictly_increase() {
     let mut backend = open(&server.url()).await;
     let mut last = 0;
     for _ in 0..20 {
-        let lease = acquired(
-            backend
-                .acquire(
-                    &request("tokens", "t", Duration::from_secs(5)),
-                    WaitMode::NoWait,
-                )
-                .await
-                .unwrap(),
-        );
+        let lease = acquire(
+            &mut backend,
+            &request("tokens", "t", Duration::from_secs(5)),
+            WaitMode::NoWait,
+        )
+        .await;
         assert!(lease.token().0 > last, "{} after {last}", lease.token());
         last = lease.token().0;
         backend.release(&lease, None).await.unwrap();
@@ -152,15 +142,12 @@ async fn tokens_strictly_increase() {
 async fn another_holders_secret_can_neither_renew_nor_release() {
     let server = RedisServer::start();
     let mut backend = open(&server.url()).await;
-    let lease = acquired(
-        backend
-            .acquire(
-                &request("mine", "a", Duration::from_secs(10)),
-                WaitMode::NoWait,
-            )
-            .await
-            .unwrap(),
-    );
+    let lease = acquire(
+        &mut backend,
+        &request("mine", "a", Duration::from_secs(10)),
+        WaitMode::NoWait,
+    )
+    .await;
     let mut forged = lease.clone();
     forged.secret = "0".repeat(32);
     assert!(matches!(
@@ -181,15 +168,12 @@ async fn another_holders_secret_can_neither_renew_nor_release() {
 async fn renew_after_expiry_is_lost() {
     let server = RedisServer::start();
     let mut backend = open(&server.url()).await;
-    let lease = acquired(
-        backend
-            .acquire(
-                &request("short", "a", Duration::from_millis(200)),
-                WaitMode::NoWait,
-            )
-            .await
-            .unwrap(),
-    );
+    let lease = acquire(
+        &mut backend,
+        &request("short", "a", Duration::from_millis(200)),
+        WaitMode::NoWait,
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(matches!(
         backend.renew(&lease).await.unwrap(),
@@ -202,15 +186,12 @@ async fn a_release_wakes_a_waiter_at_once() {
     let server = RedisServer::start();
     let mut holder = open(&server.url()).await;
     let mut waiter = open(&server.url()).await;
-    let lease = acquired(
-        holder
-            .acquire(
-                &request("wake", "a", Duration::from_secs(30)),
-                WaitMode::NoWait,
-            )
-            .await
-            .unwrap(),
-    );
+    let lease = acquire(
+        &mut holder,
+        &request("wake", "a", Duration::from_secs(30)),
+        WaitMode::NoWait,
+    )
+    .await;
     let req = request("wake", "b", Duration::from_secs(30));
     let wait = async {
         let got = waiter.acquire(&req, WaitMode::Wait).await.unwrap();
@@ -238,18 +219,8 @@ async fn a_crashed_holder_is_taken_over_after_its_ttl() {
     let ttl = Duration::from_secs(2);
     let started = Instant::now();
     // Acquired and never released nor renewed: the key is left to expire.
-    let lease = acquired(
-        crashed
-            .acquire(&request("crash", "a", ttl), WaitMode::NoWait)
-            .await
-            .unwrap(),
-    );
-    let taken = acquired(
-        waiter
-            .acquire(&request("crash", "b", ttl), WaitMode::Wait)
-            .await
-            .unwrap(),
-    );
+    let lease = acquire(&mut crashed, &request("crash", "a", ttl), WaitMode::NoWait).await;
+    let taken = acquire(&mut waiter, &request("crash", "b", ttl), WaitMode::Wait).await;
     let waited = started.elapsed();
     assert!(taken.token() > lease.token());
     assert!(
@@ -266,15 +237,12 @@ async fn a_crashed_holder_is_taken_over_after_its_ttl() {
 async fn many_waiters_do_not_hammer_the_server() {
     let server = RedisServer::start();
     let mut holder = open(&server.url()).await;
-    let lease = acquired(
-        holder
-            .acquire(
-                &request("herd", "h", Duration::from_secs(30)),
-                WaitMode::NoWait,
-            )
-            .await
-            .unwrap(),
-    );
+    let lease = acquire(
+        &mut holder,
+        &request("herd", "h", Duration::from_secs(30)),
+        WaitMode::NoWait,
+    )
+    .await;
     let calls_before = command_calls(&server);
     let mut waiters = Vec::new();
     for _ in 0..10 {
@@ -387,12 +355,12 @@ fn spawn_waiter(
     let url = server.url();
     tokio::spawn(async move {
         let mut backend = open(&url).await;
-        let lease = acquired(
-            backend
-                .acquire(&request(lock, &format!("w{id}"), ttl), WaitMode::Wait)
-                .await
-                .unwrap(),
-        );
+        let lease = acquire(
+            &mut backend,
+            &request(lock, &format!("w{id}"), ttl),
+            WaitMode::Wait,
+        )
+        .await;
         let _ = acquired_tx.send((id, Instant::now()));
         if let Some(hold) = hold {
             tokio::time::sleep(hold).await;
@@ -409,12 +377,7 @@ async fn waiters_are_served_first_come_first_served() {
     let mut probe = Probe::open(&server).await;
     let mut holder = open(&server.url()).await;
     let ttl = Duration::from_secs(30);
-    let lease = acquired(
-        holder
-            .acquire(&request("fifo", "h", ttl), WaitMode::NoWait)
-            .await
-            .unwrap(),
-    );
+    let lease = acquire(&mut holder, &request("fifo", "h", ttl), WaitMode::NoWait).await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut tasks = Vec::new();
     for id in 0..3 {
@@ -464,19 +427,9 @@ async fn one_release_wakes_one_waiter_of_fifty() {
     let mut probe = Probe::open(&server).await;
     let mut holder = open(&server.url()).await;
     let ttl = Duration::from_secs(30);
-    let lease = acquired(
-        holder
-            .acquire(&request("herd", "h", ttl), WaitMode::NoWait)
-            .await
-            .unwrap(),
-    );
+    let lease = acquire(&mut holder, &request("herd", "h", ttl), WaitMode::NoWait).await;
     // Loads the release script, as any earlier release on this server would have.
-    let other = acquired(
-        holder
-            .acquire(&request("warm-up", "h", ttl), WaitMode::NoWait)
-            .await
-            .unwrap(),
-    );
+    let other = acquire(&mut holder, &request("warm-up", "h", ttl), WaitMode::NoWait).await;
     holder.release(&other, None).await.unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let tasks: Vec<_> = (0..WAITERS)
@@ -527,12 +480,7 @@ async fn idle_waiters_cost_almost_nothing() {
     let mut holder = open(&server.url()).await;
     // elect's default ttl; the holder renews every second.
     let ttl = Duration::from_secs(15);
-    let lease = acquired(
-        holder
-            .acquire(&request("idle", "h", ttl), WaitMode::NoWait)
-            .await
-            .unwrap(),
-    );
+    let lease = acquire(&mut holder, &request("idle", "h", ttl), WaitMode::NoWait).await;
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     let tasks: Vec<_> = (0..WAITERS as usize)
         .map(|id| spawn_waiter(&server, "idle", id, ttl, None, tx.clone()))
@@ -567,12 +515,12 @@ async fn one_of_several_waiters_takes_over_a_crashed_holder() {
     let ttl = Duration::from_secs(2);
     let started = Instant::now();
     // Acquired and never released nor renewed: the key is left to expire.
-    acquired(
-        crashed
-            .acquire(&request("crashed", "a", ttl), WaitMode::NoWait)
-            .await
-            .unwrap(),
-    );
+    acquire(
+        &mut crashed,
+        &request("crashed", "a", ttl),
+        WaitMode::NoWait,
+    )
+    .await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let tasks: Vec<_> = (0..5)
         .map(|id| {
@@ -616,12 +564,7 @@ async fn a_stale_baton_costs_one_attempt_and_the_waiter_keeps_waiting() {
     let ttl = Duration::from_secs(30);
     // Two releases that nobody waited for leave one baton, which expires soon.
     for _ in 0..2 {
-        let lease = acquired(
-            backend
-                .acquire(&request("stale", "a", ttl), WaitMode::NoWait)
-                .await
-                .unwrap(),
-        );
+        let lease = acquire(&mut backend, &request("stale", "a", ttl), WaitMode::NoWait).await;
         backend.release(&lease, None).await.unwrap();
     }
     assert_eq!(
@@ -635,12 +578,7 @@ async fn a_stale_baton_costs_one_attempt_and_the_waiter_keeps_waiting() {
 
     // A contender takes the lock without waiting; a waiter then finds the stale baton, tries
     // once, and blocks again until the contender's release.
-    let lease = acquired(
-        backend
-            .acquire(&request("stale", "c", ttl), WaitMode::NoWait)
-            .await
-            .unwrap(),
-    );
+    let lease = acquire(&mut backend, &request("stale", "c", ttl), WaitMode::NoWait).await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let task = spawn_waiter(&server, "stale", 0, ttl, None, tx);
     probe.until_blocked(1).await;
@@ -666,15 +604,12 @@ async fn a_released_lock_leaves_no_lasting_keys_but_its_counter() {
     let server = RedisServer::start();
     let mut probe = Probe::open(&server).await;
     let mut backend = open(&server.url()).await;
-    let lease = acquired(
-        backend
-            .acquire(
-                &request("tidy", "a", Duration::from_secs(30)),
-                WaitMode::NoWait,
-            )
-            .await
-            .unwrap(),
-    );
+    let lease = acquire(
+        &mut backend,
+        &request("tidy", "a", Duration::from_secs(30)),
+        WaitMode::NoWait,
+    )
+    .await;
     backend.release(&lease, None).await.unwrap();
     // The baton left for nobody is listed nowhere and expires.
     let states = backend.list().await.unwrap();
@@ -694,24 +629,18 @@ async fn a_released_lock_leaves_no_lasting_keys_but_its_counter() {
 async fn status_lists_locks_with_their_remaining_ttl() {
     let server = RedisServer::start();
     let mut backend = open(&server.url()).await;
-    let held = acquired(
-        backend
-            .acquire(
-                &request("held-one", "a", Duration::from_secs(10)),
-                WaitMode::NoWait,
-            )
-            .await
-            .unwrap(),
-    );
-    let used = acquired(
-        backend
-            .acquire(
-                &request("used-once", "a", Duration::from_secs(10)),
-                WaitMode::NoWait,
-            )
-            .await
-            .unwrap(),
-    );
+    let held = acquire(
+        &mut backend,
+        &request("held-one", "a", Duration::from_secs(10)),
+        WaitMode::NoWait,
+    )
+    .await;
+    let used = acquire(
+        &mut backend,
+        &request("used-once", "a", Duration::from_secs(10)),
+        WaitMode::NoWait,
+    )
+    .await;
     backend.release(&used, None).await.unwrap();
     // A key that is not an elect lock must not show up.
     server.command(&["SET", "elect:{x}:other", "1"]);
@@ -754,18 +683,18 @@ async fn holders_take_their_own_places_and_tokens() {
     let server = RedisServer::start();
     let mut backend = open(&server.url()).await;
     let (short, long) = (Duration::from_secs(10), Duration::from_secs(30));
-    let a = acquired(
-        backend
-            .acquire(&request_n("pair", "a", short, 2), WaitMode::NoWait)
-            .await
-            .unwrap(),
-    );
-    let b = acquired(
-        backend
-            .acquire(&request_n("pair", "b", long, 2), WaitMode::NoWait)
-            .await
-            .unwrap(),
-    );
+    let a = acquire(
+        &mut backend,
+        &request_n("pair", "a", short, 2),
+        WaitMode::NoWait,
+    )
+    .await;
+    let b = acquire(
+        &mut backend,
+        &request_n("pair", "b", long, 2),
+        WaitMode::NoWait,
+    )
+    .await;
     assert_eq!((a.slot, b.slot), (0, 1));
     assert!(b.token() > a.token(), "{} then {}", a.token(), b.token());
     assert_eq!((a.holder.places, b.holder.places), (2, 2));
@@ -804,12 +733,12 @@ async fn holders_take_their_own_places_and_tokens() {
     assert!(state.co_holders.is_empty());
 
     // The freed place goes to the next, with a greater token.
-    let c = acquired(
-        backend
-            .acquire(&request_n("pair", "c", short, 2), WaitMode::NoWait)
-            .await
-            .unwrap(),
-    );
+    let c = acquire(
+        &mut backend,
+        &request_n("pair", "c", short, 2),
+        WaitMode::NoWait,
+    )
+    .await;
     assert_eq!(c.slot, 1);
     assert!(c.token() > b.token());
 
@@ -831,12 +760,14 @@ async fn forced_release_finds_the_place_of_its_token() {
     let leases: Vec<Lease> = {
         let mut leases = Vec::new();
         for id in ["a", "b", "c"] {
-            leases.push(acquired(
-                backend
-                    .acquire(&request_n("three", id, ttl, 3), WaitMode::NoWait)
-                    .await
-                    .unwrap(),
-            ));
+            leases.push(
+                acquire(
+                    &mut backend,
+                    &request_n("three", id, ttl, 3),
+                    WaitMode::NoWait,
+                )
+                .await,
+            );
         }
         leases
     };
@@ -885,33 +816,24 @@ async fn a_waiter_takes_the_first_place_to_expire() {
     let mut waiter = open(&server.url()).await;
     let started = Instant::now();
     // Two holders that never renew nor release: place 1 runs out first.
-    let _long = acquired(
-        crashed
-            .acquire(
-                &request_n("expiring", "a", Duration::from_secs(30), 2),
-                WaitMode::NoWait,
-            )
-            .await
-            .unwrap(),
-    );
-    let short = acquired(
-        crashed
-            .acquire(
-                &request_n("expiring", "b", Duration::from_secs(2), 2),
-                WaitMode::NoWait,
-            )
-            .await
-            .unwrap(),
-    );
-    let taken = acquired(
-        waiter
-            .acquire(
-                &request_n("expiring", "c", Duration::from_secs(30), 2),
-                WaitMode::Wait,
-            )
-            .await
-            .unwrap(),
-    );
+    let _long = acquire(
+        &mut crashed,
+        &request_n("expiring", "a", Duration::from_secs(30), 2),
+        WaitMode::NoWait,
+    )
+    .await;
+    let short = acquire(
+        &mut crashed,
+        &request_n("expiring", "b", Duration::from_secs(2), 2),
+        WaitMode::NoWait,
+    )
+    .await;
+    let taken = acquire(
+        &mut waiter,
+        &request_n("expiring", "c", Duration::from_secs(30), 2),
+        WaitMode::Wait,
+    )
+    .await;
     let waited = started.elapsed();
     assert_eq!(taken.slot, short.slot);
     assert!(taken.token() > short.token());
@@ -1014,15 +936,12 @@ async fn tls_with_the_ca_works_and_without_it_is_refused() {
     let mut backend = AnyBackend::open(Some(&server.url()), &with_ca)
         .await
         .unwrap_or_else(|e| panic!("TLS with the CA: {e}"));
-    let lease = acquired(
-        backend
-            .acquire(
-                &request("tls", "a", Duration::from_secs(5)),
-                WaitMode::NoWait,
-            )
-            .await
-            .unwrap(),
-    );
+    let lease = acquire(
+        &mut backend,
+        &request("tls", "a", Duration::from_secs(5)),
+        WaitMode::NoWait,
+    )
+    .await;
     assert_eq!(backend.renew(&lease).await.unwrap(), Renewal::Renewed);
     backend.release(&lease, None).await.unwrap();
 
@@ -1043,15 +962,12 @@ async fn tls_with_the_ca_works_and_without_it_is_refused() {
 async fn a_stopped_server_makes_renew_fail_in_bounded_time() {
     let server = RedisServer::start();
     let mut backend = open(&server.url()).await;
-    let lease = acquired(
-        backend
-            .acquire(
-                &request("frozen", "a", Duration::from_secs(10)),
-                WaitMode::NoWait,
-            )
-            .await
-            .unwrap(),
-    );
+    let lease = acquire(
+        &mut backend,
+        &request("frozen", "a", Duration::from_secs(10)),
+        WaitMode::NoWait,
+    )
+    .await;
     server.stop();
     let started = Instant::now();
     let outcome = tokio::time::timeout(Duration::from_secs(10), backend.renew(&lease)).await;
@@ -1082,50 +998,7 @@ async fn a_stopped_server_makes_renew_fail_in_bounded_time() {
 
 // Lost replies: the request reached the server, its answer did not come back.
 
-#[test]
-fn an_acquire_without_an_answer_leaves_the_lock_free() {
-    let (server, proxy, url) = behind_proxy();
-    lost_replies::an_acquire_without_an_answer_leaves_the_lock_free(
-        &url,
-        &server.url(),
-        &proxy,
-        ACQUIRE_REQUEST,
-    );
-}
-
-#[test]
-fn sigterm_during_an_acquire_without_an_answer_leaves_the_lock_free() {
-    let (server, proxy, url) = behind_proxy();
-    lost_replies::sigterm_during_an_acquire_without_an_answer_leaves_the_lock_free(
-        &url,
-        &server.url(),
-        &proxy,
-        ACQUIRE_REQUEST,
-    );
-}
-
-#[test]
-fn the_wait_bound_during_an_acquire_without_an_answer_leaves_the_lock_free() {
-    let (server, proxy, url) = behind_proxy();
-    lost_replies::the_wait_bound_during_an_acquire_without_an_answer_leaves_the_lock_free(
-        &url,
-        &server.url(),
-        &proxy,
-        ACQUIRE_REQUEST,
-    );
-}
-
-#[test]
-fn a_stalled_connection_is_replaced_for_the_next_renew() {
-    let (_server, proxy, url) = behind_proxy();
-    lost_replies::a_stalled_connection_is_replaced_for_the_next_renew(&url, &proxy);
-}
-
-#[test]
-fn a_lost_release_does_not_let_once_per_run_twice() {
-    let (server, proxy, url) = behind_proxy();
-    lost_replies::a_lost_release_does_not_let_once_per_run_twice(&url, &server.url(), &proxy);
-}
+lost_replies_tests!(behind_proxy, ACQUIRE_REQUEST);
 
 /// An acquire retried after its answer was lost finds the lease its first request took: one
 /// lease, one token, no second place.
@@ -1136,15 +1009,12 @@ async fn a_retried_acquire_finds_the_lease_its_lost_request_took() {
     // Loads the scripts, so that the held answer is the acquire's own.
     let mut direct = open(&server.url()).await;
     direct.inspect(&req.name).await.unwrap();
-    acquired(
-        direct
-            .acquire(
-                &request("warm", "w", Duration::from_secs(30)),
-                WaitMode::NoWait,
-            )
-            .await
-            .unwrap(),
-    );
+    acquire(
+        &mut direct,
+        &request("warm", "w", Duration::from_secs(30)),
+        WaitMode::NoWait,
+    )
+    .await;
     let mut backend = open(&url).await;
     proxy.lose_replies_after(ACQUIRE_REQUEST);
     let first = tokio::time::timeout(
@@ -1158,7 +1028,7 @@ async fn a_retried_acquire_finds_the_lease_its_lost_request_took() {
     );
     assert!(proxy.lost_replies());
     proxy.thaw();
-    let lease = acquired(backend.acquire(&req, WaitMode::NoWait).await.unwrap());
+    let lease = acquire(&mut backend, &req, WaitMode::NoWait).await;
     // A bulk string: `$LEN`, then the value.
     let reply = server.command(&["GET", "elect:{retried}:token"]);
     let counter: u64 = reply.lines().nth(1).unwrap().trim().parse().unwrap();
@@ -1177,15 +1047,12 @@ async fn an_acquire_that_arrives_after_it_was_settled_takes_nothing() {
     let (server, proxy, url) = behind_proxy();
     let req = request("late", "a", Duration::from_secs(30));
     let mut direct = open(&server.url()).await;
-    acquired(
-        direct
-            .acquire(
-                &request("warm", "w", Duration::from_secs(30)),
-                WaitMode::NoWait,
-            )
-            .await
-            .unwrap(),
-    );
+    acquire(
+        &mut direct,
+        &request("warm", "w", Duration::from_secs(30)),
+        WaitMode::NoWait,
+    )
+    .await;
     let mut backend = open(&url).await;
     // The open connection holds the request itself; the settle goes through a new one.
     proxy.freeze_existing();
@@ -1202,7 +1069,7 @@ async fn an_acquire_that_arrives_after_it_was_settled_takes_nothing() {
         state.holder.is_none(),
         "the late acquire took the lock: {state:?}"
     );
-    acquired(direct.acquire(&req, WaitMode::NoWait).await.unwrap());
+    acquire(&mut direct, &req, WaitMode::NoWait).await;
     drop(backend);
 }
 
@@ -1214,11 +1081,11 @@ async fn tokens_stay_above_a_counter_that_lost_increments() {
     let server = RedisServer::start();
     let mut backend = open(&server.url()).await;
     let req = request("rewound", "a", Duration::from_secs(30));
-    let first = acquired(backend.acquire(&req, WaitMode::NoWait).await.unwrap());
+    let first = acquire(&mut backend, &req, WaitMode::NoWait).await;
     backend.release(&first, None).await.unwrap();
     // What a restart that lost the counter's last increments looks like.
     server.command(&["SET", "elect:{rewound}:token", "3"]);
-    let second = acquired(backend.acquire(&req, WaitMode::NoWait).await.unwrap());
+    let second = acquire(&mut backend, &req, WaitMode::NoWait).await;
     assert!(
         second.token() > first.token(),
         "{} then {}",
@@ -1227,7 +1094,7 @@ async fn tokens_stay_above_a_counter_that_lost_increments() {
     );
     backend.release(&second, None).await.unwrap();
     server.command(&["DEL", "elect:{rewound}:token"]);
-    let third = acquired(backend.acquire(&req, WaitMode::NoWait).await.unwrap());
+    let third = acquire(&mut backend, &req, WaitMode::NoWait).await;
     assert!(
         third.token() > second.token(),
         "{} then {}",
@@ -1238,33 +1105,11 @@ async fn tokens_stay_above_a_counter_that_lost_increments() {
     let ahead = 9_000_000_000_000_000u64;
     backend.release(&third, None).await.unwrap();
     server.command(&["SET", "elect:{rewound}:token", &ahead.to_string()]);
-    let fourth = acquired(backend.acquire(&req, WaitMode::NoWait).await.unwrap());
+    let fourth = acquire(&mut backend, &req, WaitMode::NoWait).await;
     assert_eq!(fourth.token().0, ahead + 1);
 }
 
-/// Connection resets while `elect run --wait` waits, then a release: the waiter reconnects and
-/// blocks for the release again at once, so it runs within the bound rather than at its next
-/// periodic re-check.
-#[test]
-fn resets_while_waiting_then_a_release() {
-    let (_server, proxy, proxied) = behind_proxy();
-    reconnect::resets_while_waiting_then_a_release(&proxied, &proxy);
-}
-
-/// A release while every connection of the waiter is reset: it runs within the bound of the
-/// path healing.
-#[test]
-fn a_release_during_resets() {
-    let (server, proxy, proxied) = behind_proxy();
-    reconnect::a_release_during_resets(&server.url(), &proxied, &proxy);
-}
-
-/// `--wait=3s` ends on time while every connection is reset.
-#[test]
-fn the_wait_limit_holds_while_resetting() {
-    let (server, proxy, proxied) = behind_proxy();
-    reconnect::the_wait_limit_holds_while_resetting(&server.url(), &proxied, &proxy);
-}
+reconnect_tests!(behind_proxy);
 
 /// A connection reset while idle is found dead by the next call: a release then goes out on a
 /// new connection and frees the lock at once, instead of failing and leaving the lease to expire
@@ -1274,12 +1119,7 @@ async fn a_release_after_an_idle_reset_frees_the_lock_at_once() {
     let (server, proxy, proxied) = behind_proxy();
     let mut holder = open(&proxied).await;
     let ttl = Duration::from_secs(10);
-    let lease = acquired(
-        holder
-            .acquire(&request("idle", "a", ttl), WaitMode::NoWait)
-            .await
-            .unwrap(),
-    );
+    let lease = acquire(&mut holder, &request("idle", "a", ttl), WaitMode::NoWait).await;
     let reset = || async {
         proxy.set_mode(proxy::Mode::Reset);
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1292,18 +1132,5 @@ async fn a_release_after_an_idle_reset_frees_the_lock_at_once() {
     reset().await;
     holder.release(&lease, None).await.unwrap();
     let mut other = open(&server.url()).await;
-    acquired(
-        other
-            .acquire(&request("idle", "b", ttl), WaitMode::NoWait)
-            .await
-            .unwrap(),
-    );
-}
-
-/// `status` and `release --token` end in bounded time while every connection is reset, and
-/// work as soon as the path heals.
-#[test]
-fn status_and_release_resume_after_resets() {
-    let (server, proxy, proxied) = behind_proxy();
-    reconnect::status_and_release_resume_after_resets(&server.url(), &proxied, &proxy);
+    acquire(&mut other, &request("idle", "b", ttl), WaitMode::NoWait).await;
 }

@@ -1,65 +1,35 @@
 //! The backend-independent battery of `tests/support/battery.rs` on a real redis-server, one
 //! server (with a password, so that redaction is checked too) per scenario.
 
-#[path = "support/certs.rs"]
-mod certs;
-#[path = "support/net.rs"]
-mod net;
-#[path = "support/programs.rs"]
-mod programs;
-#[path = "support/redis_server.rs"]
-mod redis_server;
-mod support;
-
-use redis_server::{Options, RedisServer};
-use support::{battery, TestEnv};
-
-macro_rules! battery_tests {
-    ($($scenario:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $scenario() {
-                let server = RedisServer::with(Options {
-                    password: Some("battery-secret".into()),
-                    ..Options::default()
-                });
-                battery::$scenario(&TestEnv::with_backend(&server.url()).private());
-            }
-        )*
-    };
+mod support {
+    pub mod battery;
+    pub mod battery_tests;
+    pub mod certs;
+    pub mod env;
+    pub mod net;
+    pub mod process;
+    pub mod programs;
+    pub mod redis_server;
 }
 
-battery_tests!(
-    five_concurrent_runs_run_the_job_once,
-    conflict_exit_code_zero_skips_silently,
-    wait_runs_the_job_after_the_holder,
-    bounded_wait_gives_up_with_75,
-    exit_codes_pass_through,
-    signal_deaths_exit_128_plus_n,
-    missing_command_exits_127,
-    non_executable_command_exits_126,
-    job_environment,
-    fencing_token_increases,
-    signals_reach_the_job_group_once,
-    job_dies_when_elect_is_killed,
-    lock_stays_held_while_a_job_process_lives,
-    leftovers_are_stopped_before_elect_exits,
-    setsid_grandchild_is_stopped,
-    watchdog_is_named,
-    job_is_stopped_when_the_watchdog_is_killed,
+use support::battery_tests;
+use support::env::TestEnv;
+use support::redis_server::{Options, RedisServer};
+
+/// A battery scenario on a Redis of its own, with a password (so that its redaction is checked
+/// too).
+fn on_redis(_test: &str, scenario: fn(&TestEnv)) {
+    let server = RedisServer::with(Options {
+        password: Some("battery-secret".into()),
+        ..Options::default()
+    });
+    scenario(&TestEnv::with_backend(&server.url()).private());
+}
+
+battery_tests::tests!(
+    on_redis;
+    common,
     job_dies_with_elect_and_watchdog_in_a_pid_namespace,
-    on_acquired_hook_is_fenced_when_elect_is_stopped,
-    status_of_one_lock,
-    status_lists_every_lock,
-    sigterm_stops_a_wait,
-    bad_input_is_a_usage_error,
     forced_release_frees_a_dead_holders_lease,
-    release_records_the_last_run,
-    once_per_runs_once_across_skewed_contenders,
-    once_per_failed_run_leaves_no_marker,
-    a_lost_lease_records_no_history,
-    holders_admit_n_at_once,
-    holders_wait_for_a_free_place,
-    holders_never_exceed_n,
-    holders_a_killed_holder_frees_its_place,
+    on_acquired_hook_is_fenced_when_elect_is_stopped,
 );

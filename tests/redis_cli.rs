@@ -1,20 +1,19 @@
 //! `elect` end to end on the Redis backend: the built binary, real jobs, a real redis-server.
 
-#[path = "support/certs.rs"]
-mod certs;
-#[path = "support/cli_scenarios.rs"]
-mod cli_scenarios;
-#[path = "support/net.rs"]
-mod net;
-#[path = "support/programs.rs"]
-mod programs;
-#[path = "support/redis_server.rs"]
-mod redis_server;
+mod support {
+    pub mod certs;
+    pub mod cli_scenarios;
+    pub mod net;
+    pub mod process;
+    pub mod programs;
+    pub mod redis_server;
+}
 
 use std::process::Command;
 
-use cli_scenarios::code;
-use redis_server::RedisServer;
+use support::cli_scenarios::code;
+use support::redis_server::RedisServer;
+use support::{cli_scenarios, redis_server};
 
 fn elect(server: &RedisServer) -> Command {
     cli_scenarios::elect(&server.url())

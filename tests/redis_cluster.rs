@@ -1,5 +1,5 @@
 //! Redis Cluster: three primaries with one replica each, made by `redis-cli --cluster create`
-//! once for this file (`tests/support/redis_topology.rs`) and used by one test in steps, since
+//! once for this file (`tests/support/redis_cluster_set.rs`) and used by one test in steps, since
 //! the later steps change the topology and forming it takes seconds:
 //! 1. the battery's scenarios that exercise the backend (not those about the job process alone,
 //!    which the standalone battery covers), in parallel;
@@ -12,25 +12,27 @@
 //! The rounds print one line each for the fault table (`cargo test --test redis_cluster --
 //! --nocapture`).
 
-#[path = "support/net.rs"]
-mod net;
-#[path = "support/programs.rs"]
-mod programs;
-#[path = "support/redis_failover.rs"]
-mod redis_failover;
-#[path = "support/redis_topology.rs"]
-mod redis_topology;
-mod support;
-// Only the job lifetimes of the witness, not its fenced register.
-#[allow(dead_code)]
-#[path = "support/witness.rs"]
-mod witness;
+mod support {
+    pub mod battery;
+    pub mod env;
+    pub mod net;
+    pub mod process;
+    pub mod programs;
+    pub mod redis_cluster_set;
+    pub mod redis_failover;
+    pub mod redis_topology;
+    // Only the job lifetimes of the witness, not its fenced register.
+    #[allow(dead_code)]
+    pub mod witness;
+}
 
 use std::time::Duration;
 
-use redis_failover::{backend_scenarios, battery_on, contend};
-use redis_topology::{cli, Cluster, PASSWORD};
-use support::{Json, TestEnv};
+use serde_json::Value;
+use support::env::TestEnv;
+use support::redis_cluster_set::Cluster;
+use support::redis_failover::{backend_scenarios, battery_on, contend};
+use support::redis_topology::{cli, PASSWORD};
 
 #[test]
 fn cluster_topology() {
@@ -64,12 +66,12 @@ fn status_reads_every_primary(cluster: &Cluster) {
     let out = env.status(["--json"]);
     // 0 when some lock is held (another scenario's may still be), 3 when none.
     assert!(matches!(out.code(), 0 | 3), "{out}");
-    let doc = Json::parse(out.stdout.trim()).expect("JSON");
+    let doc = serde_json::from_str::<Value>(out.stdout.trim()).expect("JSON");
     let listed: Vec<&str> = doc
         .as_array()
         .expect("an array")
         .iter()
-        .filter_map(|d| d.get("lock").as_str())
+        .filter_map(|d| d["lock"].as_str())
         .collect();
     for lock in &locks {
         assert!(listed.contains(&lock.as_str()), "{lock} missing: {out}");
@@ -121,7 +123,7 @@ fn a_release_wakes_one_waiter(cluster: &Cluster) {
             ])
         })
         .collect();
-    support::wait_for("four blocked waiters", Duration::from_secs(15), || {
+    support::env::wait_for("four blocked waiters", Duration::from_secs(15), || {
         blocked() >= before + 4
     });
     std::fs::write(env.file("go"), "").expect("touch go");

@@ -1,5 +1,5 @@
 //! Redis under Sentinel: one primary, two replicas, three sentinels, started once for this file
-//! (`tests/support/redis_topology.rs`) and used by one test in steps, since the steps change
+//! (`tests/support/redis_sentinel_set.rs`) and used by one test in steps, since the steps change
 //! the topology (failovers) and forming it takes seconds:
 //! 1. the battery's scenarios that exercise the backend (not those about the job process alone,
 //!    which the standalone battery covers), in parallel;
@@ -12,25 +12,27 @@
 //! The rounds print one line each for the fault table (`cargo test --test redis_sentinel --
 //! --nocapture`).
 
-#[path = "support/net.rs"]
-mod net;
-#[path = "support/programs.rs"]
-mod programs;
-#[path = "support/redis_failover.rs"]
-mod redis_failover;
-#[path = "support/redis_topology.rs"]
-mod redis_topology;
-mod support;
-// Only the job lifetimes of the witness, not its fenced register.
-#[allow(dead_code)]
-#[path = "support/witness.rs"]
-mod witness;
+mod support {
+    pub mod battery;
+    pub mod env;
+    pub mod net;
+    pub mod process;
+    pub mod programs;
+    pub mod redis_failover;
+    pub mod redis_sentinel_set;
+    pub mod redis_topology;
+    // Only the job lifetimes of the witness, not its fenced register.
+    #[allow(dead_code)]
+    pub mod witness;
+}
 
 use std::time::Duration;
 
-use redis_failover::{backend_scenarios, battery_on, contend};
-use redis_topology::{SentinelSet, PASSWORD};
-use support::TestEnv;
+use support::env::TestEnv;
+use support::net;
+use support::redis_failover::{backend_scenarios, battery_on, contend};
+use support::redis_sentinel_set::{SentinelSet, MASTER};
+use support::redis_topology::PASSWORD;
 
 #[test]
 fn sentinel_topology() {
@@ -52,15 +54,14 @@ fn unreachable_sentinels(set: &SentinelSet) {
     let ports = set.sentinel_ports();
     let env = TestEnv::with_backend(&format!(
         "redis+sentinel://:{PASSWORD}@127.0.0.1:{dead},127.0.0.1:{}/{}",
-        ports[1],
-        redis_topology::MASTER
+        ports[1], MASTER
     ));
     env.run(["run", "--lock", &env.lock("skip-dead"), "--", "true"])
         .assert_code(0);
 
     let none = TestEnv::with_backend(&format!(
         "redis+sentinel://:{PASSWORD}@127.0.0.1:{dead}/{}",
-        redis_topology::MASTER
+        MASTER
     ));
     let out = none.run(["run", "--lock", "x", "--", "true"]);
     out.assert_code(69).assert_no_panic();
@@ -110,7 +111,7 @@ fn missing_key_on_the_new_primary_is_lost(set: &SentinelSet) {
     let mut holder = env.spawn([
         "run", "--lock", &lock, "--ttl", "3s", "--grace", "500ms", "--", "sleep", "20",
     ]);
-    support::wait_for("the holder's lease key", Duration::from_secs(10), || {
+    support::env::wait_for("the holder's lease key", Duration::from_secs(10), || {
         set.on_primary(&["EXISTS", &format!("elect:{{{lock}}}")])
             .trim()
             == "1"

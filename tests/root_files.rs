@@ -4,13 +4,16 @@
 //!
 //! These tests need root (to become `nobody` and to own what `nobody` cannot touch).
 
-mod support;
+mod support {
+    pub mod env;
+    pub mod process;
+}
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
-use support::TestEnv;
+use support::env::TestEnv;
 
 const NOBODY: u32 = 65534;
 

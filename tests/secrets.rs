@@ -2,23 +2,22 @@
 //! whichever way it was given, and nothing elect prints carries it. Real redis-server with a
 //! password.
 
-#[path = "support/certs.rs"]
-mod certs;
-#[path = "support/net.rs"]
-mod net;
-#[path = "support/postgres_server.rs"]
-mod postgres_server;
-#[path = "support/programs.rs"]
-mod programs;
-#[path = "support/redis_server.rs"]
-mod redis_server;
+mod support {
+    pub mod certs;
+    pub mod net;
+    pub mod postgres_server;
+    pub mod process;
+    pub mod programs;
+    pub mod redis_server;
+}
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use redis_server::{Options, RedisServer};
+use support::postgres_server;
+use support::redis_server::{Options, RedisServer};
 
 const PASSWORD: &str = "Hunter2-s3cret-pw";
 

@@ -2,13 +2,16 @@
 //! it as it is; it lists every key elect knows, each once, commented out, with elect's own
 //! default; and with every line uncommented it still reads and changes nothing.
 
-mod support;
+mod support {
+    pub mod env;
+    pub mod process;
+}
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use support::TestEnv;
+use support::env::TestEnv;
 
 const SHIPPED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/deb/elect.conf");
 

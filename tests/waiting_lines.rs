@@ -2,13 +2,17 @@
 //! `wait_runs_the_job_after_the_holder` checks that on every backend), every event at `-v`, one
 //! line at a terminal. And a lease lost while elect did not run says so.
 
-mod support;
+mod support {
+    pub mod battery;
+    pub mod env;
+    pub mod process;
+}
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use elect::keeper::Loss;
-use support::{until_exists, write_pid, Running, TestEnv};
+use support::env::{until_exists, write_pid, Running, TestEnv};
 
 /// A holder whose job runs until `holder.go` exists.
 fn hold(env: &TestEnv, lock: &str) -> Running {
@@ -57,7 +61,7 @@ fn a_terminal_gets_one_line_while_waiting() {
         .stdin(Stdio::null());
     let mut waiter = env.spawn_command(cmd);
     let needle = format!("elect: waiting for {lock} (held by holder-1");
-    support::wait_for("the waiting line", Duration::from_secs(10), || {
+    support::env::wait_for("the waiting line", Duration::from_secs(10), || {
         waiter.stdout_so_far().contains(&needle)
     });
     release(&env, holder);

@@ -4,20 +4,24 @@
 //! killed). One server for the whole binary (Java takes seconds to start); each test has a base
 //! path of its own in it, so that `status` sees only the test's own locks.
 
-mod support;
-
-#[path = "support/net.rs"]
-mod net;
-#[path = "support/programs.rs"]
-mod programs;
-#[path = "support/zk_server.rs"]
-mod zk_server;
+mod support {
+    pub mod battery;
+    pub mod battery_tests;
+    pub mod env;
+    pub mod net;
+    pub mod process;
+    pub mod programs;
+    pub mod zk_server;
+}
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{battery, until_exists, wait_for, write_pid, Json, TestEnv};
-use zk_server::ZkServer;
+use serde_json::Value;
+use support::battery_tests;
+use support::env::{until_exists, wait_for, write_pid, Running, TestEnv};
+use support::zk_server;
+use support::zk_server::ZkServer;
 
 /// A test's own namespace on the shared server, with digest credentials (so that the
 /// password's redaction is checked too).
@@ -27,53 +31,23 @@ fn env_for(test: &str) -> TestEnv {
     TestEnv::with_backend(&url).private()
 }
 
-/// One `#[test]` per battery scenario, each under a base path of its own.
-macro_rules! battery_tests {
-    ($($scenario:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $scenario() {
-                battery::$scenario(&env_for(stringify!($scenario)));
-            }
-        )*
-    };
+/// A battery scenario under a base path of its own on the shared server. A used lock stays listed
+/// by `status` (as free) through its `<name>.last` history node.
+fn on_zk(test: &str, scenario: fn(&TestEnv)) {
+    scenario(&env_for(test));
 }
 
-battery_tests!(
-    five_concurrent_runs_run_the_job_once,
-    conflict_exit_code_zero_skips_silently,
-    wait_runs_the_job_after_the_holder,
-    bounded_wait_gives_up_with_75,
-    exit_codes_pass_through,
-    signal_deaths_exit_128_plus_n,
-    missing_command_exits_127,
-    non_executable_command_exits_126,
-    job_environment,
-    fencing_token_increases,
-    signals_reach_the_job_group_once,
-    job_dies_when_elect_is_killed,
-    lock_stays_held_while_a_job_process_lives,
-    leftovers_are_stopped_before_elect_exits,
-    setsid_grandchild_is_stopped,
-    watchdog_is_named,
-    job_is_stopped_when_the_watchdog_is_killed,
-    status_of_one_lock,
-    // A used lock stays listed (as free) through its `<name>.last` history node.
-    status_lists_every_lock,
-    sigterm_stops_a_wait,
-    bad_input_is_a_usage_error,
-    forced_release_frees_a_dead_holders_lease,
-    release_records_the_last_run,
-    once_per_runs_once_across_skewed_contenders,
-    once_per_failed_run_leaves_no_marker,
-    a_lost_lease_records_no_history,
-    holders_admit_n_at_once,
-    holders_wait_for_a_free_place,
-    holders_never_exceed_n,
-    holders_a_killed_holder_frees_its_place,
-);
+battery_tests::tests!(on_zk; common, forced_release_frees_a_dead_holders_lease);
 
 const SHORT: [&str; 4] = ["--ttl", "2s", "--grace", "500ms"];
+
+/// `elect run --lock LOCK OPTIONS... -- sh -c SCRIPT`, in the background.
+fn run_sh(env: &TestEnv, lock: &str, options: &[&str], script: &str) -> Running {
+    let mut args = vec!["run", "--lock", lock];
+    args.extend_from_slice(options);
+    args.extend_from_slice(&["--", "sh", "-c", script]);
+    env.spawn(args)
+}
 
 /// The children of a node, through kazoo (the `python3-kazoo` package).
 fn children(path: &str) -> Vec<String> {
@@ -130,17 +104,7 @@ fn losers_leave_nothing_in_the_queue() {
     let env = env_for("losers");
     let lock = env.lock("three");
     let mut runs: Vec<_> = (0..3)
-        .map(|i| {
-            env.spawn([
-                "run",
-                "--lock",
-                &lock,
-                "--",
-                "sh",
-                "-c",
-                &format!("echo {i} >> ran; sleep 1.5"),
-            ])
-        })
+        .map(|i| run_sh(&env, &lock, &[], &format!("echo {i} >> ran; sleep 1.5")))
         .collect();
     let mut codes: Vec<i32> = runs.iter_mut().map(|r| r.wait().code()).collect();
     codes.sort();
@@ -161,18 +125,13 @@ fn a_waiter_takes_over_within_the_session_timeout_after_the_holder_is_killed() {
     let env = env_for("crash");
     let lock = env.lock("crash");
     let holder_script = format!("{}; {}", write_pid("holder.pid"), until_exists("never"));
-    let mut holder = env.spawn(["run", "--lock", &lock].into_iter().chain(SHORT).chain([
-        "--",
-        "sh",
-        "-c",
-        &holder_script,
-    ]));
+    let mut holder = run_sh(&env, &lock, &SHORT, &holder_script);
     env.read_pid("holder.pid");
-    let mut waiter = env.spawn(
-        ["run", "--lock", &lock, "--wait", "-v"]
-            .into_iter()
-            .chain(SHORT)
-            .chain(["--", "sh", "-c", "date +%s%N > took-over"]),
+    let mut waiter = run_sh(
+        &env,
+        &lock,
+        &[&SHORT[..], &["--wait", "-v"]].concat(),
+        "date +%s%N > took-over",
     );
     waiter.wait_for_stderr("waiting", Duration::from_secs(10));
     let killed = Instant::now();
@@ -207,15 +166,7 @@ fn a_ttl_above_the_servers_maximum_session_timeout_is_refused() {
 fn other_credentials_cannot_join_or_delete_the_queue() {
     let env = env_for("acl");
     let lock = env.lock("acl");
-    let mut holder = env.spawn([
-        "run",
-        "--lock",
-        &lock,
-        "--",
-        "sh",
-        "-c",
-        &until_exists("go"),
-    ]);
+    let mut holder = run_sh(&env, &lock, &[], &until_exists("go"));
     wait_for("the holder to hold", Duration::from_secs(10), || {
         env.status(["--lock", &lock]).code() == 0
     });
@@ -288,7 +239,7 @@ fn kazoo_holds_and_elect_skips_or_waits() {
     );
     let _ = &mut holder;
     let mut holder = kazoo_command(&script).spawn().expect("start kazoo");
-    support::wait_for_file(&held, Duration::from_secs(15));
+    support::env::wait_for_file(&held, Duration::from_secs(15));
     // Busy: 75, naming a holder without elect's metadata.
     let out = env.run(["run", "--lock", &lock, "--", "touch", "ran"]);
     out.assert_code(75);
@@ -310,15 +261,7 @@ fn kazoo_holds_and_elect_skips_or_waits() {
 fn elect_holds_and_kazoo_cannot_acquire() {
     let env = TestEnv::with_backend(&format!("zk://{}/kz2", ZkServer::shared().endpoint()));
     let lock = env.lock("elect");
-    let mut holder = env.spawn([
-        "run",
-        "--lock",
-        &lock,
-        "--",
-        "sh",
-        "-c",
-        &until_exists("go"),
-    ]);
+    let mut holder = run_sh(&env, &lock, &[], &until_exists("go"));
     wait_for("elect to hold", Duration::from_secs(10), || {
         env.status(["--lock", &lock]).code() == 0
     });
@@ -344,15 +287,12 @@ fn fifo_across_elect_and_kazoo() {
     let lock = env.lock("fifo");
     let path = format!("/kz3/{lock}");
     let order = env.file("order");
-    let mut first = env.spawn([
-        "run",
-        "--lock",
+    let mut first = run_sh(
+        &env,
         &lock,
-        "--",
-        "sh",
-        "-c",
+        &[],
         &format!("echo elect-1 >> order; {}", until_exists("go")),
-    ]);
+    );
     wait_for("elect-1 to hold", Duration::from_secs(10), || {
         env.lines("order").len() == 1
     });
@@ -375,16 +315,7 @@ fn fifo_across_elect_and_kazoo() {
     };
     let mut k1 = kazoo_waiter("kazoo-1");
     queued(2);
-    let mut second = env.spawn([
-        "run",
-        "--lock",
-        &lock,
-        "--wait",
-        "--",
-        "sh",
-        "-c",
-        "echo elect-2 >> order; sleep 0.2",
-    ]);
+    let mut second = run_sh(&env, &lock, &["--wait"], "echo elect-2 >> order; sleep 0.2");
     queued(3);
     let mut k2 = kazoo_waiter("kazoo-2");
     queued(4);
@@ -403,12 +334,7 @@ fn fifo_across_elect_and_kazoo() {
 fn a_deleted_node_is_a_lost_lease() {
     let env = env_for("deleted");
     let lock = env.lock("deleted");
-    let mut holder = env.spawn(["run", "--lock", &lock].into_iter().chain(SHORT).chain([
-        "--",
-        "sh",
-        "-c",
-        &until_exists("never"),
-    ]));
+    let mut holder = run_sh(&env, &lock, &SHORT, &until_exists("never"));
     wait_for("the holder to hold", Duration::from_secs(10), || {
         children(&format!("/deleted/{lock}")).len() == 1
     });
@@ -426,21 +352,18 @@ fn a_deleted_node_is_a_lost_lease() {
 fn status_counts_waiters_and_shows_the_token_as_the_nodes_czxid() {
     let env = env_for("czxid");
     let lock = env.lock("czxid");
-    let mut holder = env.spawn([
-        "run",
-        "--lock",
+    let mut holder = run_sh(
+        &env,
         &lock,
-        "--",
-        "sh",
-        "-c",
+        &[],
         &format!("echo $ELECT_FENCING_TOKEN > token; {}", until_exists("go")),
-    ]);
+    );
     env.wait_for_file("token", Duration::from_secs(10));
     let mut waiter = env.spawn(["run", "--lock", &lock, "--wait", "-v", "--", "true"]);
     waiter.wait_for_stderr("waiting", Duration::from_secs(10));
     let doc = env.status(["--lock", &lock, "--json"]);
-    let json = Json::parse(doc.stdout.trim()).expect("status JSON");
-    assert_eq!(json.get("waiters").as_u64(), Some(1), "{doc}");
+    let json = serde_json::from_str::<Value>(doc.stdout.trim()).expect("status JSON");
+    assert_eq!(json["waiters"].as_u64(), Some(1), "{doc}");
     let token = env.lines("token")[0].clone();
     let czxid = kazoo(&format!(
         "c = sorted(zk.get_children('/czxid/{lock}'), key=lambda n: n[-10:])[0]\n\
@@ -519,38 +442,21 @@ fn survives(env: &TestEnv, servers: &mut [ZkServer], fault: impl FnOnce(&mut ZkS
     let _ = std::fs::remove_file(env.file("log"));
     let job =
         |secs: &str| format!("echo \"start $$\" >> log; sleep {secs}; echo \"end $$\" >> log");
-    let mut holder = env.spawn([
-        "run",
-        "--lock",
+    let mut holder = run_sh(
+        env,
         &lock,
-        "--ttl",
-        ENSEMBLE_TTL,
-        "--grace",
-        "500ms",
-        "-v",
-        "--",
-        "sh",
-        "-c",
+        &["--ttl", ENSEMBLE_TTL, "--grace", "500ms", "-v"],
         &job("11"),
-    ]);
+    );
     wait_for("the holder's job to start", Duration::from_secs(15), || {
         env.file("log").exists()
     });
-    let mut waiter = env.spawn([
-        "run",
-        "--lock",
+    let mut waiter = run_sh(
+        env,
         &lock,
-        "--ttl",
-        ENSEMBLE_TTL,
-        "--grace",
-        "500ms",
-        "--wait",
-        "-v",
-        "--",
-        "sh",
-        "-c",
+        &["--ttl", ENSEMBLE_TTL, "--grace", "500ms", "--wait", "-v"],
         &job("0.1"),
-    ]);
+    );
     waiter.wait_for_stderr("waiting", Duration::from_secs(10));
     let hosts: Vec<String> = servers
         .iter()
@@ -619,15 +525,7 @@ fn a_wait_that_gives_up_leaves_no_node_in_the_queue() {
     let env = env_for("abandoned");
     let lock = env.lock("abandoned");
     let path = format!("/abandoned/{lock}");
-    let mut holder = env.spawn([
-        "run",
-        "--lock",
-        &lock,
-        "--",
-        "sh",
-        "-c",
-        &until_exists("go"),
-    ]);
+    let mut holder = run_sh(&env, &lock, &[], &until_exists("go"));
     wait_for("the holder to hold", Duration::from_secs(10), || {
         children(&path).len() == 1
     });

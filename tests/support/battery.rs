@@ -6,12 +6,17 @@
 //! scenarios may run in parallel on one shared server. Bounds on time are generous: a scenario
 //! fails when elect misbehaves, not when the machine is slow.
 
+// A library of scenarios: each binary runs those that apply to its backend.
+#![allow(dead_code)]
+
 use std::time::{Duration, Instant};
 
-use super::{
-    becomes, dies_within, is_alive, proc_stat, until_exists, wait_all, write_pid, Json, Outcome,
-    Running, TestEnv,
+use serde_json::Value;
+
+use super::env::{
+    becomes, dies_within, until_exists, wait_all, write_pid, Outcome, Running, TestEnv,
 };
+use super::process::{is_alive, proc_stat, signal, watchdog_of};
 
 /// Short lease settings that satisfy `renew + grace + margin < ttl` (renew defaults to ttl / 3).
 const SHORT: [&str; 4] = ["--ttl", "2s", "--grace", "500ms"];
@@ -702,32 +707,24 @@ pub fn status_of_one_lock(env: &TestEnv) {
 
     let json = env.status(["--lock", &lock, "--json"]);
     json.assert_code(0);
-    let doc = Json::parse(json.stdout.trim())
+    let doc = serde_json::from_str::<Value>(json.stdout.trim())
         .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {json}"));
-    assert_eq!(doc.get("lock").as_str(), Some(lock.as_str()), "{json}");
-    assert_eq!(doc.get("state").as_str(), Some("held"), "{json}");
+    assert_eq!(doc["lock"].as_str(), Some(lock.as_str()), "{json}");
+    assert_eq!(doc["state"].as_str(), Some("held"), "{json}");
+    assert_eq!(doc["holder"]["id"].as_str(), Some(id.as_str()), "{json}");
+    assert_eq!(doc["holder"]["pid"].as_u64(), Some(pid as u64), "{json}");
+    assert!(doc["holder"]["host"].as_str().is_some(), "{json}");
     assert_eq!(
-        doc.get("holder").get("id").as_str(),
-        Some(id.as_str()),
-        "{json}"
-    );
-    assert_eq!(
-        doc.get("holder").get("pid").as_u64(),
-        Some(pid as u64),
-        "{json}"
-    );
-    assert!(doc.get("holder").get("host").as_str().is_some(), "{json}");
-    assert_eq!(
-        doc.get("token").as_u64().map(|t| t.to_string()),
+        doc["token"].as_u64().map(|t| t.to_string()),
         Some(token.clone()),
         "{json}"
     );
-    let acquired = doc.get("acquired_at").as_str().unwrap_or("");
+    let acquired = doc["acquired_at"].as_str().unwrap_or("");
     assert!(
         acquired.len() >= 20 && acquired.as_bytes()[4] == b'-' && acquired.ends_with('Z'),
         "acquired_at must be an RFC 3339 UTC time: {json}"
     );
-    let backend = doc.get("backend").as_str().unwrap_or("");
+    let backend = doc["backend"].as_str().unwrap_or("");
     assert!(
         backend.starts_with(&format!("{}://", env.scheme())),
         "backend: {json}"
@@ -738,17 +735,20 @@ pub fn status_of_one_lock(env: &TestEnv) {
             "status printed the password"
         );
     }
-    assert!(doc.has("expires_at"), "expires_at must be present: {json}");
+    assert!(
+        doc.get("expires_at").is_some(),
+        "expires_at must be present: {json}"
+    );
 
     release(env, &mut holder, "holder");
     let free = env.status(["--lock", &lock]);
     free.assert_code(3).assert_no_panic();
     let free_json = env.status(["--lock", &lock, "--json"]);
     free_json.assert_code(3);
-    let doc = Json::parse(free_json.stdout.trim())
+    let doc = serde_json::from_str::<Value>(free_json.stdout.trim())
         .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {free_json}"));
-    assert_eq!(doc.get("state").as_str(), Some("free"), "{free_json}");
-    assert_eq!(doc.get("holder"), &Json::Null, "{free_json}");
+    assert_eq!(doc["state"].as_str(), Some("free"), "{free_json}");
+    assert_eq!(doc["holder"], Value::Null, "{free_json}");
 
     // A lock never used is free too.
     env.status(["--lock", &env.lock("never-used")])
@@ -777,15 +777,15 @@ pub fn status_lists_every_lock(env: &TestEnv) {
 
     let json = env.status(["--json"]);
     json.assert_code(0);
-    let doc = Json::parse(json.stdout.trim())
+    let doc = serde_json::from_str::<Value>(json.stdout.trim())
         .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {json}"));
     let docs = doc
         .as_array()
         .unwrap_or_else(|| panic!("status --json without --lock is an array: {json}"));
     let state = |name: &str| {
         docs.iter()
-            .find(|d| d.get("lock").as_str() == Some(name))
-            .and_then(|d| d.get("state").as_str())
+            .find(|d| d["lock"].as_str() == Some(name))
+            .and_then(|d| d["state"].as_str())
     };
     assert_eq!(state(&held), Some("held"), "{json}");
     assert_eq!(state(&free), Some("free"), "{json}");
@@ -956,9 +956,9 @@ pub fn forced_release_frees_a_dead_holders_lease(env: &TestEnv) {
     // Stopped first, so that the watchdog does not see elect die and release the lease.
     let watchdog = watchdog_of(holder.pid()).expect("elect's watchdog");
     holder.signal("STOP");
-    super::signal(watchdog, "STOP");
+    signal(watchdog, "STOP");
     holder.signal("KILL");
-    super::signal(watchdog, "KILL");
+    signal(watchdog, "KILL");
     assert_eq!(holder.wait().killed_by(), Some(9));
 
     env.run(["run", "--lock", &lock, "--", "true"])
@@ -995,12 +995,12 @@ pub fn forced_release_frees_a_dead_holders_lease(env: &TestEnv) {
 }
 
 /// The `last_run` object of `elect status --lock LOCK --json`.
-fn last_run(env: &TestEnv, lock: &str) -> Json {
+fn last_run(env: &TestEnv, lock: &str) -> Value {
     let out = env.status(["--lock", lock, "--json"]);
     out.assert_no_panic();
-    let doc = Json::parse(out.stdout.trim())
+    let doc = serde_json::from_str::<Value>(out.stdout.trim())
         .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {out}"));
-    doc.get("last_run").clone()
+    doc["last_run"].clone()
 }
 
 /// The LAST RUN cell of `elect status --lock LOCK`: the text after the WAITERS column.
@@ -1023,7 +1023,7 @@ fn last_run_text(env: &TestEnv, lock: &str) -> String {
 /// is free or held again.
 pub fn release_records_the_last_run(env: &TestEnv) {
     let lock = env.lock("history");
-    assert_eq!(last_run(env, &lock), Json::Null, "no run yet");
+    assert_eq!(last_run(env, &lock), Value::Null, "no run yet");
     let id = format!("history-{}", std::process::id());
     env.run([
         "run",
@@ -1039,23 +1039,23 @@ pub fn release_records_the_last_run(env: &TestEnv) {
     .assert_code(0);
     let token = env.lines("token")[0].clone();
     let run = last_run(env, &lock);
-    assert_eq!(run.get("holder").as_str(), Some(id.as_str()), "{run:?}");
+    assert_eq!(run["holder"].as_str(), Some(id.as_str()), "{run:?}");
     assert_eq!(
-        run.get("token").as_u64().map(|t| t.to_string()),
+        run["token"].as_u64().map(|t| t.to_string()),
         Some(token),
         "{run:?}"
     );
-    assert_eq!(run.get("exit_code").as_u64(), Some(0), "{run:?}");
-    assert!(!run.has("signal"), "{run:?}");
-    assert!(run.get("host").as_str().is_some_and(|h| !h.is_empty()));
-    assert!(run.get("pid").as_u64().is_some_and(|p| p > 0));
-    let duration = run.get("duration_ms").as_u64().unwrap_or(0);
+    assert_eq!(run["exit_code"].as_u64(), Some(0), "{run:?}");
+    assert!(run.get("signal").is_none(), "{run:?}");
+    assert!(run["host"].as_str().is_some_and(|h| !h.is_empty()));
+    assert!(run["pid"].as_u64().is_some_and(|p| p > 0));
+    let duration = run["duration_ms"].as_u64().unwrap_or(0);
     assert!(
         (250..10_000).contains(&duration),
         "the job slept 300 ms: {run:?}"
     );
     for key in ["started_at", "finished_at"] {
-        let t = run.get(key).as_str().unwrap_or("");
+        let t = run[key].as_str().unwrap_or("");
         assert!(t.ends_with('Z') && t.len() >= 20, "{key}: {run:?}");
     }
     let text = last_run_text(env, &lock);
@@ -1066,21 +1066,21 @@ pub fn release_records_the_last_run(env: &TestEnv) {
 
     env.run(["run", "--lock", &lock, "--", "sh", "-c", "exit 3"])
         .assert_code(3);
-    assert_eq!(last_run(env, &lock).get("exit_code").as_u64(), Some(3));
+    assert_eq!(last_run(env, &lock)["exit_code"].as_u64(), Some(3));
     assert!(last_run_text(env, &lock).starts_with("exit 3 "));
 
     env.run(["run", "--lock", &lock, "--", "sh", "-c", "kill -KILL $$"])
         .assert_code(137);
     let run = last_run(env, &lock);
-    assert_eq!(run.get("signal").as_u64(), Some(9), "{run:?}");
-    assert!(!run.has("exit_code"), "{run:?}");
+    assert_eq!(run["signal"].as_u64(), Some(9), "{run:?}");
+    assert!(run.get("exit_code").is_none(), "{run:?}");
     assert!(last_run_text(env, &lock).starts_with("SIGKILL "));
 
     // While a new holder runs, the last finished run is still shown.
     let mut holder = hold(env, &lock, "holder", &[]);
-    assert_eq!(last_run(env, &lock).get("signal").as_u64(), Some(9));
+    assert_eq!(last_run(env, &lock)["signal"].as_u64(), Some(9));
     release(env, &mut holder, "holder");
-    assert_eq!(last_run(env, &lock).get("exit_code").as_u64(), Some(0));
+    assert_eq!(last_run(env, &lock)["exit_code"].as_u64(), Some(0));
 }
 
 /// `--once-per 1h`: five contenders fire within about a second, one of them with its wall clock
@@ -1243,9 +1243,9 @@ pub fn a_lost_lease_records_no_history(env: &TestEnv) {
     let run = last_run(env, &lock);
     if env.lock_dir().is_some() {
         // A new lock file starts without history.
-        assert_eq!(run, Json::Null, "{run:?}");
+        assert_eq!(run, Value::Null, "{run:?}");
     } else {
-        assert_eq!(run.get("token").as_u64(), Some(first), "{run:?}");
+        assert_eq!(run["token"].as_u64(), Some(first), "{run:?}");
     }
     // Nor a --once-per marker: the next run runs.
     env.run([
@@ -1324,20 +1324,17 @@ pub fn holders_wait_for_a_free_place(env: &TestEnv) {
     }
     let json = env.status(["--lock", &lock, "--json"]);
     json.assert_code(0);
-    let doc = Json::parse(json.stdout.trim())
+    let doc = serde_json::from_str::<Value>(json.stdout.trim())
         .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {json}"));
-    let holders = doc.get("holders").as_array().unwrap_or_default();
-    let ids: Vec<&str> = holders
-        .iter()
-        .filter_map(|h| h.get("id").as_str())
-        .collect();
+    let holders = doc["holders"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let ids: Vec<&str> = holders.iter().filter_map(|h| h["id"].as_str()).collect();
     assert_eq!(ids, ["a", "b"], "holders in the order they came: {json}");
-    let tokens: Vec<u64> = holders
-        .iter()
-        .filter_map(|h| h.get("token").as_u64())
-        .collect();
+    let tokens: Vec<u64> = holders.iter().filter_map(|h| h["token"].as_u64()).collect();
     assert_eq!(tokens, [token("a"), token("b")], "{json}");
-    assert_eq!(doc.get("holder").get("id").as_str(), Some("a"), "{json}");
+    assert_eq!(doc["holder"]["id"].as_str(), Some("a"), "{json}");
 
     // Full: a third without --wait is turned away; a plain mutex user is too.
     let third = env.run([
@@ -1372,13 +1369,13 @@ pub fn holders_wait_for_a_free_place(env: &TestEnv) {
         token("c")
     );
     let json = env.status(["--lock", &lock, "--json"]);
-    let doc = Json::parse(json.stdout.trim()).expect("JSON");
-    let ids: Vec<String> = doc
-        .get("holders")
+    let doc = serde_json::from_str::<Value>(json.stdout.trim()).expect("JSON");
+    let ids: Vec<String> = doc["holders"]
         .as_array()
+        .map(Vec::as_slice)
         .unwrap_or_default()
         .iter()
-        .filter_map(|h| h.get("id").as_str().map(str::to_owned))
+        .filter_map(|h| h["id"].as_str().map(str::to_owned))
         .collect();
     assert!(
         ids.len() == 2 && ids.contains(&"a".to_owned()) && ids.contains(&"c".to_owned()),
@@ -1462,18 +1459,6 @@ pub fn holders_a_killed_holder_frees_its_place(env: &TestEnv) {
     release(env, &mut c, "c");
 }
 
-/// The watchdog of the elect `pid`: its child whose short name is `lease-watchdog`.
-fn watchdog_of(pid: i32) -> Option<i32> {
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
-    children
-        .split_whitespace()
-        .filter_map(|c| c.parse().ok())
-        .find(|c: &i32| {
-            std::fs::read_to_string(format!("/proc/{c}/comm"))
-                .is_ok_and(|name| name.trim() == "lease-watchdog")
-        })
-}
-
 /// `ps` tells the watchdog from elect: `elect: watchdog for LOCK`, short name `lease-watchdog`.
 pub fn watchdog_is_named(env: &TestEnv) {
     let lock = env.lock("named");
@@ -1515,7 +1500,7 @@ pub fn job_is_stopped_when_the_watchdog_is_killed(env: &TestEnv) {
     let main = env.read_pid("main.pid");
     let bg = env.read_pid("bg.pid");
     let watchdog = watchdog_of(run.pid()).expect("elect's watchdog");
-    super::signal(watchdog, "KILL");
+    signal(watchdog, "KILL");
     let killed_at = Instant::now();
     // A newcomer at once: the lease is still held (elect keeps it while it stops the job).
     let early = env.run(["run", "--lock", &lock, "--", "touch", "early.ran"]);
@@ -1598,8 +1583,8 @@ pub fn job_dies_with_elect_and_watchdog_in_a_pid_namespace(env: &TestEnv) {
     let watchdog = watchdog_of(run.pid()).expect("elect's watchdog");
     // Stopped first, so that neither sees the other die and stops the job.
     run.signal("STOP");
-    super::signal(watchdog, "STOP");
-    super::signal(watchdog, "KILL");
+    signal(watchdog, "STOP");
+    signal(watchdog, "KILL");
     run.signal("KILL");
     let killed = Instant::now();
     assert_eq!(run.wait().killed_by(), Some(9));
@@ -1680,7 +1665,7 @@ fn hook_is_fenced(env: &TestEnv, case: &str, job: &[&str], code: i32) {
     let hook_alive = proc_stat(hook_pid).is_some_and(|s| s.start == hook_start && s.state != 'Z');
     let last_beat = *beats(env, "hook.beats").iter().max().unwrap();
     if hook_alive {
-        super::signal(hook_pid, "KILL");
+        signal(hook_pid, "KILL");
     }
     assert!(
         !hook_alive,

@@ -1,6 +1,7 @@
 //! TLS certificates made at test time with the `openssl` command: a CA, and certificates it
 //! signs, all in one directory (`ca.crt`/`ca.key`, `NAME.crt`/`NAME.key`), valid for two days.
 
+// Each binary makes the certificates its servers need.
 #![allow(dead_code)]
 
 use std::path::Path;

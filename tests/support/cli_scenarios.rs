@@ -1,11 +1,14 @@
 //! `elect` end to end on a network backend given by URL, with a cleared environment: the
 //! scenarios that `redis_cli` and `postgres_cli` share, and the helpers they use.
 
+// A library of scenarios: each backend's binary runs those that apply to it.
 #![allow(dead_code)]
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use super::process::is_alive;
 
 /// `elect` with only PATH in its environment and `url` as its backend, stdin from /dev/null.
 pub fn elect(url: &str) -> Command {
@@ -31,16 +34,6 @@ fn stamp(file: &Path) -> u128 {
     text.trim()
         .parse()
         .unwrap_or_else(|_| panic!("not a time stamp: {text:?}"))
-}
-
-/// Whether a process exists and is not a zombie waiting to be reaped (a zombie runs nothing).
-fn is_alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
-        Err(_) => false,
-    }
 }
 
 /// Three runs at once: one runs its job, the other two exit 75.

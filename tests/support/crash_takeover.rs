@@ -1,16 +1,14 @@
 //! elect alone killed while it holds a lease on a network backend: its watchdog stops the job and
 //! has the lease released, so that a `--wait`ing standby takes over in the grace period rather
 //! than the ttl. The scenarios that every network backend's test runs, with the witness (see
-//! [`crate::witness`]) watching every job's life from the kernel's side.
+//! [`super::witness`]) watching every job's life from the kernel's side.
 
-#![allow(dead_code)]
-
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::proxy::{Mode, Proxy};
-use crate::witness::{Life, Witness, JOB};
+use super::proxy::{Mode, Proxy};
+use super::witness::{Life, Witness, JOB};
 
 /// The ttl of the killed holder where the takeover must not wait for it.
 const LONG_TTL: &str = "30s";
@@ -97,10 +95,6 @@ impl Stage {
             "a job found another's flock: {record:#?}"
         );
     }
-
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
 }
 
 /// Polls `found` every 10 ms until it gives a value, failing the test after `within`.
@@ -121,7 +115,7 @@ fn kill(child: &mut Child, sig: nix::sys::signal::Signal) {
 
 /// `elect status --lock crash --json` on `url`: the token of the lease, `None` when free.
 pub fn held_token(url: &str) -> Option<u64> {
-    let out = crate::cli_scenarios::elect(url)
+    let out = super::cli_scenarios::elect(url)
         .args(["status", "--lock", "crash", "--json"])
         .output()
         .unwrap();

@@ -6,9 +6,10 @@
 //! certificates made at test time with the `openssl` command (a CA, a server certificate for
 //! 127.0.0.1 and localhost, and a client certificate).
 //!
-//! The test crate declares the `certs`, `net` and `programs` modules of `tests/support` beside this
-//! one.
+//! The binary's `mod support` block declares the `certs`, `net`, `process` and `programs` modules
+//! beside this one.
 
+// A harness: each binary uses the part of it that its tests need.
 #![allow(dead_code)]
 
 use std::net::TcpStream;
@@ -16,7 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{certs, net, programs};
+use super::net::retry;
+use super::process::signal;
+use super::{certs, net, programs};
 
 pub struct EtcdServer {
     child: Option<Child>,
@@ -41,7 +44,7 @@ impl EtcdServer {
     }
 
     pub fn with(options: Options) -> Self {
-        let mut server = retry(|| {
+        let mut server = retry(5, || {
             let (port, peer_port) = (net::free_port(), net::free_port());
             let name = format!("m0-{port}");
             let cluster = format!("{name}=http://127.0.0.1:{peer_port}");
@@ -58,7 +61,7 @@ impl EtcdServer {
 
     /// A cluster of `n` members on loopback (plain, no auth), every member ready.
     pub fn cluster(n: usize) -> Vec<Self> {
-        retry(|| {
+        retry(5, || {
             let ports: Vec<(u16, u16)> = (0..n)
                 .map(|_| (net::free_port(), net::free_port()))
                 .collect();
@@ -275,20 +278,17 @@ impl EtcdServer {
 
     /// Freezes the server: it keeps its sockets but answers nothing.
     pub fn stop(&self) {
-        signal(self.pid(), "-STOP");
+        assert!(signal(self.pid(), "STOP"), "SIGSTOP to {}", self.pid());
     }
 
     pub fn resume(&self) {
-        signal(self.pid(), "-CONT");
+        assert!(signal(self.pid(), "CONT"), "SIGCONT to {}", self.pid());
     }
 
     /// Kills the server and waits until it is gone.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-CONT")
-                .arg(child.id().to_string())
-                .status();
+            signal(child.id() as i32, "CONT");
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -299,27 +299,6 @@ impl Drop for EtcdServer {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-fn signal(pid: i32, sig: &str) {
-    let status = Command::new("kill")
-        .arg(sig)
-        .arg(pid.to_string())
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill {sig} {pid}");
-}
-
-/// Starts servers until one attempt succeeds (a few tries: a chosen free port may be taken).
-fn retry<T>(mut start: impl FnMut() -> Result<T, String>) -> T {
-    let mut last = String::new();
-    for _ in 0..5 {
-        match start() {
-            Ok(started) => return started,
-            Err(why) => last = why,
-        }
-    }
-    panic!("{last}");
 }
 
 /// A small stable hash, to name a cluster.

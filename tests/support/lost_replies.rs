@@ -5,9 +5,10 @@
 //! Each scenario takes the URL through the proxy, the URL straight to the server, the proxy, and
 //! a byte pattern that only the backend's acquire request contains.
 //!
-//! The test crate declares the `cli_scenarios` and `proxy` modules of `tests/support` beside
-//! this one.
+//! The binary's `mod support` block declares the `cli_scenarios` and `proxy` modules beside this
+//! one.
 
+// A library of scenarios: each backend's binary runs those that apply to it.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -15,8 +16,8 @@ use std::process::{Child, ChildStderr, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
-use crate::cli_scenarios::{code, elect};
-use crate::proxy::{Mode, Proxy};
+use super::cli_scenarios::{code, elect};
+use super::proxy::{Mode, Proxy};
 
 /// A lease long enough that a lock left held would still be held when the next contender comes.
 const LONG_TTL: &str = "30s";
@@ -270,4 +271,62 @@ pub fn a_lost_release_does_not_let_once_per_run_twice(
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(code(&out), 75, "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The `#[test]`s of the scenarios above for a backend whose `$behind_proxy()` gives `(server,
+/// proxy, url)` (elect reaching the server through the proxy) and whose acquire request starts
+/// with the bytes `$acquire_request`.
+#[macro_export]
+macro_rules! lost_replies_tests {
+    ($behind_proxy:path, $acquire_request:expr) => {
+        #[test]
+        fn an_acquire_without_an_answer_leaves_the_lock_free() {
+            use $crate::support::lost_replies as scenario;
+            let (server, proxy, url) = $behind_proxy();
+            scenario::an_acquire_without_an_answer_leaves_the_lock_free(
+                &url,
+                &server.url(),
+                &proxy,
+                $acquire_request,
+            );
+        }
+
+        #[test]
+        fn sigterm_during_an_acquire_without_an_answer_leaves_the_lock_free() {
+            use $crate::support::lost_replies as scenario;
+            let (server, proxy, url) = $behind_proxy();
+            scenario::sigterm_during_an_acquire_without_an_answer_leaves_the_lock_free(
+                &url,
+                &server.url(),
+                &proxy,
+                $acquire_request,
+            );
+        }
+
+        #[test]
+        fn the_wait_bound_during_an_acquire_without_an_answer_leaves_the_lock_free() {
+            use $crate::support::lost_replies as scenario;
+            let (server, proxy, url) = $behind_proxy();
+            scenario::the_wait_bound_during_an_acquire_without_an_answer_leaves_the_lock_free(
+                &url,
+                &server.url(),
+                &proxy,
+                $acquire_request,
+            );
+        }
+
+        #[test]
+        fn a_stalled_connection_is_replaced_for_the_next_renew() {
+            use $crate::support::lost_replies as scenario;
+            let (_server, proxy, url) = $behind_proxy();
+            scenario::a_stalled_connection_is_replaced_for_the_next_renew(&url, &proxy);
+        }
+
+        #[test]
+        fn a_lost_release_does_not_let_once_per_run_twice() {
+            use $crate::support::lost_replies as scenario;
+            let (server, proxy, url) = $behind_proxy();
+            scenario::a_lost_release_does_not_let_once_per_run_twice(&url, &server.url(), &proxy);
+        }
+    };
 }

@@ -1,5 +1,7 @@
-//! Loopback ports for test servers: picking a free one, and waiting until one accepts.
+//! Loopback ports for test servers: picking a free one, starting again when another process
+//! took it first, and waiting until one accepts.
 
+// Each binary uses the part of it that its servers need.
 #![allow(dead_code)]
 
 use std::net::{TcpListener, TcpStream};
@@ -49,4 +51,17 @@ pub fn accepts_within(port: u16, timeout: Duration) -> bool {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Starts a server until one of `tries` attempts succeeds: a port chosen by [`free_port`] may be
+/// taken by another process before the server binds it.
+pub fn retry<T>(tries: usize, mut start: impl FnMut() -> Result<T, String>) -> T {
+    let mut last = String::new();
+    for _ in 0..tries {
+        match start() {
+            Ok(started) => return started,
+            Err(why) => last = why,
+        }
+    }
+    panic!("{last}");
 }

@@ -51,7 +51,7 @@ pub struct Network {
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new(crate::programs::require(
+    let out = Command::new(super::programs::require(
         "ip",
         "install the iproute2 package",
     ))
@@ -71,8 +71,8 @@ fn ip(args: &[&str]) -> Result<(), String> {
 }
 
 fn nft(netns: &str, script: &str) {
-    let nft = crate::programs::require("nft", "install the nftables package");
-    let ip = crate::programs::require("ip", "install the iproute2 package");
+    let nft = super::programs::require("nft", "install the nftables package");
+    let ip = super::programs::require("ip", "install the iproute2 package");
     let mut child = Command::new(ip)
         .args(["netns", "exec", netns])
         .arg(nft)

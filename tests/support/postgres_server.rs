@@ -6,8 +6,10 @@
 //! that user. Setup statements go through `psql` over the cluster's Unix socket as the superuser
 //! (trusted locally); elect connects over TCP with a password (scram-sha-256).
 //!
-//! The test crate declares the `certs` and `net` modules of `tests/support` beside this one.
+//! The binary's `mod support` block declares the `certs`, `net` and `process` modules beside this
+//! one.
 
+// A harness: each binary uses the part of it that its tests need.
 #![allow(dead_code)]
 
 use std::os::unix::fs::PermissionsExt;
@@ -15,7 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{certs, net};
+use super::process::signal;
+use super::{certs, net};
 
 /// The role and database elect uses in tests.
 pub const USER: &str = "elect";
@@ -267,11 +270,9 @@ impl PostgresServer {
 impl Drop for PostgresServer {
     fn drop(&mut self) {
         // A frozen cluster cannot shut down.
-        let _ = Command::new("kill")
-            .arg("-CONT")
-            .args(self.processes().iter().map(i32::to_string))
-            .stderr(Stdio::null())
-            .status();
+        for pid in self.processes() {
+            signal(pid, "CONT");
+        }
         let _ = as_postgres(&self.bin.join("pg_ctl"))
             .arg("stop")
             .arg("-D")
@@ -479,11 +480,7 @@ impl Drop for PgBouncer {
             .ok()
             .and_then(|t| t.trim().parse::<i32>().ok());
         if let Some(pid) = pid {
-            let _ = Command::new("kill")
-                .arg("-INT")
-                .arg(pid.to_string())
-                .stderr(Stdio::null())
-                .status();
+            signal(pid, "INT");
         }
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -1,7 +1,5 @@
 //! Finding the external programs the test servers need.
 
-#![allow(dead_code)]
-
 use std::path::PathBuf;
 
 /// `name` on PATH, or in /usr/bin or /usr/sbin (which a root-less PATH may lack).

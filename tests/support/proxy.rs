@@ -20,6 +20,7 @@
 //!
 //! Every loop is bounded by the stop flag; threads end when the proxy is dropped.
 
+// A harness: each binary uses the part of it that its tests need.
 #![allow(dead_code)]
 
 use std::io::{ErrorKind, Read, Write};

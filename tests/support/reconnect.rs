@@ -6,13 +6,12 @@
 //! the same proxy or directly. What is measured is how long after the release, or after the path
 //! healed, the waiter's job starts; and that `status` and `release` end in bounded time.
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::proxy::{Mode, Proxy};
+use super::process::signal;
+use super::proxy::{Mode, Proxy};
 
 /// How soon after the path heals (and the lock is free) the waiter must run.
 pub const BOUND: Duration = Duration::from_secs(2);
@@ -165,7 +164,7 @@ fn finish(child: Child, what: &str) -> Output {
     match rx.recv_timeout(Duration::from_secs(30)) {
         Ok(out) => out.unwrap(),
         Err(_) => {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            signal(pid as i32, "KILL");
             panic!("{what} still ran 30 s later");
         }
     }
@@ -301,4 +300,39 @@ pub fn status_and_release_resume_after_resets(direct: &str, proxied: &str, proxy
     // The holder learns of it at its next renew; end its job now.
     std::fs::write(&holder.go, b"").unwrap();
     let _ = finish(holder.child, "the holder");
+}
+
+/// The `#[test]`s of the scenarios above for a backend whose `$behind_proxy()` gives `(server,
+/// proxy, url)` (elect reaching the server through the proxy).
+#[macro_export]
+macro_rules! reconnect_tests {
+    ($behind_proxy:path) => {
+        #[test]
+        fn resets_while_waiting_then_a_release() {
+            use $crate::support::reconnect as scenario;
+            let (_server, proxy, proxied) = $behind_proxy();
+            scenario::resets_while_waiting_then_a_release(&proxied, &proxy);
+        }
+
+        #[test]
+        fn a_release_during_resets() {
+            use $crate::support::reconnect as scenario;
+            let (server, proxy, proxied) = $behind_proxy();
+            scenario::a_release_during_resets(&server.url(), &proxied, &proxy);
+        }
+
+        #[test]
+        fn the_wait_limit_holds_while_resetting() {
+            use $crate::support::reconnect as scenario;
+            let (server, proxy, proxied) = $behind_proxy();
+            scenario::the_wait_limit_holds_while_resetting(&server.url(), &proxied, &proxy);
+        }
+
+        #[test]
+        fn status_and_release_resume_after_resets() {
+            use $crate::support::reconnect as scenario;
+            let (server, proxy, proxied) = $behind_proxy();
+            scenario::status_and_release_resume_after_resets(&server.url(), &proxied, &proxy);
+        }
+    };
 }

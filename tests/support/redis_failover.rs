@@ -7,16 +7,15 @@
 //! is proven, not inferred. [`Round`] carries what a test asserts and what the fault table and
 //! the figures report.
 //!
-//! The test crate declares `witness` beside this module.
-
-#![allow(dead_code)]
+//! The binary's `mod support` block declares the `battery`, `env` and `witness` modules beside
+//! this one.
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::witness::{Record, Witness, JOB};
+use super::witness::{Record, Witness, JOB};
 
 /// The witness job's exit code when it ran to its end.
 pub const JOB_CODE: i32 = 42;
@@ -24,10 +23,8 @@ pub const JOB_CODE: i32 = 42;
 /// One run of one contender.
 #[derive(Debug, Clone)]
 pub struct Run {
-    pub id: u64,
     pub code: Option<i32>,
     pub started: Instant,
-    pub ended: Instant,
     pub stderr: String,
 }
 
@@ -236,10 +233,8 @@ pub fn contend(
                     };
                     let failed = status.and_then(|s| s.code()) != Some(JOB_CODE);
                     runs.lock().unwrap().push(Run {
-                        id,
                         code: status.and_then(|s| s.code()),
                         started,
-                        ended: Instant::now(),
                         stderr: std::fs::read_to_string(&stderr_path).unwrap_or_default(),
                     });
                     if failed {
@@ -271,15 +266,15 @@ pub fn contend(
 }
 
 /// A battery scenario by name.
-pub type Scenario = (&'static str, fn(&crate::support::TestEnv));
+pub type Scenario = (&'static str, fn(&super::env::TestEnv));
 
 /// The battery's scenarios that talk to the backend (the job-process ones run on standalone Redis
 /// only): what every topology runs.
 pub fn backend_scenarios() -> Vec<Scenario> {
-    use crate::support::battery;
+    use super::battery;
     macro_rules! scenarios {
         ($($scenario:ident),* $(,)?) => {
-            vec![$((stringify!($scenario), battery::$scenario as fn(&crate::support::TestEnv))),*]
+            vec![$((stringify!($scenario), battery::$scenario as fn(&super::env::TestEnv))),*]
         };
     }
     scenarios!(
@@ -317,7 +312,7 @@ pub fn battery_on(url: &str, scenarios: &[Scenario], threads: usize) {
                 let Some((name, scenario)) = queue.lock().unwrap().next() else {
                     return;
                 };
-                let env = crate::support::TestEnv::with_backend(url);
+                let env = super::env::TestEnv::with_backend(url);
                 let result =
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(&env)));
                 if let Err(e) = result {

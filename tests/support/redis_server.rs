@@ -4,9 +4,10 @@
 //! TLS servers get certificates made at test time with the `openssl` command: a CA, and a server
 //! certificate for 127.0.0.1 and localhost signed by it.
 //!
-//! The test crate declares the `certs`, `net` and `programs` modules of `tests/support` beside this
-//! one.
+//! The binary's `mod support` block declares the `certs`, `net`, `process` and `programs` modules
+//! beside this one.
 
+// A harness: each binary uses the part of it that its tests need.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -15,7 +16,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{certs, net, programs};
+use super::process::signal;
+use super::{certs, net, programs};
 
 pub struct RedisServer {
     child: Child,
@@ -129,20 +131,11 @@ impl RedisServer {
 
     /// Freezes the server: it keeps its sockets but answers nothing.
     pub fn stop(&self) {
-        self.signal("-STOP");
+        assert!(signal(self.pid(), "STOP"), "SIGSTOP to {}", self.pid());
     }
 
     pub fn resume(&self) {
-        self.signal("-CONT");
-    }
-
-    fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .arg(sig)
-            .arg(self.pid().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill {sig} {}", self.pid());
+        assert!(signal(self.pid(), "CONT"), "SIGCONT to {}", self.pid());
     }
 
     /// Runs one command through a plain socket (no TLS servers), for checks from outside elect.

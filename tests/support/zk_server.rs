@@ -11,8 +11,10 @@
 //! Every server has `tickTime=250` with session timeouts allowed from 500 ms to 60 s, so that
 //! the tests' short ttls (1-3 s) and elect's default (15 s) are both granted as asked.
 //!
-//! The test crate declares the `net` and `programs` modules of `tests/support` beside this one.
+//! The binary's `mod support` block declares the `net`, `process` and `programs` modules beside
+//! this one.
 
+// A harness: each binary uses the part of it that its tests need.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -23,7 +25,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::{net, programs};
+use super::net::retry;
+use super::process::signal;
+use super::{net, programs};
 
 /// Where Debian's package puts the server's jar (its manifest names the other jars).
 const JAR: &str = "/usr/share/java/zookeeper.jar";
@@ -51,7 +55,7 @@ struct Member {
 impl ZkServer {
     /// A server of its own, for tests that stop or kill it.
     pub fn start() -> Self {
-        retry(|| {
+        retry(3, || {
             let dir = tempfile::tempdir().expect("temporary directory");
             let member = Member {
                 id: 1,
@@ -74,7 +78,7 @@ impl ZkServer {
             let (sender, receiver) = std::sync::mpsc::channel();
             // PR_SET_PDEATHSIG fires when the thread that forked dies: this one never does.
             std::thread::spawn(move || {
-                let server = retry(|| {
+                let server = retry(3, || {
                     let dir = shared_dir();
                     let member = Member {
                         id: 1,
@@ -98,7 +102,7 @@ impl ZkServer {
 
     /// `n` servers forming one ensemble, every one serving.
     pub fn ensemble(n: usize) -> Vec<Self> {
-        retry(|| {
+        retry(3, || {
             let members: Vec<Member> = (1..=n)
                 .map(|id| Member {
                     id,
@@ -209,20 +213,17 @@ impl ZkServer {
 
     /// Freezes the server: it keeps its sockets but answers nothing.
     pub fn stop(&self) {
-        signal(self.pid(), "-STOP");
+        assert!(signal(self.pid(), "STOP"), "SIGSTOP to {}", self.pid());
     }
 
     pub fn resume(&self) {
-        signal(self.pid(), "-CONT");
+        assert!(signal(self.pid(), "CONT"), "SIGCONT to {}", self.pid());
     }
 
     /// Kills the server and waits until it is gone.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-CONT")
-                .arg(child.id().to_string())
-                .status();
+            signal(child.id() as i32, "CONT");
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -344,25 +345,4 @@ fn shared_dir() -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("shared ZooKeeper directory");
     dir
-}
-
-fn signal(pid: i32, sig: &str) {
-    let status = Command::new("kill")
-        .arg(sig)
-        .arg(pid.to_string())
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill {sig} {pid}");
-}
-
-/// Starts servers until one attempt succeeds (a few tries: a chosen free port may be taken).
-fn retry<T>(mut start: impl FnMut() -> Result<T, String>) -> T {
-    let mut last = String::new();
-    for _ in 0..3 {
-        match start() {
-            Ok(started) => return started,
-            Err(why) => last = why,
-        }
-    }
-    panic!("{last}");
 }

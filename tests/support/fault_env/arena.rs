@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::hosts::Hosts;
-use super::process::kill;
 use super::server::Server;
 use super::setup::Setup;
 use super::{GRACE, RUN_LIMIT, TTL};
+use crate::process::signal;
 use crate::witness::{Witness, JOB};
 
 /// One `elect run` invocation.
@@ -167,7 +167,7 @@ pub(super) fn contend(arena: &Arena, server: &Server, setup: &Setup, index: usiz
             }
             if started.elapsed() > RUN_LIMIT {
                 arena.shared.hung.lock().unwrap().push(run);
-                kill(pid, "CONT");
+                signal(pid, "CONT");
                 let _ = child.kill();
                 break child.wait().expect("wait");
             }
@@ -247,7 +247,7 @@ pub(super) fn drain(arena: &Arena) {
                 && r.started.elapsed() > Duration::from_millis(200)
             {
                 terminated.insert(r.run);
-                kill(r.pid, "TERM");
+                signal(r.pid, "TERM");
             }
         }
         drop(terminated);

@@ -3,11 +3,11 @@
 use std::time::{Duration, Instant};
 
 use super::arena::Arena;
-use super::process::{kill, watchdog_of};
 use super::server::Server;
 use super::setup::{BackendKind, Fault};
 use super::TTL;
 use crate::netns::Cut;
+use crate::process::{signal, watchdog_of};
 use crate::proxy::Mode;
 
 /// How long [`Fault::HandOffUnreachable`] holds all traffic: longer than the release's own
@@ -46,31 +46,31 @@ pub(super) fn apply(
         Fault::KillHolder | Fault::HandOff => {
             if let Some((run, _, pid)) = holder {
                 arena.shared.killed.lock().unwrap().insert(run);
-                kill(pid, "KILL");
+                signal(pid, "KILL");
             }
         }
         Fault::StopHolder => {
             if let Some((_, _, pid)) = holder {
-                kill(pid, "STOP");
+                signal(pid, "STOP");
                 std::thread::sleep(hold);
-                kill(pid, "CONT");
+                signal(pid, "CONT");
             }
         }
         Fault::HandOffUnreachable => {
             if let (Some((run, _, pid)), Some(p)) = (holder, server.proxy()) {
                 p.set_mode(Mode::Blackhole);
                 arena.shared.killed.lock().unwrap().insert(run);
-                kill(pid, "KILL");
+                signal(pid, "KILL");
                 std::thread::sleep(BLACKHOLE_AT_KILL);
                 p.set_mode(Mode::Pass);
             }
         }
         Fault::StopThenKill => {
             if let Some((run, _, pid)) = holder {
-                kill(pid, "STOP");
+                signal(pid, "STOP");
                 std::thread::sleep(hold);
                 arena.shared.killed.lock().unwrap().insert(run);
-                kill(pid, "KILL");
+                signal(pid, "KILL");
             }
         }
         Fault::StopServer => {
@@ -106,14 +106,14 @@ pub(super) fn apply(
             if let Some((run, _, pid)) = holder {
                 if let Some(watchdog) = watchdog_of(pid) {
                     arena.shared.watchdog_killed.lock().unwrap().insert(run);
-                    kill(watchdog, "KILL");
+                    signal(watchdog, "KILL");
                 }
             }
         }
         Fault::StopWatchdog => {
             if let Some((_, _, pid)) = holder {
                 if let Some(watchdog) = watchdog_of(pid) {
-                    kill(watchdog, "STOP");
+                    signal(watchdog, "STOP");
                     match server.kind() {
                         BackendKind::File => {
                             if let Some(path) = server.lock_file(&arena.lock) {
@@ -123,7 +123,7 @@ pub(super) fn apply(
                         }
                         _ => proxy_for(server, Mode::Blackhole, hold),
                     }
-                    kill(watchdog, "CONT");
+                    signal(watchdog, "CONT");
                 }
             }
         }
@@ -188,10 +188,10 @@ pub(super) fn apply(
                     arena.shared.killed.lock().unwrap().insert(run);
                     arena.shared.watchdog_killed.lock().unwrap().insert(run);
                     // Stopped first, so that neither sees the other die and stops the job.
-                    kill(pid, "STOP");
-                    kill(watchdog, "STOP");
-                    kill(pid, "KILL");
-                    kill(watchdog, "KILL");
+                    signal(pid, "STOP");
+                    signal(watchdog, "STOP");
+                    signal(pid, "KILL");
+                    signal(watchdog, "KILL");
                 }
             }
         }

@@ -40,10 +40,11 @@
 //! - `inject`: applying a fault to the holder or the server; `rng`: the replayable order;
 //! - `check`: the invariants, one function each; `report`: the row of the table;
 //! - `hosts`: contenders as hosts of their own (network namespaces, freezer cgroups);
-//! - `ctrl_z`: the tmux scenario; `process`: signals and `/proc`.
+//! - `ctrl_z`: the tmux scenario.
 //!
-//! The test crate declares the `certs`, `freezer`, `net`, `netns`, `postgres_server`,
-//! `programs`, `proxy` and `witness` modules of `tests/support` beside this one.
+//! The test crate declares the `certs`, `freezer`, `net`, `netns`, `postgres_server`, `process`,
+//! `programs`, `proxy` and `witness` modules of `tests/support` beside this one, and names them
+//! at its root (`use support::{...}`), where this module finds them as `crate::NAME`.
 
 mod arena;
 mod check;
@@ -51,7 +52,6 @@ mod ctrl_z;
 mod etcd_cluster;
 mod hosts;
 mod inject;
-mod process;
 mod report;
 mod rng;
 mod server;

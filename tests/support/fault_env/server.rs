@@ -8,11 +8,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::etcd_cluster::EtcdCluster;
-use super::process::{alive, kill};
 use super::setup::BackendKind;
 use crate::net::free_port;
 use crate::netns::Host;
 use crate::postgres_server::{self, PostgresServer};
+use crate::process::{is_alive, signal};
 use crate::programs;
 use crate::proxy::Proxy;
 
@@ -101,8 +101,8 @@ impl Proc {
 
     pub(super) fn signal_and_wait(&mut self, sig: &str) {
         if let Some(mut child) = self.child.take() {
-            kill(child.id() as i32, "CONT");
-            kill(child.id() as i32, sig);
+            signal(child.id() as i32, "CONT");
+            signal(child.id() as i32, sig);
             let _ = child.wait();
         }
     }
@@ -344,7 +344,7 @@ impl Server {
         match &self.inner {
             Inner::File { .. } | Inner::EtcdCluster(_) => {}
             Inner::Redis(p) | Inner::Etcd(p) | Inner::Zk(p) => {
-                kill(p.lock().unwrap().pid(), "STOP")
+                signal(p.lock().unwrap().pid(), "STOP");
             }
             Inner::Postgres { server, .. } => server.freeze(),
         }
@@ -354,7 +354,7 @@ impl Server {
         match &self.inner {
             Inner::File { .. } | Inner::EtcdCluster(_) => {}
             Inner::Redis(p) | Inner::Etcd(p) | Inner::Zk(p) => {
-                kill(p.lock().unwrap().pid(), "CONT")
+                signal(p.lock().unwrap().pid(), "CONT");
             }
             Inner::Postgres { server, .. } => server.thaw(),
         }
@@ -427,7 +427,7 @@ fn relaunch_postgres(server: &PostgresServer, restarted: &Mutex<Option<Child>>, 
     let pids = server.processes();
     if crash {
         for pid in &pids {
-            kill(*pid, "KILL");
+            signal(*pid, "KILL");
         }
     } else {
         let mut cmd = postgres_server::as_postgres(&bin.join("pg_ctl"));
@@ -440,7 +440,7 @@ fn relaunch_postgres(server: &PostgresServer, restarted: &Mutex<Option<Child>>, 
             .status();
     }
     let gone = Instant::now() + Duration::from_secs(10);
-    while pids.iter().any(|p| alive(*p)) && Instant::now() < gone {
+    while pids.iter().any(|p| is_alive(*p)) && Instant::now() < gone {
         std::thread::sleep(Duration::from_millis(20));
     }
     let mut restarted = restarted.lock().unwrap();

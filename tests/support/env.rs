@@ -2,7 +2,7 @@
 //!
 //! A [`TestEnv`] is a temporary directory and a backend: the file backend in a lock directory
 //! of its own ([`TestEnv::new`]), or any backend URL ([`TestEnv::with_backend`]), so that the
-//! backend-independent scenarios of [`battery`] run unchanged on every backend. Every `elect`
+//! backend-independent scenarios of `battery.rs` run unchanged on every backend. Every `elect`
 //! it starts runs in that directory (jobs write their marker files there), with the inherited
 //! `ELECT_*` variables removed, stdin from /dev/null, and stdout and stderr sent to files rather
 //! than pipes: a job process that outlives elect must not be able to hang a test that reads
@@ -12,9 +12,8 @@
 //! a test that ends early kills what it started (elect on drop of [`Running`], recorded job
 //! processes on drop of the [`TestEnv`]).
 
+// A toolkit: each test binary uses the part of it that its scenarios need.
 #![allow(dead_code)]
-
-pub mod battery;
 
 use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
@@ -24,6 +23,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use super::process::{is_alive, proc_stat, signal};
 
 /// The longest any single `elect` may run in a test before it is killed and the test fails.
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -242,6 +243,23 @@ impl TestEnv {
             .unwrap_or_else(|_| panic!("{} does not hold a pid: {text:?}", path.display()));
         self.track(pid);
         pid
+    }
+
+    /// `elect run --lock LOCK --wait=20s` of a job that touches `ran`; fails the test unless it
+    /// exits 0 and its job ran after the process `old_job` had ended.
+    pub fn assert_waiter_runs_after(&self, lock: &str, old_job: i32) {
+        let mut waiter = self.elect();
+        waiter
+            .args(["run", "--lock", lock, "--wait=20s", "--", "sh", "-c"])
+            .arg(format!(
+                "kill -0 {old_job} 2>/dev/null && echo overlap > overlap; touch ran"
+            ));
+        self.run_command(waiter).assert_code(0);
+        assert!(self.file("ran").exists());
+        assert!(
+            !self.file("overlap").exists(),
+            "the newcomer ran while the old job lived"
+        );
     }
 
     /// Remembers a process to kill on drop of the environment if it is still alive then.
@@ -553,49 +571,9 @@ pub fn wait_for_file(path: &Path, timeout: Duration) {
     });
 }
 
-/// The fields of `/proc/PID/stat` that the tests look at.
-#[derive(Debug, Clone, Copy)]
-pub struct ProcStat {
-    pub state: char,
-    pub pgrp: i32,
-    pub session: i32,
-    pub start: u64,
-}
-
-/// `/proc/PID/stat`, or `None` when there is no such process.
-pub fn proc_stat(pid: i32) -> Option<ProcStat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may hold spaces; the fields after it are fixed.
-    let (_, rest) = text.rsplit_once(") ")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    Some(ProcStat {
-        state: fields.first()?.chars().next()?,
-        pgrp: fields.get(2)?.parse().ok()?,
-        session: fields.get(3)?.parse().ok()?,
-        start: fields.get(19)?.parse().ok()?,
-    })
-}
-
-/// Whether a process exists and is not a zombie (a zombie runs nothing).
-pub fn is_alive(pid: i32) -> bool {
-    proc_stat(pid).is_some_and(|s| s.state != 'Z' && s.state != 'X')
-}
-
 /// Waits up to `timeout` for `pid` to be gone; whether it is.
 pub fn dies_within(pid: i32, timeout: Duration) -> bool {
     becomes(timeout, || !is_alive(pid))
-}
-
-/// Sends signal `sig` (a name such as `TERM`) to `pid` with kill(1).
-pub fn signal(pid: i32, sig: &str) {
-    let status = Command::new("kill")
-        .args(["-s", sig, &pid.to_string()])
-        .stderr(Stdio::null())
-        .status()
-        .expect("run kill(1)");
-    // A process that has just exited is not a failure of the harness; the test's assertions say
-    // what should have happened.
-    let _ = status;
 }
 
 /// A shell loop that waits (at most 30 s, so nothing lingers after a failed test) for `file`.
@@ -606,199 +584,4 @@ pub fn until_exists(file: &str) -> String {
 /// A shell command that writes its shell's pid into `file` atomically (a whole line or nothing).
 pub fn write_pid(file: &str) -> String {
     format!("echo $$ > {file}.tmp && mv {file}.tmp {file}")
-}
-
-/// A minimal JSON value, enough to check `elect status --json` without a JSON dependency.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Json {
-    Null,
-    Bool(bool),
-    Number(f64),
-    String(String),
-    Array(Vec<Json>),
-    Object(Vec<(String, Json)>),
-}
-
-impl Json {
-    /// Parses a whole document; an error names the byte offset.
-    pub fn parse(text: &str) -> Result<Json, String> {
-        let mut p = JsonParser {
-            bytes: text.as_bytes(),
-            at: 0,
-        };
-        let value = p.value()?;
-        p.space();
-        if p.at != p.bytes.len() {
-            return Err(format!("trailing characters at byte {}", p.at));
-        }
-        Ok(value)
-    }
-
-    /// The member `key` of an object (`Json::Null` if absent or not an object).
-    pub fn get(&self, key: &str) -> &Json {
-        match self {
-            Json::Object(members) => members
-                .iter()
-                .find(|(k, _)| k == key)
-                .map_or(&Json::Null, |(_, v)| v),
-            _ => &Json::Null,
-        }
-    }
-
-    pub fn has(&self, key: &str) -> bool {
-        matches!(self, Json::Object(m) if m.iter().any(|(k, _)| k == key))
-    }
-
-    pub fn as_str(&self) -> Option<&str> {
-        match self {
-            Json::String(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    pub fn as_u64(&self) -> Option<u64> {
-        match self {
-            Json::Number(n) if *n >= 0.0 && n.fract() == 0.0 => Some(*n as u64),
-            _ => None,
-        }
-    }
-
-    pub fn as_array(&self) -> Option<&[Json]> {
-        match self {
-            Json::Array(items) => Some(items),
-            _ => None,
-        }
-    }
-}
-
-struct JsonParser<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl JsonParser<'_> {
-    fn space(&mut self) {
-        while self.bytes.get(self.at).is_some_and(u8::is_ascii_whitespace) {
-            self.at += 1;
-        }
-    }
-
-    fn expect(&mut self, word: &str) -> Result<(), String> {
-        if self.bytes[self.at..].starts_with(word.as_bytes()) {
-            self.at += word.len();
-            Ok(())
-        } else {
-            Err(format!("expected {word} at byte {}", self.at))
-        }
-    }
-
-    fn value(&mut self) -> Result<Json, String> {
-        self.space();
-        match self.bytes.get(self.at) {
-            Some(b'n') => self.expect("null").map(|()| Json::Null),
-            Some(b't') => self.expect("true").map(|()| Json::Bool(true)),
-            Some(b'f') => self.expect("false").map(|()| Json::Bool(false)),
-            Some(b'"') => self.string().map(Json::String),
-            Some(b'[') => {
-                self.at += 1;
-                let mut items = Vec::new();
-                self.space();
-                if self.bytes.get(self.at) == Some(&b']') {
-                    self.at += 1;
-                    return Ok(Json::Array(items));
-                }
-                loop {
-                    items.push(self.value()?);
-                    self.space();
-                    match self.bytes.get(self.at) {
-                        Some(b',') => self.at += 1,
-                        Some(b']') => {
-                            self.at += 1;
-                            return Ok(Json::Array(items));
-                        }
-                        _ => return Err(format!("expected , or ] at byte {}", self.at)),
-                    }
-                }
-            }
-            Some(b'{') => {
-                self.at += 1;
-                let mut members = Vec::new();
-                self.space();
-                if self.bytes.get(self.at) == Some(&b'}') {
-                    self.at += 1;
-                    return Ok(Json::Object(members));
-                }
-                loop {
-                    self.space();
-                    let key = self.string()?;
-                    self.space();
-                    self.expect(":")?;
-                    members.push((key, self.value()?));
-                    self.space();
-                    match self.bytes.get(self.at) {
-                        Some(b',') => self.at += 1,
-                        Some(b'}') => {
-                            self.at += 1;
-                            return Ok(Json::Object(members));
-                        }
-                        _ => return Err(format!("expected , or }} at byte {}", self.at)),
-                    }
-                }
-            }
-            Some(c) if *c == b'-' || c.is_ascii_digit() => {
-                let start = self.at;
-                while self
-                    .bytes
-                    .get(self.at)
-                    .is_some_and(|c| c.is_ascii_digit() || b"+-.eE".contains(c))
-                {
-                    self.at += 1;
-                }
-                let text = std::str::from_utf8(&self.bytes[start..self.at]).unwrap();
-                text.parse()
-                    .map(Json::Number)
-                    .map_err(|_| format!("bad number {text:?} at byte {start}"))
-            }
-            _ => Err(format!("unexpected input at byte {}", self.at)),
-        }
-    }
-
-    fn string(&mut self) -> Result<String, String> {
-        self.expect("\"")?;
-        let mut out = String::new();
-        loop {
-            let rest = std::str::from_utf8(&self.bytes[self.at..])
-                .map_err(|_| "invalid UTF-8".to_owned())?;
-            let mut chars = rest.chars();
-            let c = chars
-                .next()
-                .ok_or_else(|| "unterminated string".to_owned())?;
-            self.at += c.len_utf8();
-            match c {
-                '"' => return Ok(out),
-                '\\' => {
-                    let e = chars
-                        .next()
-                        .ok_or_else(|| "unterminated escape".to_owned())?;
-                    self.at += 1;
-                    match e {
-                        '"' | '\\' | '/' => out.push(e),
-                        'n' => out.push('\n'),
-                        't' => out.push('\t'),
-                        'r' => out.push('\r'),
-                        'b' => out.push('\u{8}'),
-                        'f' => out.push('\u{c}'),
-                        'u' => {
-                            let hex = rest.get(2..6).ok_or("short \\u escape")?;
-                            let n = u32::from_str_radix(hex, 16).map_err(|e| e.to_string())?;
-                            out.push(char::from_u32(n).unwrap_or('\u{fffd}'));
-                            self.at += 4;
-                        }
-                        _ => return Err(format!("bad escape at byte {}", self.at)),
-                    }
-                }
-                c => out.push(c),
-            }
-        }
-    }
 }

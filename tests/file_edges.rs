@@ -13,6 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::env::{write_pid, TestEnv};
+use support::process;
 
 const NOBODY: u32 = 65534;
 
@@ -462,23 +463,14 @@ fn a_stopped_watchdog_does_not_outlive_its_elect() {
         "run", "--lock", &lock, "--grace", "1s", "--", "sh", "-c", &job,
     ]);
     env.read_pid("job.pid");
-    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", run.pid()))
-        .expect("elect's children");
-    let watchdog: i32 = children
-        .split_whitespace()
-        .filter_map(|c| c.parse().ok())
-        .find(|c: &i32| {
-            std::fs::read_to_string(format!("/proc/{c}/comm"))
-                .is_ok_and(|name| name.trim() == "lease-watchdog")
-        })
-        .expect("elect's watchdog");
-    support::signal(watchdog, "STOP");
+    let watchdog = process::watchdog_of(run.pid()).expect("elect's watchdog");
+    process::signal(watchdog, "STOP");
     let path = env.lock_dir().unwrap().join(format!("{lock}.lock"));
     std::fs::remove_file(&path).unwrap();
     let ended = run.wait();
-    let lingering = support::is_alive(watchdog);
+    let lingering = process::is_alive(watchdog);
     if lingering {
-        support::signal(watchdog, "KILL");
+        process::signal(watchdog, "KILL");
     }
     ended.assert_code(76);
     assert!(!lingering, "the stopped watchdog outlived elect");

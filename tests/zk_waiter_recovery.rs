@@ -9,22 +9,20 @@
 //! time, and with a fault at every handover (the fault suite's proxy rows) it waited until
 //! killed.
 
-mod support;
-
-#[path = "support/net.rs"]
-mod net;
-#[path = "support/programs.rs"]
-mod programs;
-#[path = "support/proxy.rs"]
-mod proxy;
-#[path = "support/zk_server.rs"]
-mod zk_server;
+mod support {
+    pub mod env;
+    pub mod net;
+    pub mod process;
+    pub mod programs;
+    pub mod proxy;
+    pub mod zk_server;
+}
 
 use std::time::{Duration, Instant};
 
-use proxy::{Mode, Proxy};
-use support::{until_exists, write_pid, Running, TestEnv};
-use zk_server::ZkServer;
+use support::env::{until_exists, write_pid, Running, TestEnv};
+use support::proxy::{Mode, Proxy};
+use support::zk_server::ZkServer;
 
 /// The session timeout is the ttl: 2 s, which the client declares expired after 2.8 s without
 /// an answer.

@@ -128,6 +128,23 @@ impl HolderInfo {
             places: 1,
         }
     }
+
+    /// A holder the backend shows but elect cannot name (its record was written by another
+    /// client, or cannot be read). A lock state without a holder means free, and reporting such
+    /// a lock as free would invite a contender to believe it could take it: so one is made up,
+    /// `id` saying what is known. Nobody knows when it was acquired: the epoch.
+    pub fn unknown(id: String, token: FencingToken) -> Self {
+        Self {
+            id,
+            host: String::new(),
+            pid: 0,
+            acquired_at: SystemTime::UNIX_EPOCH,
+            ttl: Duration::ZERO,
+            token,
+            version: String::new(),
+            places: 1,
+        }
+    }
 }
 
 impl fmt::Display for HolderInfo {
@@ -262,6 +279,21 @@ impl LastRun {
         }
     }
 
+    /// The run a `--once-per` marker of `name` stands for when elect cannot read the marker: it
+    /// still says that the job ran in the window.
+    pub fn unreadable_marker(name: &LockName) -> Self {
+        Self {
+            holder: format!("unknown (unreadable marker of lock {name})"),
+            host: "unknown".into(),
+            pid: 0,
+            token: FencingToken(0),
+            started_at: SystemTime::UNIX_EPOCH,
+            finished_at: SystemTime::UNIX_EPOCH,
+            duration: Duration::ZERO,
+            end: RunEnd::ExitCode(0),
+        }
+    }
+
     /// How the run reads in one line: `ok at 2026-11-22T09:00:00.123Z on web-1 (id web-1:42,
     /// token 17, took 12s)`.
     pub fn describe(&self) -> String {
@@ -311,6 +343,38 @@ pub struct LockState {
     pub waiters: Option<u64>,
     /// With `--holders N`: the holders besides `holder`, in the order of their places.
     pub co_holders: Vec<Holding>,
+}
+
+impl LockState {
+    /// A lock nobody holds, with no run recorded.
+    pub fn free(lock: LockName) -> Self {
+        Self {
+            lock,
+            holder: None,
+            last_run: None,
+            expires_in: None,
+            waiters: None,
+            co_holders: Vec::new(),
+        }
+    }
+
+    /// A lock held by `holdings`, in the order of their places: the first is the holder, the
+    /// others its co-holders. Free when there are none.
+    pub fn held_by(
+        lock: LockName,
+        holdings: impl IntoIterator<Item = Holding>,
+        last_run: Option<LastRun>,
+    ) -> Self {
+        let mut holdings = holdings.into_iter();
+        let first = holdings.next();
+        Self {
+            expires_in: first.as_ref().and_then(|h| h.expires_in),
+            holder: first.map(|h| h.holder),
+            last_run,
+            co_holders: holdings.collect(),
+            ..Self::free(lock)
+        }
+    }
 }
 
 /// One holder of a lock that has several (`--holders N`).

@@ -59,7 +59,6 @@ mod sql;
 mod tls;
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -70,8 +69,8 @@ use self::connect::{Conn, Target};
 use self::session::QueryError;
 use self::sql::{lost_create_race, Schema, Statements, HISTORY_COLUMNS, PLACES_COLUMN};
 use super::{
-    AcquireRequest, Backend, BackendError, BackendOptions, BackendUrl, Expiry, ForcedRelease,
-    Result, WaitMode,
+    random, AcquireRequest, Backend, BackendError, BackendOptions, BackendUrl, Expiry,
+    ForcedRelease, Result, WaitMode,
 };
 use crate::lease::{
     Acquire, FencingToken, History, HolderInfo, Holding, LastRun, Lease, LockName, LockState,
@@ -472,7 +471,7 @@ impl Backend for PostgresBackend {
         // ours again.
         let secret = match &self.unsettled {
             Some(unsettled) => unsettled.secret.clone(),
-            None => random_secret()?,
+            None => random::secret()?,
         };
         // A contender that loses a place to another may find the next one free: each lost race
         // means another contender got in, so at most one per place.
@@ -505,7 +504,7 @@ impl Backend for PostgresBackend {
                     let limit = match &self.conn {
                         Some(conn) if conn.hears => remaining.min(HEARING_RECHECK),
                         _ => remaining.min(RECHECK),
-                    } + jitter();
+                    } + random::jitter(JITTER_MS);
                     self.wait_for_release(&req.name, limit).await;
                 }
             }
@@ -584,7 +583,7 @@ impl Backend for PostgresBackend {
             column::<Option<String>>(row, "last_run")
                 .flatten()
                 .and_then(|text| serde_json::from_str(&text).ok())
-                .unwrap_or_else(|| unknown_run(name)),
+                .unwrap_or_else(|| LastRun::unreadable_marker(name)),
         ))
     }
 
@@ -629,7 +628,7 @@ impl Backend for PostgresBackend {
             column::<Option<String>>(row, "marker")
                 .flatten()
                 .and_then(|text| serde_json::from_str(&text).ok())
-                .unwrap_or_else(|| unknown_run(&lease.name)),
+                .unwrap_or_else(|| LastRun::unreadable_marker(&lease.name)),
         ))
     }
 
@@ -663,7 +662,9 @@ impl Backend for PostgresBackend {
 
     async fn inspect(&mut self, name: &LockName) -> Result<LockState> {
         let places = self.places(name, MOST_PLACES).await?;
-        Ok(locks(places).pop().unwrap_or_else(|| free(name.clone())))
+        Ok(locks(places)
+            .pop()
+            .unwrap_or_else(|| LockState::free(name.clone())))
     }
 
     async fn list(&mut self) -> Result<Vec<LockState>> {
@@ -796,20 +797,12 @@ fn locks(places: Vec<Place>) -> Vec<LockState> {
                 .iter()
                 .find(|p| p.slot == 0)
                 .and_then(|p| p.last_run.clone());
-            let mut held = places.into_iter().filter_map(|p| p.held);
-            let first = held.next();
-            LockState {
-                last_run,
-                expires_in: first.as_ref().map(|(_, remaining)| *remaining),
-                holder: first.map(|(holder, _)| holder),
-                co_holders: held
-                    .map(|(holder, remaining)| Holding {
-                        holder,
-                        expires_in: Some(remaining),
-                    })
-                    .collect(),
-                ..free(lock)
-            }
+            let held = places.into_iter().filter_map(|p| p.held);
+            let holdings = held.map(|(holder, remaining)| Holding {
+                holder,
+                expires_in: Some(remaining),
+            });
+            LockState::held_by(lock, holdings, last_run)
         })
         .collect()
 }
@@ -855,34 +848,9 @@ fn column<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, name: &str) -
     row.try_get(name).ok()
 }
 
-fn free(name: LockName) -> LockState {
-    LockState {
-        lock: name,
-        holder: None,
-        last_run: None,
-        expires_in: None,
-        waiters: None,
-        co_holders: Vec::new(),
-    }
-}
-
 /// Whether the server refused an `ALTER TABLE` because the role does not own the table.
 fn not_owner(err: &tokio_postgres::Error) -> bool {
     err.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
-}
-
-/// A `--once-per` marker whose run elect cannot read.
-fn unknown_run(name: &LockName) -> LastRun {
-    LastRun {
-        holder: format!("unknown (unreadable run of lock {name})"),
-        host: "unknown".into(),
-        pid: 0,
-        token: FencingToken(0),
-        started_at: SystemTime::UNIX_EPOCH,
-        finished_at: SystemTime::UNIX_EPOCH,
-        duration: Duration::ZERO,
-        end: crate::lease::RunEnd::ExitCode(0),
-    }
 }
 
 fn token_param(lease: &Lease) -> Result<i64> {
@@ -892,21 +860,4 @@ fn token_param(lease: &Lease) -> Result<i64> {
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-fn random_secret() -> Result<String> {
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| BackendError::unavailable("read /dev/urandom", e))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// Up to [`JITTER_MS`], from the sub-second part of the wall clock: enough to spread waiters,
-/// and it needs no random source.
-fn jitter() -> Duration {
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::from(d.subsec_nanos()));
-    Duration::from_millis(nanos % JITTER_MS)
 }

@@ -48,7 +48,6 @@ mod conn;
 mod connect;
 mod scripts;
 
-use std::io::Read;
 use std::time::Duration;
 
 use ::redis::{RedisError, Value};
@@ -58,8 +57,8 @@ use self::conn::Conn;
 use self::connect::{breaks_connection, describe, Target};
 use self::scripts::SCRIPTS;
 use super::{
-    AcquireRequest, Backend, BackendError, BackendOptions, BackendUrl, Expiry, ForcedRelease,
-    Result, WaitMode,
+    random, AcquireRequest, Backend, BackendError, BackendOptions, BackendUrl, Expiry,
+    ForcedRelease, Result, WaitMode,
 };
 use crate::clock::BootTime;
 use crate::lease::{
@@ -274,7 +273,7 @@ impl RedisBackend {
         }
         let secret = match &self.unsettled {
             Some(unsettled) => unsettled.secret.clone(),
-            None => random_secret()?,
+            None => random::secret()?,
         };
         let mut holder = req.holder.clone();
         holder.ttl = req.ttl;
@@ -563,7 +562,9 @@ impl Backend for RedisBackend {
             })
             .await?;
         // A marker elect cannot read still says that the job ran in the window.
-        Ok(value.map(|v| serde_json::from_slice(&v).unwrap_or_else(|_| unknown_run(name))))
+        Ok(value.map(|v| {
+            serde_json::from_slice(&v).unwrap_or_else(|_| LastRun::unreadable_marker(name))
+        }))
     }
 
     async fn claim_run(&mut self, lease: &Lease, window: Duration) -> Result<Option<LastRun>> {
@@ -581,7 +582,7 @@ impl Backend for RedisBackend {
                 [Value::Int(0)] => Ok(None),
                 // A marker elect cannot read still says that the job ran in the window.
                 [Value::Int(1), Value::BulkString(marker)] => Ok(Some(
-                    serde_json::from_slice(marker).unwrap_or_else(|_| unknown_run(&lease.name)),
+                    serde_json::from_slice(marker).unwrap_or_else(|_| LastRun::unreadable_marker(&lease.name)),
                 )),
                 [Value::Int(-1)] => Err(BackendError::Unavailable(format!(
                     "record the --once-per run (Redis at {}): the lease on lock {} is no longer ours",
@@ -622,24 +623,11 @@ impl Backend for RedisBackend {
         let (last, held) = parse_inspect_reply(reply, name)?;
         let last_run = last.and_then(|l| serde_json::from_slice(&l).ok());
         // Held places in order: the lowest is `holder`, the others co-holders.
-        let mut held = held.into_iter().map(|place| Holding {
+        let held = held.into_iter().map(|place| Holding {
             holder: parse_holder(&place.value).unwrap_or_else(|| unknown_holder(name)),
             expires_in: pttl_duration(place.pttl),
         });
-        let Some(first) = held.next() else {
-            return Ok(LockState {
-                last_run,
-                ..free(name)
-            });
-        };
-        Ok(LockState {
-            lock: name.clone(),
-            holder: Some(first.holder),
-            last_run,
-            expires_in: first.expires_in,
-            waiters: None,
-            co_holders: held.collect(),
-        })
+        Ok(LockState::held_by(name.clone(), held, last_run))
     }
 
     async fn list(&mut self) -> Result<Vec<LockState>> {
@@ -769,31 +757,12 @@ fn parse_holder(value: &[u8]) -> Option<HolderInfo> {
 }
 
 /// A lease key whose value elect cannot read (written by something else): held, by nobody we
-/// can name. Reporting it as free would invite a contender to believe it could take it.
+/// can name.
 fn unknown_holder(name: &LockName) -> HolderInfo {
     HolderInfo {
-        id: "unknown".into(),
         host: "unknown".into(),
-        pid: 0,
-        acquired_at: std::time::UNIX_EPOCH,
-        ttl: Duration::ZERO,
-        token: FencingToken(0),
         version: format!("unreadable lease value for lock {name}"),
-        places: 1,
-    }
-}
-
-/// A `--once-per` marker whose value elect cannot read.
-fn unknown_run(name: &LockName) -> LastRun {
-    LastRun {
-        holder: format!("unknown (unreadable marker of lock {name})"),
-        host: "unknown".into(),
-        pid: 0,
-        token: FencingToken(0),
-        started_at: std::time::UNIX_EPOCH,
-        finished_at: std::time::UNIX_EPOCH,
-        duration: Duration::ZERO,
-        end: crate::lease::RunEnd::ExitCode(0),
+        ..HolderInfo::unknown("unknown".into(), FencingToken(0))
     }
 }
 
@@ -824,26 +793,6 @@ fn pttl_duration(pttl: i64) -> Option<Duration> {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
-}
-
-fn free(name: &LockName) -> LockState {
-    LockState {
-        lock: name.clone(),
-        holder: None,
-        last_run: None,
-        expires_in: None,
-        waiters: None,
-        co_holders: Vec::new(),
-    }
-}
-
-/// 128 random bits in hex: the proof that a lease is ours.
-fn random_secret() -> Result<String> {
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| BackendError::unavailable("read /dev/urandom", e))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 #[cfg(test)]
@@ -911,14 +860,5 @@ mod tests {
         assert_eq!(pttl_duration(-2), None);
         assert_eq!(pttl_duration(-1), None);
         assert_eq!(pttl_duration(1500), Some(Duration::from_millis(1500)));
-    }
-
-    #[test]
-    fn secrets_are_fresh_hex() {
-        let a = random_secret().unwrap();
-        let b = random_secret().unwrap();
-        assert_eq!(a.len(), 32);
-        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
-        assert_ne!(a, b);
     }
 }

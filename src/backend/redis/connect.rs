@@ -36,7 +36,7 @@ use ::redis::{
 };
 
 use super::conn::Conn;
-use crate::backend::{BackendError, BackendOptions, BackendUrl, Result, Scheme};
+use crate::backend::{tls, BackendError, BackendOptions, BackendUrl, Result, Scheme};
 
 /// Time to set up a connection: TCP, TLS, AUTH, SELECT. A SIGSTOPped server still completes the
 /// TCP handshake from its listen backlog, so only this bound stops a connect from hanging there.
@@ -155,7 +155,7 @@ impl Target {
             tracing::warn!("TLS options are ignored for a redis:// URL; use rediss:// for TLS");
         }
         let certificates = if tls {
-            install_crypto_provider();
+            tls::install_crypto_provider();
             Some(tls_certificates(options)?)
         } else {
             None
@@ -444,18 +444,10 @@ fn parse_db(path: &str) -> Result<i64> {
     })
 }
 
-/// rustls needs a process-wide crypto provider before its first connection. Installing fails
-/// only when one is already installed, which is just as good.
-fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 /// The CA from `--tls-ca` (else the system's roots), and a client certificate if one is given.
 fn tls_certificates(options: &BackendOptions) -> Result<TlsCertificates> {
     let read = |what: &str, path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| {
-            BackendError::Config(format!("cannot read the {what} {}: {e}", path.display()))
-        })
+        std::fs::read(path).map_err(|e| tls::file_error(what, path, e))
     };
     let root_cert = options
         .tls_ca

@@ -46,7 +46,9 @@
 mod baton;
 mod conn;
 mod connect;
+mod error;
 mod scripts;
+mod url;
 
 use std::time::Duration;
 
@@ -54,7 +56,8 @@ use ::redis::{RedisError, Value};
 
 use self::baton::Waiter;
 use self::conn::Conn;
-use self::connect::{breaks_connection, describe, Target};
+use self::connect::Target;
+use self::error::{breaks_connection, describe};
 use self::scripts::SCRIPTS;
 use super::{
     random, AcquireRequest, Backend, BackendError, BackendOptions, BackendUrl, Expiry,
@@ -251,7 +254,7 @@ impl RedisBackend {
             }
             // A failover demoted the node: a new connection reaches the new primary (through
             // the sentinels, or the cluster's new slot map).
-            Err(e) if connect::is_demoted(&e) => {
+            Err(e) if error::is_demoted(&e) => {
                 tracing::info!(error = %describe(&e), "{doing}: the node is no longer the primary; once more on the new one");
                 self.conn = None;
             }

@@ -56,6 +56,7 @@ mod connect;
 mod pgpass;
 mod session;
 mod sql;
+mod table;
 mod tls;
 
 use std::collections::HashMap;
@@ -66,8 +67,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
 
 use self::connect::{Conn, Target};
-use self::session::QueryError;
-use self::sql::{lost_create_race, Schema, Statements, HISTORY_COLUMNS, PLACES_COLUMN};
+use self::sql::{Schema, Statements, PLACES_COLUMN};
 use super::{
     random, AcquireRequest, Backend, BackendError, BackendOptions, BackendUrl, Expiry,
     ForcedRelease, Result, WaitMode,
@@ -162,148 +162,6 @@ impl PostgresBackend {
         };
         backend.prepare_table().await?;
         Ok(backend)
-    }
-
-    async fn prepare_table(&mut self) -> Result<()> {
-        let table = self.target.table.quoted().to_owned();
-        let bare = self.target.table.unqualified().map(str::to_owned);
-        // The fourth column: the table the bare name resolves to through this role's
-        // search_path (what an older elect used), schema-qualified, when that is not ours.
-        let rows = self
-            .query(
-                "cannot connect",
-                "SELECT pg_is_in_recovery(), current_setting('server_version_num')::int4, \
-                 to_regclass($1::text) IS NOT NULL, \
-                 (SELECT n.nspname || '.' || c.relname FROM pg_class c \
-                  JOIN pg_namespace n ON n.oid = c.relnamespace \
-                  WHERE c.oid = to_regclass(quote_ident($2::text)) \
-                    AND c.oid IS DISTINCT FROM to_regclass($1::text))",
-                &[(&table, Type::TEXT), (&bare, Type::TEXT)],
-            )
-            .await?
-            .0;
-        let (in_recovery, version, exists): (bool, i32, bool) = rows
-            .first()
-            .and_then(|r| Some((r.try_get(0).ok()?, r.try_get(1).ok()?, r.try_get(2).ok()?)))
-            .ok_or_else(|| self.unavailable("check the server", "unexpected answer"))?;
-        let elsewhere: Option<String> = rows.first().and_then(|r| r.try_get(3).ok()).flatten();
-        if let Some(found) = elsewhere {
-            // An older elect named its table without a schema, so that a role with a schema of
-            // its own (`CREATE SCHEMA AUTHORIZATION`, `search_path = "$user", public`) created
-            // and used a table there, apart from every other role.
-            tracing::warn!(
-                "a lease table {found} is on this role's search_path, but elect uses {} in \
-                 database {}: locks held in {found} (by an older elect) are not seen here; let \
-                 them end before every contender is upgraded, or name the table with ?table=",
-                self.target.table.name(),
-                self.target.database
-            );
-        }
-        if in_recovery {
-            return Err(self.unavailable(
-                "refusing the server",
-                "it is a standby (in recovery), where a lease cannot be written or would not be \
-                 seen by the primary; point elect at the primary",
-            ));
-        }
-        if version < MIN_SERVER_VERSION {
-            return Err(self.unavailable(
-                "refusing the server",
-                format_args!("PostgreSQL 12 or newer is needed (server_version_num {version})"),
-            ));
-        }
-        if !exists {
-            let statements = Arc::clone(&self.statements);
-            match self.query_raw(&statements.create, &[]).await {
-                Ok(_) => {}
-                Err(QueryError::Client(err)) if lost_create_race(&err) => {}
-                Err(err) => {
-                    let doing = format!(
-                        "cannot create the lease table {} in database {} (an administrator can \
-                         create it and grant this role SELECT, INSERT, UPDATE on it, see the \
-                         README; or name a schema this role may create it in with \
-                         ?table=schema.table, the same for every contender)",
-                        self.target.table.name(),
-                        self.target.database
-                    );
-                    return Err(self.failed(&doing, err));
-                }
-            }
-        }
-        self.migrate_table(&table).await?;
-        let rows = self
-            .query(
-                "check privileges",
-                "SELECT has_table_privilege($1::text, 'SELECT') \
-                    AND has_table_privilege($1::text, 'INSERT') \
-                    AND has_table_privilege($1::text, 'UPDATE')",
-                &[(&table, Type::TEXT)],
-            )
-            .await?
-            .0;
-        let allowed: bool = rows
-            .first()
-            .and_then(|r| r.try_get(0).ok())
-            .unwrap_or(false);
-        if !allowed {
-            return Err(self.unavailable(
-                "insufficient privilege",
-                format_args!("the role needs SELECT, INSERT and UPDATE on the table {table}"),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Adds the history and places columns to a table an older elect created. Checked first, so
-    /// that a role that may not alter the table works with a table that has them already. A role
-    /// that may not alter a table without them still gets working leases, without what the
-    /// missing columns carry (history and `--once-per`, `--holders` above 1).
-    async fn migrate_table(&mut self, table: &str) -> Result<()> {
-        let columns: Vec<String> = HISTORY_COLUMNS
-            .iter()
-            .chain([&PLACES_COLUMN])
-            .map(|c| c.to_string())
-            .collect();
-        let rows = self
-            .query(
-                "check the lease table's columns",
-                "SELECT attname::text FROM pg_attribute \
-                 WHERE attrelid = to_regclass($1::text) AND NOT attisdropped \
-                   AND attname = ANY($2::text[])",
-                &[(&table, Type::TEXT), (&columns, Type::TEXT_ARRAY)],
-            )
-            .await?
-            .0;
-        let present: Vec<String> = rows.iter().filter_map(|r| r.try_get(0).ok()).collect();
-        if present.len() == columns.len() {
-            return Ok(());
-        }
-        let statements = Arc::clone(&self.statements);
-        match self.query_raw(&statements.migrate, &[]).await {
-            Ok(_) => Ok(()),
-            Err(QueryError::Client(err)) if lost_create_race(&err) => Ok(()),
-            Err(QueryError::Client(err)) if not_owner(&err) => {
-                let has = |c: &str| present.iter().any(|p| p == c);
-                let schema = Schema {
-                    history: HISTORY_COLUMNS.iter().all(|c| has(c)),
-                    places: has(PLACES_COLUMN),
-                };
-                tracing::debug!(
-                    history = schema.history,
-                    places = schema.places,
-                    "the lease table {table} lacks columns and this role may not add them; \
-                     what needs them is off (its owner can run: {})",
-                    statements.migrate
-                );
-                self.schema = schema;
-                self.statements = Arc::new(Statements::new(&self.target.table, schema));
-                Ok(())
-            }
-            Err(err) => Err(self.failed(
-                &format!("cannot add the new columns to the lease table {table}"),
-                err,
-            )),
-        }
     }
 
     async fn attempt(&mut self, req: &AcquireRequest, secret: &str) -> Result<Attempt> {
@@ -846,11 +704,6 @@ fn row_to_place(row: &Row) -> Option<Place> {
 /// A column by name; `None` when it is missing or of another type (a table altered by hand).
 fn column<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, name: &str) -> Option<T> {
     row.try_get(name).ok()
-}
-
-/// Whether the server refused an `ALTER TABLE` because the role does not own the table.
-fn not_owner(err: &tokio_postgres::Error) -> bool {
-    err.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
 }
 
 fn token_param(lease: &Lease) -> Result<i64> {

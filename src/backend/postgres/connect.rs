@@ -13,7 +13,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, Client};
 
 use super::pgpass;
-use super::sql::{Table, CHANNEL, DEFAULT_TABLE};
+use super::sql::CHANNEL;
+use super::table::{Table, DEFAULT_TABLE};
 use super::tls::{self, SslMode, TlsFiles};
 use crate::backend::{BackendError, BackendOptions, BackendUrl, Result};
 

@@ -6,78 +6,10 @@
 //! through a transaction-pooling proxy, where consecutive statements may run on different server
 //! sessions.
 
-use crate::backend::{BackendError, Result};
+use super::table::Table;
 
 /// The channel a release notifies; the payload is the lock name.
 pub const CHANNEL: &str = "elect_released";
-pub const DEFAULT_TABLE: &str = "elect_leases";
-/// The schema of a table named without one.
-pub const DEFAULT_SCHEMA: &str = "public";
-
-/// A validated table name, always with its schema: `schema.table`, or `table` for
-/// `public.table`. Each part is an SQL identifier of letters, digits and underscores (not
-/// starting with a digit), at most 63 bytes.
-///
-/// The schema is never left to the role's `search_path`: under PostgreSQL 15's default
-/// (`"$user", public`) with a schema per role, each role would resolve (and create) a table of
-/// its own, and contenders logged in as two roles would both hold the lock.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Table {
-    /// `"schema"."table"`, ready to splice into SQL.
-    quoted: String,
-    /// `schema.table`, for messages.
-    name: String,
-    /// The bare table name when no schema was given: what an older elect resolved through
-    /// `search_path`.
-    unqualified: Option<String>,
-}
-
-impl Table {
-    pub fn parse(text: &str) -> Result<Self> {
-        let parts: Vec<&str> = text.split('.').collect();
-        if parts.len() > 2 || !parts.iter().all(|p| is_identifier(p)) {
-            return Err(BackendError::Config(format!(
-                "invalid table name {text:?}: expected an identifier (letters, digits, underscores, \
-                 not starting with a digit, at most 63 characters), optionally schema.table"
-            )));
-        }
-        let (schema, table, unqualified) = match parts.as_slice() {
-            [table] => (DEFAULT_SCHEMA, *table, Some((*table).to_owned())),
-            [schema, table] => (*schema, *table, None),
-            _ => unreachable!("checked above"),
-        };
-        Ok(Self {
-            quoted: format!("\"{schema}\".\"{table}\""),
-            name: format!("{schema}.{table}"),
-            unqualified,
-        })
-    }
-
-    pub fn quoted(&self) -> &str {
-        &self.quoted
-    }
-
-    /// `schema.table`.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The bare name, when the URL gave no schema.
-    pub fn unqualified(&self) -> Option<&str> {
-        self.unqualified.as_deref()
-    }
-}
-
-fn is_identifier(part: &str) -> bool {
-    let mut chars = part.chars();
-    let Some(first) = chars.next() else {
-        return false;
-    };
-    part.len() <= 63
-        && (first.is_ascii_alphabetic() || first == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
 /// Which of the columns later releases added the table has. A table an older elect created, which
 /// the role may not alter, lacks some of them: leases work, and what needs the missing columns is
 /// refused.
@@ -457,55 +389,5 @@ fn last_run_column(schema: Schema) -> &'static str {
         "last_run"
     } else {
         "NULL::text AS last_run"
-    }
-}
-
-/// Whether the server reports that `create` lost a race with a concurrent create of the same
-/// table: `IF NOT EXISTS` checks before it inserts into the catalog, so two sessions can both
-/// pass the check and one then fails on the catalog's unique index.
-pub fn lost_create_race(err: &tokio_postgres::Error) -> bool {
-    use tokio_postgres::error::SqlState;
-    matches!(
-        err.code(),
-        Some(c) if *c == SqlState::UNIQUE_VIOLATION
-            || *c == SqlState::DUPLICATE_TABLE
-            || *c == SqlState::DUPLICATE_OBJECT
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn table_names() {
-        assert_eq!(
-            Table::parse("elect_leases").unwrap().quoted(),
-            "\"public\".\"elect_leases\""
-        );
-        assert_eq!(
-            Table::parse("elect_leases").unwrap().name(),
-            "public.elect_leases"
-        );
-        assert_eq!(
-            Table::parse("elect_leases").unwrap().unqualified(),
-            Some("elect_leases")
-        );
-        assert_eq!(Table::parse("ops.leases").unwrap().unqualified(), None);
-        assert_eq!(
-            Table::parse("ops.Leases2").unwrap().quoted(),
-            "\"ops\".\"Leases2\""
-        );
-        for bad in [
-            "",
-            "1x",
-            "a-b",
-            "a.b.c",
-            "x\"; drop table y",
-            "a.",
-            &"x".repeat(64),
-        ] {
-            assert!(Table::parse(bad).is_err(), "{bad:?}");
-        }
     }
 }

@@ -51,30 +51,37 @@
 //!   still counts; the release replaces that record after a success and removes it otherwise.
 //! - **Standbys** are refused at open time: a standby takes no writes, and what it shows of the
 //!   leases may lag behind the primary.
+//!
+//! # Layout
+//! `connect` (from the URL to a session; `pgpass`, `tls`), `session` (one statement on the
+//! session, and the wake-ups), `table` (the table's name, and readying it at open time), `sql`
+//! (the statements), `place` (the rows of a lock's places, and the states they make), `settle`
+//! (an acquire without an answer).
 
 mod connect;
 mod pgpass;
+mod place;
 mod session;
+mod settle;
 mod sql;
 mod table;
 mod tls;
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::Row;
 
 use self::connect::{Conn, Target};
+use self::place::{column, locks, place_name, row_to_place};
+use self::settle::Unsettled;
 use self::sql::{Schema, Statements, PLACES_COLUMN};
 use super::{
     random, AcquireRequest, Backend, BackendError, BackendOptions, BackendUrl, Expiry,
     ForcedRelease, Result, WaitMode,
 };
 use crate::lease::{
-    Acquire, FencingToken, History, HolderInfo, Holding, LastRun, Lease, LockName, LockState,
-    Renewal,
+    Acquire, FencingToken, History, HolderInfo, LastRun, Lease, LockName, LockState, Renewal,
 };
 
 /// The longest a waiter sleeps between two attempts when no release wakes it.
@@ -90,11 +97,6 @@ const RACE_RETRIES: usize = 3;
 /// The most places a lock can have (`--holders` is at most 1000): `inspect` and
 /// `force_release` look at this many.
 const MOST_PLACES: i32 = 1000;
-/// How long an acquire that gives up may spend settling the place its lost request may have
-/// taken; past that, dropping the backend tries once more, and then the ttl applies.
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long dropping the backend may take to settle an unfinished acquire.
-const DROP_SETTLE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The oldest server with everything the statements use.
 const MIN_SERVER_VERSION: i32 = 120_000;
 
@@ -123,15 +125,6 @@ pub struct PostgresBackend {
     /// acquire that gives up settles it first ([`Self::settle`]), and so does dropping the
     /// backend.
     unsettled: Option<Unsettled>,
-}
-
-/// An acquire whose outcome is unknown.
-#[derive(Debug, Clone)]
-struct Unsettled {
-    name: LockName,
-    /// The lock name as a statement parameter.
-    row: String,
-    secret: String,
 }
 
 /// What one acquire attempt found.
@@ -230,50 +223,6 @@ impl PostgresBackend {
             return Ok(Attempt::Changed);
         };
         Ok(Attempt::Held { holder, remaining })
-    }
-
-    /// Settles an acquire whose answer never came: frees the place it may have taken, if that
-    /// still holds its secret. On a new session (the old one is dropped with the call that
-    /// failed). Bounded; one that cannot settle now is left for the next acquire or for the drop.
-    async fn settle(&mut self) {
-        let Some(unsettled) = self.unsettled.clone() else {
-            return;
-        };
-        let statements = Arc::clone(&self.statements);
-        let settled = tokio::time::timeout(
-            SETTLE_TIMEOUT,
-            self.query_raw(&statements.abandon, &abandon_params(&unsettled)),
-        )
-        .await;
-        match settled {
-            Ok(Ok((rows, _))) => {
-                self.unsettled = None;
-                if !rows.is_empty() {
-                    tracing::info!(lock = %unsettled.name, "released the lease that an acquire without an answer had taken");
-                }
-            }
-            Ok(Err(err)) => {
-                let err = self.failed("release", err);
-                tracing::warn!(lock = %unsettled.name, "an acquire got no answer, and the lease it may have taken cannot be released now ({err}); trying again on exit, else it expires by its ttl");
-            }
-            Err(_) => tracing::warn!(
-                lock = %unsettled.name,
-                "an acquire got no answer, and releasing the lease it may have taken got none either; trying again on exit, else it expires by its ttl"
-            ),
-        }
-    }
-
-    /// The rows of the lock's first `count` places, as they are now.
-    async fn places(&mut self, name: &LockName, count: i32) -> Result<Vec<Place>> {
-        let statements = Arc::clone(&self.statements);
-        let (rows, _) = self
-            .query(
-                "inspect",
-                &statements.places,
-                &[(&name.as_str(), Type::TEXT), (&count, Type::INT4)],
-            )
-            .await?;
-        Ok(rows.iter().filter_map(row_to_place).collect())
     }
 
     /// Refuses `--once-per` on a table without the columns it needs.
@@ -532,57 +481,6 @@ impl Backend for PostgresBackend {
     }
 }
 
-impl Drop for PostgresBackend {
-    /// Settles an acquire whose answer never came (its future was dropped: a signal, the
-    /// `--wait` bound), so that the place it may have taken does not keep every contender out
-    /// until its ttl ends.
-    ///
-    /// The session cannot be used here: it is driven by the runtime that is running this drop,
-    /// or is already gone. So a thread of its own connects afresh and settles, and the drop
-    /// waits for it at most [`DROP_SETTLE_TIMEOUT`]; past that the lease expires by its ttl.
-    fn drop(&mut self) {
-        let Some(unsettled) = self.unsettled.take() else {
-            return;
-        };
-        let target = Target::clone(&self.target);
-        let sql = self.statements.abandon.clone();
-        let (done, finished) = std::sync::mpsc::channel();
-        let settler = std::thread::Builder::new()
-            .name("postgres-settle".into())
-            .spawn(move || {
-                if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    runtime.block_on(async {
-                        let _ = tokio::time::timeout(DROP_SETTLE_TIMEOUT, async {
-                            if let Ok(conn) = target.connect().await {
-                                let _ = conn
-                                    .client
-                                    .query_typed(&sql, &abandon_params(&unsettled))
-                                    .await;
-                            }
-                        })
-                        .await;
-                    });
-                }
-                let _ = done.send(());
-            });
-        if settler.is_ok() {
-            let _ = finished.recv_timeout(DROP_SETTLE_TIMEOUT + Duration::from_millis(100));
-        }
-    }
-}
-
-/// The parameters of the abandon statement: the lock, how many places to look at, the secret.
-fn abandon_params(unsettled: &Unsettled) -> [(&(dyn ToSql + Sync), Type); 3] {
-    [
-        (&unsettled.row, Type::TEXT),
-        (&MOST_PLACES, Type::INT4),
-        (&unsettled.secret, Type::TEXT),
-    ]
-}
-
 /// The URL as `status`, errors and the job show it: the database and the schema-qualified table
 /// written out, whether the URL gave them or they came from PGDATABASE and the default.
 fn explicit(url: &BackendUrl, target: &Target) -> BackendUrl {
@@ -596,114 +494,6 @@ fn explicit(url: &BackendUrl, target: &Target) -> BackendUrl {
         None => shown.query.push(table),
     }
     shown
-}
-
-/// One row: a place of a lock.
-struct Place {
-    lock: LockName,
-    /// 0 for the lock's own row `NAME`, K for `NAME/K`.
-    slot: u32,
-    /// The holder and the remaining time of its lease; `None` when released or expired.
-    held: Option<(HolderInfo, Duration)>,
-    /// The last run, which only the place-0 row records.
-    last_run: Option<LastRun>,
-}
-
-/// The row name of a place: the lock's own name for place 0, `NAME/K` for place K (lock names
-/// cannot contain '/', so it is never another lock's name).
-fn place_name(lock: &LockName, slot: u32) -> String {
-    match slot {
-        0 => lock.as_str().to_owned(),
-        k => format!("{lock}/{k}"),
-    }
-}
-
-/// The lock and the place a row name stands for; `None` for a row elect did not write.
-fn parse_place_name(name: &str) -> Option<(LockName, u32)> {
-    let (lock, slot) = match name.split_once('/') {
-        None => (name, 0),
-        Some((lock, k)) => {
-            let slot: u32 = k.parse().ok()?;
-            // `NAME/K` as `place_name` writes it: no sign, no leading zero, not 0.
-            if slot == 0 || slot.to_string() != k {
-                return None;
-            }
-            (lock, slot)
-        }
-    };
-    Some((LockName::new(lock).ok()?, slot))
-}
-
-/// The locks the rows are places of, each once, in the order they first appear: the lowest held
-/// place is the holder (place 0 when it is held), the other held places its co-holders, in the
-/// order of their places; the place-0 row has the last run.
-fn locks(places: Vec<Place>) -> Vec<LockState> {
-    let mut order: Vec<LockName> = Vec::new();
-    let mut by_lock: HashMap<LockName, Vec<Place>> = HashMap::new();
-    for place in places {
-        if !by_lock.contains_key(&place.lock) {
-            order.push(place.lock.clone());
-        }
-        by_lock.entry(place.lock.clone()).or_default().push(place);
-    }
-    order
-        .into_iter()
-        .map(|lock| {
-            let mut places = by_lock.remove(&lock).unwrap_or_default();
-            places.sort_by_key(|p| p.slot);
-            let last_run = places
-                .iter()
-                .find(|p| p.slot == 0)
-                .and_then(|p| p.last_run.clone());
-            let held = places.into_iter().filter_map(|p| p.held);
-            let holdings = held.map(|(holder, remaining)| Holding {
-                holder,
-                expires_in: Some(remaining),
-            });
-            LockState::held_by(lock, holdings, last_run)
-        })
-        .collect()
-}
-
-/// A row as `status` shows it; a released or expired row is free. `None` for a row elect did
-/// not write (a name that is neither a lock name nor a place of one).
-fn row_to_place(row: &Row) -> Option<Place> {
-    let (lock, slot) = parse_place_name(&column::<String>(row, "name")?)?;
-    let last_run: Option<LastRun> = column::<Option<String>>(row, "last_run")
-        .flatten()
-        .and_then(|text| serde_json::from_str(&text).ok());
-    let remaining = column::<Option<i64>>(row, "remaining_ms")?
-        .filter(|ms| *ms > 0)
-        .map(|ms| Duration::from_millis(ms.unsigned_abs()));
-    let held = match remaining {
-        None => None,
-        Some(remaining) => Some((
-            HolderInfo {
-                id: column(row, "holder_id")?,
-                host: column(row, "host")?,
-                pid: u32::try_from(column::<i64>(row, "pid")?).unwrap_or(0),
-                acquired_at: column::<SystemTime>(row, "acquired_at")?,
-                ttl: Duration::from_millis(
-                    u64::try_from(column::<i64>(row, "ttl_ms")?).unwrap_or(0),
-                ),
-                token: FencingToken(u64::try_from(column::<i64>(row, "token")?).ok()?),
-                version: column(row, "version")?,
-                places: 1,
-            },
-            remaining,
-        )),
-    };
-    Some(Place {
-        lock,
-        slot,
-        held,
-        last_run,
-    })
-}
-
-/// A column by name; `None` when it is missing or of another type (a table altered by hand).
-fn column<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, name: &str) -> Option<T> {
-    row.try_get(name).ok()
 }
 
 fn token_param(lease: &Lease) -> Result<i64> {

@@ -11,7 +11,8 @@
 //! # Layout
 //! - one module per backend: `file`, `redis`, `etcd`, `postgres`, `zk`;
 //! - what several of them share: `url` (parsing, redaction), `retry` (pacing the tries through
-//!   an outage), `random` (lease secrets, waiters' jitter), `tls` (rustls set-up); and, in
+//!   an outage), `random` (lease secrets, waiters' jitter), `tls` (rustls set-up), `settling`
+//!   (an acquire without an answer, when the backend is dropped); and, in
 //!   [`crate::lease`], the states they report (`LockState::free`, `LockState::held_by`,
 //!   `HolderInfo::unknown`, `LastRun::unreadable_marker`).
 
@@ -21,6 +22,7 @@ pub mod postgres;
 mod random;
 pub mod redis;
 pub mod retry;
+mod settling;
 mod tls;
 mod url;
 pub mod zk;

@@ -9,6 +9,7 @@ use tokio_postgres::types::{ToSql, Type};
 
 use super::connect::Target;
 use super::{PostgresBackend, MOST_PLACES};
+use crate::backend::settling;
 use crate::lease::LockName;
 
 /// An acquire whose outcome is unknown.
@@ -23,8 +24,7 @@ pub(super) struct Unsettled {
 /// How long an acquire that gives up may spend settling the place its lost request may have
 /// taken; past that, dropping the backend tries once more, and then the ttl applies.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long dropping the backend may take to settle an unfinished acquire.
-const DROP_SETTLE_TIMEOUT: Duration = Duration::from_secs(1);
+
 impl PostgresBackend {
     /// Settles an acquire whose answer never came: frees the place it may have taken, if that
     /// still holds its secret. On a new session (the old one is dropped with the call that
@@ -59,44 +59,21 @@ impl PostgresBackend {
 }
 
 impl Drop for PostgresBackend {
-    /// Settles an acquire whose answer never came (its future was dropped: a signal, the
-    /// `--wait` bound), so that the place it may have taken does not keep every contender out
-    /// until its ttl ends.
-    ///
-    /// The session cannot be used here: it is driven by the runtime that is running this drop,
-    /// or is already gone. So a thread of its own connects afresh and settles, and the drop
-    /// waits for it at most [`DROP_SETTLE_TIMEOUT`]; past that the lease expires by its ttl.
+    /// Settles an acquire whose answer never came (see [`settling`]).
     fn drop(&mut self) {
         let Some(unsettled) = self.unsettled.take() else {
             return;
         };
         let target = Target::clone(&self.target);
         let sql = self.statements.abandon.clone();
-        let (done, finished) = std::sync::mpsc::channel();
-        let settler = std::thread::Builder::new()
-            .name("postgres-settle".into())
-            .spawn(move || {
-                if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    runtime.block_on(async {
-                        let _ = tokio::time::timeout(DROP_SETTLE_TIMEOUT, async {
-                            if let Ok(conn) = target.connect().await {
-                                let _ = conn
-                                    .client
-                                    .query_typed(&sql, &abandon_params(&unsettled))
-                                    .await;
-                            }
-                        })
-                        .await;
-                    });
-                }
-                let _ = done.send(());
-            });
-        if settler.is_ok() {
-            let _ = finished.recv_timeout(DROP_SETTLE_TIMEOUT + Duration::from_millis(100));
-        }
+        settling::on_drop("postgres-settle", move || async move {
+            if let Ok(conn) = target.connect().await {
+                let _ = conn
+                    .client
+                    .query_typed(&sql, &abandon_params(&unsettled))
+                    .await;
+            }
+        });
     }
 }
 

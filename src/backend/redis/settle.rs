@@ -11,6 +11,7 @@ use super::conn::Conn;
 use super::error::describe;
 use super::scripts::{self, SCRIPTS};
 use super::{millis, RedisBackend};
+use crate::backend::settling;
 use crate::lease::LockName;
 
 /// An acquire whose outcome is unknown.
@@ -25,8 +26,6 @@ pub(super) struct Unsettled {
 /// How long an acquire that gives up may spend settling the lease its lost request may have
 /// taken; past that, dropping the backend tries once more, and then the ttl applies.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long dropping the backend may take to settle an unfinished acquire.
-const DROP_SETTLE_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl RedisBackend {
     /// Undoes an acquire that was not acknowledged by enough replicas: the same compare-and-delete
@@ -98,38 +97,16 @@ async fn abandon(conn: &mut Conn, unsettled: &Unsettled) -> std::result::Result<
 }
 
 impl Drop for RedisBackend {
-    /// Settles an acquire whose answer never came (its future was dropped: a signal, the
-    /// `--wait` bound), so that the lease it may have taken does not keep every contender out
-    /// until its ttl ends.
-    ///
-    /// The connection cannot be used here: it is driven by the runtime that is running this
-    /// drop, or is already gone. So a thread of its own connects afresh and settles, and the drop
-    /// waits for it at most [`DROP_SETTLE_TIMEOUT`]; past that the lease expires by its ttl.
+    /// Settles an acquire whose answer never came (see [`settling`]).
     fn drop(&mut self) {
         let Some(unsettled) = self.unsettled.take() else {
             return;
         };
         let target = self.target.clone();
-        let (done, finished) = std::sync::mpsc::channel();
-        let settler = std::thread::Builder::new()
-            .name("redis-settle".into())
-            .spawn(move || {
-                if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    runtime.block_on(async {
-                        let _ = tokio::time::timeout(DROP_SETTLE_TIMEOUT, async {
-                            let mut conn = target.connect().await?;
-                            abandon(&mut conn, &unsettled).await
-                        })
-                        .await;
-                    });
-                }
-                let _ = done.send(());
-            });
-        if settler.is_ok() {
-            let _ = finished.recv_timeout(DROP_SETTLE_TIMEOUT + Duration::from_millis(100));
-        }
+        settling::on_drop("redis-settle", move || async move {
+            if let Ok(mut conn) = target.connect().await {
+                let _ = abandon(&mut conn, &unsettled).await;
+            }
+        });
     }
 }

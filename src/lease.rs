@@ -421,6 +421,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_lock_is_held_by_its_first_holding() {
+        let name = LockName::new("pair").unwrap();
+        let holding = |id: &str, left: Option<u64>| Holding {
+            holder: HolderInfo::unknown(id.into(), FencingToken(1)),
+            expires_in: left.map(Duration::from_secs),
+        };
+        let free = LockState::held_by(name.clone(), [], None);
+        assert!(free.holder.is_none() && free.co_holders.is_empty());
+        assert_eq!(free.expires_in, None);
+        let held = LockState::held_by(name, [holding("a", Some(3)), holding("b", None)], None);
+        assert_eq!(held.holder.map(|h| h.id).as_deref(), Some("a"));
+        assert_eq!(held.expires_in, Some(Duration::from_secs(3)));
+        assert_eq!(held.co_holders.len(), 1);
+        assert_eq!(held.co_holders[0].holder.id, "b");
+        assert_eq!(held.waiters, None);
+    }
+
+    #[test]
     fn lock_names() {
         for good in ["billing", "a", "A-1.b_c", &"x".repeat(128)] {
             assert!(LockName::new(good).is_ok(), "{good}");

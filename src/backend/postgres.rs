@@ -75,7 +75,7 @@ use tokio_postgres::types::{ToSql, Type};
 use self::connect::{Conn, Target};
 use self::place::{column, locks, place_name, row_to_place};
 use self::settle::Unsettled;
-use self::sql::{Schema, Statements, PLACES_COLUMN};
+use self::sql::{Schema, Statements};
 use super::{
     random, AcquireRequest, Backend, BackendError, BackendOptions, BackendUrl, Expiry,
     ForcedRelease, Result, WaitMode,
@@ -223,38 +223,6 @@ impl PostgresBackend {
             return Ok(Attempt::Changed);
         };
         Ok(Attempt::Held { holder, remaining })
-    }
-
-    /// Refuses `--once-per` on a table without the columns it needs.
-    fn require_history(&self) -> Result<()> {
-        if self.schema.history {
-            return Ok(());
-        }
-        Err(self.unavailable(
-            "--once-per",
-            format_args!(
-                "the lease table {} has no once_until column and this role may not add it; \
-                 its owner can run: {}",
-                self.target.table.quoted(),
-                self.statements.migrate
-            ),
-        ))
-    }
-
-    /// Refuses `--holders` above 1 on a table without the column it needs.
-    fn check_places(&self, req: &AcquireRequest) -> Result<()> {
-        if req.holders <= 1 || self.schema.places {
-            return Ok(());
-        }
-        Err(self.unavailable(
-            "--holders",
-            format_args!(
-                "the lease table {} has no {PLACES_COLUMN} column and this role may not add it; \
-                 its owner can run: {}",
-                self.target.table.quoted(),
-                self.statements.migrate
-            ),
-        ))
     }
 }
 

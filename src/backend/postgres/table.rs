@@ -1,6 +1,6 @@
-//! The lease table: its name, and what opening the backend does with it (refuse a standby or an
-//! old server, create the table if missing, add the columns of later releases, check the
-//! role's privileges).
+//! The lease table: its name, what opening the backend does with it (refuse a standby or an old
+//! server, create the table if missing, add the columns of later releases, check the role's
+//! privileges), and refusing what a table without those columns cannot do.
 
 use std::sync::Arc;
 
@@ -9,7 +9,7 @@ use tokio_postgres::types::Type;
 use super::session::QueryError;
 use super::sql::{Schema, Statements, HISTORY_COLUMNS, PLACES_COLUMN};
 use super::{PostgresBackend, MIN_SERVER_VERSION};
-use crate::backend::{BackendError, Result};
+use crate::backend::{AcquireRequest, BackendError, Result};
 
 pub const DEFAULT_TABLE: &str = "elect_leases";
 /// The schema of a table named without one.
@@ -213,6 +213,37 @@ impl PostgresBackend {
                 err,
             )),
         }
+    }
+    /// Refuses `--once-per` on a table without the columns it needs.
+    pub(super) fn require_history(&self) -> Result<()> {
+        if self.schema.history {
+            return Ok(());
+        }
+        Err(self.unavailable(
+            "--once-per",
+            format_args!(
+                "the lease table {} has no once_until column and this role may not add it; \
+                 its owner can run: {}",
+                self.target.table.quoted(),
+                self.statements.migrate
+            ),
+        ))
+    }
+
+    /// Refuses `--holders` above 1 on a table without the column it needs.
+    pub(super) fn check_places(&self, req: &AcquireRequest) -> Result<()> {
+        if req.holders <= 1 || self.schema.places {
+            return Ok(());
+        }
+        Err(self.unavailable(
+            "--holders",
+            format_args!(
+                "the lease table {} has no {PLACES_COLUMN} column and this role may not add it; \
+                 its owner can run: {}",
+                self.target.table.quoted(),
+                self.statements.migrate
+            ),
+        ))
     }
 
     /// Refuses a role that cannot use the table.

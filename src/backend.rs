@@ -7,12 +7,23 @@
 //! The URL scheme picks the backend: `file://` (or no URL) for the local lock file, `redis://` /
 //! `rediss://` (and their `+sentinel` and `+cluster` forms), `etcd://` / `etcds://`,
 //! `postgres://` / `postgresql://`, `zk://`.
+//!
+//! # Layout
+//! - one module per backend: `file`, `redis`, `etcd`, `postgres`, `zk`;
+//! - what several of them share: `url` (parsing, redaction), `retry` (pacing the tries through
+//!   an outage), `random` (lease secrets, waiters' jitter), `tls` (rustls set-up), `settling`
+//!   (an acquire without an answer, when the backend is dropped); and, in
+//!   [`crate::lease`], the states they report (`LockState::free`, `LockState::held_by`,
+//!   `HolderInfo::unknown`, `LastRun::unreadable_marker`).
 
 pub mod etcd;
 pub mod file;
 pub mod postgres;
+mod random;
 pub mod redis;
 pub mod retry;
+mod settling;
+mod tls;
 mod url;
 pub mod zk;
 
@@ -53,6 +64,17 @@ pub enum Expiry {
     /// The lease is a kernel lock held by open files (elect's and its watchdog's): it cannot expire
     /// while the job runs, so there is no deadline to enforce.
     HeldByProcess,
+}
+
+/// Whether a backend's `Unavailable` errors can go away by waiting. Apart from [`Expiry`]: that
+/// the network backends' leases expire and that their errors pass are two facts that happen to
+/// hold for the same backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failures {
+    /// A network backend: a server restarts, a network comes back, a failover ends.
+    Pass,
+    /// The file backend: a planted symlink or a foreign file stays until someone removes it.
+    Last,
 }
 
 /// Settings shared by the network backends that are not part of a URL.
@@ -226,6 +248,14 @@ impl AnyBackend {
     pub fn announce_queued(&mut self, to: tokio::sync::mpsc::UnboundedSender<Lease>) {
         if let Self::Etcd(etcd) = self {
             etcd.announce_queued(to);
+        }
+    }
+
+    /// Whether waiting can make this backend's `Unavailable` errors go away.
+    pub fn failures(&self) -> Failures {
+        match self {
+            Self::File(_) => Failures::Last,
+            Self::Etcd(_) | Self::Redis(_) | Self::Postgres(_) | Self::Zk(_) => Failures::Pass,
         }
     }
 

@@ -128,6 +128,23 @@ impl HolderInfo {
             places: 1,
         }
     }
+
+    /// A holder the backend shows but elect cannot name (its record was written by another
+    /// client, or cannot be read). A lock state without a holder means free, and reporting such
+    /// a lock as free would invite a contender to believe it could take it: so one is made up,
+    /// `id` saying what is known. Nobody knows when it was acquired: the epoch.
+    pub fn unknown(id: String, token: FencingToken) -> Self {
+        Self {
+            id,
+            host: String::new(),
+            pid: 0,
+            acquired_at: SystemTime::UNIX_EPOCH,
+            ttl: Duration::ZERO,
+            token,
+            version: String::new(),
+            places: 1,
+        }
+    }
 }
 
 impl fmt::Display for HolderInfo {
@@ -262,6 +279,21 @@ impl LastRun {
         }
     }
 
+    /// The run a `--once-per` marker of `name` stands for when elect cannot read the marker: it
+    /// still says that the job ran in the window.
+    pub fn unreadable_marker(name: &LockName) -> Self {
+        Self {
+            holder: format!("unknown (unreadable marker of lock {name})"),
+            host: "unknown".into(),
+            pid: 0,
+            token: FencingToken(0),
+            started_at: SystemTime::UNIX_EPOCH,
+            finished_at: SystemTime::UNIX_EPOCH,
+            duration: Duration::ZERO,
+            end: RunEnd::ExitCode(0),
+        }
+    }
+
     /// How the run reads in one line: `ok at 2026-11-22T09:00:00.123Z on web-1 (id web-1:42,
     /// token 17, took 12s)`.
     pub fn describe(&self) -> String {
@@ -313,6 +345,38 @@ pub struct LockState {
     pub co_holders: Vec<Holding>,
 }
 
+impl LockState {
+    /// A lock nobody holds, with no run recorded.
+    pub fn free(lock: LockName) -> Self {
+        Self {
+            lock,
+            holder: None,
+            last_run: None,
+            expires_in: None,
+            waiters: None,
+            co_holders: Vec::new(),
+        }
+    }
+
+    /// A lock held by `holdings`, in the order of their places: the first is the holder, the
+    /// others its co-holders. Free when there are none.
+    pub fn held_by(
+        lock: LockName,
+        holdings: impl IntoIterator<Item = Holding>,
+        last_run: Option<LastRun>,
+    ) -> Self {
+        let mut holdings = holdings.into_iter();
+        let first = holdings.next();
+        Self {
+            expires_in: first.as_ref().and_then(|h| h.expires_in),
+            holder: first.map(|h| h.holder),
+            last_run,
+            co_holders: holdings.collect(),
+            ..Self::free(lock)
+        }
+    }
+}
+
 /// One holder of a lock that has several (`--holders N`).
 #[derive(Debug, Clone, Serialize)]
 pub struct Holding {
@@ -355,6 +419,24 @@ mod millis {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lock_is_held_by_its_first_holding() {
+        let name = LockName::new("pair").unwrap();
+        let holding = |id: &str, left: Option<u64>| Holding {
+            holder: HolderInfo::unknown(id.into(), FencingToken(1)),
+            expires_in: left.map(Duration::from_secs),
+        };
+        let free = LockState::held_by(name.clone(), [], None);
+        assert!(free.holder.is_none() && free.co_holders.is_empty());
+        assert_eq!(free.expires_in, None);
+        let held = LockState::held_by(name, [holding("a", Some(3)), holding("b", None)], None);
+        assert_eq!(held.holder.map(|h| h.id).as_deref(), Some("a"));
+        assert_eq!(held.expires_in, Some(Duration::from_secs(3)));
+        assert_eq!(held.co_holders.len(), 1);
+        assert_eq!(held.co_holders[0].holder.id, "b");
+        assert_eq!(held.waiters, None);
+    }
 
     #[test]
     fn lock_names() {

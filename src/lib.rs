@@ -8,7 +8,8 @@
 //! - [`lease`]: lock names, fencing tokens, holder metadata, leases.
 //! - [`clock`]: CLOCK_BOOTTIME, the clock of every lease deadline.
 //! - [`timing`]: the lease math of the safety rule (deadline, SIGTERM and SIGKILL times).
-//! - [`backend`]: the backend trait, the closed set of backends, URL parsing and redaction.
+//! - [`backend`]: the backend trait, the closed set of backends, URL parsing and redaction, and
+//!   what the backends share (`retry`, `random`, `tls`).
 //! - [`keeper`]: the renew loop; turns renewals into deadlines, or declares the lease lost.
 //! - [`front`] (runs in the front): at a terminal, the process the shell sees, so that Ctrl-Z
 //!   and `fg` work while elect keeps renewing.

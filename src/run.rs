@@ -11,7 +11,9 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 
 use crate::backend::retry::Retry;
-use crate::backend::{AcquireRequest, AnyBackend, Backend, BackendError, Expiry, WaitMode};
+use crate::backend::{
+    AcquireRequest, AnyBackend, Backend, BackendError, Expiry, Failures, WaitMode,
+};
 use crate::cli::Wait;
 use crate::clock::{Clock, SystemClock};
 use crate::config::RunConfig;
@@ -508,7 +510,7 @@ async fn wait_out_outages(
         match backend.acquire(req, WaitMode::Wait).await {
             // The file backend's errors (a planted symlink, a foreign file) do not go away by
             // waiting.
-            Err(BackendError::Unavailable(why)) if backend.expiry() == Expiry::Ttl => {
+            Err(BackendError::Unavailable(why)) if backend.failures() == Failures::Pass => {
                 tokio::time::sleep(retry.failed(&lock, "waiting", &why)).await;
             }
             other => {

@@ -51,31 +51,37 @@
 //!   still counts; the release replaces that record after a success and removes it otherwise.
 //! - **Standbys** are refused at open time: a standby takes no writes, and what it shows of the
 //!   leases may lag behind the primary.
+//!
+//! # Layout
+//! `connect` (from the URL to a session; `pgpass`, `tls`), `session` (one statement on the
+//! session, and the wake-ups), `table` (the table's name, and readying it at open time), `sql`
+//! (the statements), `place` (the rows of a lock's places, and the states they make), `settle`
+//! (an acquire without an answer).
 
 mod connect;
 mod pgpass;
+mod place;
 mod session;
+mod settle;
 mod sql;
+mod table;
 mod tls;
 
-use std::collections::HashMap;
-use std::io::Read;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::Row;
 
 use self::connect::{Conn, Target};
-use self::session::QueryError;
-use self::sql::{lost_create_race, Schema, Statements, HISTORY_COLUMNS, PLACES_COLUMN};
+use self::place::{column, locks, place_name, row_to_place};
+use self::settle::Unsettled;
+use self::sql::{Schema, Statements};
 use super::{
-    AcquireRequest, Backend, BackendError, BackendOptions, BackendUrl, Expiry, ForcedRelease,
-    Result, WaitMode,
+    random, AcquireRequest, Backend, BackendError, BackendOptions, BackendUrl, Expiry,
+    ForcedRelease, Result, WaitMode,
 };
 use crate::lease::{
-    Acquire, FencingToken, History, HolderInfo, Holding, LastRun, Lease, LockName, LockState,
-    Renewal,
+    Acquire, FencingToken, History, HolderInfo, LastRun, Lease, LockName, LockState, Renewal,
 };
 
 /// The longest a waiter sleeps between two attempts when no release wakes it.
@@ -91,11 +97,6 @@ const RACE_RETRIES: usize = 3;
 /// The most places a lock can have (`--holders` is at most 1000): `inspect` and
 /// `force_release` look at this many.
 const MOST_PLACES: i32 = 1000;
-/// How long an acquire that gives up may spend settling the place its lost request may have
-/// taken; past that, dropping the backend tries once more, and then the ttl applies.
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long dropping the backend may take to settle an unfinished acquire.
-const DROP_SETTLE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The oldest server with everything the statements use.
 const MIN_SERVER_VERSION: i32 = 120_000;
 
@@ -126,15 +127,6 @@ pub struct PostgresBackend {
     unsettled: Option<Unsettled>,
 }
 
-/// An acquire whose outcome is unknown.
-#[derive(Debug, Clone)]
-struct Unsettled {
-    name: LockName,
-    /// The lock name as a statement parameter.
-    row: String,
-    secret: String,
-}
-
 /// What one acquire attempt found.
 enum Attempt {
     Acquired(Lease),
@@ -163,148 +155,6 @@ impl PostgresBackend {
         };
         backend.prepare_table().await?;
         Ok(backend)
-    }
-
-    async fn prepare_table(&mut self) -> Result<()> {
-        let table = self.target.table.quoted().to_owned();
-        let bare = self.target.table.unqualified().map(str::to_owned);
-        // The fourth column: the table the bare name resolves to through this role's
-        // search_path (what an older elect used), schema-qualified, when that is not ours.
-        let rows = self
-            .query(
-                "cannot connect",
-                "SELECT pg_is_in_recovery(), current_setting('server_version_num')::int4, \
-                 to_regclass($1::text) IS NOT NULL, \
-                 (SELECT n.nspname || '.' || c.relname FROM pg_class c \
-                  JOIN pg_namespace n ON n.oid = c.relnamespace \
-                  WHERE c.oid = to_regclass(quote_ident($2::text)) \
-                    AND c.oid IS DISTINCT FROM to_regclass($1::text))",
-                &[(&table, Type::TEXT), (&bare, Type::TEXT)],
-            )
-            .await?
-            .0;
-        let (in_recovery, version, exists): (bool, i32, bool) = rows
-            .first()
-            .and_then(|r| Some((r.try_get(0).ok()?, r.try_get(1).ok()?, r.try_get(2).ok()?)))
-            .ok_or_else(|| self.unavailable("check the server", "unexpected answer"))?;
-        let elsewhere: Option<String> = rows.first().and_then(|r| r.try_get(3).ok()).flatten();
-        if let Some(found) = elsewhere {
-            // An older elect named its table without a schema, so that a role with a schema of
-            // its own (`CREATE SCHEMA AUTHORIZATION`, `search_path = "$user", public`) created
-            // and used a table there, apart from every other role.
-            tracing::warn!(
-                "a lease table {found} is on this role's search_path, but elect uses {} in \
-                 database {}: locks held in {found} (by an older elect) are not seen here; let \
-                 them end before every contender is upgraded, or name the table with ?table=",
-                self.target.table.name(),
-                self.target.database
-            );
-        }
-        if in_recovery {
-            return Err(self.unavailable(
-                "refusing the server",
-                "it is a standby (in recovery), where a lease cannot be written or would not be \
-                 seen by the primary; point elect at the primary",
-            ));
-        }
-        if version < MIN_SERVER_VERSION {
-            return Err(self.unavailable(
-                "refusing the server",
-                format_args!("PostgreSQL 12 or newer is needed (server_version_num {version})"),
-            ));
-        }
-        if !exists {
-            let statements = Arc::clone(&self.statements);
-            match self.query_raw(&statements.create, &[]).await {
-                Ok(_) => {}
-                Err(QueryError::Client(err)) if lost_create_race(&err) => {}
-                Err(err) => {
-                    let doing = format!(
-                        "cannot create the lease table {} in database {} (an administrator can \
-                         create it and grant this role SELECT, INSERT, UPDATE on it, see the \
-                         README; or name a schema this role may create it in with \
-                         ?table=schema.table, the same for every contender)",
-                        self.target.table.name(),
-                        self.target.database
-                    );
-                    return Err(self.failed(&doing, err));
-                }
-            }
-        }
-        self.migrate_table(&table).await?;
-        let rows = self
-            .query(
-                "check privileges",
-                "SELECT has_table_privilege($1::text, 'SELECT') \
-                    AND has_table_privilege($1::text, 'INSERT') \
-                    AND has_table_privilege($1::text, 'UPDATE')",
-                &[(&table, Type::TEXT)],
-            )
-            .await?
-            .0;
-        let allowed: bool = rows
-            .first()
-            .and_then(|r| r.try_get(0).ok())
-            .unwrap_or(false);
-        if !allowed {
-            return Err(self.unavailable(
-                "insufficient privilege",
-                format_args!("the role needs SELECT, INSERT and UPDATE on the table {table}"),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Adds the history and places columns to a table an older elect created. Checked first, so
-    /// that a role that may not alter the table works with a table that has them already. A role
-    /// that may not alter a table without them still gets working leases, without what the
-    /// missing columns carry (history and `--once-per`, `--holders` above 1).
-    async fn migrate_table(&mut self, table: &str) -> Result<()> {
-        let columns: Vec<String> = HISTORY_COLUMNS
-            .iter()
-            .chain([&PLACES_COLUMN])
-            .map(|c| c.to_string())
-            .collect();
-        let rows = self
-            .query(
-                "check the lease table's columns",
-                "SELECT attname::text FROM pg_attribute \
-                 WHERE attrelid = to_regclass($1::text) AND NOT attisdropped \
-                   AND attname = ANY($2::text[])",
-                &[(&table, Type::TEXT), (&columns, Type::TEXT_ARRAY)],
-            )
-            .await?
-            .0;
-        let present: Vec<String> = rows.iter().filter_map(|r| r.try_get(0).ok()).collect();
-        if present.len() == columns.len() {
-            return Ok(());
-        }
-        let statements = Arc::clone(&self.statements);
-        match self.query_raw(&statements.migrate, &[]).await {
-            Ok(_) => Ok(()),
-            Err(QueryError::Client(err)) if lost_create_race(&err) => Ok(()),
-            Err(QueryError::Client(err)) if not_owner(&err) => {
-                let has = |c: &str| present.iter().any(|p| p == c);
-                let schema = Schema {
-                    history: HISTORY_COLUMNS.iter().all(|c| has(c)),
-                    places: has(PLACES_COLUMN),
-                };
-                tracing::debug!(
-                    history = schema.history,
-                    places = schema.places,
-                    "the lease table {table} lacks columns and this role may not add them; \
-                     what needs them is off (its owner can run: {})",
-                    statements.migrate
-                );
-                self.schema = schema;
-                self.statements = Arc::new(Statements::new(&self.target.table, schema));
-                Ok(())
-            }
-            Err(err) => Err(self.failed(
-                &format!("cannot add the new columns to the lease table {table}"),
-                err,
-            )),
-        }
     }
 
     async fn attempt(&mut self, req: &AcquireRequest, secret: &str) -> Result<Attempt> {
@@ -374,82 +224,6 @@ impl PostgresBackend {
         };
         Ok(Attempt::Held { holder, remaining })
     }
-
-    /// Settles an acquire whose answer never came: frees the place it may have taken, if that
-    /// still holds its secret. On a new session (the old one is dropped with the call that
-    /// failed). Bounded; one that cannot settle now is left for the next acquire or for the drop.
-    async fn settle(&mut self) {
-        let Some(unsettled) = self.unsettled.clone() else {
-            return;
-        };
-        let statements = Arc::clone(&self.statements);
-        let settled = tokio::time::timeout(
-            SETTLE_TIMEOUT,
-            self.query_raw(&statements.abandon, &abandon_params(&unsettled)),
-        )
-        .await;
-        match settled {
-            Ok(Ok((rows, _))) => {
-                self.unsettled = None;
-                if !rows.is_empty() {
-                    tracing::info!(lock = %unsettled.name, "released the lease that an acquire without an answer had taken");
-                }
-            }
-            Ok(Err(err)) => {
-                let err = self.failed("release", err);
-                tracing::warn!(lock = %unsettled.name, "an acquire got no answer, and the lease it may have taken cannot be released now ({err}); trying again on exit, else it expires by its ttl");
-            }
-            Err(_) => tracing::warn!(
-                lock = %unsettled.name,
-                "an acquire got no answer, and releasing the lease it may have taken got none either; trying again on exit, else it expires by its ttl"
-            ),
-        }
-    }
-
-    /// The rows of the lock's first `count` places, as they are now.
-    async fn places(&mut self, name: &LockName, count: i32) -> Result<Vec<Place>> {
-        let statements = Arc::clone(&self.statements);
-        let (rows, _) = self
-            .query(
-                "inspect",
-                &statements.places,
-                &[(&name.as_str(), Type::TEXT), (&count, Type::INT4)],
-            )
-            .await?;
-        Ok(rows.iter().filter_map(row_to_place).collect())
-    }
-
-    /// Refuses `--once-per` on a table without the columns it needs.
-    fn require_history(&self) -> Result<()> {
-        if self.schema.history {
-            return Ok(());
-        }
-        Err(self.unavailable(
-            "--once-per",
-            format_args!(
-                "the lease table {} has no once_until column and this role may not add it; \
-                 its owner can run: {}",
-                self.target.table.quoted(),
-                self.statements.migrate
-            ),
-        ))
-    }
-
-    /// Refuses `--holders` above 1 on a table without the column it needs.
-    fn check_places(&self, req: &AcquireRequest) -> Result<()> {
-        if req.holders <= 1 || self.schema.places {
-            return Ok(());
-        }
-        Err(self.unavailable(
-            "--holders",
-            format_args!(
-                "the lease table {} has no {PLACES_COLUMN} column and this role may not add it; \
-                 its owner can run: {}",
-                self.target.table.quoted(),
-                self.statements.migrate
-            ),
-        ))
-    }
 }
 
 impl Backend for PostgresBackend {
@@ -472,7 +246,7 @@ impl Backend for PostgresBackend {
         // ours again.
         let secret = match &self.unsettled {
             Some(unsettled) => unsettled.secret.clone(),
-            None => random_secret()?,
+            None => random::secret()?,
         };
         // A contender that loses a place to another may find the next one free: each lost race
         // means another contender got in, so at most one per place.
@@ -505,7 +279,7 @@ impl Backend for PostgresBackend {
                     let limit = match &self.conn {
                         Some(conn) if conn.hears => remaining.min(HEARING_RECHECK),
                         _ => remaining.min(RECHECK),
-                    } + jitter();
+                    } + random::jitter(JITTER_MS);
                     self.wait_for_release(&req.name, limit).await;
                 }
             }
@@ -584,7 +358,7 @@ impl Backend for PostgresBackend {
             column::<Option<String>>(row, "last_run")
                 .flatten()
                 .and_then(|text| serde_json::from_str(&text).ok())
-                .unwrap_or_else(|| unknown_run(name)),
+                .unwrap_or_else(|| LastRun::unreadable_marker(name)),
         ))
     }
 
@@ -629,7 +403,7 @@ impl Backend for PostgresBackend {
             column::<Option<String>>(row, "marker")
                 .flatten()
                 .and_then(|text| serde_json::from_str(&text).ok())
-                .unwrap_or_else(|| unknown_run(&lease.name)),
+                .unwrap_or_else(|| LastRun::unreadable_marker(&lease.name)),
         ))
     }
 
@@ -663,7 +437,9 @@ impl Backend for PostgresBackend {
 
     async fn inspect(&mut self, name: &LockName) -> Result<LockState> {
         let places = self.places(name, MOST_PLACES).await?;
-        Ok(locks(places).pop().unwrap_or_else(|| free(name.clone())))
+        Ok(locks(places)
+            .pop()
+            .unwrap_or_else(|| LockState::free(name.clone())))
     }
 
     async fn list(&mut self) -> Result<Vec<LockState>> {
@@ -671,57 +447,6 @@ impl Backend for PostgresBackend {
         let (rows, _) = self.query("list", &statements.list, &[]).await?;
         Ok(locks(rows.iter().filter_map(row_to_place).collect()))
     }
-}
-
-impl Drop for PostgresBackend {
-    /// Settles an acquire whose answer never came (its future was dropped: a signal, the
-    /// `--wait` bound), so that the place it may have taken does not keep every contender out
-    /// until its ttl ends.
-    ///
-    /// The session cannot be used here: it is driven by the runtime that is running this drop,
-    /// or is already gone. So a thread of its own connects afresh and settles, and the drop
-    /// waits for it at most [`DROP_SETTLE_TIMEOUT`]; past that the lease expires by its ttl.
-    fn drop(&mut self) {
-        let Some(unsettled) = self.unsettled.take() else {
-            return;
-        };
-        let target = Target::clone(&self.target);
-        let sql = self.statements.abandon.clone();
-        let (done, finished) = std::sync::mpsc::channel();
-        let settler = std::thread::Builder::new()
-            .name("postgres-settle".into())
-            .spawn(move || {
-                if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    runtime.block_on(async {
-                        let _ = tokio::time::timeout(DROP_SETTLE_TIMEOUT, async {
-                            if let Ok(conn) = target.connect().await {
-                                let _ = conn
-                                    .client
-                                    .query_typed(&sql, &abandon_params(&unsettled))
-                                    .await;
-                            }
-                        })
-                        .await;
-                    });
-                }
-                let _ = done.send(());
-            });
-        if settler.is_ok() {
-            let _ = finished.recv_timeout(DROP_SETTLE_TIMEOUT + Duration::from_millis(100));
-        }
-    }
-}
-
-/// The parameters of the abandon statement: the lock, how many places to look at, the secret.
-fn abandon_params(unsettled: &Unsettled) -> [(&(dyn ToSql + Sync), Type); 3] {
-    [
-        (&unsettled.row, Type::TEXT),
-        (&MOST_PLACES, Type::INT4),
-        (&unsettled.secret, Type::TEXT),
-    ]
 }
 
 /// The URL as `status`, errors and the job show it: the database and the schema-qualified table
@@ -739,152 +464,6 @@ fn explicit(url: &BackendUrl, target: &Target) -> BackendUrl {
     shown
 }
 
-/// One row: a place of a lock.
-struct Place {
-    lock: LockName,
-    /// 0 for the lock's own row `NAME`, K for `NAME/K`.
-    slot: u32,
-    /// The holder and the remaining time of its lease; `None` when released or expired.
-    held: Option<(HolderInfo, Duration)>,
-    /// The last run, which only the place-0 row records.
-    last_run: Option<LastRun>,
-}
-
-/// The row name of a place: the lock's own name for place 0, `NAME/K` for place K (lock names
-/// cannot contain '/', so it is never another lock's name).
-fn place_name(lock: &LockName, slot: u32) -> String {
-    match slot {
-        0 => lock.as_str().to_owned(),
-        k => format!("{lock}/{k}"),
-    }
-}
-
-/// The lock and the place a row name stands for; `None` for a row elect did not write.
-fn parse_place_name(name: &str) -> Option<(LockName, u32)> {
-    let (lock, slot) = match name.split_once('/') {
-        None => (name, 0),
-        Some((lock, k)) => {
-            let slot: u32 = k.parse().ok()?;
-            // `NAME/K` as `place_name` writes it: no sign, no leading zero, not 0.
-            if slot == 0 || slot.to_string() != k {
-                return None;
-            }
-            (lock, slot)
-        }
-    };
-    Some((LockName::new(lock).ok()?, slot))
-}
-
-/// The locks the rows are places of, each once, in the order they first appear: the lowest held
-/// place is the holder (place 0 when it is held), the other held places its co-holders, in the
-/// order of their places; the place-0 row has the last run.
-fn locks(places: Vec<Place>) -> Vec<LockState> {
-    let mut order: Vec<LockName> = Vec::new();
-    let mut by_lock: HashMap<LockName, Vec<Place>> = HashMap::new();
-    for place in places {
-        if !by_lock.contains_key(&place.lock) {
-            order.push(place.lock.clone());
-        }
-        by_lock.entry(place.lock.clone()).or_default().push(place);
-    }
-    order
-        .into_iter()
-        .map(|lock| {
-            let mut places = by_lock.remove(&lock).unwrap_or_default();
-            places.sort_by_key(|p| p.slot);
-            let last_run = places
-                .iter()
-                .find(|p| p.slot == 0)
-                .and_then(|p| p.last_run.clone());
-            let mut held = places.into_iter().filter_map(|p| p.held);
-            let first = held.next();
-            LockState {
-                last_run,
-                expires_in: first.as_ref().map(|(_, remaining)| *remaining),
-                holder: first.map(|(holder, _)| holder),
-                co_holders: held
-                    .map(|(holder, remaining)| Holding {
-                        holder,
-                        expires_in: Some(remaining),
-                    })
-                    .collect(),
-                ..free(lock)
-            }
-        })
-        .collect()
-}
-
-/// A row as `status` shows it; a released or expired row is free. `None` for a row elect did
-/// not write (a name that is neither a lock name nor a place of one).
-fn row_to_place(row: &Row) -> Option<Place> {
-    let (lock, slot) = parse_place_name(&column::<String>(row, "name")?)?;
-    let last_run: Option<LastRun> = column::<Option<String>>(row, "last_run")
-        .flatten()
-        .and_then(|text| serde_json::from_str(&text).ok());
-    let remaining = column::<Option<i64>>(row, "remaining_ms")?
-        .filter(|ms| *ms > 0)
-        .map(|ms| Duration::from_millis(ms.unsigned_abs()));
-    let held = match remaining {
-        None => None,
-        Some(remaining) => Some((
-            HolderInfo {
-                id: column(row, "holder_id")?,
-                host: column(row, "host")?,
-                pid: u32::try_from(column::<i64>(row, "pid")?).unwrap_or(0),
-                acquired_at: column::<SystemTime>(row, "acquired_at")?,
-                ttl: Duration::from_millis(
-                    u64::try_from(column::<i64>(row, "ttl_ms")?).unwrap_or(0),
-                ),
-                token: FencingToken(u64::try_from(column::<i64>(row, "token")?).ok()?),
-                version: column(row, "version")?,
-                places: 1,
-            },
-            remaining,
-        )),
-    };
-    Some(Place {
-        lock,
-        slot,
-        held,
-        last_run,
-    })
-}
-
-/// A column by name; `None` when it is missing or of another type (a table altered by hand).
-fn column<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, name: &str) -> Option<T> {
-    row.try_get(name).ok()
-}
-
-fn free(name: LockName) -> LockState {
-    LockState {
-        lock: name,
-        holder: None,
-        last_run: None,
-        expires_in: None,
-        waiters: None,
-        co_holders: Vec::new(),
-    }
-}
-
-/// Whether the server refused an `ALTER TABLE` because the role does not own the table.
-fn not_owner(err: &tokio_postgres::Error) -> bool {
-    err.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
-}
-
-/// A `--once-per` marker whose run elect cannot read.
-fn unknown_run(name: &LockName) -> LastRun {
-    LastRun {
-        holder: format!("unknown (unreadable run of lock {name})"),
-        host: "unknown".into(),
-        pid: 0,
-        token: FencingToken(0),
-        started_at: SystemTime::UNIX_EPOCH,
-        finished_at: SystemTime::UNIX_EPOCH,
-        duration: Duration::ZERO,
-        end: crate::lease::RunEnd::ExitCode(0),
-    }
-}
-
 fn token_param(lease: &Lease) -> Result<i64> {
     i64::try_from(lease.token().0)
         .map_err(|_| BackendError::Config(format!("token {} is out of range", lease.token())))
@@ -892,21 +471,4 @@ fn token_param(lease: &Lease) -> Result<i64> {
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-fn random_secret() -> Result<String> {
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| BackendError::unavailable("read /dev/urandom", e))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// Up to [`JITTER_MS`], from the sub-second part of the wall clock: enough to spread waiters,
-/// and it needs no random source.
-fn jitter() -> Duration {
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::from(d.subsec_nanos()));
-    Duration::from_millis(nanos % JITTER_MS)
 }

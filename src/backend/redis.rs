@@ -42,24 +42,40 @@
 //!   as free; place keys K >= 1 are not locks of their own but holders of the lock they name,
 //!   which `inspect` reports as co-holders. No registry of names is kept: it would live in one slot of a cluster, apart from
 //!   the locks' own keys, and could not be updated atomically with them.
+//!
+//! # Layout
+//! `connect` (from the URL, read by `url`, to a checked connection), `conn` (one connection,
+//! a node's or the cluster's), `call` (one request on the shared connection), `error` (what a
+//! client error means), `scripts` (the key layout and the Lua scripts), `reply` (reading their
+//! answers), `baton` (waiting), `settle` (an acquire without an answer).
 
 mod baton;
+mod call;
 mod conn;
 mod connect;
+mod error;
+mod reply;
 mod scripts;
+mod settle;
+mod url;
 
-use std::io::Read;
 use std::time::Duration;
 
-use ::redis::{RedisError, Value};
+use ::redis::Value;
 
 use self::baton::Waiter;
 use self::conn::Conn;
-use self::connect::{breaks_connection, describe, Target};
+use self::connect::Target;
+use self::error::{breaks_connection, describe};
+use self::reply::{
+    holder_without_token, parse_acquire_reply, parse_holder, parse_inspect_reply, pttl_duration,
+    unknown_holder,
+};
 use self::scripts::SCRIPTS;
+use self::settle::Unsettled;
 use super::{
-    AcquireRequest, Backend, BackendError, BackendOptions, BackendUrl, Expiry, ForcedRelease,
-    Result, WaitMode,
+    random, AcquireRequest, Backend, BackendError, BackendOptions, BackendUrl, Expiry,
+    ForcedRelease, Result, WaitMode,
 };
 use crate::clock::BootTime;
 use crate::lease::{
@@ -91,15 +107,6 @@ pub struct RedisBackend {
     unsettled: Option<Unsettled>,
 }
 
-/// An acquire whose outcome is unknown.
-#[derive(Debug, Clone)]
-struct Unsettled {
-    name: LockName,
-    secret: String,
-    places: u32,
-    ttl: Duration,
-}
-
 /// What one acquire attempt found.
 enum Attempt {
     Acquired(Lease),
@@ -113,12 +120,6 @@ enum Attempt {
     /// with a new one.
     Void,
 }
-
-/// How long an acquire that gives up may spend settling the lease its lost request may have
-/// taken; past that, dropping the backend tries once more, and then the ttl applies.
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long dropping the backend may take to settle an unfinished acquire.
-const DROP_SETTLE_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl RedisBackend {
     /// Connects and checks the connection (PING), so that a wrong address, password, database or
@@ -139,128 +140,6 @@ impl RedisBackend {
         Ok(backend)
     }
 
-    async fn connection(&mut self) -> std::result::Result<Conn, RedisError> {
-        if std::mem::take(&mut self.in_flight) {
-            self.conn = None;
-        }
-        if let Some(conn) = &self.conn {
-            // A clone shares the one connection; it is cheap.
-            return Ok(conn.clone());
-        }
-        let conn = self.target.connect().await?;
-        self.conn = Some(conn.clone());
-        Ok(conn)
-    }
-
-    /// Turns a client error into a one-line `Unavailable`, and forgets a connection it broke.
-    fn unavailable(&mut self, doing: &str, err: &RedisError) -> BackendError {
-        if breaks_connection(err) {
-            self.conn = None;
-        }
-        self.failed(doing, err)
-    }
-
-    /// A client error as a one-line `Unavailable`, leaving the shared connection alone.
-    fn failed(&self, doing: &str, err: &RedisError) -> BackendError {
-        BackendError::Unavailable(format!(
-            "{doing} (Redis at {}): {}",
-            self.target.addr,
-            describe(err)
-        ))
-    }
-
-    /// An answer a script cannot give.
-    fn failed_reply(&self, doing: &str, name: &LockName) -> BackendError {
-        BackendError::Unavailable(format!(
-            "{doing} (Redis at {}): unexpected answer for lock {name}",
-            self.target.addr
-        ))
-    }
-
-    /// With `?wait=N`: whether N replicas have the write just made to `key` (`WAIT`, on the
-    /// connection that made it). Fewer, or no answer, is an error: the write does not count.
-    async fn acknowledge(&mut self, doing: &str, key: &str) -> Result<()> {
-        let Some(ack) = self.target.ack else {
-            return Ok(());
-        };
-        let key = key.to_owned();
-        let acknowledged = self
-            .send(doing, async |conn| conn.acknowledged(&key, ack).await)
-            .await?;
-        if acknowledged >= i64::from(ack.replicas) {
-            return Ok(());
-        }
-        Err(BackendError::Unavailable(format!(
-            "{doing} (Redis at {}): acknowledged by {acknowledged} of the {} replicas required (wait={}) within {}",
-            self.target.addr,
-            ack.replicas,
-            ack.replicas,
-            crate::timing::Fmt(ack.timeout)
-        )))
-    }
-
-    /// Sends one request on the shared connection, mapping errors with `doing`. The request is
-    /// in flight (see `in_flight`) from the moment it is sent until its answer is read.
-    async fn send<T>(
-        &mut self,
-        doing: &str,
-        request: impl AsyncFnOnce(&mut Conn) -> ::redis::RedisResult<T>,
-    ) -> Result<T> {
-        let mut conn = match self.connection().await {
-            Ok(conn) => conn,
-            Err(e) => return Err(self.unavailable(doing, &e)),
-        };
-        self.in_flight = true;
-        let result = request(&mut conn).await;
-        self.in_flight = false;
-        result.map_err(|e| self.unavailable(doing, &e))
-    }
-
-    /// Runs one script call on the shared connection, mapping errors with `doing`.
-    async fn invoke<T: ::redis::FromRedisValue>(
-        &mut self,
-        doing: &str,
-        call: &::redis::ScriptInvocation<'_>,
-    ) -> Result<T> {
-        self.send(doing, async |conn| call.invoke_async::<T>(conn).await)
-            .await
-    }
-
-    /// [`Self::invoke`] for a call that may run twice without harm (renew, release, inspect): if
-    /// the shared connection died since its last use (reset while idle, a server restart), the
-    /// call is sent once more on a new connection instead of failing, so that a release after a
-    /// network blip frees the lock at once rather than by expiry. A call that timed out is not
-    /// sent again here.
-    async fn invoke_again<T: ::redis::FromRedisValue>(
-        &mut self,
-        doing: &str,
-        call: &::redis::ScriptInvocation<'_>,
-    ) -> Result<T> {
-        let reused = self.conn.is_some() && !self.in_flight;
-        let mut conn = match self.connection().await {
-            Ok(conn) => conn,
-            Err(e) => return Err(self.unavailable(doing, &e)),
-        };
-        self.in_flight = true;
-        let first = call.invoke_async::<T>(&mut conn).await;
-        self.in_flight = false;
-        match first {
-            Ok(value) => return Ok(value),
-            Err(e) if reused && e.is_connection_dropped() => {
-                tracing::debug!(error = %describe(&e), "{doing}: the connection had died; once more on a new one");
-                self.conn = None;
-            }
-            // A failover demoted the node: a new connection reaches the new primary (through
-            // the sentinels, or the cluster's new slot map).
-            Err(e) if connect::is_demoted(&e) => {
-                tracing::info!(error = %describe(&e), "{doing}: the node is no longer the primary; once more on the new one");
-                self.conn = None;
-            }
-            Err(e) => return Err(self.unavailable(doing, &e)),
-        }
-        self.invoke(doing, call).await
-    }
-
     async fn try_acquire(&mut self, req: &AcquireRequest) -> Result<Attempt> {
         let places = req.holders.max(1);
         // A lease an unanswered acquire may hold elsewhere (another lock, other places) would
@@ -274,7 +153,7 @@ impl RedisBackend {
         }
         let secret = match &self.unsettled {
             Some(unsettled) => unsettled.secret.clone(),
-            None => random_secret()?,
+            None => random::secret()?,
         };
         let mut holder = req.holder.clone();
         holder.ttl = req.ttl;
@@ -309,110 +188,6 @@ impl RedisBackend {
         let attempt = parse_acquire_reply(reply, &req.name, holder, secret, sent_at)?;
         self.unsettled = None;
         Ok(attempt)
-    }
-
-    /// Undoes an acquire that was not acknowledged by enough replicas: the same compare-and-delete
-    /// as for a lost answer, on the connection that took it; if that fails, it is settled as a
-    /// lost answer would be.
-    async fn undo(&mut self, taken: Unsettled) {
-        self.unsettled = Some(taken.clone());
-        let undone = self
-            .send("undo the unacknowledged acquire", async |conn| {
-                abandon(conn, &taken).await
-            })
-            .await;
-        match undone {
-            Ok(_) => self.unsettled = None,
-            Err(e) => {
-                tracing::debug!(lock = %taken.name, "{e}; settling on a new connection");
-                self.settle().await;
-            }
-        }
-    }
-
-    /// Settles an acquire whose answer never came: deletes the lease it may have taken, if
-    /// that still holds its secret, and leaves a marker that makes the request take nothing
-    /// should it reach the server only now. On a new connection: the old one is in doubt.
-    /// Bounded; one that cannot settle now is left for the next attempt or for the drop.
-    async fn settle(&mut self) {
-        let Some(unsettled) = self.unsettled.clone() else {
-            return;
-        };
-        self.conn = None;
-        let settled = tokio::time::timeout(SETTLE_TIMEOUT, async {
-            let mut conn = self.target.connect().await?;
-            abandon(&mut conn, &unsettled).await
-        })
-        .await;
-        match settled {
-            Ok(Ok(released)) => {
-                self.unsettled = None;
-                if released {
-                    tracing::info!(lock = %unsettled.name, "released the lease that an acquire without an answer had taken");
-                }
-            }
-            Ok(Err(e)) => tracing::warn!(
-                lock = %unsettled.name,
-                "an acquire got no answer, and the lease it may have taken cannot be released now ({}); trying again on exit, else it expires by its ttl",
-                describe(&e)
-            ),
-            Err(_) => tracing::warn!(
-                lock = %unsettled.name,
-                "an acquire got no answer, and releasing the lease it may have taken got none either; trying again on exit, else it expires by its ttl"
-            ),
-        }
-    }
-}
-
-/// Runs the abandon script for an unsettled acquire; true when it deleted a lease.
-async fn abandon(conn: &mut Conn, unsettled: &Unsettled) -> std::result::Result<bool, RedisError> {
-    let mut call = SCRIPTS.abandon.prepare_invoke();
-    call.key(scripts::void_key(&unsettled.name, &unsettled.secret))
-        .key(scripts::baton_key(&unsettled.name));
-    for place in scripts::place_keys(&unsettled.name, unsettled.places) {
-        call.key(place);
-    }
-    call.arg(&unsettled.secret)
-        .arg(millis(scripts::void_ttl(unsettled.ttl)))
-        .arg(millis(scripts::BATON_TTL));
-    let released: i64 = call.invoke_async(conn).await?;
-    Ok(released == 1)
-}
-
-impl Drop for RedisBackend {
-    /// Settles an acquire whose answer never came (its future was dropped: a signal, the
-    /// `--wait` bound), so that the lease it may have taken does not keep every contender out
-    /// until its ttl ends.
-    ///
-    /// The connection cannot be used here: it is driven by the runtime that is running this
-    /// drop, or is already gone. So a thread of its own connects afresh and settles, and the drop
-    /// waits for it at most [`DROP_SETTLE_TIMEOUT`]; past that the lease expires by its ttl.
-    fn drop(&mut self) {
-        let Some(unsettled) = self.unsettled.take() else {
-            return;
-        };
-        let target = self.target.clone();
-        let (done, finished) = std::sync::mpsc::channel();
-        let settler = std::thread::Builder::new()
-            .name("redis-settle".into())
-            .spawn(move || {
-                if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    runtime.block_on(async {
-                        let _ = tokio::time::timeout(DROP_SETTLE_TIMEOUT, async {
-                            let mut conn = target.connect().await?;
-                            abandon(&mut conn, &unsettled).await
-                        })
-                        .await;
-                    });
-                }
-                let _ = done.send(());
-            });
-        if settler.is_ok() {
-            let _ = finished.recv_timeout(DROP_SETTLE_TIMEOUT + Duration::from_millis(100));
-        }
     }
 }
 
@@ -563,7 +338,9 @@ impl Backend for RedisBackend {
             })
             .await?;
         // A marker elect cannot read still says that the job ran in the window.
-        Ok(value.map(|v| serde_json::from_slice(&v).unwrap_or_else(|_| unknown_run(name))))
+        Ok(value.map(|v| {
+            serde_json::from_slice(&v).unwrap_or_else(|_| LastRun::unreadable_marker(name))
+        }))
     }
 
     async fn claim_run(&mut self, lease: &Lease, window: Duration) -> Result<Option<LastRun>> {
@@ -581,7 +358,7 @@ impl Backend for RedisBackend {
                 [Value::Int(0)] => Ok(None),
                 // A marker elect cannot read still says that the job ran in the window.
                 [Value::Int(1), Value::BulkString(marker)] => Ok(Some(
-                    serde_json::from_slice(marker).unwrap_or_else(|_| unknown_run(&lease.name)),
+                    serde_json::from_slice(marker).unwrap_or_else(|_| LastRun::unreadable_marker(&lease.name)),
                 )),
                 [Value::Int(-1)] => Err(BackendError::Unavailable(format!(
                     "record the --once-per run (Redis at {}): the lease on lock {} is no longer ours",
@@ -622,24 +399,11 @@ impl Backend for RedisBackend {
         let (last, held) = parse_inspect_reply(reply, name)?;
         let last_run = last.and_then(|l| serde_json::from_slice(&l).ok());
         // Held places in order: the lowest is `holder`, the others co-holders.
-        let mut held = held.into_iter().map(|place| Holding {
+        let held = held.into_iter().map(|place| Holding {
             holder: parse_holder(&place.value).unwrap_or_else(|| unknown_holder(name)),
             expires_in: pttl_duration(place.pttl),
         });
-        let Some(first) = held.next() else {
-            return Ok(LockState {
-                last_run,
-                ..free(name)
-            });
-        };
-        Ok(LockState {
-            lock: name.clone(),
-            holder: Some(first.holder),
-            last_run,
-            expires_in: first.expires_in,
-            waiters: None,
-            co_holders: held.collect(),
-        })
+        Ok(LockState::held_by(name.clone(), held, last_run))
     }
 
     async fn list(&mut self) -> Result<Vec<LockState>> {
@@ -682,243 +446,6 @@ fn renew_bound(ttl: Duration) -> Duration {
     connect::RESPONSE_TIMEOUT.min(ttl / 3)
 }
 
-/// Reads the acquire script's answer: `{1, token, place}`, `{0, value, pttl}` or `{-1}`.
-fn parse_acquire_reply(
-    reply: Value,
-    name: &LockName,
-    mut holder: HolderInfo,
-    secret: String,
-    sent_at: BootTime,
-) -> Result<Attempt> {
-    let unexpected = || {
-        BackendError::Unavailable(format!(
-            "unexpected answer from the acquire script for lock {name}"
-        ))
-    };
-    let Value::Array(items) = reply else {
-        return Err(unexpected());
-    };
-    match items.as_slice() {
-        [Value::Int(1), Value::Int(token), Value::Int(slot)] => {
-            let token = u64::try_from(*token).map_err(|_| unexpected())?;
-            let slot = u32::try_from(*slot).map_err(|_| unexpected())?;
-            holder.token = FencingToken(token);
-            Ok(Attempt::Acquired(Lease {
-                name: name.clone(),
-                holder,
-                sent_at,
-                secret,
-                kernel_lock: None,
-                slot,
-            }))
-        }
-        [Value::Int(-1)] => Ok(Attempt::Void),
-        [Value::Int(0), Value::BulkString(value), Value::Int(pttl)] => Ok(Attempt::Held {
-            holder: Some(parse_holder(value).unwrap_or_else(|| unknown_holder(name))),
-            pttl: pttl_duration(*pttl),
-        }),
-        _ => Err(unexpected()),
-    }
-}
-
-/// One held place, as the inspect script read it.
-#[derive(Debug, PartialEq)]
-struct HeldPlace {
-    /// The lease value, `<secret>\n<holder JSON>`.
-    value: Vec<u8>,
-    pttl: i64,
-}
-
-/// Reads the inspect script's answer: `{last run or nil, K, value, pttl, ...}`, one triple per
-/// held place in order. Returns the last run and the held places.
-fn parse_inspect_reply(reply: Value, name: &LockName) -> Result<(Option<Vec<u8>>, Vec<HeldPlace>)> {
-    let unexpected = || {
-        BackendError::Unavailable(format!(
-            "unexpected answer from the inspect script for lock {name}"
-        ))
-    };
-    let Value::Array(items) = reply else {
-        return Err(unexpected());
-    };
-    let (last, places) = items.split_first().ok_or_else(unexpected)?;
-    let last = match last {
-        Value::Nil => None,
-        Value::BulkString(last) => Some(last.clone()),
-        _ => return Err(unexpected()),
-    };
-    if places.len() % 3 != 0 {
-        return Err(unexpected());
-    }
-    let held = places
-        .chunks_exact(3)
-        .map(|place| match place {
-            [Value::Int(_), Value::BulkString(value), Value::Int(pttl)] => Ok(HeldPlace {
-                value: value.clone(),
-                pttl: *pttl,
-            }),
-            _ => Err(unexpected()),
-        })
-        .collect::<Result<_>>()?;
-    Ok((last, held))
-}
-
-/// The holder metadata of a lease value `<secret>\n<holder JSON>`; `None` if it is not one.
-fn parse_holder(value: &[u8]) -> Option<HolderInfo> {
-    let newline = value.iter().position(|&b| b == b'\n')?;
-    serde_json::from_slice(&value[newline + 1..]).ok()
-}
-
-/// A lease key whose value elect cannot read (written by something else): held, by nobody we
-/// can name. Reporting it as free would invite a contender to believe it could take it.
-fn unknown_holder(name: &LockName) -> HolderInfo {
-    HolderInfo {
-        id: "unknown".into(),
-        host: "unknown".into(),
-        pid: 0,
-        acquired_at: std::time::UNIX_EPOCH,
-        ttl: Duration::ZERO,
-        token: FencingToken(0),
-        version: format!("unreadable lease value for lock {name}"),
-        places: 1,
-    }
-}
-
-/// A `--once-per` marker whose value elect cannot read.
-fn unknown_run(name: &LockName) -> LastRun {
-    LastRun {
-        holder: format!("unknown (unreadable marker of lock {name})"),
-        host: "unknown".into(),
-        pid: 0,
-        token: FencingToken(0),
-        started_at: std::time::UNIX_EPOCH,
-        finished_at: std::time::UNIX_EPOCH,
-        duration: Duration::ZERO,
-        end: crate::lease::RunEnd::ExitCode(0),
-    }
-}
-
-/// The holder's JSON object without its `token` field, which the acquire script fills in.
-fn holder_without_token(holder: &HolderInfo) -> Result<String> {
-    let mut value = serde_json::to_value(holder)
-        .map_err(|e| BackendError::Config(format!("holder metadata: {e}")))?;
-    match value.as_object_mut() {
-        Some(object) => {
-            object.remove("token");
-            if object.is_empty() {
-                return Err(BackendError::Config("empty holder metadata".into()));
-            }
-        }
-        None => {
-            return Err(BackendError::Config(
-                "holder metadata is not an object".into(),
-            ))
-        }
-    }
-    Ok(value.to_string())
-}
-
-/// PTTL answers -2 (no key) and -1 (no expiry) besides a time.
-fn pttl_duration(pttl: i64) -> Option<Duration> {
-    u64::try_from(pttl).ok().map(Duration::from_millis)
-}
-
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
-}
-
-fn free(name: &LockName) -> LockState {
-    LockState {
-        lock: name.clone(),
-        holder: None,
-        last_run: None,
-        expires_in: None,
-        waiters: None,
-        co_holders: Vec::new(),
-    }
-}
-
-/// 128 random bits in hex: the proof that a lease is ours.
-fn random_secret() -> Result<String> {
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| BackendError::unavailable("read /dev/urandom", e))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn holder_json_drops_only_the_token() {
-        let holder = HolderInfo::this_process(Some("web-1:7".into()), Duration::from_secs(5));
-        let json = holder_without_token(&holder).unwrap();
-        assert!(json.starts_with('{'));
-        assert!(!json.contains("\"token\""));
-        // What the acquire script stores, read back.
-        let value = format!("abc\n{{\"token\":17,{}", &json[1..]);
-        let back = parse_holder(value.as_bytes()).unwrap();
-        assert_eq!(back.token, FencingToken(17));
-        assert_eq!(back.id, "web-1:7");
-    }
-
-    #[test]
-    fn unreadable_values() {
-        assert!(parse_holder(b"no newline").is_none());
-        assert!(parse_holder(b"s\nnot json").is_none());
-    }
-
-    #[test]
-    fn inspect_answers() {
-        let name = LockName::new("pair").unwrap();
-        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
-        let reply = Value::Array(vec![
-            Value::Nil,
-            Value::Int(0),
-            bulk("s\n{}"),
-            Value::Int(900),
-            Value::Int(2),
-            bulk("t\n{}"),
-            Value::Int(-1),
-        ]);
-        let (last, held) = parse_inspect_reply(reply, &name).unwrap();
-        assert_eq!(last, None);
-        assert_eq!(
-            held,
-            [
-                HeldPlace {
-                    value: b"s\n{}".to_vec(),
-                    pttl: 900
-                },
-                HeldPlace {
-                    value: b"t\n{}".to_vec(),
-                    pttl: -1
-                },
-            ]
-        );
-        let free = Value::Array(vec![bulk("{}")]);
-        let (last, held) = parse_inspect_reply(free, &name).unwrap();
-        assert_eq!(last.as_deref(), Some(&b"{}"[..]));
-        assert!(held.is_empty());
-        let torn = Value::Array(vec![Value::Nil, Value::Int(0), bulk("s\n{}")]);
-        assert!(parse_inspect_reply(torn, &name).is_err());
-        assert!(parse_inspect_reply(Value::Int(1), &name).is_err());
-    }
-
-    #[test]
-    fn pttl_answers() {
-        assert_eq!(pttl_duration(-2), None);
-        assert_eq!(pttl_duration(-1), None);
-        assert_eq!(pttl_duration(1500), Some(Duration::from_millis(1500)));
-    }
-
-    #[test]
-    fn secrets_are_fresh_hex() {
-        let a = random_secret().unwrap();
-        let b = random_secret().unwrap();
-        assert_eq!(a.len(), 32);
-        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
-        assert_ne!(a, b);
-    }
 }

@@ -173,16 +173,7 @@ impl EtcdBackend {
 /// The run a marker stands for. A marker elect cannot read still says that the job ran in the
 /// window.
 fn run_of_marker(name: &LockName, value: &[u8]) -> LastRun {
-    serde_json::from_slice(value).unwrap_or_else(|_| LastRun {
-        holder: format!("unknown (unreadable marker of lock {name})"),
-        host: "unknown".into(),
-        pid: 0,
-        token: FencingToken(0),
-        started_at: std::time::UNIX_EPOCH,
-        finished_at: std::time::UNIX_EPOCH,
-        duration: std::time::Duration::ZERO,
-        end: RunEnd::ExitCode(0),
-    })
+    serde_json::from_slice(value).unwrap_or_else(|_| LastRun::unreadable_marker(name))
 }
 
 /// The lock whose history key `rest` (a key with the prefix taken off, without a `/`) is.

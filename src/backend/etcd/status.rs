@@ -1,7 +1,7 @@
 //! What `status` shows: the locks under the prefix, their holders (several with `--holders`),
 //! ttls and waiters.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use etcd_client::{GetOptions, KeyValue};
 
@@ -63,24 +63,14 @@ impl EtcdBackend {
                 expires_in: self.expires_in(kv).await?,
             });
         }
-        let mut holdings = holdings.into_iter();
-        let Some(first) = holdings.next() else {
-            return Ok(LockState {
-                lock: name.clone(),
-                holder: None,
-                last_run,
-                expires_in: None,
-                waiters: None,
-                co_holders: Vec::new(),
-            });
-        };
+        let state = LockState::held_by(name.clone(), holdings, last_run);
+        // Waiters are counted only behind a holder.
         Ok(LockState {
-            lock: name.clone(),
-            holder: Some(first.holder),
-            last_run,
-            expires_in: first.expires_in,
-            waiters: Some((members.len() - holding) as u64),
-            co_holders: holdings.collect(),
+            waiters: state
+                .holder
+                .is_some()
+                .then_some((members.len() - holding) as u64),
+            ..state
         })
     }
 
@@ -111,15 +101,7 @@ pub(super) fn holder_of(kv: &KeyValue) -> Option<HolderInfo> {
 /// What `status` can say about a holder that left no metadata (an `etcdctl lock`). A lock state
 /// without a holder means free, so one is made up: its acquired-at is the epoch, as nobody knows.
 pub(super) fn unknown_holder(kv: &KeyValue) -> HolderInfo {
-    HolderInfo {
-        // The key names the lease, which `etcdctl lease timetolive` can tell more about.
-        id: format!("unknown ({})", String::from_utf8_lossy(kv.key())),
-        host: String::new(),
-        pid: 0,
-        acquired_at: SystemTime::UNIX_EPOCH,
-        ttl: Duration::ZERO,
-        token: token_of(kv.create_revision()),
-        version: String::new(),
-        places: 1,
-    }
+    // The key names the lease, which `etcdctl lease timetolive` can tell more about.
+    let id = format!("unknown ({})", String::from_utf8_lossy(kv.key()));
+    HolderInfo::unknown(id, token_of(kv.create_revision()))
 }

@@ -17,7 +17,7 @@ impl FileBackend {
     pub(super) fn inspect_one(&self, name: &LockName) -> Result<LockState> {
         let path = self.path(name);
         let Some(file) = lockfile::open_existing(&path, self.sharing)? else {
-            return Ok(free(name));
+            return Ok(LockState::free(name.clone()));
         };
         let meta = file
             .metadata()
@@ -31,13 +31,13 @@ impl FileBackend {
         if !proclocks::is_flocked(&locks, &devices, meta.ino()) {
             return Ok(LockState {
                 last_run,
-                ..free(name)
+                ..LockState::free(name.clone())
             });
         }
         let mut state = LockState {
             holder,
             last_run,
-            ..free(name)
+            ..LockState::free(name.clone())
         };
         state.co_holders = self.other_places(name, &locks)?;
         if state.holder.is_none() && !state.co_holders.is_empty() {
@@ -110,16 +110,5 @@ impl FileBackend {
             }
         }
         Ok(held)
-    }
-}
-
-fn free(name: &LockName) -> LockState {
-    LockState {
-        lock: name.clone(),
-        holder: None,
-        last_run: None,
-        expires_in: None,
-        waiters: None,
-        co_holders: Vec::new(),
     }
 }

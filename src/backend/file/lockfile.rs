@@ -52,12 +52,7 @@ pub fn open_for_writing(path: &Path, sharing: Sharing) -> Result<File> {
     let mode = mode_of(sharing);
     loop {
         create(path, mode)?;
-        let file = match OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(FLAGS)
-            .open(path)
-        {
+        let file = match open_read_write(path) {
             Ok(file) => file,
             Err(e) if e.kind() == ErrorKind::NotFound => continue,
             Err(e) => return Err(open_error(path, e)),
@@ -69,16 +64,20 @@ pub fn open_for_writing(path: &Path, sharing: Sharing) -> Result<File> {
     }
 }
 
-/// The descriptor through which the holder of `locked` (the read-only file it flocked at `path`)
-/// writes its records: `None` when `path` names another file by now (replaced since: the lock
-/// is on a file nobody else will look at).
-pub fn open_writer(path: &Path, locked: &File) -> Result<Option<File>> {
-    let file = match OpenOptions::new()
+/// Opens `path` for reading and writing, with [`FLAGS`].
+fn open_read_write(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
         .read(true)
         .write(true)
         .custom_flags(FLAGS)
         .open(path)
-    {
+}
+
+/// The descriptor through which the holder of `locked` (the read-only file it flocked at `path`)
+/// writes its records: `None` when `path` names another file by now (replaced since: the lock
+/// is on a file nobody else will look at).
+pub fn open_writer(path: &Path, locked: &File) -> Result<Option<File>> {
+    let file = match open_read_write(path) {
         Ok(file) => file,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(open_error(path, e)),

@@ -13,7 +13,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, Client};
 
 use super::pgpass;
-use super::sql::{Table, CHANNEL, DEFAULT_TABLE};
+use super::sql::CHANNEL;
+use super::table::{Table, DEFAULT_TABLE};
 use super::tls::{self, SslMode, TlsFiles};
 use crate::backend::{BackendError, BackendOptions, BackendUrl, Result};
 
@@ -93,105 +94,31 @@ impl Drop for Conn {
 
 impl Target {
     pub fn from_url(url: &BackendUrl, options: &BackendOptions) -> Result<Self> {
-        if let Some((key, _)) = url
-            .query
-            .iter()
-            .find(|(k, _)| !KNOWN_KEYS.contains(&k.as_str()))
-        {
-            return Err(BackendError::Config(format!(
-                "unknown PostgreSQL URL option {key:?} (known: {})",
-                KNOWN_KEYS.join(", ")
-            )));
-        }
+        check_keys(url)?;
         let mut config = tokio_postgres::Config::new();
-        for host in &url.hosts {
-            config.host(&host.host);
-            config.port(host.port.unwrap_or(DEFAULT_PORT));
-        }
-        let Some(first) = url.hosts.first() else {
-            return Err(BackendError::Config(
-                "a PostgreSQL URL needs a host: postgres://user@host[:port]/database".into(),
-            ));
-        };
-        if url.hosts.len() > 1 {
-            // With several servers, skip standbys and take the primary, as libpq does with
-            // target_session_attrs=read-write. With one, the standby check at open time says
-            // plainly what is wrong.
-            config.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
-        }
+        let first = servers(url, &mut config)?;
         let port = first.port.unwrap_or(DEFAULT_PORT);
         let user = match url.user.clone().or_else(|| env("PGUSER")) {
             Some(user) => user,
             None => os_user()?,
         };
-        // libpq would fall back to a database named after the user, so that two hosts logging
-        // in as two roles would keep their leases in two databases: the database is named.
-        let database = match url.path.trim_start_matches('/') {
-            "" => env("PGDATABASE").ok_or_else(|| {
-                BackendError::Config(
-                    "the PostgreSQL URL names no database (and PGDATABASE is not set): name it, \
-                     as in postgres://user@host/database, so that every contender of a lock \
-                     uses the same one whichever role it logs in as"
-                        .into(),
-                )
-            })?,
-            db => db.to_owned(),
+        let database = database(url)?;
+        let login = pgpass::Lookup {
+            host: &first.host,
+            port,
+            database: &database,
+            user: &user,
         };
-        // libpq's order: the connection string, then PGPASSWORD, then the password file.
-        let password = url
-            .password
-            .clone()
-            .or_else(|| env("PGPASSWORD"))
-            .or_else(|| {
-                pgpass::password(pgpass::Lookup {
-                    host: &first.host,
-                    port,
-                    database: &database,
-                    user: &user,
-                })
-            });
-        if let Some(password) = password {
+        if let Some(password) = password(url, login) {
             config.password(password);
         }
-        let connect_timeout = match url.query_value("connect_timeout") {
-            None => CONNECT_TIMEOUT,
-            Some(secs) => secs
-                .parse::<u64>()
-                .ok()
-                .map(Duration::from_secs)
-                .filter(|d| !d.is_zero() && *d <= crate::cli::LONGEST)
-                .ok_or_else(|| {
-                    BackendError::Config(format!(
-                        "invalid connect_timeout {secs:?}: expected whole seconds above zero, at most 100 years"
-                    ))
-                })?,
-        };
+        let connect_timeout = connect_timeout(url)?;
         config
             .user(&user)
             .dbname(&database)
             .application_name(url.query_value("application_name").unwrap_or("elect"))
             .connect_timeout(connect_timeout);
-
-        let mode = match url.query_value("sslmode") {
-            Some(mode) => SslMode::parse(mode)?,
-            None => SslMode::Prefer,
-        };
-        config.ssl_mode(mode.negotiation());
-        let files = TlsFiles {
-            ca: options
-                .tls_ca
-                .clone()
-                .or_else(|| url.query_value("sslrootcert").map(Into::into)),
-            cert: options
-                .tls_cert
-                .clone()
-                .or_else(|| url.query_value("sslcert").map(Into::into)),
-            key: options
-                .tls_key
-                .clone()
-                .or_else(|| url.query_value("sslkey").map(Into::into)),
-        };
-        let tls = tls::connector(mode, &files)?;
+        let tls = tls_connector(url, options, &mut config)?;
         let table = Table::parse(url.query_value("table").unwrap_or(DEFAULT_TABLE))?;
         Ok(Self {
             config,
@@ -226,6 +153,110 @@ impl Target {
             Err(_) => Err(ConnectError::TimedOut),
         }
     }
+}
+
+/// Refuses a query key elect does not know: most likely a typo.
+fn check_keys(url: &BackendUrl) -> Result<()> {
+    match url
+        .query
+        .iter()
+        .find(|(k, _)| !KNOWN_KEYS.contains(&k.as_str()))
+    {
+        Some((key, _)) => Err(BackendError::Config(format!(
+            "unknown PostgreSQL URL option {key:?} (known: {})",
+            KNOWN_KEYS.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Puts the URL's servers into `config`; the first, which messages name.
+fn servers<'u>(
+    url: &'u BackendUrl,
+    config: &mut tokio_postgres::Config,
+) -> Result<&'u crate::backend::url::HostPort> {
+    for host in &url.hosts {
+        config.host(&host.host);
+        config.port(host.port.unwrap_or(DEFAULT_PORT));
+    }
+    let Some(first) = url.hosts.first() else {
+        return Err(BackendError::Config(
+            "a PostgreSQL URL needs a host: postgres://user@host[:port]/database".into(),
+        ));
+    };
+    if url.hosts.len() > 1 {
+        // With several servers, skip standbys and take the primary, as libpq does with
+        // target_session_attrs=read-write. With one, the standby check at open time says
+        // plainly what is wrong.
+        config.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
+    }
+    Ok(first)
+}
+
+/// The database the URL names, else PGDATABASE. libpq would fall back to a database named after
+/// the user, so that two hosts logging in as two roles would keep their leases in two databases:
+/// the database must be named.
+fn database(url: &BackendUrl) -> Result<String> {
+    match url.path.trim_start_matches('/') {
+        "" => env("PGDATABASE").ok_or_else(|| {
+            BackendError::Config(
+                "the PostgreSQL URL names no database (and PGDATABASE is not set): name it, \
+                 as in postgres://user@host/database, so that every contender of a lock \
+                 uses the same one whichever role it logs in as"
+                    .into(),
+            )
+        }),
+        db => Ok(db.to_owned()),
+    }
+}
+
+/// libpq's order: the connection string, then PGPASSWORD, then the password file.
+fn password(url: &BackendUrl, login: pgpass::Lookup<'_>) -> Option<String> {
+    url.password
+        .clone()
+        .or_else(|| env("PGPASSWORD"))
+        .or_else(|| pgpass::password(login))
+}
+
+/// `connect_timeout=` in whole seconds, else [`CONNECT_TIMEOUT`].
+fn connect_timeout(url: &BackendUrl) -> Result<Duration> {
+    let Some(secs) = url.query_value("connect_timeout") else {
+        return Ok(CONNECT_TIMEOUT);
+    };
+    secs.parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+        .filter(|d| !d.is_zero() && *d <= crate::cli::LONGEST)
+        .ok_or_else(|| {
+            BackendError::Config(format!(
+                "invalid connect_timeout {secs:?}: expected whole seconds above zero, at most 100 years"
+            ))
+        })
+}
+
+/// The `sslmode` the client negotiates, into `config`, and the rustls setup that decides what is
+/// verified; the files from the options, else from the URL.
+fn tls_connector(
+    url: &BackendUrl,
+    options: &BackendOptions,
+    config: &mut tokio_postgres::Config,
+) -> Result<Option<tokio_postgres_rustls::MakeRustlsConnect>> {
+    let mode = match url.query_value("sslmode") {
+        Some(mode) => SslMode::parse(mode)?,
+        None => SslMode::Prefer,
+    };
+    config.ssl_mode(mode.negotiation());
+    let given = |option: &Option<std::path::PathBuf>, key: &str| {
+        option
+            .clone()
+            .or_else(|| url.query_value(key).map(Into::into))
+    };
+    let files = TlsFiles {
+        ca: given(&options.tls_ca, "sslrootcert"),
+        cert: given(&options.tls_cert, "sslcert"),
+        key: given(&options.tls_key, "sslkey"),
+    };
+    tls::connector(mode, &files)
 }
 
 /// Why a connect failed.

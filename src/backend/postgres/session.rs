@@ -158,7 +158,7 @@ impl PostgresBackend {
     /// second session. No (a transaction-pooling proxy, or no answer within [`PROBE_WAIT`]):
     /// the waiter keeps re-checking every [`super::RECHECK`].
     async fn hears_others(&self, conn: &mut Conn) -> bool {
-        let Ok(tag) = super::random_secret() else {
+        let Ok(tag) = crate::backend::random::secret() else {
             return false;
         };
         let tag = format!("probe {tag}");

@@ -25,6 +25,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore};
 use rustls::{Error as TlsError, SignatureScheme};
 
+use crate::backend::tls::{file_error, install_crypto_provider};
 use crate::backend::{BackendError, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,16 +146,6 @@ pub fn connector(
         }
     };
     Ok(Some(tokio_postgres_rustls::MakeRustlsConnect::new(config)))
-}
-
-/// rustls needs a process-wide crypto provider for anything built without an explicit one.
-/// Installing fails only when one is already installed, which is just as good.
-fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-fn file_error(what: &str, path: &Path, err: impl std::fmt::Display) -> BackendError {
-    BackendError::Config(format!("cannot read the {what} {}: {err}", path.display()))
 }
 
 /// libpq's default CA file, `~/.postgresql/root.crt`, if it exists (as root, in root's own home:

@@ -36,6 +36,7 @@ use ::redis::{RedisError, Value};
 use super::conn::Conn;
 use super::connect::{Target, RESPONSE_TIMEOUT, WAIT_RESPONSE_TIMEOUT};
 use super::scripts::{self, BATON_TTL, SCRIPTS};
+use crate::backend::random;
 use crate::lease::LockName;
 
 /// The longest one block lasts: what a lost baton can cost a waiter, and how often a waiter
@@ -98,20 +99,11 @@ impl Waiter {
 /// How long to block: just past the holder's expiry, at most [`MAX_BLOCK`].
 pub fn block_for(pttl: Option<Duration>) -> Duration {
     match pttl {
-        Some(left) => (left + jitter()).min(MAX_BLOCK),
+        Some(left) => (left + random::jitter(JITTER_MS)).min(MAX_BLOCK),
         // No expiry on the key (something other than elect wrote it): re-check now and then.
         None => MAX_BLOCK,
     }
     .max(MIN_BLOCK)
-}
-
-/// Up to [`JITTER_MS`], from the sub-second part of the wall clock: enough to spread waiters,
-/// and it needs no random source.
-fn jitter() -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::from(d.subsec_nanos()));
-    Duration::from_millis(nanos % JITTER_MS)
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use ::redis::cluster_routing::{
 };
 use ::redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 
-use super::connect::Ack;
+use super::url::Ack;
 
 /// A connection to one node (standalone, or the primary the sentinels name) or to a cluster.
 /// Cheap to clone: the clones share the connection.

@@ -1,11 +1,5 @@
-//! From a `redis://` or `rediss://` URL to a checked connection, and from client errors to
-//! one-line messages that say what to do.
-//!
-//! The connection details are built field by field rather than by handing the URL text to the
-//! client: the password then never travels through a string that could end up in an error.
-
-//! From a Redis URL to a checked connection, and from client errors to one-line messages that
-//! say what to do.
+//! From a Redis URL to a checked connection (`url.rs` reads the URL's options, `error.rs` turns
+//! client errors into one-line messages that say what to do).
 //!
 //! Three forms, one per topology (`+sentinel` and `+cluster` as Python's redis-sentinel-url and
 //! other clients spell them):
@@ -32,11 +26,13 @@ use ::redis::cluster::{ClusterClient, ClusterConfig};
 use ::redis::sentinel::{SentinelClientBuilder, SentinelServerType};
 use ::redis::{
     AsyncConnectionConfig, Client, ClientTlsConfig, ConnectionAddr, ErrorKind, IntoConnectionInfo,
-    RedisConnectionInfo, RedisError, ServerErrorKind, TlsCertificates, TlsMode,
+    RedisConnectionInfo, RedisError, TlsCertificates, TlsMode,
 };
 
 use super::conn::Conn;
-use crate::backend::{BackendError, BackendOptions, BackendUrl, Result, Scheme};
+use super::error::one_line;
+use super::url::{check_options, parse_ack, parse_db, parse_master, Ack, Topology};
+use crate::backend::{tls, BackendError, BackendOptions, BackendUrl, Result};
 
 /// Time to set up a connection: TCP, TLS, AUTH, SELECT. A SIGSTOPped server still completes the
 /// TCP handshake from its listen backlog, so only this bound stops a connect from hanging there.
@@ -57,19 +53,6 @@ pub const PASSWORD_VARIABLE: &str = "ELECT_REDIS_PASSWORD";
 /// The sentinels' password when the URL has no `sentinel_password`; withheld from the job like
 /// every `ELECT_*PASSWORD`.
 pub const SENTINEL_PASSWORD_VARIABLE: &str = "ELECT_REDIS_SENTINEL_PASSWORD";
-
-/// The default and the largest `wait_timeout`: `WAIT` must answer within [`RESPONSE_TIMEOUT`]
-/// and within a renew's bound (a third of the ttl).
-const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_millis(500);
-const MAX_WAIT_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// Replica acknowledgement (`?wait=N`): an acquire or renew counts only once `WAIT N timeout`
-/// says that N replicas have the write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ack {
-    pub replicas: u32,
-    pub timeout: Duration,
-}
 
 /// Where to connect, parsed from the URL; `kind` carries the credentials.
 #[derive(Clone)]
@@ -112,173 +95,53 @@ struct SentinelSpec {
     tls: Option<TlsCertificates>,
 }
 
-/// The transport of a URL: whether it uses TLS and which topology it names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Topology {
-    Single,
-    Sentinel,
-    Cluster,
+/// What every topology's client is built from, besides the hosts.
+struct Given<'u> {
+    url: &'u BackendUrl,
+    tls: bool,
+    /// The data nodes' password: the URL's, else [`PASSWORD_VARIABLE`].
+    password: Option<String>,
+    /// The CA and client certificate, for TLS.
+    certificates: Option<TlsCertificates>,
+}
+
+impl Given<'_> {
+    /// The URL's hosts, with `default_port` where none is given.
+    fn hosts(&self, default_port: u16) -> Vec<(String, u16)> {
+        self.url
+            .hosts
+            .iter()
+            .map(|h| (h.host.clone(), h.port.unwrap_or(default_port)))
+            .collect()
+    }
 }
 
 impl Target {
     pub fn from_url(url: &BackendUrl, options: &BackendOptions) -> Result<Self> {
-        let (topology, tls) = match url.scheme() {
-            Scheme::Redis => (Topology::Single, false),
-            Scheme::Rediss => (Topology::Single, true),
-            Scheme::RedisSentinel => (Topology::Sentinel, false),
-            Scheme::RedissSentinel => (Topology::Sentinel, true),
-            Scheme::RedisCluster => (Topology::Cluster, false),
-            Scheme::RedissCluster => (Topology::Cluster, true),
-            other => {
-                return Err(BackendError::Config(format!(
-                    "not a Redis URL (scheme {})",
-                    other.name()
-                )))
-            }
-        };
-        let options_known: &[&str] = match topology {
-            Topology::Sentinel => &["wait", "wait_timeout", "sentinel_user", "sentinel_password"],
-            Topology::Single | Topology::Cluster => &["wait", "wait_timeout"],
-        };
-        if let Some((key, _)) = url
-            .query
-            .iter()
-            .find(|(k, _)| !options_known.contains(&k.as_str()))
-        {
-            return Err(BackendError::Config(format!(
-                "unknown Redis URL option {key:?} (known here: {})",
-                options_known.join(", ")
-            )));
-        }
+        let (topology, tls) = Topology::of(url.scheme())?;
+        check_options(url, topology)?;
         let ack = parse_ack(url)?;
         if !tls && (options.tls_ca.is_some() || options.tls_cert.is_some()) {
             tracing::warn!("TLS options are ignored for a redis:// URL; use rediss:// for TLS");
         }
         let certificates = if tls {
-            install_crypto_provider();
+            tls::install_crypto_provider();
             Some(tls_certificates(options)?)
         } else {
             None
         };
-        let from_env = |name: &str| std::env::var(name).ok().filter(|p| !p.is_empty());
-        let password = url.password.clone().or_else(|| from_env(PASSWORD_VARIABLE));
-        let settings = |e: RedisError| {
-            BackendError::Config(format!("Redis client settings: {}", one_line(&e)))
+        let given = Given {
+            url,
+            tls,
+            password: url.password.clone().or_else(|| from_env(PASSWORD_VARIABLE)),
+            certificates,
         };
-        let hosts = |default_port: u16| -> Vec<(String, u16)> {
-            url.hosts
-                .iter()
-                .map(|h| (h.host.clone(), h.port.unwrap_or(default_port)))
-                .collect()
+        let (kind, addr) = match topology {
+            Topology::Single => single(given)?,
+            Topology::Sentinel => sentinel(given)?,
+            Topology::Cluster => cluster(given)?,
         };
-        let joined = |hosts: &[(String, u16)]| {
-            hosts
-                .iter()
-                .map(|(h, p)| format!("{h}:{p}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        match topology {
-            Topology::Single => {
-                let [(host, port)] = hosts(DEFAULT_PORT).try_into().map_err(|_| {
-                    BackendError::Config(
-                        "a redis:// URL names one server: redis://[user:password@]host[:port][/db] \
-                         (redis+sentinel:// or redis+cluster:// name several)"
-                            .into(),
-                    )
-                })?;
-                let db = parse_db(&url.path)?;
-                let mut redis = RedisConnectionInfo::default().set_db(db);
-                if let Some(user) = &url.user {
-                    redis = redis.set_username(user);
-                }
-                if let Some(password) = &password {
-                    redis = redis.set_password(password);
-                }
-                let info = node_addr(&host, port, tls)
-                    .into_connection_info()
-                    .map_err(|e| BackendError::Config(one_line(&e)))?
-                    .set_redis_settings(redis);
-                let client = match certificates {
-                    Some(certs) => Client::build_with_tls(info, certs),
-                    None => Client::open(info),
-                }
-                .map_err(settings)?;
-                Ok(Self {
-                    kind: Kind::Single(Box::new(client)),
-                    addr: format!("{host}:{port}"),
-                    ack,
-                })
-            }
-            Topology::Sentinel => {
-                let (master, db) = parse_master(&url.path)?;
-                let sentinels = hosts(DEFAULT_SENTINEL_PORT);
-                let spec = SentinelSpec {
-                    sentinels: sentinels
-                        .iter()
-                        .map(|(h, p)| node_addr(h, *p, tls))
-                        .collect(),
-                    master: master.clone(),
-                    db,
-                    user: url.user.clone(),
-                    password,
-                    sentinel_user: url.query_value("sentinel_user").map(str::to_owned),
-                    sentinel_password: url
-                        .query_value("sentinel_password")
-                        .map(str::to_owned)
-                        .or_else(|| from_env(SENTINEL_PASSWORD_VARIABLE)),
-                    tls: certificates,
-                };
-                // Checked now, so that a bad combination is a configuration error, not a
-                // failure to connect.
-                spec.client().map_err(settings)?;
-                Ok(Self {
-                    kind: Kind::Sentinel(Box::new(spec)),
-                    addr: format!("master {master} via sentinels {}", joined(&sentinels)),
-                    ack,
-                })
-            }
-            Topology::Cluster => {
-                if !matches!(url.path.as_str(), "" | "/" | "/0") {
-                    return Err(BackendError::Config(format!(
-                        "invalid path {:?} in a Redis Cluster URL: a cluster has database 0 only \
-                         (redis+cluster://host:port[,host:port...])",
-                        url.path
-                    )));
-                }
-                let seeds = hosts(DEFAULT_PORT);
-                let nodes = seeds
-                    .iter()
-                    .map(|(h, p)| node_addr(h, *p, tls).into_connection_info())
-                    .collect::<std::result::Result<Vec<_>, _>>()
-                    .map_err(settings)?;
-                // The crate bounds a whole request, redirections and retries included, by the
-                // reply timeout the client is built with: a waiter's client is built with the
-                // longer bound its blocks need.
-                let client = |response: Duration| {
-                    let mut builder = ClusterClient::builder(nodes.clone())
-                        .connection_timeout(CONNECT_TIMEOUT)
-                        .response_timeout(response);
-                    if let Some(user) = &url.user {
-                        builder = builder.username(user);
-                    }
-                    if let Some(password) = &password {
-                        builder = builder.password(password);
-                    }
-                    if let Some(certs) = &certificates {
-                        builder = builder.tls(TlsMode::Secure).certs(certs.clone());
-                    }
-                    builder.build().map_err(settings)
-                };
-                let calls = client(RESPONSE_TIMEOUT)?;
-                let waits = client(WAIT_RESPONSE_TIMEOUT)?;
-                Ok(Self {
-                    kind: Kind::Cluster(Box::new(calls), Box::new(waits)),
-                    addr: format!("cluster {}", joined(&seeds)),
-                    ack,
-                })
-            }
-        }
+        Ok(Self { kind, addr, ack })
     }
 
     /// A new connection, checked with a PING so that a wrong password, database or port shows up
@@ -335,6 +198,122 @@ impl Target {
     }
 }
 
+/// A variable's value; unset and empty are the same.
+fn from_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|p| !p.is_empty())
+}
+
+/// The client refused a setting: a usage error.
+fn settings(err: RedisError) -> BackendError {
+    BackendError::Config(format!("Redis client settings: {}", one_line(&err)))
+}
+
+/// `host:port,host:port`, for messages.
+fn joined(hosts: &[(String, u16)]) -> String {
+    hosts
+        .iter()
+        .map(|(h, p)| format!("{h}:{p}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `redis[s]://`: one server.
+fn single(given: Given<'_>) -> Result<(Kind, String)> {
+    let url = given.url;
+    let [(host, port)] = given.hosts(DEFAULT_PORT).try_into().map_err(|_| {
+        BackendError::Config(
+            "a redis:// URL names one server: redis://[user:password@]host[:port][/db] \
+             (redis+sentinel:// or redis+cluster:// name several)"
+                .into(),
+        )
+    })?;
+    let db = parse_db(&url.path)?;
+    let mut redis = RedisConnectionInfo::default().set_db(db);
+    if let Some(user) = &url.user {
+        redis = redis.set_username(user);
+    }
+    if let Some(password) = &given.password {
+        redis = redis.set_password(password);
+    }
+    let info = node_addr(&host, port, given.tls)
+        .into_connection_info()
+        .map_err(|e| BackendError::Config(one_line(&e)))?
+        .set_redis_settings(redis);
+    let client = match given.certificates {
+        Some(certs) => Client::build_with_tls(info, certs),
+        None => Client::open(info),
+    }
+    .map_err(settings)?;
+    Ok((Kind::Single(Box::new(client)), format!("{host}:{port}")))
+}
+
+/// `redis[s]+sentinel://`: the sentinels and the master they watch.
+fn sentinel(given: Given<'_>) -> Result<(Kind, String)> {
+    let url = given.url;
+    let (master, db) = parse_master(&url.path)?;
+    let sentinels = given.hosts(DEFAULT_SENTINEL_PORT);
+    let spec = SentinelSpec {
+        sentinels: sentinels
+            .iter()
+            .map(|(h, p)| node_addr(h, *p, given.tls))
+            .collect(),
+        master: master.clone(),
+        db,
+        user: url.user.clone(),
+        password: given.password,
+        sentinel_user: url.query_value("sentinel_user").map(str::to_owned),
+        sentinel_password: url
+            .query_value("sentinel_password")
+            .map(str::to_owned)
+            .or_else(|| from_env(SENTINEL_PASSWORD_VARIABLE)),
+        tls: given.certificates,
+    };
+    // Checked now, so that a bad combination is a configuration error, not a failure to
+    // connect.
+    spec.client().map_err(settings)?;
+    let addr = format!("master {master} via sentinels {}", joined(&sentinels));
+    Ok((Kind::Sentinel(Box::new(spec)), addr))
+}
+
+/// `redis[s]+cluster://`: seed nodes of a cluster.
+fn cluster(given: Given<'_>) -> Result<(Kind, String)> {
+    let url = given.url;
+    if !matches!(url.path.as_str(), "" | "/" | "/0") {
+        return Err(BackendError::Config(format!(
+            "invalid path {:?} in a Redis Cluster URL: a cluster has database 0 only \
+             (redis+cluster://host:port[,host:port...])",
+            url.path
+        )));
+    }
+    let seeds = given.hosts(DEFAULT_PORT);
+    let nodes = seeds
+        .iter()
+        .map(|(h, p)| node_addr(h, *p, given.tls).into_connection_info())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(settings)?;
+    // The crate bounds a whole request, redirections and retries included, by the reply timeout
+    // the client is built with: a waiter's client is built with the longer bound its blocks need.
+    let client = |response: Duration| {
+        let mut builder = ClusterClient::builder(nodes.clone())
+            .connection_timeout(CONNECT_TIMEOUT)
+            .response_timeout(response);
+        if let Some(user) = &url.user {
+            builder = builder.username(user);
+        }
+        if let Some(password) = &given.password {
+            builder = builder.password(password);
+        }
+        if let Some(certs) = &given.certificates {
+            builder = builder.tls(TlsMode::Secure).certs(certs.clone());
+        }
+        builder.build().map_err(settings)
+    };
+    let calls = client(RESPONSE_TIMEOUT)?;
+    let waits = client(WAIT_RESPONSE_TIMEOUT)?;
+    let kind = Kind::Cluster(Box::new(calls), Box::new(waits));
+    Ok((kind, format!("cluster {}", joined(&seeds))))
+}
+
 impl SentinelSpec {
     fn client(&self) -> std::result::Result<::redis::sentinel::SentinelClient, RedisError> {
         let mut builder = SentinelClientBuilder::new(
@@ -379,83 +358,10 @@ fn node_addr(host: &str, port: u16, tls: bool) -> ConnectionAddr {
     }
 }
 
-/// `?wait=N[&wait_timeout=D]`: N replicas, D at most [`MAX_WAIT_TIMEOUT`].
-fn parse_ack(url: &BackendUrl) -> Result<Option<Ack>> {
-    let timeout = match url.query_value("wait_timeout") {
-        None => DEFAULT_WAIT_TIMEOUT,
-        Some(text) => humantime::parse_duration(text.trim())
-            .ok()
-            .filter(|d| !d.is_zero() && *d <= MAX_WAIT_TIMEOUT)
-            .ok_or_else(|| {
-                BackendError::Config(format!(
-                    "invalid wait_timeout {text:?} in the Redis URL: a duration from 1ms to {}, as in wait_timeout=500ms",
-                    humantime::format_duration(MAX_WAIT_TIMEOUT)
-                ))
-            })?,
-    };
-    let Some(text) = url.query_value("wait") else {
-        if url.query_value("wait_timeout").is_some() {
-            return Err(BackendError::Config(
-                "wait_timeout in the Redis URL needs wait=N (the number of replicas)".into(),
-            ));
-        }
-        return Ok(None);
-    };
-    let replicas = text.parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(|| {
-        BackendError::Config(format!(
-            "invalid wait {text:?} in the Redis URL: the number of replicas that must acknowledge, 1 or more, as in wait=1"
-        ))
-    })?;
-    Ok(Some(Ack { replicas, timeout }))
-}
-
-/// `/master[/db]` of a Sentinel URL.
-fn parse_master(path: &str) -> Result<(String, i64)> {
-    let usage = "redis+sentinel://[user:password@]host:26379[,host:26379...]/master[/db]";
-    let mut parts = path.trim_start_matches('/').splitn(2, '/');
-    let master = parts.next().unwrap_or_default();
-    if master.is_empty() {
-        return Err(BackendError::Config(format!(
-            "a Sentinel URL names the master after the sentinels: {usage}"
-        )));
-    }
-    if master.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(BackendError::Config(format!(
-            "invalid master name {master:?} in the Sentinel URL: {usage}"
-        )));
-    }
-    let db = match parts.next() {
-        None => 0,
-        Some(db) => parse_db(&format!("/{db}"))?,
-    };
-    Ok((master.to_owned(), db))
-}
-
-/// `/N` selects database N; no path or `/` is database 0.
-fn parse_db(path: &str) -> Result<i64> {
-    let db = path.trim_start_matches('/');
-    if db.is_empty() {
-        return Ok(0);
-    }
-    db.parse::<u16>().map(i64::from).map_err(|_| {
-        BackendError::Config(format!(
-            "invalid Redis database {db:?} in the URL path: expected a number, as in redis://host:6379/0"
-        ))
-    })
-}
-
-/// rustls needs a process-wide crypto provider before its first connection. Installing fails
-/// only when one is already installed, which is just as good.
-fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 /// The CA from `--tls-ca` (else the system's roots), and a client certificate if one is given.
 fn tls_certificates(options: &BackendOptions) -> Result<TlsCertificates> {
     let read = |what: &str, path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| {
-            BackendError::Config(format!("cannot read the {what} {}: {e}", path.display()))
-        })
+        std::fs::read(path).map_err(|e| tls::file_error(what, path, e))
     };
     let root_cert = options
         .tls_ca
@@ -480,79 +386,10 @@ fn tls_certificates(options: &BackendOptions) -> Result<TlsCertificates> {
     })
 }
 
-/// Whether an error leaves the connection in doubt, so that the next call should open a new one.
-/// A server's error reply (a script error, NOPERM) does not.
-///
-/// READONLY does: the node is no longer the primary (demoted by a failover), and a new
-/// connection, through the sentinels or the slot map, finds the one that is.
-pub fn breaks_connection(err: &RedisError) -> bool {
-    is_demoted(err) || !matches!(err.kind(), ErrorKind::Server(_) | ErrorKind::Extension)
-}
-
-/// The node answered as a replica: the primary moved.
-pub fn is_demoted(err: &RedisError) -> bool {
-    err.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly)
-        || err.to_string().contains("UNBLOCKED")
-}
-
-/// A client error on one line, with a hint at the usual cause.
-pub fn describe(err: &RedisError) -> String {
-    let text = one_line(err);
-    let lower = text.to_ascii_lowercase();
-    let hint = if err.kind() == ErrorKind::AuthenticationFailed
-        || lower.contains("wrongpass")
-        || lower.contains("invalid password")
-    {
-        "check the user and password in the URL or ELECT_REDIS_PASSWORD"
-    } else if lower.contains("noauth") {
-        "the server requires a password: redis://user:password@host/ or ELECT_REDIS_PASSWORD"
-    } else if lower.contains("db index") || lower.contains("select") {
-        "check the database number in the URL path"
-    } else if err.is_connection_refusal() {
-        "is redis-server running there?"
-    } else if err.is_timeout() {
-        "no answer in time; is the server stopped or overloaded, or is this not a Redis port?"
-    } else if lower.contains("certificate")
-        || lower.contains("tls")
-        || lower.contains("handshake")
-        || lower.contains("invalid peer")
-    {
-        "TLS failed: check --tls-ca (the CA that signed the server's certificate) and the host name"
-    } else if err.kind() == ErrorKind::Parse
-        || lower.contains("parse")
-        || lower.contains("protocol")
-        || err.is_connection_dropped()
-    {
-        "the server closed the connection or does not speak the Redis protocol; is this a Redis port (use rediss:// for TLS)?"
-    } else {
-        ""
-    };
-    if hint.is_empty() {
-        text
-    } else {
-        format!("{text} ({hint})")
-    }
-}
-
-fn one_line(err: &RedisError) -> String {
-    err.to_string()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn database_numbers() {
-        assert_eq!(parse_db("").unwrap(), 0);
-        assert_eq!(parse_db("/").unwrap(), 0);
-        assert_eq!(parse_db("/3").unwrap(), 3);
-        assert!(parse_db("/x").is_err());
-        assert!(parse_db("/-1").is_err());
-    }
+    use crate::backend::redis::url::DEFAULT_WAIT_TIMEOUT;
 
     #[test]
     fn urls_are_checked() {

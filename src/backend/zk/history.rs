@@ -258,16 +258,7 @@ fn marker_json(run: &LastRun, window: Duration) -> Result<Vec<u8>> {
 /// for as long as any window could last.
 fn marker_of(name: &LockName, data: &[u8]) -> Marker {
     serde_json::from_slice(data).unwrap_or_else(|_| Marker {
-        run: LastRun {
-            holder: format!("unknown (unreadable marker of lock {name})"),
-            host: "unknown".into(),
-            pid: 0,
-            token: FencingToken(0),
-            started_at: std::time::UNIX_EPOCH,
-            finished_at: std::time::UNIX_EPOCH,
-            duration: Duration::ZERO,
-            end: RunEnd::ExitCode(0),
-        },
+        run: LastRun::unreadable_marker(name),
         window_ms: u64::MAX,
     })
 }

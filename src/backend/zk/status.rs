@@ -92,28 +92,19 @@ impl ZkBackend {
     pub(super) async fn state_of(&self, client: &Client, name: &LockName) -> Result<LockState> {
         let last_run = self.last_run_of(client, name).await?;
         let (holders, waiters) = self.members(client, name).await?;
-        let mut holdings = holders.iter().map(|m| Holding {
+        // The session's remaining time is the server's to know; no client can read it.
+        let holdings = holders.iter().map(|m| Holding {
             holder: m.holder(),
             expires_in: None,
         });
-        let Some(first) = holdings.next() else {
-            return Ok(LockState {
-                lock: name.clone(),
-                holder: None,
-                last_run,
-                expires_in: None,
-                waiters: None,
-                co_holders: Vec::new(),
-            });
-        };
+        let state = LockState::held_by(name.clone(), holdings, last_run);
+        // Waiters are counted only behind a holder.
         Ok(LockState {
-            lock: name.clone(),
-            holder: Some(first.holder),
-            last_run,
-            // The session's remaining time is the server's to know; no client can read it.
-            expires_in: None,
-            waiters: Some(u64::try_from(waiters).unwrap_or(u64::MAX)),
-            co_holders: holdings.collect(),
+            waiters: state
+                .holder
+                .is_some()
+                .then(|| u64::try_from(waiters).unwrap_or(u64::MAX)),
+            ..state
         })
     }
 
@@ -165,14 +156,8 @@ fn unknown_holder(member: &Member) -> HolderInfo {
         format!("unknown ({identifier}, {})", member.name)
     };
     HolderInfo {
-        id,
-        host: String::new(),
-        pid: 0,
         acquired_at: SystemTime::UNIX_EPOCH
             + Duration::from_millis(u64::try_from(member.stat.ctime).unwrap_or(0)),
-        ttl: Duration::ZERO,
-        token: token_of(member.stat.czxid),
-        version: String::new(),
-        places: 1,
+        ..HolderInfo::unknown(id, token_of(member.stat.czxid))
     }
 }

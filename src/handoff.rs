@@ -137,7 +137,7 @@ pub fn serve() -> u8 {
                 };
                 match tokio::time::timeout(LIMIT, release).await {
                     Ok(result) => result.map_err(|e| e.to_string()),
-                    Err(_) => Err(format!("no answer within {LIMIT:?}")),
+                    Err(_) => Err(format!("no answer within {}", crate::timing::Fmt(LIMIT))),
                 }
             });
             // A name lookup still blocking a thread must not hold the exit past the bound.

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use crate::backend::{Backend, Expiry};
 use crate::clock::{BootTime, Clock};
 use crate::lease::{Lease, Renewal};
-use crate::timing::LeaseTiming;
+use crate::timing::{Fmt, LeaseTiming};
 
 /// Why a lease was lost.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,7 +119,7 @@ pub async fn keep<B: Backend, C: Clock>(
                 return Loss::Revoked(why);
             }
             Ok(Err(err)) => last_error = err.to_string(),
-            Err(_) => last_error = format!("no answer within {}", crate::timing::Fmt(attempt)),
+            Err(_) => last_error = format!("no answer within {}", Fmt(attempt)),
         }
         stats.failed += 1;
         let now = clock.now();
@@ -128,7 +128,7 @@ pub async fn keep<B: Backend, C: Clock>(
             Some(d) if next >= timing.term_at(d) - timing.retry_interval() => tracing::warn!(
                 lock = %lease.name,
                 error = %last_error,
-                left = %humantime::format_duration(round_ms(now.until(timing.term_at(d)))),
+                left = %Fmt(now.until(timing.term_at(d))),
                 "renew failed; the job will be stopped if none succeeds in time"
             ),
             _ => tracing::debug!(lock = %lease.name, error = %last_error, "renew failed; retrying"),
@@ -144,10 +144,6 @@ async fn sleep_until<C: Clock>(clock: &C, at: BootTime) {
     if !wait.is_zero() {
         tokio::time::sleep(wait).await;
     }
-}
-
-fn round_ms(d: Duration) -> Duration {
-    Duration::from_millis(d.as_millis() as u64)
 }
 
 #[cfg(test)]

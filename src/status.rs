@@ -11,6 +11,7 @@ use crate::config::BackendConfig;
 use crate::exit::{code, Failure};
 use crate::lease::{HolderInfo, LastRun, LockName, LockState};
 use crate::show;
+use crate::timing::Fmt;
 
 pub fn status(backend: BackendConfig, lock: Option<LockName>, json: bool) -> Result<u8, Failure> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -228,7 +229,7 @@ fn held_row(
         h.pid.to_string(),
         h.token.to_string(),
         show::time(h.acquired_at),
-        expires_in.map_or_else(|| "-".to_owned(), short),
+        expires_in.map_or_else(|| "-".to_owned(), |d| Fmt(d).to_string()),
         waiters,
         last_run,
     ]
@@ -240,19 +241,11 @@ fn last_run(run: Option<&LastRun>, now: SystemTime) -> String {
         return "-".to_owned();
     };
     let ago = match now.duration_since(run.finished_at) {
-        Ok(d) => format!(
-            "{} ago",
-            humantime::format_duration(Duration::from_secs(d.as_secs()))
-        ),
+        Ok(d) => format!("{} ago", Fmt::rough(d)),
         // The holder's clock is ahead of ours.
         Err(_) => "just now".to_owned(),
     };
     format!("{} {ago} on {}", run.end, run.host)
-}
-
-fn short(d: Duration) -> String {
-    let millis = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    humantime::format_duration(Duration::from_millis(millis)).to_string()
 }
 
 #[cfg(test)]

@@ -5,6 +5,12 @@
 //! the lease (waiting if asked), has the watchdog start the job, and supervises it until every
 //! process of the job is gone; then the lease is released and elect exits with the job's code.
 //! Hooks, systemd notifications and metrics hang off the same steps.
+//!
+//! # One ending per run
+//! Every way a run can go ends in one [`End`]. What follows from it (whether and how the lease is
+//! released, the history and `--once-per` marker the release records, the on-busy and on-lost
+//! hooks still to finish, the metrics outcome and elect's exit) is derived from that value in one
+//! place, [`Runner::conclude`], rather than done on each path.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -21,11 +27,13 @@ use crate::handoff;
 use crate::hooks::{self, Event as HookEvent, Running};
 use crate::job::{self, Forked, Handle, Spec, Start};
 use crate::jobenv::JobEnv;
+use crate::keeper::RenewStats;
 use crate::lease::{Acquire, History, HolderInfo, LastRun, Lease, LockName, Renewal, RunEnd};
 use crate::metrics::{self, Outcome, RunRecord};
 use crate::notify::Notifier;
 use crate::signals::FORWARDED;
 use crate::supervisor::{self, Ending, Supervision};
+use crate::timing::Fmt;
 use crate::watchdog::protocol::JobExit;
 
 /// How long a release may take before elect gives up on it (the lease then expires by its ttl).
@@ -78,6 +86,97 @@ fn run_linked(cfg: RunConfig, link: Forked) -> Result<u8, Failure> {
     result
 }
 
+/// How a run ended.
+enum End {
+    /// No lease is held and the job did not run: the backend could not be used, or a signal came
+    /// while connecting or waiting.
+    NotRun(Failure),
+    /// The lock is held elsewhere: the run is skipped.
+    Busy {
+        /// The environment of the on-busy hook, before the holder's variables.
+        env: JobEnv,
+        holder: Option<HolderInfo>,
+        message: String,
+    },
+    /// A run succeeded within the `--once-per` window: this one is skipped, its lease unused.
+    RanRecently {
+        lease: Lease,
+        env: JobEnv,
+        run: LastRun,
+        window: Duration,
+    },
+    /// The lease was taken, but the job was not started.
+    NotStarted { lease: Lease, failure: Failure },
+    /// The job's start was ordered; how it ended is in the run.
+    Ran(Run),
+}
+
+/// A run whose start was ordered, after every process of its job is gone.
+struct Run {
+    lease: Lease,
+    ending: Ending,
+    started_at: SystemTime,
+    /// How long the lease was held from the start order to the job's end.
+    hold: Duration,
+    /// The on-lost hook, if the lease was lost: awaited last, so that it cannot delay the rest.
+    lost_hook: Running,
+}
+
+impl Run {
+    /// What the release records: the run, and the `--once-per` marker after a success.
+    fn history(&self, end: RunEnd, once_per: Option<Duration>) -> History {
+        let holder = &self.lease.holder;
+        History {
+            last_run: LastRun {
+                holder: holder.id.clone(),
+                host: holder.host.clone(),
+                pid: holder.pid,
+                token: self.lease.token(),
+                started_at: self.started_at,
+                finished_at: self.started_at + self.hold,
+                duration: self.hold,
+                end,
+            },
+            once_per: once_per.filter(|_| end.succeeded()),
+        }
+    }
+}
+
+/// What becomes of the lease at the end.
+enum Release {
+    /// Not released: there is none, or it is someone else's.
+    Not,
+    /// Released without recording a run.
+    Bare,
+    /// Released, recording the run (and the `--once-per` marker).
+    Recording(History),
+}
+
+/// Everything that follows from an [`End`], in the order [`Runner::conclude`] does it.
+struct Consequences {
+    outcome: Outcome,
+    /// The lease held at the end, if any.
+    lease: Option<Lease>,
+    release: Release,
+    /// The on-busy hook's environment, when the run is skipped.
+    busy_hook: Option<JobEnv>,
+    lost_hook: Running,
+    exit: Result<u8, Failure>,
+}
+
+impl Consequences {
+    fn new(outcome: Outcome, release: Release, exit: Result<u8, Failure>) -> Self {
+        Self {
+            outcome,
+            lease: None,
+            release,
+            busy_hook: None,
+            lost_hook: Running::none(),
+            exit,
+        }
+    }
+}
+
 struct Runner<'a> {
     cfg: &'a RunConfig,
     watchdog: Handle,
@@ -90,19 +189,67 @@ impl Runner<'_> {
         signals: &mut mpsc::UnboundedReceiver<i32>,
         record: &mut RunRecord,
     ) -> Result<u8, Failure> {
-        let cfg = self.cfg;
-        let lock = &cfg.lock;
-        record.outcome = Some(Outcome::Error);
-        let mut backend = tokio::select! {
-            opened = AnyBackend::open(cfg.backend.url.as_deref(), &cfg.backend.options) => {
-                opened.map_err(|e| e.into_failure(&cfg.backend.describe()))?
+        match self.open(signals).await {
+            Ok(mut backend) => {
+                let end = self.hold(&mut backend, signals, record).await;
+                self.conclude(Some(&mut backend), end, record).await
             }
-            sig = stop_signal(signals) => return Err(interrupted(lock, sig, "connecting")),
+            Err(failure) => self.conclude(None, End::NotRun(failure), record).await,
+        }
+    }
+
+    async fn open(
+        &self,
+        signals: &mut mpsc::UnboundedReceiver<i32>,
+    ) -> Result<AnyBackend, Failure> {
+        let backend = &self.cfg.backend;
+        tokio::select! {
+            opened = AnyBackend::open(backend.url.as_deref(), &backend.options) => {
+                opened.map_err(|e| e.into_failure(&backend.describe()))
+            }
+            sig = stop_signal(signals) => Err(interrupted(&self.cfg.lock, sig, "connecting")),
+        }
+    }
+
+    /// Takes the lease and runs the job under it, as far as the checks before the start allow.
+    async fn hold(
+        &self,
+        backend: &mut AnyBackend,
+        signals: &mut mpsc::UnboundedReceiver<i32>,
+        record: &mut RunRecord,
+    ) -> End {
+        let env = JobEnv::new(
+            &self.cfg.lock,
+            backend.describe(),
+            backend.secret_variables(),
+        );
+        let lease = match self.take(backend, signals, &env, &mut record.wait).await {
+            Ok(lease) => lease,
+            Err(end) => return end,
         };
-        let describe = backend.describe().to_owned();
-        let base_env = JobEnv::new(lock, &describe, backend.secret_variables());
+        tracing::debug!(lock = %self.cfg.lock, token = %lease.token(), holder = %lease.holder.id, backend = %backend.describe(), "acquired");
+        let mut lease = match self.claim_run(backend, lease, &env).await {
+            Ok(lease) => lease,
+            Err(end) => return end,
+        };
+        if let Err(failure) = self.ensure_time_to_start(backend, &mut lease).await {
+            return End::NotStarted { lease, failure };
+        }
+        self.launch(backend, lease, &env, signals, &mut record.renewals)
+            .await
+    }
+
+    /// Takes the lease, waiting as configured; `wait` is how long that took.
+    async fn take(
+        &self,
+        backend: &mut AnyBackend,
+        signals: &mut mpsc::UnboundedReceiver<i32>,
+        env: &JobEnv,
+        wait: &mut Duration,
+    ) -> Result<Lease, End> {
+        let cfg = self.cfg;
         let req = AcquireRequest {
-            name: lock.clone(),
+            name: cfg.lock.clone(),
             holder: HolderInfo {
                 places: cfg.holders,
                 ..HolderInfo::this_process(cfg.id.clone(), cfg.timing.ttl())
@@ -114,45 +261,58 @@ impl Runner<'_> {
         let (queued_to, mut queued) = mpsc::unbounded_channel();
         backend.announce_queued(queued_to);
         let acquired = tokio::select! {
-            lease = self.acquire(&mut backend, &req, &base_env) => lease,
-            sig = stop_signal(signals) => return Err(interrupted(lock, sig, "waiting for the lock")),
+            lease = self.acquire(backend, &req, env) => lease,
+            sig = stop_signal(signals) => {
+                return Err(End::NotRun(interrupted(&cfg.lock, sig, "waiting for the lock")));
+            }
             never = self.hold_while_waiting(&mut queued) => match never {},
         };
-        record.wait = waited.elapsed();
-        let mut lease = match acquired {
-            Ok(lease) => lease,
-            Err(failure) => {
-                if failure.code == cfg.conflict_exit_code {
-                    record.outcome = Some(Outcome::Skipped);
-                }
-                return Err(failure);
-            }
+        *wait = waited.elapsed();
+        acquired
+    }
+
+    /// With `--once-per`, checked while holding the lock: two contenders cannot both miss the
+    /// marker. The run is recorded in the same step, so that it counts even if its release is
+    /// lost.
+    async fn claim_run(
+        &self,
+        backend: &mut AnyBackend,
+        lease: Lease,
+        env: &JobEnv,
+    ) -> Result<Lease, End> {
+        let Some(window) = self.cfg.once_per else {
+            return Ok(lease);
         };
-        tracing::debug!(lock = %lock, token = %lease.token(), holder = %lease.holder.id, backend = %describe, "acquired");
-
-        // Checked while holding the lock: two contenders cannot both miss the marker. The run
-        // is recorded in the same step, so that it counts even if its release is lost.
-        if let Some(window) = cfg.once_per {
-            match backend.claim_run(&lease, window).await {
-                Ok(None) => {}
-                Ok(Some(run)) => {
-                    release(&mut backend, &lease, None).await;
-                    record.outcome = Some(Outcome::Skipped);
-                    return Err(self.ran_in_window(&run, window, &describe, &base_env).await);
-                }
-                Err(e) => {
-                    release(&mut backend, &lease, None).await;
-                    return Err(e.into_failure(&describe));
-                }
-            }
+        match backend.claim_run(&lease, window).await {
+            Ok(None) => Ok(lease),
+            Ok(Some(run)) => Err(End::RanRecently {
+                lease,
+                env: env.clone(),
+                run,
+                window,
+            }),
+            Err(e) => Err(End::NotStarted {
+                failure: e.into_failure(backend.describe()),
+                lease,
+            }),
         }
+    }
 
-        self.ensure_time_to_start(&mut backend, &mut lease).await?;
-        let deadline =
-            (backend.expiry() == Expiry::Ttl).then(|| cfg.timing.deadline(lease.sent_at));
-        let job_env = base_env.for_lease(&lease);
+    /// Has the watchdog start the job, and supervises it to its end.
+    async fn launch(
+        &self,
+        backend: &mut AnyBackend,
+        mut lease: Lease,
+        env: &JobEnv,
+        signals: &mut mpsc::UnboundedReceiver<i32>,
+        renewals: &mut RenewStats,
+    ) -> End {
+        let cfg = self.cfg;
+        let expires = backend.expiry() == Expiry::Ttl;
+        let deadline = expires.then(|| cfg.timing.deadline(lease.sent_at));
+        let job_env = env.for_lease(&lease);
         let spec = Spec {
-            lock: lock.to_string(),
+            lock: cfg.lock.to_string(),
             deadline,
             grace: cfg.timing.grace(),
             env: job_env.changes(),
@@ -160,7 +320,7 @@ impl Runner<'_> {
         };
         let started = Instant::now();
         let started_at = SystemTime::now();
-        if backend.expiry() == Expiry::Ttl {
+        if expires {
             if let Some(identity) = handoff::Identity::encode(&cfg.backend, &lease) {
                 self.watchdog.hold(identity);
             }
@@ -168,22 +328,13 @@ impl Runner<'_> {
         let start = match self.watchdog.start(spec, &lease).await {
             Ok(start) => start,
             Err(e) => {
-                release(&mut backend, &lease, None).await;
-                return Err(Failure::new(
-                    code::INTERNAL,
-                    format!("cannot reach the watchdog: {e}"),
-                ));
+                let failure =
+                    Failure::new(code::INTERNAL, format!("cannot reach the watchdog: {e}"));
+                return End::NotStarted { lease, failure };
             }
         };
-        let grace = cfg.timing.grace();
         let (ending, lost_hook) = match start {
             Start::Running { pid } => {
-                tracing::debug!(lock = %lock, pid, "job started");
-                let holding = format!("holding {lock}, token {}", lease.token());
-                self.notifier.ready(&holding);
-                let acquired_hook =
-                    cfg.hooks
-                        .start_fenced(HookEvent::Acquired, job_env.clone(), pid);
                 let ctx = Supervision {
                     job: pid,
                     deadline,
@@ -193,220 +344,306 @@ impl Runner<'_> {
                     hooks: &cfg.hooks,
                     hook_env: job_env,
                 };
-                let clock = SystemClock;
-                let ending = supervisor::supervise(
-                    &mut backend,
-                    &mut lease,
-                    &ctx,
-                    &clock,
-                    &self.watchdog,
-                    signals,
-                    &mut record.renewals,
-                )
-                .await;
-                acquired_hook.finish().await;
-                ending
+                self.supervise(&ctx, backend, &mut lease, signals, renewals)
+                    .await
             }
             Start::Failed(err) => (Ending::SpawnFailed(err), Running::none()),
             Start::LauncherGone => (Ending::LauncherGone, Running::none()),
             Start::WatchdogGone => {
                 // The job may have started before the watchdog died.
-                let mut guard = self.watchdog.guard(None, grace, deadline);
+                let mut guard = self.watchdog.guard(None, cfg.timing.grace(), deadline);
                 let exit = guard.stop_alone().await;
                 (Ending::WatchdogGone(exit), Running::none())
             }
         };
-        record.hold = started.elapsed();
+        let hold = started.elapsed();
         self.notifier.stopping();
         // The watchdog has made its last report (or is gone): let it exit while the lease is
         // released, rather than after elect.
         self.watchdog.hang_up();
-        let result = self
-            .finish(ending, &mut backend, &lease, started_at, record)
-            .await;
-        lost_hook.finish().await;
-        result
+        End::Ran(Run {
+            lease,
+            ending,
+            started_at,
+            hold,
+            lost_hook,
+        })
     }
 
-    /// Turns how the job ended into elect's exit, releasing the lease where it is still ours.
-    async fn finish(
+    /// The started job, to its end, with the on-acquired hook beside it.
+    async fn supervise(
         &self,
-        ending: Ending,
+        ctx: &Supervision<'_>,
         backend: &mut AnyBackend,
-        lease: &Lease,
-        started_at: SystemTime,
+        lease: &mut Lease,
+        signals: &mut mpsc::UnboundedReceiver<i32>,
+        renewals: &mut RenewStats,
+    ) -> (Ending, Running) {
+        let lock = &self.cfg.lock;
+        tracing::debug!(lock = %lock, pid = ctx.job, "job started");
+        let holding = format!("holding {lock}, token {}", lease.token());
+        self.notifier.ready(&holding);
+        let acquired_hook =
+            self.cfg
+                .hooks
+                .start_fenced(HookEvent::Acquired, ctx.hook_env.clone(), ctx.job);
+        let ending = supervisor::supervise(
+            backend,
+            lease,
+            ctx,
+            &SystemClock,
+            &self.watchdog,
+            signals,
+            renewals,
+        )
+        .await;
+        acquired_hook.finish().await;
+        ending
+    }
+
+    /// Does what follows from how the run ended, in one order: the metrics outcome, the release,
+    /// the on-busy hook, the on-lost hook; then elect's exit.
+    async fn conclude(
+        &self,
+        backend: Option<&mut AnyBackend>,
+        end: End,
         record: &mut RunRecord,
     ) -> Result<u8, Failure> {
-        let lock = &self.cfg.lock;
-        let describe = backend.describe().to_owned();
-        // What the release records: the run, and the --once-per marker after a success.
-        let hold = record.hold;
-        let history = |end: RunEnd, once_per: Option<Duration>| History {
-            last_run: LastRun {
-                holder: lease.holder.id.clone(),
-                host: lease.holder.host.clone(),
-                pid: lease.holder.pid,
-                token: lease.token(),
-                started_at,
-                finished_at: started_at + hold,
-                duration: hold,
-                end,
-            },
-            once_per: once_per.filter(|_| end.succeeded()),
+        if let End::Ran(run) = &end {
+            record.hold = run.hold;
+        }
+        let describe = match &backend {
+            Some(backend) => backend.describe().to_owned(),
+            None => self.cfg.backend.describe(),
         };
-        match ending {
-            Ending::Finished(exit) => {
-                record.outcome = Some(Outcome::Ran);
-                let history = history(run_end(exit), self.cfg.once_per);
-                release(backend, lease, Some(&history)).await;
-                tracing::debug!(lock = %lock, exit = ?exit, elapsed = ?round(record.hold), "job exited; lease released");
-                Ok(exit_code(exit))
+        let after = self.consequences(end, &describe);
+        record.outcome = Some(after.outcome);
+        if let (Some(backend), Some(lease)) = (backend, &after.lease) {
+            match &after.release {
+                Release::Not => {}
+                Release::Bare => release(backend, lease, None).await,
+                Release::Recording(history) => release(backend, lease, Some(history)).await,
             }
-            Ending::TimedOut(exit) => {
-                record.outcome = Some(Outcome::TimedOut);
-                release(backend, lease, Some(&history(run_end(exit), None))).await;
+        }
+        if let Some(env) = after.busy_hook {
+            self.cfg.hooks.start(HookEvent::Busy, env).finish().await;
+        }
+        if let Ok(exit) = &after.exit {
+            tracing::debug!(lock = %self.cfg.lock, exit, elapsed = %Fmt(record.hold), "job exited; lease released");
+        }
+        after.lost_hook.finish().await;
+        match after.exit {
+            // `--conflict-exit-code 0`: a skipped run is not an error, and says nothing.
+            Err(skipped) if skipped.code == 0 => {
+                tracing::debug!("{}", skipped.message);
+                Err(Failure::new(0, String::new()))
+            }
+            exit => exit,
+        }
+    }
+
+    /// What follows from an ending, as a table.
+    fn consequences(&self, end: End, describe: &str) -> Consequences {
+        let conflict = self.cfg.conflict_exit_code;
+        match end {
+            End::NotRun(failure) => Consequences::new(Outcome::Error, Release::Not, Err(failure)),
+            End::Busy {
+                env,
+                holder,
+                message,
+            } => Consequences {
+                busy_hook: Some(env.with(hooks::holder_env(holder.as_ref()))),
+                ..Consequences::new(
+                    Outcome::Skipped,
+                    Release::Not,
+                    Err(Failure::new(conflict, message)),
+                )
+            },
+            End::RanRecently {
+                lease,
+                env,
+                run,
+                window,
+            } => Consequences {
+                lease: Some(lease),
+                busy_hook: Some(env.with(hooks::holder_env(None))),
+                ..Consequences::new(
+                    Outcome::Skipped,
+                    Release::Bare,
+                    Err(Failure::new(
+                        conflict,
+                        self.ran_in_window(&run, window, describe),
+                    )),
+                )
+            },
+            End::NotStarted { lease, failure } => Consequences {
+                lease: Some(lease),
+                ..Consequences::new(Outcome::Error, Release::Bare, Err(failure))
+            },
+            End::Ran(run) => self.after_run(run, describe),
+        }
+    }
+
+    /// What follows from the end of a job whose start was ordered, as a table.
+    fn after_run(&self, run: Run, describe: &str) -> Consequences {
+        let lock = &self.cfg.lock;
+        let recording = |end: RunEnd| Release::Recording(run.history(end, None));
+        let (outcome, release, exit) = match &run.ending {
+            Ending::Finished(exit) => (
+                Outcome::Ran,
+                Release::Recording(run.history(run_end(*exit), self.cfg.once_per)),
+                Ok(exit_code(*exit)),
+            ),
+            Ending::TimedOut(exit) => (
+                Outcome::TimedOut,
+                recording(run_end(*exit)),
                 Err(Failure::new(
                     code::TIMED_OUT,
                     format!(
                         "the job under lock {lock} ran longer than --max-runtime {} and was stopped ({}); lease released",
-                        humantime::format_duration(self.cfg.max_runtime.unwrap_or_default()),
-                        describe_exit(exit)
+                        Fmt(self.cfg.max_runtime.unwrap_or_default()),
+                        describe_exit(*exit)
                     ),
-                ))
-            }
+                )),
+            ),
             Ending::SpawnFailed(err) => {
-                record.outcome = Some(Outcome::Error);
                 let program = self.cfg.command[0].to_string_lossy();
                 let (status, what) = if err.kind() == std::io::ErrorKind::NotFound {
                     (code::NOT_FOUND, "command not found")
                 } else {
                     (code::NOT_EXECUTABLE, "cannot execute the command")
                 };
-                let end = RunEnd::ExitCode(i32::from(status));
-                release(backend, lease, Some(&history(end, None))).await;
-                Err(Failure::new(
-                    status,
-                    format!("{what}: {program}: {err} (lock {lock} released)"),
-                ))
+                (
+                    Outcome::Error,
+                    recording(RunEnd::ExitCode(i32::from(status))),
+                    Err(Failure::new(
+                        status,
+                        format!("{what}: {program}: {err} (lock {lock} released)"),
+                    )),
+                )
             }
-            Ending::Lost(loss, exit) => {
-                record.outcome = Some(Outcome::Lost);
-                // No release: the lease is someone else's, or the backend did not answer in time
-                // and would only delay elect's exit; either way it is gone or about to expire.
+            // No release: the lease is someone else's, or the backend did not answer in time and
+            // would only delay elect's exit; either way it is gone or about to expire.
+            Ending::Lost(loss, exit) => (
+                Outcome::Lost,
+                Release::Not,
                 Err(Failure::new(
                     code::LOST,
                     format!(
                         "lease on lock {lock} lost while the job ran ({loss}); the job was stopped ({}); backend {describe}",
-                        describe_exit(exit)
+                        describe_exit(*exit)
                     ),
-                ))
-            }
-            Ending::LauncherGone => {
-                record.outcome = Some(Outcome::Error);
-                release(backend, lease, None).await;
+                )),
+            ),
+            Ending::LauncherGone => (
+                Outcome::Error,
+                Release::Bare,
                 Err(Failure::new(
                     code::INTERNAL,
                     format!("the job's process for lock {lock} was killed before the job started; nothing ran (lock {lock} released)"),
-                ))
-            }
+                )),
+            ),
             Ending::WatchdogGone(exit) => {
-                record.outcome = Some(Outcome::Error);
-                let end = exit.map_or(RunEnd::Signal(nix::libc::SIGKILL), run_end);
-                release(backend, lease, Some(&history(end, None))).await;
                 let how = exit.map_or_else(|| "its end unknown".to_owned(), describe_exit);
-                Err(Failure::new(
-                    code::INTERNAL,
-                    format!(
-                        "elect's watchdog for lock {lock} was killed; elect stopped the job itself ({how}); lease released"
-                    ),
-                ))
+                (
+                    Outcome::Error,
+                    recording(exit.map_or(RunEnd::Signal(nix::libc::SIGKILL), run_end)),
+                    Err(Failure::new(
+                        code::INTERNAL,
+                        format!(
+                            "elect's watchdog for lock {lock} was killed; elect stopped the job itself ({how}); lease released"
+                        ),
+                    )),
+                )
             }
+        };
+        Consequences {
+            lease: Some(run.lease),
+            lost_hook: run.lost_hook,
+            ..Consequences::new(outcome, release, exit)
         }
     }
 
-    /// Takes the lease, waiting as configured.
+    /// Asks for the lease, and waits for it as configured.
     async fn acquire(
         &self,
         backend: &mut AnyBackend,
         req: &AcquireRequest,
         env: &JobEnv,
-    ) -> Result<Lease, Failure> {
+    ) -> Result<Lease, End> {
         let cfg = self.cfg;
         let describe = backend.describe().to_owned();
-        let failure = |e: BackendError| e.into_failure(&describe);
+        let not_run = |e: BackendError| End::NotRun(e.into_failure(&describe));
         let holder = match backend
             .acquire(req, WaitMode::NoWait)
             .await
-            .map_err(failure)?
+            .map_err(not_run)?
         {
             Acquire::Acquired(lease) => return Ok(lease),
             Acquire::Held(holder) => holder,
         };
-        let held_by = holder
-            .as_ref()
-            .map_or_else(|| "another process".to_owned(), |h| h.to_string());
+        let busy = |holder, message| End::Busy {
+            env: env.clone(),
+            holder,
+            message,
+        };
+        let lock = &cfg.lock;
+        let program = cfg.command[0].to_string_lossy();
         if cfg.wait == Wait::No {
-            return Err(self
-                .busy(
-                    env,
-                    holder.as_ref(),
-                    format!(
-                        "lock {} is held by {held_by}; not running {} (backend {describe})",
-                        cfg.lock,
-                        cfg.command[0].to_string_lossy()
-                    ),
-                )
-                .await);
+            let held_by = held_by(holder.as_ref());
+            return Err(busy(
+                holder,
+                format!(
+                    "lock {lock} is held by {held_by}; not running {program} (backend {describe})"
+                ),
+            ));
         }
-        // Waiting is the plan when --wait is given: under cron a line here would be a mail on
-        // every run. At a terminal someone watches, so one line says why nothing happens yet.
-        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            tracing::info!("waiting for {} (held by {held_by})", cfg.lock);
-        } else {
-            tracing::debug!(lock = %cfg.lock, "waiting: held by {held_by}");
-        }
-        let host = holder
-            .as_ref()
-            .map_or("another process", |h| h.host.as_str());
-        self.notifier
-            .status(&format!("waiting for {} held by {host}", cfg.lock));
+        self.announce_wait(holder.as_ref());
         let waited = Instant::now();
         let wait = wait_out_outages(backend, req);
         let acquired = match cfg.wait_limit() {
             Some(limit) => match tokio::time::timeout(limit, wait).await {
                 Ok(result) => result,
                 Err(_) => {
-                    return Err(self.busy(
-                        env,
-                        holder.as_ref(),
+                    return Err(busy(
+                        holder,
                         format!(
-                            "lock {} is still held after waiting {}; not running {} (backend {describe})",
-                            cfg.lock,
-                            humantime::format_duration(limit),
-                            cfg.command[0].to_string_lossy()
+                            "lock {lock} is still held after waiting {}; not running {program} (backend {describe})",
+                            Fmt(limit)
                         ),
-                    )
-                    .await)
+                    ))
                 }
             },
             None => wait.await,
         };
-        match acquired.map_err(failure)? {
+        match acquired.map_err(not_run)? {
             Acquire::Acquired(lease) => {
-                tracing::debug!(lock = %cfg.lock, token = %lease.token(), waited = ?round(waited.elapsed()), "acquired after waiting");
+                tracing::debug!(lock = %lock, token = %lease.token(), waited = %Fmt(waited.elapsed()), "acquired after waiting");
                 Ok(lease)
             }
-            Acquire::Held(holder) => Err(self
-                .busy(
-                    env,
-                    holder.as_ref(),
-                    format!("lock {} is held (backend {describe})", cfg.lock),
-                )
-                .await),
+            Acquire::Held(holder) => Err(busy(
+                holder,
+                format!("lock {lock} is held (backend {describe})"),
+            )),
         }
     }
 
-    /// The run is skipped because the lock is held: the on-busy hook, then the conflict exit.
+    /// Says that elect waits. Waiting is the plan when --wait is given: under cron a line here
+    /// would be a mail on every run. At a terminal someone watches, so one line says why nothing
+    /// happens yet.
+    fn announce_wait(&self, holder: Option<&HolderInfo>) {
+        let lock = &self.cfg.lock;
+        let held_by = held_by(holder);
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            tracing::info!("waiting for {lock} (held by {held_by})");
+        } else {
+            tracing::debug!(lock = %lock, "waiting: held by {held_by}");
+        }
+        let host = holder.map_or("another process", |h| h.host.as_str());
+        self.notifier
+            .status(&format!("waiting for {lock} held by {host}"));
+    }
+
     /// Hands the watchdog each lease that the wait leaves on the server (see
     /// [`AnyBackend::announce_queued`]), so that it is released should elect die while waiting.
     async fn hold_while_waiting(
@@ -424,37 +661,22 @@ impl Runner<'_> {
         }
     }
 
-    async fn busy(&self, env: &JobEnv, holder: Option<&HolderInfo>, message: String) -> Failure {
-        let env = env.clone().with(hooks::holder_env(holder));
-        self.cfg.hooks.start(HookEvent::Busy, env).finish().await;
-        if self.cfg.conflict_exit_code == 0 {
-            tracing::debug!("{message}");
-            Failure::new(0, String::new())
-        } else {
-            Failure::new(self.cfg.conflict_exit_code, message)
-        }
-    }
-
-    /// The run is skipped because a run succeeded within the `--once-per` window: the on-busy
-    /// hook, then the conflict exit, with a line that says when and where the job last ran.
-    async fn ran_in_window(
-        &self,
-        run: &LastRun,
-        window: Duration,
-        describe: &str,
-        env: &JobEnv,
-    ) -> Failure {
+    /// The line of a run skipped because a run succeeded within the `--once-per` window: when
+    /// and where the job last ran.
+    fn ran_in_window(&self, run: &LastRun, window: Duration, describe: &str) -> String {
         let ago = SystemTime::now()
             .duration_since(run.finished_at)
-            .map_or_else(|_| "just now".to_owned(), |d| format!("{} ago", short(d)));
-        let message = format!(
+            .map_or_else(
+                |_| "just now".to_owned(),
+                |d| format!("{} ago", Fmt::rough(d)),
+            );
+        format!(
             "lock {}: the job last ran {}, {ago}; with --once-per {} not running {} again yet (backend {describe})",
             self.cfg.lock,
             run.describe(),
-            humantime::format_duration(window),
+            Fmt(window),
             self.cfg.command[0].to_string_lossy()
-        );
-        self.busy(env, None, message).await
+        )
     }
 
     /// A slow acquire must not start a job that would be killed before its first renew: renew
@@ -481,17 +703,21 @@ impl Runner<'_> {
                 return Ok(());
             }
         }
-        release(backend, lease, None).await;
         Err(Failure::new(
             code::UNAVAILABLE,
             format!(
                 "lock {}: the backend {} answered too slowly to start the job safely within the ttl ({}); raise --ttl",
                 self.cfg.lock,
                 backend.describe(),
-                humantime::format_duration(timing.ttl())
+                Fmt(timing.ttl())
             ),
         ))
     }
+}
+
+/// Who holds the lock, for people.
+fn held_by(holder: Option<&HolderInfo>) -> String {
+    holder.map_or_else(|| "another process".to_owned(), |h| h.to_string())
 }
 
 /// Waits for the lock. A network backend that becomes unreachable while we wait is waited out
@@ -573,16 +799,6 @@ fn run_end(exit: JobExit) -> RunEnd {
     }
 }
 
-/// A duration to the second (to the millisecond under one second), for people.
-fn short(d: Duration) -> String {
-    let d = if d < Duration::from_secs(1) {
-        Duration::from_millis(d.as_millis() as u64)
-    } else {
-        Duration::from_secs(d.as_secs())
-    };
-    humantime::format_duration(d).to_string()
-}
-
 fn describe_exit(exit: JobExit) -> String {
     match exit {
         JobExit::Code(c) => format!("it exited with {c}"),
@@ -591,8 +807,4 @@ fn describe_exit(exit: JobExit) -> String {
             Err(_) => format!("killed by signal {n}"),
         },
     }
-}
-
-fn round(d: Duration) -> Duration {
-    Duration::from_millis(d.as_millis() as u64)
 }

@@ -25,7 +25,8 @@
 //! - [`signals`]: the signals elect forwards to the job (elect, front and watchdog).
 //! - [`supervisor`] (runs in elect): one `select!` that feeds deadlines, forwards signals, drives
 //!   the guard and collects the exit status.
-//! - [`run`]: `elect run`: acquire, supervise, release.
+//! - [`run`]: `elect run`: acquire, supervise, release. Its modules: `acquire` (taking the lease,
+//!   waiting), `end` (how a run ended, one value, and what follows from it).
 //! - [`home`]: the home directory whose files elect may read (as root, root's own).
 //! - [`hooks`]: `--on-acquired`, `--on-busy`, `--on-lost` commands.
 //! - [`jobenv`]: the environment of the job and the hooks: the run's variables, no secrets.

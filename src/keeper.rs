@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use crate::backend::{Backend, Expiry};
 use crate::clock::{BootTime, Clock};
-use crate::lease::{Lease, Renewal};
+use crate::lease::{Lease, LockName, Renewal};
 use crate::timing::{Fmt, LeaseTiming};
 
 /// Why a lease was lost.
@@ -122,21 +122,35 @@ pub async fn keep<B: Backend, C: Clock>(
             Err(_) => last_error = format!("no answer within {}", Fmt(attempt)),
         }
         stats.failed += 1;
-        let now = clock.now();
-        next = now + timing.retry_interval();
-        match deadline {
-            Some(d) if next >= timing.term_at(d) - timing.retry_interval() => tracing::warn!(
-                lock = %lease.name,
-                error = %last_error,
-                left = %Fmt(now.until(timing.term_at(d))),
-                "renew failed; the job will be stopped if none succeeds in time"
-            ),
-            _ => tracing::debug!(lock = %lease.name, error = %last_error, "renew failed; retrying"),
-        }
-        if let Some(d) = deadline {
-            next = next.min(timing.term_at(d));
-        }
+        next = retry_at(clock.now(), timing, deadline, &lease.name, &last_error);
     }
+}
+
+/// When to try again after a failed renew: after the retry interval, but by `D - grace` at the
+/// latest. Warns once the next try may be the last.
+fn retry_at(
+    now: BootTime,
+    timing: LeaseTiming,
+    deadline: Deadline,
+    lock: &LockName,
+    last_error: &str,
+) -> BootTime {
+    let next = now + timing.retry_interval();
+    let Some(d) = deadline else {
+        tracing::debug!(lock = %lock, error = %last_error, "renew failed; retrying");
+        return next;
+    };
+    if next >= timing.term_at(d) - timing.retry_interval() {
+        tracing::warn!(
+            lock = %lock,
+            error = %last_error,
+            left = %Fmt(now.until(timing.term_at(d))),
+            "renew failed; the job will be stopped if none succeeds in time"
+        );
+    } else {
+        tracing::debug!(lock = %lock, error = %last_error, "renew failed; retrying");
+    }
+    next.min(timing.term_at(d))
 }
 
 async fn sleep_until<C: Clock>(clock: &C, at: BootTime) {

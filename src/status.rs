@@ -168,18 +168,7 @@ pub fn table_at(states: &[LockState], now: SystemTime) -> String {
         let last = last_run(state.last_run.as_ref(), now);
         rows.push(match &state.holder {
             Some(h) => held_row(&lock, h, state.expires_in, waiters, last),
-            None => [
-                lock.clone(),
-                "free".into(),
-                dash(),
-                dash(),
-                dash(),
-                dash(),
-                dash(),
-                dash(),
-                waiters,
-                last,
-            ],
+            None => free_row(&lock, waiters, last),
         });
         // Further holders (`--holders N`): the lock's waiters and last run are on its first row.
         for c in &state.co_holders {
@@ -192,6 +181,11 @@ pub fn table_at(states: &[LockState], now: SystemTime) -> String {
             ));
         }
     }
+    aligned(&rows)
+}
+
+/// The rows in columns, two spaces apart.
+fn aligned(rows: &[[String; 10]]) -> String {
     // Escaped before widths are measured: holder ids, hosts and history come from the backend.
     let rows: Vec<Vec<String>> = rows
         .iter()
@@ -211,6 +205,23 @@ pub fn table_at(states: &[LockState], now: SystemTime) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The table row of a free lock.
+fn free_row(lock: &str, waiters: String, last_run: String) -> [String; 10] {
+    let dash = || "-".to_owned();
+    [
+        lock.to_owned(),
+        "free".into(),
+        dash(),
+        dash(),
+        dash(),
+        dash(),
+        dash(),
+        dash(),
+        waiters,
+        last_run,
+    ]
 }
 
 /// The table row of one holder.

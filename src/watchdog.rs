@@ -58,7 +58,6 @@ use nix::unistd::Pid;
 use self::launcher::Launcher;
 use self::placement::Cpus;
 use self::protocol::{JobExit, Order, Report};
-use self::stop::Phase;
 use crate::clock::BootTime;
 use crate::front::Front;
 
@@ -79,6 +78,17 @@ pub fn serve_forked(
         }
     };
     std::process::exit(code)
+}
+
+/// Where the stop of the job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    /// SIGTERM sent; SIGKILL at `kill_at`.
+    Terminating {
+        kill_at: BootTime,
+    },
+    Killing,
 }
 
 /// Which of the watchdog's descriptors are ready.

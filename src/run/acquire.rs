@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::{interrupted, stop_signal, End, Runner};
+use super::end::End;
+use super::{interrupted, stop_signal, Runner};
 use crate::backend::retry::Retry;
 use crate::backend::{AcquireRequest, AnyBackend, Backend, BackendError, Expiry, WaitMode};
 use crate::cli::Wait;

@@ -11,19 +11,8 @@ use nix::sys::timerfd::{Expiration, TimerSetTimeFlags};
 use nix::unistd::Pid;
 
 use super::protocol::Report;
-use super::Watchdog;
+use super::{Phase, Watchdog};
 use crate::clock::BootTime;
-
-/// Where the stop of the job stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Phase {
-    Running,
-    /// SIGTERM sent; SIGKILL at `kill_at`.
-    Terminating {
-        kill_at: BootTime,
-    },
-    Killing,
-}
 
 impl Watchdog {
     /// Starts stopping the job, with SIGKILL after `grace` but never after the deadline.

@@ -270,3 +270,107 @@ fn describe_exit(exit: JobExit) -> String {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, FromArgMatches};
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use crate::clock::BootTime;
+    use crate::keeper::Loss;
+
+    fn config(flags: &[&str]) -> RunConfig {
+        let mut args = vec!["elect", "run", "--lock", "billing"];
+        args.extend(flags);
+        args.extend(["--", "true"]);
+        let matches = Cli::command().get_matches_from(args);
+        let Command::Run(run) = Cli::from_arg_matches(&matches).unwrap().command else {
+            unreachable!("a run was parsed")
+        };
+        RunConfig::from_args(*run, matches.subcommand().unwrap().1).unwrap()
+    }
+
+    fn ran(cfg: &RunConfig, ending: Ending) -> Consequences {
+        let lease = Lease {
+            name: cfg.lock.clone(),
+            holder: HolderInfo::this_process(None, cfg.timing.ttl()),
+            sent_at: BootTime::now(),
+            secret: String::new(),
+            kernel_lock: None,
+            slot: 0,
+        };
+        let run = Run {
+            lease,
+            ending,
+            started_at: SystemTime::now(),
+            hold: Duration::from_secs(2),
+            lost_hook: Running::none(),
+        };
+        End::Ran(run).consequences(cfg, "file")
+    }
+
+    #[test]
+    fn a_success_records_the_run_and_the_once_per_marker() {
+        let cfg = config(&["--once-per", "1h"]);
+        let after = ran(&cfg, Ending::Finished(JobExit::Code(0)));
+        assert_eq!(after.outcome, Outcome::Ran);
+        assert_eq!(after.exit.unwrap(), 0);
+        let Release::Recording(history) = after.release else {
+            panic!("a finished run is released with its history")
+        };
+        assert_eq!(history.last_run.end, RunEnd::ExitCode(0));
+        assert_eq!(history.last_run.duration, Duration::from_secs(2));
+        assert_eq!(history.once_per, Some(Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn a_failure_records_the_run_without_the_marker() {
+        let cfg = config(&["--once-per", "1h"]);
+        let after = ran(&cfg, Ending::Finished(JobExit::Code(3)));
+        assert_eq!(after.exit.unwrap(), 3);
+        let Release::Recording(history) = after.release else {
+            panic!("a finished run is released with its history")
+        };
+        assert_eq!(history.once_per, None);
+    }
+
+    #[test]
+    fn a_lost_lease_is_not_released() {
+        let cfg = config(&[]);
+        let loss = Loss::Revoked("taken".into());
+        let after = ran(&cfg, Ending::Lost(loss, JobExit::Signal(15)));
+        assert_eq!(after.outcome, Outcome::Lost);
+        assert!(matches!(after.release, Release::Not));
+        assert_eq!(after.exit.unwrap_err().code, code::LOST);
+    }
+
+    #[test]
+    fn skipped_runs_run_the_on_busy_hook_and_exit_with_the_conflict_code() {
+        let cfg = config(&["--conflict-exit-code", "9"]);
+        let busy = End::Busy {
+            env: JobEnv::default(),
+            holder: None,
+            message: "held".into(),
+        };
+        let after = busy.consequences(&cfg, "file");
+        assert_eq!(after.outcome, Outcome::Skipped);
+        assert!(after.busy_hook.is_some() && after.lease.is_none());
+        assert_eq!(after.exit.unwrap_err().code, 9);
+    }
+
+    #[test]
+    fn max_runtime_and_a_failed_start_exit_as_the_table_says() {
+        let cfg = config(&["--max-runtime", "1s"]);
+        let after = ran(&cfg, Ending::TimedOut(JobExit::Signal(15)));
+        assert_eq!(after.outcome, Outcome::TimedOut);
+        assert_eq!(after.exit.unwrap_err().code, code::TIMED_OUT);
+        let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let after = ran(&cfg, Ending::SpawnFailed(missing));
+        assert_eq!(after.outcome, Outcome::Error);
+        assert_eq!(after.exit.unwrap_err().code, code::NOT_FOUND);
+        let after = ran(&cfg, Ending::LauncherGone);
+        assert!(matches!(after.release, Release::Bare));
+        assert_eq!(after.exit.unwrap_err().code, code::INTERNAL);
+    }
+}

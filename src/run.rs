@@ -95,6 +95,7 @@ struct Runner<'a> {
 }
 
 impl Runner<'_> {
+    /// The whole run: what happens, then what follows from how it ended.
     async fn run(
         &self,
         signals: &mut mpsc::UnboundedReceiver<i32>,
@@ -109,6 +110,7 @@ impl Runner<'_> {
         }
     }
 
+    /// Opens the backend; a stopping signal meanwhile ends the run.
     async fn open(
         &self,
         signals: &mut mpsc::UnboundedReceiver<i32>,

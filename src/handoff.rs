@@ -106,15 +106,7 @@ impl Identity {
 pub fn serve() -> u8 {
     // Named like the watchdog (`lease-watchdog`), not `elect`; argv[0] already says what it is.
     let _ = nix::sys::prctl::set_name(c"lease-release");
-    let mut bytes = Vec::new();
-    let read = std::io::stdin()
-        .take(MAX_LEN as u64 + 1)
-        .read_to_end(&mut bytes);
-    let parsed = read
-        .ok()
-        .and_then(|_| serde_json::from_slice::<Identity>(&bytes).ok());
-    let Some((url, (options, lease))) = parsed.and_then(|id| Some((id.url.clone(), id.lease()?)))
-    else {
+    let Some((url, (options, lease))) = read_identity() else {
         eprintln!("elect: error: the release after elect died got no lease to release");
         return crate::exit::code::USAGE;
     };
@@ -125,25 +117,7 @@ pub fn serve() -> u8 {
         verbose: 0,
         log_format: log_format(),
     });
-    let released = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())
-        .and_then(|runtime| {
-            let released = runtime.block_on(async {
-                let release = async {
-                    let mut backend = AnyBackend::open(Some(&url), &options).await?;
-                    backend.release(&lease, None).await
-                };
-                match tokio::time::timeout(LIMIT, release).await {
-                    Ok(result) => result.map_err(|e| e.to_string()),
-                    Err(_) => Err(format!("no answer within {LIMIT:?}")),
-                }
-            });
-            // A name lookup still blocking a thread must not hold the exit past the bound.
-            runtime.shutdown_background();
-            released
-        });
+    let released = release_within_limit(&url, &options, &lease);
     let lock = &lease.name;
     let token = lease.token();
     match released {
@@ -164,6 +138,39 @@ pub fn serve() -> u8 {
             crate::exit::code::UNAVAILABLE
         }
     }
+}
+
+/// The identity on stdin, read whole (within [`MAX_LEN`]): the backend's URL, its options and
+/// the lease.
+fn read_identity() -> Option<(String, (BackendOptions, Lease))> {
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .take(MAX_LEN as u64 + 1)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    let id = serde_json::from_slice::<Identity>(&bytes).ok()?;
+    Some((id.url.clone(), id.lease()?))
+}
+
+/// Opens the backend and releases the lease, all within [`LIMIT`].
+fn release_within_limit(url: &str, options: &BackendOptions, lease: &Lease) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let released = runtime.block_on(async {
+        let release = async {
+            let mut backend = AnyBackend::open(Some(url), options).await?;
+            backend.release(lease, None).await
+        };
+        match tokio::time::timeout(LIMIT, release).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {}", crate::timing::Fmt(LIMIT))),
+        }
+    });
+    // A name lookup still blocking a thread must not hold the exit past the bound.
+    runtime.shutdown_background();
+    released
 }
 
 /// elect's log format, from the environment the release inherits.

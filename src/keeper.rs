@@ -23,8 +23,8 @@ use tokio::sync::watch;
 
 use crate::backend::{Backend, Expiry};
 use crate::clock::{BootTime, Clock};
-use crate::lease::{Lease, Renewal};
-use crate::timing::LeaseTiming;
+use crate::lease::{Lease, LockName, Renewal};
+use crate::timing::{Fmt, LeaseTiming};
 
 /// Why a lease was lost.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,24 +119,38 @@ pub async fn keep<B: Backend, C: Clock>(
                 return Loss::Revoked(why);
             }
             Ok(Err(err)) => last_error = err.to_string(),
-            Err(_) => last_error = format!("no answer within {}", crate::timing::Fmt(attempt)),
+            Err(_) => last_error = format!("no answer within {}", Fmt(attempt)),
         }
         stats.failed += 1;
-        let now = clock.now();
-        next = now + timing.retry_interval();
-        match deadline {
-            Some(d) if next >= timing.term_at(d) - timing.retry_interval() => tracing::warn!(
-                lock = %lease.name,
-                error = %last_error,
-                left = %humantime::format_duration(round_ms(now.until(timing.term_at(d)))),
-                "renew failed; the job will be stopped if none succeeds in time"
-            ),
-            _ => tracing::debug!(lock = %lease.name, error = %last_error, "renew failed; retrying"),
-        }
-        if let Some(d) = deadline {
-            next = next.min(timing.term_at(d));
-        }
+        next = retry_at(clock.now(), timing, deadline, &lease.name, &last_error);
     }
+}
+
+/// When to try again after a failed renew: after the retry interval, but by `D - grace` at the
+/// latest. Warns once the next try may be the last.
+fn retry_at(
+    now: BootTime,
+    timing: LeaseTiming,
+    deadline: Deadline,
+    lock: &LockName,
+    last_error: &str,
+) -> BootTime {
+    let next = now + timing.retry_interval();
+    let Some(d) = deadline else {
+        tracing::debug!(lock = %lock, error = %last_error, "renew failed; retrying");
+        return next;
+    };
+    if next >= timing.term_at(d) - timing.retry_interval() {
+        tracing::warn!(
+            lock = %lock,
+            error = %last_error,
+            left = %Fmt(now.until(timing.term_at(d))),
+            "renew failed; the job will be stopped if none succeeds in time"
+        );
+    } else {
+        tracing::debug!(lock = %lock, error = %last_error, "renew failed; retrying");
+    }
+    next.min(timing.term_at(d))
 }
 
 async fn sleep_until<C: Clock>(clock: &C, at: BootTime) {
@@ -144,10 +158,6 @@ async fn sleep_until<C: Clock>(clock: &C, at: BootTime) {
     if !wait.is_zero() {
         tokio::time::sleep(wait).await;
     }
-}
-
-fn round_ms(d: Duration) -> Duration {
-    Duration::from_millis(d.as_millis() as u64)
 }
 
 #[cfg(test)]

@@ -18,7 +18,9 @@
 //!   if elect is stopped. Its modules: `launcher` (runs in the job's process until the exec;
 //!   with `--pid-namespace`, `launcher::namespace` runs in it and in the namespace's init),
 //!   `placement` (CPUs; watchdog and launcher), `title` (the names in `ps`; watchdog and
-//!   launcher), `protocol` (the messages; shared with elect), `releaser` (starts [`handoff`]).
+//!   launcher), `protocol` (the messages; shared with elect), `releaser` (starts [`handoff`]),
+//!   and, in the watchdog alone, `stop` (SIGTERM, grace, SIGKILL by the deadline),
+//!   `job_control` (Ctrl-Z and `fg` at a terminal) and `linger` (after the job's end).
 //! - [`job`] (runs in elect): elect's handle on the watchdog and the job's launcher: the fork,
 //!   the sockets, the start order and its answer, the orders that follow, the reap; and
 //!   `job::guard`, elect as the job's second guard when the watchdog is killed or stopped.
@@ -26,7 +28,8 @@
 //! - [`signals`]: the signals elect forwards to the job (elect, front and watchdog).
 //! - [`supervisor`] (runs in elect): one `select!` that feeds deadlines, forwards signals, drives
 //!   the guard and collects the exit status.
-//! - [`run`]: `elect run`: acquire, supervise, release.
+//! - [`run`]: `elect run`: acquire, supervise, release. Its modules: `acquire` (taking the lease,
+//!   waiting), `end` (how a run ended, one value, and what follows from it).
 //! - [`home`]: the home directory whose files elect may read (as root, root's own).
 //! - [`hooks`]: `--on-acquired`, `--on-busy`, `--on-lost` commands.
 //! - [`jobenv`]: the environment of the job and the hooks: the run's variables, no secrets.

@@ -77,89 +77,83 @@ pub struct RunRecord {
 pub fn render(lock: &LockName, record: &RunRecord, exit_code: u8) -> String {
     let l = format!("lock=\"{lock}\"");
     let outcome = record.outcome.unwrap_or(Outcome::Error);
-    let mut out = String::new();
-    let mut metric = |name: &str, help: &str, kind: &str, lines: Vec<String>| {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-        for line in lines {
-            out.push_str(&line);
-            out.push('\n');
-        }
-    };
-    metric(
-        "elect_wait_seconds",
-        "Time spent waiting for the lease.",
-        "gauge",
-        vec![format!(
-            "elect_wait_seconds{{{l}}} {:.6}",
-            record.wait.as_secs_f64()
-        )],
-    );
-    metric(
-        "elect_hold_seconds",
-        "Time the lease was held while the job ran.",
-        "gauge",
-        vec![format!(
-            "elect_hold_seconds{{{l}}} {:.6}",
-            record.hold.as_secs_f64()
-        )],
-    );
-    metric(
-        "elect_renewals_total",
-        "Lease renewals by result.",
-        "counter",
-        vec![
-            format!(
-                "elect_renewals_total{{{l},result=\"ok\"}} {}",
-                record.renewals.ok
-            ),
-            format!(
-                "elect_renewals_total{{{l},result=\"failed\"}} {}",
-                record.renewals.failed
-            ),
-        ],
-    );
-    metric(
-        "elect_renew_latency_max_seconds",
-        "The slowest renewal of the run.",
-        "gauge",
-        vec![format!(
-            "elect_renew_latency_max_seconds{{{l}}} {:.6}",
-            record.renewals.worst.as_secs_f64()
-        )],
-    );
-    metric(
-        "elect_outcome",
-        "How the run ended (1 for the outcome that happened).",
-        "gauge",
-        Outcome::ALL
-            .iter()
-            .map(|o| {
-                format!(
-                    "elect_outcome{{{l},outcome=\"{}\"}} {}",
-                    o.label(),
-                    u8::from(*o == outcome)
-                )
-            })
-            .collect(),
-    );
-    metric(
-        "elect_exit_code",
-        "elect's exit code.",
-        "gauge",
-        vec![format!("elect_exit_code{{{l}}} {exit_code}")],
-    );
+    let secs = |d: Duration| format!("{:.6}", d.as_secs_f64());
+    let one = |name: &str, value: String| vec![format!("{name}{{{l}}} {value}")];
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
-    metric(
-        "elect_last_run_timestamp_seconds",
-        "When the run ended (Unix time).",
-        "gauge",
-        vec![format!(
-            "elect_last_run_timestamp_seconds{{{l}}} {}",
-            now.as_secs()
-        )],
-    );
+    let renewals = [
+        ("ok", record.renewals.ok),
+        ("failed", record.renewals.failed),
+    ];
+    // Name, help, type, and the samples.
+    let families = [
+        (
+            "elect_wait_seconds",
+            "Time spent waiting for the lease.",
+            "gauge",
+            one("elect_wait_seconds", secs(record.wait)),
+        ),
+        (
+            "elect_hold_seconds",
+            "Time the lease was held while the job ran.",
+            "gauge",
+            one("elect_hold_seconds", secs(record.hold)),
+        ),
+        (
+            "elect_renewals_total",
+            "Lease renewals by result.",
+            "counter",
+            renewals
+                .iter()
+                .map(|(result, n)| format!("elect_renewals_total{{{l},result=\"{result}\"}} {n}"))
+                .collect(),
+        ),
+        (
+            "elect_renew_latency_max_seconds",
+            "The slowest renewal of the run.",
+            "gauge",
+            one(
+                "elect_renew_latency_max_seconds",
+                secs(record.renewals.worst),
+            ),
+        ),
+        (
+            "elect_outcome",
+            "How the run ended (1 for the outcome that happened).",
+            "gauge",
+            Outcome::ALL
+                .iter()
+                .map(|o| {
+                    let happened = u8::from(*o == outcome);
+                    format!("elect_outcome{{{l},outcome=\"{}\"}} {happened}", o.label())
+                })
+                .collect(),
+        ),
+        (
+            "elect_exit_code",
+            "elect's exit code.",
+            "gauge",
+            one("elect_exit_code", exit_code.to_string()),
+        ),
+        (
+            "elect_last_run_timestamp_seconds",
+            "When the run ended (Unix time).",
+            "gauge",
+            one(
+                "elect_last_run_timestamp_seconds",
+                now.as_secs().to_string(),
+            ),
+        ),
+    ];
+    let mut out = String::new();
+    for (name, help, kind, samples) in families {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for sample in samples {
+            out.push_str(&sample);
+            out.push('\n');
+        }
+    }
     out
 }
 

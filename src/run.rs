@@ -5,30 +5,38 @@
 //! the lease (waiting if asked), has the watchdog start the job, and supervises it until every
 //! process of the job is gone; then the lease is released and elect exits with the job's code.
 //! Hooks, systemd notifications and metrics hang off the same steps.
+//!
+//! # One ending per run
+//! Every way a run can go ends in one [`End`]. What follows from it (whether and how the lease is
+//! released, the history and `--once-per` marker the release records, the on-busy and on-lost
+//! hooks still to finish, the metrics outcome and elect's exit) is derived from that value in one
+//! place, [`Runner::conclude`], rather than done on each path.
 
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 
-use crate::backend::retry::Retry;
-use crate::backend::{
-    AcquireRequest, AnyBackend, Backend, BackendError, Expiry, Failures, WaitMode,
-};
-use crate::cli::Wait;
+use crate::backend::{AnyBackend, Backend, Expiry};
 use crate::clock::{Clock, SystemClock};
 use crate::config::RunConfig;
 use crate::exit::{code, Failure};
 use crate::front;
 use crate::handoff;
-use crate::hooks::{self, Event as HookEvent, Running};
+use crate::hooks::{Event as HookEvent, Running};
 use crate::job::{self, Forked, Handle, Spec, Start};
 use crate::jobenv::JobEnv;
-use crate::lease::{Acquire, History, HolderInfo, LastRun, Lease, LockName, Renewal, RunEnd};
-use crate::metrics::{self, Outcome, RunRecord};
+use crate::keeper::RenewStats;
+use crate::lease::{History, Lease, LockName, Renewal};
+use crate::metrics::{self, RunRecord};
 use crate::notify::Notifier;
 use crate::signals::FORWARDED;
 use crate::supervisor::{self, Ending, Supervision};
-use crate::watchdog::protocol::JobExit;
+use crate::timing::Fmt;
+
+mod acquire;
+mod end;
+
+use self::end::{End, Release, Run};
 
 /// How long a release may take before elect gives up on it (the lease then expires by its ttl).
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -87,74 +95,105 @@ struct Runner<'a> {
 }
 
 impl Runner<'_> {
+    /// The whole run: what happens, then what follows from how it ended.
     async fn run(
         &self,
         signals: &mut mpsc::UnboundedReceiver<i32>,
         record: &mut RunRecord,
     ) -> Result<u8, Failure> {
-        let cfg = self.cfg;
-        let lock = &cfg.lock;
-        record.outcome = Some(Outcome::Error);
-        let mut backend = tokio::select! {
-            opened = AnyBackend::open(cfg.backend.url.as_deref(), &cfg.backend.options) => {
-                opened.map_err(|e| e.into_failure(&cfg.backend.describe()))?
+        match self.open(signals).await {
+            Ok(mut backend) => {
+                let end = self.hold(&mut backend, signals, record).await;
+                self.conclude(Some(&mut backend), end, record).await
             }
-            sig = stop_signal(signals) => return Err(interrupted(lock, sig, "connecting")),
-        };
-        let describe = backend.describe().to_owned();
-        let base_env = JobEnv::new(lock, &describe, backend.secret_variables());
-        let req = AcquireRequest {
-            name: lock.clone(),
-            holder: HolderInfo {
-                places: cfg.holders,
-                ..HolderInfo::this_process(cfg.id.clone(), cfg.timing.ttl())
-            },
-            ttl: cfg.timing.ttl(),
-            holders: cfg.holders,
-        };
-        let waited = Instant::now();
-        let (queued_to, mut queued) = mpsc::unbounded_channel();
-        backend.announce_queued(queued_to);
-        let acquired = tokio::select! {
-            lease = self.acquire(&mut backend, &req, &base_env) => lease,
-            sig = stop_signal(signals) => return Err(interrupted(lock, sig, "waiting for the lock")),
-            never = self.hold_while_waiting(&mut queued) => match never {},
-        };
-        record.wait = waited.elapsed();
-        let mut lease = match acquired {
-            Ok(lease) => lease,
-            Err(failure) => {
-                if failure.code == cfg.conflict_exit_code {
-                    record.outcome = Some(Outcome::Skipped);
-                }
-                return Err(failure);
-            }
-        };
-        tracing::debug!(lock = %lock, token = %lease.token(), holder = %lease.holder.id, backend = %describe, "acquired");
-
-        // Checked while holding the lock: two contenders cannot both miss the marker. The run
-        // is recorded in the same step, so that it counts even if its release is lost.
-        if let Some(window) = cfg.once_per {
-            match backend.claim_run(&lease, window).await {
-                Ok(None) => {}
-                Ok(Some(run)) => {
-                    release(&mut backend, &lease, None).await;
-                    record.outcome = Some(Outcome::Skipped);
-                    return Err(self.ran_in_window(&run, window, &describe, &base_env).await);
-                }
-                Err(e) => {
-                    release(&mut backend, &lease, None).await;
-                    return Err(e.into_failure(&describe));
-                }
-            }
+            Err(failure) => self.conclude(None, End::NotRun(failure), record).await,
         }
+    }
 
-        self.ensure_time_to_start(&mut backend, &mut lease).await?;
-        let deadline =
-            (backend.expiry() == Expiry::Ttl).then(|| cfg.timing.deadline(lease.sent_at));
-        let job_env = base_env.for_lease(&lease);
+    /// Opens the backend; a stopping signal meanwhile ends the run.
+    async fn open(
+        &self,
+        signals: &mut mpsc::UnboundedReceiver<i32>,
+    ) -> Result<AnyBackend, Failure> {
+        let backend = &self.cfg.backend;
+        tokio::select! {
+            opened = AnyBackend::open(backend.url.as_deref(), &backend.options) => {
+                opened.map_err(|e| e.into_failure(&backend.describe()))
+            }
+            sig = stop_signal(signals) => Err(interrupted(&self.cfg.lock, sig, "connecting")),
+        }
+    }
+
+    /// Takes the lease and runs the job under it, as far as the checks before the start allow.
+    async fn hold(
+        &self,
+        backend: &mut AnyBackend,
+        signals: &mut mpsc::UnboundedReceiver<i32>,
+        record: &mut RunRecord,
+    ) -> End {
+        let env = JobEnv::new(
+            &self.cfg.lock,
+            backend.describe(),
+            backend.secret_variables(),
+        );
+        let lease = match self.take(backend, signals, &env, &mut record.wait).await {
+            Ok(lease) => lease,
+            Err(end) => return end,
+        };
+        tracing::debug!(lock = %self.cfg.lock, token = %lease.token(), holder = %lease.holder.id, backend = %backend.describe(), "acquired");
+        let mut lease = match self.claim_run(backend, lease, &env).await {
+            Ok(lease) => lease,
+            Err(end) => return end,
+        };
+        if let Err(failure) = self.ensure_time_to_start(backend, &mut lease).await {
+            return End::NotStarted { lease, failure };
+        }
+        self.launch(backend, lease, &env, signals, &mut record.renewals)
+            .await
+    }
+
+    /// With `--once-per`, checked while holding the lock: two contenders cannot both miss the
+    /// marker. The run is recorded in the same step, so that it counts even if its release is
+    /// lost.
+    async fn claim_run(
+        &self,
+        backend: &mut AnyBackend,
+        lease: Lease,
+        env: &JobEnv,
+    ) -> Result<Lease, End> {
+        let Some(window) = self.cfg.once_per else {
+            return Ok(lease);
+        };
+        match backend.claim_run(&lease, window).await {
+            Ok(None) => Ok(lease),
+            Ok(Some(run)) => Err(End::RanRecently {
+                lease,
+                env: env.clone(),
+                run,
+                window,
+            }),
+            Err(e) => Err(End::NotStarted {
+                failure: e.into_failure(backend.describe()),
+                lease,
+            }),
+        }
+    }
+
+    /// Has the watchdog start the job, and supervises it to its end.
+    async fn launch(
+        &self,
+        backend: &mut AnyBackend,
+        mut lease: Lease,
+        env: &JobEnv,
+        signals: &mut mpsc::UnboundedReceiver<i32>,
+        renewals: &mut RenewStats,
+    ) -> End {
+        let cfg = self.cfg;
+        let expires = backend.expiry() == Expiry::Ttl;
+        let deadline = expires.then(|| cfg.timing.deadline(lease.sent_at));
+        let job_env = env.for_lease(&lease);
         let spec = Spec {
-            lock: lock.to_string(),
+            lock: cfg.lock.to_string(),
             deadline,
             grace: cfg.timing.grace(),
             env: job_env.changes(),
@@ -162,7 +201,7 @@ impl Runner<'_> {
         };
         let started = Instant::now();
         let started_at = SystemTime::now();
-        if backend.expiry() == Expiry::Ttl {
+        if expires {
             if let Some(identity) = handoff::Identity::encode(&cfg.backend, &lease) {
                 self.watchdog.hold(identity);
             }
@@ -170,22 +209,13 @@ impl Runner<'_> {
         let start = match self.watchdog.start(spec, &lease).await {
             Ok(start) => start,
             Err(e) => {
-                release(&mut backend, &lease, None).await;
-                return Err(Failure::new(
-                    code::INTERNAL,
-                    format!("cannot reach the watchdog: {e}"),
-                ));
+                let failure =
+                    Failure::new(code::INTERNAL, format!("cannot reach the watchdog: {e}"));
+                return End::NotStarted { lease, failure };
             }
         };
-        let grace = cfg.timing.grace();
         let (ending, lost_hook) = match start {
             Start::Running { pid } => {
-                tracing::debug!(lock = %lock, pid, "job started");
-                let holding = format!("holding {lock}, token {}", lease.token());
-                self.notifier.ready(&holding);
-                let acquired_hook =
-                    cfg.hooks
-                        .start_fenced(HookEvent::Acquired, job_env.clone(), pid);
                 let ctx = Supervision {
                     job: pid,
                     deadline,
@@ -195,268 +225,102 @@ impl Runner<'_> {
                     hooks: &cfg.hooks,
                     hook_env: job_env,
                 };
-                let clock = SystemClock;
-                let ending = supervisor::supervise(
-                    &mut backend,
-                    &mut lease,
-                    &ctx,
-                    &clock,
-                    &self.watchdog,
-                    signals,
-                    &mut record.renewals,
-                )
-                .await;
-                acquired_hook.finish().await;
-                ending
+                self.supervise(&ctx, backend, &mut lease, signals, renewals)
+                    .await
             }
             Start::Failed(err) => (Ending::SpawnFailed(err), Running::none()),
             Start::LauncherGone => (Ending::LauncherGone, Running::none()),
             Start::WatchdogGone => {
                 // The job may have started before the watchdog died.
-                let mut guard = self.watchdog.guard(None, grace, deadline);
+                let mut guard = self.watchdog.guard(None, cfg.timing.grace(), deadline);
                 let exit = guard.stop_alone().await;
                 (Ending::WatchdogGone(exit), Running::none())
             }
         };
-        record.hold = started.elapsed();
+        let hold = started.elapsed();
         self.notifier.stopping();
         // The watchdog has made its last report (or is gone): let it exit while the lease is
         // released, rather than after elect.
         self.watchdog.hang_up();
-        let result = self
-            .finish(ending, &mut backend, &lease, started_at, record)
-            .await;
-        lost_hook.finish().await;
-        result
+        End::Ran(Run {
+            lease,
+            ending,
+            started_at,
+            hold,
+            lost_hook,
+        })
     }
 
-    /// Turns how the job ended into elect's exit, releasing the lease where it is still ours.
-    async fn finish(
+    /// The started job, to its end, with the on-acquired hook beside it.
+    async fn supervise(
         &self,
-        ending: Ending,
+        ctx: &Supervision<'_>,
         backend: &mut AnyBackend,
-        lease: &Lease,
-        started_at: SystemTime,
+        lease: &mut Lease,
+        signals: &mut mpsc::UnboundedReceiver<i32>,
+        renewals: &mut RenewStats,
+    ) -> (Ending, Running) {
+        let lock = &self.cfg.lock;
+        tracing::debug!(lock = %lock, pid = ctx.job, "job started");
+        let holding = format!("holding {lock}, token {}", lease.token());
+        self.notifier.ready(&holding);
+        let acquired_hook =
+            self.cfg
+                .hooks
+                .start_fenced(HookEvent::Acquired, ctx.hook_env.clone(), ctx.job);
+        let ending = supervisor::supervise(
+            backend,
+            lease,
+            ctx,
+            &SystemClock,
+            &self.watchdog,
+            signals,
+            renewals,
+        )
+        .await;
+        acquired_hook.finish().await;
+        ending
+    }
+
+    /// Does what follows from how the run ended, in one order: the metrics outcome, the release,
+    /// the on-busy hook, the on-lost hook; then elect's exit.
+    async fn conclude(
+        &self,
+        backend: Option<&mut AnyBackend>,
+        end: End,
         record: &mut RunRecord,
     ) -> Result<u8, Failure> {
-        let lock = &self.cfg.lock;
-        let describe = backend.describe().to_owned();
-        // What the release records: the run, and the --once-per marker after a success.
-        let hold = record.hold;
-        let history = |end: RunEnd, once_per: Option<Duration>| History {
-            last_run: LastRun {
-                holder: lease.holder.id.clone(),
-                host: lease.holder.host.clone(),
-                pid: lease.holder.pid,
-                token: lease.token(),
-                started_at,
-                finished_at: started_at + hold,
-                duration: hold,
-                end,
-            },
-            once_per: once_per.filter(|_| end.succeeded()),
+        if let End::Ran(run) = &end {
+            record.hold = run.hold;
+        }
+        let describe = match &backend {
+            Some(backend) => backend.describe().to_owned(),
+            None => self.cfg.backend.describe(),
         };
-        match ending {
-            Ending::Finished(exit) => {
-                record.outcome = Some(Outcome::Ran);
-                let history = history(run_end(exit), self.cfg.once_per);
-                release(backend, lease, Some(&history)).await;
-                tracing::debug!(lock = %lock, exit = ?exit, elapsed = ?round(record.hold), "job exited; lease released");
-                Ok(exit_code(exit))
-            }
-            Ending::TimedOut(exit) => {
-                record.outcome = Some(Outcome::TimedOut);
-                release(backend, lease, Some(&history(run_end(exit), None))).await;
-                Err(Failure::new(
-                    code::TIMED_OUT,
-                    format!(
-                        "the job under lock {lock} ran longer than --max-runtime {} and was stopped ({}); lease released",
-                        humantime::format_duration(self.cfg.max_runtime.unwrap_or_default()),
-                        describe_exit(exit)
-                    ),
-                ))
-            }
-            Ending::SpawnFailed(err) => {
-                record.outcome = Some(Outcome::Error);
-                let program = self.cfg.command[0].to_string_lossy();
-                let (status, what) = if err.kind() == std::io::ErrorKind::NotFound {
-                    (code::NOT_FOUND, "command not found")
-                } else {
-                    (code::NOT_EXECUTABLE, "cannot execute the command")
-                };
-                let end = RunEnd::ExitCode(i32::from(status));
-                release(backend, lease, Some(&history(end, None))).await;
-                Err(Failure::new(
-                    status,
-                    format!("{what}: {program}: {err} (lock {lock} released)"),
-                ))
-            }
-            Ending::Lost(loss, exit) => {
-                record.outcome = Some(Outcome::Lost);
-                // No release: the lease is someone else's, or the backend did not answer in time
-                // and would only delay elect's exit; either way it is gone or about to expire.
-                Err(Failure::new(
-                    code::LOST,
-                    format!(
-                        "lease on lock {lock} lost while the job ran ({loss}); the job was stopped ({}); backend {describe}",
-                        describe_exit(exit)
-                    ),
-                ))
-            }
-            Ending::LauncherGone => {
-                record.outcome = Some(Outcome::Error);
-                release(backend, lease, None).await;
-                Err(Failure::new(
-                    code::INTERNAL,
-                    format!("the job's process for lock {lock} was killed before the job started; nothing ran (lock {lock} released)"),
-                ))
-            }
-            Ending::WatchdogGone(exit) => {
-                record.outcome = Some(Outcome::Error);
-                let end = exit.map_or(RunEnd::Signal(nix::libc::SIGKILL), run_end);
-                release(backend, lease, Some(&history(end, None))).await;
-                let how = exit.map_or_else(|| "its end unknown".to_owned(), describe_exit);
-                Err(Failure::new(
-                    code::INTERNAL,
-                    format!(
-                        "elect's watchdog for lock {lock} was killed; elect stopped the job itself ({how}); lease released"
-                    ),
-                ))
+        let after = end.consequences(self.cfg, &describe);
+        record.outcome = Some(after.outcome);
+        if let (Some(backend), Some(lease)) = (backend, &after.lease) {
+            match &after.release {
+                Release::Not => {}
+                Release::Bare => release(backend, lease, None).await,
+                Release::Recording(history) => release(backend, lease, Some(history)).await,
             }
         }
-    }
-
-    /// Takes the lease, waiting as configured.
-    async fn acquire(
-        &self,
-        backend: &mut AnyBackend,
-        req: &AcquireRequest,
-        env: &JobEnv,
-    ) -> Result<Lease, Failure> {
-        let cfg = self.cfg;
-        let describe = backend.describe().to_owned();
-        let failure = |e: BackendError| e.into_failure(&describe);
-        let holder = match backend
-            .acquire(req, WaitMode::NoWait)
-            .await
-            .map_err(failure)?
-        {
-            Acquire::Acquired(lease) => return Ok(lease),
-            Acquire::Held(holder) => holder,
-        };
-        let held_by = holder
-            .as_ref()
-            .map_or_else(|| "another process".to_owned(), |h| h.to_string());
-        if cfg.wait == Wait::No {
-            return Err(self
-                .busy(
-                    env,
-                    holder.as_ref(),
-                    format!(
-                        "lock {} is held by {held_by}; not running {} (backend {describe})",
-                        cfg.lock,
-                        cfg.command[0].to_string_lossy()
-                    ),
-                )
-                .await);
+        if let Some(env) = after.busy_hook {
+            self.cfg.hooks.start(HookEvent::Busy, env).finish().await;
         }
-        // Waiting is the plan when --wait is given: under cron a line here would be a mail on
-        // every run. At a terminal someone watches, so one line says why nothing happens yet.
-        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            tracing::info!("waiting for {} (held by {held_by})", cfg.lock);
-        } else {
-            tracing::debug!(lock = %cfg.lock, "waiting: held by {held_by}");
+        if let Ok(exit) = &after.exit {
+            tracing::debug!(lock = %self.cfg.lock, exit, elapsed = %Fmt(record.hold), "job exited; lease released");
         }
-        let host = holder
-            .as_ref()
-            .map_or("another process", |h| h.host.as_str());
-        self.notifier
-            .status(&format!("waiting for {} held by {host}", cfg.lock));
-        let waited = Instant::now();
-        let wait = wait_out_outages(backend, req);
-        let acquired = match cfg.wait_limit() {
-            Some(limit) => match tokio::time::timeout(limit, wait).await {
-                Ok(result) => result,
-                Err(_) => {
-                    return Err(self.busy(
-                        env,
-                        holder.as_ref(),
-                        format!(
-                            "lock {} is still held after waiting {}; not running {} (backend {describe})",
-                            cfg.lock,
-                            humantime::format_duration(limit),
-                            cfg.command[0].to_string_lossy()
-                        ),
-                    )
-                    .await)
-                }
-            },
-            None => wait.await,
-        };
-        match acquired.map_err(failure)? {
-            Acquire::Acquired(lease) => {
-                tracing::debug!(lock = %cfg.lock, token = %lease.token(), waited = ?round(waited.elapsed()), "acquired after waiting");
-                Ok(lease)
+        after.lost_hook.finish().await;
+        match after.exit {
+            // `--conflict-exit-code 0`: a skipped run is not an error, and says nothing.
+            Err(skipped) if skipped.code == 0 => {
+                tracing::debug!("{}", skipped.message);
+                Err(Failure::new(0, String::new()))
             }
-            Acquire::Held(holder) => Err(self
-                .busy(
-                    env,
-                    holder.as_ref(),
-                    format!("lock {} is held (backend {describe})", cfg.lock),
-                )
-                .await),
+            exit => exit,
         }
-    }
-
-    /// The run is skipped because the lock is held: the on-busy hook, then the conflict exit.
-    /// Hands the watchdog each lease that the wait leaves on the server (see
-    /// [`AnyBackend::announce_queued`]), so that it is released should elect die while waiting.
-    async fn hold_while_waiting(
-        &self,
-        queued: &mut mpsc::UnboundedReceiver<Lease>,
-    ) -> std::convert::Infallible {
-        loop {
-            if let Some(lease) = queued.recv().await {
-                if let Some(identity) = handoff::Identity::encode(&self.cfg.backend, &lease) {
-                    self.watchdog.hold(identity);
-                }
-            } else {
-                std::future::pending::<()>().await;
-            }
-        }
-    }
-
-    async fn busy(&self, env: &JobEnv, holder: Option<&HolderInfo>, message: String) -> Failure {
-        let env = env.clone().with(hooks::holder_env(holder));
-        self.cfg.hooks.start(HookEvent::Busy, env).finish().await;
-        if self.cfg.conflict_exit_code == 0 {
-            tracing::debug!("{message}");
-            Failure::new(0, String::new())
-        } else {
-            Failure::new(self.cfg.conflict_exit_code, message)
-        }
-    }
-
-    /// The run is skipped because a run succeeded within the `--once-per` window: the on-busy
-    /// hook, then the conflict exit, with a line that says when and where the job last ran.
-    async fn ran_in_window(
-        &self,
-        run: &LastRun,
-        window: Duration,
-        describe: &str,
-        env: &JobEnv,
-    ) -> Failure {
-        let ago = SystemTime::now()
-            .duration_since(run.finished_at)
-            .map_or_else(|_| "just now".to_owned(), |d| format!("{} ago", short(d)));
-        let message = format!(
-            "lock {}: the job last ran {}, {ago}; with --once-per {} not running {} again yet (backend {describe})",
-            self.cfg.lock,
-            run.describe(),
-            humantime::format_duration(window),
-            self.cfg.command[0].to_string_lossy()
-        );
-        self.busy(env, None, message).await
     }
 
     /// A slow acquire must not start a job that would be killed before its first renew: renew
@@ -483,41 +347,15 @@ impl Runner<'_> {
                 return Ok(());
             }
         }
-        release(backend, lease, None).await;
         Err(Failure::new(
             code::UNAVAILABLE,
             format!(
                 "lock {}: the backend {} answered too slowly to start the job safely within the ttl ({}); raise --ttl",
                 self.cfg.lock,
                 backend.describe(),
-                humantime::format_duration(timing.ttl())
+                Fmt(timing.ttl())
             ),
         ))
-    }
-}
-
-/// Waits for the lock. A network backend that becomes unreachable while we wait is waited out
-/// too: a singleton service in `--wait` should not die because its backend restarted. The tries
-/// are paced by [`Retry`]: at most half a second apart, so that the wait resumes soon after the
-/// network is back, with a warning at most every few seconds.
-async fn wait_out_outages(
-    backend: &mut AnyBackend,
-    req: &AcquireRequest,
-) -> crate::backend::Result<Acquire> {
-    let lock = req.name.to_string();
-    let mut retry = Retry::new();
-    loop {
-        match backend.acquire(req, WaitMode::Wait).await {
-            // The file backend's errors (a planted symlink, a foreign file) do not go away by
-            // waiting.
-            Err(BackendError::Unavailable(why)) if backend.failures() == Failures::Pass => {
-                tokio::time::sleep(retry.failed(&lock, "waiting", &why)).await;
-            }
-            other => {
-                retry.succeeded(&lock);
-                return other;
-            }
-        }
     }
 }
 
@@ -559,42 +397,4 @@ fn interrupted(lock: &LockName, sig: i32, doing: &str) -> Failure {
         code::signaled(sig),
         format!("stopped by {name} while {doing} (lock {lock}); the job did not run"),
     )
-}
-
-pub fn exit_code(exit: JobExit) -> u8 {
-    match exit {
-        JobExit::Code(c) => c as u8,
-        JobExit::Signal(n) => code::signaled(n),
-    }
-}
-
-fn run_end(exit: JobExit) -> RunEnd {
-    match exit {
-        JobExit::Code(c) => RunEnd::ExitCode(c),
-        JobExit::Signal(n) => RunEnd::Signal(n),
-    }
-}
-
-/// A duration to the second (to the millisecond under one second), for people.
-fn short(d: Duration) -> String {
-    let d = if d < Duration::from_secs(1) {
-        Duration::from_millis(d.as_millis() as u64)
-    } else {
-        Duration::from_secs(d.as_secs())
-    };
-    humantime::format_duration(d).to_string()
-}
-
-fn describe_exit(exit: JobExit) -> String {
-    match exit {
-        JobExit::Code(c) => format!("it exited with {c}"),
-        JobExit::Signal(n) => match nix::sys::signal::Signal::try_from(n) {
-            Ok(sig) => format!("killed by {}", sig.as_str()),
-            Err(_) => format!("killed by signal {n}"),
-        },
-    }
-}
-
-fn round(d: Duration) -> Duration {
-    Duration::from_millis(d.as_millis() as u64)
 }

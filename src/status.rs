@@ -11,6 +11,7 @@ use crate::config::BackendConfig;
 use crate::exit::{code, Failure};
 use crate::lease::{HolderInfo, LastRun, LockName, LockState};
 use crate::show;
+use crate::timing::Fmt;
 
 pub fn status(backend: BackendConfig, lock: Option<LockName>, json: bool) -> Result<u8, Failure> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -167,18 +168,7 @@ pub fn table_at(states: &[LockState], now: SystemTime) -> String {
         let last = last_run(state.last_run.as_ref(), now);
         rows.push(match &state.holder {
             Some(h) => held_row(&lock, h, state.expires_in, waiters, last),
-            None => [
-                lock.clone(),
-                "free".into(),
-                dash(),
-                dash(),
-                dash(),
-                dash(),
-                dash(),
-                dash(),
-                waiters,
-                last,
-            ],
+            None => free_row(&lock, waiters, last),
         });
         // Further holders (`--holders N`): the lock's waiters and last run are on its first row.
         for c in &state.co_holders {
@@ -191,6 +181,11 @@ pub fn table_at(states: &[LockState], now: SystemTime) -> String {
             ));
         }
     }
+    aligned(&rows)
+}
+
+/// The rows in columns, two spaces apart.
+fn aligned(rows: &[[String; 10]]) -> String {
     // Escaped before widths are measured: holder ids, hosts and history come from the backend.
     let rows: Vec<Vec<String>> = rows
         .iter()
@@ -212,6 +207,23 @@ pub fn table_at(states: &[LockState], now: SystemTime) -> String {
     out
 }
 
+/// The table row of a free lock.
+fn free_row(lock: &str, waiters: String, last_run: String) -> [String; 10] {
+    let dash = || "-".to_owned();
+    [
+        lock.to_owned(),
+        "free".into(),
+        dash(),
+        dash(),
+        dash(),
+        dash(),
+        dash(),
+        dash(),
+        waiters,
+        last_run,
+    ]
+}
+
 /// The table row of one holder.
 fn held_row(
     lock: &str,
@@ -228,7 +240,7 @@ fn held_row(
         h.pid.to_string(),
         h.token.to_string(),
         show::time(h.acquired_at),
-        expires_in.map_or_else(|| "-".to_owned(), short),
+        expires_in.map_or_else(|| "-".to_owned(), |d| Fmt(d).to_string()),
         waiters,
         last_run,
     ]
@@ -240,19 +252,11 @@ fn last_run(run: Option<&LastRun>, now: SystemTime) -> String {
         return "-".to_owned();
     };
     let ago = match now.duration_since(run.finished_at) {
-        Ok(d) => format!(
-            "{} ago",
-            humantime::format_duration(Duration::from_secs(d.as_secs()))
-        ),
+        Ok(d) => format!("{} ago", Fmt::rough(d)),
         // The holder's clock is ahead of ours.
         Err(_) => "just now".to_owned(),
     };
     format!("{} {ago} on {}", run.end, run.host)
-}
-
-fn short(d: Duration) -> String {
-    let millis = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    humantime::format_duration(Duration::from_millis(millis)).to_string()
 }
 
 #[cfg(test)]

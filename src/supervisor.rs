@@ -17,9 +17,9 @@ use crate::backend::Backend;
 use crate::clock::BootTime;
 use crate::clock::Clock;
 use crate::hooks::{Event as HookEvent, Hooks, Running};
-use crate::job::Handle;
+use crate::job::{guard, Handle};
 use crate::keeper::{self, Deadline, Loss, RenewStats};
-use crate::lease::Lease;
+use crate::lease::{Lease, LockName};
 use crate::notify::Notifier;
 use crate::signals::FORWARDED;
 use crate::timing::LeaseTiming;
@@ -91,68 +91,37 @@ pub async fn supervise<B: Backend, C: Clock>(
     let lock = lease.name.clone();
     let keeper = keeper::keep(backend, lease, ctx.timing, clock, &deadline_tx, stats);
     tokio::pin!(keeper);
-    let max_runtime = async {
-        match ctx.max_runtime {
-            Some(limit) => tokio::time::sleep(limit).await,
-            None => std::future::pending().await,
-        }
-    };
+    let max_runtime = sleep_for(ctx.max_runtime);
     tokio::pin!(max_runtime);
     let mut guard = watchdog.guard(Some(ctx.job), ctx.timing.grace(), ctx.deadline);
-    let mut loss: Option<Loss> = None;
-    let mut timed_out = false;
-    let mut lost_hook = Running::none();
+    let mut course = Course::new(ctx);
     loop {
         let guard_due = until(guard.next());
         tokio::select! {
             biased;
             report = watchdog.next_report(), if !guard.alone() => match report {
                 Ok(Some(Report::Finished { exit, stopped })) => {
-                    // A job that ended by itself before the watchdog began to stop it was not cut
-                    // short: a loss elect noticed afterwards (resumed from SIGSTOP past the
-                    // deadline, say) does not change its exit code.
-                    let ending = match loss {
-                        Some(loss) if stopped => Ending::Lost(loss, exit),
-                        None if timed_out && stopped => Ending::TimedOut(exit),
-                        Some(loss) => {
-                            tracing::debug!(lock = %lock, "lease lost ({loss}) after the job had ended");
-                            Ending::Finished(exit)
-                        }
-                        None => Ending::Finished(exit),
-                    };
-                    return (ending, lost_hook);
+                    return course.finished(&lock, exit, stopped);
                 }
-                Ok(Some(Report::DeadlinePassed)) => {
-                    // The watchdog's timer and the keeper's own check fire at the same moment;
-                    // whichever is seen first, the job is being stopped because the lease is
-                    // lost, and elect must exit 76 rather than pass on the job's SIGTERM status.
-                    if loss.is_none() {
-                        let lost = Loss::DeadlinePassed {
-                            last_error: "no renew succeeded in time".into(),
-                        };
-                        lost_hook = on_lost(ctx, &lost);
-                        loss = Some(lost);
-                    }
-                }
+                Ok(Some(Report::DeadlinePassed)) => course.deadline_passed(),
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => {
                     tracing::warn!(lock = %lock, "the watchdog is gone; elect stops the job itself");
                     guard.watchdog_gone();
                 }
             },
-            lost = &mut keeper, if loss.is_none() => {
+            lost = &mut keeper, if course.loss.is_none() => {
                 tracing::debug!(lock = %lock, "lease lost: {lost}; stopping the job");
                 // Stop first: a hook must never delay it.
                 watchdog.stop();
                 guard.stop_ordered();
-                lost_hook = on_lost(ctx, &lost);
-                loss = Some(lost);
+                course.lose(lost);
             },
-            () = &mut max_runtime, if !timed_out && loss.is_none() => {
+            () = &mut max_runtime, if !course.timed_out && course.loss.is_none() => {
                 tracing::debug!(lock = %lock, "the job reached --max-runtime; stopping it");
                 watchdog.stop();
                 guard.stop_ordered();
-                timed_out = true;
+                course.timed_out = true;
             },
             Ok(()) = deadline_rx.changed() => {
                 let deadline = *deadline_rx.borrow_and_update();
@@ -167,35 +136,103 @@ pub async fn supervise<B: Backend, C: Clock>(
             // Last: a new deadline that is ready moves the guard's time first.
             () = guard_due => {
                 if let Some(end) = guard.tick() {
-                    let exit = end.exit.unwrap_or(KILLED);
-                    let status_known = end.exit.is_some() || loss.is_none();
-                    let ending = match (guard.alone(), loss) {
-                        (true, None) => Ending::WatchdogGone(end.exit),
-                        (true, Some(loss)) => Ending::Lost(loss, exit),
-                        // The job had ended by itself, as a stopped watchdog could not report.
-                        // Its status is known only if elect could reap it; when it is not, and
-                        // the lease was lost meanwhile, the run ends as lost (76) rather than
-                        // claim a kill that never happened.
-                        (false, _) if !end.stopped && status_known => {
-                            Ending::Finished(exit)
-                        }
-                        (false, Some(loss)) => Ending::Lost(loss, exit),
-                        (false, None) if timed_out => Ending::TimedOut(exit),
-                        (false, None) => {
-                            // The deadline passed with the watchdog stopped, before the keeper
-                            // said so.
-                            let lost = Loss::DeadlinePassed {
-                                last_error: "no renew succeeded in time".into(),
-                            };
-                            lost_hook = on_lost(ctx, &lost);
-                            Ending::Lost(lost, exit)
-                        }
-                    };
+                    let ended = course.ended_alone(end, guard.alone());
                     tracing::debug!(lock = %lock, "elect stopped the job without its watchdog");
-                    return (ending, lost_hook);
+                    return ended;
                 }
             },
         }
+    }
+}
+
+/// What supervision has learned so far of why the job is being stopped.
+struct Course<'a> {
+    ctx: &'a Supervision<'a>,
+    /// Why the lease was lost, once it was.
+    loss: Option<Loss>,
+    /// Whether `--max-runtime` came.
+    timed_out: bool,
+    /// The on-lost hook, once the lease was lost.
+    lost_hook: Running,
+}
+
+impl<'a> Course<'a> {
+    fn new(ctx: &'a Supervision<'a>) -> Self {
+        Self {
+            ctx,
+            loss: None,
+            timed_out: false,
+            lost_hook: Running::none(),
+        }
+    }
+
+    /// The lease is lost: says so, and starts the on-lost hook.
+    fn lose(&mut self, lost: Loss) {
+        self.lost_hook = on_lost(self.ctx, &lost);
+        self.loss = Some(lost);
+    }
+
+    /// The watchdog's timer and the keeper's own check fire at the same moment; whichever is seen
+    /// first, the job is being stopped because the lease is lost, and elect must exit 76 rather
+    /// than pass on the job's SIGTERM status.
+    fn deadline_passed(&mut self) {
+        if self.loss.is_none() {
+            self.lose(deadline_passed());
+        }
+    }
+
+    /// The watchdog reported that every process of the job is gone. A job that ended by itself
+    /// before the watchdog began to stop it was not cut short: a loss elect noticed afterwards
+    /// (resumed from SIGSTOP past the deadline, say) does not change its exit code.
+    fn finished(self, lock: &LockName, exit: JobExit, stopped: bool) -> (Ending, Running) {
+        let ending = match self.loss {
+            Some(loss) if stopped => Ending::Lost(loss, exit),
+            None if self.timed_out && stopped => Ending::TimedOut(exit),
+            Some(loss) => {
+                tracing::debug!(lock = %lock, "lease lost ({loss}) after the job had ended");
+                Ending::Finished(exit)
+            }
+            None => Ending::Finished(exit),
+        };
+        (ending, self.lost_hook)
+    }
+
+    /// elect's guard saw the job end: with the watchdog gone (`alone`), or stopped.
+    fn ended_alone(mut self, end: guard::End, alone: bool) -> (Ending, Running) {
+        let exit = end.exit.unwrap_or(KILLED);
+        let status_known = end.exit.is_some() || self.loss.is_none();
+        let ending = match (alone, self.loss.take()) {
+            (true, None) => Ending::WatchdogGone(end.exit),
+            (true, Some(loss)) => Ending::Lost(loss, exit),
+            // The job had ended by itself, as a stopped watchdog could not report. Its status is
+            // known only if elect could reap it; when it is not, and the lease was lost
+            // meanwhile, the run ends as lost (76) rather than claim a kill that never happened.
+            (false, _) if !end.stopped && status_known => Ending::Finished(exit),
+            (false, Some(loss)) => Ending::Lost(loss, exit),
+            (false, None) if self.timed_out => Ending::TimedOut(exit),
+            (false, None) => {
+                // The deadline passed with the watchdog stopped, before the keeper said so.
+                let lost = deadline_passed();
+                self.lost_hook = on_lost(self.ctx, &lost);
+                Ending::Lost(lost, exit)
+            }
+        };
+        (ending, self.lost_hook)
+    }
+}
+
+/// The loss when the deadline passed before the keeper saw it.
+fn deadline_passed() -> Loss {
+    Loss::DeadlinePassed {
+        last_error: "no renew succeeded in time".into(),
+    }
+}
+
+/// Sleeps for `limit`; never, without one.
+async fn sleep_for(limit: Option<Duration>) {
+    match limit {
+        Some(limit) => tokio::time::sleep(limit).await,
+        None => std::future::pending().await,
     }
 }
 

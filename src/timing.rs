@@ -41,9 +41,22 @@ pub enum TimingError {
     },
 }
 
-/// A duration printed the way the user wrote it (`15s`, `500ms`).
-#[derive(Debug, PartialEq, Eq)]
+/// How elect shows a duration to people, everywhere: in humantime's units (`15s`, `1s 500ms`),
+/// truncated to the millisecond, the finest unit a user writes. [`Fmt::rough`] is the one coarser
+/// form, for how long ago something happened: to the second, to the millisecond under a second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fmt(pub Duration);
+
+impl Fmt {
+    /// An age, such as the time since a job last ran (`12s`, `400ms`).
+    pub fn rough(d: Duration) -> Self {
+        if d < Duration::from_secs(1) {
+            Self(d)
+        } else {
+            Self(Duration::from_secs(d.as_secs()))
+        }
+    }
+}
 
 impl std::fmt::Display for Fmt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -153,6 +166,18 @@ mod tests {
     }
     const fn ms(millis: u64) -> Duration {
         Duration::from_millis(millis)
+    }
+
+    #[test]
+    fn durations_for_people() {
+        assert_eq!(Fmt(ms(1500)).to_string(), "1s 500ms");
+        assert_eq!(Fmt(Duration::from_micros(1999)).to_string(), "1ms");
+        assert_eq!(Fmt(s(90)).to_string(), "1m 30s");
+        assert_eq!(Fmt::rough(ms(12_400)).to_string(), "12s");
+        assert_eq!(Fmt::rough(ms(400)).to_string(), "400ms");
+        assert_eq!(Fmt::rough(Duration::from_micros(400)).to_string(), "0s");
+        // Saturates rather than overflows.
+        assert!(!Fmt(Duration::MAX).to_string().is_empty());
     }
 
     #[test]

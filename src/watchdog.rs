@@ -32,10 +32,13 @@
 //! - On the other backends, if elect died holding the lease, starts its release by a fresh
 //!   process once the last process of the job is gone (see [`crate::handoff`] and [`releaser`]).
 
+mod job_control;
 pub mod launcher;
+mod linger;
 pub mod placement;
 pub mod protocol;
 pub mod releaser;
+mod stop;
 pub mod title;
 
 use std::fs::File;
@@ -48,8 +51,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{self, killpg, SigHandler, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-use nix::sys::time::TimeSpec;
-use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
+use nix::sys::timerfd::{ClockId, TimerFd, TimerFlags};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
@@ -87,6 +89,13 @@ enum Phase {
         kill_at: BootTime,
     },
     Killing,
+}
+
+/// Which of the watchdog's descriptors are ready.
+struct Ready {
+    socket: bool,
+    signals: bool,
+    timer: bool,
 }
 
 struct Watchdog {
@@ -136,37 +145,13 @@ impl Watchdog {
         cpus: Option<Cpus>,
         front: Option<Front>,
     ) -> io::Result<Self> {
-        for sig in crate::signals::FORWARDED.iter().chain(&[
-            Signal::SIGTSTP,
-            Signal::SIGTTIN,
-            Signal::SIGTTOU,
-            Signal::SIGPIPE,
-        ]) {
-            // SAFETY: SIG_IGN installs no handler code.
-            unsafe { signal::signal(*sig, SigHandler::SigIgn) }?;
-        }
+        ignore_signals()?;
         // Running now, on the CPU elect moved it to: free to move again, and so is the launcher
         // (see `placement`).
         if let Some(cpus) = cpus {
             cpus.restore();
         }
-        // Everything that watches the job exists before the launcher does: elect starts the
-        // launcher itself, and the job may run, fork and exit before this process reads the start
-        // order. A SIGCHLD that came before SIGCHLD was blocked would be lost, and an orphan
-        // before the subreaper was set would escape to init.
-        let mut mask = SigSet::empty();
-        mask.add(Signal::SIGCHLD);
-        if front.is_some() {
-            // The front passes the shell's `fg` and `bg` on as SIGCONT.
-            mask.add(Signal::SIGCONT);
-        }
-        mask.thread_block()?;
-        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
-        let timer = TimerFd::new(
-            ClockId::CLOCK_BOOTTIME,
-            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
-        )?;
-        nix::sys::prctl::set_child_subreaper(true)?;
+        let (signals, timer) = watch_children(front.is_some())?;
         // Then at once, so that it is ready by the time elect has the lease (see `launcher`).
         let launcher = Some(Launcher::fork(launcher_socket, cpus));
         // Now, while the file it names is the binary that runs (see `releaser`).
@@ -203,29 +188,7 @@ impl Watchdog {
             .launcher
             .take()
             .expect("the launcher is taken only here");
-        let start = loop {
-            match self.receive() {
-                Ok(Some(Order::Start {
-                    lock,
-                    deadline,
-                    grace,
-                    terminal,
-                    ..
-                })) => {
-                    self.deadline = deadline;
-                    self.grace = grace;
-                    // Again, in case elect moved the watchdog only after it had started.
-                    if let Some(cpus) = self.cpus {
-                        cpus.restore();
-                    }
-                    break Ok(Some((terminal, lock)));
-                }
-                Ok(Some(order @ (Order::Hold(_) | Order::Forget))) => self.keep(order),
-                Ok(Some(_)) => continue,
-                // None: elect ended without starting a job.
-                other => break other.map(|_| None),
-            }
-        };
+        let start = self.await_start();
         let Ok(Some((terminal, lock))) = start else {
             launcher.map(Launcher::dismiss).ok();
             if let Ok(None) = start {
@@ -236,21 +199,7 @@ impl Watchdog {
         };
         // elect sends the launcher the same order next, and the launcher execs the command.
         match launcher {
-            Ok(launcher) => {
-                let pid = launcher.pid;
-                if terminal {
-                    // Also from this side, as shells do: whichever runs first wins the race
-                    // harmlessly.
-                    let _ = nix::unistd::tcsetpgrp(io::stdin().as_fd(), pid);
-                    self.took_terminal = true;
-                }
-                self.job = Some(pid);
-                // Its own child, not reaped yet: the pid is surely the launcher's.
-                self.leader = crate::procfs::Pinned::open(pid);
-                self.report(Report::Started { pid: pid.as_raw() });
-                // After the report, off the path to the job's start.
-                title::set("lease-watchdog", &format!("elect: watchdog for {lock}"));
-            }
+            Ok(launcher) => self.started(launcher.pid, terminal, &lock),
             Err(err) => {
                 self.report(Report::SpawnFailed {
                     errno: err.raw_os_error().unwrap_or(nix::libc::EAGAIN),
@@ -258,42 +207,71 @@ impl Watchdog {
                 return Ok(());
             }
         }
+        self.watch_job()
+    }
+
+    /// Waits for elect's start order; keeps what it needs of it. Whether the job is to have the
+    /// terminal, and the lock's name; `None` if elect ended without starting a job.
+    fn await_start(&mut self) -> io::Result<Option<(bool, String)>> {
+        loop {
+            match self.receive()? {
+                Some(Order::Start {
+                    lock,
+                    deadline,
+                    grace,
+                    terminal,
+                    ..
+                }) => {
+                    self.deadline = deadline;
+                    self.grace = grace;
+                    // Again, in case elect moved the watchdog only after it had started.
+                    if let Some(cpus) = self.cpus {
+                        cpus.restore();
+                    }
+                    return Ok(Some((terminal, lock)));
+                }
+                Some(order @ (Order::Hold(_) | Order::Forget)) => self.keep(order),
+                Some(_) => continue,
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// The launcher was told to exec the job: the job's process is `pid`.
+    fn started(&mut self, pid: Pid, terminal: bool, lock: &str) {
+        if terminal {
+            // Also from this side, as shells do: whichever runs first wins the race harmlessly.
+            let _ = nix::unistd::tcsetpgrp(io::stdin().as_fd(), pid);
+            self.took_terminal = true;
+        }
+        self.job = Some(pid);
+        // Its own child, not reaped yet: the pid is surely the launcher's.
+        self.leader = crate::procfs::Pinned::open(pid);
+        self.report(Report::Started { pid: pid.as_raw() });
+        // After the report, off the path to the job's start.
+        title::set("lease-watchdog", &format!("elect: watchdog for {lock}"));
+    }
+
+    /// Watches the job until no process of it is left, then reports how it ended.
+    fn watch_job(&mut self) -> io::Result<()> {
         loop {
             self.arm_timer()?;
-            let (socket_ready, signal_ready, timer_ready) = {
-                let mut fds = [
-                    PollFd::new(self.socket.as_fd(), PollFlags::POLLIN),
-                    PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
-                    PollFd::new(self.timer.as_fd(), PollFlags::POLLIN),
-                ];
-                if !self.elect_alive {
-                    fds[0] = PollFd::new(self.socket.as_fd(), PollFlags::empty());
-                }
-                match poll(&mut fds, PollTimeout::NONE) {
-                    Ok(_) => {}
-                    Err(Errno::EINTR) => continue,
-                    Err(e) => return Err(e.into()),
-                }
-                let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-                (
-                    self.elect_alive && ready(&fds[0]),
-                    ready(&fds[1]),
-                    ready(&fds[2]),
-                )
+            let Some(ready) = self.wait()? else {
+                continue;
             };
-            if signal_ready {
+            if ready.signals {
                 while let Ok(Some(info)) = self.signals.read_signal() {
                     if info.ssi_signo == Signal::SIGCONT as u32 {
                         self.resume();
                     }
                 }
             }
-            if timer_ready {
+            if ready.timer {
                 let mut buf = [0u8; 8];
                 let _ = nix::unistd::read(&self.timer, &mut buf);
                 self.on_time();
             }
-            if socket_ready {
+            if ready.socket {
                 match self.receive()? {
                     Some(order) => self.obey(order),
                     None => {
@@ -314,6 +292,32 @@ impl Watchdog {
                 return Ok(());
             }
         }
+    }
+
+    /// Waits until elect's socket (while elect is there), the signals or the timer are ready;
+    /// `None` if a signal cut the wait short.
+    fn wait(&self) -> io::Result<Option<Ready>> {
+        let socket = if self.elect_alive {
+            PollFlags::POLLIN
+        } else {
+            PollFlags::empty()
+        };
+        let mut fds = [
+            PollFd::new(self.socket.as_fd(), socket),
+            PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.timer.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(Errno::EINTR) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+        Ok(Some(Ready {
+            socket: self.elect_alive && ready(&fds[0]),
+            signals: ready(&fds[1]),
+            timer: ready(&fds[2]),
+        }))
     }
 
     fn obey(&mut self, order: Order) {
@@ -354,71 +358,6 @@ impl Watchdog {
         }
     }
 
-    /// Starts stopping the job, with SIGKILL after `grace` but never after the deadline.
-    fn stop_by(&mut self, grace: Duration) {
-        if self.phase != Phase::Running {
-            return;
-        }
-        let mut kill_at = BootTime::now() + grace;
-        if let Some(deadline) = self.deadline {
-            kill_at = kill_at.min(deadline);
-        }
-        self.phase = Phase::Terminating { kill_at };
-        self.signal_all(Signal::SIGTERM);
-        self.signal_all(Signal::SIGCONT);
-        self.on_time();
-    }
-
-    fn on_time(&mut self) {
-        let now = BootTime::now();
-        match self.phase {
-            Phase::Running => {
-                if let Some(deadline) = self.deadline {
-                    if now >= deadline - self.grace {
-                        self.report(Report::DeadlinePassed);
-                        self.stop_by(self.grace);
-                    }
-                }
-            }
-            Phase::Terminating { kill_at } if now >= kill_at => {
-                self.phase = Phase::Killing;
-                self.signal_all(Signal::SIGKILL);
-            }
-            Phase::Terminating { .. } | Phase::Killing => {}
-        }
-    }
-
-    fn arm_timer(&self) -> io::Result<()> {
-        let at = match self.phase {
-            Phase::Running => self.deadline.map(|d| d - self.grace),
-            Phase::Terminating { kill_at } => Some(kill_at),
-            Phase::Killing => None,
-        };
-        match at {
-            Some(at) => {
-                // Zero would disarm the timer; a passed time must still fire.
-                let nanos = at.as_nanos().max(1);
-                let spec = TimeSpec::from_duration(Duration::from_nanos(nanos));
-                self.timer
-                    .set(
-                        Expiration::OneShot(spec),
-                        TimerSetTimeFlags::TFD_TIMER_ABSTIME,
-                    )
-                    .map_err(io::Error::from)
-            }
-            None => self.timer.unset().map_err(io::Error::from),
-        }
-    }
-
-    /// Signals the job's process group and every descendant (some may have left the group with
-    /// setsid, but they remain our descendants).
-    fn signal_all(&self, sig: Signal) {
-        if let Some(job) = self.job {
-            let _ = killpg(job, sig);
-        }
-        crate::procfs::signal_descendants(Pid::this(), &[], sig);
-    }
-
     /// Reaps every child that has ended. True when no process of the job is left.
     fn reap(&mut self) -> bool {
         loop {
@@ -451,62 +390,13 @@ impl Watchdog {
         }
     }
 
-    /// The job's main process stopped: Ctrl-Z, a read from the terminal in the background, or
-    /// SIGSTOP.
-    fn job_stopped(&mut self, sig: Signal) {
-        let Some(job) = self.job else { return };
-        match self.front {
-            // The shell learns of the stop from the front, and continues the front (then the job,
-            // see `resume`) with `fg` or `bg`. elect keeps renewing meanwhile.
-            Some(front) if self.phase == Phase::Running => {
-                self.suspended = true;
-                let _ = signal::kill(front.pid, sig);
-            }
-            // Being stopped, the job is being stopped for good anyway.
-            Some(_) => {}
-            // Without a front nothing could resume a job stopped by Ctrl-Z in the terminal's
-            // foreground: elect cannot stop along with it without stopping its renewals. So the
-            // job is continued.
-            None if sig == Signal::SIGTSTP => {
-                let _ = killpg(job, Signal::SIGCONT);
-            }
-            None => {}
-        }
-    }
-
-    /// The front was continued: `fg` (the shell gave the terminal to the front's group) or `bg`.
-    fn resume(&mut self) {
-        let Some(job) = self.job.filter(|_| self.suspended) else {
-            return;
-        };
-        self.suspended = false;
-        let stdin = io::stdin();
-        if nix::unistd::tcgetpgrp(stdin.as_fd()).ok() == Some(self.home) {
-            let _ = nix::unistd::tcsetpgrp(stdin.as_fd(), job);
-            self.took_terminal = true;
-        }
-        let _ = killpg(job, Signal::SIGCONT);
-    }
-
     fn ended(&mut self, pid: Pid, how: JobExit) {
         if Some(pid) != self.job || self.exit.is_some() {
             return;
         }
         self.exit = Some(how);
         self.stopped = self.phase != Phase::Running;
-        if self.took_terminal {
-            // Only from the job: after `bg` the shell has the terminal, and keeps it.
-            let stdin = io::stdin();
-            if nix::unistd::tcgetpgrp(stdin.as_fd()).ok() == Some(pid) {
-                let _ = nix::unistd::tcsetpgrp(stdin.as_fd(), self.home);
-            }
-            self.took_terminal = false;
-        }
-        if let Some(front) = self.front.filter(|_| self.suspended) {
-            // A stopped front could not report the end to the shell.
-            self.suspended = false;
-            let _ = signal::kill(front.pid, Signal::SIGCONT);
-        }
+        self.job_ended(pid);
     }
 
     fn receive(&mut self) -> io::Result<Option<Order>> {
@@ -548,88 +438,46 @@ impl Watchdog {
         Ok(Order::decode(&buf[..len]))
     }
 
-    /// Waits for elect to hang up after the last report. Closing a socket with orders still
-    /// unread would reset the connection, and elect could lose the report instead of reading it.
-    fn linger(&mut self) {
-        self._kernel_lock = None;
-        while self.elect_alive {
-            if let Some(deadline) = self.deadline.filter(|_| self.leader.is_some()) {
-                self.linger_fenced(deadline);
-                continue;
-            }
-            match self.receive() {
-                Ok(Some(order @ (Order::Hold(_) | Order::Forget))) => self.keep(order),
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => self.elect_alive = false,
-            }
-        }
-    }
-
-    /// One wait of [`Watchdog::linger`] under a deadline: for elect's next order or its hang-up,
-    /// and for the deadline, which still holds for what is left in the job's process group (the
-    /// `--on-acquired` hook, see [`crate::hooks`]): elect renews no more once the job has ended,
-    /// and may be stopped.
-    fn linger_fenced(&mut self, deadline: BootTime) {
-        let now = BootTime::now();
-        if now >= deadline {
-            self.signal_group(Signal::SIGKILL);
-            self.deadline = None;
-            return;
-        }
-        if now >= deadline - self.grace && !self.group_termed {
-            self.signal_group(Signal::SIGTERM);
-            self.signal_group(Signal::SIGCONT);
-            self.group_termed = true;
-        }
-        let at = if self.group_termed {
-            deadline
-        } else {
-            deadline - self.grace
-        };
-        let spec = TimeSpec::from_duration(Duration::from_nanos(at.as_nanos().max(1)));
-        if self
-            .timer
-            .set(
-                Expiration::OneShot(spec),
-                TimerSetTimeFlags::TFD_TIMER_ABSTIME,
-            )
-            .is_err()
-        {
-            self.deadline = None;
-            return;
-        }
-        let mut fds = [
-            PollFd::new(self.socket.as_fd(), PollFlags::POLLIN),
-            PollFd::new(self.timer.as_fd(), PollFlags::POLLIN),
-        ];
-        if matches!(poll(&mut fds, PollTimeout::NONE), Ok(_) | Err(Errno::EINTR))
-            && fds[0].revents().is_none_or(|r| r.is_empty())
-        {
-            return;
-        }
-        match self.receive() {
-            Ok(Some(Order::Deadline(d))) if !self.group_termed => self.deadline = d,
-            Ok(Some(order @ (Order::Hold(_) | Order::Forget))) => self.keep(order),
-            Ok(Some(_)) => {}
-            Ok(None) | Err(_) => self.elect_alive = false,
-        }
-    }
-
-    /// Signals the job's process group through its leader's pidfd, which names the group itself
-    /// even once the leader is reaped (Linux 6.9). Before, by number, while the group has members.
-    fn signal_group(&self, sig: Signal) {
-        let (Some(job), Some(leader)) = (self.job, &self.leader) else {
-            return;
-        };
-        if leader.signal_group(sig) == Err(Errno::EINVAL) && killpg(job, None).is_ok() {
-            let _ = killpg(job, sig);
-        }
-    }
-
     fn report(&self, report: Report) {
         if self.elect_alive {
             let bytes = report.encode();
             let _ = nix::sys::socket::send(self.socket.as_raw_fd(), &bytes, MsgFlags::MSG_NOSIGNAL);
         }
     }
+}
+
+/// The signals elect forwards (the watchdog learns of them from elect, and must survive a
+/// `pkill elect`), and those of job control and broken pipes, are ignored.
+fn ignore_signals() -> io::Result<()> {
+    for sig in crate::signals::FORWARDED.iter().chain(&[
+        Signal::SIGTSTP,
+        Signal::SIGTTIN,
+        Signal::SIGTTOU,
+        Signal::SIGPIPE,
+    ]) {
+        // SAFETY: SIG_IGN installs no handler code.
+        unsafe { signal::signal(*sig, SigHandler::SigIgn) }?;
+    }
+    Ok(())
+}
+
+/// Everything that watches the job exists before the launcher does: elect starts the launcher
+/// itself, and the job may run, fork and exit before this process reads the start order. A
+/// SIGCHLD that came before SIGCHLD was blocked would be lost, and an orphan before the subreaper
+/// was set would escape to init. `front`: at a terminal, the front passes the shell's `fg` and
+/// `bg` on as SIGCONT.
+fn watch_children(front: bool) -> io::Result<(SignalFd, TimerFd)> {
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGCHLD);
+    if front {
+        mask.add(Signal::SIGCONT);
+    }
+    mask.thread_block()?;
+    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+    let timer = TimerFd::new(
+        ClockId::CLOCK_BOOTTIME,
+        TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+    )?;
+    nix::sys::prctl::set_child_subreaper(true)?;
+    Ok((signals, timer))
 }

@@ -94,7 +94,7 @@ impl Runner<'_> {
         let lock = &cfg.lock;
         record.outcome = Some(Outcome::Error);
         let mut backend = tokio::select! {
-            opened = AnyBackend::open(cfg.backend.url.as_deref(), &cfg.backend.options) => {
+            opened = open(cfg) => {
                 opened.map_err(|e| e.into_failure(&cfg.backend.describe()))?
             }
             sig = stop_signal(signals) => return Err(interrupted(lock, sig, "connecting")),
@@ -334,13 +334,17 @@ impl Runner<'_> {
         let cfg = self.cfg;
         let describe = backend.describe().to_owned();
         let failure = |e: BackendError| e.into_failure(&describe);
-        let holder = match backend
-            .acquire(req, WaitMode::NoWait)
-            .await
-            .map_err(failure)?
-        {
-            Acquire::Acquired(lease) => return Ok(lease),
-            Acquire::Held(holder) => holder,
+        let holder = match backend.acquire(req, WaitMode::NoWait).await {
+            Ok(Acquire::Acquired(lease)) => return Ok(lease),
+            Ok(Acquire::Held(holder)) => holder,
+            // A waiter rides out an outage at its first try as it does later.
+            Err(BackendError::Unavailable(why))
+                if cfg.wait != Wait::No && backend.expiry() == Expiry::Ttl =>
+            {
+                tracing::debug!(lock = %cfg.lock, "first try failed ({why}); waiting");
+                None
+            }
+            Err(e) => return Err(failure(e)),
         };
         let held_by = holder
             .as_ref()
@@ -498,6 +502,19 @@ impl Runner<'_> {
 /// too: a singleton service in `--wait` should not die because its backend restarted. The tries
 /// are paced by [`Retry`]: at most half a second apart, so that the wait resumes soon after the
 /// network is back, with a warning at most every few seconds.
+/// Opens the backend; a contender that waits rides out a backend that gives no answer at first
+/// (see [`AnyBackend::open_waiting`]), within its wait.
+async fn open(cfg: &RunConfig) -> crate::backend::Result<AnyBackend> {
+    let (url, options) = (cfg.backend.url.as_deref(), &cfg.backend.options);
+    if cfg.wait == Wait::No {
+        return AnyBackend::open(url, options).await;
+    }
+    let until = cfg
+        .wait_limit()
+        .map(|limit| tokio::time::Instant::now() + limit);
+    AnyBackend::open_waiting(url, options, cfg.lock.as_str(), until).await
+}
+
 async fn wait_out_outages(
     backend: &mut AnyBackend,
     req: &AcquireRequest,

@@ -12,6 +12,8 @@ mod etcd_server;
 mod net;
 #[path = "support/programs.rs"]
 mod programs;
+#[path = "support/proxy.rs"]
+mod proxy;
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -343,4 +345,35 @@ fn tls_with_a_client_certificate_from_flags() {
     let line = out.one_error_line();
     assert!(line.contains("certificate"), "{line}");
     assert!(!env.file("ran").exists());
+}
+
+/// A contender that waits and finds etcd silent at first (a thousand waiters started at once
+/// keep it busy past the connect timeout; here a path that resets every connection) keeps
+/// trying within its wait instead of exiting 69 at once, and runs once etcd answers; a bounded
+/// wait gives up with 69 when its bound passes.
+#[test]
+fn a_waiter_that_cannot_connect_at_first_tries_again_within_its_wait() {
+    let server = EtcdServer::start();
+    let proxy = proxy::Proxy::start(server.endpoint().parse().unwrap());
+    proxy.set_mode(proxy::Mode::Reset);
+    let env = TestEnv::with_backend(&format!("etcd://127.0.0.1:{}", proxy.port));
+    let mut waiter = env.spawn(["run", "--lock", "late", "--wait", "--", "touch", "ran"]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        waiter.is_running(),
+        "gave up at once: {:?}",
+        waiter.try_finish()
+    );
+    proxy.set_mode(proxy::Mode::Pass);
+    waiter.wait_timeout(Duration::from_secs(20)).assert_code(0);
+    assert!(env.file("ran").exists());
+
+    proxy.set_mode(proxy::Mode::Reset);
+    let begun = Instant::now();
+    let out = env.run(["run", "--lock", "late", "--wait=2s", "--", "touch", "again"]);
+    out.assert_code(69);
+    let took = begun.elapsed();
+    assert!(took >= Duration::from_secs(2), "gave up after {took:?}");
+    assert!(took < Duration::from_secs(15), "gave up after {took:?}");
+    assert!(!env.file("again").exists());
 }

@@ -334,17 +334,13 @@ impl Runner<'_> {
         let cfg = self.cfg;
         let describe = backend.describe().to_owned();
         let failure = |e: BackendError| e.into_failure(&describe);
-        let holder = match backend.acquire(req, WaitMode::NoWait).await {
-            Ok(Acquire::Acquired(lease)) => return Ok(lease),
-            Ok(Acquire::Held(holder)) => holder,
-            // A waiter rides out an outage at its first try as it does later.
-            Err(BackendError::Unavailable(why))
-                if cfg.wait != Wait::No && backend.expiry() == Expiry::Ttl =>
-            {
-                tracing::debug!(lock = %cfg.lock, "first try failed ({why}); waiting");
-                None
-            }
-            Err(e) => return Err(failure(e)),
+        let holder = match backend
+            .acquire(req, WaitMode::NoWait)
+            .await
+            .map_err(failure)?
+        {
+            Acquire::Acquired(lease) => return Ok(lease),
+            Acquire::Held(holder) => holder,
         };
         let held_by = holder
             .as_ref()

@@ -242,6 +242,26 @@ impl AnyBackend {
 }
 
 impl AnyBackend {
+    /// [`AnyBackend::open`] for a contender that will wait for `lock` (`--wait`, bounded by
+    /// `until`): a backend that gives no answer at first is tried again within the wait, where
+    /// the backend knows an answer from its absence (etcd, which a thousand waiters started at
+    /// once can keep busy past its connect timeout). Elsewhere the same as `open`.
+    pub async fn open_waiting(
+        url: Option<&str>,
+        options: &BackendOptions,
+        lock: &str,
+        until: Option<tokio::time::Instant>,
+    ) -> Result<Self> {
+        match url.map(BackendUrl::parse).transpose()? {
+            Some(parsed) if matches!(parsed.scheme(), Scheme::Etcd | Scheme::Etcds) => {
+                Ok(Self::Etcd(Box::new(
+                    etcd::EtcdBackend::open_until(&parsed, options, lock, until).await?,
+                )))
+            }
+            _ => Self::open(url, options).await,
+        }
+    }
+
     /// Has a waiting acquire send the lease it waits under, where a waiter leaves something on
     /// the server that outlives it (etcd's queue key): see `handoff`. The other
     /// backends keep nothing of a waiter once its connection is gone.

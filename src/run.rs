@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 
 use crate::backend::{AnyBackend, Backend, Expiry};
+use crate::cli::Wait;
 use crate::clock::{Clock, SystemClock};
 use crate::config::RunConfig;
 use crate::exit::{code, Failure};
@@ -110,17 +111,27 @@ impl Runner<'_> {
         }
     }
 
-    /// Opens the backend; a stopping signal meanwhile ends the run.
+    /// Opens the backend; a stopping signal meanwhile ends the run. A contender that waits rides
+    /// out a backend that gives no answer at first (see [`AnyBackend::open_waiting`]), within its
+    /// wait.
     async fn open(
         &self,
         signals: &mut mpsc::UnboundedReceiver<i32>,
     ) -> Result<AnyBackend, Failure> {
-        let backend = &self.cfg.backend;
-        tokio::select! {
-            opened = AnyBackend::open(backend.url.as_deref(), &backend.options) => {
-                opened.map_err(|e| e.into_failure(&backend.describe()))
+        let cfg = self.cfg;
+        let (url, options) = (cfg.backend.url.as_deref(), &cfg.backend.options);
+        let opening = async {
+            if cfg.wait == Wait::No {
+                return AnyBackend::open(url, options).await;
             }
-            sig = stop_signal(signals) => Err(interrupted(&self.cfg.lock, sig, "connecting")),
+            let until = cfg
+                .wait_limit()
+                .map(|limit| tokio::time::Instant::now() + limit);
+            AnyBackend::open_waiting(url, options, cfg.lock.as_str(), until).await
+        };
+        tokio::select! {
+            opened = opening => opened.map_err(|e| e.into_failure(&cfg.backend.describe())),
+            sig = stop_signal(signals) => Err(interrupted(&cfg.lock, sig, "connecting")),
         }
     }
 

@@ -11,6 +11,7 @@ mod support {
     pub mod net;
     pub mod process;
     pub mod programs;
+    pub mod proxy;
 }
 
 use std::process::Stdio;
@@ -20,7 +21,7 @@ use serde_json::Value;
 use support::battery_tests;
 use support::env::{until_exists, wait_for, write_pid, TestEnv};
 use support::etcd_server::EtcdServer;
-use support::{etcd_server, net};
+use support::{etcd_server, net, proxy};
 
 /// A battery scenario on an etcd of its own, with authentication on (so that the password's
 /// redaction is checked too).
@@ -314,4 +315,35 @@ fn tls_with_a_client_certificate_from_flags() {
     let line = out.one_error_line();
     assert!(line.contains("certificate"), "{line}");
     assert!(!env.file("ran").exists());
+}
+
+/// A contender that waits and finds etcd silent at first (a thousand waiters started at once
+/// keep it busy past the connect timeout; here a path that resets every connection) keeps
+/// trying within its wait instead of exiting 69 at once, and runs once etcd answers; a bounded
+/// wait gives up with 69 when its bound passes.
+#[test]
+fn a_waiter_that_cannot_connect_at_first_tries_again_within_its_wait() {
+    let server = EtcdServer::start();
+    let proxy = proxy::Proxy::start(server.endpoint().parse().unwrap());
+    proxy.set_mode(proxy::Mode::Reset);
+    let env = TestEnv::with_backend(&format!("etcd://127.0.0.1:{}", proxy.port));
+    let mut waiter = env.spawn(["run", "--lock", "late", "--wait", "--", "touch", "ran"]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        waiter.is_running(),
+        "gave up at once: {:?}",
+        waiter.try_finish()
+    );
+    proxy.set_mode(proxy::Mode::Pass);
+    waiter.wait_timeout(Duration::from_secs(20)).assert_code(0);
+    assert!(env.file("ran").exists());
+
+    proxy.set_mode(proxy::Mode::Reset);
+    let begun = Instant::now();
+    let out = env.run(["run", "--lock", "late", "--wait=2s", "--", "touch", "again"]);
+    out.assert_code(69);
+    let took = begun.elapsed();
+    assert!(took >= Duration::from_secs(2), "gave up after {took:?}");
+    assert!(took < Duration::from_secs(15), "gave up after {took:?}");
+    assert!(!env.file("again").exists());
 }

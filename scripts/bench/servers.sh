@@ -47,7 +47,7 @@ start_etcd() {
     --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
     --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
     --initial-cluster "bench=http://127.0.0.1:$ETCD_PEER_PORT" \
-    --log-outputs stderr </dev/null >/dev/null 2>"$BENCH_WORK/etcd/etcd.log" &
+    --logger zap --log-outputs stderr </dev/null >/dev/null 2>"$BENCH_WORK/etcd/etcd.log" &
   ETCD_PID=$!
   wait_until 15 etcdctl --endpoints "http://127.0.0.1:$ETCD_PORT" endpoint health \
     || { echo "etcd did not start: $BENCH_WORK/etcd/etcd.log" >&2; return 1; }

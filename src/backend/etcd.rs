@@ -150,8 +150,31 @@ impl EtcdBackend {
     /// endpoints, credentials or TLS shows up here, before any child starts.
     pub async fn open(url: &BackendUrl, options: &BackendOptions) -> Result<Self> {
         let target = Target::from_url(url)?;
-        let (client, endpoint) = connect::connect_any(&target, options, 0).await?;
-        Ok(Self {
+        let connected = connect::connect_any(&target, options, 0).await?;
+        Ok(Self::connected(url, options, target, connected))
+    }
+
+    /// [`EtcdBackend::open`] for a contender that will wait for `lock`: while no endpoint
+    /// answers, it tries again (with backoff and jitter) until `until` (`None`: for ever), as a
+    /// wait rides out an outage. A refusal (credentials, permissions, TLS) still fails at once.
+    pub async fn open_until(
+        url: &BackendUrl,
+        options: &BackendOptions,
+        lock: &str,
+        until: Option<tokio::time::Instant>,
+    ) -> Result<Self> {
+        let target = Target::from_url(url)?;
+        let connected = connect::connect_any_until(&target, options, lock, until).await?;
+        Ok(Self::connected(url, options, target, connected))
+    }
+
+    fn connected(
+        url: &BackendUrl,
+        options: &BackendOptions,
+        target: Target,
+        (client, endpoint): (Client, usize),
+    ) -> Self {
+        Self {
             client,
             endpoint,
             failed: false,
@@ -166,7 +189,7 @@ impl EtcdBackend {
             keepalive: None,
             pending: Vec::new(),
             queued: None,
-        })
+        }
     }
 
     /// The key prefix in use (`elect/` unless the URL says otherwise).

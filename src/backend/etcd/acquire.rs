@@ -3,7 +3,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::keepalive::{Alive, KeepAlive};
-use super::queue::{self, Turn};
+use super::queue::{self, Turn, Waiting};
 use super::status::holder_of;
 use super::{connect, revoke, timed, token_of, ttl_seconds, EtcdBackend, DROP_REVOKE_TIMEOUT};
 use crate::backend::retry::Retry;
@@ -194,29 +194,20 @@ impl EtcdBackend {
                     }
                     Err(err) => Err(err),
                 }
-            } else if places == 1 {
-                queue::wait_turn(
-                    &mut self.client,
-                    queue,
-                    rev,
-                    keepalive,
-                    every,
-                    req.ttl,
-                    alive_at,
-                )
-                .await
             } else {
-                queue::wait_place(
-                    &mut self.client,
+                let mut me = Waiting {
                     queue,
                     rev,
-                    places,
-                    keepalive,
+                    keepalive: &mut *keepalive,
                     every,
-                    req.ttl,
-                    alive_at,
-                )
-                .await
+                    ttl: req.ttl,
+                    alive_at: &mut *alive_at,
+                };
+                if places == 1 {
+                    queue::wait_turn(&mut self.client, &mut me).await
+                } else {
+                    queue::wait_place(&mut self.client, &mut me, places).await
+                }
             };
             match step {
                 Err(BackendError::Unavailable(why)) if BootTime::now() < *alive_at + req.ttl => {

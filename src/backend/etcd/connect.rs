@@ -11,6 +11,7 @@ use std::time::Duration;
 use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions};
 
 use super::{Settings, CONNECT_TIMEOUT, REQUEST_TIMEOUT};
+use crate::backend::retry::Retry;
 use crate::backend::{BackendError, BackendOptions, BackendUrl, Result, Scheme};
 
 /// etcd's default client port.
@@ -21,6 +22,16 @@ pub const USER_ENV: &str = "ELECT_ETCD_USER";
 pub const PASSWORD_ENV: &str = "ELECT_ETCD_PASSWORD";
 /// The key prefix when the URL has no `?prefix=`.
 const DEFAULT_PREFIX: &str = "elect/";
+/// How long a connection may stay silent before an HTTP/2 ping asks whether the server is still
+/// there. etcd ends a connection that pings more often than every 5 s
+/// (`--grpc-keepalive-min-time`) with `GOAWAY too_many_pings` after two such pings, which a
+/// waiter's connection (a watch and a keepalive every ttl / 3) would otherwise reach now and
+/// then, and a thousand of them all the time.
+const PING_EVERY: Duration = Duration::from_secs(10);
+/// How long the answer to a ping may take before the connection counts as dead. As long as a
+/// request's: a loaded server (a thousand clients connecting at once) answers late, and a
+/// connection torn down for that only adds a reconnect to its load.
+const PING_TIMEOUT: Duration = REQUEST_TIMEOUT;
 
 /// The parts of a URL the etcd backend uses, checked.
 #[derive(Clone)]
@@ -119,8 +130,58 @@ pub(super) async fn connect_any(
     options: &BackendOptions,
     first: usize,
 ) -> Result<(Client, usize)> {
+    connect_any_once(target, options, first)
+        .await
+        .map_err(|failed| failed.error)
+}
+
+/// [`connect_any`], tried again until `until` while no endpoint answers (a timeout, a refused or
+/// reset connection): a thousand waiters started at once find the server (and their own host)
+/// busy, and some of them get no answer in time at first. The tries are paced by
+/// `backend::retry`, each pause stretched by up to half again at random, so that waiters that
+/// failed together do not come back together. An endpoint that answers with a refusal
+/// (credentials, permissions, TLS) fails at once: waiting does not mend it.
+pub(super) async fn connect_any_until(
+    target: &Target,
+    options: &BackendOptions,
+    lock: &str,
+    until: Option<tokio::time::Instant>,
+) -> Result<(Client, usize)> {
+    let mut retry = Retry::new();
+    loop {
+        match connect_any_once(target, options, 0).await {
+            Ok(connected) => {
+                retry.succeeded(lock);
+                return Ok(connected);
+            }
+            Err(Failed {
+                error: BackendError::Unavailable(why),
+                answered: false,
+            }) if until.is_none_or(|u| tokio::time::Instant::now() < u) => {
+                let pause = spread(retry.failed(lock, "connecting", &why));
+                let wake = tokio::time::Instant::now() + pause;
+                tokio::time::sleep_until(until.map_or(wake, |u| wake.min(u))).await;
+            }
+            Err(failed) => return Err(failed.error),
+        }
+    }
+}
+
+/// A connect that failed, and whether an endpoint answered (and refused) rather than gave no
+/// answer at all.
+struct Failed {
+    error: BackendError,
+    answered: bool,
+}
+
+async fn connect_any_once(
+    target: &Target,
+    options: &BackendOptions,
+    first: usize,
+) -> std::result::Result<(Client, usize), Failed> {
     let count = target.endpoints.len();
     let mut failures = Vec::with_capacity(count);
+    let mut answered = false;
     for i in (0..count).map(|k| (first + k) % count) {
         let endpoint = &target.endpoints[i];
         match connect(target, endpoint, options).await {
@@ -131,24 +192,59 @@ pub(super) async fn connect_any(
                 return Ok((client, i));
             }
             // Configuration mistakes are the same for every endpoint.
-            Err(BackendError::Config(msg)) => return Err(BackendError::Config(msg)),
-            Err(BackendError::Unavailable(msg)) => failures.push(format!("{endpoint}: {msg}")),
+            Err(Failed {
+                error: BackendError::Config(msg),
+                ..
+            }) => {
+                return Err(Failed {
+                    error: BackendError::Config(msg),
+                    answered: true,
+                })
+            }
+            Err(Failed {
+                error: BackendError::Unavailable(msg),
+                answered: said,
+            }) => {
+                answered |= said;
+                failures.push(format!("{endpoint}: {msg}"));
+            }
         }
     }
-    Err(BackendError::Unavailable(format!(
-        "{}; {}",
-        failures.join("; "),
-        hint(target, &failures.join(" ").to_ascii_lowercase())
-    )))
+    let lower = failures.join(" ").to_ascii_lowercase();
+    Err(Failed {
+        error: BackendError::Unavailable(format!(
+            "{}; {}",
+            failures.join("; "),
+            hint(target, &lower)
+        )),
+        // A TLS handshake that fails is the client's answer to the server's certificate.
+        answered: answered || is_tls(&lower),
+    })
 }
 
 /// Connects to one endpoint and proves the connection usable with one read of the prefix.
-async fn connect(target: &Target, endpoint: &str, options: &BackendOptions) -> Result<Client> {
+async fn connect(
+    target: &Target,
+    endpoint: &str,
+    options: &BackendOptions,
+) -> std::result::Result<Client, Failed> {
+    let config = |error| Failed {
+        error,
+        answered: true,
+    };
+    let failed = |e: etcd_client::Error| Failed {
+        answered: is_answer(&e),
+        error: BackendError::Unavailable(describe(&e)),
+    };
+    let no_answer = || Failed {
+        error: no_answer(),
+        answered: false,
+    };
     let mut connect = ConnectOptions::new()
         .with_connect_timeout(CONNECT_TIMEOUT)
         .with_timeout(REQUEST_TIMEOUT)
         // HTTP/2 pings find a frozen or vanished server on an idle connection.
-        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+        .with_keep_alive(PING_EVERY, PING_TIMEOUT)
         .with_keep_alive_while_idle(true)
         // etcd's auth tokens expire (5 minutes by default); a holder runs for hours.
         .with_auto_token_refresh(true);
@@ -156,13 +252,13 @@ async fn connect(target: &Target, endpoint: &str, options: &BackendOptions) -> R
         connect = connect.with_user(user, password);
     }
     if target.tls {
-        connect = connect.with_tls(tls_options(options)?);
+        connect = connect.with_tls(tls_options(options).map_err(config)?);
     } else if options.tls_ca.is_some() || options.tls_cert.is_some() || options.tls_key.is_some() {
-        return Err(BackendError::Config(
+        return Err(config(BackendError::Config(
             "TLS files were given (--tls-ca/--tls-cert/--tls-key) but the URL is etcd://; \
              use etcds:// for TLS"
                 .into(),
-        ));
+        )));
     }
     // Connecting authenticates when credentials are set, which is a request of its own.
     let client = tokio::time::timeout(
@@ -171,7 +267,7 @@ async fn connect(target: &Target, endpoint: &str, options: &BackendOptions) -> R
     )
     .await
     .map_err(|_| no_answer())?
-    .map_err(|e| BackendError::Unavailable(describe(&e)))?;
+    .map_err(failed)?;
     let mut probe = client.clone();
     tokio::time::timeout(
         CONNECT_TIMEOUT + REQUEST_TIMEOUT,
@@ -182,8 +278,42 @@ async fn connect(target: &Target, endpoint: &str, options: &BackendOptions) -> R
     )
     .await
     .map_err(|_| no_answer())?
-    .map_err(|e| BackendError::Unavailable(describe(&e)))?;
+    .map_err(failed)?;
     Ok(client)
+}
+
+/// Whether an error is the server's answer (a refusal: credentials, permissions, a bad request)
+/// rather than the lack of one (a timeout, a refused or broken connection, a server that is
+/// not ready).
+fn is_answer(err: &etcd_client::Error) -> bool {
+    use tonic::Code;
+    match err {
+        etcd_client::Error::GRpcStatus(status) => !matches!(
+            status.code(),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+        ),
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => false,
+        _ => true,
+    }
+}
+
+fn is_tls(lower: &str) -> bool {
+    lower.contains("certificate")
+        || lower.contains("tls")
+        || lower.contains("handshake")
+        || lower.contains("unknownissuer")
+}
+
+/// `pause` stretched by up to half again, at random: pid and clock, no random source needed.
+fn spread(pause: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let seed = u64::from(nanos ^ std::process::id().wrapping_mul(2_654_435_761));
+    let half = u64::try_from(pause.as_millis() / 2)
+        .unwrap_or(u64::MAX)
+        .max(1);
+    pause + Duration::from_millis(seed % half)
 }
 
 fn tls_options(options: &BackendOptions) -> Result<TlsOptions> {
@@ -234,11 +364,7 @@ fn hint(target: &Target, lower: &str) -> String {
         )
     } else if lower.contains("user name is empty") || lower.contains("user name not found") {
         format!("this etcd requires authentication: set {USER_ENV} and {PASSWORD_ENV}")
-    } else if lower.contains("certificate")
-        || lower.contains("tls")
-        || lower.contains("handshake")
-        || lower.contains("unknownissuer")
-    {
+    } else if is_tls(lower) {
         "check --tls-ca / --tls-cert / --tls-key and the server's certificate".to_owned()
     } else {
         "check that etcd runs there and that the scheme (etcd:// or etcds://) is right".to_owned()

@@ -109,22 +109,28 @@ pub(super) enum Turn {
     LeaseGone,
 }
 
-/// Waits until no key ahead of mine remains, keeping my lease alive every `keepalive_every`.
-///
-/// `alive_at` is the send time of the last keepalive that succeeded (the grant, at first); it is
-/// kept up to date, so that the caller can count the lease's time from it.
-pub(super) async fn wait_turn(
-    client: &mut Client,
-    queue: &str,
-    my_rev: i64,
-    keepalive: &mut KeepAlive,
-    keepalive_every: Duration,
-    ttl: Duration,
-    alive_at: &mut BootTime,
-) -> Result<Turn> {
-    let mut next_keepalive = tokio::time::Instant::now() + keepalive_every;
+/// A waiter's place in a queue, and the lease that keeps it there while it waits.
+pub(super) struct Waiting<'a> {
+    /// The lock's queue (its key prefix).
+    pub queue: &'a str,
+    /// The create revision of my key.
+    pub rev: i64,
+    /// The stream that keeps my lease alive.
+    pub keepalive: &'a mut KeepAlive,
+    /// How often to keep the lease alive while waiting.
+    pub every: Duration,
+    /// The lease's ttl: once no keepalive got through for that long, waiting is pointless.
+    pub ttl: Duration,
+    /// The send time of the last keepalive that succeeded (the grant, at first); kept up to
+    /// date, so that the caller can count the lease's time from it.
+    pub alive_at: &'a mut BootTime,
+}
+
+/// Waits until no key ahead of mine remains, keeping my lease alive meanwhile.
+pub(super) async fn wait_turn(client: &mut Client, me: &mut Waiting<'_>) -> Result<Turn> {
+    let mut next_keepalive = tokio::time::Instant::now() + me.every;
     loop {
-        let Some((ahead, seen_at)) = key_ahead(client, queue, my_rev).await? else {
+        let Some((ahead, seen_at)) = key_ahead(client, me.queue, me.rev).await? else {
             return Ok(Turn::Mine);
         };
         let mut watch = timed(
@@ -148,8 +154,8 @@ pub(super) async fn wait_turn(
                     }
                 },
                 () = tokio::time::sleep_until(next_keepalive) => {
-                    next_keepalive = tokio::time::Instant::now() + keepalive_every;
-                    if let Some(turn) = keep_waiting(client, keepalive, ttl, alive_at).await? {
+                    next_keepalive = tokio::time::Instant::now() + me.every;
+                    if let Some(turn) = me.keep_waiting(client).await? {
                         return Ok(turn);
                     }
                 }
@@ -192,34 +198,28 @@ pub(super) fn places_of(kv: &KeyValue) -> u32 {
 }
 
 /// Waits until my key is one of the first `places` of the queue (see [`admitted`]), keeping my
-/// lease alive every `keepalive_every`, like [`wait_turn`].
+/// lease alive meanwhile, like [`wait_turn`].
 ///
 /// The keys ahead of mine are read once, then the whole queue is watched from just after that
 /// read, and each deletion of a key ahead takes it off the local set: keys created after mine
 /// never count, so no event is missed and no polling is needed. Every waiter wakes on every
 /// deletion, which costs it no request. If the watch breaks or is cancelled (compaction), the
 /// keys ahead are read again.
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn wait_place(
     client: &mut Client,
-    queue: &str,
-    my_rev: i64,
+    me: &mut Waiting<'_>,
     places: u32,
-    keepalive: &mut KeepAlive,
-    keepalive_every: Duration,
-    ttl: Duration,
-    alive_at: &mut BootTime,
 ) -> Result<Turn> {
-    let mut next_keepalive = tokio::time::Instant::now() + keepalive_every;
+    let mut next_keepalive = tokio::time::Instant::now() + me.every;
     loop {
-        let (mut ahead, seen_at) = keys_ahead(client, queue, my_rev).await?;
+        let (mut ahead, seen_at) = keys_ahead(client, me.queue, me.rev).await?;
         if admitted(&ahead.values().copied().collect::<Vec<_>>(), places) {
             return Ok(Turn::Mine);
         }
         let mut watch = timed(
             "watch the lock queue",
             client.watch(
-                queue,
+                me.queue,
                 Some(
                     WatchOptions::new()
                         .with_prefix()
@@ -252,8 +252,8 @@ pub(super) async fn wait_place(
                     }
                 },
                 () = tokio::time::sleep_until(next_keepalive) => {
-                    next_keepalive = tokio::time::Instant::now() + keepalive_every;
-                    if let Some(turn) = keep_waiting(client, keepalive, ttl, alive_at).await? {
+                    next_keepalive = tokio::time::Instant::now() + me.every;
+                    if let Some(turn) = me.keep_waiting(client).await? {
                         return Ok(turn);
                     }
                 }
@@ -262,28 +262,25 @@ pub(super) async fn wait_place(
     }
 }
 
-/// One keepalive while waiting: `Some` when the wait is over because my lease is gone; an error
-/// once keepalives have failed for so long that the lease may have expired.
-async fn keep_waiting(
-    client: &mut Client,
-    keepalive: &mut KeepAlive,
-    ttl: Duration,
-    alive_at: &mut BootTime,
-) -> Result<Option<Turn>> {
-    let sent_at = BootTime::now();
-    match keepalive.once(client).await {
-        Ok(Alive::Yes) => *alive_at = sent_at,
-        Ok(Alive::Gone) => return Ok(Some(Turn::LeaseGone)),
-        Err(err) => {
-            // A few keepalives may fail in a row; once the lease may have expired, waiting on
-            // is pointless.
-            if BootTime::now() > *alive_at + ttl {
-                return Err(err);
+impl Waiting<'_> {
+    /// One keepalive while waiting: `Some` when the wait is over because my lease is gone; an
+    /// error once keepalives have failed for so long that the lease may have expired.
+    async fn keep_waiting(&mut self, client: &mut Client) -> Result<Option<Turn>> {
+        let sent_at = BootTime::now();
+        match self.keepalive.once(client).await {
+            Ok(Alive::Yes) => *self.alive_at = sent_at,
+            Ok(Alive::Gone) => return Ok(Some(Turn::LeaseGone)),
+            Err(err) => {
+                // A few keepalives may fail in a row; once the lease may have expired, waiting on
+                // is pointless.
+                if BootTime::now() > *self.alive_at + self.ttl {
+                    return Err(err);
+                }
+                tracing::debug!(error = %err, "keepalive while waiting failed");
             }
-            tracing::debug!(error = %err, "keepalive while waiting failed");
         }
+        Ok(None)
     }
-    Ok(None)
 }
 
 /// Every key ahead of mine (create revision below mine) with the places it was taken with, and

@@ -52,6 +52,10 @@ impl EtcdCluster {
                     &initial.join(","),
                     "--initial-cluster-state",
                     "new",
+                    // etcd 3.4's default logger is nil and panics on a slow read-index warning
+                    // (etcd-io/etcd#14402): a loaded host made a member crash.
+                    "--logger",
+                    "zap",
                     "--log-level",
                     "error",
                 ]

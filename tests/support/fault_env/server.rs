@@ -231,6 +231,9 @@ impl Server {
                     peer_url.clone(),
                     "--initial-cluster".to_owned(),
                     format!("{name}={peer_url}"),
+                    // See etcd_cluster.rs: etcd 3.4's default logger can panic.
+                    "--logger".to_owned(),
+                    "zap".to_owned(),
                     "--log-level".to_owned(),
                     "error".to_owned(),
                 ];

@@ -23,7 +23,7 @@ use super::{timed, Missing, Opening, ZkBackend};
 use crate::backend::retry::Retry;
 use crate::backend::{AcquireRequest, BackendError, Result, WaitMode};
 use crate::clock::BootTime;
-use crate::lease::Acquire;
+use crate::lease::{Acquire, HolderInfo};
 
 /// How many unfinished acquires' nodes are remembered for deleting.
 const MAX_PENDING: usize = 16;
@@ -34,6 +34,29 @@ enum Attempt {
     /// The place in the queue is gone (the session ended, or the node was deleted): queue
     /// again.
     Requeue(String),
+}
+
+/// Our node in a lock's queue, for one pass.
+struct Place {
+    /// The lock's node.
+    lock: String,
+    /// Our node's name, and its path.
+    node: String,
+    path: String,
+    /// Our node's creation zxid: the fencing token.
+    czxid: i64,
+    /// How many may hold the lock at once (`--holders`).
+    places: u32,
+    me: HolderInfo,
+}
+
+/// What one look at the queue came to.
+enum Look {
+    /// Look again at once.
+    Again,
+    Done(Attempt),
+    /// A request failed (see `failed_while_waiting`).
+    Failed(BackendError),
 }
 
 impl ZkBackend {
@@ -116,6 +139,8 @@ impl ZkBackend {
         Ok(())
     }
 
+    /// One pass: join the queue, then look at it until the turn comes, the place is lost, or
+    /// (without waiting) the lock is found busy.
     async fn attempt(
         &mut self,
         client: &Client,
@@ -123,6 +148,28 @@ impl ZkBackend {
         wait: WaitMode,
         retry: &mut Retry,
     ) -> Result<Attempt> {
+        let place = self.join_queue(client, req).await?;
+        let mut waited = false;
+        loop {
+            match self
+                .look(client, req, wait, retry, &place, &mut waited)
+                .await?
+            {
+                Look::Again => {}
+                Look::Done(attempt) => return Ok(attempt),
+                Look::Failed(err) => {
+                    let lock = req.name.as_str();
+                    let failed = self.failed_while_waiting(client, err, waited, retry, lock);
+                    if let Some(attempt) = failed.await? {
+                        return Ok(attempt);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Creates our node in the lock's queue, remembered for deleting until the pass settles it.
+    async fn join_queue(&mut self, client: &Client, req: &AcquireRequest) -> Result<Place> {
         let lock = self.lock_path(&req.name);
         let places = req.holders.max(1);
         let mut me = req.holder.clone();
@@ -133,116 +180,111 @@ impl ZkBackend {
         if self.pending.len() > MAX_PENDING {
             self.pending.remove(0);
         }
-        let mut waited = false;
-        loop {
-            let sent_at = BootTime::now();
-            let children = match timed("list the lock queue", client.list_children(&lock)).await {
-                Ok(children) => children,
-                Err(Missing::Gone) => Vec::new(),
-                Err(Missing::Failed(err)) => {
-                    match self
-                        .failed_while_waiting(client, err, waited, retry, req.name.as_str())
-                        .await?
-                    {
-                        Some(attempt) => return Ok(attempt),
-                        None => continue,
-                    }
-                }
-            };
-            retry.succeeded(req.name.as_str());
-            let contenders = queue::contenders(&children);
-            let Some(mine) = contenders.iter().position(|c| c.name == node) else {
-                self.settled(&path);
-                return Ok(Attempt::Requeue(format!(
-                    "the queue node {path} was deleted"
-                )));
-            };
-            let ahead = &contenders[..mine];
-            if let Some(own) = self.abandoned_among(&lock, ahead) {
-                // An earlier pass's node whose delete failed while the connection was down: it
-                // must not stand ahead of this one for as long as the session lives.
-                if let Err(Missing::Failed(err)) = timed(
-                    "delete an abandoned place in the queue",
-                    client.delete(&own, None),
-                )
-                .await
-                {
-                    match self
-                        .failed_while_waiting(client, err, waited, retry, req.name.as_str())
-                        .await?
-                    {
-                        Some(attempt) => return Ok(attempt),
-                        None => continue,
-                    }
-                }
-                self.settled(&own);
-                continue;
-            }
-            let ahead_places = if places == 1 {
-                // Any contender ahead keeps a mutex user out: no need to read them.
-                vec![1; ahead.len()]
-            } else {
-                self.places_of(client, &lock, ahead).await?
-            };
-            if queue::admitted(&ahead_places, places) {
-                let (holder, sent_at) = if waited {
-                    self.taken_after_wait(client, &path, me.clone(), sent_at)
-                        .await?
-                } else {
-                    (me.clone(), sent_at)
-                };
-                self.settled(&path);
-                return Ok(Attempt::Done(Acquire::Acquired(lease(
-                    req, holder, &node, czxid, sent_at,
-                ))));
-            }
-            if wait == WaitMode::NoWait {
-                let owner = self.holder_at(client, &lock, &contenders[0].name).await;
-                if let Ok(()) | Err(Missing::Gone) =
-                    timed("leave the queue", client.delete(&path, None)).await
-                {
-                    self.settled(&path);
-                }
-                return Ok(Attempt::Done(Acquire::Held(owner)));
-            }
-            if !waited {
-                tracing::debug!(lock = %req.name, node, "waiting in the lock queue");
-                waited = true;
-            }
-            let watched = if places == 1 {
-                let predecessor = format!("{lock}/{}", ahead[mine - 1].name);
-                match client.check_and_watch_stat(&predecessor).await {
-                    // Gone between the list and the watch: look again.
-                    Ok((None, _)) => continue,
-                    Ok((Some(_), watcher)) => Ok(watcher),
-                    Err(err) => Err(err),
-                }
-            } else {
-                client
-                    .list_and_watch_children(&lock)
-                    .await
-                    .map(|(_, watcher)| watcher)
-            };
-            match watched {
-                Ok(watcher) => {
-                    // A watcher fires on the node's change, and on the session's end.
-                    let _ = watcher.changed().await;
-                }
-                Err(err) => {
-                    let err = BackendError::Unavailable(format!(
-                        "watch the queue: {}",
-                        super::describe(&err)
-                    ));
-                    match self
-                        .failed_while_waiting(client, err, waited, retry, req.name.as_str())
-                        .await?
-                    {
-                        Some(attempt) => return Ok(attempt),
-                        None => continue,
-                    }
-                }
-            }
+        Ok(Place {
+            lock,
+            node,
+            path,
+            czxid,
+            places,
+            me,
+        })
+    }
+
+    /// One look at the queue: our turn, busy, or a wait until the contender ahead changes.
+    async fn look(
+        &mut self,
+        client: &Client,
+        req: &AcquireRequest,
+        wait: WaitMode,
+        retry: &mut Retry,
+        place: &Place,
+        waited: &mut bool,
+    ) -> Result<Look> {
+        let sent_at = BootTime::now();
+        let listed = timed("list the lock queue", client.list_children(&place.lock)).await;
+        let children = match listed {
+            Ok(children) => children,
+            Err(Missing::Gone) => Vec::new(),
+            Err(Missing::Failed(err)) => return Ok(Look::Failed(err)),
+        };
+        retry.succeeded(req.name.as_str());
+        let contenders = queue::contenders(&children);
+        let Some(mine) = contenders.iter().position(|c| c.name == place.node) else {
+            self.settled(&place.path);
+            let why = format!("the queue node {} was deleted", place.path);
+            return Ok(Look::Done(Attempt::Requeue(why)));
+        };
+        let ahead = &contenders[..mine];
+        if let Some(own) = self.abandoned_among(&place.lock, ahead) {
+            return Ok(self.drop_abandoned(client, &own).await);
         }
+        let ahead_places = if place.places == 1 {
+            // Any contender ahead keeps a mutex user out: no need to read them.
+            vec![1; ahead.len()]
+        } else {
+            self.places_of(client, &place.lock, ahead).await?
+        };
+        if queue::admitted(&ahead_places, place.places) {
+            let taken = self.take_turn(client, req, place, sent_at, *waited).await;
+            return taken.map(Look::Done);
+        }
+        if wait == WaitMode::NoWait {
+            let first = &contenders[0].name;
+            return Ok(Look::Done(self.leave_busy(client, place, first).await));
+        }
+        if !*waited {
+            tracing::debug!(lock = %req.name, node = place.node, "waiting in the lock queue");
+            *waited = true;
+        }
+        let predecessor =
+            (place.places == 1).then(|| format!("{}/{}", place.lock, ahead[mine - 1].name));
+        Ok(watch_ahead(client, place, predecessor).await)
+    }
+
+    /// Deletes a node of an earlier pass whose delete failed while the connection was down: it
+    /// must not stand ahead of this one for as long as the session lives.
+    async fn drop_abandoned(&mut self, client: &Client, own: &str) -> Look {
+        let deleted = timed(
+            "delete an abandoned place in the queue",
+            client.delete(own, None),
+        )
+        .await;
+        if let Err(Missing::Failed(err)) = deleted {
+            return Look::Failed(err);
+        }
+        self.settled(own);
+        Look::Again
+    }
+
+    /// Our turn: the lease counts from when the look that found it was sent or, after a wait,
+    /// from the rewrite of our metadata that says when the lock was taken.
+    async fn take_turn(
+        &mut self,
+        client: &Client,
+        req: &AcquireRequest,
+        place: &Place,
+        sent_at: BootTime,
+        waited: bool,
+    ) -> Result<Attempt> {
+        let (holder, sent_at) = if waited {
+            self.taken_after_wait(client, &place.path, place.me.clone(), sent_at)
+                .await?
+        } else {
+            (place.me.clone(), sent_at)
+        };
+        self.settled(&place.path);
+        let lease = lease(req, holder, &place.node, place.czxid, sent_at);
+        Ok(Attempt::Done(Acquire::Acquired(lease)))
+    }
+
+    /// Busy, without waiting: the holder, and our node deleted at once.
+    async fn leave_busy(&mut self, client: &Client, place: &Place, first: &str) -> Attempt {
+        let owner = self.holder_at(client, &place.lock, first).await;
+        let left = timed("leave the queue", client.delete(&place.path, None)).await;
+        if let Ok(()) | Err(Missing::Gone) = left {
+            self.settled(&place.path);
+        }
+        Attempt::Done(Acquire::Held(owner))
     }
 
     /// A request failed while in the queue. An ended session took the node with it: queue
@@ -305,5 +347,33 @@ async fn pace(retry: &mut Retry, lock: &str, began: Instant, why: &str) {
     if !pause.is_zero() {
         let fifths = uuid::Uuid::new_v4().as_u128() % 1000;
         tokio::time::sleep(pause + pause.mul_f64(fifths as f64 / 5000.0)).await;
+    }
+}
+
+/// Waits for a change ahead in the queue: the contender just ahead (`predecessor`, with one
+/// place), or the lock's children (with several, where any holder may go first).
+async fn watch_ahead(client: &Client, place: &Place, predecessor: Option<String>) -> Look {
+    let watched = match predecessor {
+        Some(predecessor) => match client.check_and_watch_stat(&predecessor).await {
+            // Gone between the list and the watch: look again.
+            Ok((None, _)) => return Look::Again,
+            Ok((Some(_), watcher)) => Ok(watcher),
+            Err(err) => Err(err),
+        },
+        None => client
+            .list_and_watch_children(&place.lock)
+            .await
+            .map(|(_, watcher)| watcher),
+    };
+    match watched {
+        Ok(watcher) => {
+            // A watcher fires on the node's change, and on the session's end.
+            let _ = watcher.changed().await;
+            Look::Again
+        }
+        Err(err) => Look::Failed(BackendError::Unavailable(format!(
+            "watch the queue: {}",
+            super::describe(&err)
+        ))),
     }
 }

@@ -63,18 +63,12 @@ impl EtcdBackend {
         self.pending.retain(|&p| p != id);
     }
 
+    /// One attempt: a lease, our key in the lock's queue under it, and the turn (waited for, with
+    /// `--wait`).
     async fn attempt(&mut self, req: &AcquireRequest, wait: WaitMode) -> Result<Attempt> {
         let ttl_secs = ttl_seconds(req.ttl);
         let mut alive_at = BootTime::now();
-        let grant = timed("grant a lease", self.client.lease_grant(ttl_secs, None)).await?;
-        let lease_id = grant.id();
-        self.pending.push(lease_id);
-        if grant.ttl() < ttl_secs {
-            return Err(BackendError::Unavailable(format!(
-                "etcd granted a {}s lease where {ttl_secs}s were asked",
-                grant.ttl()
-            )));
-        }
+        let lease_id = self.grant(ttl_secs).await?;
         let queue = self.settings.prefix_of(&req.name);
         let my_key = format!("{queue}{lease_id:x}");
         let places = req.holders.max(1);
@@ -88,70 +82,90 @@ impl EtcdBackend {
         let mut keepalive = KeepAlive::new(lease_id);
         // With one place: the owner is me (no key ahead).
         let ahead: Vec<u32> = position.ahead().map(queue::places_of).collect();
-        if !queue::admitted(&ahead, places) {
-            match wait {
-                WaitMode::NoWait => {
-                    // Revoking deletes my key with the lease: a busy lock keeps no trace of us.
-                    self.revoke_pending().await;
-                    let holder = position.owner().and_then(holder_of);
-                    return Ok(Attempt::Done(Acquire::Held(holder)));
-                }
-                WaitMode::Wait => {
-                    tracing::debug!(lock = %req.name, key = my_key, "waiting in the lock queue");
-                    if let Some(to) = &self.queued {
-                        let _ = to.send(lease(req, me.clone(), position.rev, lease_id, alive_at));
-                    }
-                    let turn = self
-                        .wait_in_line(req, &queue, position.rev, &mut keepalive, &mut alive_at)
-                        .await?;
-                    if let Turn::LeaseGone = turn {
-                        self.settled(lease_id);
-                        return Ok(Attempt::Expired);
-                    }
-                    // The turn may have come long after the last keepalive: renew once more, so
-                    // that the job starts with as much of the ttl as possible.
-                    let sent_at = BootTime::now();
-                    match keepalive.once(&mut self.client).await {
-                        Ok(Alive::Yes) => alive_at = sent_at,
-                        Ok(Alive::Gone) => {
-                            self.settled(lease_id);
-                            return Ok(Attempt::Expired);
-                        }
-                        // The earlier keepalive still counts.
-                        Err(err) => {
-                            tracing::debug!(error = %err, "keepalive on taking the lock failed")
-                        }
-                    }
-                    let mut holder = me;
-                    holder.acquired_at = SystemTime::now();
-                    let value = holder_json(&holder)?;
-                    if !queue::update_mine(&mut self.client, &my_key, position.rev, value, lease_id)
-                        .await?
-                    {
-                        self.settled(lease_id);
-                        return Ok(Attempt::Expired);
-                    }
-                    self.settled(lease_id);
-                    self.keepalive = Some(keepalive);
-                    return Ok(Attempt::Done(Acquire::Acquired(lease(
-                        req,
-                        holder,
-                        position.rev,
-                        lease_id,
-                        alive_at,
-                    ))));
-                }
-            }
+        if queue::admitted(&ahead, places) {
+            return Ok(self.holding(req, me, position.rev, keepalive, alive_at));
         }
+        if wait == WaitMode::NoWait {
+            // Revoking deletes my key with the lease: a busy lock keeps no trace of us.
+            self.revoke_pending().await;
+            let holder = position.owner().and_then(holder_of);
+            return Ok(Attempt::Done(Acquire::Held(holder)));
+        }
+        tracing::debug!(lock = %req.name, key = my_key, "waiting in the lock queue");
+        if let Some(to) = &self.queued {
+            let _ = to.send(lease(req, me.clone(), position.rev, lease_id, alive_at));
+        }
+        let turn = self
+            .wait_in_line(req, &queue, position.rev, &mut keepalive, &mut alive_at)
+            .await?;
+        if let Turn::LeaseGone = turn {
+            self.settled(lease_id);
+            return Ok(Attempt::Expired);
+        }
+        self.take_turn(req, me, (&my_key, position.rev), keepalive, alive_at)
+            .await
+    }
+
+    /// A lease of at least `ttl_secs`, remembered for revoking until the attempt settles it.
+    async fn grant(&mut self, ttl_secs: i64) -> Result<i64> {
+        let grant = timed("grant a lease", self.client.lease_grant(ttl_secs, None)).await?;
+        self.pending.push(grant.id());
+        if grant.ttl() < ttl_secs {
+            return Err(BackendError::Unavailable(format!(
+                "etcd granted a {}s lease where {ttl_secs}s were asked",
+                grant.ttl()
+            )));
+        }
+        Ok(grant.id())
+    }
+
+    /// The turn came after a wait, maybe long after the last keepalive: renew once more, so that
+    /// the job starts with as much of the ttl as possible, and say in our key when the lock was
+    /// taken.
+    async fn take_turn(
+        &mut self,
+        req: &AcquireRequest,
+        me: HolderInfo,
+        (my_key, rev): (&str, i64),
+        mut keepalive: KeepAlive,
+        mut alive_at: BootTime,
+    ) -> Result<Attempt> {
+        let lease_id = keepalive.id();
+        let sent_at = BootTime::now();
+        match keepalive.once(&mut self.client).await {
+            Ok(Alive::Yes) => alive_at = sent_at,
+            Ok(Alive::Gone) => {
+                self.settled(lease_id);
+                return Ok(Attempt::Expired);
+            }
+            // The earlier keepalive still counts.
+            Err(err) => tracing::debug!(error = %err, "keepalive on taking the lock failed"),
+        }
+        let mut holder = me;
+        holder.acquired_at = SystemTime::now();
+        let value = holder_json(&holder)?;
+        if !queue::update_mine(&mut self.client, my_key, rev, value, lease_id).await? {
+            self.settled(lease_id);
+            return Ok(Attempt::Expired);
+        }
+        Ok(self.holding(req, holder, rev, keepalive, alive_at))
+    }
+
+    /// The lock is ours: the lease is kept alive from now on.
+    fn holding(
+        &mut self,
+        req: &AcquireRequest,
+        holder: HolderInfo,
+        rev: i64,
+        keepalive: KeepAlive,
+        alive_at: BootTime,
+    ) -> Attempt {
+        let lease_id = keepalive.id();
         self.settled(lease_id);
         self.keepalive = Some(keepalive);
-        Ok(Attempt::Done(Acquire::Acquired(lease(
-            req,
-            me,
-            position.rev,
-            lease_id,
-            alive_at,
-        ))))
+        Attempt::Done(Acquire::Acquired(lease(
+            req, holder, rev, lease_id, alive_at,
+        )))
     }
 }
 

@@ -100,13 +100,7 @@ fn newcomer_defers_to_a_renamed_file(
 ) {
     let env = TestEnv::new();
     let lock = env.lock("renamed");
-    let job = format!(
-        "trap '' TERM; {}; while :; do sleep 0.05; done",
-        write_pid("old.pid")
-    );
-    let mut old = env.spawn([
-        "run", "--lock", &lock, "--ttl", "60s", "--grace", "3s", "--", "sh", "-c", &job,
-    ]);
+    let mut old = hold_ignoring_term(&env, &lock, "3s");
     let old_job = env.read_pid("old.pid");
     let path = env.lock_dir().unwrap().join(format!("{lock}.lock"));
     let to = rename_to(&env, &path);
@@ -348,13 +342,7 @@ fn locks_on_btrfs_are_seen_where_stat_names_another_device() {
         return;
     };
     let lock = env.lock("btrfs");
-    let job = format!(
-        "trap '' TERM; {}; while :; do sleep 0.05; done",
-        write_pid("old.pid")
-    );
-    let mut old = env.spawn([
-        "run", "--lock", &lock, "--ttl", "60s", "--grace", "2s", "--", "sh", "-c", &job,
-    ]);
+    let mut old = hold_ignoring_term(&env, &lock, "2s");
     env.read_pid("old.pid");
     let status = env.status(["--lock", &lock]);
     status.assert_code(0).assert_no_panic();
@@ -406,13 +394,7 @@ flock -u "$n" && touch unlocked; sleep 30"#,
 fn a_waiter_follows_a_deleted_lock_file_to_the_new_one() {
     let env = TestEnv::new();
     let lock = env.lock("follow");
-    let job = format!(
-        "trap '' TERM; {}; while :; do sleep 0.05; done",
-        write_pid("old.pid")
-    );
-    let mut old = env.spawn([
-        "run", "--lock", &lock, "--ttl", "60s", "--grace", "3s", "--", "sh", "-c", &job,
-    ]);
+    let mut old = hold_ignoring_term(&env, &lock, "3s");
     env.read_pid("old.pid");
     let first = "echo first >> order";
     let mut waiter = env.spawn([
@@ -476,4 +458,16 @@ fn a_stopped_watchdog_does_not_outlive_its_elect() {
     assert!(!lingering, "the stopped watchdog outlived elect");
     env.run(["run", "--lock", &lock, "--", "true"])
         .assert_code(0);
+}
+
+/// A holder whose job ignores SIGTERM (it lives on for its grace once the lease is lost) and
+/// writes its pid to `old.pid`.
+fn hold_ignoring_term(env: &TestEnv, lock: &str, grace: &str) -> support::env::Running {
+    let job = format!(
+        "trap '' TERM; {}; while :; do sleep 0.05; done",
+        write_pid("old.pid")
+    );
+    env.spawn([
+        "run", "--lock", lock, "--ttl", "60s", "--grace", grace, "--", "sh", "-c", &job,
+    ])
 }

@@ -70,10 +70,11 @@ purpose: lock files are created 0660 for the group). A lock file must be a regul
 link, owned by you or root (or by the shared group) and not writable by others; anything else is
 refused (exit 69) naming it and its owner. The fencing token is kept in the lock file and grows with
 checked arithmetic. Lock files are never deleted. A holder whose lock file is deleted or replaced
-learns it at once (inotify), stops the job and exits 76; a newcomer does not start while any
+learns it within 100 ms, stops the job and exits 76; a newcomer does not start while any
 process still holds the flock of an earlier file of that path (found through /proc/locks and
-/proc/PID/fd: all processes as root, only your own otherwise): exit 75, or with \fB\-\-wait\fR it
-waits. The kernel lock cannot expire while the job runs.
+/proc/PID/fd: all processes as root, only your own otherwise; skipped for a file whose holder
+record names this very file and that was not renamed or linked since): exit 75, or with
+\fB\-\-wait\fR it waits. The kernel lock cannot expire while the job runs.
 .TP
 \fBredis://[USER:PASSWORD@]HOST[:PORT][/DB]\fR, \fBrediss://...\fR (TLS)
 SET NX PX with a random secret, in one Lua script with the fencing-token INCR; token-checked renew

@@ -134,6 +134,32 @@ fn a_lock_file_moved_to_another_directory_behaves_as_replaced() {
     });
 }
 
+/// A lock file moved away and back while another holder held the file made in its place: the
+/// file that comes back carries its last holder's record, which names its own path and inode,
+/// but the renames show in its change time, so a newcomer still looks for holders of earlier
+/// files and defers to the one in between. Trusting the record alone, it ran beside it.
+#[test]
+fn a_lock_file_moved_back_into_place_defers_to_the_holder_in_between() {
+    let env = TestEnv::new();
+    let lock = env.lock("moved-back");
+    env.run(["run", "--lock", &lock, "--", "true"])
+        .assert_code(0);
+    let path = env.lock_dir().unwrap().join(format!("{lock}.lock"));
+    let away = path.with_extension("away");
+    std::fs::rename(&path, &away).unwrap();
+    let mut between = hold_ignoring_term(&env, &lock, "3s");
+    let between_job = env.read_pid("old.pid");
+    std::fs::rename(&away, &path).unwrap();
+    let out = env.run(["run", "--lock", &lock, "--", "touch", "ran"]);
+    out.assert_code(75).assert_no_panic();
+    assert!(
+        !env.file("ran").exists(),
+        "the newcomer ran beside the holder in between"
+    );
+    env.assert_waiter_runs_after(&lock, between_job);
+    between.wait().assert_code(76);
+}
+
 /// Runs a shell command as `nobody`.
 fn as_nobody(script: &str) {
     let out = Command::new("setpriv")

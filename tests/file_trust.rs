@@ -655,6 +655,17 @@ fn replaced_lock_file_does_not_let_two_jobs_run() {
     });
 }
 
+/// A copy carries the old holder's record, which names the path (and the old file): the
+/// newcomer must not take the copy's record as its own file's.
+#[test]
+fn lock_file_replaced_by_a_copy_does_not_let_two_jobs_run() {
+    no_overlap_when(|path| {
+        let new = path.with_extension("new");
+        std::fs::copy(path, &new).unwrap();
+        std::fs::rename(&new, path).unwrap();
+    });
+}
+
 #[test]
 fn deleted_lock_file_does_not_let_two_jobs_run() {
     no_overlap_when(|path| std::fs::remove_file(path).unwrap());

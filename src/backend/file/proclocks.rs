@@ -8,13 +8,15 @@
 //! file when its inode matches and its device is either.
 
 use std::fs::{self, File, Metadata};
+use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
 
 /// One held flock from `/proc/locks` (waiters, shown with `->`, are left out).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Flock {
+    /// Taken with `LOCK_EX` (`WRITE`), not `LOCK_SH` (`READ`).
+    pub exclusive: bool,
     /// The process that took it, as this process's pid namespace sees it; 0 or less when it is
     /// not visible here.
     pub pid: i32,
@@ -64,37 +66,41 @@ impl Flock {
     }
 }
 
-/// This process's own flock on `file`, as `/proc/locks` shows it: how a holder checks later that
-/// its lock is still its own.
+/// This process's own exclusive flock on an open file, as the file's `/proc/self/fdinfo` shows
+/// it: how a holder checks later that its lock is still its own, since any process that
+/// inherited the descriptor can unlock it or take it as its own (`flock -u`, `flock -s`).
+///
+/// fdinfo lists the locks of that one open file description, under the inode's own spinlock.
+/// `/proc/locks` would do too, but reading it takes the kernel's file-lock lock for writing,
+/// which waits for an RCU grace period (see `read`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OwnFlock {
-    devices: Devices,
-    ino: u64,
     /// This process as `/proc` numbers it (the pid namespace of the `/proc` mount).
     pid: i32,
 }
 
 impl OwnFlock {
-    /// Our flock on `file`, if `/proc/locks` shows it (it does not on a filesystem that names
-    /// files some other way, or without `/proc`).
+    /// Our flock on `file`, if its fdinfo shows it (it does not without `/proc`, or on a kernel
+    /// that does not list locks there).
     pub fn of(file: &File) -> Option<Self> {
-        let meta = file.metadata().ok()?;
         let pid = fs::read_link("/proc/self").ok()?.to_str()?.parse().ok()?;
-        let own = Self {
-            devices: Devices::of(file, &meta),
-            ino: meta.ino(),
-            pid,
-        };
-        own.is_held().then_some(own)
+        let own = Self { pid };
+        own.is_held_on(file).then_some(own)
     }
 
-    /// Whether `/proc/locks` still shows it; `true` when it cannot be read.
-    pub fn is_held(&self) -> bool {
-        read().map_or(true, |text| self.is_in(&text))
+    /// Whether the fdinfo of `file` still shows it; `true` when it cannot be read.
+    pub fn is_held_on(&self, file: &File) -> bool {
+        fs::read_to_string(format!("/proc/self/fdinfo/{}", file.as_raw_fd()))
+            .map_or(true, |info| self.is_in(&info))
     }
 
-    fn is_in(&self, text: &str) -> bool {
-        flocks(text).any(|f| f.pid == self.pid && f.is_on(&self.devices, self.ino))
+    /// Whether the text of an fdinfo file shows this process's exclusive flock.
+    fn is_in(&self, fdinfo: &str) -> bool {
+        fdinfo
+            .lines()
+            .filter_map(|line| line.strip_prefix("lock:"))
+            .filter_map(parse)
+            .any(|f| f.exclusive && f.pid == self.pid)
     }
 }
 
@@ -119,30 +125,41 @@ fn mount_device(mountinfo: &str, id: u64) -> Option<(u64, u64)> {
     })
 }
 
-/// The table, read afresh.
+/// The table, read afresh, in one `read` where it fits. Each `read` of `/proc/locks` takes the
+/// kernel's file-lock lock for writing, and the first after a quiet spell waits for an RCU grace
+/// period (4 to 16 ms on an idle virtual machine, during which every flock(2) on the machine
+/// waits too): `read_to_string` alone would start with a 32-byte read.
 pub fn read() -> std::io::Result<String> {
-    fs::read_to_string(PathBuf::from("/proc/locks"))
+    let mut file = File::open("/proc/locks")?;
+    let mut text = String::with_capacity(64 * 1024);
+    file.read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// The held flocks in the text of `/proc/locks`.
 pub fn flocks(text: &str) -> impl Iterator<Item = Flock> + '_ {
-    text.lines().filter_map(|line| {
-        // "1: FLOCK  ADVISORY  WRITE 4242 fd:01:123 0 EOF"; waiters are "1: -> FLOCK ...".
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.get(1) != Some(&"FLOCK") {
-            return None;
-        }
-        let pid = fields.get(4)?.parse().ok()?;
-        let mut id = fields.get(5)?.split(':');
-        let major = u64::from_str_radix(id.next()?, 16).ok()?;
-        let minor = u64::from_str_radix(id.next()?, 16).ok()?;
-        let ino = id.next()?.parse().ok()?;
-        Some(Flock {
-            pid,
-            major,
-            minor,
-            ino,
-        })
+    text.lines().filter_map(parse)
+}
+
+/// One line of `/proc/locks` (or a `lock:` line of fdinfo): "1: FLOCK  ADVISORY  WRITE 4242
+/// fd:01:123 0 EOF"; a flock, not a waiter ("1: -> FLOCK ..."), or `None`.
+fn parse(line: &str) -> Option<Flock> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    if fields.get(1) != Some(&"FLOCK") {
+        return None;
+    }
+    let exclusive = fields.get(3) == Some(&"WRITE");
+    let pid = fields.get(4)?.parse().ok()?;
+    let mut id = fields.get(5)?.split(':');
+    let major = u64::from_str_radix(id.next()?, 16).ok()?;
+    let minor = u64::from_str_radix(id.next()?, 16).ok()?;
+    let ino = id.next()?.parse().ok()?;
+    Some(Flock {
+        exclusive,
+        pid,
+        major,
+        minor,
+        ino,
     })
 }
 
@@ -206,16 +223,36 @@ mod tests {
 
     #[test]
     fn an_own_flock_is_ours_only() {
-        let own = OwnFlock {
-            devices: on(0xfd, 0x01),
-            ino: 123,
-            pid: 4242,
-        };
-        assert!(own.is_in("1: FLOCK  ADVISORY  WRITE 4242 fd:01:123 0 EOF\n"));
+        let own = OwnFlock { pid: 4242 };
+        let info =
+            |lock: &str| format!("pos:\t0\nflags:\t02504000\nmnt_id:\t27\nino:\t123\n{lock}");
+        assert!(own.is_in(&info(
+            "lock:\t1: FLOCK  ADVISORY  WRITE 4242 fd:01:123 0 EOF\n"
+        )));
         assert!(
-            !own.is_in("1: FLOCK  ADVISORY  WRITE 4243 fd:01:123 0 EOF\n"),
+            !own.is_in(&info(
+                "lock:\t1: FLOCK  ADVISORY  WRITE 4243 fd:01:123 0 EOF\n"
+            )),
             "another process took it"
         );
-        assert!(!own.is_in(""), "released");
+        assert!(
+            !own.is_in(&info(
+                "lock:\t1: FLOCK  ADVISORY  READ 4242 fd:01:123 0 EOF\n"
+            )),
+            "made shared"
+        );
+        assert!(!own.is_in(&info("")), "released");
+    }
+
+    /// The flocked file's fdinfo shows the lock of its own description only.
+    #[test]
+    fn fdinfo_shows_a_flock_of_this_description() {
+        let file = tempfile::tempfile().unwrap();
+        let other = file.try_clone().unwrap();
+        file.lock().unwrap();
+        let own = OwnFlock::of(&file).expect("fdinfo lists locks");
+        assert!(own.is_held_on(&other), "a duplicate shares the description");
+        other.unlock().unwrap();
+        assert!(!own.is_held_on(&file), "unlocked through the duplicate");
     }
 }

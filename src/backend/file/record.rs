@@ -11,7 +11,7 @@
 
 use std::fs::File;
 use std::io::{self, ErrorKind};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -57,13 +57,30 @@ struct Written<'a> {
     /// it would not fit in the record (a very long directory path).
     #[serde(skip_serializing_if = "Option::is_none")]
     lock_file: Option<String>,
+    /// The device and inode of that file: with `lock_file`, how the next holder knows that the
+    /// file it locked is the one this holder took at that path (see `take::vouches`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lock_inode: Option<[u64; 2]>,
+}
+
+/// What a holder record says of the lock file it was written in.
+#[derive(Debug, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct TakenAs {
+    /// Its real path when the lock was taken.
+    pub lock_file: Option<String>,
+    /// Its device and inode then.
+    pub lock_inode: Option<[u64; 2]>,
 }
 
 /// Writes the holder record of the lock file whose real path is `real`.
 pub fn write_holder(file: &File, path: &Path, real: &Path, holder: &HolderInfo) -> Result<()> {
+    let meta = file
+        .metadata()
+        .map_err(|e| BackendError::unavailable(format_args!("stat {}", path.display()), e))?;
     let mut written = Written {
         holder,
         lock_file: Some(real.to_string_lossy().into_owned()),
+        lock_inode: Some([meta.dev(), meta.ino()]),
     };
     let mut record = serde_json::to_vec(&written).expect("holder metadata serializes");
     if record.len() >= RECORD_LEN {
@@ -73,15 +90,22 @@ pub fn write_holder(file: &File, path: &Path, real: &Path, holder: &HolderInfo) 
     write_padded(file, path, record, 0, RECORD_LEN)
 }
 
-/// The real path of the lock file a holder record was written for, if it names one.
-pub fn lock_file_of(bytes: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Named {
-        lock_file: Option<String>,
-    }
-    let text = std::str::from_utf8(bytes).ok()?;
+/// What the holder record in `bytes` says of its lock file; nothing when it is not a record.
+pub fn taken_as(bytes: &[u8]) -> TakenAs {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return TakenAs::default();
+    };
     let text = text.trim_matches(|c: char| c.is_ascii_whitespace() || c == '\0');
-    serde_json::from_str::<Named>(text).ok()?.lock_file
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+/// What the holder record of `file` says of it.
+pub fn read_taken_as(file: &File) -> TakenAs {
+    let mut buf = vec![0u8; RECORD_LEN];
+    match read_at_full(file, &mut buf, 0) {
+        Ok(n) => taken_as(&buf[..n]),
+        Err(_) => TakenAs::default(),
+    }
 }
 
 /// The token after the last holder's record, refusing one that cannot grow: `None` for a file
@@ -234,12 +258,17 @@ mod tests {
             parse_holder(&buf[..n]).unwrap().unwrap().token,
             FencingToken(7)
         );
+        let meta = file.metadata().unwrap();
         assert_eq!(
-            lock_file_of(&buf[..n]).as_deref(),
-            Some("/run/lock/elect/x.lock")
+            taken_as(&buf[..n]),
+            TakenAs {
+                lock_file: Some("/run/lock/elect/x.lock".into()),
+                lock_inode: Some([meta.dev(), meta.ino()]),
+            }
         );
-        assert_eq!(lock_file_of(b"{\"id\":\"old\"}"), None);
-        assert_eq!(lock_file_of(b"garbage"), None);
+        assert_eq!(read_taken_as(&file), taken_as(&buf[..n]));
+        assert_eq!(taken_as(b"{\"id\":\"old\"}"), TakenAs::default());
+        assert_eq!(taken_as(b"garbage"), TakenAs::default());
     }
 
     #[test]

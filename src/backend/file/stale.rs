@@ -7,8 +7,8 @@
 //! whose inode is not the current file's, and through the holders' `/proc/PID/fd` for a
 //! descriptor whose target is this lock path, or this path followed by ` (deleted)`. Such a
 //! holder still runs a job under this name: the newcomer does not start (exit 75 naming it, or,
-//! with `--wait`, it waits until that process lets go). The holder itself learns of the change at
-//! once through inotify and stops its job (see `watch`).
+//! with `--wait`, it waits until that process lets go). The holder itself learns of the change
+//! within 100 ms and stops its job.
 //!
 //! Limits, which the README repeats:
 //! - Only processes whose `/proc/PID/fd` this process may read are seen: all of them as root;
@@ -21,7 +21,7 @@
 //! A file renamed while held (`mv x.lock x.old`, or into another directory of the filesystem) is
 //! not "this path" any more, but its holder record names the lock file it was taken as (its real
 //! path): a flocked file whose record names this path counts as an earlier file of it too, so a
-//! rename behaves as a replace. The holder stops at once through inotify; the newcomer waits for
+//! rename behaves as a replace. The holder stops within 100 ms; the newcomer waits for
 //! its job to be gone.
 
 use std::collections::BTreeSet;
@@ -172,7 +172,7 @@ fn recorded_path(fd: &Path) -> Option<String> {
         .ok()?;
     let mut buf = vec![0u8; record::RECORD_LEN];
     let n = record::read_at_full(&file, &mut buf, 0).ok()?;
-    record::lock_file_of(&buf[..n])
+    record::taken_as(&buf[..n]).lock_file
 }
 
 enum Scan {

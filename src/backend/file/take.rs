@@ -4,6 +4,7 @@
 
 use std::fs::{self, File};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +16,7 @@ use crate::clock::BootTime;
 use crate::lease::{HolderInfo, Lease};
 
 /// How often a contender that waits for the holder of an earlier, deleted or replaced lock file
-/// looks again: that holder is already stopping its job (it watches its file), so the wait is
+/// looks again: that holder is already stopping its job (it looks at its path every 100 ms), so the wait is
 /// about one job stop.
 const EARLIER_POLL: Duration = Duration::from_millis(50);
 
@@ -29,6 +30,26 @@ pub(super) enum Take {
 /// How often a waiter looks whether the path still names the file it waits on, when no inotify
 /// event came (no watch could be made, or an event was lost).
 const WAITER_RECHECK: Duration = Duration::from_secs(1);
+
+/// Whether `file`, locked at the real path `real`, is the very file its last holder took at that
+/// path, with nothing renamed, linked or unlinked since: its holder record names this path and
+/// this file (device and inode), it has one link, and its status has not changed since its last
+/// write (a rename or a link sets the change time alone; a write sets it and the modification
+/// time to one value). Every holder since the last look for holders of an earlier file of the
+/// name then held this same file, one after the other, so that look is skipped: it reads
+/// `/proc/locks`, which waits for an RCU grace period and was most of the time of a run. A file
+/// that cannot vouch for itself (new, copied, replaced, moved back into place, or written by an
+/// older elect) gets the look.
+fn vouches(file: &File, real: &Path) -> bool {
+    let Ok(meta) = file.metadata() else {
+        return false;
+    };
+    let taken_as = record::read_taken_as(file);
+    taken_as.lock_inode == Some([meta.dev(), meta.ino()])
+        && taken_as.lock_file.as_deref() == real.to_str()
+        && meta.nlink() == 1
+        && (meta.ctime(), meta.ctime_nsec()) == (meta.mtime(), meta.mtime_nsec())
+}
 
 /// What one flock of a lock file came to.
 enum Flocked {
@@ -74,7 +95,7 @@ impl FileBackend {
                 // every time: it follows the path instead. The watch is on the file and its
                 // directory, so it is made before the file moves to the waiting thread.
                 let dir = path.parent().unwrap_or(Path::new("."));
-                let watch = Watch::holder(file.as_raw_fd(), dir).ok();
+                let watch = Watch::lock_file(file.as_raw_fd(), dir).ok();
                 let held = file.metadata()?;
                 // A plain thread rather than tokio's blocking pool: a runtime shutting down waits
                 // for its pool, and an abandoned wait must not hold the process. A wait abandoned
@@ -123,21 +144,12 @@ impl FileBackend {
             if !still_named(&file, &path) {
                 continue;
             }
-            match self.outlive_earlier(&file, &path, wait).await {
-                Earlier::Gone => {}
-                Earlier::Holds(holder) => return Ok(Take::Busy(Some(holder))),
-                Earlier::Replaced => continue,
-            }
-            // Watching starts before the last look at the path, so that no change is missed.
-            // Without a watch (no inotify instance left for this user, no /proc), renewals
-            // still notice, one renew interval later.
-            let watch = Watch::holder(file.as_raw_fd(), &self.dir)
-                .inspect_err(|e| {
-                    tracing::warn!(lock = %req.name, "cannot watch the lock file ({e}); a deleted or replaced lock file is noticed at the next renew")
-                })
-                .ok();
-            if !still_named(&file, &path) {
-                continue;
+            if !vouches(&file, &self.real_path(&path)) {
+                match self.outlive_earlier(&file, &path, wait).await {
+                    Earlier::Gone => {}
+                    Earlier::Holds(holder) => return Ok(Take::Busy(Some(holder))),
+                    Earlier::Replaced => continue,
+                }
             }
             let Some(writer) = lockfile::open_writer(&path, &file)? else {
                 continue;
@@ -155,7 +167,6 @@ impl FileBackend {
             record::write_holder(&writer, &path, &self.real_path(&path), &holder)?;
             self.held = Some(Held {
                 writer,
-                watch,
                 flock: proclocks::OwnFlock::of(&file),
             });
             return Ok(Take::Taken(Lease {

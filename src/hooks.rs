@@ -189,7 +189,7 @@ async fn wait(name: &str, child: &mut tokio::process::Child, timeout: Duration, 
             tracing::warn!(
                 hook = name,
                 "hook killed after {}",
-                humantime::format_duration(timeout)
+                crate::timing::Fmt(timeout)
             );
         }
     }

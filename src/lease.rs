@@ -300,7 +300,7 @@ impl LastRun {
         if self.end == RunEnd::Unfinished {
             return format!(
                 "(started at {} on {}, id {}, token {}; its end was never recorded, so it counts as a run)",
-                humantime::format_rfc3339_millis(self.started_at),
+                show::time(self.started_at),
                 self.host,
                 self.holder,
                 self.token
@@ -313,9 +313,7 @@ impl LastRun {
             show::text(&self.host),
             show::text(&self.holder),
             self.token,
-            humantime::format_duration(Duration::from_millis(
-                u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX)
-            ))
+            crate::timing::Fmt(self.duration)
         )
     }
 }

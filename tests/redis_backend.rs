@@ -486,6 +486,13 @@ async fn idle_waiters_cost_almost_nothing() {
         .map(|id| spawn_waiter(&server, "idle", id, ttl, None, tx.clone()))
         .collect();
     probe.until_blocked(WAITERS).await;
+    // One connection per waiter (it blocks on the one its attempts use), the holder's and the
+    // probe's: a server's `maxclients` bounds the waiters, not half of them.
+    let clients = probe.info("clients", "connected_clients").await;
+    assert!(
+        clients <= WAITERS + 2,
+        "{clients} connections for {WAITERS} idle waiters, a holder and a probe"
+    );
     // Loads the renew script, as the holder's first renewal would have.
     assert_eq!(holder.renew(&lease).await.unwrap(), Renewal::Renewed);
 

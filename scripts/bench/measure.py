@@ -6,7 +6,7 @@ experiment against a running backend and prints markdown (a table, or rows of on
     measure.py handover   --elect E --label L [--backend URL] --rounds N
     measure.py takeover   --elect E --label L [--backend URL] --rounds N --ttl 2s --grace 500ms --what elect|host
     measure.py memory     --elect E LABEL=URL ...        (URL "-" means the default file backend)
-    measure.py contention --elect E --label L [--backend URL] --n N --window S --kind K ...
+    measure.py contention --elect E --label L [--backend URL] --n N --window S [--period P] --kind K ...
 
 Every wait here is bounded, and every process started here is stopped here (by its pid).
 Times of the jobs come from `date +%s%N` run by the job itself, compared with time.time_ns() here
@@ -334,6 +334,14 @@ class ServerStats:
             return int(next(line.split()[1] for line in text.splitlines() if line.startswith("zk_packets_received")))
         return None
 
+    def waiting(self):
+        """Clients blocked in a command (Redis: waiters in BLPOP); None where the server cannot tell."""
+        if self.kind != "redis":
+            return None
+        out = subprocess.run(["redis-cli", "-p", str(self.args.port), "INFO", "clients"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout
+        return next((int(line.split(":")[1]) for line in out.splitlines() if line.startswith("blocked_clients:")), 0)
+
     # Requests that one call of requests() itself adds to the next reading (INFO; the SELECT on
     # pg_stat_statements; /metrics is plain HTTP and not a gRPC message).
     def own_cost(self):
@@ -371,6 +379,16 @@ def cmd_contention(args):
         exited = [p.returncode for p in contenders if p.poll() is not None]
         if exited:
             raise RuntimeError(f"{len(exited)} of {args.n} contenders exited while waiting (codes {sorted(set(exited))})")
+        # Where the server can tell (Redis: clients blocked in BLPOP), until every waiter waits:
+        # a window that starts earlier counts the last ones' start-up (at most 60 s more).
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            waiting = server.waiting()
+            if waiting is None or waiting >= args.n:
+                break
+            if time.monotonic() >= deadline - 0.5:
+                raise RuntimeError(f"only {waiting} of {args.n} contenders were waiting after 60 s more")
+            time.sleep(0.5)
         if os.path.exists(starts):
             raise RuntimeError("a contender's job started while the holder still held the lease")
 
@@ -378,11 +396,19 @@ def cmd_contention(args):
         r0, s0 = server.requests(), server.cpu_ns()
         c0 = sum(cpu_ns(p.pid) for p in contenders)
         t0 = time.monotonic()
-        time.sleep(args.window)
+        if args.period:
+            # The window's first second, which one period on (the window is whole periods) is
+            # the second after the release: the baseline of the release's own requests.
+            time.sleep(1.0)
+            r_first, first_span = server.requests(), time.monotonic() - t0
+            time.sleep(args.window - first_span)
+        else:
+            time.sleep(args.window)
         r1, s1 = server.requests(), server.cpu_ns()
         c1 = sum(cpu_ns(p.pid) for p in contenders)
         span = time.monotonic() - t0
-        idle_rate = None if r0 is None else (r1 - r0 - server.own_cost()) / span
+        own = server.own_cost() * (2 if args.period else 1)
+        idle_rate = None if r0 is None else (r1 - r0 - own) / span
         contender_cpu = (c1 - c0) / 1e6 / span
         server_cpu = None if s0 is None else (s1 - s0) / 1e6 / span
 
@@ -401,7 +427,14 @@ def cmd_contention(args):
                 stamps = sorted(int(x) for x in f.read().split())
         woke = [s for s in stamps if released <= s <= released + 1_000_000_000]
         first = f"{fmt_ms(woke[0] - released)}" if woke else "none"
-        burst = None if q0 is None else (q1 - q0 - server.own_cost()) - idle_rate * span
+        if q0 is None:
+            burst = None
+        elif args.period:
+            # Waiters that re-check every period do so in the same second of each period: the
+            # second after the release sees those of the window's first second again.
+            burst = (q1 - q0 - server.own_cost()) - (r_first - r0 - server.own_cost()) * span / first_span
+        else:
+            burst = (q1 - q0 - server.own_cost()) - idle_rate * span
     finally:
         stop(contenders + [holder], timeout=20)
         subprocess.run(["rm", "-rf", d])
@@ -456,6 +489,9 @@ def main():
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--window", type=float, default=5)
     p.add_argument("--job", type=float, default=3, help="seconds each contender's job holds the lease")
+    p.add_argument("--period", type=float, help="seconds between an idle waiter's requests, when they are "
+                   "periodic (the window must be whole periods): the release's second is compared with "
+                   "the window's first second rather than with the window's mean")
     p.add_argument("--port", type=int)
     p.add_argument("--server-pid", type=int)
     p.add_argument("--pg-user", default="bench")

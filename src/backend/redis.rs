@@ -15,8 +15,8 @@
 //!   told N, read every place that can be held in one script, without a SCAN.
 //! - **Waiting**: a release by the holder also pushes one element on the list
 //!   `elect:{NAME}:baton` (unless N are there already, one for a mutex; it expires after a few
-//!   seconds if nobody takes it). A waiter whose attempt finds the lock held blocks on that list with `BLPOP`, on a
-//!   connection of its own; the server hands the element to the client that has blocked longest,
+//!   seconds if nobody takes it). A waiter whose attempt finds the lock held blocks on that list with `BLPOP`, on the
+//!   connection its attempts use (on a node; in a cluster, on one of its own); the server hands the element to the client that has blocked longest,
 //!   so a release wakes exactly one waiter, first come, first served, and the others send
 //!   nothing. The woken waiter tries to acquire (every place); if a contender that does not wait
 //!   took the lock in between, it blocks again. A block also ends just past the holder's expiry
@@ -214,8 +214,8 @@ impl Backend for RedisBackend {
                 Err(e) => {
                     // Giving up: nothing may stay held under the secret just sent.
                     self.settle().await;
-                    if let (true, Some(waiter)) = (woken, waiter.as_mut()) {
-                        hand_on(waiter, &req.name).await;
+                    if let (true, Some(waiter)) = (woken, waiter.as_ref()) {
+                        hand_on(waiter, &self.target, &req.name).await;
                     }
                     return Err(e);
                 }
@@ -245,13 +245,24 @@ impl Backend for RedisBackend {
             }
             let blocked = match &mut waiter {
                 Some(waiter) => waiter,
-                None => waiter.insert(
-                    Waiter::open(&self.target, &req.name, req.holders)
+                None => {
+                    let shared = self
+                        .connection()
                         .await
-                        .map_err(|e| self.failed("connect to wait for a release", &e))?,
-                ),
+                        .map_err(|e| self.unavailable("connect to wait for a release", &e))?;
+                    waiter.insert(
+                        Waiter::open(&self.target, shared, &req.name, req.holders)
+                            .await
+                            .map_err(|e| self.failed("connect to wait for a release", &e))?,
+                    )
+                }
             };
-            woken = match blocked.block(pttl).await {
+            // On a node the block holds the backend's connection: given up before its answer
+            // (this future dropped), it leaves that connection in flight, to be replaced.
+            self.in_flight = true;
+            let block = blocked.block(pttl).await;
+            self.in_flight = false;
+            woken = match block {
                 Ok(woken) => woken,
                 // A failover unblocked us (the node became a replica) or took the connection
                 // down: wait again on a new one, after an attempt that shows whether the
@@ -263,7 +274,7 @@ impl Backend for RedisBackend {
                     reopened = true;
                     continue;
                 }
-                Err(e) => return Err(self.failed("wait for a release", &e)),
+                Err(e) => return Err(self.unavailable("wait for a release", &e)),
             };
             reopened = false;
         }
@@ -427,17 +438,25 @@ impl Backend for RedisBackend {
 }
 
 /// Passes on a baton we took but could not use, so that the next waiter is not left to wait for
-/// its timeout. Best effort: the error that made the attempt fail may well stop this too.
-async fn hand_on(waiter: &mut Waiter, name: &LockName) {
-    match waiter.hand_on().await {
-        Ok(true) => tracing::debug!(lock = %name, "passed the baton on to the next waiter"),
-        Ok(false) => {}
-        Err(e) => tracing::debug!(
-            lock = %name,
-            "could not pass the baton on ({}); the next waiter re-checks within 10 s",
-            describe(&e)
+/// its timeout. Best effort, within the usual reply timeout, connecting included: the error that
+/// made the attempt fail may well stop this too.
+async fn hand_on(waiter: &Waiter, target: &Target, name: &LockName) {
+    let why = match tokio::time::timeout(connect::RESPONSE_TIMEOUT, waiter.hand_on(target)).await {
+        Ok(Ok(true)) => {
+            tracing::debug!(lock = %name, "passed the baton on to the next waiter");
+            return;
+        }
+        Ok(Ok(false)) => return,
+        Ok(Err(e)) => describe(&e),
+        Err(_) => format!(
+            "no answer within {}",
+            crate::timing::Fmt(connect::RESPONSE_TIMEOUT)
         ),
-    }
+    };
+    tracing::debug!(
+        lock = %name,
+        "could not pass the baton on ({why}); the next waiter re-checks within 10 s"
+    );
 }
 
 /// The longest one renew may take, connecting included: the client's reply timeout, but no more

@@ -25,9 +25,14 @@
 //! then finds the lock free at its next re-check, within [`MAX_BLOCK`]. A woken waiter whose
 //! attempt fails for a network error passes the baton on instead ([`Waiter::hand_on`]).
 //!
-//! A blocking command holds its connection, so a waiter has its own, opened at its first failed
-//! attempt and closed with it; its response timeout is raised above each block's length, or the
-//! client's usual 2 s bound would cut every block short.
+//! A blocking command holds its connection until it answers. Attempts and blocks alternate, so
+//! on a node (standalone, or the primary the sentinels named) the waiter blocks on the backend's
+//! own connection: one connection per waiter, which is what bounds how many can wait on one
+//! server (`maxclients`). Its handle's reply timeout is raised above each block's length, or the
+//! client's usual 2 s bound would cut every block short; the backend's handle keeps its own. A
+//! block given up before its answer leaves the connection in flight, so the next call opens a
+//! new one. A cluster connection keeps the reply timeout it was opened with, so a waiter in a
+//! cluster opens one of its own from the client made for waiting, and closes it with the wait.
 
 use std::time::Duration;
 
@@ -57,11 +62,22 @@ pub struct Waiter {
 }
 
 impl Waiter {
-    /// A waiter for one of `places` places of `name`.
-    pub async fn open(target: &Target, name: &LockName, places: u32) -> Result<Self, RedisError> {
+    /// A waiter for one of `places` places of `name`, blocking on `shared` (the backend's
+    /// connection) on a node, on a connection of its own in a cluster.
+    pub async fn open(
+        target: &Target,
+        shared: Conn,
+        name: &LockName,
+        places: u32,
+    ) -> Result<Self, RedisError> {
+        let conn = match shared {
+            // A clone shares the socket but has a reply timeout of its own, set per block.
+            Conn::Node(_) => shared,
+            // Keeps this bound for every command.
+            Conn::Cluster(_) => target.connect_with(WAIT_RESPONSE_TIMEOUT).await?,
+        };
         Ok(Self {
-            // Set per block on a node; a cluster connection keeps this bound for every command.
-            conn: target.connect_with(WAIT_RESPONSE_TIMEOUT).await?,
+            conn,
             places: scripts::place_keys(name, places),
             baton: scripts::baton_key(name),
         })
@@ -82,16 +98,17 @@ impl Waiter {
 
     /// Pushes the baton back when one of our places is free: called when we took it but could
     /// not use it (the attempt failed for a network error), so that the next waiter is not left
-    /// waiting for a timeout. Answers whether the baton was passed on.
-    pub async fn hand_on(&mut self) -> Result<bool, RedisError> {
-        self.conn.set_response_timeout(RESPONSE_TIMEOUT);
+    /// waiting for a timeout. Answers whether the baton was passed on. On a new connection: the
+    /// failed attempt leaves the one it used in doubt, and on a node that is the waiter's too.
+    pub async fn hand_on(&self, target: &Target) -> Result<bool, RedisError> {
+        let mut conn = target.connect().await?;
         let mut call = SCRIPTS.hand_on.prepare_invoke();
         call.key(&self.baton);
         for place in &self.places {
             call.key(place);
         }
         call.arg(u64::try_from(BATON_TTL.as_millis()).unwrap_or(u64::MAX));
-        let passed: i64 = call.invoke_async(&mut self.conn).await?;
+        let passed: i64 = call.invoke_async(&mut conn).await?;
         Ok(passed == 1)
     }
 }

@@ -211,11 +211,15 @@ for b in "${backends[@]}"; do
   IFS='|' read -r label url kind port pid <<<"$b"
   n=$herd_n
   [ "$kind" = etcd ] && n=$herd_n_etcd
+  # Redis waiters re-check once per 10 s block, together if they started together: the window
+  # is one such period (see scripts/bench/scale.sh).
+  cycle=(--window "$herd_window")
+  [ "$kind" = redis ] && cycle=(--window 10 --period 10)
   "${measure[@]}" contention --elect "$elect" --label "$label" --backend "$url" --kind "$kind" \
-    --n "$n" --window "$herd_window" ${port:+--port "$port"} ${pid:+--server-pid "$pid"} | emit
+    --n "$n" "${cycle[@]}" ${port:+--port "$port"} ${pid:+--server-pid "$pid"} | emit
 done
 out ""
-out "N contenders --wait on one held lock; over ${herd_window} s of waiting: server requests (Redis: total_commands_processed; etcd: grpc_server_msg_received_total from /metrics, stream messages included; PostgreSQL: calls in pg_stat_statements) and CPU time (schedstat) of the server and of the waiting elect processes. Then the holder's job exits: how many contenders' jobs start within 1 s (each job then holds the lock for 3 s), the server requests that one release caused, and the delay to the first job."
+out "N contenders --wait on one held lock; over ${herd_window} s of waiting (Redis: 10 s, one re-check period, from the moment every waiter is blocked): server requests (Redis: total_commands_processed, the commands inside elect's scripts included; etcd: grpc_server_msg_received_total from /metrics, stream messages included; PostgreSQL: calls in pg_stat_statements) and CPU time (schedstat) of the server and of the waiting elect processes. Then the holder's job exits: how many contenders' jobs start within 1 s (each job then holds the lock for 3 s), the server requests that one release caused, and the delay to the first job."
 out ""
 
 # ZooKeeper, in a file of its own (its server, wall time against kazoo, handover, takeover, waiters).

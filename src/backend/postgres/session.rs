@@ -163,6 +163,14 @@ impl PostgresBackend {
             }
         }
         if conn.hears && conn.ticket.is_none() {
+            // A session that listened before its probe got an answer stops, so that releases
+            // do not pile up for it while it stands in line.
+            if conn.listening {
+                if !answered(&conn, &format!("UNLISTEN {CHANNEL}")).await {
+                    return;
+                }
+                conn.listening = false;
+            }
             match self.take_ticket(&mut conn, name).await {
                 Ok(true) => {}
                 // Not first yet: the attempt that follows is the slow re-check, and then the

@@ -116,6 +116,18 @@ fn pgpassword_is_used_and_not_passed_on_to_the_job() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[unset]");
 }
 
+/// Child processes killed and waited for when dropped.
+struct Reap(Vec<Child>);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Waits for `done`, checked every 200 ms, failing with `what` after `limit`.
 fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
@@ -151,7 +163,8 @@ fn a_release_wakes_one_waiter_not_every_one() {
             .unwrap()
     };
     let holder_pid = path("holder.pid");
-    let mut holder = spawn(
+    // Reaped on every way out, a failed assertion included.
+    let mut elects = Reap(vec![spawn(
         "holder",
         &[
             "run",
@@ -162,28 +175,26 @@ fn a_release_wakes_one_waiter_not_every_one() {
             "-c",
             &format!("echo $$ > {}; exec sleep 60", holder_pid.display()),
         ],
-    );
+    )]);
     wait_until(Duration::from_secs(20), "the holder did not start", || {
         std::fs::read_to_string(&holder_pid).is_ok_and(|s| !s.trim().is_empty())
     });
     let ran = path("ran");
-    let mut waiters: Vec<Child> = (0..WAITERS)
-        .map(|i| {
-            spawn(
-                &format!("w{i}"),
-                &[
-                    "run",
-                    "--lock",
-                    "line",
-                    "--wait",
-                    "--",
-                    "sh",
-                    "-c",
-                    &format!("echo x >> {}; exec sleep 60", ran.display()),
-                ],
-            )
-        })
-        .collect();
+    elects.0.extend((0..WAITERS).map(|i| {
+        spawn(
+            &format!("w{i}"),
+            &[
+                "run",
+                "--lock",
+                "line",
+                "--wait",
+                "--",
+                "sh",
+                "-c",
+                &format!("echo x >> {}; exec sleep 60", ran.display()),
+            ],
+        )
+    }));
     let count = |sql: &str| {
         server
             .psql_in(DATABASE, sql)
@@ -217,8 +228,9 @@ fn a_release_wakes_one_waiter_not_every_one() {
     // The first in line dies: the next takes its place.
     let killed = first();
     let index: usize = killed.trim_start_matches('w').parse().unwrap();
-    waiters[index].kill().unwrap();
-    waiters[index].wait().unwrap();
+    let first_waiter = &mut elects.0[1 + index];
+    first_waiter.kill().unwrap();
+    first_waiter.wait().unwrap();
     wait_until(
         Duration::from_secs(10),
         "no waiter took the first place",
@@ -242,10 +254,7 @@ fn a_release_wakes_one_waiter_not_every_one() {
         .collect();
     let started = std::fs::read_to_string(&ran).unwrap().lines().count();
     let standing = in_line();
-    for child in waiters.iter_mut().chain([&mut holder]) {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    drop(elects);
     assert_eq!(started, 1, "one release started {started} jobs");
     // The release, the new holder's acquire and its leaving the line, the next first's LISTEN
     // and attempt (acquire, read): six, and none per waiter (before: two per waiter, 30 more).

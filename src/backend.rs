@@ -244,8 +244,9 @@ impl AnyBackend {
 impl AnyBackend {
     /// [`AnyBackend::open`] for a contender that will wait for `lock` (`--wait`, bounded by
     /// `until`): a backend that gives no answer at first is tried again within the wait, where
-    /// the backend knows an answer from its absence (etcd, which a thousand waiters started at
-    /// once can keep busy past its connect timeout). Elsewhere the same as `open`.
+    /// the backend knows an answer from its absence (etcd and PostgreSQL, which a thousand
+    /// waiters started at once can keep busy past their connect timeouts). Elsewhere the same as
+    /// `open`.
     pub async fn open_waiting(
         url: Option<&str>,
         options: &BackendOptions,
@@ -258,6 +259,9 @@ impl AnyBackend {
                     etcd::EtcdBackend::open_until(&parsed, options, lock, until).await?,
                 )))
             }
+            Some(parsed) if parsed.scheme() == Scheme::Postgres => Ok(Self::Postgres(
+                postgres::PostgresBackend::open_until(&parsed, options, lock, until).await?,
+            )),
             _ => Self::open(url, options).await,
         }
     }

@@ -3,16 +3,20 @@
 mod support {
     pub mod certs;
     pub mod cli_scenarios;
+    pub mod env;
     pub mod net;
     pub mod postgres_server;
     pub mod process;
+    pub mod proxy;
 }
 
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use support::cli_scenarios::code;
+use support::env::TestEnv;
 use support::postgres_server::{PostgresServer, DATABASE, USER};
-use support::{cli_scenarios, postgres_server};
+use support::{cli_scenarios, postgres_server, proxy};
 
 fn elect(server: &PostgresServer) -> Command {
     cli_scenarios::elect(&server.url())
@@ -110,4 +114,208 @@ fn pgpassword_is_used_and_not_passed_on_to_the_job() {
         .unwrap();
     assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[unset]");
+}
+
+/// Child processes killed and waited for when dropped.
+struct Reap(Vec<Child>);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Waits for `done`, checked every 200 ms, failing with `what` after `limit`.
+fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waiters stand in line (a session advisory lock per lock) and only the first listens: one
+/// release wakes one of twenty waiting elects, not all of them, counted in the server's log. A
+/// waiter killed while first leaves its place to the next. Before, every waiter listened and
+/// tried once per release: N waiters cost 2N statements per release, N² over N handovers.
+#[test]
+fn a_release_wakes_one_waiter_not_every_one() {
+    const WAITERS: usize = 16;
+    let server = PostgresServer::start();
+    server.psql("ALTER SYSTEM SET log_statement = 'all'");
+    server.psql("SELECT pg_reload_conf()");
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    // Each elect names its session, so that the first in line can be told apart.
+    let spawn = |session: &str, args: &[&str]| {
+        elect(&server)
+            .env(
+                "ELECT_BACKEND",
+                format!("{}&application_name={session}", server.url()),
+            )
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let holder_pid = path("holder.pid");
+    // Reaped on every way out, a failed assertion included.
+    let mut elects = Reap(vec![spawn(
+        "holder",
+        &[
+            "run",
+            "--lock",
+            "line",
+            "--",
+            "sh",
+            "-c",
+            &format!("echo $$ > {}; exec sleep 60", holder_pid.display()),
+        ],
+    )]);
+    wait_until(Duration::from_secs(20), "the holder did not start", || {
+        std::fs::read_to_string(&holder_pid).is_ok_and(|s| !s.trim().is_empty())
+    });
+    let ran = path("ran");
+    elects.0.extend((0..WAITERS).map(|i| {
+        spawn(
+            &format!("w{i}"),
+            &[
+                "run",
+                "--lock",
+                "line",
+                "--wait",
+                "--",
+                "sh",
+                "-c",
+                &format!("echo x >> {}; exec sleep 60", ran.display()),
+            ],
+        )
+    }));
+    let count = |sql: &str| {
+        server
+            .psql_in(DATABASE, sql)
+            .trim()
+            .parse::<usize>()
+            .unwrap()
+    };
+    let in_line = || {
+        count(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'",
+        )
+    };
+    let first = || {
+        server
+            .psql_in(
+                DATABASE,
+                "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+                 WHERE l.locktype = 'advisory' AND l.granted",
+            )
+            .trim()
+            .to_owned()
+    };
+    // A generous bound: every elect logs in twice (SCRAM), on a machine that may be busy.
+    wait_until(
+        Duration::from_secs(60),
+        "the waiters did not line up",
+        || in_line() == WAITERS - 1 && !first().is_empty(),
+    );
+
+    // The first in line dies: the next takes its place.
+    let killed = first();
+    let index: usize = killed.trim_start_matches('w').parse().unwrap();
+    let first_waiter = &mut elects.0[1 + index];
+    first_waiter.kill().unwrap();
+    first_waiter.wait().unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "no waiter took the first place",
+        || {
+            let now = first();
+            !now.is_empty() && now != killed && in_line() == WAITERS - 2
+        },
+    );
+
+    let log_before = server.log().len();
+    let job = std::fs::read_to_string(&holder_pid).unwrap();
+    Command::new("kill").arg(job.trim()).status().unwrap();
+    wait_until(Duration::from_secs(10), "no waiter took over", || {
+        std::fs::read_to_string(&ran).is_ok_and(|s| !s.is_empty())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let log = server.log();
+    let statements: Vec<&str> = log[log_before..]
+        .lines()
+        .filter(|l| l.contains("LOG:  statement: ") || l.contains("LOG:  execute "))
+        .collect();
+    let started = std::fs::read_to_string(&ran).unwrap().lines().count();
+    let standing = in_line();
+    drop(elects);
+    assert_eq!(started, 1, "one release started {started} jobs");
+    // The release, the new holder's acquire and its leaving the line, the next first's LISTEN
+    // and attempt (acquire, read): six, and none per waiter (before: two per waiter, 30 more).
+    assert!(
+        statements.len() <= 10,
+        "{} statements after one release:\n{}",
+        statements.len(),
+        statements.join("\n")
+    );
+    assert_eq!(standing, WAITERS - 3);
+}
+
+/// A waiter whose first connect gets no answer (every connection reset) keeps trying within its
+/// wait instead of exiting 69 at once, and runs once the server answers; a bounded wait gives
+/// up with 69 when its bound passes; a refusal (a wrong password) exits 69 at once, wait or not.
+#[test]
+fn a_waiter_that_cannot_connect_at_first_tries_again_within_its_wait() {
+    let server = PostgresServer::start();
+    let proxy = proxy::Proxy::start(format!("127.0.0.1:{}", server.port).parse().unwrap());
+    proxy.set_mode(proxy::Mode::Reset);
+    let through = |password: &str| {
+        format!(
+            "postgres://{USER}:{password}@127.0.0.1:{}/{DATABASE}?sslmode=disable",
+            proxy.port
+        )
+    };
+    let env = TestEnv::with_backend(&through(postgres_server::PASSWORD));
+    let mut waiter = env.spawn(["run", "--lock", "late", "--wait", "--", "touch", "ran"]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        waiter.is_running(),
+        "gave up at once: {:?}",
+        waiter.try_finish()
+    );
+    proxy.set_mode(proxy::Mode::Pass);
+    waiter.wait_timeout(Duration::from_secs(20)).assert_code(0);
+    assert!(env.file("ran").exists());
+
+    let wrong = TestEnv::with_backend(&through("not-the-Passw0rd"));
+    let begun = Instant::now();
+    let out = wrong.run(["run", "--lock", "late", "--wait", "--", "touch", "wrong"]);
+    out.assert_code(69);
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("password authentication failed"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        begun.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        begun.elapsed()
+    );
+    assert!(!wrong.file("wrong").exists());
+
+    proxy.set_mode(proxy::Mode::Reset);
+    let begun = Instant::now();
+    let out = env.run(["run", "--lock", "late", "--wait=2s", "--", "touch", "again"]);
+    out.assert_code(69);
+    let took = begun.elapsed();
+    assert!(took >= Duration::from_secs(2), "gave up after {took:?}");
+    assert!(took < Duration::from_secs(15), "gave up after {took:?}");
+    assert!(!env.file("again").exists());
 }

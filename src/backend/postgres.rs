@@ -30,13 +30,22 @@
 //!   name. `status` shows the lowest held place as the holder, the others as co-holders. A
 //!   table from before `top_token` gets it at open time; a role that may not add it gets no
 //!   `--holders` above 1. An older elect on the same lock would count from `token` alone.
-//! - **Waiting**: a waiter runs `LISTEN elect_released` on its session before each attempt and
-//!   retries when its lock name is notified (the release of any place). Without a notification
-//!   (the holder died) it retries at the soonest expiry of the places it may take as the server
-//!   reports it, at most 10 s later (`HEARING_RECHECK`, for a session cut off silently). Once
-//!   per session it checks that notifications reach it at all: a second, short-lived session
-//!   sends one while the first sits idle. Through a transaction-pooling proxy none arrives, and
-//!   such a waiter retries every 2 s at most (`RECHECK`).
+//! - **Waiting**: waiters stand in line, one line per lock: a session advisory lock on a key
+//!   hashed from the table and the lock name, which the server grants to one session at a time,
+//!   in the order asked, and frees when the session ends. Only the first in line runs
+//!   `LISTEN elect_released` and tries when its lock name is notified (the release of any
+//!   place); the others block in the server's lock queue and send nothing, so that a release
+//!   wakes one waiter, not every one. The first leaves the line when it takes the lock, and the
+//!   next, now first, listens and tries once. Without a notification (the holder died, or the
+//!   notification was lost) the first retries at the soonest expiry of the places it may take as
+//!   the server reports it, at most 10 s later (`HEARING_RECHECK`). A first in line that is
+//!   killed frees its place with its session; one that is stopped or cut off silently keeps it,
+//!   so every waiter behind it re-checks after 30 s in line (plus up to 2.5 s of spread) and
+//!   lines up again. Once per session a waiter checks that notifications reach it at all: a
+//!   second, short-lived session notifies a channel only it listens on. Through a
+//!   transaction-pooling proxy none arrives (and a session lock would stay behind on a pooled
+//!   server session), so such a waiter stands in no line and retries every 2 s at most
+//!   (`RECHECK`).
 //! - **Sessions**: holding needs no session state (no advisory lock, no open transaction, no
 //!   prepared statement left on the server), so it works through PgBouncer in transaction mode,
 //!   and a dropped session loses nothing: the next call reconnects and the row is still ours.
@@ -76,6 +85,7 @@ use self::connect::{Conn, Target};
 use self::place::{column, locks, place_name, row_to_place};
 use self::settle::Unsettled;
 use self::sql::{Schema, Statements};
+use super::retry::Retry;
 use super::{
     random, AcquireRequest, Backend, BackendError, BackendOptions, BackendUrl, Expiry,
     ForcedRelease, Result, WaitMode,
@@ -143,18 +153,59 @@ impl PostgresBackend {
     /// Connects, refuses a standby, and creates the table if needed, so that a wrong address,
     /// password, database, privilege or TLS setup is reported before any job starts.
     pub async fn open(url: &BackendUrl, options: &BackendOptions) -> Result<Self> {
+        let mut backend = Self::new(url, options)?;
+        backend.prepare_table().await?;
+        Ok(backend)
+    }
+
+    /// [`PostgresBackend::open`] for a contender that will wait for `lock`: while the server
+    /// gives no answer (no connection, a reset, no answer in time, no free connection slot, a
+    /// server starting up), it connects again, with backoff and jitter, until `until` (`None`:
+    /// for ever), as a wait rides out an outage. A refusal (a wrong password, no such database,
+    /// TLS, a privilege) still fails at once.
+    pub async fn open_until(
+        url: &BackendUrl,
+        options: &BackendOptions,
+        lock: &str,
+        until: Option<tokio::time::Instant>,
+    ) -> Result<Self> {
+        let mut backend = Self::new(url, options)?;
+        let mut retry = Retry::new();
+        let conn = loop {
+            match backend.target.connect().await {
+                Ok(conn) => {
+                    retry.succeeded(lock);
+                    break conn;
+                }
+                Err(err)
+                    if !err.is_refusal()
+                        && until.is_none_or(|u| tokio::time::Instant::now() < u) =>
+                {
+                    let pause = retry.failed(lock, "connecting", &err.to_string());
+                    let pause =
+                        pause + random::jitter(u64::try_from(pause.as_millis() / 2).unwrap_or(0));
+                    let wake = tokio::time::Instant::now() + pause;
+                    tokio::time::sleep_until(until.map_or(wake, |u| wake.min(u))).await;
+                }
+                Err(err) => return Err(backend.unavailable("cannot connect", err)),
+            }
+        };
+        backend.conn = Some(conn);
+        backend.prepare_table().await?;
+        Ok(backend)
+    }
+
+    fn new(url: &BackendUrl, options: &BackendOptions) -> Result<Self> {
         let target = Box::new(Target::from_url(url, options)?);
         let statements = Arc::new(Statements::new(&target.table, Schema::CURRENT));
-        let mut backend = Self {
+        Ok(Self {
             describe: explicit(url, &target).redacted(),
             target,
             statements,
             schema: Schema::CURRENT,
             conn: None,
             unsettled: None,
-        };
-        backend.prepare_table().await?;
-        Ok(backend)
+        })
     }
 
     async fn attempt(&mut self, req: &AcquireRequest, secret: &str) -> Result<Attempt> {
@@ -254,7 +305,7 @@ impl Backend for PostgresBackend {
         let mut races = 0;
         loop {
             if wait == WaitMode::Wait {
-                self.listen().await;
+                self.line_up(&req.name).await;
             }
             let attempt = match self.attempt(req, &secret).await {
                 Ok(attempt) => attempt,
@@ -265,7 +316,12 @@ impl Backend for PostgresBackend {
                 }
             };
             match attempt {
-                Attempt::Acquired(lease) => return Ok(Acquire::Acquired(lease)),
+                Attempt::Acquired(lease) => {
+                    if wait == WaitMode::Wait {
+                        self.leave_line().await;
+                    }
+                    return Ok(Acquire::Acquired(lease));
+                }
                 Attempt::Changed if wait == WaitMode::NoWait && races >= race_retries => {
                     return Ok(Acquire::Held(None))
                 }
@@ -274,10 +330,12 @@ impl Backend for PostgresBackend {
                     return Ok(Acquire::Held(Some(holder)))
                 }
                 Attempt::Held { remaining, .. } => {
-                    // A session that hears releases re-checks only for a holder that died
-                    // without one: at the expiry the server reported.
+                    // The first in line re-checks only for a holder that died without a
+                    // release: at the expiry the server reported. One further back has just
+                    // made its slow re-check, and gets back in line.
                     let limit = match &self.conn {
-                        Some(conn) if conn.hears => remaining.min(HEARING_RECHECK),
+                        Some(conn) if conn.ticket.is_some() => remaining.min(HEARING_RECHECK),
+                        Some(conn) if conn.hears => continue,
                         _ => remaining.min(RECHECK),
                     } + random::jitter(JITTER_MS);
                     self.wait_for_release(&req.name, limit).await;

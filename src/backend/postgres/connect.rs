@@ -13,6 +13,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, Client};
 
 use super::pgpass;
+use super::session::PROBE_CHANNEL;
 use super::sql::CHANNEL;
 use super::table::{Table, DEFAULT_TABLE};
 use super::tls::{self, SslMode, TlsFiles};
@@ -72,6 +73,11 @@ pub struct Conn {
     /// then can a waiter count on being woken by a release. Through a transaction-pooling proxy
     /// (PgBouncer) an idle client is attached to no server session, and hears nothing.
     pub hears: bool,
+    /// Whether `hears` was found out yet (once per session).
+    pub probed: bool,
+    /// The line of waiters this session stands first in (the key of the advisory lock it
+    /// holds): see `session`.
+    pub ticket: Option<i32>,
     task: JoinHandle<()>,
 }
 
@@ -80,6 +86,7 @@ impl std::fmt::Debug for Conn {
         f.debug_struct("Conn")
             .field("listening", &self.listening)
             .field("hears", &self.hears)
+            .field("ticket", &self.ticket)
             .finish_non_exhaustive()
     }
 }
@@ -266,6 +273,43 @@ pub enum ConnectError {
     TimedOut,
 }
 
+impl ConnectError {
+    /// Whether the server (or the TLS handshake) answered and said no: a wrong password, no
+    /// such database or role, a certificate that does not verify, a password that is missing.
+    /// Trying again changes nothing. Otherwise there was no answer: no connection, a reset, a
+    /// timeout, or a server that cannot take the session now (starting up, shutting down, no
+    /// free connection slot).
+    pub fn is_refusal(&self) -> bool {
+        let Self::Client(err) = self else {
+            return false;
+        };
+        if let Some(db) = err.as_db_error() {
+            let passing = [
+                SqlState::CANNOT_CONNECT_NOW,
+                SqlState::TOO_MANY_CONNECTIONS,
+                SqlState::ADMIN_SHUTDOWN,
+                SqlState::CRASH_SHUTDOWN,
+            ];
+            return !passing.contains(db.code());
+        }
+        let text = describe(err).to_ascii_lowercase();
+        if ["tls", "certificate", "handshake", "password missing"]
+            .iter()
+            .any(|word| text.contains(word))
+        {
+            return true;
+        }
+        let mut source = std::error::Error::source(err);
+        while let Some(cause) = source {
+            if cause.is::<std::io::Error>() {
+                return false;
+            }
+            source = cause.source();
+        }
+        !err.is_closed()
+    }
+}
+
 impl std::fmt::Display for ConnectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -289,7 +333,7 @@ where
         loop {
             match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
                 Some(Ok(AsyncMessage::Notification(n))) => {
-                    if n.channel() == CHANNEL {
+                    if n.channel() == CHANNEL || n.channel().starts_with(PROBE_CHANNEL) {
                         let _ = tx.send(n.payload().to_owned());
                     }
                 }
@@ -307,6 +351,8 @@ where
         released: rx,
         listening: false,
         hears: false,
+        probed: false,
+        ticket: None,
         task,
     }
 }

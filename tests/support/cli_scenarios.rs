@@ -122,18 +122,18 @@ pub fn a_stopped_server_stops_the_job_before_the_ttl_and_exits_76(
         .spawn()
         .unwrap();
     let started = Instant::now();
-    while !pid_file.exists() {
+    // The file exists as soon as the shell opens it, before `echo` has written the pid.
+    let job_pid: i32 = loop {
+        let read = std::fs::read_to_string(&pid_file).unwrap_or_default();
+        if let Ok(pid) = read.trim().parse() {
+            break pid;
+        }
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "the job never started"
         );
         std::thread::sleep(Duration::from_millis(20));
-    }
-    let job_pid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    };
     stop();
     let stopped_at = Instant::now();
     let mut job_dead_after = None;

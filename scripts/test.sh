@@ -72,6 +72,7 @@ cargo test --locked --doc
 background clippy "$logs/clippy.log" cargo clippy --all-targets --locked -- -D warnings
 # Test targets a few at a time, longest first: each one's output is printed whole when it ends.
 run_lanes "$logs/executables" "$logs" "${ELECT_TEST_LANES:-2}"
+raise_background
 builds_ok=1
 wait_background || builds_ok=
 printf 'time per step:\n'

@@ -81,6 +81,17 @@ wait_background() {
   return "$failed"
 }
 
+# Once the tests are over, nothing is left to protect: the builds still running get the usual
+# priority back (where this user may raise it: root may), so that other work on the machine does
+# not starve them.
+raise_background() {
+  local pid
+  for pid in "${!background_name[@]}"; do
+    renice -n 0 -g "$pid" >/dev/null 2>&1 || true
+    ! command -v ionice >/dev/null 2>&1 || ionice -c 2 -n 4 -P "$pid" >/dev/null 2>&1 || true
+  done
+}
+
 # Ends what is still running in the background (on an early exit).
 stop_background() {
   local pid

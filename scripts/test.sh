@@ -70,7 +70,8 @@ background "dist build" "$logs/dist.log" scripts/build.sh
 step "test build" build_tests "$logs/executables"
 cargo test --locked --doc
 background clippy "$logs/clippy.log" cargo clippy --all-targets --locked -- -D warnings
-# Test targets a few at a time, longest first: each one's output is printed whole when it ends.
+# Test targets two at a time (the fault suite alone), longest first: each one's output is printed
+# whole when it ends.
 run_lanes "$logs/executables" "$logs" "${ELECT_TEST_LANES:-2}"
 raise_background
 builds_ok=1

@@ -51,34 +51,41 @@ fi
 
 ensure_build_deps
 
+. scripts/lib/test-lanes.sh
+logs=$(mktemp -d)
+trap 'stop_background; rm -rf "$logs"' EXIT
+
 # One clean build: incremental compilation only pays on the builds after it.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
-cargo fmt --all -- --check
-cargo clippy --all-targets --locked -- -D warnings
-# Every test target on its own, so that each one's time is printed at the end. The fault suite
-# runs four scenarios at a time, as scripts/faults.sh does: its scenarios mostly wait on ttls and
-# takeovers, not on the CPU.
-cargo test --locked --no-run
-cargo test --locked --lib --bins
+step fmt cargo fmt --all -- --check
+# The release build (the README's build command; the package checks at the end use the binary it
+# makes) and clippy's check of every target need only the CPU, and the tests mostly wait (ttls,
+# takeovers, servers starting), so both run beside the test build and the tests, at the lowest
+# CPU priority, each into its own log, printed when it fails. The release build starts at once,
+# in target/dist; clippy shares target/debug with the test build, and starts after it.
+background "dist build" "$logs/dist.log" scripts/build.sh
+# The test build, whose list of test executables is what the lanes below run
+# (scripts/lib/test-lanes.sh). Clippy keeps target/debug locked while it runs, which is why the
+# tests run their executables directly rather than through cargo.
+step "test build" build_tests "$logs/executables"
 cargo test --locked --doc
-times=()
-for file in tests/*.rs; do
-  target=$(basename "$file" .rs)
-  threads=()
-  [ "$target" != faults ] || threads=(--test-threads="${ELECT_FAULTS_THREADS:-4}")
-  started=$SECONDS
-  cargo test --locked --test "$target" -- "${threads[@]}"
-  times+=("$((SECONDS - started))s $target")
-done
+background clippy "$logs/clippy.log" cargo clippy --all-targets --locked -- -D warnings
+# Test targets two at a time (the fault suite alone), longest first: each one's output is printed
+# whole when it ends.
+run_lanes "$logs/executables" "$logs" "${ELECT_TEST_LANES:-2}"
+raise_background
+builds_ok=1
+wait_background || builds_ok=
+printf 'time per step:\n'
+printf '  %s\n' "${step_times[@]}"
 printf 'test time per target:\n'
-printf '  %s\n' "${times[@]}" | sort -rn
+printf '  %s\n' "${test_times[@]}" | sort -rn
+((!test_failures)) || { echo "test targets failed: ${failed_targets[*]}" >&2; exit 1; }
+[ -n "$builds_ok" ] || exit 1
 
-# The README's build command and the binary it makes (static on glibc Linux): a job on the file
-# backend, and a host name that the static binary must still resolve (a refused connection, not a
-# failed lookup).
-scripts/build.sh
-smoke=$(mktemp -d)
-trap 'rm -rf "$smoke"' EXIT
+# The binary scripts/build.sh made (static on glibc Linux): a job on the file backend, and a host
+# name that the static binary must still resolve (a refused connection, not a failed lookup).
+smoke=$(mktemp -d "$logs/smoke.XXXXXX")
 ELECT_LOCK_DIR=$smoke target/release/elect run --lock smoke -- sh -c 'test -n "$ELECT_FENCING_TOKEN"'
 rc=0
 err=$(target/release/elect status --lock smoke --backend redis://localhost:1 2>&1) || rc=$?

@@ -1,5 +1,9 @@
-//! A real PostgreSQL cluster for tests: initdb in a temporary directory, loopback only, a free
-//! port, stopped on drop. A missing binary is a test failure, never a silent pass.
+//! A real PostgreSQL cluster for tests: a cluster of its own in a temporary directory, loopback
+//! only, a free port, stopped on drop. A missing binary is a test failure, never a silent pass.
+//!
+//! initdb takes seconds on a busy machine, so a test binary runs it once, into a template that it
+//! removes when it exits, and each cluster starts from a copy of that template (a fraction of a
+//! second): every test still has a cluster, a port and a directory of its own.
 //!
 //! PostgreSQL refuses to run as root, so the cluster runs as the unprivileged `postgres` user
 //! (which the Debian package creates) through `setpriv`; the temporary directory is handed to
@@ -15,6 +19,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use super::process::signal;
@@ -55,17 +60,7 @@ impl PostgresServer {
             .expect("temporary directory");
         hand_over(dir.path());
         let data = dir.path().join("data");
-        let out = as_postgres(&bin.join("initdb"))
-            .arg("-D")
-            .arg(&data)
-            .args(["-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"])
-            .output()
-            .expect("run initdb");
-        assert!(
-            out.status.success(),
-            "initdb failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        copy_template(&bin, &data);
         std::fs::write(
             data.join("pg_hba.conf"),
             "local all all trust\n\
@@ -306,6 +301,58 @@ pub fn binaries() -> PathBuf {
              postgresql package (apt-get install postgresql)"
         ),
     }
+}
+
+/// The directory of the template cluster, once made.
+static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
+
+/// Puts a fresh cluster, as initdb makes it, at `data`: a copy of this process's template, which
+/// the first call makes.
+fn copy_template(bin: &Path, data: &Path) {
+    let template = TEMPLATE.get_or_init(|| make_template(bin));
+    // cp -a keeps the owner (the server's account) and the modes the server insists on.
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(template.join("data"))
+        .arg(data)
+        .output()
+        .expect("run cp");
+    assert!(
+        out.status.success(),
+        "copying the template cluster failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs initdb into a directory that lives until the process exits.
+fn make_template(bin: &Path) -> PathBuf {
+    let dir = tempfile::Builder::new()
+        .prefix("elect-pg-template-")
+        .tempdir_in("/tmp")
+        .expect("temporary directory")
+        .keep();
+    hand_over(&dir);
+    extern "C" fn remove_template() {
+        if let Some(dir) = TEMPLATE.get() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    // A static is never dropped: the C library's exit handlers remove the template, whether the
+    // tests pass (main returns) or fail (the harness calls exit).
+    // SAFETY: the handler is a plain function that touches only the initialised static.
+    let registered = unsafe { nix::libc::atexit(remove_template) };
+    assert_eq!(registered, 0, "atexit failed");
+    let out = as_postgres(&bin.join("initdb"))
+        .arg("-D")
+        .arg(dir.join("data"))
+        .args(["-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"])
+        .output()
+        .expect("run initdb");
+    if !out.status.success() {
+        let _ = std::fs::remove_dir_all(&dir);
+        panic!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    dir
 }
 
 /// `postgres` (as the server's account) for the cluster in `data`, on 127.0.0.1:`port` and a Unix

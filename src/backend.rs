@@ -95,6 +95,11 @@ pub enum BackendError {
     /// The backend cannot be used: unreachable, refused us, auth, TLS, permissions, bad state.
     #[error("{0}")]
     Unavailable(String),
+    /// A request got no answer in time: an outage (an overloaded or stopped server, a network
+    /// that drops), which a waiting run waits out even on its first try, where a refusal
+    /// (`Unavailable`) ends it at once.
+    #[error("{0}")]
+    NoAnswer(String),
 }
 
 impl BackendError {
@@ -107,7 +112,7 @@ impl BackendError {
         match self {
             Self::Config(msg) if msg.contains(backend) => Failure::usage(msg),
             Self::Config(msg) => Failure::usage(format!("{msg} (backend {backend})")),
-            Self::Unavailable(msg) => Failure::new(
+            Self::Unavailable(msg) | Self::NoAnswer(msg) => Failure::new(
                 code::UNAVAILABLE,
                 format!("backend {backend} unavailable: {msg}"),
             ),

@@ -319,3 +319,38 @@ fn a_waiter_that_cannot_connect_at_first_tries_again_within_its_wait() {
     assert!(took < Duration::from_secs(15), "gave up after {took:?}");
     assert!(!env.file("again").exists());
 }
+
+/// A waiting run whose first try gets no answer in time waits it out and runs once an answer
+/// comes, rather than exiting 69 as it does for a refusal. Here the lock's row stays locked by
+/// another transaction for longer than elect's 2 s statement bound; a server swamped by a
+/// thousand waiters logging in at once leaves first tries unanswered the same way.
+#[test]
+fn a_waiter_whose_first_try_gets_no_answer_waits_it_out() {
+    let server = PostgresServer::start();
+    let env = TestEnv::with_backend(&server.url());
+    env.run(["run", "--lock", "slow", "--", "true"])
+        .assert_code(0);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            server.psql_in(
+                DATABASE,
+                "BEGIN; SELECT 1 FROM public.elect_leases WHERE name = 'slow' FOR UPDATE; \
+                 SELECT pg_sleep(5); COMMIT;",
+            )
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let begun = Instant::now();
+        let out = env.run(["run", "--lock", "slow", "--wait=30s", "--", "touch", "ran"]);
+        out.assert_code(0).assert_no_panic();
+        assert!(
+            out.stderr.contains("no answer to the first try"),
+            "{}",
+            out.stderr
+        );
+        assert!(
+            begun.elapsed() >= Duration::from_secs(3),
+            "ran while the row was still locked"
+        );
+    });
+    assert!(env.file("ran").exists());
+}

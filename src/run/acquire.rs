@@ -58,13 +58,18 @@ impl Runner<'_> {
         let cfg = self.cfg;
         let describe = backend.describe().to_owned();
         let not_run = |e: BackendError| End::NotRun(e.into_failure(&describe));
-        let holder = match backend
-            .acquire(req, WaitMode::NoWait)
-            .await
-            .map_err(not_run)?
-        {
-            Acquire::Acquired(lease) => return Ok(lease),
-            Acquire::Held(holder) => holder,
+        let holder = match backend.acquire(req, WaitMode::NoWait).await {
+            Ok(Acquire::Acquired(lease)) => return Ok(lease),
+            Ok(Acquire::Held(holder)) => holder,
+            // Waiting is the plan: a first try that got no answer (a server busy with a thousand
+            // waiters logging in at once) is waited out like an outage later in the wait.
+            Err(BackendError::NoAnswer(why))
+                if cfg.wait != Wait::No && backend.failures() == Failures::Pass =>
+            {
+                tracing::warn!(lock = %cfg.lock, "no answer to the first try ({why}); waiting");
+                None
+            }
+            Err(e) => return Err(not_run(e)),
         };
         let busy = |holder, message| End::Busy {
             env: env.clone(),
@@ -165,7 +170,9 @@ async fn wait_out_outages(
         match backend.acquire(req, WaitMode::Wait).await {
             // The file backend's errors (a planted symlink, a foreign file) do not go away by
             // waiting.
-            Err(BackendError::Unavailable(why)) if backend.failures() == Failures::Pass => {
+            Err(BackendError::Unavailable(why) | BackendError::NoAnswer(why))
+                if backend.failures() == Failures::Pass =>
+            {
                 tokio::time::sleep(retry.failed(&lock, "waiting", &why)).await;
             }
             other => {

@@ -202,7 +202,7 @@ async fn connect_any_once(
                 })
             }
             Err(Failed {
-                error: BackendError::Unavailable(msg),
+                error: BackendError::Unavailable(msg) | BackendError::NoAnswer(msg),
                 answered: said,
             }) => {
                 answered |= said;

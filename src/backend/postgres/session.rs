@@ -96,13 +96,12 @@ impl PostgresBackend {
         match err {
             QueryError::Connect(err) => self.unavailable(doing, err),
             QueryError::Client(err) => self.unavailable(doing, describe(&err)),
-            QueryError::TimedOut => self.unavailable(
-                doing,
-                format_args!(
-                    "no answer within {}s (is the server stopped or overloaded?)",
-                    STATEMENT_TIMEOUT.as_secs()
-                ),
-            ),
+            QueryError::TimedOut => BackendError::NoAnswer(format!(
+                "{doing} (PostgreSQL at {}): no answer within {}s (is the server stopped or \
+                 overloaded?)",
+                self.target.addr,
+                STATEMENT_TIMEOUT.as_secs()
+            )),
         }
     }
 
